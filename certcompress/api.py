@@ -1,0 +1,168 @@
+"""The public entry points: trace, path_norm, path_metric, certify.
+
+Each takes a model (``nn.Module`` in eval mode, or an ``ExportedProgram``) or an
+already-traced :class:`~certcompress.ir.Graph`, and an input shape (batch included).
+Where a plugin knows the model family (torchvision, smp) the input shape and radius
+default to the plugin's input spec.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .bounds import PathMetric, graph_path_metric, graph_path_norm, operator_norm_baseline
+from .bounds.pathnorm import path_magnitude_scores as _graph_scores
+from .capture import plugin_manager
+from .capture import trace as _trace
+from .certificate import Certificate, Measurements
+from .digest import parameter_digest
+from .domain import InputSpec
+from .errors import ConfigurationError, SoundnessError
+from .ir.graph import Graph
+from .ir.ops import AffineParams
+from .measure import adversarial_deviation, deviations, float64_function
+
+__all__ = ["trace", "path_norm", "path_metric", "certify", "path_magnitude_scores",
+           "input_spec_for"]
+
+Model = nn.Module | torch.export.ExportedProgram
+
+
+def input_spec_for(model: Model) -> InputSpec | None:
+    """The input spec an installed plugin gives for ``model`` (None if none knows it)."""
+    if isinstance(model, nn.Module):
+        return plugin_manager().input_spec(model)
+    return None
+
+
+def _shape(model: Model | Graph, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if input_shape is not None:
+        return tuple(int(s) for s in input_shape)
+    if isinstance(model, Graph):
+        return model.input_shape
+    spec = input_spec_for(model)
+    if spec is None:
+        raise ConfigurationError(
+            f"input_shape is required for {type(model).__name__} (no installed plugin knows "
+            "its input); pass e.g. input_shape=(1, 3, 32, 32)"
+        )
+    return spec.input_shape
+
+
+def trace(model: Model, input_shape: Sequence[int] | None = None) -> Graph:
+    """Capture ``model`` as a typed ReLU-DAG graph (``print(g)`` summarizes it)."""
+    if isinstance(model, Graph):
+        return model
+    return _trace(model, _shape(model, input_shape))
+
+
+def _graph(model: Model | Graph, input_shape: Sequence[int] | None) -> Graph:
+    return model if isinstance(model, Graph) else trace(model, _shape(model, input_shape))
+
+
+def path_norm(model: Model | Graph, input_shape: Sequence[int] | None = None) -> float:
+    """The l1 path-norm ``||Phi(theta)||_1`` (one float64 pass; rounding slack included)."""
+    return graph_path_norm(_graph(model, input_shape)).value
+
+
+def path_metric(model: Model | Graph, compressed: Model | Graph,
+                input_shape: Sequence[int] | None = None) -> PathMetric:
+    """An upper bound on ``||Phi(theta) - Phi(theta')||_1`` (``.exact`` says whether it is
+    the path-metric itself), with per-output values."""
+    g = _graph(model, input_shape)
+    return graph_path_metric(g, _graph(compressed, g.input_shape))
+
+
+def path_magnitude_scores(model: Model | Graph, input_shape: Sequence[int] | None = None
+                          ) -> dict[str, AffineParams]:
+    """Path-magnitude score of every parameter, keyed by graph node (folded layout)."""
+    return _graph_scores(_graph(model, input_shape))
+
+
+def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None,
+            input_radius: float | None = None, *, reference_inputs: Tensor | None = None,
+            search_steps: int = 20, search_restarts: int = 4, seed: int = 0) -> Certificate:
+    """Certify ``max_{||x||_inf <= r} ||f(x) - f'(x)||_1 <= bound``.
+
+    ``input_radius`` r bounds the inputs as the network receives them (after any
+    normalization); it defaults to the input spec of a plugin that knows the model.
+    ``reference_inputs`` (a batch) gives the measured deviation, the output scale and the
+    ``vacuous`` flag. A PGD search inside the domain (``search_steps``, 0 to skip) finds
+    the worst deviation it can; a measured value above the bound raises
+    :class:`SoundnessError` (a bug) instead of returning a wrong certificate.
+    """
+    spec = input_spec_for(model)
+    shape = _shape(model, input_shape)
+    if input_radius is None:
+        if spec is None:
+            raise ConfigurationError(
+                "input_radius is required: the certificate covers inputs with "
+                "||x||_inf <= input_radius (after normalization); no installed plugin knows "
+                f"a default for {type(model).__name__}"
+            )
+        input_radius = spec.radius
+        domain = f"||x||_inf <= {input_radius:.6g} ({spec.description})"
+    else:
+        domain = f"||x||_inf <= {float(input_radius):.6g}"
+    r = float(input_radius)
+    if not math.isfinite(r) or r < 0:
+        raise ConfigurationError(f"input_radius must be a finite number >= 0, got {input_radius}")
+    g = trace(model, shape)
+    g2 = trace(compressed, shape)
+    pm = graph_path_metric(g, g2)
+    factor = max(r, 1.0)
+    bound = factor * pm.value
+    per_output = tuple(factor * v for v in pm.per_output)
+    base = operator_norm_baseline(g, g2)
+
+    f, fc = float64_function(model), float64_function(compressed)
+    meas: dict[str, object] = {}
+    if reference_inputs is not None:
+        x = reference_inputs.reshape((-1,) + shape[1:])
+        dev, scale = deviations(f, fc, x)
+        inside = float(x.abs().max()) <= r * (1 + 1e-12)
+        meas.update(reference_count=int(x.shape[0]), deviation_max=float(dev.max()),
+                    deviation_mean=float(dev.mean()), output_scale=float(scale.max()))
+        if inside:
+            _check(float(dev.max()), bound, "a reference input")
+    if search_steps > 0:
+        starts = None
+        if reference_inputs is not None:
+            starts = reference_inputs.reshape((-1,) + shape[1:])[:search_restarts]
+        adv = adversarial_deviation(f, fc, shape, -r, r, steps=search_steps,
+                                    restarts=search_restarts, starts=starts, seed=seed)
+        _check(adv.max_deviation, bound, "the adversarial search")
+        meas.update(adversarial_max=adv.max_deviation, adversarial_steps=adv.steps,
+                    adversarial_restarts=adv.restarts)
+    measurements = Measurements(**meas)  # type: ignore[arg-type]
+    vacuous = None if measurements.output_scale is None else bool(
+        bound > measurements.output_scale)
+    return Certificate(
+        bound=bound, per_output=per_output, input_shape=shape, radius=r, factor=factor,
+        path_metric=pm.value, path_metric_exact=pm.exact, method=pm.method,
+        path_norm_original=pm.path_norm_original, path_norm_compressed=pm.path_norm_compressed,
+        sign_changes=pm.sign_changes, changed_parameters=pm.changed_parameters,
+        original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
+        float_slack_rel=pm.float_slack_rel, float_slack_abs=pm.float_slack_abs,
+        baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
+        vacuous=vacuous, domain=domain, model_name=g.model_name,
+        versions={"certcompress": __version__, "torch": torch.__version__,
+                  "python": platform.python_version(), "numpy": np.__version__},
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _check(measured: float, bound: float, where: str) -> None:
+    if measured > bound * (1 + 1e-9) + 1e-12:
+        raise SoundnessError(
+            f"measured deviation {measured:.17g} from {where} exceeds the certified bound "
+            f"{bound:.17g}. This is a bug in certcompress; please report it with the models."
+        )

@@ -1,0 +1,152 @@
+"""The explicit adapter registry: module types, functions and tensor methods.
+
+Filled by explicit calls (the built-in adapters in :func:`register_builtin_adapters`,
+then each loaded plugin's ``register_adapters`` hook). No module scanning, no import
+side effects. Module adapters are looked up along the module type's MRO, so a subclass
+of ``nn.Conv2d`` is handled by the Conv2d adapter unless a more specific one exists.
+Every entry records which source (``certcompress`` or a plugin) registered it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import PluginError
+from .adapters.base import Adapter
+
+__all__ = ["AdapterRegistry", "Registration"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registry entry: the adapter and who registered it."""
+
+    adapter: Adapter
+    source: str
+
+
+def _key_name(key: object) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__}.{key.__qualname__}"
+    if isinstance(key, str):
+        return f"Tensor.{key}"
+    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", None)
+    mod = getattr(key, "__module__", None)
+    if name and mod:
+        return f"{mod}.{name}"
+    return str(key)
+
+
+class AdapterRegistry:
+    """Maps module types, functions (including aten overloads) and method names to
+    adapters."""
+
+    def __init__(self) -> None:
+        self._modules: dict[type, Registration] = {}
+        self._functions: dict[object, Registration] = {}
+        self._methods: dict[str, Registration] = {}
+        self._source = "certcompress"
+
+    @contextlib.contextmanager
+    def attributed_to(self, source: str) -> Iterator[None]:
+        """Registrations inside the block are recorded as coming from ``source``."""
+        old, self._source = self._source, source
+        try:
+            yield
+        finally:
+            self._source = old
+
+    # ------------------------------------------------------------- registration
+    def _check(self, adapter: Adapter, source: str, key: object) -> None:
+        if not isinstance(adapter, Adapter):
+            raise PluginError(
+                f"{source}: cannot register {type(adapter).__name__!r} for {_key_name(key)}: "
+                "adapters must be instances of certcompress.capture.Adapter"
+            )
+
+    def register_module(self, module_type: type[nn.Module], adapter: Adapter, *,
+                        source: str | None = None, replace: bool = False) -> None:
+        """Handle every module of ``module_type`` (and its subclasses) with ``adapter``."""
+        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+            raise PluginError(f"{source or self._source}: {module_type!r} is not an nn.Module "
+                              "subclass")
+        src = source or self._source
+        self._check(adapter, src, module_type)
+        self._put(self._modules, module_type, Registration(adapter, src), replace)
+
+    def register_function(self, targets: Iterable[Callable[..., Any]] | Callable[..., Any],
+                          adapter: Adapter, *, source: str | None = None,
+                          replace: bool = False) -> None:
+        """Handle calls of each function (or aten overload) in ``targets``."""
+        src = source or self._source
+        items = targets if isinstance(targets, (list, tuple, set)) else [targets]
+        for target in items:
+            if not callable(target):
+                raise PluginError(f"{src}: function target {target!r} is not callable")
+            self._check(adapter, src, target)
+            self._put(self._functions, target, Registration(adapter, src), replace)
+
+    def register_method(self, names: Iterable[str] | str, adapter: Adapter, *,
+                        source: str | None = None, replace: bool = False) -> None:
+        """Handle ``tensor.<name>(...)`` calls."""
+        src = source or self._source
+        items = [names] if isinstance(names, str) else list(names)
+        for name in items:
+            self._check(adapter, src, name)
+            self._put(self._methods, name, Registration(adapter, src), replace)
+
+    @staticmethod
+    def _put(table: dict[Any, Registration], key: object, reg: Registration,
+             replace: bool) -> None:
+        old = table.get(key)
+        if old is not None and not replace and old.source != reg.source:
+            raise PluginError(
+                f"{reg.source}: {_key_name(key)} already has adapter '{old.adapter.name}' "
+                f"from {old.source}; pass replace=True to override it"
+            )
+        table[key] = reg
+
+    # ------------------------------------------------------------------ lookup
+    def for_module(self, module: nn.Module) -> Registration | None:
+        for cls in type(module).__mro__:
+            reg = self._modules.get(cls)
+            if reg is not None:
+                return reg
+        return None
+
+    def for_function(self, target: object) -> Registration | None:
+        try:
+            return self._functions.get(target)
+        except TypeError:  # unhashable target
+            return None
+
+    def for_method(self, name: str) -> Registration | None:
+        return self._methods.get(name)
+
+    def has_module_adapter(self, module: nn.Module) -> bool:
+        return self.for_module(module) is not None
+
+    # ------------------------------------------------------------------ listing
+    def entries(self) -> list[tuple[str, str, str, str]]:
+        """Rows ``(kind, key, adapter, source)`` for docs and ``certcompress adapters``."""
+        rows = [("module", _key_name(k), r.adapter.name, r.source) for k, r in self._modules.items()]
+        rows += [("function", _key_name(k), r.adapter.name, r.source)
+                 for k, r in self._functions.items()]
+        rows += [("method", _key_name(k), r.adapter.name, r.source) for k, r in self._methods.items()]
+        return sorted(rows)
+
+    def module_type_names(self) -> list[str]:
+        return sorted(k.__name__ for k in self._modules)
+
+    def copy(self) -> AdapterRegistry:
+        new = AdapterRegistry()
+        new._modules = dict(self._modules)
+        new._functions = dict(self._functions)
+        new._methods = dict(self._methods)
+        new._source = self._source
+        return new

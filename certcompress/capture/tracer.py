@@ -1,0 +1,432 @@
+"""Capture: a PyTorch model -> torch.fx graph -> typed ReLU-DAG :class:`Graph`.
+
+1. Refuse models in training mode (BatchNorm batch statistics and Dropout are not the
+   function one certifies).
+2. Trace with torch.fx; modules with a registered adapter are leaves. If symbolic
+   tracing fails (Python control flow on tensor values, unsupported Python), fall back
+   to ``torch.export`` (ATen graph); an ``ExportedProgram`` is taken as is.
+3. Run the fx graph once under ``FakeTensorMode`` (shapes only, no arithmetic): every
+   node's output shape and every Python value (``x.size(0)``) becomes concrete, and
+   each tensor node that depends on the input is handed to its adapter. Nodes nothing
+   in the output depends on are skipped. Every unsupported node is collected; one
+   :class:`UnsupportedModelError` lists them all.
+4. Fold eval-mode BatchNorm into the affine op before it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.node import map_aggregate
+
+from ..errors import ConfigurationError, TrainModeError, UnsupportedModelError, UnsupportedNode
+from ..ir.graph import Graph, IRNode
+from ..ir.ops import AffineParams, IROp
+from ..ir.passes import fold_batchnorm
+from .adapters.base import Converted, MultiOutput, Unsupported
+from .registry import AdapterRegistry
+
+__all__ = ["trace", "ConvertContext", "check_eval_mode"]
+
+_OUTSIDE_CLASS = {
+    "GELU": "GELU is smooth, not piecewise-linear",
+    "SiLU": "SiLU is smooth, not piecewise-linear",
+    "Mish": "Mish is smooth", "ELU": "ELU is not piecewise-linear", "SELU": "SELU is smooth",
+    "Sigmoid": "sigmoid is smooth", "Tanh": "tanh is smooth", "Hardswish": "hardswish "
+    "multiplies two input-dependent values", "Hardsigmoid": "hardsigmoid is not a ReLU-DAG "
+    "op here", "Softmax": "softmax normalizes by input-dependent sums",
+    "LogSoftmax": "log-softmax is smooth", "LayerNorm": "LayerNorm divides by input-dependent "
+    "statistics", "GroupNorm": "GroupNorm divides by input-dependent statistics",
+    "InstanceNorm2d": "InstanceNorm divides by input-dependent statistics",
+    "MultiheadAttention": "attention multiplies input-dependent values",
+    "gelu": "GELU is smooth", "silu": "SiLU is smooth", "sigmoid": "sigmoid is smooth",
+    "tanh": "tanh is smooth", "softmax": "softmax is smooth", "layer_norm": "LayerNorm "
+    "divides by input-dependent statistics", "group_norm": "GroupNorm divides by "
+    "input-dependent statistics", "scaled_dot_product_attention": "attention multiplies "
+    "input-dependent values", "matmul": "a product of input-dependent tensors",
+    "bmm": "a product of input-dependent tensors", "exp": "exp is smooth",
+}
+
+_HOW_TO = ("add an adapter: subclass certcompress.capture.Adapter and register it in a "
+           "plugin's register_adapters(registry) hook (entry-point group "
+           "'certcompress.plugins'); see docs/adding-an-adapter.md")
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise :class:`TrainModeError` naming every submodule left in training mode."""
+    offenders = [name or "<root>" for name, m in model.named_modules() if m.training]
+    if offenders:
+        shown = ", ".join(offenders[:8]) + (f" and {len(offenders) - 8} more"
+                                             if len(offenders) > 8 else "")
+        bn = [n for n, m in model.named_modules()
+              if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        why = (f" (BatchNorm layers in training mode use batch statistics: {', '.join(bn[:4])})"
+               if bn else "")
+        raise TrainModeError(
+            f"the model is in training mode: {shown}{why}. Certificates are about the "
+            "inference function: call model.eval() first."
+        )
+
+
+class _CaptureTracer(fx.Tracer):
+    def __init__(self, registry: AdapterRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.registry.has_module_adapter(m):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _capture(model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor,
+             registry: AdapterRegistry) -> tuple[fx.GraphModule, str, tuple[str, ...]]:
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module(), "torch.export", ()
+    try:
+        tracer = _CaptureTracer(registry)
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph), "torch.fx", ()
+    except Exception as fx_exc:  # symbolic tracing has many failure modes
+        fx_msg = f"{type(fx_exc).__name__}: {str(fx_exc).splitlines()[0] if str(fx_exc) else ''}"
+        try:
+            ep = torch.export.export(model, (example,))
+        except Exception as ex_exc:
+            msg = str(ex_exc).strip().splitlines()
+            raise UnsupportedModelError(
+                "the model could not be captured as a static graph. torch.fx symbolic "
+                f"tracing failed ({fx_msg}) and torch.export failed "
+                f"({type(ex_exc).__name__}: {msg[0] if msg else ''}). Python control flow "
+                "that depends on tensor values (data-dependent branches or loops) is "
+                "outside the ReLU-DAG class; rewrite it without data-dependent control flow."
+            ) from ex_exc
+        return ep.module(), "torch.export", (f"torch.fx tracing failed ({fx_msg}); captured "
+                                             "with torch.export instead",)
+
+
+def _target_name(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        return f"{node.target} ({type(m).__name__})"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return str(t)
+    mod = getattr(t, "__module__", "") or ""
+    return f"{mod}.{getattr(t, '__name__', str(t))}".lstrip(".")
+
+
+class ConvertContext:
+    """What an adapter may ask about the node it converts (see ``adapters/base.py``)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules: dict[str, nn.Module] = dict(gm.named_modules())
+        self.values: dict[fx.Node, Any] = {}
+        self.tensor_nodes: set[fx.Node] = set()  # input-dependent tensors with an IR node
+
+    # -- modules and parameters
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.modules[str(node.target)]
+
+    def module_tensor(self, node: fx.Node, attr: str) -> tuple[torch.Tensor | None, str]:
+        t = getattr(self.module(node), attr, None)
+        if t is None:
+            return None, ""
+        return _f64(t), f"{node.target}.{attr}"
+
+    def param(self, arg: Any) -> tuple[torch.Tensor, str]:
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            t = operator.attrgetter(str(arg.target))(self.gm)
+            if isinstance(t, torch.Tensor):
+                return _f64(t), str(arg.target)
+        raise Unsupported("a weight operand is computed, not a stored parameter or buffer; "
+                          "only parameters can be certified")
+
+    @staticmethod
+    def owner(qualname: str) -> str | None:
+        return qualname.rsplit(".", 1)[0] if "." in qualname else None
+
+    # -- arguments
+    def is_tensor_node(self, arg: Any) -> bool:
+        return isinstance(arg, fx.Node) and arg in self.tensor_nodes
+
+    def tensor_arg(self, arg: Any) -> fx.Node:
+        if self.is_tensor_node(arg):
+            return arg  # type: ignore[no-any-return]
+        raise Unsupported(f"operand {arg!r} is not a tensor computed from the input")
+
+    def value(self, arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            if arg.op == "get_attr":
+                return operator.attrgetter(str(arg.target))(self.gm)
+            return self.values[arg]
+        if isinstance(arg, tuple):
+            return tuple(self.value(a) for a in arg)
+        if isinstance(arg, list):
+            return [self.value(a) for a in arg]
+        if isinstance(arg, dict):
+            return {k: self.value(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return slice(self.value(arg.start), self.value(arg.stop), self.value(arg.step))
+        return arg
+
+    def bind(self, node: fx.Node, names: Sequence[str],
+             defaults: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            if i < len(node.args):
+                out[name] = node.args[i]
+            elif name in node.kwargs:
+                out[name] = node.kwargs[name]
+            elif name in defaults:
+                out[name] = defaults[name]
+            else:
+                raise Unsupported(f"missing argument '{name}'")
+        extra = set(node.kwargs) - set(names) - {"inplace"}
+        if extra:
+            raise Unsupported(f"unexpected arguments {sorted(extra)}")
+        return out
+
+
+def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int], *,
+          registry: AdapterRegistry | None = None, fold_bn: bool = True,
+          name: str | None = None) -> Graph:
+    """Capture ``model`` as a typed ReLU-DAG :class:`Graph` for inputs of ``input_shape``.
+
+    ``input_shape`` includes the batch dimension (usually 1): the path set, hence every
+    bound, depends on it. Raises :class:`TrainModeError` for a model in training mode
+    and :class:`UnsupportedModelError` listing every node outside the ReLU-DAG class.
+    The model is never modified.
+    """
+    from .plugins import default_registry
+
+    reg = registry if registry is not None else default_registry()
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigurationError(f"input_shape must be positive integers, got {input_shape!r}")
+    if isinstance(model, nn.Module):
+        check_eval_mode(model)
+        params = list(model.parameters())
+        dtype = params[0].dtype if params else torch.float32
+    elif isinstance(model, torch.export.ExportedProgram):
+        dtype = torch.float32
+    else:
+        raise ConfigurationError(f"expected an nn.Module or ExportedProgram, got "
+                                 f"{type(model).__name__}")
+    example = torch.zeros(shape, dtype=dtype)
+    gm, how, notes = _capture(model, example, reg)
+    converter = _Converter(gm, reg)
+    nodes, outputs, params_map = converter.convert(example)
+    graph = Graph(nodes=tuple(nodes), outputs=tuple(outputs), params=params_map,
+                  input_shape=shape, model_name=name or type(model).__name__, capture=how,
+                  notes=notes)
+    return fold_batchnorm(graph) if fold_bn else graph
+
+
+class _Converter:
+    def __init__(self, gm: fx.GraphModule, registry: AdapterRegistry) -> None:
+        self.gm = gm
+        self.registry = registry
+        self.ctx = ConvertContext(gm)
+        self.ir_nodes: list[IRNode] = []
+        self.params: dict[str, AffineParams] = {}
+        self.multi: dict[fx.Node, MultiOutput] = {}
+        self.offenders: list[UnsupportedNode] = []
+
+    def _needed(self) -> set[fx.Node]:
+        out = next(n for n in reversed(self.gm.graph.nodes) if n.op == "output")
+        needed: set[fx.Node] = set()
+        stack = [out]
+        while stack:
+            n = stack.pop()
+            if n in needed:
+                continue
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+        return needed
+
+    def convert(self, example: torch.Tensor) -> tuple[list[IRNode], list[str], dict[str, AffineParams]]:
+        graph = self.gm.graph
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise UnsupportedModelError(
+                f"certcompress certifies single-input models; this one takes "
+                f"{len(placeholders)} inputs ({', '.join(p.name for p in placeholders)})"
+            )
+        needed = self._needed()
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        interp = fx.Interpreter(self.gm)
+        depends: set[fx.Node] = set()
+        output_node: fx.Node | None = None
+        for node in graph.nodes:
+            if node not in needed:
+                continue
+            if node.op == "output":
+                output_node = node
+                break
+            if node.op == "placeholder":
+                with fake_mode:
+                    value = fake_mode.from_tensor(example)
+                self.ctx.values[node] = value
+                interp.env[node] = value
+                depends.add(node)
+                self.ctx.tensor_nodes.add(node)
+                self.ir_nodes.append(IRNode(node.name, None, (), tuple(example.shape), "input"))
+                continue
+            try:
+                with fake_mode:
+                    value = interp.run_node(node)
+            except Exception as exc:
+                reason = f"could not be evaluated for shapes ({type(exc).__name__}: {exc})"
+                if "data-dependent" in str(exc).lower() or "DataDependent" in type(exc).__name__:
+                    reason = ("its result depends on tensor values (e.g. .item() or a "
+                              "data-dependent branch): outside the ReLU-DAG class")
+                self._offend(node, reason)
+                value = None
+            interp.env[node] = value
+            self.ctx.values[node] = value
+            if any(a in depends for a in node.all_input_nodes):
+                depends.add(node)
+            else:
+                continue  # constants (parameters, shapes of parameters) need no IR node
+            if value is None:
+                self.ctx.tensor_nodes.add(node)  # keep going past a failed node
+                continue
+            if isinstance(value, torch.Tensor):
+                self._convert_tensor_node(node, value)
+            elif isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor)
+                                                          for v in value):
+                self._convert_multi(node)
+            # other values (sizes, dims) stay concrete Python values in ctx.values
+        assert output_node is not None
+        outputs = self._outputs(output_node)
+        if self.offenders:
+            raise UnsupportedModelError(
+                f"{len(self.offenders)} node(s) of the model are outside what certcompress "
+                f"supports; to support one, {_HOW_TO}:", self.offenders)
+        return self.ir_nodes, outputs, self.params
+
+    def _offend(self, node: fx.Node, reason: str) -> None:
+        self.offenders.append(UnsupportedNode(node.name, node.op,
+                                              _target_name(node, self.ctx.modules), reason))
+
+    def _adapter_for(self, node: fx.Node) -> tuple[Any, str]:
+        if node.op == "call_module":
+            m = self.ctx.module(node)
+            reg = self.registry.for_module(m)
+            key = type(m).__name__
+            if reg is None:
+                why = _OUTSIDE_CLASS.get(key)
+                hint = (f"{why}: outside the ReLU-DAG class the path-metric theory covers"
+                        if why else f"no adapter for module type {type(m).__module__}."
+                        f"{type(m).__qualname__}; register one with "
+                        f"registry.register_module({key}, YourAdapter())")
+                return None, hint
+        elif node.op == "call_method":
+            reg = self.registry.for_method(str(node.target))
+            key = str(node.target)
+            if reg is None:
+                why = _OUTSIDE_CLASS.get(key)
+                return None, (f"{why}: outside the ReLU-DAG class" if why else
+                              f"no adapter for Tensor.{key}; register one with "
+                              f"registry.register_method('{key}', YourAdapter())")
+        elif node.op == "call_function":
+            reg = self.registry.for_function(node.target)
+            if reg is None:
+                t = node.target
+                key = (t._overloadpacket.__name__ if isinstance(t, torch._ops.OpOverload)
+                       else getattr(t, "__name__", str(t)))
+                why = _OUTSIDE_CLASS.get(key.strip("_"))
+                return None, (f"{why}: outside the ReLU-DAG class" if why else
+                              f"no adapter for function {_target_name(node, {})}; register "
+                              "one with registry.register_function(fn, YourAdapter())")
+        else:
+            return None, f"unexpected node kind '{node.op}'"
+        return reg.adapter, reg.source
+
+    def _convert_tensor_node(self, node: fx.Node, value: torch.Tensor) -> None:
+        self.ctx.tensor_nodes.add(node)  # downstream nodes see it even if it fails
+        if (node.op == "call_function" and node.target is operator.getitem
+                and isinstance(node.args[0], fx.Node) and node.args[0] in self.multi):
+            try:
+                conv = self.multi[node.args[0]].select(int(node.args[1]))  # type: ignore[arg-type]
+            except Unsupported as exc:
+                self._offend(node, exc.reason)
+                return
+            self._add(node, conv, value)
+            return
+        adapter, source = self._adapter_for(node)
+        if adapter is None:
+            self._offend(node, source)
+            return
+        try:
+            result = adapter.convert(node, self.ctx)
+        except Unsupported as exc:
+            self._offend(node, f"{exc.reason} [adapter '{adapter.name}' from {source}]")
+            return
+        if isinstance(result, MultiOutput):
+            self._offend(node, f"adapter '{adapter.name}' returned several outputs for a "
+                               "single tensor")
+            return
+        self._add(node, result, value)
+
+    def _convert_multi(self, node: fx.Node) -> None:
+        adapter, source = self._adapter_for(node)
+        if adapter is None:
+            self._offend(node, source)
+            return
+        try:
+            result = adapter.convert(node, self.ctx)
+        except Unsupported as exc:
+            self._offend(node, exc.reason)
+            return
+        if not isinstance(result, MultiOutput):
+            self._offend(node, f"adapter '{adapter.name}' returned one output for a tuple")
+            return
+        self.multi[node] = result
+
+    def _add(self, node: fx.Node, conv: Converted, value: torch.Tensor) -> None:
+        op: IROp = conv.op
+        src = _target_name(node, self.ctx.modules)
+        self.ir_nodes.append(IRNode(
+            name=node.name, op=op, inputs=tuple(n.name for n in conv.inputs),
+            shape=tuple(int(s) for s in value.shape), source=src, module=conv.module,
+            param_names=conv.param_names))
+        if conv.params is not None:
+            self.params[node.name] = conv.params
+
+    def _outputs(self, out: fx.Node) -> list[str]:
+        names: list[str] = []
+        known = {n.name for n in self.ir_nodes}
+
+        def visit(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a.name in known:
+                    names.append(a.name)
+                elif a in self.ctx.tensor_nodes:
+                    pass  # an offender; reported already
+                else:
+                    self._offend(out, f"output '{a.name}' is not a tensor computed from the "
+                                      "input")
+            elif isinstance(a, torch.Tensor) or a is not None and not isinstance(
+                    a, (int, float, str, bool)):
+                self._offend(out, f"unsupported output value of type {type(a).__name__}")
+            return a
+
+        map_aggregate(out.args[0], visit)
+        if not names and not self.offenders:
+            self._offend(out, "the model returns no tensor computed from the input")
+        return names
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """A float64 copy that shares nothing with the model (the model is never mutated)."""
+    t = t.detach()
+    return t.clone() if t.dtype == torch.float64 else t.to(torch.float64)

@@ -1,0 +1,103 @@
+"""Measured deviations: on reference data, and the worst an adversarial search finds.
+
+Every certified bound is reported next to these numbers (shared doc, section 6). All
+evaluation is in float64 through ``torch.func.functional_call`` with float64 copies of
+the parameters: the user's models are never converted or mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = ["float64_function", "deviations", "adversarial_deviation", "AdversarialResult",
+           "flatten_output"]
+
+
+def flatten_output(out: object) -> Tensor:
+    """A model output (tensor, or tuple/list/dict of tensors) as ``(batch, n)``."""
+    if isinstance(out, Tensor):
+        return out.reshape(out.shape[0], -1)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return torch.cat([flatten_output(o) for o in out], dim=1)
+    raise TypeError(f"model returned {type(out).__name__}, expected tensors")
+
+
+def float64_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``x -> flattened model(x)`` evaluated in float64 without touching ``model``."""
+    state = {k: (v.detach().double() if v.is_floating_point() else v)
+             for k, v in [*model.named_parameters(), *model.named_buffers()]}
+
+    def f(x: Tensor) -> Tensor:
+        return flatten_output(functional_call(model, state, (x.double(),)))
+
+    return f
+
+
+def deviations(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor], x: Tensor,
+               batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``||f(x) - g(x)||_1`` and ``||f(x)||_1``."""
+    devs, scales = [], []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].double()
+            fx, gx = f(xb), g(xb)
+            devs.append((fx - gx).abs().sum(dim=1))
+            scales.append(fx.abs().sum(dim=1))
+    return torch.cat(devs).numpy(), torch.cat(scales).numpy()
+
+
+@dataclass(frozen=True)
+class AdversarialResult:
+    """The largest ``||f(x) - g(x)||_1`` found by projected sign-gradient ascent over
+    the box ``lower <= x <= upper``, and the input that attains it."""
+
+    max_deviation: float
+    argmax: Tensor
+    steps: int
+    restarts: int
+
+
+def adversarial_deviation(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor],
+                          input_shape: Sequence[int], lower: float | Tensor,
+                          upper: float | Tensor, *, steps: int = 20, restarts: int = 4,
+                          starts: Tensor | None = None, seed: int = 0) -> AdversarialResult:
+    """Maximize the l1 output deviation inside a box by PGD (a lower bound on the true
+    maximum; a certified bound must never be below it)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(input_shape)
+    per = shape[1:] if len(shape) > 1 else shape
+    lo = torch.as_tensor(lower, dtype=torch.float64)
+    hi = torch.as_tensor(upper, dtype=torch.float64)
+    x0 = lo + (hi - lo) * torch.rand((restarts,) + tuple(per), generator=gen,
+                                      dtype=torch.float64)
+    if starts is not None and starts.numel():
+        s = starts.reshape((-1,) + tuple(per)).double()
+        x0 = torch.cat([torch.maximum(torch.minimum(s, hi), lo), x0])
+    span = float((hi - lo).max()) if (hi - lo).numel() else 0.0
+    alpha = 2.5 * span / max(steps, 1)
+    x = x0.clone()
+    best = torch.full((x.shape[0],), -1.0, dtype=torch.float64)
+    best_x = x.clone()
+    for step in range(steps + 1):
+        x.requires_grad_(True)
+        dev = (f(x) - g(x)).abs().sum(dim=1)
+        with torch.no_grad():
+            better = dev > best
+            best = torch.where(better, dev.detach(), best)
+            best_x[better] = x.detach()[better]
+        if step == steps:
+            break
+        (grad,) = torch.autograd.grad(dev.sum(), x)
+        with torch.no_grad():
+            x = x.detach() + alpha * grad.sign()
+            x = torch.maximum(torch.minimum(x, hi), lo)
+    i = int(best.argmax())
+    return AdversarialResult(float(best[i]), best_x[i:i + 1].detach(), steps, int(x0.shape[0]))
