@@ -93,7 +93,8 @@ def magnitude_prune_copy(model: nn.Module, sparsity: float,
     import copy
 
     pruned = copy.deepcopy(model)
-    weights = [m.weight for m in pruned.modules() if isinstance(m, kinds)]
+    weights: list[torch.Tensor] = [m.weight for m in pruned.modules()  # type: ignore[misc]
+                                   if isinstance(m, kinds)]
     flat = torch.cat([w.detach().abs().reshape(-1) for w in weights])
     k = int(round(sparsity * flat.numel()))
     if k == 0:

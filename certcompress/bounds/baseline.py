@@ -19,8 +19,17 @@ from dataclasses import dataclass
 import torch
 
 from ..ir.graph import Graph
-from ..ir.ops import AffineOp, AffineParams, ClampOp, FixedLinearOp, IndexOp, LeakyReLUOp, \
-    LinearCombinationOp, MaxPoolOp, ReLUOp
+from ..ir.ops import (
+    AffineOp,
+    AffineParams,
+    ClampOp,
+    FixedLinearOp,
+    IndexOp,
+    LeakyReLUOp,
+    LinearCombinationOp,
+    MaxPoolOp,
+    ReLUOp,
+)
 
 __all__ = ["Baseline", "operator_norm_baseline"]
 

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from ..ir.graph import Graph, GraphInterpreter, IRNode
 from ..ir.ops import AffineOp, AffineParams, IROp
-from .numerics import ABS_SLACK, Scaled, align, float_slack, renormalize, rescale_exponent, scale_down
+from .numerics import (
+    ABS_SLACK,
+    Scaled,
+    align,
+    float_slack,
+    renormalize,
+    rescale_exponent,
+    scale_down,
+)
 
 __all__ = ["MagnitudePass", "DifferencePass", "graph_float_slack", "ones_input"]
 
@@ -90,9 +98,7 @@ class DifferencePass(GraphInterpreter[tuple[Scaled, Scaled]]):
             (a, d) = inputs[0]
             e = a.exp
             lo, dp = self.lo[node.name], self.delta[node.name]
-            n = a.t.shape[0]
-            both = op.apply(torch.cat([a.t, d.t], 0), lo.weight, None)  # one batched call
-            a_out, d_out = both[:n], both[n:]
+            a_out, d_out = op.apply_many([a.t, d.t], lo.weight)
             if lo.bias is not None:
                 a_out = op.add_bias(a_out, _bias(lo.bias, e))
             if bool(dp.weight.any()) or (dp.bias is not None and bool(dp.bias.any())):

@@ -65,7 +65,7 @@ def _pair(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
     changed = 0
     for k in a:
         pa, pb = a[k], b[k]
-        ts = []
+        ts: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
         for ta, tb in ((pa.weight, pb.weight), (pa.bias, pb.bias)):
             if ta is None or tb is None:
                 ts.append((None, None))
@@ -112,8 +112,12 @@ def graph_path_metric(graph: Graph, other: Graph) -> PathMetric:
         if pa.bias is not None and pb.bias is not None:
             n_conflicts += int((pa.bias * pb.bias < 0).sum())
         conflicts[k] = AffineParams(w, bb)
-    changed = sum(int((a[k].weight != b[k].weight).sum()) + (
-        0 if a[k].bias is None else int((a[k].bias != b[k].bias).sum())) for k in a)
+    changed = 0
+    for k in a:
+        changed += int((a[k].weight != b[k].weight).sum())
+        ba, bb_ = a[k].bias, b[k].bias
+        if ba is not None and bb_ is not None:
+            changed += int((ba != bb_).sum())
     rel, abs_ = graph_float_slack(graph, difference=True)
     if n_conflicts == 0:
         d, low, a_dom, b_dom, _ = _same_sign_metric(graph, a, b)

@@ -265,6 +265,7 @@ class _Converter:
         interp = fx.Interpreter(self.gm)
         depends: set[fx.Node] = set()
         output_node: fx.Node | None = None
+        value: Any
         for node in graph.nodes:
             if node not in needed:
                 continue

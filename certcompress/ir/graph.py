@@ -173,17 +173,18 @@ class Graph:
             + f"), {self.num_parameters:,} parameters (BatchNorm folded), "
             f"{self.output_size} outputs; captured with {self.capture}"
         )
-        lines = [head]
-        width = max(len(n.name) for n in self.nodes)
+        rows = [("node", "kind", "op", "output shape", "inputs", "params")]
         for n in self.nodes:
             desc = "input" if n.op is None else n.op.describe()
+            if len(desc) > 60:
+                desc = desc[:57] + "..."
             p = self.params.get(n.name)
-            extra = f"  [{p.numel():,} params]" if p is not None else ""
-            ins = ", ".join(n.inputs)
-            lines.append(
-                f"  {n.name:<{width}}  {n.kind.value:<10} {desc:<40} "
-                f"{str(n.shape):<22} <- {ins}{extra}"
-            )
+            rows.append((n.name, n.kind.value, desc, "x".join(map(str, n.shape)),
+                         ", ".join(n.inputs), f"{p.numel():,}" if p is not None else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        lines = [head]
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 

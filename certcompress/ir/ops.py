@@ -140,6 +140,17 @@ class AffineOp(IROp):
         assert params is not None
         return self.apply(inputs[0], params.weight, params.bias)
 
+    def is_batched(self, x: Tensor) -> bool:
+        """Whether dimension 0 of ``x`` is a batch dimension the op maps independently."""
+        return x.dim() >= 2
+
+    def apply_many(self, xs: Sequence[Tensor], weight: Tensor) -> list[Tensor]:
+        """``[A_W(x) for x in xs]`` (no bias), in one batched call when possible."""
+        if all(self.is_batched(x) for x in xs):
+            sizes = [x.shape[0] for x in xs]
+            return list(self.apply(torch.cat(list(xs), 0), weight, None).split(sizes, 0))
+        return [self.apply(x, weight, None) for x in xs]
+
     def add_bias(self, y: Tensor, bias: Tensor) -> Tensor:
         """``y + b`` with ``b`` broadcast over the output channels (dimension 1)."""
         return y + bias.reshape((1, -1) + (1,) * (y.dim() - 2))
@@ -194,12 +205,16 @@ class ConvOp(AffineOp):
             x = F.pad(x, self.pre_pad, mode=self.pad_mode)
         if self.transposed:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dim - 1]
-            return fn(
-                x, weight, bias, self.stride, self.padding, self.output_padding,
-                self.groups, self.dilation,
+            return fn(  # type: ignore[operator]
+                x, weight, bias, self.stride, self.padding,  # type: ignore[arg-type]
+                self.output_padding, self.groups, self.dilation,
             )
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
-        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv(x, weight, bias, self.stride, self.padding,  # type: ignore[arg-type]
+                    self.dilation, self.groups)
+
+    def is_batched(self, x: Tensor) -> bool:
+        return x.dim() == self.dim + 2
 
     def out_channels(self, params: AffineParams) -> int:
         w = params.weight

@@ -110,9 +110,11 @@ def register(registry: Any) -> None:
         registry.register_module(cls, mp)
     registry.register_function(list(_MAXPOOL_FN), mp)
     mod = ModuleAsMapAdapter()
-    for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample):
-        registry.register_module(cls, mod)  # UpsamplingNearest2d/Bilinear2d subclass Upsample
+    maps: tuple[type[nn.Module], ...] = (
+        nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+        nn.AdaptiveAvgPool3d, nn.Upsample)
+    for map_cls in maps:
+        registry.register_module(map_cls, mod)  # UpsamplingNearest2d/Bilinear2d subclass Upsample
     fn = FunctionAsMapAdapter()
     registry.register_function(
         [F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
