@@ -38,14 +38,16 @@ def ones_input(graph: Graph) -> Scaled:
     return Scaled(torch.ones(graph.input_shape, dtype=torch.float64))
 
 
-def _has_constants(op: IROp) -> bool:
-    return bool(getattr(op, "const", 0.0)) or hasattr(op, "lower")
-
-
 def _fixed(op: IROp, xs: list[Tensor], exp: int, constants: bool) -> Tensor:
-    """A fixed op's magnitude map on tensors scaled by ``2**exp``."""
-    if not constants or not _has_constants(op) or exp == 0:
-        return op.magnitude(xs, None, constants and exp == 0)
+    """A fixed op's magnitude map on tensors scaled by ``2**exp``.
+
+    ``magnitude`` is affine in its inputs (a linear part plus the op's constant terms),
+    so on scaled inputs the constant part, ``magnitude(0, constants=True)``, is scaled
+    down separately. This holds for every op, built-in or from a plugin, without
+    knowing which ops have constants (for one without, the constant part is zero).
+    """
+    if not constants or exp == 0:
+        return op.magnitude(xs, None, constants)
     linear = op.magnitude(xs, None, False)
     const = op.magnitude([torch.zeros_like(x) for x in xs], None, True)
     return linear + scale_down(const, exp)

@@ -39,6 +39,9 @@ def abs_params(graph: Graph) -> dict[str, AffineParams]:
 
 def outputs_to_numpy(outs: list[Scaled], what: str) -> tuple[np.ndarray, float]:
     """Per-output float64 values and their exactly-rounded sum, checking the range."""
+    e = max((s.exp for s in outs), default=0)
+    if e:  # range check on the total (its log10 is what the error must report)
+        to_float(math.fsum(float(s.t.sum()) * 2.0 ** (s.exp - e) for s in outs), e, what)
     pieces = []
     for s in outs:
         v = s.t.detach().reshape(-1).to(torch.float64).numpy()

@@ -143,12 +143,13 @@ class Graph:
         a, b = self.structure(), other.structure()
         for ra, rb in zip(a, b):
             if ra != rb:
+                where = f"node '{ra[0]}'" if ra[0] == rb[0] else f"nodes '{ra[0]}'/'{rb[0]}'"
                 raise GraphMismatchError(
-                    f"the {what} does not have the original's architecture: node "
-                    f"'{ra[0]}' is {ra[2]} with output shape {ra[4]} and parameters {ra[5]}, "
-                    f"but node '{rb[0]}' is {rb[2]} with output shape {rb[4]} and parameters "
-                    f"{rb[5]}. Certify a zeroed-equivalent model (same shapes) instead of a "
-                    "physically smaller one."
+                    f"the {what} does not have the original's architecture at {where}: the "
+                    f"original has {ra[2]} with output shape {ra[4]} and parameter shapes "
+                    f"{ra[5]}, the {what} has {rb[2]} with output shape {rb[4]} and parameter "
+                    f"shapes {rb[5]}. Certify a zeroed-equivalent model (same shapes) instead "
+                    "of a physically smaller one."
                 )
         if len(a) != len(b) or self.outputs != other.outputs:
             raise GraphMismatchError(

@@ -45,6 +45,11 @@ class IndexModuleAdapter(Adapter):
                          module=str(node.target))
 
 
+# Eval-mode Dropout1d/2d/3d and AlphaDropout appear as these in torch.export graphs.
+_ATEN_DROPOUT = (aten.dropout.default, aten.feature_dropout.default,
+                 aten.alpha_dropout.default, aten.feature_alpha_dropout.default)
+
+
 class IndexFunctionAdapter(Adapter):
     """Functions and methods whose output elements are copies of input elements."""
 
@@ -58,7 +63,7 @@ class IndexFunctionAdapter(Adapter):
         kwargs.pop("inplace", None)
         name = op_name(target)
         if "dropout" in name:
-            if target is aten.dropout.default:
+            if target in _ATEN_DROPOUT:  # (input, p, train)
                 training = args[1] if len(args) > 1 else kwargs.get("train", True)
             else:
                 training = kwargs.get("training", args[1] if len(args) > 1 else True)
@@ -196,7 +201,7 @@ def register(registry: Any) -> None:
          aten._unsafe_view.default, aten.permute.default, aten.transpose.int,
          aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
          aten.t.default, aten.slice.Tensor, aten.select.int, aten.expand.default,
-         aten.dropout.default, aten.clone.default, aten.alias.default,
+         *_ATEN_DROPOUT, aten.clone.default, aten.alias.default,
          aten.contiguous.default, aten.constant_pad_nd.default, aten.pad.default,
          aten.reflection_pad1d.default, aten.reflection_pad2d.default,
          aten.replication_pad1d.default, aten.replication_pad2d.default], idx)
