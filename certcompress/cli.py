@@ -236,8 +236,15 @@ _COMMANDS: list[Register] = [_register_inspect, _register_certify, _register_ada
 # Commands in optional modules (``register(subparsers)`` each), imported only when named
 # or when the full command list is needed (help, an unknown command); a module that does
 # not exist is skipped.
-_OPTIONAL_COMMANDS: dict[str, str] = {"meanfield": "certcompress.meanfield.cli",
-                                      "demo": "certcompress.demo"}
+_OPTIONAL_COMMANDS: dict[str, str] = {
+    "demo": "certcompress.demo",
+    "prune": "certcompress.compress.pruning.cli",
+    "certify-plan": "certcompress.compress.pruning.cli",
+    "prune-report": "certcompress.compress.pruning.cli",
+    "export": "certcompress.export.cli",
+    "verify": "certcompress.export.cli",
+    "meanfield": "certcompress.meanfield.cli",
+}
 
 
 def _optional_register(module_name: str) -> Register | None:

@@ -1,0 +1,1 @@
+"""Compression methods certified with path-metric bounds (pruning, quantization)."""

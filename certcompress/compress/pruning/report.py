@@ -1,0 +1,208 @@
+"""The pruning report: certified bound next to measured deviations, per criterion and
+sparsity, as a DataFrame, a CSV file and a log-scale plot (shared doc, section 6: a
+bound is always shown beside what was measured, and a vacuous bound is marked so)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..._io import atomic_path
+from ...api import certify, trace
+from ...errors import ConfigurationError
+from ._layers import excluded_names, input_shape_for, prunable_layers
+from .apply import apply_masks
+from .criteria import Masks, check_criterion, prune_count, ranks, weight_scores
+from .search import _radius
+
+__all__ = ["pruning_report", "save_report", "plot_report", "REPORT_COLUMNS"]
+
+REPORT_COLUMNS = [
+    "criterion", "sparsity", "pruned_weights", "candidate_weights", "parameters",
+    "nonzero_parameters", "certified_bound", "baseline_bound_linf", "path_metric_exact",
+    "deviation_mean", "deviation_max", "adversarial_max", "output_scale", "vacuous",
+    "accuracy",
+]
+
+
+def _as_data(data: Tensor | Iterable[Any] | None, labels: Tensor | None
+             ) -> tuple[Tensor | None, Tensor | None]:
+    """``data`` as one tensor: a tensor, or an iterable of batches (tensors or
+    ``(x, y, ...)`` tuples, e.g. a DataLoader; ``y`` is used when ``labels`` is None)."""
+    if data is None or isinstance(data, Tensor):
+        return data, labels
+    xs, ys = [], []
+    for batch in data:
+        if isinstance(batch, Tensor):
+            xs.append(batch)
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+            xs.append(batch[0])
+            if len(batch) > 1 and isinstance(batch[1], Tensor):
+                ys.append(batch[1])
+        else:
+            raise ConfigurationError(f"data batches must be tensors or (inputs, labels) "
+                                     f"tuples, got {type(batch).__name__}")
+    if not xs:
+        raise ConfigurationError("data is empty")
+    x = torch.cat(xs)
+    if labels is None and len(ys) == len(xs):
+        labels = torch.cat(ys)
+    return x, labels
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        out = model(x.to(dtype))
+    pred = out.argmax(dim=1)
+    if pred.shape != y.shape:
+        raise ConfigurationError(f"labels have shape {tuple(y.shape)}, the predictions "
+                                 f"(argmax over dimension 1) {tuple(pred.shape)}")
+    return float((pred == y.to(pred.device)).float().mean())
+
+
+def pruning_report(model: nn.Module, criteria: Sequence[str] = ("magnitude", "path-magnitude"),
+                   sparsities: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+                   data: Tensor | Iterable[Any] | None = None, labels: Tensor | None = None,
+                   input_shape: Sequence[int] | None = None,
+                   input_radius: float | None = None, *, scope: str = "global",
+                   exclude: Sequence[str] = (), search_steps: int = 20,
+                   search_restarts: int = 4, seed: int = 0, progress: bool = True
+                   ) -> pd.DataFrame:
+    """One row per (criterion, sparsity): the certified bound (l1 output deviation over
+    ``||x||_inf <= input_radius``), the operator-norm baseline (an l_inf bound, NaN where
+    it does not apply), the deviation measured on ``data`` (mean and max l1), the
+    largest deviation ``search_steps`` of gradient ascent found, ``vacuous`` (bound above
+    the largest ``||f(x)||_1`` on ``data``), top-1 accuracy when labels are given
+    (``argmax`` over dimension 1), and parameter counts. Columns: ``REPORT_COLUMNS``;
+    ``df.attrs`` holds the dense accuracy, radius and input shape. A progress bar shows
+    on stderr when ``progress``."""
+    from tqdm.auto import tqdm
+
+    crits = [check_criterion(c, f"criteria[{i}]") for i, c in enumerate(criteria)]
+    if not crits:
+        raise ConfigurationError("criteria is empty; give at least one of magnitude, "
+                                 "path-magnitude, random")
+    sp = []
+    for i, s in enumerate(sparsities):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+            raise ConfigurationError(f"sparsities[{i}] must be a number in [0, 1], got {s!r}")
+        sp.append(float(s))
+    if not sp:
+        raise ConfigurationError("sparsities is empty")
+    if scope not in ("global", "per-layer"):
+        raise ConfigurationError(f"scope must be 'global' or 'per-layer', got {scope!r}")
+    shape = input_shape_for(model, input_shape, "the pruning report")
+    radius = _radius(model, input_radius)
+    x, y = _as_data(data, labels)
+    if x is not None:
+        x = x.reshape((-1,) + tuple(shape[1:]))
+    layers = prunable_layers(model)
+    excluded = excluded_names(layers, list(exclude))
+    names = [ly.name for ly in layers if ly.name not in excluded]
+    sizes = {ly.name: ly.numel for ly in layers}
+    n_cand = sum(sizes[n] for n in names)
+    graph = trace(model, shape) if "path-magnitude" in crits else None
+    total_params = sum(p.numel() for p in model.parameters())
+    rows = []
+    bar = tqdm(total=len(crits) * len(sp), desc="pruning report", disable=not progress,
+               leave=False)
+    for crit in crits:
+        scores = weight_scores(model, crit, layers, graph=graph, input_shape=shape, seed=seed)
+        joint = ranks(scores, names)
+        local = {n: ranks(scores, [n])[n] for n in names}
+        for s in sp:
+            masks: Masks = {}
+            if scope == "global":
+                k = prune_count(s, n_cand)
+                masks = {n: joint[n] >= k for n in names}
+            else:
+                masks = {n: local[n] >= prune_count(s, sizes[n]) for n in names}
+            pruned_w = sum(int((~m).sum()) for m in masks.values())
+            pruned = apply_masks(model, masks)
+            cert = certify(model, pruned, shape, radius, reference_inputs=x,
+                           search_steps=search_steps, search_restarts=search_restarts,
+                           seed=seed)
+            m = cert.measurements
+            nan = float("nan")
+            rows.append({
+                "criterion": crit, "sparsity": s, "pruned_weights": pruned_w,
+                "candidate_weights": n_cand, "parameters": total_params,
+                "nonzero_parameters": sum(int((p != 0).sum()) for p in pruned.parameters()),
+                "certified_bound": cert.bound,
+                "baseline_bound_linf": nan if cert.baseline_linf is None
+                else cert.factor * cert.baseline_linf,
+                "path_metric_exact": cert.path_metric_exact,
+                "deviation_mean": nan if m.deviation_mean is None else m.deviation_mean,
+                "deviation_max": nan if m.deviation_max is None else m.deviation_max,
+                "adversarial_max": nan if m.adversarial_max is None else m.adversarial_max,
+                "output_scale": nan if m.output_scale is None else m.output_scale,
+                "vacuous": cert.vacuous,
+                "accuracy": nan if x is None or y is None else _accuracy(pruned, x, y),
+            })
+            bar.update(1)
+    bar.close()
+    df = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    df.attrs.update(radius=radius, input_shape=shape, scope=scope, model=type(model).__name__,
+                    dense_accuracy=None if x is None or y is None else _accuracy(model, x, y))
+    return df
+
+
+def plot_report(df: pd.DataFrame, path: str | os.PathLike[str], title: str | None = None
+                ) -> Path:
+    """A log-scale PNG of certified bound, baseline, measured max and mean deviation and
+    adversarial deviation against sparsity, one colour per criterion (written
+    atomically; non-positive values cannot be drawn on a log axis and are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("certified_bound", "-", "o", "certified bound"),
+              ("baseline_bound_linf", "--", "s", "baseline (l_inf)"),
+              ("adversarial_max", "-.", "^", "gradient ascent"),
+              ("deviation_max", ":", "v", "measured max"),
+              ("deviation_mean", ":", ".", "measured mean")]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
+    for i, (crit, part) in enumerate(df.groupby("criterion", sort=False)):
+        part = part.sort_values("sparsity")
+        for col, ls, mk, label in series:
+            v = part[col].astype(float)
+            ok = v.notna() & (v > 0) & v.map(math.isfinite)
+            if ok.any():
+                ax.plot(part["sparsity"][ok], v[ok], linestyle=ls, marker=mk,
+                        color=colors[i % len(colors)], label=f"{crit}: {label}")
+                drawn += 1
+    if drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel("sparsity (fraction of candidate weights pruned)")
+    ax.set_ylabel("l1 output deviation (log scale)")
+    r = df.attrs.get("radius")
+    ax.set_title(title or f"{df.attrs.get('model', 'model')}: certified bound vs measured "
+                          f"deviation" + (f" (||x||_inf <= {r:g})" if r is not None else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_report(df: pd.DataFrame, csv_path: str | os.PathLike[str],
+                png_path: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
+    """Write the table as CSV (and the plot as PNG), each atomically."""
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
+    png = None if png_path is None else plot_report(df, png_path)
+    return Path(csv_path), png

@@ -1,0 +1,24 @@
+"""ONNX export of certified compressed models, verified with onnxruntime.
+
+``export_onnx`` writes one self-contained ONNX file (dynamo exporter, opset >= 18,
+dynamic batch, quantized weights in QDQ form from the certified grid) with the
+certificate and SHA-256 digests in its metadata, and leaves it only if every check of
+``verify_onnx`` passes; ``verify_onnx`` re-runs those checks on any such file;
+``build_report`` measures file sizes and onnxruntime latencies; ``demo_section`` is the
+last step of the README's main job.
+"""
+
+from __future__ import annotations
+
+from .demo import demo_section
+from .metadata import graph_digest, read_embedded
+from .onnx_export import ExportError, export_onnx, to_onnx
+from .qdq import QuantizedInitializer, WeightGrid
+from .report import ExportReport, build_report
+from .results import Check, Tolerance, VerificationFailed, VerificationReport
+from .verify import verify_onnx
+
+__all__ = ["Check", "ExportError", "ExportReport", "QuantizedInitializer", "Tolerance",
+           "VerificationFailed", "VerificationReport", "WeightGrid", "build_report",
+           "demo_section", "export_onnx", "graph_digest", "read_embedded", "to_onnx",
+           "verify_onnx"]

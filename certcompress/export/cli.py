@@ -1,0 +1,213 @@
+"""``certcompress export`` and ``certcompress verify``: ONNX files with the certificate.
+
+::
+
+    certcompress export COMPRESSED --certificate cert.json --out model.onnx
+                        [--weights W] [--reference-data FILE] [--original MODEL]
+                        [--original-weights W] [--certified MODEL --certified-weights W]
+                        [--grid GRID.json] [--opset 18] [--search-steps N] [--rtol R]
+    certcompress verify model.onnx [--original MODEL] [--original-weights W]
+                        [--compressed MODEL] [--compressed-weights W] [--inputs data.npz]
+                        [--report report.json] [--search-steps N] [--rtol R] [--atol A]
+
+Models are specs for :func:`certcompress.loading.load_model`. ``verify`` exits 0 only
+when every check it runs passes; a failed check, an unreadable, truncated or non-ONNX
+file, a file without a certificate and a missing path are one line on stderr
+(``certcompress: error: ...``, from :func:`certcompress.cli.main`) and exit code 2.
+Handlers take the parsed ``Namespace`` and return the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..certificate import Certificate
+from ..errors import ConfigurationError
+from .onnx_export import MIN_OPSET, export_onnx
+from .verify import Tolerance, VerificationFailed, verify_onnx
+
+__all__ = ["register", "cmd_export", "cmd_verify"]
+
+EXIT_OK = 0
+
+
+def _shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
+                   help="load a plugin by name before anything else (repeatable)")
+    p.add_argument("--search-steps", type=int, default=10, metavar="N",
+                   help="gradient-ascent steps of the search inside the domain (0: skip; "
+                        "default 10)")
+    p.add_argument("--search-restarts", type=int, default=2, metavar="K",
+                   help="random starting points of the search (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    p.add_argument("--rtol", type=float, default=Tolerance.rtol, metavar="R",
+                   help=f"float32 tolerance relative to the output scale (default "
+                        f"{Tolerance.rtol:g})")
+    p.add_argument("--atol", type=float, default=Tolerance.atol, metavar="A",
+                   help=f"float32 tolerance per output (default {Tolerance.atol:g})")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export`` and ``verify`` sub-commands (each once: calling ``register``
+    again on the same sub-parsers adds nothing)."""
+    if "export" not in subparsers.choices:
+        _register_export(subparsers)
+    if "verify" not in subparsers.choices:
+        _register_verify(subparsers)
+
+
+def _register_export(subparsers: Any) -> None:
+    e = subparsers.add_parser(
+        "export", help="export a certified compressed model to ONNX, verified",
+        description="Export COMPRESSED to one ONNX file with the certificate embedded, "
+                    "verify it with onnxruntime, and keep the file only if every check "
+                    "passes.")
+    e.add_argument("compressed", metavar="COMPRESSED", help="model spec of the compressed "
+                                                            "model")
+    e.add_argument("--weights", metavar="STATE_DICT", help="state dict of COMPRESSED")
+    e.add_argument("--certificate", required=True, metavar="CERT.json",
+                   help="the certificate (certcompress certify --out)")
+    e.add_argument("--out", required=True, metavar="MODEL.onnx", help="ONNX file to write")
+    e.add_argument("--reference-data", metavar="FILE",
+                   help="reference inputs: .npz (array 'x'), .npy or .pt, batch first")
+    e.add_argument("--original", metavar="MODEL", help="model spec of the original model "
+                                                       "(enables the bound check)")
+    e.add_argument("--original-weights", metavar="STATE_DICT", help="state dict of --original")
+    e.add_argument("--certified", metavar="MODEL",
+                   help="the model the certificate is about, when COMPRESSED is a physically "
+                        "smaller equivalent of it (structured pruning)")
+    e.add_argument("--certified-weights", metavar="STATE_DICT",
+                   help="state dict of --certified")
+    e.add_argument("--grid", metavar="GRID.json",
+                   help="quantization grid of COMPRESSED (QuantGrid.save): its weights are "
+                        "exported as integer codes + DequantizeLinear (QDQ)")
+    e.add_argument("--opset", type=int, default=MIN_OPSET,
+                   help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})")
+    _shared(e)
+    e.set_defaults(func=cmd_export)
+
+
+def _register_verify(subparsers: Any) -> None:
+    v = subparsers.add_parser(
+        "verify", help="verify an exported ONNX file against its embedded certificate",
+        description="Check the file's digests and certificate, run it with onnxruntime and, "
+                    "given the torch models, check its outputs against them. Exit 0 only "
+                    "when every check passes.")
+    v.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file")
+    v.add_argument("--original", metavar="MODEL", help="model spec of the original model "
+                                                       "(enables the bound check)")
+    v.add_argument("--original-weights", metavar="STATE_DICT", help="state dict of --original")
+    v.add_argument("--compressed", metavar="MODEL", help="model spec of the compressed model "
+                                                         "(enables the equivalence check)")
+    v.add_argument("--compressed-weights", metavar="STATE_DICT",
+                   help="state dict of --compressed")
+    v.add_argument("--inputs", metavar="FILE", help="inputs: .npz (array 'x'), .npy or .pt, "
+                                                    "batch first (default: random, in the "
+                                                    "certificate's domain)")
+    v.add_argument("--report", metavar="FILE", help="also write the report as JSON")
+    _shared(v)
+    v.set_defaults(func=cmd_verify)
+
+
+def _load_plugins(specs: Sequence[str]) -> None:
+    from ..capture import plugin_manager
+
+    pm = plugin_manager()
+    for spec in specs:
+        if not any(lp.source == f"explicit: {spec}" for lp in pm.plugins):
+            pm.load_path(spec)
+
+
+def _module(spec: str | None, weights: str | None, flag: str) -> nn.Module | None:
+    from ..loading import load_model
+
+    if spec is None:
+        if weights is not None:
+            raise ConfigurationError(f"{flag}-weights given without {flag}")
+        return None
+    model = load_model(spec, weights)
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"'{spec}' is a torch.export archive; {flag} needs an "
+                                 "nn.Module (name its factory, e.g. model.py:make)")
+    return model
+
+
+def _options(args: argparse.Namespace) -> Tolerance:
+    if args.search_steps < 0 or args.search_restarts < 1:
+        raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
+    return Tolerance(rtol=args.rtol, atol=args.atol)
+
+
+def _writable(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigurationError(f"output '{path}' is a directory; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigurationError(f"cannot write '{path}': directory '{parent}' does not "
+                                 "exist; create it first")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``certcompress export``: returns 0 (any failure raises a CertcompressError)."""
+    from ..loading import load_reference_inputs
+
+    out = Path(args.out)
+    _writable(out)
+    tol = _options(args)
+    cert = Certificate.load(args.certificate)
+    _load_plugins(args.plugin)
+    compressed = _module(args.compressed, args.weights, "COMPRESSED")
+    original = _module(args.original, args.original_weights, "--original")
+    certified = _module(args.certified, args.certified_weights, "--certified")
+    if compressed is None:
+        raise ConfigurationError("COMPRESSED (a model spec) is required")
+    reference = (load_reference_inputs(args.reference_data, cert.input_shape)
+                 if args.reference_data else None)
+    grid = None
+    if args.grid:
+        from ..compress.quantization.grid import QuantGrid
+
+        grid = QuantGrid.load(args.grid, compressed)
+    report = export_onnx(compressed, out, certificate=cert, reference_inputs=reference,
+                         original=original, opset=args.opset, grids=grid, certified=certified, tolerance=tol, search_steps=args.search_steps,
+                         search_restarts=args.search_restarts, seed=args.seed)
+    print(report.summary())
+    print(f"ONNX model written to {out.resolve()} ({report.file_bytes:,} bytes)")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``certcompress verify``: 0 when every check passes; a failed check raises
+    :class:`VerificationFailed` after the report is printed (and written)."""
+    from ..loading import load_reference_inputs
+    from ._files import load_onnx_file
+    from .metadata import read_embedded
+
+    tol = _options(args)
+    report_path = Path(args.report) if args.report else None
+    if report_path is not None:
+        _writable(report_path)
+    cert = read_embedded(load_onnx_file(args.onnx), f"'{args.onnx}'").certificate
+    _load_plugins(args.plugin)
+    original = _module(args.original, args.original_weights, "--original")
+    compressed = _module(args.compressed, args.compressed_weights, "--compressed")
+    inputs = load_reference_inputs(args.inputs, cert.input_shape) if args.inputs else None
+    try:
+        report = verify_onnx(args.onnx, original=original, inputs=inputs,
+                             compressed=compressed, tolerance=tol,
+                             search_steps=args.search_steps,
+                             search_restarts=args.search_restarts, seed=args.seed)
+    except VerificationFailed as exc:
+        print(exc.report.summary())
+        if report_path is not None:
+            exc.report.save(report_path)
+        raise
+    print(report.summary())
+    if report_path is not None:
+        print(f"report written to {report.save(report_path)}")
+    return EXIT_OK
