@@ -2,19 +2,28 @@
 
 The data path is visible in the layout: ``capture`` (model -> torch.fx graph -> IR via
 adapters and plugins), ``ir`` (the typed ReLU-DAG), ``bounds`` (path-norms,
-path-metrics, the baseline), ``certificate`` and ``api`` (certify).
+path-metrics, the baseline), ``certificate`` and ``api`` (certify), then ``compress``
+(pruning, quantization), ``export`` (ONNX), ``scale`` (sweeps, results store) and
+``meanfield`` (generalization estimates for ResNets).
+
+The core names are imported eagerly; the compression, export and scale-out names are
+imported on first use (``cc.prune``, ``cc.quantize``, ``cc.export_onnx``, ``cc.sweep``...),
+so ``import certcompress`` stays light.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from .api import certify, input_spec_for, path_magnitude_scores, path_metric, path_norm, trace
 from .bounds import Baseline, PathMetric, PathNorm
 from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
-from .certificate import Certificate, Measurements
+from .certificate import Certificate, Measurements, MethodBound
 from .digest import parameter_digest
-from .domain import InputSpec
+from .domain import InputDomain, InputSpec
 from .errors import (
     CertcompressError,
     CertificateError,
@@ -30,12 +39,46 @@ from .errors import (
 )
 from .ir import Graph, IRNode, NodeKind
 
+# name -> module defining it; imported on first attribute access (PEP 562).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ["PruningPlan", "LayerRule", "SparsitySearch", "StructuredPruning", "prune",
+         "prune_channels", "search_sparsity", "pruning_report", "layer_sensitivity",
+         "load_structured"], "certcompress.compress.pruning"),
+    **dict.fromkeys(
+        ["QuantConfig", "LayerQuant", "BitAllocation", "quantize", "choose_bitwidths",
+         "equalize", "sensitivity_table", "apriori_bound", "bits_for_budget",
+         "compare_with_ort", "write_report"],
+        "certcompress.compress.quantization"),
+    **dict.fromkeys(["export_onnx", "verify_onnx", "VerificationReport", "VerificationFailed"],
+                    "certcompress.export"),
+    **dict.fromkeys(["certify_local", "LocalCertificate"], "certcompress.bounds.local"),
+    **dict.fromkeys(["certify_statistical", "StatisticalCertificate"],
+                    "certcompress.bounds.statistical"),
+    **dict.fromkeys(["sweep", "results", "ResultStore", "load_manifest"], "certcompress.scale"),
+}
+
 __all__ = [
     "Adapter", "AdapterRegistry", "Baseline", "CertcompressError", "Certificate",
     "CertificateError", "ConfigurationError", "Graph", "GraphMismatchError", "IRNode",
-    "InputSpec", "Measurements", "ModelLoadError", "NodeKind", "NumericalRangeError",
+    "InputDomain", "InputSpec", "Measurements", "MethodBound", "ModelLoadError", "NodeKind", "NumericalRangeError",
     "PathMetric", "PathNorm", "Plugin", "PluginError", "SoundnessError", "TrainModeError",
     "UnsupportedModelError", "VerificationError", "__version__", "certify",
     "input_spec_for", "load_plugin", "parameter_digest", "path_magnitude_scores",
-    "path_metric", "path_norm", "trace",
+    "path_metric", "path_norm", "trace", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        if name == "meanfield":
+            return importlib.import_module("certcompress.meanfield")
+        raise AttributeError(f"module 'certcompress' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime
 import math
 import platform
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +21,13 @@ from torch import Tensor, nn
 from . import __version__
 from .bounds import PathMetric, graph_path_metric, graph_path_norm, operator_norm_baseline
 from .bounds.pathnorm import path_magnitude_scores as _graph_scores
+from .bounds.propagation.engine import PropagationOptions
+from .bounds.tiers import METHODS, bounds_tier, check_methods, path_metric_tier
 from .capture import plugin_manager
 from .capture import trace as _trace
-from .certificate import Certificate, Measurements
+from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
 from .digest import parameter_digest
-from .domain import InputSpec
+from .domain import InputDomain, InputSpec
 from .errors import ConfigurationError, SoundnessError
 from .ir.graph import Graph
 from .ir.ops import AffineParams
@@ -88,61 +91,103 @@ def path_magnitude_scores(model: Model | Graph, input_shape: Sequence[int] | Non
 
 
 def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None,
-            input_radius: float | None = None, *, reference_inputs: Tensor | None = None,
-            search_steps: int = 20, search_restarts: int = 4, seed: int = 0) -> Certificate:
-    """Certify ``max_{||x||_inf <= r} ||f(x) - f'(x)||_1 <= bound``.
+            input_radius: float | None = None, *, domain: InputDomain | None = None,
+            methods: Sequence[str] | str | None = None,
+            reference_inputs: Tensor | None = None, search_steps: int = 20,
+            search_restarts: int = 4, seed: int = 0,
+            propagation: PropagationOptions | None = None) -> Certificate:
+    """Certify ``max_{x in D} ||f(x) - f'(x)||_1 <= bound`` over an input domain ``D``.
 
-    ``input_radius`` r bounds the inputs as the network receives them (after any
-    normalization); it defaults to the input spec of a plugin that knows the model.
+    ``D`` is ``domain`` (an :class:`InputDomain` box, e.g.
+    ``InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))``; its shape is the input shape) or,
+    without one, the ball ``||x||_inf <= input_radius`` (after normalization;
+    ``input_radius`` defaults to the input spec of a plugin that knows the model).
+
+    ``methods`` chooses the tiers (see :mod:`certcompress.bounds.tiers`):
+    ``"path-metric"`` (``max(r, 1) * path-metric``, ``r = max ||x||_inf`` over ``D``;
+    cheap) and ``"bounds"`` (differential bound propagation over the box; tighter, costs
+    more). Default: path-metric alone without a ``domain``, both with one. Each tier's
+    bound is in ``cert.by_method``; ``cert.bound`` is the smallest (all have the same
+    worst-case scope).
+
     ``reference_inputs`` (a batch) gives the measured deviation, the output scale and the
-    ``vacuous`` flag. A PGD search inside the domain (``search_steps``, 0 to skip) finds
-    the worst deviation it can; a measured value above the bound raises
+    ``vacuous`` flags. A PGD search inside ``D`` (``search_steps``, 0 to skip) finds the
+    worst deviation it can; a measured value above any tier's bound raises
     :class:`SoundnessError` (a bug) instead of returning a wrong certificate.
     """
+    names = check_methods(methods if methods is not None else
+                          (("path-metric",) if domain is None else METHODS))
     spec = input_spec_for(model)
-    shape = _shape(model, input_shape)
-    if input_radius is None:
-        if spec is None:
-            raise ConfigurationError(
-                "input_radius is required: the certificate covers inputs with "
-                "||x||_inf <= input_radius (after normalization); no installed plugin knows "
-                f"a default for {type(model).__name__}"
-            )
-        input_radius = spec.radius
-        domain = f"||x||_inf <= {input_radius:.6g} ({spec.description})"
+    if domain is not None:
+        if not isinstance(domain, InputDomain):
+            raise ConfigurationError(f"domain must be an InputDomain (e.g. "
+                                     f"InputDomain.box(0.0, 1.0, shape=...)), got "
+                                     f"{type(domain).__name__}")
+        if input_radius is not None:
+            raise ConfigurationError("pass either domain or input_radius, not both")
+        shape = domain.shape
+        if input_shape is not None and tuple(int(s) for s in input_shape) != shape:
+            raise ConfigurationError(f"input_shape {tuple(input_shape)} differs from the "
+                                     f"domain's shape {shape}")
+        dom = domain
+        r = dom.radius
+        domain_text = dom.describe()
     else:
-        domain = f"||x||_inf <= {float(input_radius):.6g}"
-    r = float(input_radius)
-    if not math.isfinite(r) or r < 0:
-        raise ConfigurationError(f"input_radius must be a finite number >= 0, got {input_radius}")
+        shape = _shape(model, input_shape)
+        if input_radius is None:
+            if spec is None:
+                raise ConfigurationError(
+                    "input_radius is required: the certificate covers inputs with "
+                    "||x||_inf <= input_radius (after normalization); no installed plugin "
+                    f"knows a default for {type(model).__name__}; or pass "
+                    "domain=InputDomain.box(lower, upper, shape=...)"
+                )
+            input_radius = spec.radius
+            domain_text = f"||x||_inf <= {input_radius:.6g} ({spec.description})"
+        else:
+            domain_text = f"||x||_inf <= {float(input_radius):.6g}"
+        r = float(input_radius)
+        if not math.isfinite(r) or r < 0:
+            raise ConfigurationError(
+                f"input_radius must be a finite number >= 0, got {input_radius}")
+        dom = InputDomain.box(-r, r, shape=shape, description=f"ball ||x||_inf <= {r:.6g}")
     g = trace(model, shape)
     g2 = trace(compressed, shape)
-    pm = graph_path_metric(g, g2)
+    pm_tier, pm = path_metric_tier(g, g2, r)
     factor = max(r, 1.0)
-    bound = factor * pm.value
-    per_output = tuple(factor * v for v in pm.per_output)
+    tiers: dict[str, MethodBound] = {}
+    if "path-metric" in names:
+        tiers["path-metric"] = pm_tier
+    if "bounds" in names:
+        tiers["bounds"] = bounds_tier(g, g2, dom, propagation)
     base = operator_norm_baseline(g, g2)
 
     f, fc = float64_function(model), float64_function(compressed)
+    lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
     meas: dict[str, object] = {}
     if reference_inputs is not None:
         x = reference_inputs.reshape((-1,) + shape[1:])
         dev, scale = deviations(f, fc, x)
-        inside = float(x.abs().max()) <= r * (1 + 1e-12)
+        inside = dom.contains(x)
         meas.update(reference_count=int(x.shape[0]), deviation_max=float(dev.max()),
                     deviation_mean=float(dev.mean()), output_scale=float(scale.max()))
-        if inside:
-            _check(float(dev.max()), bound, "a reference input")
+        if bool(inside.any()):
+            _check_tiers(float(dev[inside.numpy()].max()), tiers, "a reference input")
     if search_steps > 0:
         starts = None
         if reference_inputs is not None:
             starts = reference_inputs.reshape((-1,) + shape[1:])[:search_restarts]
-        adv = adversarial_deviation(f, fc, shape, -r, r, steps=search_steps,
+        adv = adversarial_deviation(f, fc, shape, lo, hi, steps=search_steps,
                                     restarts=search_restarts, starts=starts, seed=seed)
-        _check(adv.max_deviation, bound, "the adversarial search")
+        _check_tiers(adv.max_deviation, tiers, "the adversarial search")
         meas.update(adversarial_max=adv.max_deviation, adversarial_steps=adv.steps,
                     adversarial_restarts=adv.restarts)
     measurements = Measurements(**meas)  # type: ignore[arg-type]
+    fwd = _forward_seconds(f, dom) if "bounds" in tiers else None
+    tiers = {k: t.with_measurements(measurements.output_scale, fwd) for k, t in tiers.items()}
+    same = [t for t in tiers.values() if t.sound and t.scope == WORST_CASE]
+    bound = min(t.bound for t in same)
+    per_output = tuple(min(vs) for vs in zip(*(t.per_output for t in same)))
     vacuous = None if measurements.output_scale is None else bool(
         bound > measurements.output_scale)
     return Certificate(
@@ -153,11 +198,30 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
         float_slack_rel=pm.float_slack_rel, float_slack_abs=pm.float_slack_abs,
         baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
-        vacuous=vacuous, domain=domain, model_name=g.model_name,
+        vacuous=vacuous, domain=domain_text, model_name=g.model_name,
         versions={"certcompress": __version__, "torch": torch.__version__,
                   "python": platform.python_version(), "numpy": np.__version__},
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        by_method=tiers, input_domain=dom,
     )
+
+
+def _forward_seconds(f: Callable[[Tensor], Tensor], dom: InputDomain) -> float:
+    """Median wall time of one float64 forward pass of a single input."""
+    x = dom.sample(1, torch.Generator().manual_seed(0))
+    times = []
+    with torch.no_grad():
+        f(x)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f(x)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _check_tiers(measured: float, tiers: dict[str, MethodBound], where: str) -> None:
+    for name, t in tiers.items():
+        _check(measured, t.bound, f"{where} (tier '{name}')")
 
 
 def _check(measured: float, bound: float, where: str) -> None:

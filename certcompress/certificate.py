@@ -20,11 +20,85 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_text
-from .errors import CertificateError
+from .domain import InputDomain
+from .errors import CertificateError, ConfigurationError
 
-__all__ = ["Certificate", "Measurements", "SCHEMA"]
+__all__ = ["Certificate", "Measurements", "MethodBound", "SCHEMA", "SCHEMAS_READ",
+           "WORST_CASE"]
 
-SCHEMA = "certcompress.certificate/1"
+SCHEMA = "certcompress.certificate/2"
+SCHEMAS_READ = ("certcompress.certificate/1", SCHEMA)
+WORST_CASE = "worst case over the input domain: max over x in D of ||f(x) - f'(x)||_1"
+
+@dataclass(frozen=True)
+class MethodBound:
+    """One tier's certified bound: ``bound`` on the l1 deviation and ``per_output``
+    bounds on each output's absolute deviation, both over ``scope``; ``seconds`` of
+    wall time and ``forward_equivalents`` (seconds over one float64 forward pass of the
+    original, measured in the same run; None when not measured); ``exact`` when the
+    bound is the method's exact value (not a further upper bound of it); ``vacuous``
+    when it exceeds the measured output scale (None when not measured); ``details``:
+    method-specific numbers and notes (JSON scalars)."""
+
+    method: str
+    bound: float
+    per_output: tuple[float, ...]
+    scope: str
+    seconds: float
+    exact: bool
+    vacuous: bool | None = None
+    sound: bool = True
+    forward_equivalents: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "bound": self.bound, "per_output": list(self.per_output),
+                "scope": self.scope, "seconds": self.seconds, "exact": self.exact,
+                "vacuous": self.vacuous, "sound": self.sound,
+                "forward_equivalents": self.forward_equivalents, "details": dict(self.details)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MethodBound:
+        if not isinstance(data, dict):
+            raise CertificateError("a by_method entry must be a JSON object")
+        need = {"method", "bound", "per_output", "scope", "seconds", "exact"}
+        missing = sorted(need - set(data))
+        if missing:
+            raise CertificateError(f"by_method entry is missing field(s): {', '.join(missing)}")
+        unknown = sorted(set(data) - need - {"vacuous", "sound", "forward_equivalents",
+                                             "details"})
+        if unknown:
+            raise CertificateError(f"by_method entry has unknown field(s): "
+                                   f"{', '.join(unknown)}")
+        b = data["bound"]
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) \
+                or b < 0:
+            raise CertificateError(f"by_method bound must be a finite non-negative number, "
+                                   f"got {b!r}")
+        for name in ("exact", "sound"):
+            if name in data and not isinstance(data[name], bool):
+                raise CertificateError(f"by_method field '{name}' must be true or false")
+        try:
+            return cls(method=str(data["method"]), bound=float(b),
+                       per_output=tuple(float(v) for v in data["per_output"]),
+                       scope=str(data["scope"]), seconds=float(data["seconds"]),
+                       exact=bool(data["exact"]), vacuous=data.get("vacuous"),
+                       sound=bool(data.get("sound", True)),
+                       forward_equivalents=None if data.get("forward_equivalents") is None
+                       else float(data["forward_equivalents"]),
+                       details=dict(data.get("details") or {}))
+        except (TypeError, ValueError) as exc:
+            raise CertificateError(f"by_method entry is malformed: {exc}") from None
+
+    def with_measurements(self, output_scale: float | None,
+                          forward_seconds: float | None) -> MethodBound:
+        from dataclasses import replace
+
+        vac = None if output_scale is None else bool(self.bound > output_scale)
+        fe = None if not forward_seconds else self.seconds / forward_seconds
+        return replace(self, vacuous=vac, forward_equivalents=fe)
+
+
 
 
 @dataclass(frozen=True)
@@ -70,7 +144,16 @@ class Certificate:
     norm: str = "l1 (also bounds l2 and l_inf)"
     versions: dict[str, str] = field(default_factory=dict)
     created_utc: str = ""
+    by_method: dict[str, MethodBound] = field(default_factory=dict)
+    input_domain: InputDomain | None = None
     schema: str = SCHEMA
+
+    @property
+    def bound_method(self) -> str:
+        """The method whose bound ``bound`` is (the tightest worst-case tier)."""
+        best = [k for k, v in self.by_method.items()
+                if v.sound and v.scope == WORST_CASE and v.bound == self.bound]
+        return best[0] if best else "path-metric"
 
     # ---------------------------------------------------------------- display
     def summary(self) -> str:
@@ -79,7 +162,9 @@ class Certificate:
             f"certcompress certificate for {self.model_name} (input {self.input_shape}, "
             f"domain: {self.domain})",
             f"  certified bound      {self.bound:.6g}   (max over the domain of "
-            f"||f(x) - f'(x)||_1; = max(r,1)={self.factor:g} x path-metric)",
+            f"||f(x) - f'(x)||_1; " + (f"= max(r,1)={self.factor:g} x path-metric)"
+                                       if self.bound_method == "path-metric" else
+                                       f"from the '{self.bound_method}' tier)"),
             f"  path-metric          {self.path_metric:.6g}   "
             f"({self.method})",
             f"  path-norms           original {self.path_norm_original:.6g}, compressed "
@@ -87,6 +172,12 @@ class Certificate:
             f"  changed parameters   {self.changed_parameters:,} "
             f"({self.sign_changes:,} sign changes)",
         ]
+        for name, t in self.by_method.items():
+            cost = (f"{t.forward_equivalents:.3g} forward passes" if t.forward_equivalents
+                    is not None else f"{t.seconds:.3g} s")
+            flag = " VACUOUS" if t.vacuous else ""
+            lines.append(f"  tier {name:<15} {t.bound:.6g}   ({'exact' if t.exact else 'upper bound'}"
+                         f", {cost}{flag})")
         if self.baseline_linf is not None:
             lines.append(f"  baseline (op-norm)   {self.factor * self.baseline_linf:.6g}   "
                          "(l_inf deviation, rescaling-dependent)")
@@ -118,6 +209,8 @@ class Certificate:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["per_output"] = list(self.per_output)
+        d["by_method"] = {k: v.to_dict() for k, v in self.by_method.items()}
+        d["input_domain"] = None if self.input_domain is None else self.input_domain.to_dict()
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -150,12 +243,19 @@ class Certificate:
     def from_dict(cls, data: Any) -> Certificate:
         if not isinstance(data, dict):
             raise CertificateError("not a certificate: expected a JSON object")
-        if data.get("schema") != SCHEMA:
-            raise CertificateError(f"field 'schema' is {data.get('schema')!r}; expected "
-                                   f"{SCHEMA!r}")
+        if data.get("schema") not in SCHEMAS_READ:
+            raise CertificateError(f"field 'schema' is {data.get('schema')!r}; this version "
+                                   f"reads {', '.join(map(repr, SCHEMAS_READ))}")
+        old = data["schema"] != SCHEMA
+        if old and ("by_method" in data or "input_domain" in data):
+            raise CertificateError(f"a {data['schema']!r} certificate cannot have the fields "
+                                   "'by_method' or 'input_domain' (schema 2)")
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n not in
-                         ("versions", "created_utc", "model_name", "working_dtype", "norm"))
+        optional: tuple[str, ...] = ("versions", "created_utc", "model_name", "working_dtype",
+                                     "norm")
+        if old:
+            optional += ("by_method", "input_domain")
+        missing = sorted(n for n in names if n not in data and n not in optional)
         if missing:
             raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
         unknown = sorted(set(data) - names)
@@ -166,6 +266,16 @@ class Certificate:
             kw["measurements"] = Measurements(**kw["measurements"])
         except TypeError as exc:
             raise CertificateError(f"field 'measurements' is malformed: {exc}") from None
+        kw["schema"] = SCHEMA  # read as (upgraded to) the current schema
+        by = kw.get("by_method") or {}
+        if not isinstance(by, dict):
+            raise CertificateError("field 'by_method' must be an object")
+        kw["by_method"] = {str(k): MethodBound.from_dict(v) for k, v in by.items()}
+        if kw.get("input_domain") is not None:
+            try:
+                kw["input_domain"] = InputDomain.from_dict(kw["input_domain"])
+            except ConfigurationError as exc:
+                raise CertificateError(f"field 'input_domain': {exc}") from None
         kw["input_shape"] = tuple(int(s) for s in kw["input_shape"])
         kw["per_output"] = tuple(float(v) for v in kw["per_output"])
         for name in ("bound", "radius", "factor", "path_metric", "float_slack_rel"):
@@ -177,4 +287,6 @@ class Certificate:
         for name in ("path_metric_exact",):
             if not isinstance(kw[name], bool):
                 raise CertificateError(f"field '{name}' must be true or false")
+        # ``bound`` is not cross-checked against ``by_method`` here: an edited bound is
+        # for the digest and bound checks of ``verify`` to report (see export.verify).
         return cls(**kw)

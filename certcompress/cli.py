@@ -41,6 +41,8 @@ from torch import nn
 
 from . import __version__
 from .api import certify, input_spec_for, path_norm, trace
+from .bounds import cli_local
+from .bounds.cli import add_domain_arguments, certify_kwargs
 from .capture import ENTRY_POINT_GROUP, plugin_manager
 from .errors import CertcompressError, ConfigurationError, SoundnessError, UnsupportedModelError
 from .loading import exported_input_shape, load_model, load_reference_inputs
@@ -144,7 +146,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _register_certify(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "certify", parents=[_common()],
-        help="certify max ||f(x) - f'(x)||_1 over ||x||_inf <= R for two models",
+        help="certify max ||f(x) - f'(x)||_1 over an input domain for two models",
         description="Certify the output deviation between ORIGINAL and COMPRESSED, print the "
                     "certificate and write it as JSON.")
     p.add_argument("original", metavar="ORIGINAL", help="model spec of the original model")
@@ -166,6 +168,8 @@ def _register_certify(subparsers: Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     p.add_argument("--out", default="certificate.json", metavar="FILE",
                    help="where to write the certificate JSON (default ./certificate.json)")
+    add_domain_arguments(p)
+    cli_local.add_arguments(p)
     p.set_defaults(func=_cmd_certify)
 
 
@@ -186,15 +190,16 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     original = _module(args.original, load_model(args.original, args.weights))
     compressed = _module(args.compressed, load_model(args.compressed, args.compressed_weights))
     shape = _input_shape(original, args.input_shape, args.original)
-    if args.radius is None and input_spec_for(original) is None:
+    if args.radius is None and not args.domain and input_spec_for(original) is None:
         raise ConfigurationError(
             f"--radius is required for '{args.original}': the certificate covers inputs with "
             "||x||_inf <= R (after normalization) and no installed plugin knows a default")
     reference = (load_reference_inputs(args.reference_data, shape)
                  if args.reference_data else None)
+    tiers = certify_kwargs(args, shape, reference)
     cert = certify(original, compressed, shape, args.radius, reference_inputs=reference,
                    search_steps=args.search_steps, search_restarts=args.search_restarts,
-                   seed=args.seed)
+                   seed=args.seed, **tiers)
     print(cert.summary())
     try:
         written = cert.save(out)
@@ -202,6 +207,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"cannot write the certificate to '{out}': "
                                  f"{exc.strerror or exc}") from exc
     print(f"certificate written to {written.resolve()}")
+    cli_local.run(args, original, compressed, print, input_shape=shape, domain=tiers["domain"])
     return EXIT_OK
 
 
@@ -243,7 +249,10 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "prune-report": "certcompress.compress.pruning.cli",
     "export": "certcompress.export.cli",
     "verify": "certcompress.export.cli",
+    "quantize": "certcompress.compress.quantization.cli",
     "meanfield": "certcompress.meanfield.cli",
+    "zoo": "certcompress.scale.cli",
+    "results": "certcompress.scale.cli",
 }
 
 

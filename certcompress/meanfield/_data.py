@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ConfigurationError
 
-__all__ = ["DataSplit", "load_digits_task", "as_features", "as_targets", "split_arrays"]
+__all__ = ["DataSplit", "load_digits_task", "as_features", "as_targets", "split_arrays",
+           "load_npz"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +145,22 @@ def load_digits_task(
         rest = rest[:n_test]
     Xtr, Xte = _standardize(X[tr], X[rest])
     return DataSplit(Xtr, y[tr], Xte, y[rest], f"digits:{task}")
+
+
+def load_npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
+    """Arrays of an ``.npz`` file: ``(X_train, y_train, X_test, y_test)`` when it holds
+    those four, else ``(X, y)``; no pickles are loaded."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigurationError(f"data: no such file '{p}' (use 'digits' or an .npz file)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            if {"X_train", "y_train", "X_test", "y_test"} <= keys:
+                return (z["X_train"], z["y_train"], z["X_test"], z["y_test"])
+            if {"X", "y"} <= keys:
+                return (z["X"], z["y"])
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"data: cannot read '{p}' as .npz: {exc}") from None
+    raise ConfigurationError(f"data: '{p}' must hold arrays X, y or X_train, y_train, "
+                             f"X_test, y_test; it has {sorted(keys)}")

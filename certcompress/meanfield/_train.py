@@ -143,6 +143,9 @@ def train(
             t0 = time.perf_counter()
             loss = _loss(model, X, y)
             value = float(loss.detach())
+            forward_seconds = time.perf_counter() - t0
+            if k == 0 and not math.isfinite(value):
+                raise ConfigurationError("train: the initial loss is not finite; check the data scale")
             if not math.isfinite(value) or value > divergence_factor * max(losses[:1] or [value]):
                 diverged = True
                 break
@@ -159,7 +162,7 @@ def train(
                 for name, p in params.items():
                     if p.grad is not None:
                         p.sub_(p.grad, alpha=lr * mults[name])
-            step_seconds += (t1 - t0) + (time.perf_counter() - t1)
+            step_seconds += forward_seconds + (time.perf_counter() - t1)
             n_timed += 1
             bar.update(1)
     finally:

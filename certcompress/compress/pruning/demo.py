@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ...certificate import Certificate
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ...measure import deviations, float64_function
 from ...zoo import DigitsData, accuracy
@@ -30,6 +31,7 @@ class PruningDemo:
     the budget used and the search result."""
 
     plan: PruningPlan
+    pruned: nn.Module
     certificate: Certificate
     magnitude_certificate: Certificate
     dense_accuracy: float | None
@@ -43,13 +45,16 @@ def demo_section(model: nn.Module, data: DigitsData | Tensor, *, labels: Tensor 
                  input_shape: Sequence[int] = (1, 1, 8, 8), input_radius: float = 1.0,
                  sparsity: float = 0.5, budget: float | None = None,
                  out_dir: str | Path | None = None, search_steps: int = 20, seed: int = 0,
+                 domain: InputDomain | None = None,
                  print_fn: Callable[[str], None] = print) -> PruningDemo:
     """Print the pruning section and return what it showed.
 
     ``data``: a :class:`~certcompress.zoo.DigitsData` (its test split is used, with
     labels) or an input tensor (``labels`` optional). ``budget`` defaults to the largest
     ``||f(x)||_1`` on the data, so the search finds the sparsest plan whose certificate is
-    not vacuous. With ``out_dir`` the plan and certificates are written there.
+    not vacuous. With ``domain`` (an :class:`~certcompress.InputDomain` box) the budget
+    search certifies every step with the bound-propagation tier over that box as well
+    (``certifier="bounds"``). With ``out_dir`` the plan and certificates are written there.
     """
     y: Tensor | None
     if isinstance(data, DigitsData):
@@ -97,10 +102,15 @@ def demo_section(model: nn.Module, data: DigitsData | Tensor, *, labels: Tensor 
         why = "the largest ||f(x)||_1 on the data: below it the certificate is not vacuous"
     else:
         why = "given"
-    found = search_sparsity(model, budget, "path-magnitude", shape, input_radius, seed=seed)
+    found = search_sparsity(model, budget, "path-magnitude", shape,
+                            None if domain is not None else input_radius, seed=seed,
+                            certifier="path-metric" if domain is None else "bounds",
+                            domain=domain)
     nxt = ("every weight fits" if found.next_bound is None else
            f"next step {found.next_sparsity:.4%} certified at {found.next_bound:.4g} > budget")
-    print_fn(f"budget search for budget {budget:.4g} ({why}):")
+    tier = ("path-metric tier" if domain is None
+            else f"path-metric and bound-propagation tiers over {domain.description}")
+    print_fn(f"budget search for budget {budget:.4g} ({why}), certified by the {tier}:")
     print_fn(f"  sparsest path-magnitude plan within budget: sparsity {found.sparsity:.4%} "
              f"({found.pruned:,} weights), certified {found.bound:.4g}; {nxt}; "
              f"{found.forward_passes} forward passes")
@@ -111,6 +121,6 @@ def demo_section(model: nn.Module, data: DigitsData | Tensor, *, labels: Tensor 
         cert.save(out / "pruning_certificate.json")
         found.plan.save(out / "budget_plan.json")
         print_fn(f"  plan, certificate and budget plan written to {out}")
-    return PruningDemo(plan=plan, certificate=cert, magnitude_certificate=mcert,
+    return PruningDemo(plan=plan, pruned=pruned, certificate=cert, magnitude_certificate=mcert,
                        dense_accuracy=dense, pruned_accuracy=p_acc, magnitude_accuracy=m_acc,
                        budget=float(budget), search=found)

@@ -68,14 +68,15 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((pred == y.to(pred.device)).float().mean())
 
 
-def pruning_report(model: nn.Module, criteria: Sequence[str] = ("magnitude", "path-magnitude"),
+def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude", "path-magnitude"),
                    sparsities: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
                    data: Tensor | Iterable[Any] | None = None, labels: Tensor | None = None,
                    input_shape: Sequence[int] | None = None,
                    input_radius: float | None = None, *, scope: str = "global",
                    exclude: Sequence[str] = (), search_steps: int = 20,
-                   search_restarts: int = 4, seed: int = 0, progress: bool = True
-                   ) -> pd.DataFrame:
+                   search_restarts: int = 4, seed: int = 0, progress: bool = True,
+                   executor: str | Any | None = None, store: str | os.PathLike[str] | None = None,
+                   sweep: str | None = None) -> pd.DataFrame:
     """One row per (criterion, sparsity): the certified bound (l1 output deviation over
     ``||x||_inf <= input_radius``), the operator-norm baseline (an l_inf bound, NaN where
     it does not apply), the deviation measured on ``data`` (mean and max l1), the
@@ -83,8 +84,30 @@ def pruning_report(model: nn.Module, criteria: Sequence[str] = ("magnitude", "pa
     the largest ``||f(x)||_1`` on ``data``), top-1 accuracy when labels are given
     (``argmax`` over dimension 1), and parameter counts. Columns: ``REPORT_COLUMNS``;
     ``df.attrs`` holds the dense accuracy, radius and input shape. A progress bar shows
-    on stderr when ``progress``."""
+    on stderr when ``progress``.
+
+    With ``executor`` (``"local"``, ``"ray"``, ``"serial"`` or an executor object) every
+    row is one task of :mod:`certcompress.scale` (``model`` must then be a model spec
+    string, never a module object), optionally stored in and resumed from the SQLite
+    ``store`` under the name ``sweep``; the rows are the same."""
     from tqdm.auto import tqdm
+
+    if executor is not None:
+        from ...scale.integrations import run_pruning_report
+
+        if isinstance(model, nn.Module):
+            raise ConfigurationError(
+                "executor= runs the rows on workers, which receive model specs (e.g. "
+                "'torchvision:resnet18', or 'file.py:factory' with weights), never module "
+                "objects: pass the model's spec string")
+        return run_pruning_report(model, criteria, sparsities, data, labels, input_shape,
+                                  input_radius, scope=scope, exclude=exclude,
+                                  search_steps=search_steps, search_restarts=search_restarts,
+                                  seed=seed, progress=progress, executor=executor, store=store,
+                                  sweep=sweep)
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"model {model!r} is a spec: pass executor='local' (or 'ray') "
+                                 "to run the report on workers, or pass the nn.Module")
 
     crits = [check_criterion(c, f"criteria[{i}]") for i, c in enumerate(criteria)]
     if not crits:

@@ -9,6 +9,11 @@ in ``k`` (pruning more removes more paths). Bisection on ``k`` keeps the invaria
 the graph traced once, zeroed folded parameters) at each step, so the result states two
 computed facts: the returned plan's bound is within the budget and the next denser
 step's bound is not.
+
+``certifier="bounds"`` certifies each step with the smaller of the path-metric bound and
+the bound-propagation tier over the input domain (``domain``, default the ball
+``||x||_inf <= r``; :mod:`certcompress.bounds.tiers`). That bound need not be monotone in
+``k``; the bisection still returns the two computed facts above.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from torch import nn
 
 from ...api import trace
 from ...bounds import graph_path_metric
+from ...bounds.propagation.engine import PropagationOptions
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ...ir.graph import Graph
 from ...ir.ops import AffineParams
@@ -37,12 +44,26 @@ class MaskCertifier:
     ``bound(masks)`` zeroes the masked weights in the graph's folded parameters (same
     layout as the module weights) and returns ``max(r, 1) * path-metric`` (exact for a
     pruning, float slack included): the bound :func:`certcompress.certify` gives for the
-    pruned model. ``passes`` counts the difference passes run.
+    pruned model. ``passes`` counts the difference passes run. With
+    ``certifier="bounds"`` the bound is the smaller of that and the bound-propagation
+    tier over ``domain`` (default: the box ``[-r, r]``).
     """
 
-    def __init__(self, graph: Graph, layers: Sequence[Layer], radius: float) -> None:
+    def __init__(self, graph: Graph, layers: Sequence[Layer], radius: float,
+                 certifier: str = "path-metric", domain: InputDomain | None = None,
+                 options: PropagationOptions | None = None) -> None:
         if not math.isfinite(radius) or radius < 0:
             raise ConfigurationError(f"input_radius must be a finite number >= 0, got {radius}")
+        if certifier not in ("path-metric", "bounds"):
+            raise ConfigurationError(f"certifier must be 'path-metric' or 'bounds', got "
+                                     f"{certifier!r}")
+        self.certifier = certifier
+        self.domain = domain if domain is not None else InputDomain.box(
+            -float(radius), float(radius), shape=graph.input_shape)
+        if self.domain.shape != tuple(graph.input_shape):
+            raise ConfigurationError(f"the domain's shape {self.domain.shape} differs from "
+                                     f"the input shape {tuple(graph.input_shape)}")
+        self.options = options
         self.graph = graph
         self.factor = max(float(radius), 1.0)
         self.nodes = layer_nodes(graph, layers)
@@ -62,8 +83,14 @@ class MaskCertifier:
         if not changed:
             return 0.0
         self.passes += 1
-        pm = graph_path_metric(self.graph, self.graph.with_params(params))
-        return self.factor * pm.value
+        other = self.graph.with_params(params)
+        pm = graph_path_metric(self.graph, other)
+        bound = self.factor * pm.value
+        if self.certifier == "bounds":
+            from ...bounds.tiers import bounds_tier
+
+            bound = min(bound, bounds_tier(self.graph, other, self.domain, self.options).bound)
+        return bound
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,7 +163,9 @@ def _bisect(bound_at: Callable[[int], float], n: int, budget: float
 def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magnitude",
                     input_shape: Sequence[int] | None = None,
                     input_radius: float | None = None, *, scope: str = "global",
-                    exclude: Sequence[str] = (), seed: int = 0) -> SparsitySearch:
+                    exclude: Sequence[str] = (), seed: int = 0,
+                    certifier: str = "path-metric", domain: InputDomain | None = None
+                    ) -> SparsitySearch:
     """The largest sparsity whose certified bound ``max(r,1) * path-metric`` is at most
     ``budget`` (see the module docstring). ``input_radius`` r bounds ``||x||_inf`` of the
     inputs as the network receives them; it defaults to a plugin's input spec.
@@ -144,6 +173,10 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     Costs one scoring pass (path-magnitude: one forward and one backward) and at most
     ``ceil(log2(steps)) + 1`` difference passes. Certify the returned plan in full
     (measured and adversarial deviation) with ``prune(model, result.plan, ...)``.
+
+    ``certifier="bounds"`` adds the bound-propagation tier over ``domain`` (an
+    :class:`~certcompress.InputDomain`; it replaces ``input_radius``) at every step:
+    tighter, about a second per step on small CNNs.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
             or not math.isfinite(budget) or budget < 0:
@@ -152,8 +185,14 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     crit = check_criterion(criterion)
     if scope not in ("global", "per-layer"):
         raise ConfigurationError(f"scope must be 'global' or 'per-layer', got {scope!r}")
-    shape = input_shape_for(model, input_shape, "the budget search")
-    radius = _radius(model, input_radius)
+    shape = input_shape_for(model, input_shape if input_shape is not None or domain is None
+                            else domain.shape, "the budget search")
+    if domain is not None:
+        if input_radius is not None:
+            raise ConfigurationError("pass either domain or input_radius, not both")
+        radius = domain.radius
+    else:
+        radius = _radius(model, input_radius)
     layers = prunable_layers(model)
     excluded = excluded_names(layers, list(exclude))
     cand = [ly for ly in layers if ly.name not in excluded]
@@ -161,7 +200,7 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     graph = trace(model, shape)
     scores = weight_scores(model, crit, layers, graph=graph, input_shape=shape, seed=seed)
     scoring = 1 if crit == "path-magnitude" else 0
-    cert = MaskCertifier(graph, layers, radius)
+    cert = MaskCertifier(graph, layers, radius, certifier, domain)
     n_total = sum(ly.numel for ly in cand)
 
     if scope == "global":
@@ -199,8 +238,9 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     def frac(j: int) -> float:
         return count(j) / n_total if n_total else 0.0
 
+    where = f"||x||_inf <= {radius:g}" if domain is None else domain.describe()
     plan = plan_at(k).with_note(f"budget search: certified bound {b:.6g} <= budget "
-                                f"{float(budget):.6g} for ||x||_inf <= {radius:g}")
+                                f"{float(budget):.6g} for {where} ({certifier})")
     return SparsitySearch(
         plan=plan, budget=float(budget), bound=b, sparsity=frac(k), pruned=count(k),
         next_bound=b_next, next_sparsity=None if k_next is None else frac(k_next),

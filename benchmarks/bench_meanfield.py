@@ -1,0 +1,133 @@
+"""Benchmark of certcompress.meanfield (issue 6).
+
+1. Time of ``mf.estimate`` for n=500, L=16, M=256 (d=64, K=256, digits odd-even, default
+   EstimateOptions: 12 checkpoints) as a multiple of one full-batch training step.
+2. Wall time of a sweep over depths x scalings (mean-field sqrt none); by default the
+   default sweep (depths 4 8 16 32, M=128, n=500, 300 steps), the same as
+   ``certcompress meanfield sweep``; ``--depths/--width/--n/--steps`` shrink it.
+3. The two Gram implementations at n=100, L=16, M=256 (closed form vs torch.func
+   per-sample Jacobians), as a ratio.
+
+Prints the figures measured in this run and writes benchmarks/results/meanfield.json.
+Timings on a shared machine vary with its load: the load average is recorded.
+
+    python benchmarks/bench_meanfield.py            # both parts
+    python benchmarks/bench_meanfield.py --no-sweep # estimate ratio only (~1 min)
+    python benchmarks/bench_meanfield.py --depths 4 8 16 --n 300 --steps 150 --width 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from certcompress import meanfield as mf
+from certcompress._io import atomic_write_text
+
+
+def _step_seconds(net: mf.ScaledResNet, data: mf.DataSplit, steps: int = 20) -> float:
+    run = mf.train(net, data.X_train, data.y_train, steps=steps, record_every=steps)
+    return run.seconds_per_step
+
+
+def bench_estimate(repeats: int) -> dict[str, Any]:
+    data = mf.load_digits_task("odd-even", n_train=500, seed=0)
+    net = mf.ScaledResNet(d=64, depth=16, width=256, head_width=256, scaling="mean-field")
+    run = mf.train(net, data.X_train, data.y_train, steps=300, record_every=25)
+    est_times, step_times = [], [run.seconds_per_step]
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        mf.estimate(run, data.X_train, data.y_train, data.X_test, data.y_test, 0.05, seed=r)
+        est_times.append(time.perf_counter() - t0)
+        step_times.append(_step_seconds(net, data))  # interleaved: same machine load
+    step = statistics.median(step_times)
+    est = statistics.median(est_times)
+    return {"n": 500, "depth": 16, "width": 256, "head_width": 256, "d": 64,
+            "checkpoints_used": min(12, len(run.checkpoints)),
+            "estimate_seconds": est_times, "step_seconds": step_times,
+            "estimate_median_s": est, "step_median_s": step, "ratio": est / step}
+
+
+def bench_gram() -> dict[str, object]:
+    data = mf.load_digits_task("odd-even", n_train=100, seed=0)
+    net = mf.ScaledResNet(d=64, depth=16, width=256, head_width=256, scaling="mean-field")
+    times = {}
+    for method in ("structured", "jacobian"):
+        t0 = time.perf_counter()
+        mf.gram_matrices(net, data.X_train, method=method)  # type: ignore[arg-type]
+        times[method] = time.perf_counter() - t0
+    return {"n": 100, "depth": 16, "width": 256, "structured_s": times["structured"],
+            "jacobian_s": times["jacobian"], "ratio": times["jacobian"] / times["structured"]}
+
+
+def bench_sweep(depths: list[int], width: int, n: int, steps: int) -> dict[str, object]:
+    t0 = time.perf_counter()
+    table = mf.sweep(depths=depths, scalings=["mean-field", "sqrt", "none"], widths=[width],
+                     ns=[n], data="digits",
+                     options=mf.SweepOptions(steps=steps, record_every=max(steps // 6, 1)),
+                     progress=False)
+    wall = time.perf_counter() - t0
+    mfrows = table[table["in_scope"].astype(bool)]
+    return {"depths": depths, "width": width, "n": n, "steps": steps,
+            "configurations": len(table), "wall_seconds": wall,
+            "in_scope": len(mfrows),
+            "gap_estimate_in_scope": [float(v) for v in mfrows["gap_estimate"]],
+            "measured_gap": [float(v) for v in table["measured_gap"]],
+            "w2_bound_residual": [float(v) for v in table["w2_bound_residual"]],
+            "spearman_kernel_measure": table.attrs["spearman"]["kernel_measure"]["rho"],
+            "train_seconds": float(table["train_seconds"].sum()),
+            "estimate_seconds": float(table["estimate_seconds"].sum()),
+            "spearman_gap_estimate": table.attrs["spearman"]["gap_estimate"]["rho"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-gram", action="store_true")
+    parser.add_argument("--no-estimate", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depths", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    env = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "load_before": os.getloadavg()}
+    result: dict[str, object] = {"env": env}
+    if not args.no_estimate:
+        e = bench_estimate(args.repeats)
+        result["estimate"] = e
+        print(f"estimate (n=500, L=16, M=256): {e['estimate_median_s']:.2f} s = "
+              f"{e['ratio']:.0f} x one training step ({1e3 * e['step_median_s']:.1f} ms)")
+    if not args.no_gram:
+        g = bench_gram()
+        result["gram"] = g
+        print(f"Gram matrices (n=100, L=16, M=256): closed form {g['structured_s']:.2f} s, "
+              f"torch.func Jacobians {g['jacobian_s']:.2f} s: {g['ratio']:.0f}x")
+    if not args.no_sweep:
+        s = bench_sweep(args.depths, args.width, args.n, args.steps)
+        result["sweep"] = s
+        print(f"sweep ({s['configurations']} configurations, depths {args.depths}, M={args.width}, "
+              f"n={args.n}, {args.steps} steps): {s['wall_seconds']:.0f} s wall "
+              f"(train {s['train_seconds']:.0f} s, estimate {s['estimate_seconds']:.0f} s) "
+              f"on {env['cpus']} cores")
+    env["load_after"] = os.getloadavg()
+    print(f"load average before {env['load_before']}, after {env['load_after']}")
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    name = "meanfield.json" if not args.no_estimate else "meanfield_sweep_gram.json"
+    path = atomic_write_text(out / name, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

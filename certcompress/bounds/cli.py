@@ -1,0 +1,73 @@
+"""Command-line options of the certification tiers, for the ``certify`` command.
+
+``add_domain_arguments(parser)`` adds ``--domain LO:HI`` (or ``--domain data``: the
+per-feature min/max box of ``--reference-data``), ``--method NAME`` (repeatable:
+``path-metric``, ``bounds``) and ``--propagation {crown,interval}``;
+``certify_kwargs(args, shape, reference)`` turns them into the keyword arguments of
+:func:`certcompress.certify` (``domain``, ``methods``, ``propagation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from ..domain import InputDomain
+from ..errors import ConfigurationError
+from .propagation.engine import PropagationOptions
+from .tiers import METHODS
+
+__all__ = ["add_domain_arguments", "parse_domain", "certify_kwargs"]
+
+
+def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("input domain and certification tiers")
+    g.add_argument("--domain", metavar="LO:HI",
+                   help="certify over the box LO <= x <= HI (every feature, as the network "
+                        "receives inputs), e.g. 0:1 (negative LO: --domain=-1:1); or 'data': the per-feature min/max box "
+                        "of --reference-data. Replaces --radius")
+    g.add_argument("--method", action="append", choices=METHODS, metavar="NAME",
+                   help=f"certification tier ({', '.join(METHODS)}); repeat for several; "
+                        "default: path-metric, plus bounds with --domain. The certificate's "
+                        "bound is the smallest")
+    g.add_argument("--propagation", choices=("crown", "interval"), default="crown",
+                   help="bounds tier: back-substitution at every ReLU (crown, default) or "
+                        "interval bounds there (interval: faster, looser)")
+
+
+def parse_domain(text: str, shape: Sequence[int], reference: Tensor | None = None
+                 ) -> InputDomain:
+    """``LO:HI`` as a box of ``shape``; ``data`` as the box of ``reference``."""
+    if text.strip().lower() == "data":
+        if reference is None:
+            raise ConfigurationError("--domain data needs --reference-data (the box is their "
+                                     "per-feature min/max)")
+        return InputDomain.from_data(reference, shape=tuple(shape))
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ConfigurationError(f"--domain must be LO:HI (e.g. 0:1) or 'data', got {text!r}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigurationError(f"--domain bounds must be numbers, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ConfigurationError(f"--domain needs finite LO <= HI, got {text!r}")
+    return InputDomain.box(lo, hi, shape=tuple(shape), description=f"box [{lo:g}, {hi:g}] "
+                           "for every feature (--domain)")
+
+
+def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
+                   reference: Tensor | None = None) -> dict[str, Any]:
+    """``domain``, ``methods`` and ``propagation`` for :func:`certcompress.certify`."""
+    domain = None
+    if getattr(args, "domain", None):
+        if getattr(args, "radius", None) is not None:
+            raise ConfigurationError("pass either --domain or --radius, not both")
+        domain = parse_domain(args.domain, shape, reference)
+    methods = tuple(args.method) if getattr(args, "method", None) else None
+    propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"))
+    return {"domain": domain, "methods": methods, "propagation": propagation}

@@ -1,0 +1,455 @@
+"""Local certificates: the deviation and the decision around given points.
+
+For each point ``x_i`` and radius ``eps`` the certificate speaks about the box
+``B_i = {x : ||x - x_i||_inf <= eps, domain_lower <= x <= domain_upper}`` and states,
+for the exact-arithmetic functions ``f`` (original) and ``f'`` (compressed):
+
+* ``deviation_bound[i] >= max_{x in B_i} ||f(x) - f'(x)||_1`` and per output
+  ``deviation_lower[i, j] <= f_j(x) - f'_j(x) <= deviation_upper[i, j]``;
+* ``decision_unchanged[i]``: for every ``x`` in ``B_i`` the compressed network's top-1
+  class is ``c_i = argmax f(x_i)``, the original's class at the point (strictly: the
+  certified lower bound of ``min_{j != c} f'_c(x) - f'_j(x)`` over ``B_i``, recorded as
+  ``margin_lower[i]``, is positive);
+* ``original_robust[i]``: the same for the original network; where both hold, the two
+  networks agree on every input of ``B_i``.
+
+Three bound-propagation runs per box (``certcompress.bounds.propagation``): the pair
+``(f, f')`` propagating the difference ``d = f - f'`` (tight when the compression is
+small), and each network alone (``f`` with itself, ``f'`` with itself; tight when the
+ball is small, whatever the size of the compression). Every stated bound is the
+tighter of the sound bounds these give; each run's bounds include the engine's
+float64 rounding margin, and the combinations here are widened by a further stated
+relative margin. The class at the point and the deviation at the point are evaluated
+in float64 on the models themselves, and a deviation at the point above the bound
+raises :class:`~certcompress.errors.SoundnessError` (a bug) instead of returning a
+wrong certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._io import atomic_write_text
+from ..errors import CertificateError, ConfigurationError, SoundnessError
+from .numerics import UNIT_ROUNDOFF
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .propagation.engine import PairState, PropagationOptions
+
+__all__ = ["LocalCertificate", "certify_local", "LOCAL_SCHEMA"]
+
+LOCAL_SCHEMA = "certcompress.local-certificate/1"
+
+
+
+def _combine_rel(m: int) -> float:
+    """Relative widening of the (already sound) engine bounds combined here: a float64
+    sum of at most ``m`` terms (``m`` outputs) errs by at most ``m u / (1 - m u)`` of the
+    sum of the terms' magnitudes (``u`` the unit roundoff); doubled."""
+    k = m + 2
+    return 2.0 * k * UNIT_ROUNDOFF / (1.0 - k * UNIT_ROUNDOFF)
+
+
+@dataclass(frozen=True)
+class LocalCertificate:
+    """Per-point certified deviation and decision around ``points`` (see the module doc).
+
+    Arrays are tuples (one entry per point; per-output ones are tuples of tuples) so the
+    certificate is an immutable, JSON-serializable value.
+    """
+
+    eps: float
+    domain: str
+    input_shape: tuple[int, ...]
+    top_class: tuple[int, ...]
+    deviation_bound: tuple[float, ...]
+    deviation_lower: tuple[tuple[float, ...], ...]
+    deviation_upper: tuple[tuple[float, ...], ...]
+    compressed_lower: tuple[tuple[float, ...], ...]
+    compressed_upper: tuple[tuple[float, ...], ...]
+    margin_lower: tuple[float, ...]
+    decision_unchanged: tuple[bool, ...]
+    original_margin_lower: tuple[float, ...]
+    original_robust: tuple[bool, ...]
+    deviation_at_point: tuple[float, ...]
+    output_scale: tuple[float, ...]
+    method: str
+    rounding: str
+    seconds: float
+    model_name: str = "model"
+    original_digest: str = ""
+    compressed_digest: str = ""
+    scope: str = ""
+    working_dtype: str = "float64"
+    versions: dict[str, str] = field(default_factory=dict)
+    created_utc: str = ""
+    schema: str = LOCAL_SCHEMA
+
+    # ------------------------------------------------------------ derived
+    @property
+    def n_points(self) -> int:
+        return len(self.deviation_bound)
+
+    @property
+    def fraction_certified(self) -> float:
+        """Fraction of points whose top-1 decision is certified unchanged on the ball."""
+        return float(np.mean(self.decision_unchanged)) if self.n_points else 0.0
+
+    @property
+    def vacuous(self) -> tuple[bool, ...]:
+        """Per point: the deviation bound exceeds ``||f(x_i)||_1`` (the output's own l1
+        size at the point), so it says nothing useful about the deviation there."""
+        return tuple(b > s for b, s in zip(self.deviation_bound, self.output_scale))
+
+    def table(self) -> pd.DataFrame:
+        """One row per point."""
+        import pandas as pd
+
+        return pd.DataFrame({
+            "point": np.arange(self.n_points),
+            "top_class": np.asarray(self.top_class, dtype=np.int64),
+            "decision_unchanged": np.asarray(self.decision_unchanged, dtype=bool),
+            "margin_lower": np.asarray(self.margin_lower, dtype=np.float64),
+            "original_robust": np.asarray(self.original_robust, dtype=bool),
+            "deviation_bound": np.asarray(self.deviation_bound, dtype=np.float64),
+            "deviation_at_point": np.asarray(self.deviation_at_point, dtype=np.float64),
+            "output_scale": np.asarray(self.output_scale, dtype=np.float64),
+            "vacuous": np.asarray(self.vacuous, dtype=bool),
+        })
+
+    def summary(self) -> str:
+        n = self.n_points
+        dev = np.asarray(self.deviation_bound)
+        at = np.asarray(self.deviation_at_point)
+        lines = [
+            f"certcompress local certificate for {self.model_name} (input {self.input_shape}, "
+            f"{n} points, l_inf radius eps = {self.eps:.6g}, domain: {self.domain})",
+            f"  decision unchanged   {sum(self.decision_unchanged)}/{n} points "
+            f"({100 * self.fraction_certified:.1f}%): the compressed network's top-1 class is "
+            "the original's class at the point on the whole ball",
+            f"  original robust      {sum(self.original_robust)}/{n} points; both (the two "
+            f"networks agree on the whole ball): "
+            f"{sum(a and b for a, b in zip(self.decision_unchanged, self.original_robust))}/{n}",
+        ]
+        if n:
+            lines += [
+                f"  certified l1 deviation on the ball: median {np.median(dev):.4g}, max "
+                f"{dev.max():.4g}; measured at the points: median {np.median(at):.4g}, max "
+                f"{at.max():.4g}",
+                f"  vacuous (bound > ||f(x_i)||_1): {sum(self.vacuous)}/{n} points",
+            ]
+        lines += [f"  method               {self.method}",
+                  f"  rounding             {self.rounding}",
+                  f"  time                 {self.seconds:.3g} s "
+                  f"({self.seconds / max(n, 1):.3g} s per point)",
+                  f"  scope                {self.scope}"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON atomically."""
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_json(cls, text: str) -> LocalCertificate:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CertificateError(f"not a local certificate: invalid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != LOCAL_SCHEMA:
+            raise CertificateError(f"not a local certificate: field 'schema' must be "
+                                   f"{LOCAL_SCHEMA!r}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CertificateError(f"local certificate has unknown field(s): {unknown}")
+        kw: dict[str, Any] = {}
+        for k, v in data.items():
+            if isinstance(v, list):
+                v = tuple(tuple(e) if isinstance(e, list) else e for e in v)
+            kw[k] = v
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise CertificateError(f"local certificate is malformed: {exc}") from None
+
+
+# ------------------------------------------------------------------ helpers
+def _as_tensor(x: Any, what: str) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigurationError(f"{what} must be a tensor or array: {exc}") from None
+    return x.detach().to(torch.float64).cpu()
+
+
+def _bound_tensor(v: float | Tensor | np.ndarray | None, default: float, per: tuple[int, ...],
+                  what: str) -> Tensor:
+    if v is None:
+        return torch.full(per, default, dtype=torch.float64)
+    t = _as_tensor(v, what)
+    try:
+        return torch.broadcast_to(t, per).clone()
+    except RuntimeError:
+        raise ConfigurationError(f"{what} has shape {tuple(t.shape)}, which does not broadcast "
+                                 f"to one point's shape {per}") from None
+
+
+def _domain_text(lo: Tensor, hi: Tensor) -> str:
+    if not (torch.isfinite(lo).any() or torch.isfinite(hi).any()):
+        return "unbounded (the ball alone)"
+    if bool((lo == lo.reshape(-1)[0]).all()) and bool((hi == hi.reshape(-1)[0]).all()):
+        return f"box [{float(lo.reshape(-1)[0]):.6g}, {float(hi.reshape(-1)[0]):.6g}] per feature"
+    return (f"per-feature box (lower in [{float(lo.min()):.6g}, {float(lo.max()):.6g}], upper "
+            f"in [{float(hi.min()):.6g}, {float(hi.max()):.6g}])")
+
+
+def _up(t: Tensor, mag: Tensor, rel: float) -> Tensor:
+    """``t`` pushed up by the combination margin (``mag`` bounds the summed terms)."""
+    return t + rel * mag + 1e-300
+
+
+def _sign_rows(m: int) -> Tensor:
+    """All ``2^m`` sign vectors ``(2^m, m)``."""
+    k = torch.arange(2 ** m).unsqueeze(1)
+    bits = (k >> torch.arange(m)) & 1
+    return (1.0 - 2.0 * bits).to(torch.float64)
+
+
+@dataclass
+class _Runs:
+    """The propagation states of one batch: the pair and each network alone."""
+
+    pair: PairState
+    orig: PairState
+    comp: PairState
+
+
+def _ub(state: PairState, coef: dict[str, Tensor], prob: Tensor) -> Tensor:
+    from .propagation.engine import output_upper_bounds
+
+    return output_upper_bounds(state, coef, prob)
+
+
+def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
+           ) -> dict[str, Tensor]:
+    """Every per-point bound of one batch of ``P`` boxes (see the module doc)."""
+    from .propagation.engine import output_bounds
+
+    P = top.shape[0]
+    rel = _combine_rel(m)
+    eye = torch.eye(m, dtype=torch.float64)
+    pm = torch.cat([eye, -eye])  # rows +e_j then -e_j
+    rows = pm.repeat(P, 1)
+    prob = torch.arange(P).repeat_interleave(2 * m)
+
+    def pm_bounds(state: PairState, q: str) -> tuple[Tensor, Tensor]:
+        u = _ub(state, {q: rows}, prob).reshape(P, 2, m)
+        return -u[:, 1], u[:, 0]  # lower, upper
+
+    # the pair: d directly (and its interval bounds)
+    dl_p, du_p = pm_bounds(runs.pair, "d")
+    ob = output_bounds(runs.pair)
+    dl_p, du_p = torch.maximum(dl_p, ob.dl), torch.minimum(du_p, ob.du)
+    # each network alone (a pair with itself: z is the network, d = 0)
+    zl, zu = pm_bounds(runs.orig, "z")
+    cl, cu = pm_bounds(runs.comp, "z")
+    cl, cu = torch.maximum(cl, ob.cl), torch.minimum(cu, ob.cu)
+    sep_u = _up(zu - cl, zu.abs() + cl.abs(), rel)
+    sep_l = -_up(cu - zl, cu.abs() + zl.abs(), rel)
+    dl, du = torch.maximum(dl_p, sep_l), torch.minimum(du_p, sep_u)
+    dev_abs = torch.maximum(du, -dl).clamp(min=0.0)
+    l1 = _up(dev_abs.sum(1), dev_abs.sum(1), rel)
+    if sign_vectors:
+        s = _sign_rows(m)
+        S = s.shape[0]
+        srows = s.repeat(P, 1)
+        sprob = torch.arange(P).repeat_interleave(S)
+        l1_pair = _ub(runs.pair, {"d": srows}, sprob).reshape(P, S).max(1).values
+        uo = _ub(runs.orig, {"z": srows}, sprob).reshape(P, S)
+        uc = _ub(runs.comp, {"z": -srows}, sprob).reshape(P, S)
+        l1_sep = _up(uo + uc, uo.abs() + uc.abs(), rel).max(1).values
+        l1 = torch.minimum(l1, torch.minimum(l1_pair, l1_sep))
+
+    # decision forms: lower bounds of f'_c - f'_j and f_c - f_j, j != c
+    others = torch.tensor([j for _ in range(P) for j in range(m - 1)], dtype=torch.int64)
+    cls = top.repeat_interleave(m - 1)
+    others = others + (others >= cls).to(torch.int64)  # skip c
+    v = torch.zeros(P * (m - 1), m, dtype=torch.float64)
+    ar = torch.arange(P * (m - 1))
+    v[ar, cls] = 1.0
+    v[ar, others] = -1.0
+    dprob = torch.arange(P).repeat_interleave(m - 1)
+    # compressed = z - d: upper bound of -(c_c - c_j) = <-v, z> + <v, d>
+    mc_pair = -_ub(runs.pair, {"z": -v, "d": v}, dprob)
+    mc_alone = -_ub(runs.comp, {"z": -v}, dprob)
+    mc_int = cl[dprob, cls] - cu[dprob, others]
+    margin_c = torch.maximum(torch.maximum(mc_pair, mc_alone),
+                             mc_int - rel * (cl[dprob, cls].abs()
+                                                      + cu[dprob, others].abs()))
+    mo_pair = -_ub(runs.pair, {"z": -v}, dprob)
+    mo_alone = -_ub(runs.orig, {"z": -v}, dprob)
+    margin_o = torch.maximum(mo_pair, mo_alone)
+    return {
+        "l1": l1, "dl": dl, "du": du, "cl": cl, "cu": cu,
+        "margin_c": margin_c.reshape(P, m - 1).min(1).values,
+        "margin_o": margin_o.reshape(P, m - 1).min(1).values,
+    }
+
+
+# ------------------------------------------------------------------ entry point
+def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.ndarray,
+                  eps: float, *, domain_lower: float | Tensor | np.ndarray | None = None,
+                  domain_upper: float | Tensor | np.ndarray | None = None,
+                  options: PropagationOptions | None = None, batch_size: int = 16,
+                  progress: bool = True) -> LocalCertificate:
+    """Certify the deviation and the top-1 decision on the l_inf ball of radius ``eps``
+    around each of ``points`` (``(N, *sample_shape)``; the models are traced on
+    ``(1, *sample_shape)``), intersected with the box ``domain_lower <= x <=
+    domain_upper`` (scalars or tensors broadcastable to one sample; None: unbounded).
+
+    ``options`` tunes the propagation (default: CROWN back-substitution at every ReLU;
+    ``options.sign_vectors_up_to`` decides whether the l1 bound also maximizes over all
+    ``2^m`` sign vectors). ``batch_size`` boxes are propagated at once. The decision
+    needs a classifier output (at least two outputs).
+    """
+    from ..api import trace
+    from ..digest import parameter_digest
+    from ..measure import float64_function
+    from .propagation.engine import PropagationOptions, propagate, rounding_eta
+    from .propagation.lowering import lower_pair
+
+    eps_f = float(eps)
+    if not math.isfinite(eps_f) or eps_f < 0:
+        raise ConfigurationError(f"eps must be a finite number >= 0, got {eps!r}")
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+    for what, mod in (("model", model), ("compressed", compressed)):
+        if not isinstance(mod, nn.Module):
+            raise ConfigurationError(f"{what} must be a torch nn.Module, got "
+                                     f"{type(mod).__name__}")
+    x = _as_tensor(points, "points")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ConfigurationError(f"points must be a non-empty batch (N, *sample_shape), got "
+                                 f"shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigurationError("points contain NaN or infinite values")
+    per = tuple(int(s) for s in x.shape[1:])
+    lo_dom = _bound_tensor(domain_lower, -math.inf, per, "domain_lower")
+    hi_dom = _bound_tensor(domain_upper, math.inf, per, "domain_upper")
+    if bool((lo_dom > hi_dom).any()):
+        raise ConfigurationError("domain_lower exceeds domain_upper for some feature")
+    outside = ((x < lo_dom) | (x > hi_dom)).reshape(x.shape[0], -1).any(1).nonzero()
+    if outside.numel():
+        idx = outside.reshape(-1)[:5].tolist()
+        raise ConfigurationError(f"{outside.numel()} point(s) lie outside the domain box "
+                                 f"(first indices {idx}); clip them or widen the domain")
+    opts = options or PropagationOptions()
+    shape = (1,) + per
+    t0 = time.perf_counter()
+    g, g2 = trace(model, shape), trace(compressed, shape)
+    pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
+    m = pair.output_size
+    if m < 2:
+        raise ConfigurationError("certify_local needs a classifier output (at least 2 "
+                                 f"outputs), the model has {m}")
+    f, fc = float64_function(model), float64_function(compressed)
+    with torch.no_grad():
+        fx, fcx = f(x), fc(x)
+    top = fx.argmax(1)
+    at_point = (fx - fcx).abs().sum(1)
+    sign_vectors = m <= opts.sign_vectors_up_to
+    out: dict[str, list[Tensor]] = {}
+    from tqdm.auto import tqdm
+
+    starts = range(0, x.shape[0], batch_size)
+    bar = tqdm(starts, desc=f"local certificates (eps={eps_f:g})", disable=not progress,
+               leave=False, total=len(starts), unit="batch")
+    for s in bar:
+        xb = x[s:s + batch_size]
+        lo = torch.maximum(xb - eps_f, lo_dom).unsqueeze(1)  # (P, 1, *per)
+        hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1)
+        runs = _Runs(propagate(pair, lo, hi, opts), propagate(alone_o, lo, hi, opts),
+                     propagate(alone_c, lo, hi, opts))
+        for k, v in _batch(runs, top[s:s + batch_size], m, sign_vectors).items():
+            out.setdefault(k, []).append(v)
+    res = {k: torch.cat(v) for k, v in out.items()}
+    seconds = time.perf_counter() - t0
+    decided = res["margin_c"] > 0
+    # self-checks at the points themselves (inside every ball): a failure is a bug
+    bad = at_point > res["l1"] * (1 + 1e-9) + 1e-12
+    bad |= decided & (fcx.argmax(1) != top)
+    bad |= ((fx - fcx) > res["du"] + 1e-9 * res["du"].abs() + 1e-12).any(1)
+    bad |= ((fx - fcx) < res["dl"] - 1e-9 * res["dl"].abs() - 1e-12).any(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise SoundnessError(
+            f"local certificate contradicted at point {i} itself (deviation "
+            f"{float(at_point[i]):.17g}, bound {float(res['l1'][i]):.17g}, class "
+            f"{int(top[i])}, compressed class {int(fcx[i].argmax())}). This is a bug in "
+            "certcompress; please report it with the models.")
+    from .. import __version__
+
+    eta = rounding_eta(pair)
+    dom = _domain_text(lo_dom, hi_dom)
+    scope = (f"for each point x_i separately: every x with ||x - x_i||_inf <= {eps_f:.6g}"
+             + ("" if dom.startswith("unbounded") else f" inside the {dom}")
+             + "; exact-arithmetic outputs of the two models whose digests are recorded; "
+             "worst case over that ball, nothing outside it")
+    method = (f"differential bound propagation ({opts.intermediate} intermediate bounds), "
+              "the tighter of: the pair (f, f') with the difference propagated, and each "
+              "network alone" + ("; l1 also over all 2^m sign vectors" if sign_vectors
+                                 else "; l1 as the sum of per-output bounds"))
+    rounding = (f"float64; engine margin eta = {eta:.3g} x magnitude on every bound, "
+                f"combinations widened by {_combine_rel(m):.3g} relative")
+
+    def tup(t: Tensor) -> tuple[float, ...]:
+        return tuple(float(v) for v in t.tolist())
+
+    def tup2(t: Tensor) -> tuple[tuple[float, ...], ...]:
+        return tuple(tuple(float(v) for v in row) for row in t.tolist())
+
+    return LocalCertificate(
+        eps=eps_f, domain=dom, input_shape=shape, top_class=tuple(int(c) for c in top),
+        deviation_bound=tup(res["l1"]), deviation_lower=tup2(res["dl"]),
+        deviation_upper=tup2(res["du"]), compressed_lower=tup2(res["cl"]),
+        compressed_upper=tup2(res["cu"]), margin_lower=tup(res["margin_c"]),
+        decision_unchanged=tuple(bool(b) for b in decided),
+        original_margin_lower=tup(res["margin_o"]),
+        original_robust=tuple(bool(b) for b in res["margin_o"] > 0),
+        deviation_at_point=tup(at_point), output_scale=tup(fx.abs().sum(1)),
+        method=method, rounding=rounding, seconds=seconds, model_name=g.model_name,
+        original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
+        scope=scope,
+        versions={"certcompress": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                  "numpy": np.__version__},
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -1,0 +1,1 @@
+"""Differential bound propagation on the pair (original, compressed) over the IR."""

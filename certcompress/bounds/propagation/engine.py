@@ -1,0 +1,250 @@
+"""The propagation driver: interval bounds node by node, tightened by back-substitution
+at every ReLU input, then upper bounds of linear forms of the outputs.
+
+Floating point: everything is float64 with round-to-nearest. Every computed bound is a
+sum of products whose terms are bounded by the node's *magnitude* (the same quantities
+propagated on absolute values, ``interval.magnitude_node``). Each interval and each final
+bound is pushed outward by ``eta * magnitude`` with
+``eta = 2 (N + 2) * float_slack(K, 4 N)`` (``N`` primitive nodes, ``K`` the longest sum),
+which covers the accumulated rounding of sums of at most ``K`` terms over the graph's
+depth (the forward error analysis of ``certcompress.bounds.numerics``); the relaxations
+are computed from the widened intervals. The margin is recorded in every result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ...errors import ConfigurationError
+from ..numerics import float_slack
+from .crown import Form, backsubstitute
+from .interval import (
+    Magnitude,
+    PairBounds,
+    input_bounds,
+    magnitude_node,
+    make_consistent,
+    propagate_node,
+    widen,
+)
+from .primitives import PairNet, PInput, PReLU
+from .relax import ReluRelaxation, relax_relu
+
+__all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
+           "rounding_eta", "ROUNDING_NOTE"]
+
+ROUNDING_NOTE = ("float64 round-to-nearest; every interval and linear bound pushed outward "
+                 "by eta x its magnitude (the same sum on absolute values)")
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    """How hard the propagation works.
+
+    ``intermediate``: ``"crown"`` tightens the bounds at every ReLU input by
+    back-substitution to the input (DeepPoly/CROWN; cost grows with the number of
+    unstable neurons times the depth), ``"interval"`` keeps interval bounds there and
+    back-substitutes only the final forms (CROWN-IBP; cheap). ``max_rows``: a ReLU input
+    needing more back-substitution rows than this keeps its interval bounds.
+    ``chunk_elements``: rows are processed in chunks of at most this many coefficients
+    per tensor (memory). ``sign_vectors_up_to``: the l1 bound also maximizes
+    ``<s, f - f'>`` over all sign vectors ``s`` when the output has at most this many
+    coordinates (``2^m`` rows; otherwise the sum of per-output bounds).
+    """
+
+    intermediate: Literal["crown", "interval"] = "crown"
+    max_rows: int = 200_000
+    chunk_elements: int = 1 << 22
+    sign_vectors_up_to: int = 10
+
+    def __post_init__(self) -> None:
+        if self.intermediate not in ("crown", "interval"):
+            raise ConfigurationError(f"intermediate must be 'crown' or 'interval', got "
+                                     f"{self.intermediate!r}")
+        if self.max_rows < 0 or self.chunk_elements < 1 or self.sign_vectors_up_to < 0:
+            raise ConfigurationError("max_rows, sign_vectors_up_to must be >= 0 and "
+                                     "chunk_elements >= 1")
+
+
+@dataclass
+class PairState:
+    """Bounds and relaxations of every node for ``P`` input boxes."""
+
+    pair: PairNet
+    lower: Tensor
+    upper: Tensor
+    bounds: list[PairBounds]
+    magnitudes: list[Magnitude]
+    relax: dict[int, ReluRelaxation]
+    eta: float
+    options: PropagationOptions
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def rounding_eta(pair: PairNet) -> float:
+    """The relative rounding margin (see the module docstring)."""
+    n = len(pair.nodes)
+    k = 4 * max(node.numel for node in pair.nodes) + 16
+    return 2.0 * (n + 2) * float_slack(k, 4 * n)
+
+
+def _rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
+    widest = max(node.numel for node in pair.nodes)
+    return max(8, options.chunk_elements // (2 * widest))
+
+
+def _onehot_rows(shape: Sequence[int], flat: Tensor, sign: Tensor) -> Tensor:
+    n = 1
+    for s in shape:
+        n *= s
+    t = torch.zeros((flat.numel(), n), dtype=torch.float64)
+    t[torch.arange(flat.numel()), flat] = sign
+    return t.reshape((flat.numel(),) + tuple(shape))
+
+
+def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
+    """Back-substitution bounds at node ``i`` for its unstable neurons."""
+    node = state.pair.nodes[i]
+    P = b.zl.shape[0]
+    mag = state.magnitudes[i]
+    lows = {"z": b.zl.clone(), "c": b.cl.clone(), "d": b.dl.clone()}
+    highs = {"z": b.zu.clone(), "c": b.cu.clone(), "d": b.du.clone()}
+    margins = {"z": state.eta * mag.mz, "c": state.eta * mag.mc,
+               "d": state.eta * (mag.mz + mag.mc)}
+    # the quantity of a row, as a form over (z, d): c = z - d
+    as_form = {"z": {"z": 1.0}, "c": {"z": 1.0, "d": -1.0}, "d": {"d": 1.0}}
+    chunk = _rows_per_chunk(state.pair, state.options)
+    rows_done = 0
+    for q in ("z", "c", "d"):
+        if q == "d":
+            zs = (lows["z"] >= 0) | (highs["z"] <= 0)
+            cs = (lows["c"] >= 0) | (highs["c"] <= 0)
+            need = ~(zs & cs) & (highs["d"] > lows["d"])
+        else:
+            need = (lows[q] < 0) & (highs[q] > 0)
+        idx = need.reshape(P, -1).nonzero()
+        n_rows = 2 * idx.shape[0]
+        if n_rows == 0:
+            continue
+        if n_rows > state.options.max_rows:
+            state.stats["skipped_nodes"] = state.stats.get("skipped_nodes", 0) + 1
+            continue
+        probs = idx[:, 0].repeat_interleave(2)
+        flats = idx[:, 1].repeat_interleave(2)
+        signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(idx.shape[0])
+        ub = torch.empty(n_rows, dtype=torch.float64)
+        for s in range(0, n_rows, chunk):
+            sl = slice(s, s + chunk)
+            lam = _onehot_rows(node.shape, flats[sl], signs[sl])
+            prob = None if P == 1 else probs[sl]
+            form = Form({k: lam * v for k, v in as_form[q].items()},
+                        torch.zeros(lam.shape[0], dtype=torch.float64))
+            ub[sl] = backsubstitute(state.pair, {i: form}, state.relax, state.lower,
+                                    state.upper, prob, bounds=state.bounds)
+        rows_done += n_rows
+        m = margins[q].reshape(P, -1)[probs, flats]
+        up_rows, lo_rows = signs > 0, signs < 0
+        hi_flat = highs[q].reshape(P, -1)
+        lo_flat = lows[q].reshape(P, -1)
+        hi_flat[probs[up_rows], flats[up_rows]] = torch.minimum(
+            hi_flat[probs[up_rows], flats[up_rows]], ub[up_rows] + m[up_rows])
+        lo_flat[probs[lo_rows], flats[lo_rows]] = torch.maximum(
+            lo_flat[probs[lo_rows], flats[lo_rows]], -ub[lo_rows] - m[lo_rows])
+    state.stats["backsub_rows"] = state.stats.get("backsub_rows", 0) + rows_done
+    return make_consistent(PairBounds(lows["z"], highs["z"], lows["c"], highs["c"], lows["d"],
+                                      highs["d"]), node.source)
+
+
+def propagate(pair: PairNet, lower: Tensor, upper: Tensor,
+              options: PropagationOptions | None = None) -> PairState:
+    """Bounds at every node for the input boxes ``lower <= x <= upper`` (each
+    ``(P, *input_shape)``, float64)."""
+    opts = options or PropagationOptions()
+    t0 = time.perf_counter()
+    lower = lower.to(torch.float64)
+    upper = upper.to(torch.float64)
+    b0, m0 = input_bounds(lower, upper)
+    state = PairState(pair, lower, upper, [b0], [m0], {}, rounding_eta(pair), opts)
+    pre = set(pair.pre_activations())
+    with torch.no_grad():
+        for i, node in enumerate(pair.nodes):
+            if isinstance(node, PInput):
+                continue
+            ins = [state.bounds[j] for j in node.inputs]
+            mag = magnitude_node(node, [state.magnitudes[j] for j in node.inputs])
+            state.magnitudes.append(mag)
+            b = make_consistent(widen(propagate_node(node, ins, state.bounds), mag, state.eta),
+                                node.source)
+            state.bounds.append(b)
+            if isinstance(node, PReLU):
+                state.relax[i] = relax_relu(state.bounds[node.inputs[0]])
+            if i in pre and opts.intermediate == "crown":
+                state.bounds[i] = _tighten(state, i, b)
+    state.stats["seconds"] = time.perf_counter() - t0
+    return state
+
+
+def _split_outputs(pair: PairNet, coef: Tensor) -> dict[int, Tensor]:
+    """Rows over the flattened output ``(R, m)`` as per-node rows ``(R, *shape)``."""
+    out: dict[int, Tensor] = {}
+    start = 0
+    for j in pair.outputs:
+        node = pair.nodes[j]
+        part = coef[:, start:start + node.numel].reshape((coef.shape[0],) + node.shape)
+        out[j] = out[j] + part if j in out else part
+        start += node.numel
+    return out
+
+
+def _flat_outputs(pair: PairNet, per_node: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(t.shape[0], -1) for t in per_node], dim=1)
+
+
+def output_bounds(state: PairState) -> PairBounds:
+    """Interval bounds on the flattened outputs, ``(P, m)`` each."""
+    bs = [state.bounds[j] for j in state.pair.outputs]
+    return PairBounds(*(_flat_outputs(state.pair, [getattr(b, k) for b in bs])
+                        for k in ("zl", "zu", "cl", "cu", "dl", "du")))
+
+
+def output_magnitudes(state: PairState) -> tuple[Tensor, Tensor]:
+    ms = [state.magnitudes[j] for j in state.pair.outputs]
+    return (_flat_outputs(state.pair, [m.mz for m in ms]),
+            _flat_outputs(state.pair, [m.mc for m in ms]))
+
+
+def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
+                        prob: Tensor | None = None) -> Tensor:
+    """Upper bounds ``(R,)`` of ``sum_q <coef[q][r], q_out>`` over the box of row ``r``'s
+    problem (``coef[q]`` is ``(R, m)`` over the flattened output; ``q`` in ``z`` (the
+    original's output) and ``d`` (original minus compressed); the compressed output is
+    ``z - d``), rounding margin included."""
+    R = next(iter(coef.values())).shape[0]
+    chunk = _rows_per_chunk(state.pair, state.options)
+    mz, mc = output_magnitudes(state)
+    mags = {"z": mz, "d": mz + mc}
+    result = torch.empty(R, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, R, chunk):
+            sl = slice(s, s + chunk)
+            p = None if prob is None else prob[sl]
+            forms: dict[int, Form] = {}
+            margin = torch.zeros(min(R, s + chunk) - s, dtype=torch.float64)
+            for q, t in coef.items():
+                rows = t[sl].to(torch.float64)
+                m = mags[q] if p is None else mags[q][p]
+                margin = margin + (rows.abs() * m).sum(1)
+                for j, part in _split_outputs(state.pair, rows).items():
+                    f = forms.setdefault(j, Form({}, torch.zeros(rows.shape[0],
+                                                                 dtype=torch.float64)))
+                    f.add(q, part)
+            ub = backsubstitute(state.pair, forms, state.relax, state.lower, state.upper, p,
+                                bounds=state.bounds)
+            result[sl] = ub + state.eta * margin
+    return result

@@ -1,0 +1,194 @@
+"""The primitive pair network the bound propagation runs on.
+
+The IR graph of the original network and that of the compressed one (same structure,
+other parameters) are lowered into one list of primitive nodes of three kinds, each
+acting on the *per-problem* tensor shape (the traced input shape, batch included):
+
+``PAffine``
+    a parametric affine map, ``z -> A_W z + b`` in the original network and
+    ``z' -> A_W' z' + b'`` in the compressed one;
+``PLinear``
+    a fixed linear map plus a constant, identical in both networks (index maps,
+    average pooling, sums, concatenation, the window gathers of max-pooling);
+``PReLU``
+    ``max(., 0)`` element-wise.
+
+Every piecewise-linear IR op is rewritten exactly into these (``lowering.py``), so bound
+propagation needs rules for three node kinds only.
+
+Tensors handed to a node carry one leading dimension: *problems* (one input box per
+problem: one for a global certificate, one per point for local ones) in the forward
+interval pass, *rows* (one linear form per row) during back-substitution. Both are
+mapped with :func:`torch.func.vmap`, so an op always sees exactly the per-problem shape
+it was traced with, even one that hard-codes the traced batch size (``x.view(1, -1)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.func import vjp, vmap
+
+from ...ir.ops import AffineOp
+
+__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PairNet", "Transpose",
+           "linear_transpose"]
+
+Transpose = Callable[[Tensor], tuple[Tensor, ...]]
+
+
+def numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def linear_transpose(fn: Callable[..., Tensor], in_shapes: Sequence[tuple[int, ...]]
+                     ) -> Transpose:
+    """``rows -> (L^T rows per input)`` for a linear ``fn``, rows on a leading dimension:
+    the vector-Jacobian product of ``fn`` at zero (exact for a linear map), mapped over
+    the rows."""
+    zeros = [torch.zeros(s, dtype=torch.float64) for s in in_shapes]
+    pullback = vjp(fn, *zeros)[1]
+    batched = vmap(pullback)
+
+    def transpose(rows: Tensor) -> tuple[Tensor, ...]:
+        return tuple(batched(rows))
+
+    return transpose
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PNode:
+    """A primitive node: ``inputs`` are indices of earlier nodes; ``shape`` is the
+    per-problem output shape; ``source`` names the IR node it was lowered from."""
+
+    inputs: tuple[int, ...]
+    shape: tuple[int, ...]
+    source: str
+
+    @property
+    def numel(self) -> int:
+        return numel(self.shape)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PInput(PNode):
+    """The network input: ``z = z' = x`` and ``d = 0``."""
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PReLU(PNode):
+    """``max(x, 0)`` element-wise."""
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PAffine(PNode):
+    """A parametric node. ``w`` is the original's weight, ``wc`` the compressed one's
+    (float64, the op's layout); ``bias``/``bias_c`` are the biases broadcast to the
+    output shape (zeros when the op has none). Derived: ``dw = w - wc``, the absolute
+    weights, and the three transposed maps ``t_w``, ``t_wc``, ``t_dw``."""
+
+    op: AffineOp
+    in_shape: tuple[int, ...]
+    w: Tensor
+    wc: Tensor
+    bias: Tensor
+    bias_c: Tensor
+    dw: Tensor = field(init=False, repr=False)
+    dbias: Tensor = field(init=False, repr=False)
+    w_abs: Tensor = field(init=False, repr=False)
+    wc_abs: Tensor = field(init=False, repr=False)
+    dw_abs: Tensor = field(init=False, repr=False)
+    changed: bool = field(init=False)
+    t_w: Transpose = field(init=False, repr=False)
+    t_wc: Transpose = field(init=False, repr=False)
+    t_dw: Transpose = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dw = self.w - self.wc
+        setattr_ = object.__setattr__
+        setattr_(self, "dw", dw)
+        setattr_(self, "dbias", self.bias - self.bias_c)
+        setattr_(self, "w_abs", self.w.abs())
+        setattr_(self, "wc_abs", self.wc.abs())
+        setattr_(self, "dw_abs", dw.abs())
+        setattr_(self, "changed", bool(dw.any()) or bool(self.dbias.any()))
+        for name, weight in (("t_w", self.w), ("t_wc", self.wc), ("t_dw", dw)):
+            setattr_(self, name, linear_transpose(self._map(weight), [self.in_shape]))
+
+    def _map(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
+        op = self.op
+
+        def f(x: Tensor) -> Tensor:
+            return op.apply(x, weight, None)
+
+        return f
+
+    def apply(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``A_weight x`` (no bias) for each problem or row on dimension 0."""
+        return vmap(self._map(weight))(x)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PLinear(PNode):
+    """A fixed map ``L(x_1, ..., x_k) + const`` with ``L`` linear, the same in both
+    networks. ``fn`` is ``L`` on per-problem tensors, ``abs_fn`` is ``|L|`` (the same map
+    with absolute weights, for radii and magnitudes), ``const`` is broadcastable to
+    ``shape`` (None when zero). ``envelope = (j, groups)`` says that each output element
+    is the maximum of node ``j``'s elements ``groups[..., :]`` (flat indices, shape
+    ``shape + (G,)``), in both networks: a max-pooling level, whose bounds are then
+    intersected with the group's envelope."""
+
+    fn: Callable[..., Tensor]
+    abs_fn: Callable[..., Tensor]
+    in_shapes: tuple[tuple[int, ...], ...]
+    const: Tensor | None = None
+    envelope: tuple[int, Tensor] | None = None
+    transpose: Transpose = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transpose", linear_transpose(self.fn, self.in_shapes))
+
+    def apply(self, xs: Sequence[Tensor]) -> Tensor:
+        return vmap(self.fn)(*xs)
+
+    def apply_abs(self, xs: Sequence[Tensor]) -> Tensor:
+        return vmap(self.abs_fn)(*xs)
+
+    def const_out(self) -> Tensor:
+        """The constant broadcast to the output shape (zeros when there is none)."""
+        z = torch.zeros(self.shape, dtype=torch.float64)
+        return z if self.const is None else z + self.const
+
+
+@dataclass(frozen=True)
+class PairNet:
+    """The lowered pair: ``nodes`` in topological order (``nodes[0]`` the input);
+    ``outputs`` are the nodes whose flattened values, concatenated in this order, form
+    the network output (as :meth:`certcompress.ir.Graph.flatten_outputs` orders them)."""
+
+    nodes: tuple[PNode, ...]
+    outputs: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    model_name: str = "model"
+
+    @property
+    def output_size(self) -> int:
+        return sum(self.nodes[i].numel for i in self.outputs)
+
+    @property
+    def relu_count(self) -> int:
+        return sum(isinstance(n, PReLU) for n in self.nodes)
+
+    def pre_activations(self) -> list[int]:
+        """Nodes whose bounds a relaxation needs (the inputs of ReLU nodes and the nodes
+        max-pooling envelopes read), in order."""
+        out = {n.inputs[0] for n in self.nodes if isinstance(n, PReLU)}
+        out |= {n.envelope[0] for n in self.nodes
+                if isinstance(n, PLinear) and n.envelope is not None}
+        return sorted(out)

@@ -1,0 +1,165 @@
+"""Linear relaxation of a ReLU node of the pair, applied to a linear form.
+
+Forms are written over ``z`` (the original network's value) and ``d = z - c`` (the
+difference to the compressed network's value ``c``); the compressed network alone is
+``z - d``. At a ReLU node a form has coefficients ``lz`` on ``r = ReLU(z)`` and ``ld`` on
+``r - rc = ReLU(z) - ReLU(c)``. For any real ``theta`` (per row and neuron) it is split
+exactly as
+
+    lz r + ld (r - rc) = theta ld (r - rc) + (lz + (1 - theta) ld) r - (1 - theta) ld rc
+
+and each part is bounded above by a valid linear function of the node's input:
+
+* ``s (r - rc)``, ``s = theta ld``: between ``min(d, 0)`` and ``max(d, 0)``
+  (ReluDiff); their chords over ``[l_d, u_d]``: error of the order of the *difference*;
+* ``m r``: the chord ``a z + b`` (``a = u/(u - l)``, ``b = -a l``) if ``m > 0``, the
+  tangent ``alpha z`` (``alpha`` in ``[0, 1]``) if ``m < 0``; exact when stable;
+* ``m' rc`` likewise on ``c = z - d``.
+
+``theta = 1`` routes the difference through its own chords (best when both ReLUs are
+unstable and the difference is small), ``theta = 0`` relaxes the two networks jointly
+(exact when both are stable). By default each row and neuron takes whichever of the two
+gives the smaller value over the node's input bounds, and ``alpha`` is 1 where
+``u > -l`` (CROWN's choice); :func:`relu_backward` also accepts optimized ``theta`` and
+``alpha`` per row (alpha-CROWN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .interval import PairBounds
+
+__all__ = ["ReluRelaxation", "relax_relu", "single_relu", "relu_backward"]
+
+
+@dataclass(frozen=True)
+class ReluRelaxation:
+    """Per-neuron relaxation data of a ReLU node (each ``(P, *shape)``): chords
+    ``a*, b*`` and default tangent slopes ``al*`` of ``ReLU(z)`` and ``ReLU(c)``, chords
+    ``su, bu`` of ``max(d, 0)`` and ``sl, bl`` of ``min(d, 0)``, the input bounds, and
+    ``unstable_z``/``unstable_c`` (where a tangent slope may be chosen)."""
+
+    az: Tensor
+    bz: Tensor
+    alz: Tensor
+    ac: Tensor
+    bc: Tensor
+    alc: Tensor
+    su: Tensor
+    bu: Tensor
+    sl: Tensor
+    bl: Tensor
+    bounds: PairBounds
+    unstable_z: Tensor
+    unstable_c: Tensor
+
+
+def single_relu(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a, b, alpha)``: ``alpha x <= ReLU(x) <= a x + b`` for ``lo <= x <= hi``."""
+    active = lo >= 0
+    dead = hi <= 0
+    unstable = ~(active | dead)
+    width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    a = torch.where(active, torch.ones_like(lo), torch.where(unstable, hi / width,
+                                                             torch.zeros_like(lo)))
+    b = torch.where(unstable, -a * lo, torch.zeros_like(lo))
+    alpha = torch.where(active | (unstable & (hi > -lo)), torch.ones_like(lo),
+                        torch.zeros_like(lo))
+    return a, b, alpha
+
+
+def relax_relu(bd: PairBounds) -> ReluRelaxation:
+    """The relaxation data of a ReLU node whose input has bounds ``bd``."""
+    az, bz, alz = single_relu(bd.zl, bd.zu)
+    ac, bc, alc = single_relu(bd.cl, bd.cu)
+    zero = torch.zeros_like(bd.zl)
+    one = torch.ones_like(bd.zl)
+    pos, neg = bd.dl >= 0, bd.du <= 0
+    straddle = ~(pos | neg)
+    width = torch.where(straddle, bd.du - bd.dl, one)
+    su = torch.where(pos, one, torch.where(straddle, bd.du / width, zero))
+    bu = torch.where(straddle, -su * bd.dl, zero)
+    sl = torch.where(neg, one, torch.where(straddle, -bd.dl / width, zero))
+    bl = torch.where(straddle, -sl * bd.du, zero)
+    return ReluRelaxation(az, bz, alz, ac, bc, alc, su, bu, sl, bl, bd,
+                          (bd.zl < 0) & (bd.zu > 0), (bd.cl < 0) & (bd.cu > 0))
+
+
+def _rows(t: Tensor, prob: Tensor | None) -> Tensor:
+    return t if prob is None else t[prob]
+
+
+@dataclass
+class _Part:
+    """``cz * z + cd * d + const`` (elementwise, per row)."""
+
+    cz: Tensor
+    cd: Tensor
+    const: Tensor
+
+    def value(self, zl: Tensor, zu: Tensor, dl: Tensor, du: Tensor) -> Tensor:
+        """Maximum over the box, elementwise."""
+        return (self.cz.clamp(min=0) * zu + self.cz.clamp(max=0) * zl
+                + self.cd.clamp(min=0) * du + self.cd.clamp(max=0) * dl + self.const)
+
+
+def _split(r: Mapping[str, Tensor], lz: Tensor, ld: Tensor, theta: Tensor | float,
+           alz: Tensor, alc: Tensor) -> _Part:
+    """The upper bound of ``lz r + ld (r - rc)`` for the split ``theta``."""
+    s = ld * theta
+    sp, sn = s.clamp(min=0), s.clamp(max=0)
+    cd = sp * r["su"] + sn * r["sl"]
+    const = sp * r["bu"] + sn * r["bl"]
+    m = lz + ld - s
+    mp, mn = m.clamp(min=0), m.clamp(max=0)
+    cz = mp * r["az"] + mn * alz
+    const = const + mp * r["bz"]
+    mc = s - ld  # coefficient of rc; rc bounded on c = z - d
+    cp, cn = mc.clamp(min=0), mc.clamp(max=0)
+    sc = cp * r["ac"] + cn * alc
+    return _Part(cz + sc, cd - sc, const + cp * r["bc"])
+
+
+def relu_backward(relax: ReluRelaxation, lz: Tensor | None, ld: Tensor | None,
+                  prob: Tensor | None, theta: Tensor | None = None,
+                  alpha_z: Tensor | None = None, alpha_c: Tensor | None = None
+                  ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """``(coef on z_in, coef on d_in, const per row)`` of an upper bound of the form
+    ``<lz, r> + <ld, r - rc>`` (rows on dimension 0). ``theta``, ``alpha_z``, ``alpha_c``
+    (``(R, *shape)``) override the default split and tangent slopes; slopes are used
+    only where the ReLU is unstable (elsewhere the exact 0 or 1 is kept)."""
+    r = {k: _rows(getattr(relax, k), prob) for k in
+         ("az", "bz", "ac", "bc", "su", "bu", "sl", "bl")}
+    alz = _rows(relax.alz, prob)
+    alc = _rows(relax.alc, prob)
+    if alpha_z is not None:
+        alz = torch.where(_rows(relax.unstable_z, prob), alpha_z, alz)
+    if alpha_c is not None:
+        alc = torch.where(_rows(relax.unstable_c, prob), alpha_c, alc)
+    if ld is None:
+        assert lz is not None
+        lp, ln = lz.clamp(min=0), lz.clamp(max=0)
+        cz = lp * r["az"] + ln * alz
+        return cz, None, _sum(lp * r["bz"])
+    if lz is None:
+        lz = torch.zeros_like(ld)
+    if theta is None:
+        b = relax.bounds
+        box = [_rows(t, prob) for t in (b.zl, b.zu, b.dl, b.du)]
+        p1 = _split(r, lz, ld, 1.0, alz, alc)
+        p0 = _split(r, lz, ld, 0.0, alz, alc)
+        pick = p1.value(*box) <= p0.value(*box)
+        part = _Part(torch.where(pick, p1.cz, p0.cz), torch.where(pick, p1.cd, p0.cd),
+                     torch.where(pick, p1.const, p0.const))
+    else:
+        part = _split(r, lz, ld, theta, alz, alc)
+    return part.cz, part.cd, _sum(part.const)
+
+
+def _sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(1)

@@ -1,0 +1,74 @@
+"""Mean-field estimates of the generalization risk of scaled ResNets (issue 6).
+
+Based on Chen, Liu, Lu, Chrysos, Cevher, "Generalization of Scaled Deep ResNets in the
+Mean-Field Regime" (ICLR 2024): asymptotic results without explicit constants, so this
+subpackage produces ESTIMATES with stated assumptions, next to what is measured, and
+says "out of scope" where the theory does not apply. See docs/meanfield.md.
+
+    from certcompress import meanfield as mf
+    net = mf.ScaledResNet(d=64, depth=16, width=256, head_width=256, scaling="mean-field")
+    run = mf.train(net, X_train, y_train, steps=300, record_every=25)
+    est = mf.estimate(run, X_train, y_train, X_test, y_test, delta=0.05)
+    print(est.summary())
+"""
+
+from __future__ import annotations
+
+from ._audit import AuditReport, BlockInfo, audit
+from ._compress import (
+    MagnitudePrune,
+    RoundToGrid,
+    compression_effect,
+    magnitude_prune,
+    round_to_grid,
+)
+from ._data import DataSplit, load_digits_task
+from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, GramPoint, MeanFieldEstimate, estimate
+from ._gram import GramPair, gram_matrices
+from ._kl import KLEstimate, gaussian_kl, knn_kl
+from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
+from ._plots import plot_sweep
+from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
+from ._sweep import SWEEP_COLUMNS, SpearmanResult, SweepOptions, spearman_agreement, sweep
+from ._train import Checkpoint, TrainRun, train
+from ._transport import exact_w2, w2_coupling_bound
+
+__all__ = [
+    "AuditReport",
+    "BlockInfo",
+    "Checkpoint",
+    "DataSplit",
+    "ESTIMATE_COLUMNS",
+    "EstimateOptions",
+    "GramPair",
+    "GramPoint",
+    "KLEstimate",
+    "MagnitudePrune",
+    "MeanFieldEstimate",
+    "Particles",
+    "PriorSpec",
+    "ResNetConfig",
+    "RoundToGrid",
+    "SWEEP_COLUMNS",
+    "ScaledResNet",
+    "SpearmanResult",
+    "SweepOptions",
+    "TrainRun",
+    "audit",
+    "compression_effect",
+    "estimate",
+    "exact_w2",
+    "gaussian_kl",
+    "gram_matrices",
+    "knn_kl",
+    "load_digits_task",
+    "magnitude_prune",
+    "plot_sweep",
+    "rademacher_closed_form",
+    "rademacher_monte_carlo",
+    "round_to_grid",
+    "spearman_agreement",
+    "sweep",
+    "train",
+    "w2_coupling_bound",
+]

@@ -1,0 +1,117 @@
+"""PNG plots of a sweep table, written atomically (matplotlib Figure, no pyplot state)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .._io import atomic_path
+from ..errors import ConfigurationError
+from ._sweep import spearman_agreement
+
+__all__ = ["plot_sweep"]
+
+_GROUP_KEYS = ("alpha", "width", "n_train", "init")
+_SHORT = {"alpha": "a", "width": "M", "n_train": "n", "init": "init"}
+
+
+def _groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    varying = [k for k in _GROUP_KEYS if k in table and table[k].nunique() > 1]
+    out = []
+    for key, sub in table.groupby(["scaling", *varying], sort=False):
+        parts = key if isinstance(key, tuple) else (key,)
+        label = str(parts[0]) + "".join(f" {_SHORT[k]}={v}" for k, v in zip(varying, parts[1:], strict=True))
+        out.append((label, sub.sort_values("depth")))
+    return out
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def _series(ax: Axes, table: pd.DataFrame, column: str, style: str, suffix: str = "") -> None:
+    for label, sub in _groups(table):
+        y = pd.to_numeric(sub[column], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isfinite(y).any():
+            ax.plot(sub["depth"], y, style, label=label + suffix)
+
+
+def _depth_axis(ax: Axes, title: str, ylabel: str, log: bool = False) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("depth L")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def plot_sweep(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
+    """Write lambda_min.png, distance.png, gap.png and estimate_vs_measured.png to out_dir."""
+    need = {"depth", "scaling", "measured_gap", "gap_estimate", "lambda_min_G2_init"}
+    if missing := need - set(table.columns):
+        raise ConfigurationError(f"plot_sweep: the table lacks columns {sorted(missing)}")
+    out = Path(out_dir)
+    paths = []
+
+    fig = Figure(figsize=(10, 4))
+    a1, a2 = fig.subplots(1, 2)
+    _series(a1, table, "lambda_min_G2_init", "--o", " (init)")
+    _series(a1, table, "lambda_min_G2_min", "-s", " (min over training)")
+    _depth_axis(a1, "lambda_min(G2) [D, measured]", "eigenvalue", log=True)
+    _series(a2, table, "lambda_min_G12_init", "--o", " (init)")
+    _series(a2, table, "lambda_min_G12_final", "-s", " (final)")
+    _depth_axis(a2, "lambda_min(G1+G2)", "eigenvalue", log=True)
+    paths.append(_save(fig, out / "lambda_min.png"))
+
+    fig = Figure(figsize=(10, 4))
+    a1, a2 = fig.subplots(1, 2)
+    _series(a1, table, "w2_bound_residual", "-o", " residual")
+    _series(a1, table, "w2_bound_head", ":^", " head")
+    _depth_axis(a1, "W2 coupling bound from init [upper bound]", "parameter units")
+    _series(a2, table, "kl_radius", "-o")
+    _depth_axis(a2, "KL radius r (head + mean block) [estimate]", "nats", log=True)
+    paths.append(_save(fig, out / "distance.png"))
+
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    _series(ax, table, "measured_gap", "-o", " measured")
+    _series(ax, table, "gap_estimate", "--s", " estimate")
+    if "loss_bound" in table.columns:
+        bound = pd.to_numeric(table["loss_bound"], errors="coerce").max()
+        if np.isfinite(bound):  # no gap exceeds the loss range: an estimate above is vacuous
+            ax.axhline(float(bound), color="grey", lw=0.8, ls=":", label=f"loss range B={bound:g}")
+    _depth_axis(ax, "generalization gap: estimate (in scope only) vs measured", "loss gap", log=True)
+    paths.append(_save(fig, out / "gap.png"))
+
+    fig = Figure(figsize=(10, 4.5))
+    a1, a2 = fig.subplots(1, 2)
+    for column, ax in (("gap_estimate", a1), ("kernel_measure", a2)):
+        sp = spearman_agreement(table, column)
+        for label, sub in _groups(table):
+            x = pd.to_numeric(sub["measured_gap"], errors="coerce")
+            y = pd.to_numeric(sub[column], errors="coerce")
+            ok = np.isfinite(x) & np.isfinite(y)
+            if ok.any():
+                ax.scatter(x[ok], y[ok], label=label, s=25)
+                for (_, row), xi, yi in zip(sub[ok].iterrows(), x[ok], y[ok], strict=True):
+                    ax.annotate(f"L={row['depth']}", (xi, yi), fontsize=6)
+        rho = "n/a" if math.isnan(sp.rho) else f"{sp.rho:.2f}"
+        ax.set_title(f"{column} vs measured gap: Spearman {rho} over {sp.n_configs}", fontsize=9)
+        ax.set_xlabel("measured gap (test - train loss)")
+        ax.set_ylabel(column)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "estimate_vs_measured.png"))
+    return tuple(paths)

@@ -1,0 +1,228 @@
+"""Local certificates are tested, not asserted: on random ReLU-DAG networks and random
+compressions, no input inside a certified ball (random samples, box vertices, or found
+by gradient ascent on the deviation or on the decision margin) deviates by more than the
+per-point bound, leaves the per-output bounds, or changes a decision certified unchanged.
+
+Measured values get the same ``1e-9`` relative (+``1e-12``) allowance for their own
+float64 rounding as the core soundness tests; the bounds carry the engine's margin.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _nets import compress, random_conv_net, random_vector_net
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from certcompress.bounds.local import LocalCertificate, certify_local
+from certcompress.bounds.propagation.engine import PropagationOptions
+from certcompress.errors import ConfigurationError
+from certcompress.measure import adversarial_deviation, float64_function
+
+REL, ABS = 1e-9, 1e-12
+
+COMPRESSIONS = st.one_of(
+    st.tuples(st.just("prune"), st.sampled_from([0.1, 0.3, 0.6])),
+    st.tuples(st.just("round"), st.sampled_from([0.05, 0.2])),
+    st.tuples(st.just("perturb"), st.sampled_from([0.01, 0.1, 0.5])),
+    st.tuples(st.just("flip"), st.sampled_from([0.05, 0.3])),
+)
+EPS = st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.6])
+
+
+def _le(a: Tensor, b: Tensor) -> Tensor:
+    return a <= b + REL * b.abs() + ABS
+
+
+def _box_samples(lo: Tensor, hi: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points of the box: uniform ones and vertices."""
+    per = lo.shape
+    u = torch.rand((n,) + per, generator=gen, dtype=torch.float64)
+    v = (torch.rand((n,) + per, generator=gen) < 0.5).to(torch.float64)
+    u[n // 2:] = v[n // 2:]
+    return lo + (hi - lo) * u
+
+
+def _margin_attack(fn, lo: Tensor, hi: Tensor, c: int, gen: torch.Generator,
+                   steps: int = 25, restarts: int = 4) -> Tensor:
+    """Points of the box found by PGD minimizing ``f_c - max_{j != c} f_j``."""
+    x = lo + (hi - lo) * torch.rand((restarts,) + lo.shape, generator=gen, dtype=torch.float64)
+    x[0] = (lo + hi) / 2
+    alpha = 2.5 * float((hi - lo).max()) / steps
+    found = [x.clone()]
+    for _ in range(steps):
+        x.requires_grad_(True)
+        out = fn(x)
+        other = out.clone()
+        other[:, c] = -torch.inf
+        margin = out[:, c] - other.max(1).values
+        (g,) = torch.autograd.grad(margin.sum(), x)
+        with torch.no_grad():
+            x = torch.maximum(torch.minimum(x.detach() - alpha * g.sign(), hi), lo)
+        found.append(x.clone())
+    return torch.cat(found)
+
+
+def _check(net: nn.Module, comp: nn.Module, points: Tensor, eps: float,
+           dom: tuple[float, float] | None, seed: int) -> LocalCertificate:
+    lo_d, hi_d = dom if dom is not None else (None, None)
+    cert = certify_local(net, comp, points, eps, domain_lower=lo_d, domain_upper=hi_d,
+                         progress=False, batch_size=2)
+    f, fc = float64_function(net), float64_function(comp)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(points.shape[0]):
+        x0 = points[i].double()
+        lo, hi = x0 - eps, x0 + eps
+        if dom is not None:
+            lo, hi = lo.clamp(min=dom[0]), hi.clamp(max=dom[1])
+        xs = [_box_samples(lo, hi, 64, gen)]
+        adv = adversarial_deviation(f, fc, (1,) + tuple(x0.shape), lo, hi, steps=20,
+                                    restarts=4, starts=x0.unsqueeze(0), seed=seed + i)
+        xs.append(adv.argmax.reshape((1,) + tuple(x0.shape)))
+        c = cert.top_class[i]
+        xs.append(_margin_attack(fc, lo, hi, c, gen))
+        xs.append(_margin_attack(f, lo, hi, c, gen))
+        x = torch.cat(xs).detach()
+        with torch.no_grad():
+            fx, fcx = f(x), fc(x)
+        d = fx - fcx
+        dev = d.abs().sum(1)
+        bound = torch.tensor(cert.deviation_bound[i], dtype=torch.float64)
+        assert bool(_le(dev, bound).all()), (float(dev.max()), float(bound))
+        assert bool(_le(torch.tensor([adv.max_deviation]), bound).all())
+        du = torch.tensor(cert.deviation_upper[i], dtype=torch.float64)
+        dl = torch.tensor(cert.deviation_lower[i], dtype=torch.float64)
+        assert bool(_le(d, du).all()) and bool(_le(dl, d).all())
+        cu = torch.tensor(cert.compressed_upper[i], dtype=torch.float64)
+        cl = torch.tensor(cert.compressed_lower[i], dtype=torch.float64)
+        assert bool(_le(fcx, cu).all()) and bool(_le(cl, fcx).all())
+        mc = fcx[:, c] - torch.cat([fcx[:, :c], fcx[:, c + 1:]], 1).max(1).values
+        assert bool((mc >= cert.margin_lower[i] - REL * abs(cert.margin_lower[i]) - ABS).all())
+        if cert.decision_unchanged[i]:
+            assert bool((fcx.argmax(1) == c).all())
+        mo = fx[:, c] - torch.cat([fx[:, :c], fx[:, c + 1:]], 1).max(1).values
+        om = cert.original_margin_lower[i]
+        assert bool((mo >= om - REL * abs(om) - ABS).all())
+        if cert.original_robust[i]:
+            assert bool((fx.argmax(1) == c).all())
+    return cert
+
+
+@settings(max_examples=12, deadline=None)
+@given(blocks=st.lists(st.sampled_from(["dense", "residual", "leaky", "relu6", "concat"]),
+                       max_size=2),
+       comp=COMPRESSIONS, eps=EPS, seed=st.integers(0, 10_000),
+       domain=st.booleans())
+def test_local_sound_vector(blocks, comp, eps, seed, domain):
+    net, shape = random_vector_net(blocks, width=6, n_in=3, n_out=3, seed=seed)
+    c = compress(net, comp[0], seed + 1, comp[1])
+    gen = torch.Generator().manual_seed(seed)
+    pts = torch.rand((3,) + shape[1:], generator=gen) * (2.0 if not domain else 1.0) \
+        - (1.0 if not domain else 0.0)
+    _check(net, c, pts, eps, (0.0, 1.0) if domain else None, seed)
+
+
+@settings(max_examples=5, deadline=None)
+@given(blocks=st.lists(st.sampled_from(["conv", "maxpool", "residual", "avgpool"]),
+                       max_size=2),
+       comp=COMPRESSIONS, eps=st.sampled_from([0.02, 0.1, 0.3]), seed=st.integers(0, 10_000))
+def test_local_sound_conv(blocks, comp, eps, seed):
+    net, shape = random_conv_net(blocks, channels=2, size=4, n_out=3, seed=seed)
+    c = compress(net, comp[0], seed + 1, comp[1])
+    gen = torch.Generator().manual_seed(seed)
+    pts = torch.rand((2,) + shape[1:], generator=gen)
+    _check(net, c, pts, eps, (0.0, 1.0), seed)
+
+
+def _tiny(seed: int = 0, sparsity: float = 0.3) -> tuple[nn.Module, nn.Module, Tensor]:
+    net, shape = random_vector_net(["dense"], width=8, n_in=4, n_out=3, seed=seed)
+    comp = compress(net, "prune", seed + 1, sparsity)
+    pts = torch.rand((5,) + shape[1:], generator=torch.Generator().manual_seed(seed))
+    return net, comp, pts
+
+
+def test_eps_zero_is_tight_and_decides_like_the_point():
+    """A ball of radius 0 is the point: the bounds are the point's values (not vacuous)."""
+    net, comp, pts = _tiny()
+    cert = certify_local(net, comp, pts, 0.0, progress=False)
+    at = np.asarray(cert.deviation_at_point)
+    assert np.all(np.asarray(cert.deviation_bound) >= at * (1 - REL))
+    np.testing.assert_allclose(cert.deviation_bound, at, rtol=1e-6, atol=1e-9)
+    fc = float64_function(comp)
+    with torch.no_grad():
+        same = (fc(pts.double()).argmax(1) == torch.tensor(cert.top_class)).tolist()
+    assert list(cert.decision_unchanged) == same  # margins are exact up to rounding
+    assert cert.fraction_certified == pytest.approx(np.mean(same))
+    assert not any(cert.vacuous) or all(b > s for b, s in
+                                        zip(cert.deviation_bound, cert.output_scale))
+
+
+def test_identical_models_deviation_zero_and_decision_follows_robustness():
+    net, _, pts = _tiny(seed=3)
+    cert = certify_local(net, net, pts, 0.05, progress=False)
+    # the pair propagates d = 0 exactly: only the stated rounding margin remains
+    assert all(b <= 1e-6 * s for b, s in zip(cert.deviation_bound, cert.output_scale))
+    assert cert.decision_unchanged == cert.original_robust
+
+
+def test_larger_ball_certifies_no_more():
+    net, comp, pts = _tiny(seed=5)
+    small = certify_local(net, comp, pts, 0.01, progress=False)
+    huge = certify_local(net, comp, pts, 50.0, progress=False)
+    assert sum(huge.decision_unchanged) <= sum(small.decision_unchanged)
+    assert min(huge.deviation_bound) > max(small.deviation_at_point)
+
+
+def test_certificate_outputs_table_summary_json(tmp_path):
+    net, comp, pts = _tiny(seed=7)
+    cert = certify_local(net, comp, pts.numpy(), 0.1, domain_lower=0.0, domain_upper=1.0,
+                         progress=False)
+    df = cert.table()
+    assert len(df) == 5
+    assert {"decision_unchanged", "deviation_bound", "margin_lower", "vacuous"} <= set(df.columns)
+    s = cert.summary()
+    assert "eps = 0.1" in s and "box [0, 1]" in s and "decision unchanged" in s
+    back = LocalCertificate.from_json(cert.to_json())
+    assert back == cert
+    p = cert.save(tmp_path / "local.json")
+    assert json.loads(p.read_text())["schema"] == cert.schema
+    assert "worst case over that ball" in cert.scope
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"eps": -0.1}, "eps must be"),
+    ({"eps": float("nan")}, "eps must be"),
+    ({"points": torch.zeros((0, 4))}, "non-empty"),
+    ({"points": torch.zeros(4)}, "non-empty"),
+    ({"domain_lower": 0.5, "domain_upper": 0.6}, "outside the domain"),
+    ({"domain_lower": 1.0, "domain_upper": 0.0}, "exceeds"),
+    ({"domain_lower": torch.zeros(3)}, "does not broadcast"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_input(kwargs, match):
+    net, comp, pts = _tiny()
+    args = {"points": pts, "eps": 0.1, **kwargs}
+    with pytest.raises(ConfigurationError, match=match):
+        certify_local(net, comp, args.pop("points"), args.pop("eps"), progress=False, **args)
+
+
+def test_single_output_refused():
+    net, shape = random_vector_net([], width=4, n_in=2, n_out=1, seed=0)
+    with pytest.raises(ConfigurationError, match="at least 2"):
+        certify_local(net, net, torch.zeros((1,) + shape[1:]), 0.1, progress=False)
+
+
+def test_interval_option_is_sound_and_no_tighter():
+    net, comp, pts = _tiny(seed=11, sparsity=0.5)
+    crown = certify_local(net, comp, pts, 0.2, progress=False)
+    ibp = certify_local(net, comp, pts, 0.2, progress=False,
+                        options=PropagationOptions(intermediate="interval",
+                                                   sign_vectors_up_to=0))
+    assert "interval" in ibp.method and "sum of per-output" in ibp.method
+    assert sum(ibp.decision_unchanged) <= sum(crown.decision_unchanged)
+    _check(net, comp, pts, 0.2, None, 11)

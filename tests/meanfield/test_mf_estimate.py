@@ -1,0 +1,120 @@
+"""estimate() on small runs, and compression_effect with the built-in compressors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from certcompress import meanfield as mf
+from certcompress.errors import ConfigurationError
+
+FAST = mf.EstimateOptions(max_checkpoints=4, knn_repeats=2, bootstrap=4, mc_particles=256, mc_signs=16)
+
+
+@pytest.fixture(scope="module")
+def digits() -> mf.DataSplit:
+    return mf.load_digits_task("3-vs-8", n_train=80, n_test=100, seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(digits: mf.DataSplit) -> dict[str, mf.TrainRun]:
+    out = {}
+    for scaling in ("mean-field", "sqrt"):
+        net = mf.ScaledResNet(16, 3, 24, 24, scaling, input_dim=64, seed=0)
+        out[scaling] = mf.train(net, digits.X_train, digits.y_train, steps=60, record_every=20)
+    return out
+
+
+def test_in_scope_estimate_is_complete_and_consistent(digits, runs):
+    d = digits
+    est = mf.estimate(runs["mean-field"], d.X_train, d.y_train, d.X_test, d.y_test, 0.05, options=FAST)
+    assert est.in_scope and est.regime == "mean-field" and est.scope == "in scope"
+    row = est.as_row()
+    assert set(row) == set(mf.ESTIMATE_COLUMNS)
+    for key, value in row.items():
+        if isinstance(value, float):
+            assert math.isfinite(value), key
+    n = d.n_train
+    assert est.confidence_term == pytest.approx(3 * 2 * math.sqrt(math.log(40) / (2 * n)))
+    assert est.gap_estimate == pytest.approx(2 * 2 * est.rademacher_mc + est.confidence_term)
+    assert est.loss_bound == 2.0  # targets +-1: the clipped loss lies in [0, 2]
+    assert est.gap_estimate_vacuous == (est.gap_estimate >= est.loss_bound)
+    assert ("VACUOUS" in est.summary()) == est.gap_estimate_vacuous
+    assert est.rademacher_mc <= est.rademacher_closed_form + 3 * est.rademacher_mc_stderr
+    assert est.kl_radius >= est.kl_gaussian_head and est.w2_bound_head > 0
+    assert est.measured_gap == pytest.approx(est.test_loss - est.train_loss)
+    assert 0 <= est.train_error <= 1 and len(est.trajectory) == 4
+    assert est.trajectory[0].lambda_min_G2 == pytest.approx(est.lambda_min_G2_init)
+    assert est.lambda_min_G12_init >= est.lambda_min_G2_init - 1e-12
+    assert est.loss_decay_holds == (est.loss_final <= est.loss_decay_bound_final * (1 + 1e-9) + 1e-15)
+    assert "measured" in est.summary().lower()
+
+
+def test_out_of_scope_estimate_reports_measurements_only(digits, runs):
+    d = digits
+    est = mf.estimate(runs["sqrt"], d.X_train, d.y_train, d.X_test, d.y_test, options=FAST)
+    assert not est.in_scope and est.scope.startswith("out of scope") and "SDE" in est.scope
+    assert est.gap_estimate is None and est.rademacher_mc is None and est.rademacher_closed_form is None
+    assert est.gap_estimate_vacuous is None
+    assert math.isfinite(est.measured_gap) and math.isfinite(est.lambda_min_G2_init)
+    assert "out of scope" in est.summary()
+
+
+def test_estimate_rejects_other_training_data_and_bad_delta(digits, runs):
+    d = digits
+    with pytest.raises(ConfigurationError, match="differ from the data"):
+        mf.estimate(runs["mean-field"], d.X_test[:80], d.y_test[:80], d.X_test, d.y_test, options=FAST)
+    with pytest.raises(ConfigurationError, match="delta"):
+        mf.estimate(runs["mean-field"], d.X_train, d.y_train, d.X_test, d.y_test, 1.5, options=FAST)
+    with pytest.raises(ConfigurationError, match="max_checkpoints"):
+        mf.EstimateOptions(max_checkpoints=1)
+
+
+def test_magnitude_prune_zeroes_the_smallest_weights_globally():
+    net = mf.ScaledResNet(4, 2, 8, 8, seed=3)
+    pruned = mf.magnitude_prune(0.3)(net)
+    names = [n for n, _ in net.named_parameters() if not n.endswith("bias")]
+    old = torch.cat([dict(net.named_parameters())[n].detach().flatten() for n in names])
+    new = torch.cat([dict(pruned.named_parameters())[n].detach().flatten() for n in names])
+    k = round(0.3 * old.numel())
+    assert int((new == 0).sum()) == k
+    assert float(old[new == 0].abs().max()) <= float(old[new != 0].abs().min())
+    torch.testing.assert_close(pruned.res_bias, net.res_bias)  # biases kept
+    assert not torch.equal(net.res_u, pruned.res_u)  # a copy was changed, not the input
+    with pytest.raises(ConfigurationError, match="fraction"):
+        mf.magnitude_prune(1.0)
+
+
+def test_round_to_grid_puts_every_value_on_a_symmetric_grid_with_zero():
+    net = mf.ScaledResNet(4, 2, 8, 8, seed=3)
+    q = mf.round_to_grid(4)(net)
+    for (_, p_), (_, r_) in zip(net.named_parameters(), q.named_parameters(), strict=True):
+        p, r = p_.detach(), r_.detach()
+        step = float(p.abs().max()) / 7
+        k = r / step
+        torch.testing.assert_close(k, torch.round(k), atol=1e-9, rtol=0)
+        assert float(k.abs().max()) <= 7 + 1e-9
+        assert float((r - p).abs().max()) <= step / 2 + 1e-12
+    with pytest.raises(ConfigurationError, match="bits"):
+        mf.round_to_grid(1)
+
+
+def test_compression_effect_table(digits, runs):
+    d = digits
+    table = mf.compression_effect(
+        runs["mean-field"], d.X_train, d.y_train, d.X_test, d.y_test,
+        {"prune50": mf.magnitude_prune(0.5), "int4": mf.round_to_grid(4)}, options=FAST)
+    assert list(table["compressor"]) == ["original", "prune50", "int4"]
+    assert set(mf.ESTIMATE_COLUMNS) <= set(table.columns)
+    assert table.loc["original", "relative_change"] == 0.0
+    assert table.loc["prune50", "zero_fraction"] >= 0.4
+    assert table.loc["prune50", "relative_change"] > table.loc["int4", "relative_change"] > 0
+    # compression moves the measured training loss away from the trained optimum
+    assert table.loc["prune50", "train_loss_unclipped"] > table.loc["original", "train_loss_unclipped"]
+    assert np.isfinite(table["measured_gap"].astype(float)).all()
+    with pytest.raises(ConfigurationError, match="must return a ScaledResNet"):
+        mf.compression_effect(runs["mean-field"], d.X_train, d.y_train, d.X_test, d.y_test,
+                              {"bad": lambda m: torch.nn.Linear(2, 2)}, options=FAST)

@@ -1,0 +1,167 @@
+"""A small sweep on digits: every column for every configuration; plots; the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from certcompress import errors as mf_errors
+from certcompress import meanfield as mf
+from certcompress.meanfield.cli import register
+
+OPTS = mf.SweepOptions(steps=25, record_every=5, task="3-vs-8", n_test=120,
+                       estimate=mf.EstimateOptions(max_checkpoints=3, knn_repeats=2, bootstrap=4,
+                                                   mc_particles=256, mc_signs=16))
+MEASURED = ("regime", "scope", "lambda_min_G2_init", "lambda_min_G12_final", "w2_bound_residual",
+            "kl_gaussian_head", "kl_knn_head", "kl_radius", "kernel_measure", "measured_gap",
+            "train_loss", "test_loss", "test_error", "alpha_eff", "train_seconds")
+ESTIMATED = ("rademacher_closed_form", "rademacher_mc", "gap_estimate", "gap_estimate_closed_form")
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return mf.sweep(depths=[2, 4], scalings=["mean-field", "sqrt", "none"], alphas=[0.5, 2.0],
+                    widths=[12], ns=[60], data="digits", options=OPTS, seed=0, progress=False)
+
+
+def test_small_digits_sweep_has_every_column_for_every_configuration(table):
+    assert list(table.columns) == list(mf.SWEEP_COLUMNS)
+    grid = set(itertools.product([2, 4], ["mean-field", "sqrt", "none"], [0.5, 2.0]))
+    assert set(zip(table["depth"], table["scaling"], table["alpha"], strict=True)) == grid
+    assert len(table) == len(grid)
+    for col in MEASURED:
+        assert table[col].notna().all(), col
+    in_scope = table["in_scope"].astype(bool)
+    assert set(table.loc[in_scope, "scaling"]) == {"mean-field"}
+    for col in ESTIMATED:  # numbers where the theory applies, NaN + a reason elsewhere
+        assert np.isfinite(table.loc[in_scope, col].astype(float)).all(), col
+        assert table.loc[~in_scope, col].isna().all(), col
+    assert table.loc[~in_scope, "scope"].str.startswith("out of scope").all()
+    assert table.loc[in_scope, "gap_estimate_vacuous"].notna().all()
+    assert table.loc[~in_scope, "gap_estimate_vacuous"].isna().all()
+    assert (table["n_train"] == 60).all() and (table["n_test"] == 120).all()
+    assert (table["data"] == "digits:3-vs-8").all()
+
+
+def test_spearman_agreement_is_reported(table):
+    sp = table.attrs["spearman"]["gap_estimate"]
+    assert sp["n_configs"] == 4 and -1 <= sp["rho"] <= 1
+    res = mf.spearman_agreement(table, "kernel_measure")
+    assert res.n_configs == len(table) and (math.isnan(res.rho) or -1 <= res.rho <= 1)
+    few = mf.spearman_agreement(table.head(2), "kernel_measure")
+    assert math.isnan(few.rho) and "fewer than 3" in few.note
+
+
+def test_plots_are_written(table, tmp_path):
+    paths = mf.plot_sweep(table, tmp_path)
+    assert {p.name for p in paths} == {"lambda_min.png", "distance.png", "gap.png",
+                                       "estimate_vs_measured.png"}
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_sweep_on_user_arrays():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 6))
+    y = (X[:, 0] > 0).astype(float)  # {0, 1} labels become +-1
+    t = mf.sweep(depths=[2], scalings=["mean-field"], widths=[8], data=(X, y),
+                 options=OPTS, progress=False)
+    assert len(t) == 1 and t["n_train"].iloc[0] == 63 and t["d"].iloc[0] == 6
+    assert t["data"].iloc[0] == "arrays"
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="certcompress")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_cli_sweep_writes_csv_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "results"
+    rc = _cli(["meanfield", "sweep", "--depths", "2", "--scalings", "mean-field", "none",
+               "--widths", "8", "--ns", "40", "--steps", "10", "--record-every", "5",
+               "--data", "digits:0-vs-rest", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    table = pd.read_csv(out / "meanfield_sweep.csv")
+    assert len(table) == 2 and list(table.columns) == list(mf.SWEEP_COLUMNS)
+    assert (out / "spearman.json").is_file() and (out / "gap.png").is_file()
+    assert "2 configurations (1 in scope)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--scalings", "cubic"], "neither one of"), (["--depths", "0"], "depths"),
+     (["--data", "missing.npz"], "no such file"), (["--ns", "100000"], "n_train must be"),
+     (["--delta", "2"], "--delta")],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys, argv, message):
+    rc = _cli(["meanfield", "sweep", "--out", str(tmp_path), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_reads_npz(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 4))
+    np.savez(tmp_path / "data.npz", X=X, y=np.sign(X[:, 1]))
+    rc = _cli(["meanfield", "sweep", "--depths", "2", "--scalings", "mean-field", "--widths", "6",
+               "--steps", "5", "--record-every", "5", "--data", str(tmp_path / "data.npz"),
+               "--out", str(tmp_path / "o"), "--no-plots", "--no-progress"])
+    assert rc == 0 and (tmp_path / "o" / "meanfield_sweep.csv").is_file()
+    assert not (tmp_path / "o" / "gap.png").exists()
+
+
+_TIMING = {"train_seconds", "estimate_seconds"}
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def test_sweep_on_an_executor_gives_the_same_rows(tmp_path):
+    kwargs = dict(depths=[2], scalings=["mean-field", "none"], widths=[6], ns=[30],
+                  data="digits", options=OPTS, seed=0, progress=False)
+    here = mf.sweep(**kwargs)
+    store = tmp_path / "runs.sqlite"
+    there = mf.sweep(**kwargs, executor="serial", store=store)
+    assert list(there.columns) == list(here.columns) and len(there) == len(here) == 2
+    for col in here.columns:
+        if col in _TIMING:
+            continue
+        for a, b in zip(here[col], there[col], strict=True):
+            assert _same(a, b), (col, a, b)
+    assert store.is_file()
+    again = mf.sweep(**kwargs, executor="serial", store=store)  # resumed from the store
+    assert list(again["train_seconds"]) == list(there["train_seconds"])
+
+
+def test_executor_needs_named_data_and_store_needs_an_executor(tmp_path):
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    with pytest.raises(mf_errors.ConfigurationError, match="npz"):
+        mf.sweep(depths=[2], scalings=["mean-field"], widths=[4], data=(X, X[:, 0] > 0),
+                 options=OPTS, progress=False, executor="serial")
+    with pytest.raises(mf_errors.ConfigurationError, match="executor"):
+        mf.sweep(depths=[2], scalings=["mean-field"], widths=[4], options=OPTS,
+                 progress=False, store=tmp_path / "runs.sqlite")
+
+
+def test_sweep_reads_an_npz_path(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 3))
+    path = tmp_path / "d.npz"
+    np.savez(path, X_train=X[:30], y_train=np.sign(X[:30, 0]), X_test=X[30:],
+             y_test=np.sign(X[30:, 0]))
+    t = mf.sweep(depths=[2], scalings=["mean-field"], widths=[4], data=str(path),
+                 options=OPTS, progress=False)
+    assert len(t) == 1 and t["n_train"].iloc[0] == 30 and t["n_test"].iloc[0] == 10

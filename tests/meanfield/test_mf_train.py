@@ -1,0 +1,90 @@
+"""ScaledResNet construction and mean-field gradient descent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from certcompress import meanfield as mf
+from certcompress.errors import ConfigurationError
+
+
+def _data(n: int = 40, p: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    return X, np.sign(X[:, 0] + 0.3 * X[:, 1])
+
+
+def test_forward_matches_the_model_equations():
+    net = mf.ScaledResNet(3, 2, 4, 5, "sqrt", alpha=0.7, beta=1.3, input_dim=3, seed=2)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    z = x.clone()
+    c = 0.7 / math.sqrt(2)
+    for layer in range(2):
+        h = torch.tanh(z @ net.res_w[layer].T + net.res_bias[layer])
+        z = z + (c / 4) * torch.einsum("nm,md->nd", h, net.res_u[layer])
+    f = (1.3 / 5) * torch.tanh(z @ net.head_w.T) @ net.head_a
+    torch.testing.assert_close(net(x), f)
+    assert net(x).shape == (6,)
+
+
+def test_lr_multipliers_are_mean_field_for_the_mean_field_scaling():
+    net = mf.ScaledResNet(4, 8, 16, 32, "mean-field", alpha=2.0)
+    m = net.lr_multipliers()
+    assert m["res_u"] == pytest.approx(8 * 16) and m["head_a"] == 32
+    # other scalings: function-space matched, M alpha^2 / (L c^2)
+    assert mf.ScaledResNet(4, 8, 16, 32, "none", alpha=2.0).lr_multipliers()["res_w"] == pytest.approx(16 * 4 / 8)
+
+
+def test_train_decreases_loss_records_checkpoints_and_leaves_net_untouched():
+    X, y = _data()
+    net = mf.ScaledResNet(5, 3, 16, 16, seed=1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    run = mf.train(net, X, y, steps=40, record_every=15, lr=0.5)
+    assert [c.step for c in run.checkpoints] == [0, 15, 30, 40]
+    assert [c.time for c in run.checkpoints] == pytest.approx([0, 7.5, 15, 20])
+    assert len(run.losses) == 41 and run.losses[-1] < 0.5 * run.losses[0]
+    assert run.checkpoints[-1].loss == pytest.approx(run.losses[-1])
+    assert not run.diverged and run.seconds_per_step > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    torch.testing.assert_close(run.model.res_u, run.checkpoints[-1].state["res_u"])
+    # the stored loss is the loss of the stored parameters
+    with torch.no_grad():
+        f = run.model(torch.as_tensor(X))
+    assert 0.5 * float(((f - torch.as_tensor(y)) ** 2).mean()) == pytest.approx(run.losses[-1])
+
+
+def test_divergence_is_detected_and_the_model_is_the_last_finite_checkpoint():
+    X, y = _data()
+    net = mf.ScaledResNet(5, 2, 8, 8, "none", beta=5.0, seed=0)
+    run = mf.train(net, X, y, steps=50, record_every=1, lr=1e3)
+    assert run.diverged
+    assert all(math.isfinite(c.loss) for c in run.checkpoints)
+    assert run.steps_done < 50
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"depth": 0}, "depth"), ({"scaling": "cubic"}, "unknown scaling"), ({"alpha": -1.0}, "alpha"),
+     ({"activation": "swish"}, "unknown activation"), ({"init": "xavier"}, "unknown init")],
+)
+def test_bad_configuration_is_rejected(kwargs, match):
+    args = {"d": 3, "depth": 2, "width": 4, "head_width": 4, **kwargs}
+    with pytest.raises(ConfigurationError, match=match):
+        mf.ScaledResNet(**args)
+
+
+def test_bad_training_input_is_rejected():
+    X, y = _data()
+    net = mf.ScaledResNet(5, 2, 4, 4)
+    with pytest.raises(ConfigurationError, match=r"shape \(40,\)"):
+        mf.train(net, X, y[:-1])
+    with pytest.raises(ConfigurationError, match=r"shape \(n, 5\)"):
+        mf.train(net, X[:, :3], y)
+    with pytest.raises(ConfigurationError, match="steps"):
+        mf.train(net, X, y, steps=0)
+    with pytest.raises(ConfigurationError, match="ScaledResNet"):
+        mf.train(torch.nn.Linear(5, 1), X, y)  # type: ignore[arg-type]

@@ -1,0 +1,166 @@
+"""The zoo manifest (expansion, relative paths, messages naming the bad field) and the
+``zoo certify`` / ``results`` commands through their ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+from scale_zoo import CNN_SHAPE
+
+from certcompress import cli as main_cli
+from certcompress.compress.pruning import PruningPlan
+from certcompress.errors import ConfigurationError
+from certcompress.loading import load_model
+from certcompress.scale import load_manifest, results
+from certcompress.scale.cli import register
+from certcompress.scale.manifest import parse_manifest
+
+MANIFEST = textwrap.dedent("""
+    sweep: tiny-zoo
+    defaults:
+      input_shape: [1, 1, 6, 6]
+      radius: 0.5
+      search_steps: 2
+      search_restarts: 1
+    models:
+      - model: models.py:make_cnn
+        name: cnn
+        weights: cnn.pt
+      - model: models.py:make
+        weights: mlp.pt
+        input_shape: [1, 12]
+        plans:
+          - pruning: {scope: global, criterion: magnitude, sparsity: 0.5}
+          - compressed: {model: models.py:make, init_seed: 2}
+    plans:
+      - pruning: {scope: global, criterion: magnitude, sparsity: [0.25, 0.75]}
+      - pruning: layer.json
+      - quantization: {bits: [4, 8]}
+""")
+
+
+def _zoo_files(zoo):
+    cnn = load_model(f"{zoo.models}:make_cnn", str(zoo.cnn_weights))
+    PruningPlan.per_layer(cnn, {"conv": 0.5}).save(zoo.dir / "layer.json")
+    path = zoo.dir / "zoo.yaml"
+    path.write_text(MANIFEST)
+    return path
+
+
+def test_manifest_expands_models_and_plans(zoo):
+    m = load_manifest(_zoo_files(zoo))
+    assert m.sweep == "tiny-zoo" and len(m.tasks) == 5 + 2
+    labels = [t.display for t in m.tasks]
+    assert labels[0] == "cnn: global magnitude pruning at sparsity 0.25"
+    assert labels[2].startswith("cnn: per-layer plan on 1 layer(s)")
+    assert labels[3] == "cnn: 4-bit per-channel quantization of every layer"
+    assert m.tasks[0].input_shape == CNN_SHAPE and m.tasks[5].input_shape == (1, 12)
+    assert m.tasks[0].model.weights == str(zoo.cnn_weights)  # relative to the manifest
+    assert m.tasks[6].compressed is not None and m.tasks[6].compressed.init_seed == 2
+    assert len({t.key for t in m.tasks}) == 7
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("radius: 0.5", "radius: -1"), r"zoo.yaml: defaults.radius must be a finite number >= 0"),
+    (("input_shape: [1, 12]", "input_shape: [1, x]"),
+     r"zoo.yaml: models\[1\].input_shape must be a non-empty list of positive integers"),
+    (("weights: cnn.pt", "weights: nope.pt"), r"models\[0\].weights: file '.*nope.pt' does "
+                                              "not exist"),
+    (("    name: cnn\n", "    name: cnn\n    colour: red\n"),
+     r"zoo.yaml: models\[0\].colour is unknown; fields are model, name"),
+    (("sparsity: [0.25, 0.75]", "sparsity: [0.25, 7]"), r"plan 1 \(pruning\): .*sparsity"),
+    (("quantization: {bits: [4, 8]}", "quantization: {bits: 4, width: 3}"),
+     r"quantization.width is unknown"),
+    (("  - pruning: layer.json\n", "  - pruning: layer.json\n    quantization: {bits: 4}\n"),
+     r"zoo.yaml: plans\[1\] must have exactly one of pruning, quantization, compressed"),
+    (("sweep: tiny-zoo", "sweep: tiny-zoo\nbudget: 3"), r"zoo.yaml.budget is unknown"),
+])
+def test_manifest_errors_name_the_field(zoo, edit, message):
+    path = _zoo_files(zoo)
+    path.write_text(path.read_text().replace(*edit))
+    with pytest.raises(ConfigurationError, match=message):
+        load_manifest(path)
+
+
+def test_manifest_needs_models_and_plans(tmp_path):
+    with pytest.raises(ConfigurationError, match="m.yaml: models is missing"):
+        parse_manifest({"plans": []}, base=tmp_path, name="m.yaml")
+    with pytest.raises(ConfigurationError, match=r"models\[0\] has no plans"):
+        parse_manifest({"models": [{"model": "torchvision:resnet18",
+                                    "input_shape": [1, 3, 8, 8]}]}, base=tmp_path,
+                       name="m.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigurationError, match="is not valid YAML"):
+        load_manifest(bad)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="certcompress")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    register(sub)  # a second call (one per command name) adds nothing
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_zoo_certify_and_results_commands(zoo, tmp_path, capsys):
+    path = _zoo_files(zoo)
+    store = tmp_path / "runs.sqlite"
+    out = tmp_path / "zoo.csv"
+    rc = _cli(["zoo", "certify", str(path), "--executor", "serial", "--store", str(store),
+               "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "7 succeeded, 0 failed, 0 skipped" in text
+    assert "cnn: 4-bit per-channel quantization of every layer" in text
+    assert len(pd.read_csv(out)) == 7
+    rc = _cli(["zoo", "certify", str(path), "--executor", "serial", "--store", str(store),
+               "--no-progress"])
+    assert rc == 0 and "0 succeeded, 0 failed, 7 skipped" in capsys.readouterr().out
+
+    assert _cli(["results", "list", "--store", str(store)]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny-zoo" in listing and "certify" in listing
+    assert _cli(["results", "show", "tiny-zoo", "--store", str(store), "--columns", "label",
+                 "certified_bound"]) == 0
+    assert "7 finished task(s), 7 ok, 0 failed" in capsys.readouterr().out
+    assert _cli(["results", "export", str(tmp_path / "e.json"), "--store", str(store)]) == 0
+    exported = json.loads((tmp_path / "e.json").read_text())
+    assert len(exported) == 7 and exported[0]["sweep"] == "tiny-zoo"
+    frame = results.load(store, "tiny-zoo")
+    assert (frame["certified_bound"] >= 0).all()
+
+
+def test_zoo_certify_reports_failed_tasks_with_exit_2(zoo, tmp_path, capsys):
+    path = _zoo_files(zoo)
+    path.write_text(path.read_text().replace("models.py:make_cnn", "models.py:broken"))
+    rc = _cli(["zoo", "certify", str(path), "--executor", "serial", "--store",
+               str(tmp_path / "r.sqlite"), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 2
+    assert "5 task(s) failed; details: certcompress results show tiny-zoo" in text
+    assert "FAILED cnn: global magnitude pruning at sparsity 0.25: ModelLoadError" in text
+
+
+def test_command_line_errors(zoo, tmp_path):
+    path = _zoo_files(zoo)
+    with pytest.raises(ConfigurationError, match="--address and --num-cpus are for --executor"):
+        _cli(["zoo", "certify", str(path), "--address", "auto"])
+    with pytest.raises(ConfigurationError, match="must end in .csv or .json"):
+        _cli(["zoo", "certify", str(path), "--out", "x.txt"])
+    with pytest.raises(Exception, match="does not exist"):
+        _cli(["results", "list", "--store", str(tmp_path / "none.sqlite")])
+
+
+def test_main_cli_runs_the_commands_when_registered(zoo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "results", "certcompress.scale.cli")
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "zoo", "certcompress.scale.cli")
+    assert main_cli.main(["results", "list", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main_cli.main(["--help"]) == 0
+    assert "zoo" in capsys.readouterr().out
