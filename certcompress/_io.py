@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -56,3 +57,19 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[st
     """Open a text file for writing that appears at ``path`` only when closed cleanly."""
     with atomic_path(path) as tmp, open(tmp, mode, encoding="utf-8") as fh:
         yield fh
+
+
+class JsonRecord:
+    """``to_json`` and atomic ``save`` for a frozen result with ``to_dict`` (certificates
+    and reports): sorted keys, and NaN or infinity refused rather than written as
+    non-standard JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON atomically (never half-written); returns the path."""
+        return atomic_write_text(path, self.to_json() + "\n")

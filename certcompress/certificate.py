@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_text
+from ._io import JsonRecord
 from .domain import InputDomain
 from .errors import CertificateError, ConfigurationError
 
@@ -115,7 +115,7 @@ class Measurements:
 
 
 @dataclass(frozen=True)
-class Certificate:
+class Certificate(JsonRecord):
     """A certified bound on the output deviation between two models (see module doc)."""
 
     bound: float
@@ -156,6 +156,18 @@ class Certificate:
         return best[0] if best else "path-metric"
 
     # ---------------------------------------------------------------- display
+    def input_box(self) -> tuple[Any, Any]:
+        """The certified domain as per-sample float64 bounds ``(lower, upper)`` of shape
+        ``input_shape[1:]``: the ``input_domain`` box when there is one, else the ball
+        ``[-radius, radius]``."""
+        import torch
+
+        if self.input_domain is not None:
+            return self.input_domain.lower_tensor()[0], self.input_domain.upper_tensor()[0]
+        per = tuple(self.input_shape[1:])
+        r = torch.full(per, float(self.radius), dtype=torch.float64)
+        return -r, r
+
     def summary(self) -> str:
         m = self.measurements
         lines = [
@@ -213,12 +225,6 @@ class Certificate:
         d["input_domain"] = None if self.input_domain is None else self.input_domain.to_dict()
         return d
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the JSON atomically (never half-written)."""
-        return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def from_json(cls, text: str) -> Certificate:

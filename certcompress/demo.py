@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path = "out/demo", sparsity: float = 0.5, seed: int 
     _banner(4, total, "choose per-layer bit widths under a certified budget", t0, print_fn)
     allocation = quantization_section(model, data, input_shape=INPUT_SHAPE,
                                       input_radius=RADIUS, out_dir=out / "quantization",
-                                      seed=seed, print_fn=print_fn)
+                                      seed=seed, domain=domain, print_fn=print_fn)
     allocation.certificate.save(out / "quantization_certificate.json")
 
     _banner(5, total, "export the certified quantized model to ONNX and verify it", t0,

@@ -30,18 +30,16 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_write_text
+from .._io import JsonRecord
 from ..errors import CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 
@@ -65,7 +63,7 @@ def _combine_rel(m: int) -> float:
 
 
 @dataclass(frozen=True)
-class LocalCertificate:
+class LocalCertificate(JsonRecord):
     """Per-point certified deviation and decision around ``points`` (see the module doc).
 
     Arrays are tuples (one entry per point; per-output ones are tuples of tuples) so the
@@ -168,12 +166,6 @@ class LocalCertificate:
         d["input_shape"] = list(self.input_shape)
         return d
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the JSON atomically."""
-        return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def from_json(cls, text: str) -> LocalCertificate:

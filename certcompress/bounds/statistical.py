@@ -27,19 +27,16 @@ distribution shift, is not covered.
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import os
 import platform
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_write_text
+from .._io import JsonRecord
 from ..errors import ConfigurationError
 
 __all__ = ["StatisticalCertificate", "certify_statistical", "clopper_pearson_upper",
@@ -110,7 +107,7 @@ def quantile_rank(n: int, q: float, alpha: float) -> int | None:
 
 
 @dataclass(frozen=True)
-class StatisticalCertificate:
+class StatisticalCertificate(JsonRecord):
     """Distribution-free confidence statements about the deviation on held-out data
     (see the module doc). ``None`` marks a statement not made."""
 
@@ -180,12 +177,6 @@ class StatisticalCertificate:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the JSON atomically."""
-        return atomic_write_text(path, self.to_json() + "\n")
 
 
 def _as_tensor(x: Any, what: str) -> Tensor:

@@ -8,14 +8,11 @@ that carries it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text
+from .._io import JsonRecord
 from ..certificate import Certificate
 from ..errors import ConfigurationError, VerificationError
 
@@ -65,7 +62,7 @@ class Check:
 
 
 @dataclass(frozen=True)
-class VerificationReport:
+class VerificationReport(JsonRecord):
     """What :func:`verify_onnx` checked and measured (frozen; JSON via ``to_json``)."""
 
     path: str
@@ -99,7 +96,7 @@ class VerificationReport:
         head = (f"verification of {self.path}: {'PASSED' if self.passed else 'FAILED'} "
                 f"({self.file_bytes / 1e6:.3f} MB, opset {self.opset})")
         lines = [head, *(ch.line() for ch in self.checks)]
-        lines.append(f"  certified bound {c.bound:.6g} on ||x||_inf <= {c.radius:g}"
+        lines.append(f"  certified bound {c.bound:.6g} on {c.domain}"
                      f"{' (VACUOUS)' if c.vacuous else ''}; inputs: {self.inputs} "
                      f"({self.inputs_source}; {self.inputs_outside_domain} outside the domain)")
         if self.numerical_tolerance is not None:
@@ -127,11 +124,6 @@ class VerificationReport:
             "certificate": self.certificate.to_dict(),
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return atomic_write_text(path, self.to_json() + "\n")
 
 
 class VerificationFailed(VerificationError):

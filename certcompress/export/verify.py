@@ -255,7 +255,8 @@ def _domain_inputs(cert: Certificate, inputs: Tensor | None, seed: int) -> tuple
     per = tuple(cert.input_shape[1:])
     if inputs is None:
         gen = torch.Generator().manual_seed(seed)
-        x = (torch.rand((8,) + per, generator=gen, dtype=torch.float64) * 2 - 1) * cert.radius
+        lo, hi = cert.input_box()
+        x = lo + torch.rand((8,) + per, generator=gen, dtype=torch.float64) * (hi - lo)
         return x, "8 random inputs of the domain"
     x = torch.as_tensor(inputs).detach().to(torch.float64)
     if tuple(x.shape) == per:
@@ -317,7 +318,9 @@ def _runtime_checks(run: _Run, sess: Any, model: onnx.ModelProto, cert: Certific
                              f"inputs, {n_out} outputs each")
     scale = float(y.abs().sum(dim=1).max())
     tol_v = tol.value(scale, n_out)
-    inside = x.abs().reshape(x.shape[0], -1).amax(dim=1) <= cert.radius * (1 + 1e-12)
+    lo, hi = cert.input_box()
+    slack = 1e-12 * max(cert.radius, 1e-300)
+    inside = ((x >= lo - slack) & (x <= hi + slack)).reshape(x.shape[0], -1).all(dim=1)
     run.values.update(inputs=int(x.shape[0]), inputs_source=source,
                       inputs_outside_domain=int((~inside).sum()), outputs=n_out,
                       output_scale=scale, numerical_tolerance=tol_v)
@@ -372,7 +375,8 @@ def _bound_check(run: _Run, cert: Certificate, original: nn.Module, model: onnx.
             return s + (value - s).detach()
 
         starts = x[:restarts] if x.shape[0] else None
-        adv = adversarial_deviation(f, g, cert.input_shape, -cert.radius, cert.radius,
+        lo, hi = cert.input_box()
+        adv = adversarial_deviation(f, g, cert.input_shape, lo, hi,
                                     steps=steps, restarts=restarts, starts=starts, seed=seed)
         z = adv.argmax
         with torch.no_grad():
@@ -380,7 +384,7 @@ def _bound_check(run: _Run, cert: Certificate, original: nn.Module, model: onnx.
             dz = float((f(z) - yz).abs().sum(dim=1).max())
         tol_z = tol.value(max(scale, float(yz.abs().sum())), n_out)
         run.values.update(adversarial_max=dz, search=f"{adv.steps} steps x {adv.restarts} "
-                          f"starts in ||x||_inf <= {cert.radius:g}; {how}")
+                          f"starts in {cert.domain}; {how}")
         parts.append(f"search: {dz:.4g}")
         if worst is None or dz - (bound + tol_z) > worst[0] - (bound + worst[1]):
             worst = (dz, tol_z)

@@ -160,3 +160,56 @@ def test_input_domain_is_required_without_a_plugin() -> None:
         choose_bitwidths(model, 1.0)
     with pytest.raises(ConfigurationError, match="input_radius is required"):
         choose_bitwidths(model, 1.0, input_shape=(1, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_bounds_certifier_allocation_is_within_budget_and_locally_minimal(seed: int) -> None:
+    """certifier='bounds': the certificate (smaller of the path-metric and bounds tiers over
+    the box) is within budget, every single-layer step down breaks it (each checked by an
+    independent cc.certify), and the allocation is no larger than the path-metric one."""
+    net, shape = random_vector_net(["dense", "dense_bn"], 6, 4, 3, seed)
+    dom = cc.InputDomain.box(0.0, 1.0, shape=shape)
+    layers = list(affine_layers(net))
+    n = {name: affine_layers(net)[name].weight.numel() for name in layers}
+
+    def tier_bound(combo: tuple[int, ...]) -> float:
+        q = quantization_grid(net, QuantConfig.from_bits(dict(zip(layers, combo)))).apply(net)
+        return cc.certify(net, q, domain=dom, methods=("path-metric", "bounds"),
+                          search_steps=0).bound
+
+    budget = tier_bound(tuple([4] * len(layers)))  # uniform 4-bit meets it
+    al = choose_bitwidths(net, budget, candidates=CANDS + [4, 8], certifier="bounds",
+                          domain=dom)
+    combo = tuple(al.bits[name] for name in layers)
+    assert al.bound <= budget and al.locally_minimal
+    assert set(al.certificate.by_method) == {"path-metric", "bounds"}
+    assert al.certificate.bound == pytest.approx(tier_bound(combo), rel=1e-12)
+    cands = sorted(CANDS + [4, 8])
+    for i, b in enumerate(combo):
+        k = cands.index(b)
+        if k == 0:
+            continue
+        lower = list(combo)
+        lower[i] = cands[k - 1]
+        assert tier_bound(tuple(lower)) > budget, f"layer {layers[i]} could go lower"
+    assert _bits(n, layers, combo) <= _bits(n, layers, tuple([4] * len(layers)))
+    try:
+        pm = choose_bitwidths(net, budget, candidates=CANDS + [4, 8], input_shape=shape,
+                              input_radius=1.0)
+    except ConfigurationError:  # the path-metric tier alone cannot meet the budget
+        return
+    assert al.total_bits <= pm.total_bits
+
+
+def test_bounds_certifier_errors() -> None:
+    net, shape = random_vector_net(["dense"], 4, 3, 2, 0)
+    dom = cc.InputDomain.box(0.0, 1.0, shape=shape)
+    with pytest.raises(ConfigurationError, match="needs domain"):
+        choose_bitwidths(net, 1.0, candidates=CANDS, certifier="bounds", input_shape=shape,
+                         input_radius=1.0)
+    with pytest.raises(ConfigurationError, match="budget form only"):
+        choose_bitwidths(net, avg_bits=4.0, candidates=CANDS, certifier="bounds", domain=dom)
+    with pytest.raises(ConfigurationError, match="below the certified bound"):
+        choose_bitwidths(net, 1e-300, candidates=CANDS, certifier="bounds", domain=dom)
+    with pytest.raises(ConfigurationError, match="certifier must be"):
+        choose_bitwidths(net, 1.0, candidates=CANDS, certifier="crown", domain=dom)

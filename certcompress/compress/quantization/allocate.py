@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ...api import certify
 from ...certificate import Certificate
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ._choice import solve_choice
 from ._engine import resolve_domain
@@ -150,7 +151,8 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
                      layers: Iterable[str] | None = None, bias_bits: int | None = None,
                      reference_inputs: Tensor | None = None, search_steps: int = 0,
                      search_restarts: int = 4, seed: int = 0, method: str = "auto",
-                     max_iterations: int = 12) -> BitAllocation:
+                     max_iterations: int = 12, certifier: str = "path-metric",
+                     domain: InputDomain | None = None) -> BitAllocation:
     """Choose per-layer bit widths with a certificate (see the module docstring).
 
     ``budget``: the certified bound (l1 output deviation over ``||x||_inf <= r``) to
@@ -159,8 +161,30 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
     Linear/ConvNd/ConvTransposeNd; ``method`` is ``"auto"`` (ILP up to 500 layers),
     ``"ilp"`` or ``"greedy"``. ``reference_inputs`` and ``search_steps`` feed the final
     certificate's measurements.
+
+    ``certifier="bounds"`` (budget form only) certifies with the bound-propagation tier
+    over ``domain`` (an :class:`~certcompress.InputDomain` box, which replaces
+    ``input_shape``/``input_radius``) as well: starting from the smaller of the narrowest
+    uniform width within budget and the path-metric allocation (when that one meets the
+    budget), it lowers one layer by one step at a time (largest saving first) while
+    the certificate (the smaller of the path-metric and bounds tiers) stays within the
+    budget, until no single step does; the result is locally minimal for that
+    certificate. About one bounds-tier certification per tried step.
     """
     t0 = time.perf_counter()
+    if certifier not in ("path-metric", "bounds"):
+        raise ConfigurationError(f"certifier must be 'path-metric' or 'bounds', got {certifier!r}")
+    if certifier == "bounds":
+        if domain is None:
+            raise ConfigurationError("certifier='bounds' needs domain=InputDomain.box(...): the "
+                                     "bound-propagation tier certifies over a box of inputs")
+        if budget is None:
+            raise ConfigurationError("certifier='bounds' supports the budget form only; for "
+                                     "avg_bits use the default certifier='path-metric'")
+        input_shape, input_radius = domain.shape, domain.radius
+    elif domain is not None:
+        raise ConfigurationError("domain= is used by certifier='bounds'; with the path-metric "
+                                 "certifier pass input_shape and input_radius")
     cands = check_candidates(candidates)
     _check_goal(budget, avg_bits, cands)
     check_granularity(granularity, "granularity")
@@ -168,13 +192,18 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
         check_bits(bias_bits, "bias_bits")
     if method not in ("auto", "ilp", "greedy"):
         raise ConfigurationError(f"method must be 'auto', 'ilp' or 'greedy', got {method!r}")
-    domain = resolve_domain(model, input_shape, input_radius)
+    input_domain = domain
+    dom = resolve_domain(model, input_shape, input_radius)
     names = list(affine_layers(model)) if layers is None else list(layers)
     if not names:
         raise ConfigurationError(f"{type(model).__name__} has no layer to quantize")
     QuantConfig.from_bits(dict.fromkeys(names, cands[0]), granularity).validate(model)
-    problem = Problem(model, domain, names, cands, granularity, bias_bits)
+    problem = Problem(model, dom, names, cands, granularity, bias_bits)
     run = _Run(problem, method, max_iterations)
+    if certifier == "bounds":
+        assert budget is not None and input_domain is not None
+        return _descend_with_bounds(model, problem, run, float(budget), input_domain,
+                                    reference_inputs, search_steps, search_restarts, seed, t0)
     if budget is not None:
         choice = run.budget_form(float(budget))
     else:
@@ -182,7 +211,7 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
         choice = run.size_form(float(avg_bits))
     qcfg = QuantConfig.from_bits(problem.bits(choice), granularity, bias_bits=bias_bits)
     qmodel = quantization_grid(model, qcfg).apply(model)
-    cert = certify(model, qmodel, domain.input_shape, domain.radius,
+    cert = certify(model, qmodel, dom.input_shape, dom.radius,
                    reference_inputs=reference_inputs, search_steps=search_steps,
                    search_restarts=search_restarts, seed=seed)
     problem.ev.counts["certify"] += 1
@@ -197,6 +226,71 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
         method=run.method, iterations=len(run.history),
         passes=MappingProxyType(dict(problem.ev.counts)), seconds=time.perf_counter() - t0,
         sensitivity=run.sensitivity, history=tuple(run.history))
+
+
+def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: float,
+                         domain: InputDomain, reference_inputs: Tensor | None,
+                         search_steps: int, search_restarts: int, seed: int, t0: float
+                         ) -> BitAllocation:
+    """Greedy descent certified by the tiers over ``domain`` (see choose_bitwidths)."""
+    cands, numel = list(problem.candidates), [int(n) for n in problem.numel]
+    granularity, bias_bits = problem.granularity, problem.bias_bits
+    n_layers = len(problem.layers)
+
+    def certify_choice(ch: Sequence[int], steps: int = 0) -> tuple[QuantConfig, nn.Module,
+                                                                   Certificate]:
+        cfg = QuantConfig.from_bits(problem.bits(ch), granularity, bias_bits=bias_bits)
+        qm = quantization_grid(model, cfg).apply(model)
+        cert = certify(model, qm, domain=domain, methods=("path-metric", "bounds"),
+                       reference_inputs=reference_inputs if steps else None,
+                       search_steps=steps, search_restarts=search_restarts, seed=seed)
+        problem.ev.counts["certify"] += 1
+        return cfg, qm, cert
+
+    # starting points: the narrowest uniform width within budget, and the path-metric
+    # allocation (its bound is at least the tiers' minimum, so it is within budget too)
+    starts: list[list[int]] = []
+    tries = 0
+    for k in range(len(cands)):
+        tries += 1
+        bound = certify_choice([k] * n_layers)[2].bound
+        if bound <= budget:
+            starts.append([k] * n_layers)
+            break
+    else:
+        raise ConfigurationError(
+            f"budget {budget:.6g} is below the certified bound {bound:.6g} of every layer at "
+            f"{cands[-1]} bits (the widest candidate): raise the budget or add a wider "
+            "candidate width")
+    try:
+        starts.append([int(k) for k in run.budget_form(budget)])
+    except ConfigurationError:  # the path-metric tier alone cannot meet the budget
+        pass
+    choice = min(starts, key=problem.total_bits)
+    improved = True
+    while improved:
+        improved = False
+        # largest saving first: layers by weight count, ties by position
+        for i in sorted(range(len(choice)), key=lambda j: -numel[j] * (
+                cands[choice[j]] - cands[max(choice[j] - 1, 0)])):
+            if choice[i] == 0:
+                continue
+            trial = list(choice)
+            trial[i] -= 1
+            tries += 1
+            if certify_choice(trial)[2].bound <= budget:
+                choice, improved = trial, True
+                break
+    qcfg, qmodel, cert = certify_choice(choice, steps=search_steps)
+    if cert.bound > budget:
+        raise RuntimeError(f"internal error: the chosen allocation certifies {cert.bound:.17g}"
+                           f" > budget {budget:.17g}; please report it")
+    return BitAllocation(
+        config=qcfg, certificate=cert, model=qmodel, budget=budget, avg_bits_budget=None,
+        candidates=tuple(cands), total_bits=problem.total_bits(choice),
+        weights=int(sum(numel)), locally_minimal=True, method="greedy descent (bounds tier)",
+        iterations=tries, passes=MappingProxyType(dict(problem.ev.counts)),
+        seconds=time.perf_counter() - t0, sensitivity=run.sensitivity, history=())
 
 
 class _Run:

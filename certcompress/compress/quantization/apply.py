@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ...api import certify
 from ...certificate import Certificate
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from .config import QuantConfig
 from .grid import quantization_grid
@@ -29,7 +30,8 @@ def _config(qcfg: object) -> QuantConfig:
 
 def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | None = None,
              input_radius: float | None = None, reference_inputs: Tensor | None = None, *,
-             search_steps: int = 20, search_restarts: int = 4, seed: int = 0
+             search_steps: int = 20, search_restarts: int = 4, seed: int = 0,
+             domain: InputDomain | None = None, methods: Sequence[str] | None = None
              ) -> tuple[nn.Module, Certificate]:
     """Quantize ``model`` as ``qcfg`` says and certify it.
 
@@ -37,10 +39,13 @@ def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
     the certificate of ``max_{||x||_inf <= r} ||f(x) - f_q(x)||_1`` from
     :func:`certcompress.certify`, with the deviation measured on ``reference_inputs``
     and by a PGD search (``search_steps``, 0 to skip). The grid (scales and integer
-    codes) is :func:`quantization_grid` ``(model, qcfg)``, deterministic.
+    codes) is :func:`quantization_grid` ``(model, qcfg)``, deterministic. ``domain`` and
+    ``methods`` are passed to :func:`certcompress.certify` (e.g. a box and
+    ``("path-metric", "bounds")`` for the bound-propagation tier).
     """
     cfg = _config(qcfg)
     qmodel = quantization_grid(model, cfg).apply(model)
     cert = certify(model, qmodel, input_shape, input_radius, reference_inputs=reference_inputs,
-                   search_steps=search_steps, search_restarts=search_restarts, seed=seed)
+                   search_steps=search_steps, search_restarts=search_restarts, seed=seed,
+                   domain=domain, methods=methods)
     return qmodel, cert

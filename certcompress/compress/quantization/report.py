@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..._io import atomic_path, atomic_write_text
 from ...certificate import Certificate
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from .allocate import BitAllocation, choose_bitwidths
 from .apply import quantize
@@ -80,16 +81,20 @@ def _row(label: str, model: nn.Module, cfg: QuantConfig, cert: Certificate) -> d
 def compare_with_ort(model: nn.Module, chosen: QuantConfig | BitAllocation,
                      input_shape: Sequence[int] | None = None, input_radius: float | None = None,
                      reference_inputs: Tensor | None = None, *, search_steps: int = 20,
-                     seed: int = 0, label: str = "chosen allocation") -> pd.DataFrame:
+                     seed: int = 0, label: str = "chosen allocation",
+                     domain: InputDomain | None = None) -> pd.DataFrame:
     """Side by side: certified bound and measured deviation of onnxruntime's default int8
-    per-channel weights and of ``chosen``, each certified on the same domain."""
+    per-channel weights and of ``chosen``, each certified on the same domain (with
+    ``domain``, a box, by the path-metric and bound-propagation tiers)."""
     import pandas as pd
 
     cfg = chosen.config if isinstance(chosen, BitAllocation) else chosen
     rows = []
     for lab, c in ((ORT_LABEL, ort_default_config(model)), (label, cfg)):
-        _, cert = quantize(model, c, input_shape, input_radius, reference_inputs,
-                           search_steps=search_steps, seed=seed)
+        _, cert = quantize(model, c, None if domain else input_shape,
+                           None if domain else input_radius, reference_inputs,
+                           search_steps=search_steps, seed=seed, domain=domain,
+                           methods=("path-metric", "bounds") if domain else None)
         rows.append(_row(lab, model, c, cert))
     return pd.DataFrame(rows).set_index("configuration")
 
