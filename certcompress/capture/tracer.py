@@ -5,8 +5,10 @@
 2. Trace with torch.fx; modules with a registered adapter are leaves. If symbolic
    tracing fails (Python control flow on tensor values, unsupported Python), fall back
    to ``torch.export`` (ATen graph); an ``ExportedProgram`` is taken as is.
-3. Run the fx graph once under ``FakeTensorMode`` (shapes only, no arithmetic): every
-   node's output shape and every Python value (``x.size(0)``) becomes concrete, and
+3. Run the fx graph once for shapes only, no arithmetic: with parameters, buffers and
+   input on the meta device (fast), or, when some node cannot run on meta tensors,
+   node by node under ``FakeTensorMode``. Every node's output shape and every Python
+   value (``x.size(0)``) becomes concrete, and
    each tensor node that depends on the input is handed to its adapter. Nodes nothing
    in the output depends on are skipped. Every unsupported node is collected; one
    :class:`UnsupportedModelError` lists them all.
@@ -261,6 +263,7 @@ class _Converter:
                 f"{len(placeholders)} inputs ({', '.join(p.name for p in placeholders)})"
             )
         needed = self._needed()
+        shapes = self._meta_values(example, needed)
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         interp = fx.Interpreter(self.gm)
         depends: set[fx.Node] = set()
@@ -273,8 +276,11 @@ class _Converter:
                 output_node = node
                 break
             if node.op == "placeholder":
-                with fake_mode:
-                    value = fake_mode.from_tensor(example)
+                if shapes is not None:
+                    value = shapes[node]
+                else:
+                    with fake_mode:
+                        value = fake_mode.from_tensor(example)
                 self.ctx.values[node] = value
                 interp.env[node] = value
                 depends.add(node)
@@ -282,8 +288,11 @@ class _Converter:
                 self.ir_nodes.append(IRNode(node.name, None, (), tuple(example.shape), "input"))
                 continue
             try:
-                with fake_mode:
-                    value = interp.run_node(node)
+                if shapes is not None:
+                    value = shapes[node]
+                else:
+                    with fake_mode:
+                        value = interp.run_node(node)
             except Exception as exc:
                 reason = f"could not be evaluated for shapes ({type(exc).__name__}: {exc})"
                 if "data-dependent" in str(exc).lower() or "DataDependent" in type(exc).__name__:
@@ -313,6 +322,34 @@ class _Converter:
                 f"{len(self.offenders)} node(s) of the model are outside what certcompress "
                 f"supports; to support one, {_HOW_TO}:", self.offenders)
         return self.ir_nodes, outputs, self.params
+
+    def _meta_values(self, example: torch.Tensor, needed: set[fx.Node]
+                     ) -> dict[fx.Node, Any] | None:
+        """Every needed node's value with parameters, buffers and input on the meta
+        device (shapes only; several times cheaper than fake tensors, which copy every
+        parameter's metadata). None when any node cannot run on meta tensors (a
+        data-dependent op, a constant tensor on another device...): the caller then
+        propagates fake tensors node by node, which also names the failing nodes."""
+        try:
+            from torch.nn.utils.stateless import _reparametrize_module
+        except ImportError:  # pragma: no cover - private API of torch
+            return None
+        meta = {k: v.to("meta") for k, v in (*self.gm.named_parameters(),
+                                            *self.gm.named_buffers())}
+        interp = fx.Interpreter(self.gm)
+        values: dict[fx.Node, Any] = {}
+        try:
+            with torch.no_grad(), _reparametrize_module(self.gm, meta):
+                for node in self.gm.graph.nodes:
+                    if node not in needed or node.op == "output":
+                        continue
+                    value = (example.to("meta") if node.op == "placeholder"
+                             else interp.run_node(node))
+                    interp.env[node] = value
+                    values[node] = value
+        except Exception:
+            return None
+        return values
 
     def _offend(self, node: fx.Node, reason: str) -> None:
         self.offenders.append(UnsupportedNode(node.name, node.op,

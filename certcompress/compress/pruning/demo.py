@@ -113,7 +113,9 @@ def demo_section(model: nn.Module, data: DigitsData | Tensor, *, labels: Tensor 
     print_fn(f"budget search for budget {budget:.4g} ({why}), certified by the {tier}:")
     print_fn(f"  sparsest path-magnitude plan within budget: sparsity {found.sparsity:.4%} "
              f"({found.pruned:,} weights), certified {found.bound:.4g}; {nxt}; "
-             f"{found.forward_passes} forward passes")
+             f"{found.forward_passes} forward passes"
+             + ("" if domain is None else " of the path-metric engine, plus one "
+                "bound-propagation run per step"))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
