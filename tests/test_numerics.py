@@ -190,3 +190,21 @@ def test_non_finite_parameter_is_refused(bad: float) -> None:
         cc.certify(model, broken, (1, 3), 1.0, search_steps=0)
     with pytest.raises(cc.NumericalRangeError):
         cc.path_magnitude_scores(broken, (1, 3))
+
+
+def test_sign_change_of_tiny_weights_is_not_lost_to_underflow() -> None:
+    """``w * w' < 0`` underflows to zero for |w|, |w'| ~ 1e-200; the sign check must not
+    use the product, or the change would be treated as a same-sign no-op."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(3, 2, bias=False)).double().eval()
+    with torch.no_grad():
+        a[0].weight.copy_(torch.tensor([[1e-200, 1.0, 2.0], [0.5, 0.25, 1.0]],
+                                        dtype=torch.float64))
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[0].weight[0, 0] = -1e-200
+    pm = cc.path_metric(a, b, input_shape=(1, 3))
+    assert pm.sign_changes == 1 and pm.changed_parameters == 1
+    assert not pm.exact
+    # The true metric is 2e-200; the bound must not be below it.
+    assert pm.value >= 2e-200

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ..errors import NumericalRangeError
 
-__all__ = ["Scaled", "renormalize", "rescale_exponent", "align", "scale_down", "float_slack", "to_float",
-           "UNIT_ROUNDOFF", "ABS_SLACK"]
+__all__ = ["Scaled", "renormalize", "rescale_exponent", "align", "scale_down", "float_slack",
+           "to_float", "opposite_signs", "same_strict_signs", "UNIT_ROUNDOFF", "ABS_SLACK"]
 
 UNIT_ROUNDOFF = 2.0 ** -53
 ABS_SLACK = 2.0 ** -1000  # covers positive values flushed to zero (<= 2^-1022 each)
@@ -105,3 +105,14 @@ def float_slack(max_terms: int, depth: int) -> float:
         raise NumericalRangeError("float64 rounding cannot be bounded for this graph size")
     slack = (1.0 + grow) / (1.0 - grow) - 1.0
     return float(math.nextafter(slack * 2.0, math.inf))  # doubled, rounded up
+
+
+def opposite_signs(a: Tensor, b: Tensor) -> Tensor:
+    """Where ``a`` and ``b`` are both non-zero with opposite signs. Compares signs, never
+    the product ``a * b``, which underflows to zero for tiny values (1e-200 * -1e-200)."""
+    return ((a > 0) & (b < 0)) | ((a < 0) & (b > 0))
+
+
+def same_strict_signs(a: Tensor, b: Tensor) -> Tensor:
+    """Where ``a`` and ``b`` are both non-zero with the same sign (no product either)."""
+    return ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))

@@ -23,6 +23,7 @@ import torch
 from ..errors import GraphMismatchError
 from ..ir.graph import Graph
 from ..ir.ops import AffineParams
+from .numerics import opposite_signs
 from .passes import DifferencePass, graph_float_slack
 from .pathnorm import graph_path_norm, outputs_to_numpy
 
@@ -56,42 +57,88 @@ class PathMetric:
     input_shape: tuple[int, ...]
 
 
-def _pair(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
-          ) -> tuple[dict[str, AffineParams], dict[str, AffineParams], int, int, int]:
-    """``lo``, ``hi - lo``, and (a dominates, b dominates, changed) counts."""
-    lo: dict[str, AffineParams] = {}
-    delta: dict[str, AffineParams] = {}
-    a_dom = b_dom = True
-    changed = 0
+@dataclass(frozen=True)
+class _Comparison:
+    """One scan over both parameter sets: what the metric's method choice needs."""
+
+    conflicts: int  # coordinates with strictly opposite signs
+    changed: int  # coordinates that differ
+    a_dominates: bool  # |a| >= |b| everywhere
+    b_dominates: bool  # |b| >= |a| everywhere
+
+
+def _tensor_pairs(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
+                  ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    pairs = []
     for k in a:
         pa, pb = a[k], b[k]
-        ts: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
-        for ta, tb in ((pa.weight, pb.weight), (pa.bias, pb.bias)):
-            if ta is None or tb is None:
-                ts.append((None, None))
-                continue
-            ma, mb = ta.abs(), tb.abs()
-            low = torch.minimum(ma, mb)
-            ts.append((low, torch.maximum(ma, mb) - low))
-            a_dom = a_dom and bool((ma >= mb).all())
-            b_dom = b_dom and bool((mb >= ma).all())
-            changed += int((ta != tb).sum())
-        (wl, wd), (bl, bd) = ts
-        assert wl is not None and wd is not None
-        lo[k] = AffineParams(wl, bl)
-        delta[k] = AffineParams(wd, bd)
-    return lo, delta, int(a_dom), int(b_dom), changed
+        if (pa.bias is None) != (pb.bias is None):
+            raise GraphMismatchError(f"node '{k}': one model has a bias, the other not")
+        pairs.append((k, pa.weight, pb.weight))
+        if pa.bias is not None and pb.bias is not None:
+            pairs.append((k, pa.bias, pb.bias))
+    return pairs
 
 
-def _same_sign_metric(graph: Graph, a: Mapping[str, AffineParams],
-                      b: Mapping[str, AffineParams]
-                      ) -> tuple[np.ndarray, np.ndarray, bool, bool, int]:
-    lo, delta, a_dom, b_dom, changed = _pair(a, b)
+def _scan(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
+          ) -> tuple[_Comparison, dict[str, AffineParams] | None, dict[str, AffineParams] | None]:
+    """Compare the two parameter sets in one scan and, when no sign conflicts, build
+    ``lo = min(|a|, |b|)`` and ``max(|a|, |b|) - lo = ||a| - |b||`` (the same rounded
+    subtraction, so the identity holds in floating point too).
+
+    Memory-bound: float temporaries are kept to ``|a|``, ``|b|`` and their difference;
+    signs are compared by ``opposite_signs``, never through a product.
+    """
+    conflicts = changed = 0
+    a_dom = b_dom = True
+    parts: dict[str, list[torch.Tensor | None]] = {}
+    for k, ta, tb in _tensor_pairs(a, b):
+        conflicts += int(opposite_signs(ta, tb).sum())
+        changed += int((ta != tb).sum())
+        ma, mb = ta.abs(), tb.abs()
+        diff = ma - mb
+        a_dom = a_dom and not bool((diff < 0).any())
+        b_dom = b_dom and not bool((diff > 0).any())
+        if conflicts == 0:
+            parts.setdefault(k, []).extend((torch.minimum(ma, mb), diff.abs_()))
+    cmp = _Comparison(conflicts, changed, a_dom, b_dom)
+    if conflicts:
+        return cmp, None, None
+    lo = {k: AffineParams(v[0], v[2] if len(v) > 2 else None)  # type: ignore[arg-type]
+          for k, v in parts.items()}
+    delta = {k: AffineParams(v[1], v[3] if len(v) > 2 else None)  # type: ignore[arg-type]
+             for k, v in parts.items()}
+    return cmp, lo, delta
+
+
+def _lo_delta(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
+              ) -> tuple[dict[str, AffineParams], dict[str, AffineParams]]:
+    cmp, lo, delta = _scan(a, b)
+    if lo is None or delta is None:
+        raise AssertionError(f"_lo_delta needs same-sign parameters ({cmp.conflicts} "
+                             "sign conflicts)")
+    return lo, delta
+
+
+def _same_sign_metric(graph: Graph, lo: Mapping[str, AffineParams],
+                      delta: Mapping[str, AffineParams]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output ``(||Phi(lo + delta)|| - ||Phi(lo)||, ||Phi(lo)||)``."""
     with torch.no_grad():
         outs = DifferencePass(graph, lo, delta).run()
     d, _ = outputs_to_numpy([o[1] for o in outs], "the path-metric")
     low, _ = outputs_to_numpy([o[0] for o in outs], "the path-norm")
-    return d, low, bool(a_dom), bool(b_dom), changed
+    return d, low
+
+
+def _sign_agreeing(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
+                   ) -> dict[str, AffineParams]:
+    """``a`` where its sign agrees with ``b`` (or either is zero), 0 elsewhere."""
+    def keep(ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+        return torch.where(opposite_signs(ta, tb), torch.zeros_like(ta), ta)
+    return {k: AffineParams(keep(a[k].weight, b[k].weight),
+                            None if a[k].bias is None or b[k].bias is None
+                            else keep(a[k].bias, b[k].bias))  # type: ignore[arg-type]
+            for k in a}
 
 
 def graph_path_metric(graph: Graph, other: Graph) -> PathMetric:
@@ -99,28 +146,12 @@ def graph_path_metric(graph: Graph, other: Graph) -> PathMetric:
     the two graphs must have the same structure."""
     graph.check_same_structure(other)
     a, b = graph.params, other.params
-    conflicts: dict[str, AffineParams] = {}
-    n_conflicts = 0
-    for k in a:
-        pa, pb = a[k], b[k]
-        if (pa.bias is None) != (pb.bias is None):
-            raise GraphMismatchError(f"node '{k}': one model has a bias, the other not")
-        w = torch.where(pa.weight * pb.weight < 0, torch.zeros_like(pa.weight), pa.weight)
-        bb = None if pa.bias is None or pb.bias is None else torch.where(
-            pa.bias * pb.bias < 0, torch.zeros_like(pa.bias), pa.bias)
-        n_conflicts += int((pa.weight * pb.weight < 0).sum())
-        if pa.bias is not None and pb.bias is not None:
-            n_conflicts += int((pa.bias * pb.bias < 0).sum())
-        conflicts[k] = AffineParams(w, bb)
-    changed = 0
-    for k in a:
-        changed += int((a[k].weight != b[k].weight).sum())
-        ba, bb_ = a[k].bias, b[k].bias
-        if ba is not None and bb_ is not None:
-            changed += int((ba != bb_).sum())
+    cmp, lo, delta = _scan(a, b)
+    n_conflicts, changed = cmp.conflicts, cmp.changed
     rel, abs_ = graph_float_slack(graph, difference=True)
-    if n_conflicts == 0:
-        d, low, a_dom, b_dom, _ = _same_sign_metric(graph, a, b)
+    if lo is not None and delta is not None:
+        d, low = _same_sign_metric(graph, lo, delta)
+        a_dom, b_dom = cmp.a_dominates, cmp.b_dominates
         exact = a_dom or b_dom
         method = METHOD_DOMINATED if exact else METHOD_MINMAX
         if a_dom:
@@ -131,8 +162,9 @@ def graph_path_metric(graph: Graph, other: Graph) -> PathMetric:
             norm_a = graph_path_norm(graph).computed
             norm_b = graph_path_norm(other).computed
     else:
-        d1, low1, _, _, _ = _same_sign_metric(graph, a, conflicts)
-        d2, _, _, _, _ = _same_sign_metric(graph, conflicts, b)
+        conflicts = _sign_agreeing(a, b)
+        d1, low1 = _same_sign_metric(graph, *_lo_delta(a, conflicts))
+        d2, _ = _same_sign_metric(graph, *_lo_delta(conflicts, b))
         d = d1 + d2
         rel = 2 * rel + rel * rel  # two passes and one addition
         abs_ = 2 * abs_

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,26 @@ class PathNorm:
     input_shape: tuple[int, ...]
 
 
-def abs_params(graph: Graph) -> dict[str, AffineParams]:
-    return {k: p.map(torch.abs) for k, p in graph.params.items()}
+class _AbsParams(Mapping[str, AffineParams]):
+    """``|theta|`` of a graph's parameters, node by node on access: a pass holds one
+    node's absolute weights at a time instead of a second copy of the whole model."""
+
+    def __init__(self, params: Mapping[str, AffineParams]) -> None:
+        self._params = params
+
+    def __getitem__(self, key: str) -> AffineParams:
+        return self._params[key].map(torch.abs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+
+def abs_params(graph: Graph) -> Mapping[str, AffineParams]:
+    """``|theta|`` per parametric node, computed when a node is read."""
+    return _AbsParams(graph.params)
 
 
 def outputs_to_numpy(outs: list[Scaled], what: str) -> tuple[np.ndarray, float]:
@@ -56,7 +75,7 @@ def outputs_to_numpy(outs: list[Scaled], what: str) -> tuple[np.ndarray, float]:
     return arr, math.fsum(arr.tolist())
 
 
-def graph_path_norm(graph: Graph, params: dict[str, AffineParams] | None = None) -> PathNorm:
+def graph_path_norm(graph: Graph, params: Mapping[str, AffineParams] | None = None) -> PathNorm:
     """One float64 forward pass of the magnitude map on all-ones input."""
     p = abs_params(graph) if params is None else params
     with torch.no_grad():

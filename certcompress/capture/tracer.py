@@ -343,8 +343,10 @@ class _Converter:
                 for node in self.gm.graph.nodes:
                     if node not in needed or node.op == "output":
                         continue
-                    value = (example.to("meta") if node.op == "placeholder"
-                             else interp.run_node(node))
+                    value: Any = (example.to("meta") if node.op == "placeholder"
+                                  else _meta_shortcut(node, interp, self.ctx.modules))
+                    if value is None:
+                        value = interp.run_node(node)
                     interp.env[node] = value
                     values[node] = value
         except Exception:
@@ -468,3 +470,23 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     """A float64 copy that shares nothing with the model (the model is never mutated)."""
     t = t.detach()
     return t.clone() if t.dtype == torch.float64 else t.to(torch.float64)
+
+
+def _meta_shortcut(node: fx.Node, interp: fx.Interpreter, modules: dict[str, nn.Module]
+                   ) -> torch.Tensor | None:
+    """The output of an eval-mode BatchNorm on a meta tensor without running it: its
+    shape and dtype are the input's. torch decomposes ``batch_norm`` on meta tensors
+    into a dozen element-wise prims, a third of a ResNet's shape pass. Anything unusual
+    (training mode, a channel mismatch, a non-meta input) returns None and runs the
+    module, which also reports the error."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = modules.get(str(node.target))
+    if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.training:
+        return None
+    arg = node.args[0]
+    x = interp.env.get(arg) if isinstance(arg, fx.Node) else None
+    if (not isinstance(x, torch.Tensor) or x.device.type != "meta" or x.dim() < 2
+            or x.shape[1] != m.num_features or not m.track_running_stats):
+        return None
+    return torch.empty_like(x)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ...bounds.numerics import opposite_signs
 from ...ir.ops import AffineParams
 from ._engine import Domain, Evaluator, Linearization
 from .quantizers import (
@@ -189,7 +190,7 @@ class Problem:
             if pa.bias is None or pb.bias is None:
                 ref[node] = pa
                 continue
-            bad = pa.bias * pb.bias < 0
+            bad = opposite_signs(pa.bias, pb.bias)
             flips += int(bad.sum())
             ref[node] = AffineParams(pa.weight, torch.where(bad, torch.zeros_like(pa.bias),
                                                             pa.bias))

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...bounds import graph_path_metric
+from ...bounds.numerics import opposite_signs, same_strict_signs
 from ...errors import ConfigurationError
 from ...ir.ops import AffineParams
 from ._engine import Domain, Evaluator, resolve_domain
@@ -121,9 +122,9 @@ class _Apriori:
             assert v1 is not None and v2 is not None
             if node in bias_nodes:
                 bh = torch.maximum(v1.abs(), v2.abs())
-                bl = torch.where(v1 * v2 > 0, torch.minimum(v1.abs(), v2.abs()),
+                bl = torch.where(same_strict_signs(v1, v2), torch.minimum(v1.abs(), v2.abs()),
                                  torch.zeros_like(v1))
-                flip = (v1 * v2 < 0) & (p.bias != 0)
+                flip = opposite_signs(v1, v2) & (p.bias != 0)
                 flips += int(flip.sum())
                 ref[node] = AffineParams(p.weight, torch.where(flip, torch.zeros_like(p.bias),
                                                                p.bias))

@@ -20,6 +20,7 @@ from typing import TypeGuard
 import torch
 from torch import Tensor, nn
 
+from ...bounds.numerics import opposite_signs
 from ...errors import ConfigurationError, SoundnessError
 
 __all__ = ["WEIGHT_BITS", "GRANULARITIES", "QUANTIZABLE_TYPES", "QuantizedWeights", "qmax",
@@ -126,10 +127,8 @@ class QuantizedWeights:
         if v.shape != x.shape:
             problems.append(f"shape {tuple(v.shape)} differs from the tensor's {tuple(x.shape)}")
         else:
-            # compare signs, not products (a product of two tiny numbers can underflow to 0)
-            sv, sx = torch.sign(v), torch.sign(x)
-            n_flip = int((sv * sx < 0).sum())
-            n_zero = int(((sx == 0) & (sv != 0)).sum())
+            n_flip = int(opposite_signs(v, x).sum())
+            n_zero = int(((x == 0) & (v != 0)).sum())
             if n_flip:
                 problems.append(f"{n_flip} sign flip(s)")
             if n_zero:
