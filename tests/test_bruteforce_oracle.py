@@ -257,6 +257,28 @@ def test_path_metric_equals_bruteforce(case: str, kind: str) -> None:
         assert (pm.sign_changes > 0) == (KINDS[kind] == "triangle")
 
 
+@pytest.mark.parametrize("which", ["first", "last"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_path_metric_one_layer_changed_equals_bruteforce(case: str, which: str) -> None:
+    """Only one parametric layer pruned: the difference is zero up to it, so the
+    difference pass takes its shortcut there (one convolution instead of three)."""
+    net, shape = CASES[case]()
+    comp = copy.deepcopy(net)
+    layers = [m for m in comp.modules()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d))]
+    layer = layers[0] if which == "first" else layers[-1]
+    with torch.no_grad():
+        w = layer.weight
+        w[w.abs() <= w.abs().flatten().median()] = 0.0
+    ov = oracle(neuron_dag([net, comp], shape))  # type: ignore[list-item]
+    pm = cc.path_metric(net, comp, shape)
+    want = ov.expected()
+    assert pm.exact and pm.changed_parameters > 0
+    _assert_close(pm.value, want.sum(), f"path-metric ({which} layer pruned)")
+    _assert_close(np.array(pm.per_output), want, f"per-output path-metric ({which})")
+    assert np.all(np.array(pm.per_output) >= ov.metric * (1 - 1e-12))
+
+
 @pytest.mark.parametrize("case", BN_CASES)
 def test_path_metric_with_batchnorm_statistics_changed(case: str) -> None:
     """Changing BatchNorm's gamma, beta, mean and var changes the folded weights and

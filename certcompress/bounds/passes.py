@@ -100,12 +100,20 @@ class DifferencePass(GraphInterpreter[tuple[Scaled, Scaled]]):
             (a, d) = inputs[0]
             e = a.exp
             lo, dp = self.lo[node.name], self.delta[node.name]
-            a_out, d_out = op.apply_many([a.t, d.t], lo.weight)
+            d_out: Tensor | None
+            if bool(d.t.any()):
+                a_out, d_out = op.apply_many([a.t, d.t], lo.weight)
+                hi_in = a.t + d.t
+            else:  # nothing changed upstream: A_lo(0) = 0 exactly, and a + d = a
+                a_out, d_out, hi_in = op.apply(a.t, lo.weight, None), None, a.t
             if lo.bias is not None:
                 a_out = op.add_bias(a_out, _bias(lo.bias, e))
             if bool(dp.weight.any()) or (dp.bias is not None and bool(dp.bias.any())):
                 db = None if dp.bias is None else _bias(dp.bias, e)
-                d_out = d_out + op.apply(a.t + d.t, dp.weight, db)
+                term = op.apply(hi_in, dp.weight, db)
+                d_out = term if d_out is None else d_out + term
+            if d_out is None:
+                d_out = torch.zeros_like(a_out)
             return self._renorm(a_out, d_out, e, node.name)
         if len(inputs) > 1:
             ts, e = align([x for pair in inputs for x in pair])
