@@ -261,7 +261,7 @@ def test_path_metric_equals_bruteforce(case: str, kind: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_path_metric_one_layer_changed_equals_bruteforce(case: str, which: str) -> None:
     """Only one parametric layer pruned: the difference is zero up to it, so the
-    difference pass takes its shortcut there (one convolution instead of three)."""
+    difference pass takes its shortcut there (no convolution of the zero difference)."""
     net, shape = CASES[case]()
     comp = copy.deepcopy(net)
     layers = [m for m in comp.modules()
