@@ -1,4 +1,5 @@
-"""Atomic file output: a file is either written whole or not at all."""
+"""File I/O in one place: atomic output (a file is either written whole or not at all),
+and reading text and JSON with errors that name what was read and where."""
 
 from __future__ import annotations
 
@@ -73,3 +74,24 @@ class JsonRecord:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON atomically (never half-written); returns the path."""
         return atomic_write_text(path, self.to_json() + "\n")
+
+
+def read_text_file(path: str | os.PathLike[str], what: str, error: type[Exception]) -> str:
+    """The UTF-8 text of ``path``. A missing path, a directory, an unreadable file or
+    one that is not text raises ``error`` naming ``what`` and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} '{p}' does not exist" if not p.exists()
+                    else f"{what} '{p}' is not a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} '{p}': {exc}") from None
+
+
+def parse_json(text: str, what: str, error: type[Exception], hint: str = "") -> Any:
+    """``json.loads(text)``; invalid JSON raises ``error`` naming ``what`` (and ``hint``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON ({exc}){hint}") from None

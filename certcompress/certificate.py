@@ -12,14 +12,12 @@ the output scale measured on the reference data.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from ._io import JsonRecord
+from ._io import JsonRecord, parse_json, read_text_file
 from .domain import InputDomain
 from .errors import CertificateError, ConfigurationError
 
@@ -228,22 +226,11 @@ class Certificate(JsonRecord):
 
     @classmethod
     def from_json(cls, text: str) -> Certificate:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CertificateError(f"not a certificate: invalid JSON ({exc})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "the certificate", CertificateError))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Certificate:
-        p = Path(path)
-        if not p.is_file():
-            raise CertificateError(f"certificate file '{p}' does not exist")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CertificateError(f"cannot read certificate '{p}': {exc}") from None
-        return cls.from_json(text)
+        return cls.from_json(read_text_file(path, "certificate file", CertificateError))
 
     @classmethod
     def from_dict(cls, data: Any) -> Certificate:

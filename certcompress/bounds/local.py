@@ -28,7 +28,6 @@ wrong certificate.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import platform
 import time
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import JsonRecord
+from .._io import JsonRecord, parse_json
 from ..errors import CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 
@@ -169,10 +168,7 @@ class LocalCertificate(JsonRecord):
 
     @classmethod
     def from_json(cls, text: str) -> LocalCertificate:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CertificateError(f"not a local certificate: invalid JSON ({exc})") from None
+        data = parse_json(text, "the local certificate", CertificateError)
         if not isinstance(data, dict) or data.get("schema") != LOCAL_SCHEMA:
             raise CertificateError(f"not a local certificate: field 'schema' must be "
                                    f"{LOCAL_SCHEMA!r}")

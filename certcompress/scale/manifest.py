@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .._io import read_text_file
 from ..errors import ConfigurationError
 from . import _check
 from .refs import DataRef, ModelRef
@@ -226,13 +227,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigurationError(f"manifest '{p}' does not exist" if not p.exists()
-                                 else f"manifest '{p}' is not a file")
+    text = read_text_file(p, "manifest", ConfigurationError)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read manifest '{p}': {exc}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"manifest '{p}' is not valid YAML: "
                                  f"{str(exc).splitlines()[0]}") from None

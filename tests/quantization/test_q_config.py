@@ -67,12 +67,22 @@ def test_json_round_trip_and_validation_names_the_field(tmp_path: Path) -> None:
     for data, msg in cases:
         with pytest.raises(ConfigurationError, match=msg):
             QuantConfig.from_json(json.dumps(data))
-    with pytest.raises(ConfigurationError, match="invalid JSON"):
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
         QuantConfig.from_json("{")
     bad = QuantConfig.from_bits({"nope": 4})
     bad_path = bad.save(tmp_path / "bad.json")
     with pytest.raises(ConfigurationError, match="nope"):
         QuantConfig.load(bad_path, m)
+    # files that cannot be read as text: named, with the path, not a traceback
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(ConfigurationError, match="cannot read quantization config .*binary"):
+        QuantConfig.load(tmp_path / "binary.json")
+    with pytest.raises(ConfigurationError, match="quantization config .* is not a file"):
+        QuantConfig.load(tmp_path)
+    with pytest.raises(ConfigurationError, match="quantization config .* does not exist"):
+        QuantConfig.load(tmp_path / "absent.json")
+    with pytest.raises(ConfigurationError, match="quantization grid .* does not exist"):
+        QuantGrid.load(tmp_path / "absent.json", m)
 
 
 def test_grid_json_recovers_the_codes_from_the_weights(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..._io import atomic_write_text
+from ..._io import atomic_write_text, parse_json, read_text_file
 from ...errors import ConfigurationError
 from ._layers import check_names, excluded_names, input_shape_for, prunable_layers
 from .criteria import Masks, check_criterion, resolve_masks
@@ -380,23 +380,13 @@ class PruningPlan:
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"the plan is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "the plan", ConfigurationError))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
         """Read a JSON or YAML (``.yaml``/``.yml``) plan file."""
         p = Path(path)
-        if not p.is_file():
-            raise ConfigurationError(f"plan file '{p}' does not exist" if not p.exists()
-                                     else f"plan file '{p}' is not a file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"cannot read plan file '{p}': {exc}") from None
+        text = read_text_file(p, "plan file", ConfigurationError)
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -406,11 +396,8 @@ class PruningPlan:
                 raise ConfigurationError(f"plan file '{p}' is not valid YAML: "
                                          f"{str(exc).splitlines()[0]}") from None
         else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(f"plan file '{p}' is not valid JSON ({exc}); YAML "
-                                         "plans need a .yaml or .yml suffix") from None
+            data = parse_json(text, f"plan file '{p}'", ConfigurationError,
+                              hint="; YAML plans need a .yaml or .yml suffix")
         try:
             return cls.from_dict(data)
         except ConfigurationError as exc:

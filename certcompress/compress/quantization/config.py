@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from ..._io import atomic_write_text
+from ..._io import atomic_write_text, parse_json, read_text_file
 from ...errors import ConfigurationError
 from .quantizers import GRANULARITIES, WEIGHT_BITS, affine_layers, valid_bits, weight_of
 
@@ -217,19 +217,12 @@ class QuantConfig:
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"quantization config: invalid JSON ({exc})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "the quantization config", ConfigurationError))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> QuantConfig:
         """Read a JSON file; with ``model``, also validate the layer names against it."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigurationError(f"quantization config '{p}' does not exist")
-        cfg = cls.from_json(p.read_text(encoding="utf-8"))
+        cfg = cls.from_json(read_text_file(path, "quantization config", ConfigurationError))
         if model is not None:
             cfg.validate(model)
         return cfg

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..._io import atomic_write_text
+from ..._io import atomic_write_text, parse_json, read_text_file
 from ...errors import ConfigurationError
 from .config import QuantConfig
 from .quantizers import (
@@ -107,14 +107,9 @@ class QuantGrid:
     @classmethod
     def load(cls, path: str | os.PathLike[str], state: Mapping[str, Tensor] | nn.Module
              ) -> QuantGrid:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigurationError(f"quantization grid '{p}' does not exist")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"quantization grid '{p}': invalid JSON ({exc})") from None
-        return cls.from_dict(data, state)
+        text = read_text_file(path, "quantization grid", ConfigurationError)
+        return cls.from_dict(parse_json(text, f"quantization grid '{path}'", ConfigurationError),
+                             state)
 
 
 def _entry(name: str, e: Any, state: Mapping[str, Tensor]) -> QuantizedWeights:
