@@ -61,12 +61,18 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[st
 
 
 class JsonRecord:
-    """``to_json`` and atomic ``save`` for a frozen result with ``to_dict`` (certificates
-    and reports): sorted keys, and NaN or infinity refused rather than written as
-    non-standard JSON."""
+    """``to_json``, atomic ``save`` and ``str()`` for a frozen result with ``to_dict`` and
+    ``summary`` (certificates and reports): sorted keys, and NaN or infinity refused
+    rather than written as non-standard JSON."""
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)

@@ -211,9 +211,6 @@ class Certificate(JsonRecord):
                      f"{self.float_slack_abs:.1e} (included)")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
-
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -222,7 +219,6 @@ class Certificate(JsonRecord):
         d["by_method"] = {k: v.to_dict() for k, v in self.by_method.items()}
         d["input_domain"] = None if self.input_domain is None else self.input_domain.to_dict()
         return d
-
 
     @classmethod
     def from_json(cls, text: str) -> Certificate:

@@ -46,7 +46,7 @@ from .capture import plugin_manager
 from .errors import ConfigurationError, ModelLoadError
 
 __all__ = ["load_model", "load_state_dict_file", "load_reference_inputs", "exported_input_shape",
-           "SPEC_FORMS"]
+           "spec_for_executor", "module_without_executor", "SPEC_FORMS"]
 
 Model = nn.Module | torch.export.ExportedProgram
 
@@ -57,6 +57,26 @@ SPEC_FORMS = ("PREFIX:NAME (a plugin's model, e.g. torchvision:resnet18)",
 _KNOWN_PLUGINS = {"torchvision": "certcompress-torchvision", "smp": "certcompress-smp"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar")
 _SAVE_HINT = "save one with torch.save(model.state_dict(), path)"
+
+
+def spec_for_executor(model: object) -> Any:
+    """``model`` as workers receive it: a spec (a string or a ``scale.ModelRef``), never a
+    module object."""
+    if isinstance(model, nn.Module):
+        raise ConfigurationError(
+            "executor= runs the rows on workers, which receive model specs (e.g. "
+            "'torchvision:resnet18', or 'file.py:factory' with weights), never module "
+            f"objects: pass the model's spec string (got {type(model).__name__})")
+    return model
+
+
+def module_without_executor(model: object, what: str) -> nn.Module:
+    """``model`` for an in-process run: the module itself; a spec string needs an
+    executor. ``what`` names the run ("the report") in the error."""
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"model {model!r} is a spec: pass executor='local' (or 'ray') "
+                                 f"to run {what} on workers, or pass the nn.Module")
+    return model
 
 
 def load_model(spec: str, weights: str | None = None) -> Model:

@@ -386,3 +386,23 @@ def test_malformed_reference_data(tmp_path: Path) -> None:
         with pytest.raises(cc.ConfigurationError) as exc:
             load_reference_inputs(str(tmp_path / name), (1, 1, 6, 6))
         assert expected in str(exc.value) and "\n" not in str(exc.value), name
+
+
+def test_executor_runs_need_specs_and_local_runs_need_modules() -> None:
+    """Workers load the model themselves: a module object with executor= is refused, and
+    a spec string without one is refused, both naming what to pass instead."""
+    from certcompress.compress.pruning import pruning_report
+    from certcompress.compress.quantization import bound_vs_bits
+
+    net = nn.Sequential(nn.Linear(4, 3)).eval()
+    x = torch.zeros(2, 4)
+    with pytest.raises(cc.ConfigurationError, match="never module objects.*Sequential"):
+        pruning_report(net, sparsities=[0.5], data=x, input_shape=(1, 4), input_radius=1.0,
+                       executor="serial")
+    with pytest.raises(cc.ConfigurationError, match="never module objects"):
+        bound_vs_bits(net, [6.0], input_shape=(1, 4), input_radius=1.0, executor="serial")
+    with pytest.raises(cc.ConfigurationError, match="is a spec: .*run the report on workers"):
+        pruning_report("torchvision:resnet18", sparsities=[0.5], data=x,
+                       input_shape=(1, 4), input_radius=1.0)
+    with pytest.raises(cc.ConfigurationError, match="is a spec: .*run the sweep on workers"):
+        bound_vs_bits("torchvision:resnet18", [6.0], input_shape=(1, 4), input_radius=1.0)

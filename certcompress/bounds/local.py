@@ -156,15 +156,11 @@ class LocalCertificate(JsonRecord):
                   f"  scope                {self.scope}"]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
-
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         return d
-
 
     @classmethod
     def from_json(cls, text: str) -> LocalCertificate:

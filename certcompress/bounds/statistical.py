@@ -171,9 +171,6 @@ class StatisticalCertificate(JsonRecord):
                   f"  scope                {self.scope}"]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -9,7 +9,6 @@ atomically with :meth:`ExportReport.save`.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -24,7 +23,7 @@ import onnx
 import torch
 
 from .. import __version__
-from .._io import atomic_write_text
+from .._io import JsonRecord
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from . import _runtime
@@ -45,7 +44,7 @@ class ModelTiming:
 
 
 @dataclass(frozen=True)
-class ExportReport:
+class ExportReport(JsonRecord):
     """Sizes, latencies and their ratios to ``models[0]``, with the certificate."""
 
     models: tuple[ModelTiming, ...]
@@ -89,9 +88,6 @@ class ExportReport:
             lines.append(self.certificate.summary())
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline.label,
@@ -114,13 +110,6 @@ class ExportReport:
                          "python": platform.python_version()},
             "cpus": os.cpu_count(),
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the JSON atomically (never half-written)."""
-        return atomic_write_text(path, self.to_json() + "\n")
 
 
 def _input_shape(model: onnx.ModelProto, given: Sequence[int] | None, label: str

@@ -106,9 +106,6 @@ class VerificationReport(JsonRecord):
         lines.append(f"  search: {self.search}")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.summary()
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path, "passed": self.passed,

@@ -8,12 +8,24 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["shape", "radius", "integer", "nonneg_int", "number", "fraction", "text", "names",
+__all__ = ["fields", "shape", "radius", "integer", "nonneg_int", "number", "fraction", "text", "names",
            "scalar_row"]
 
 
 def _got(v: object) -> str:
     return f"{type(v).__name__} {v!r}"
+
+
+def fields(d: object, allowed: Sequence[str], where: str, hint: str = "") -> Mapping[str, Any]:
+    """``d`` checked to be a mapping with only the ``allowed`` keys (``where.key is
+    unknown; fields are ...`` otherwise, then ``hint``)."""
+    if not isinstance(d, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping, got {type(d).__name__}")
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise ConfigurationError(f"{where}.{unknown[0]} is unknown; fields are "
+                                 f"{', '.join(allowed)}{hint}")
+    return d
 
 
 def shape(v: object, where: str) -> tuple[int, ...]:

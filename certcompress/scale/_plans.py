@@ -92,11 +92,7 @@ def quant_spec(value: object, where: str = "quantization") -> str:
             return canonical(q.QuantConfig.from_dict(dict(value)).to_dict())
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where}: {exc}") from None
-    unknown = [k for k in value if k not in _QUANT_SHORT]
-    if unknown:
-        raise ConfigurationError(f"{where}.{unknown[0]} is unknown; fields are "
-                                 f"{', '.join(_QUANT_SHORT)} (or a QuantConfig dict with "
-                                 "'schema')")
+    _check.fields(value, _QUANT_SHORT, where, hint=" (or a QuantConfig dict with 'schema')")
     if "bits" not in value:
         raise ConfigurationError(f"{where}.bits is missing: an integer (every layer) or a "
                                  "mapping of layer name to bits")

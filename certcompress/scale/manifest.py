@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,16 +59,6 @@ class Manifest:
     path: str
     sweep: str
     tasks: tuple[CertifyTask, ...]
-
-
-def _fields(d: object, allowed: Sequence[str], where: str) -> Mapping[str, Any]:
-    if not isinstance(d, Mapping):
-        raise ConfigurationError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        raise ConfigurationError(f"{where}.{unknown[0]} is unknown; fields are "
-                                 f"{', '.join(allowed)}")
-    return d
 
 
 def _list(v: object, where: str) -> list[Any]:
@@ -115,7 +105,7 @@ class _Parser:
         out: list[tuple[str, object]] = []
         for i, p in enumerate(_list(raw, where)):
             w = f"{where}[{i}]"
-            d = _fields(p, _PLAN, w)
+            d = _check.fields(p, _PLAN, w)
             if len(d) != 1:
                 raise ConfigurationError(f"{w} must have exactly one of {', '.join(_PLAN)}")
             (kind, value), = d.items()
@@ -177,13 +167,13 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
                    name: str = "manifest") -> Manifest:
     """Validate a parsed manifest (``base``: the directory relative paths start from;
     ``name``: the file name in messages and the default sweep name)."""
-    top = _fields(data, _TOP, name)
+    top = _check.fields(data, _TOP, name)
     parser = _Parser(Path(base))
     sweep = _check.text(top.get("sweep", Path(name).stem), f"{name}: sweep").strip()
     if not sweep:
         raise ConfigurationError(f"{name}: sweep must be a non-empty name")
     plugins = _check.names(top.get("plugins", []), f"{name}: plugins")
-    defaults = dict(_fields(top.get("defaults", {}), _DEFAULTS, f"{name}: defaults"))
+    defaults = dict(_check.fields(top.get("defaults", {}), _DEFAULTS, f"{name}: defaults"))
     if "models" not in top:
         raise ConfigurationError(f"{name}: models is missing: a list of models to certify")
     models = _list(top["models"], f"{name}: models")
@@ -193,7 +183,7 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
     tasks: list[CertifyTask] = []
     for i, raw in enumerate(models):
         where = f"{name}: models[{i}]"
-        m = _fields(raw, _MODEL, where)
+        m = _check.fields(raw, _MODEL, where)
         plans = parser.plans(m["plans"], f"{where}.plans") if "plans" in m else shared
         if not plans:
             raise ConfigurationError(f"{where} has no plans: give 'plans' for it or at the top")
@@ -208,7 +198,7 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
             pw = f"{where} plan {j} ({kind})"
             try:
                 if kind == "compressed":
-                    c = _fields(value, ("model", "weights", "init_seed"), f"{pw}")
+                    c = _check.fields(value, ("model", "weights", "init_seed"), f"{pw}")
                     plan: dict[str, Any] = {"compressed": parser.model(c, pw, plugins)}
                 else:
                     plan = {kind: value}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, ModelLoadError
+from . import _check
 
 __all__ = ["ModelRef", "DataRef", "file_sha256"]
 
@@ -43,16 +44,6 @@ def _py_file(spec: str) -> tuple[str, str] | None:
     """``(file, factory)`` for a ``FILE.py:FACTORY`` spec, else None."""
     left, sep, attr = spec.rpartition(":")
     return (left, attr) if sep and left.endswith(".py") and attr else None
-
-
-def _check_keys(data: object, allowed: tuple[str, ...], what: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ConfigurationError(f"{what} must be a mapping, got {type(data).__name__}")
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        raise ConfigurationError(f"{what}: field {unknown[0]!r} is unknown; fields are "
-                                 f"{', '.join(allowed)}")
-    return data
 
 
 @dataclass(frozen=True)
@@ -169,7 +160,7 @@ class ModelRef:
 
     @classmethod
     def from_dict(cls, data: object, what: str = "model") -> ModelRef:
-        d = _check_keys(data, ("spec", "weights", "init_seed", "plugins", "digest"), what)
+        d = _check.fields(data, ("spec", "weights", "init_seed", "plugins", "digest"), what)
         if "spec" not in d:
             raise ConfigurationError(f"{what}: field 'spec' is missing")
         try:
@@ -252,7 +243,7 @@ class DataRef:
     def from_dict(cls, data: object, what: str = "reference") -> DataRef:
         if isinstance(data, (str, os.PathLike)):
             return cls(str(data))
-        d = _check_keys(data, ("path", "digest"), what)
+        d = _check.fields(data, ("path", "digest"), what)
         if "path" not in d:
             raise ConfigurationError(f"{what}: field 'path' is missing")
         return cls(d["path"], d.get("digest", ""))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..._io import atomic_path
 from ...api import certify, trace
 from ...errors import ConfigurationError
+from ...loading import module_without_executor, spec_for_executor
 from ._layers import excluded_names, input_shape_for, prunable_layers
 from .apply import apply_masks
 from .criteria import Masks, check_criterion, prune_count, ranks, weight_scores
@@ -95,19 +96,12 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
     if executor is not None:
         from ...scale.integrations import run_pruning_report
 
-        if isinstance(model, nn.Module):
-            raise ConfigurationError(
-                "executor= runs the rows on workers, which receive model specs (e.g. "
-                "'torchvision:resnet18', or 'file.py:factory' with weights), never module "
-                "objects: pass the model's spec string")
-        return run_pruning_report(model, criteria, sparsities, data, labels, input_shape,
+        return run_pruning_report(spec_for_executor(model), criteria, sparsities, data, labels, input_shape,
                                   input_radius, scope=scope, exclude=exclude,
                                   search_steps=search_steps, search_restarts=search_restarts,
                                   seed=seed, progress=progress, executor=executor, store=store,
                                   sweep=sweep)
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"model {model!r} is a spec: pass executor='local' (or 'ray') "
-                                 "to run the report on workers, or pass the nn.Module")
+    model = module_without_executor(model, "the report")
 
     crits = [check_criterion(c, f"criteria[{i}]") for i, c in enumerate(criteria)]
     if not crits:

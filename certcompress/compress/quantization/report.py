@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..._io import atomic_path, atomic_write_text
 from ...certificate import Certificate
 from ...domain import InputDomain
-from ...errors import ConfigurationError
+from ...loading import module_without_executor, spec_for_executor
 from .allocate import BitAllocation, choose_bitwidths
 from .apply import quantize
 from .config import QuantConfig
@@ -115,18 +115,11 @@ def bound_vs_bits(model: nn.Module | str, avg_bits: Iterable[float], *,
     if executor is not None:
         from ...scale.integrations import run_bound_vs_bits
 
-        if isinstance(model, nn.Module):
-            raise ConfigurationError(
-                "executor= runs the rows on workers, which receive model specs (e.g. "
-                "'torchvision:resnet18', or 'file.py:factory' with weights), never module "
-                "objects: pass the model's spec string")
-        return run_bound_vs_bits(model, avg_bits, candidates=candidates,
+        return run_bound_vs_bits(spec_for_executor(model), avg_bits, candidates=candidates,
                                  input_shape=input_shape, input_radius=input_radius,
                                  granularity=granularity, executor=executor, store=store,
                                  sweep=sweep)
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"model {model!r} is a spec: pass executor='local' (or 'ray') "
-                                 "to run the sweep on workers, or pass the nn.Module")
+    model = module_without_executor(model, "the sweep")
 
     cands = sorted(set(candidates))
     rows = []
