@@ -16,8 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import certify, input_spec_for, path_magnitude_scores, path_metric, path_norm, trace
 from .bounds import Baseline, PathMetric, PathNorm
 from .capture import Adapter, AdapterRegistry, Plugin, load_plugin

@@ -8,17 +8,14 @@ default to the plugin's input spec.
 
 from __future__ import annotations
 
-import datetime
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import provenance
 from .bounds import PathMetric, graph_path_metric, graph_path_norm, operator_norm_baseline
 from .bounds.pathnorm import path_magnitude_scores as _graph_scores
 from .bounds.propagation.engine import PropagationOptions
@@ -199,9 +196,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         float_slack_rel=pm.float_slack_rel, float_slack_abs=pm.float_slack_abs,
         baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
         vacuous=vacuous, domain=domain_text, model_name=g.model_name,
-        versions={"certcompress": __version__, "torch": torch.__version__,
-                  "python": platform.python_version(), "numpy": np.__version__},
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         by_method=tiers, input_domain=dom,
     )
 

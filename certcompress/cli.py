@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .api import certify, input_spec_for, path_norm, trace
 from .bounds import cli_local
 from .bounds.cli import add_domain_arguments, certify_kwargs

@@ -27,9 +27,7 @@ wrong certificate.
 
 from __future__ import annotations
 
-import datetime
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -39,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import JsonRecord, parse_json
+from .._version import provenance
 from ..errors import CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 
@@ -400,8 +399,6 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
             f"{float(at_point[i]):.17g}, bound {float(res['l1'][i]):.17g}, class "
             f"{int(top[i])}, compressed class {int(fcx[i].argmax())}). This is a bug in "
             "certcompress; please report it with the models.")
-    from .. import __version__
-
     eta = rounding_eta(pair)
     dom = _domain_text(lo_dom, hi_dom)
     scope = (f"for each point x_i separately: every x with ||x - x_i||_inf <= {eps_f:.6g}"
@@ -433,7 +430,5 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
         method=method, rounding=rounding, seconds=seconds, model_name=g.model_name,
         original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
         scope=scope,
-        versions={"certcompress": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                  "numpy": np.__version__},
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     )

@@ -26,9 +26,7 @@ distribution shift, is not covered.
 
 from __future__ import annotations
 
-import datetime
 import math
-import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import JsonRecord
+from .._version import provenance
 from ..errors import ConfigurationError
 
 __all__ = ["StatisticalCertificate", "certify_statistical", "clopper_pearson_upper",
@@ -276,8 +275,6 @@ def certify_statistical(model: nn.Module, compressed: nn.Module, samples: Tensor
              "float64.")
     method = (f"Clopper-Pearson one-sided bounds and a binomial order-statistic quantile "
               f"bound; union bound over {k} statement(s), each at confidence 1 - {a:.4g}")
-    from .. import __version__
-
     return StatisticalCertificate(
         n=n, delta=d_, statements=k, delta_each=a,
         threshold=None if threshold is None else float(threshold),
@@ -290,7 +287,5 @@ def certify_statistical(model: nn.Module, compressed: nn.Module, samples: Tensor
         output_scale_median=float(np.median(fx.abs().sum(1).numpy())),
         scope=scope, method=method, model_name=type(model).__name__,
         original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
-        versions={"certcompress": __version__, "torch": torch.__version__,
-                  "python": platform.python_version(), "numpy": np.__version__},
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     )

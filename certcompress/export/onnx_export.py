@@ -26,8 +26,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
 from .._io import atomic_path
+from .._version import __version__
 from ..certificate import Certificate
 from ..digest import parameter_digest
 from ..errors import CertcompressError, ConfigurationError, TrainModeError, VerificationError

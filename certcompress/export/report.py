@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 import torch
 
-from .. import __version__
 from .._io import JsonRecord
+from .._version import __version__
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from . import _runtime

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from .._runners import runner
 from ..errors import ConfigurationError
 from ._data import DataSplit, as_features, as_targets, load_digits_task, load_npz, split_arrays
 from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, estimate
@@ -233,11 +234,7 @@ def _sweep_on_executor(
             "sweep: with executor= the data must be 'digits', 'digits:<task>' or an .npz "
             f"path that workers can read, not a {type(data).__name__}; save arrays with "
             "numpy.savez(path, X_train=..., y_train=..., X_test=..., y_test=...) and pass the path")
-    try:
-        from ..scale.integrations import run_meanfield_sweep
-    except ImportError as exc:
-        raise ConfigurationError(f"sweep: executor= needs certcompress.scale ({exc})") from None
-    table: pd.DataFrame = run_meanfield_sweep(
+    table: pd.DataFrame = runner("meanfield_sweep")(
         tuple(depths), tuple(scalings), executor=executor, store=store, progress=progress,  # type: ignore[arg-type]
         alphas=tuple(alphas), widths=tuple(widths), ns=None if ns is None else tuple(ns),
         data=data, options=opts, seed=seed)

@@ -30,9 +30,14 @@ from typing import Any
 import pandas as pd
 
 from .._io import atomic_write_bytes
+from .._runners import register_runner
+from ..api import input_spec_for
+from ..compress.pruning.report import REPORT_COLUMNS, _as_data
 from ..errors import ConfigurationError
+from ..meanfield._sweep import AGREEMENT_COLUMNS, SWEEP_COLUMNS, spearman_agreement
 from .executors import Executor
 from .refs import DataRef, ModelRef
+from .sweep import sweep as run_sweep
 from .tasks import MeanFieldTask, PruneTask, QuantizeTask, Task, _mf_options
 
 __all__ = ["pruning_report_tasks", "run_pruning_report", "quantization_sweep_tasks",
@@ -97,8 +102,6 @@ def run_tasks(tasks: Sequence[Task], executor: str | Executor = "local",
     """:func:`certcompress.scale.sweep` with a temporary store when ``store`` is None;
     raises :class:`~certcompress.errors.ConfigurationError` listing the failed tasks if
     any failed (a report has no place for error rows)."""
-    from .sweep import sweep as run_sweep
-
     with _store_dir(store) as (path, _):
         df = run_sweep(tasks, executor, path, sweep or "default", progress=progress,
                        **options)
@@ -113,8 +116,6 @@ def run_tasks(tasks: Sequence[Task], executor: str | Executor = "local",
 def _shape(ref: ModelRef, input_shape: Sequence[int] | None) -> tuple[int, ...]:
     if input_shape is not None:
         return tuple(input_shape)
-    from ..api import input_spec_for
-
     spec = input_spec_for(ref.load())
     if spec is None:
         raise ConfigurationError(f"input_shape is required for '{ref.display}' (no installed "
@@ -156,8 +157,6 @@ def run_pruning_report(model: ModelLike, criteria: Sequence[str] = ("magnitude",
     """:func:`~certcompress.compress.pruning.pruning_report` on an executor: the same
     columns (``REPORT_COLUMNS``), rows and ``attrs``. ``data`` is a tensor (with
     ``labels``) or an iterable of batches, as for the report."""
-    from ..compress.pruning.report import REPORT_COLUMNS, _as_data
-
     ref = model_ref(model, weights)
     x, y = _as_data(data, labels)
     with _store_dir(store) as (path, data_dir):
@@ -303,8 +302,6 @@ def run_meanfield_sweep(depths: Sequence[int] = (4, 8, 16, 32),
                         progress: bool = True, **kwargs: Any) -> pd.DataFrame:
     """:func:`certcompress.meanfield.sweep` on an executor: the same columns
     (``SWEEP_COLUMNS``), rows and ``attrs["spearman"]``."""
-    from ..meanfield._sweep import AGREEMENT_COLUMNS, SWEEP_COLUMNS, spearman_agreement
-
     tasks = meanfield_sweep_tasks(depths, scalings, **kwargs)
     df = run_tasks(tasks, executor, store, sweep or "meanfield-sweep", progress)
     table = df[list(SWEEP_COLUMNS)].reset_index(drop=True)
@@ -316,3 +313,8 @@ def run_meanfield_sweep(depths: Sequence[int] = (4, 8, 16, 32),
     table.attrs["spearman"] = {c: spearman_agreement(table, c).__dict__
                                for c in AGREEMENT_COLUMNS}
     return table
+
+
+register_runner("pruning_report", run_pruning_report)
+register_runner("bound_vs_bits", run_bound_vs_bits)
+register_runner("meanfield_sweep", run_meanfield_sweep)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._io import atomic_path
+from ..._runners import runner
 from ...api import certify, trace
 from ...errors import ConfigurationError
 from ...loading import module_without_executor, spec_for_executor
@@ -94,9 +95,7 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
     from tqdm.auto import tqdm
 
     if executor is not None:
-        from ...scale.integrations import run_pruning_report
-
-        return run_pruning_report(spec_for_executor(model), criteria, sparsities, data, labels, input_shape,
+        return runner("pruning_report")(spec_for_executor(model), criteria, sparsities, data, labels, input_shape,
                                   input_radius, scope=scope, exclude=exclude,
                                   search_steps=search_steps, search_restarts=search_restarts,
                                   seed=seed, progress=progress, executor=executor, store=store,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from ..._io import atomic_path, atomic_write_text
+from ..._runners import runner
 from ...certificate import Certificate
 from ...domain import InputDomain
 from ...loading import module_without_executor, spec_for_executor
@@ -113,9 +114,7 @@ def bound_vs_bits(model: nn.Module | str, avg_bits: Iterable[float], *,
     import pandas as pd
 
     if executor is not None:
-        from ...scale.integrations import run_bound_vs_bits
-
-        return run_bound_vs_bits(spec_for_executor(model), avg_bits, candidates=candidates,
+        return runner("bound_vs_bits")(spec_for_executor(model), avg_bits, candidates=candidates,
                                  input_shape=input_shape, input_radius=input_radius,
                                  granularity=granularity, executor=executor, store=store,
                                  sweep=sweep)
