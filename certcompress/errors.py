@@ -7,6 +7,7 @@ not know this library. Assertions are never used for user errors.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,31 +28,96 @@ class TrainModeError(CertcompressError, ValueError):
     """The model (or one of its submodules) is in training mode; call ``model.eval()``."""
 
 
+class RefusalKind(str, enum.Enum):
+    """Why a node is refused, which decides what the user can do about it."""
+
+    #: outside the certified class (smooth activations, normalization over features,
+    #: attention): no adapter can help
+    OUTSIDE_CLASS = "outside-class"
+    #: a piecewise-linear op no adapter handles yet: a plugin can add one
+    NO_ADAPTER = "no-adapter"
+    #: the input is too small for the model (a pooling or kernel larger than its input)
+    INPUT_SHAPE = "input-shape"
+    #: the module does not compute what its graph says (hooks, state, overridden forward)
+    MODEL = "model"
+
+
+_ADVICE = {
+    RefusalKind.OUTSIDE_CLASS: (
+        "outside the certified class (smooth activations, normalization over features, "
+        "attention); no adapter can change that. Use certify_statistical (any model, "
+        "a statistical guarantee), or replace these with ReLU and fine-tune"),
+    RefusalKind.NO_ADAPTER: (
+        "no adapter yet; add one: subclass certcompress.capture.Adapter and register it in "
+        "a plugin's register_adapters(registry) hook (entry-point group "
+        "'certcompress.plugins'); see docs/adding-an-adapter.md"),
+    RefusalKind.INPUT_SHAPE: (
+        "the input is too small for the model: pass a larger input shape"),
+    RefusalKind.MODEL: (
+        "the module does not compute what its traced graph says"),
+}
+
+
 @dataclass(frozen=True)
 class UnsupportedNode:
-    """One graph node that no adapter accepts."""
+    """One graph node that no adapter accepts.
+
+    ``group`` is what the node is (a module type, a function or method name), used to
+    group the refusal message; ``kind`` says what the user can do about it."""
 
     node: str
     op: str
     target: str
     reason: str
+    kind: RefusalKind = RefusalKind.NO_ADAPTER
+    group: str = ""
 
     def describe(self) -> str:
         return f"  - node '{self.node}' ({self.op} {self.target}): {self.reason}"
+
+    @property
+    def path(self) -> str:
+        """The module path (or node name) to show as an example."""
+        head = self.target.split(" (", 1)[0]
+        return head if self.op == "call_module" else self.node
+
+
+def group_refusals(offenders: Sequence[UnsupportedNode]) -> list[str]:
+    """The message lines for ``offenders``: grouped by kind (with its advice), then by
+    what the node is and why, with a count and one example path each."""
+    lines: list[str] = []
+    for kind in RefusalKind:
+        mine = [o for o in offenders if o.kind is kind]
+        if not mine:
+            continue
+        lines.append(f"{len(mine)} node(s): {_ADVICE[kind]}:")
+        groups: dict[tuple[str, str], list[UnsupportedNode]] = {}
+        for o in mine:
+            groups.setdefault((o.group or o.target, o.reason), []).append(o)
+        for (label, reason), members in groups.items():
+            count = f" x{len(members)}" if len(members) > 1 else ""
+            lines.append(f"  - {label}{count} (e.g. {members[0].path}): {reason}")
+    return lines
 
 
 class UnsupportedModelError(CertcompressError, TypeError):
     """The model is outside the ReLU-DAG class certcompress can certify.
 
-    ``offenders`` lists every unsupported node (not only the first), each with its op
-    and the reason; the message says how to add an adapter.
+    ``offenders`` lists every unsupported node (not only the first), each with its op,
+    reason and :class:`RefusalKind`; the message groups them by kind and by what they
+    are, with a count and one example path each, and says what to do for each kind.
     """
 
     def __init__(self, message: str, offenders: Sequence[UnsupportedNode] = ()) -> None:
         self.offenders: tuple[UnsupportedNode, ...] = tuple(offenders)
         lines = [message]
-        lines.extend(o.describe() for o in self.offenders)
+        lines.extend(group_refusals(self.offenders))
         super().__init__("\n".join(lines))
+
+    @property
+    def kinds(self) -> frozenset[RefusalKind]:
+        """The kinds of refusal among the offenders."""
+        return frozenset(o.kind for o in self.offenders)
 
 
 class GraphMismatchError(CertcompressError, ValueError):

@@ -155,6 +155,9 @@ FACTORIES: dict[str, list[Case]] = {
     _qualname(nn.CircularPad2d): [Case(lambda: nn.CircularPad2d((1, 1, 1, 0)), (1, 1, 2, 3))],
     _qualname(nn.CircularPad3d): [Case(lambda: nn.CircularPad3d(1), (1, 1, 2, 2, 2))],
     # plugins (their types are registered only where the plugin is installed)
+    "torchvision.ops.stochastic_depth.StochasticDepth": [
+        Case(lambda: _load("torchvision.ops.StochasticDepth")(0.3, "row"), (2, 3)),
+        Case(lambda: _load("torchvision.ops.StochasticDepth")(0.0, "batch"), (1, 2, 3, 3))],
     _SCALED_RELU: [
         Case(lambda: _load(_SCALED_RELU)(-1.5), (1, 2, 3), twin=lambda: [nn.ReLU(), _Scale(-1.5)]),
         Case(lambda: _load(_SCALED_RELU)(0.25), (1, 4), twin=lambda: [nn.ReLU(), _Scale(0.25)])],

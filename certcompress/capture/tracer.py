@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +28,13 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.node import map_aggregate
 
-from ..errors import ConfigurationError, TrainModeError, UnsupportedModelError, UnsupportedNode
+from ..errors import (
+    ConfigurationError,
+    RefusalKind,
+    TrainModeError,
+    UnsupportedModelError,
+    UnsupportedNode,
+)
 from ..ir.graph import Graph, IRNode
 from ..ir.ops import AffineParams, IROp
 from ..ir.passes import fold_batchnorm
@@ -54,9 +62,32 @@ _OUTSIDE_CLASS = {
     "bmm": "a product of input-dependent tensors", "exp": "exp is smooth",
 }
 
-_HOW_TO = ("add an adapter: subclass certcompress.capture.Adapter and register it in a "
-           "plugin's register_adapters(registry) hook (entry-point group "
-           "'certcompress.plugins'); see docs/adding-an-adapter.md")
+_TOO_SMALL = ("too small", "smaller than", "kernel size can't be greater",
+              "output size is too small", "input image", "padding should be at most",
+              "non-positive", "calculated output size", "larger than")
+
+
+def _too_small(message: str) -> bool:
+    """Whether a shape-propagation error says the input is too small for an op."""
+    low = message.lower()
+    return any(t in low for t in _TOO_SMALL)
+
+
+def _kind(why: str | None) -> RefusalKind:
+    return RefusalKind.OUTSIDE_CLASS if why else RefusalKind.NO_ADAPTER
+
+
+def _group(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    """What a node is, for grouping refusals: a module type, function or method name."""
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        return type(m).__name__ if m is not None else str(node.target)
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"aten.{t._overloadpacket.__name__}"
+    return str(getattr(t, "__name__", t))
 
 
 def check_eval_mode(model: nn.Module) -> None:
@@ -100,6 +131,7 @@ def _capture(model: nn.Module | torch.export.ExportedProgram, example: torch.Ten
             ep = torch.export.export(model, (example,))
         except Exception as ex_exc:
             msg = str(ex_exc).strip().splitlines()
+            _refuse_if_too_small(model, example)
             raise UnsupportedModelError(
                 "the model could not be captured as a static graph. torch.fx symbolic "
                 f"tracing failed ({fx_msg}) and torch.export failed "
@@ -109,6 +141,39 @@ def _capture(model: nn.Module | torch.export.ExportedProgram, example: torch.Ten
             ) from ex_exc
         return ep.module(), "torch.export", (f"torch.fx tracing failed ({fx_msg}); captured "
                                              "with torch.export instead",)
+
+
+_NOISY_LOGGERS = ("torch._subclasses.fake_tensor", "torch.fx.experimental.symbolic_shapes",
+                  "torch._dynamo", "torch.export", "torch._export")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Silence torch's own logging of failures that the tracer reports itself (fake
+    tensor propagation and torch.export print full tracebacks at ERROR level)."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in _NOISY_LOGGERS]
+    for lg, _ in saved:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def _refuse_if_too_small(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise an input-shape refusal if the eager model itself fails on ``example`` because
+    the input is too small (a capture failure would otherwise read as control flow)."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _too_small(first):
+            raise UnsupportedModelError(
+                f"the model cannot run on inputs of shape {tuple(example.shape)}: the input "
+                f"is too small for it ({type(exc).__name__}: {first}); pass a larger input "
+                "shape (e.g. a spatial size divisible by the model's total stride)") from exc
 
 
 def _target_name(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
@@ -223,9 +288,10 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
         raise ConfigurationError(f"expected an nn.Module or ExportedProgram, got "
                                  f"{type(model).__name__}")
     example = torch.zeros(shape, dtype=dtype)
-    gm, how, notes = _capture(model, example, reg)
-    converter = _Converter(gm, reg)
-    nodes, outputs, params_map = converter.convert(example)
+    with _quiet_torch_logs():
+        gm, how, notes = _capture(model, example, reg)
+        converter = _Converter(gm, reg)
+        nodes, outputs, params_map = converter.convert(example)
     graph = Graph(nodes=tuple(nodes), outputs=tuple(outputs), params=params_map,
                   input_shape=shape, model_name=name or type(model).__name__, capture=how,
                   notes=notes)
@@ -267,6 +333,7 @@ class _Converter:
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         interp = fx.Interpreter(self.gm)
         depends: set[fx.Node] = set()
+        failed: set[fx.Node] = set()
         output_node: fx.Node | None = None
         value: Any
         for node in graph.nodes:
@@ -287,6 +354,13 @@ class _Converter:
                 self.ctx.tensor_nodes.add(node)
                 self.ir_nodes.append(IRNode(node.name, None, (), tuple(example.shape), "input"))
                 continue
+            if any(a in failed for a in node.all_input_nodes):
+                # downstream of a refused node: its own failure would only repeat that one
+                failed.add(node)
+                interp.env[node] = self.ctx.values[node] = None
+                depends.add(node)
+                self.ctx.tensor_nodes.add(node)
+                continue
             try:
                 if shapes is not None:
                     value = shapes[node]
@@ -294,11 +368,19 @@ class _Converter:
                     with fake_mode:
                         value = interp.run_node(node)
             except Exception as exc:
-                reason = f"could not be evaluated for shapes ({type(exc).__name__}: {exc})"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                reason = f"could not be evaluated for shapes ({type(exc).__name__}: {first})"
+                kind = RefusalKind.NO_ADAPTER
                 if "data-dependent" in str(exc).lower() or "DataDependent" in type(exc).__name__:
                     reason = ("its result depends on tensor values (e.g. .item() or a "
-                              "data-dependent branch): outside the ReLU-DAG class")
-                self._offend(node, reason)
+                              "data-dependent branch)")
+                    kind = RefusalKind.OUTSIDE_CLASS
+                elif _too_small(str(exc)):
+                    reason = (f"the input is too small here (input shape {tuple(example.shape)}"
+                              f"; {first})")
+                    kind = RefusalKind.INPUT_SHAPE
+                self._offend(node, reason, kind)
+                failed.add(node)
                 value = None
             interp.env[node] = value
             self.ctx.values[node] = value
@@ -319,8 +401,8 @@ class _Converter:
         outputs = self._outputs(output_node)
         if self.offenders:
             raise UnsupportedModelError(
-                f"{len(self.offenders)} node(s) of the model are outside what certcompress "
-                f"supports; to support one, {_HOW_TO}:", self.offenders)
+                f"{len(self.offenders)} node(s) of the model are not supported:",
+                self.offenders)
         return self.ir_nodes, outputs, self.params
 
     def _meta_values(self, example: torch.Tensor, needed: set[fx.Node]
@@ -353,30 +435,31 @@ class _Converter:
             return None
         return values
 
-    def _offend(self, node: fx.Node, reason: str) -> None:
+    def _offend(self, node: fx.Node, reason: str,
+                kind: RefusalKind = RefusalKind.NO_ADAPTER) -> None:
         self.offenders.append(UnsupportedNode(node.name, node.op,
-                                              _target_name(node, self.ctx.modules), reason))
+                                              _target_name(node, self.ctx.modules), reason,
+                                              kind, _group(node, self.ctx.modules)))
 
-    def _adapter_for(self, node: fx.Node) -> tuple[Any, str]:
+    def _adapter_for(self, node: fx.Node) -> tuple[Any, str, RefusalKind]:
         if node.op == "call_module":
             m = self.ctx.module(node)
             reg = self.registry.for_module(m)
             key = type(m).__name__
             if reg is None:
                 why = _OUTSIDE_CLASS.get(key)
-                hint = (f"{why}: outside the ReLU-DAG class the path-metric theory covers"
-                        if why else f"no adapter for module type {type(m).__module__}."
+                hint = (why if why else f"no adapter for module type {type(m).__module__}."
                         f"{type(m).__qualname__}; register one with "
                         f"registry.register_module({key}, YourAdapter())")
-                return None, hint
+                return None, hint, _kind(why)
         elif node.op == "call_method":
             reg = self.registry.for_method(str(node.target))
             key = str(node.target)
             if reg is None:
                 why = _OUTSIDE_CLASS.get(key)
-                return None, (f"{why}: outside the ReLU-DAG class" if why else
+                return None, (why if why else
                               f"no adapter for Tensor.{key}; register one with "
-                              f"registry.register_method('{key}', YourAdapter())")
+                              f"registry.register_method('{key}', YourAdapter())"), _kind(why)
         elif node.op == "call_function":
             reg = self.registry.for_function(node.target)
             if reg is None:
@@ -384,12 +467,12 @@ class _Converter:
                 key = (t._overloadpacket.__name__ if isinstance(t, torch._ops.OpOverload)
                        else getattr(t, "__name__", str(t)))
                 why = _OUTSIDE_CLASS.get(key.strip("_"))
-                return None, (f"{why}: outside the ReLU-DAG class" if why else
+                return None, (why if why else
                               f"no adapter for function {_target_name(node, {})}; register "
-                              "one with registry.register_function(fn, YourAdapter())")
+                              "one with registry.register_function(fn, YourAdapter())"), _kind(why)
         else:
-            return None, f"unexpected node kind '{node.op}'"
-        return reg.adapter, reg.source
+            return None, f"unexpected node kind '{node.op}'", RefusalKind.NO_ADAPTER
+        return reg.adapter, reg.source, RefusalKind.NO_ADAPTER
 
     def _convert_tensor_node(self, node: fx.Node, value: torch.Tensor) -> None:
         self.ctx.tensor_nodes.add(node)  # downstream nodes see it even if it fails
@@ -402,14 +485,15 @@ class _Converter:
                 return
             self._add(node, conv, value)
             return
-        adapter, source = self._adapter_for(node)
+        adapter, source, kind = self._adapter_for(node)
         if adapter is None:
-            self._offend(node, source)
+            self._offend(node, source, kind)
             return
         try:
             result = adapter.convert(node, self.ctx)
         except Unsupported as exc:
-            self._offend(node, f"{exc.reason} [adapter '{adapter.name}' from {source}]")
+            self._offend(node, f"{exc.reason} [adapter '{adapter.name}' from {source}]",
+                         exc.kind)
             return
         if isinstance(result, MultiOutput):
             self._offend(node, f"adapter '{adapter.name}' returned several outputs for a "
@@ -418,9 +502,9 @@ class _Converter:
         self._add(node, result, value)
 
     def _convert_multi(self, node: fx.Node) -> None:
-        adapter, source = self._adapter_for(node)
+        adapter, source, kind = self._adapter_for(node)
         if adapter is None:
-            self._offend(node, source)
+            self._offend(node, source, kind)
             return
         try:
             result = adapter.convert(node, self.ctx)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import fx
 
-from ...errors import CertcompressError
+from ...errors import CertcompressError, RefusalKind
 from ...ir.ops import AffineOp, AffineParams, IROp
 
 if TYPE_CHECKING:
@@ -45,8 +45,9 @@ __all__ = ["Adapter", "Converted", "MultiOutput", "Unsupported", "call_first", "
 class Unsupported(CertcompressError, TypeError):
     """Raised by an adapter hook: this node cannot be expressed as a ReLU-DAG op."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: RefusalKind = RefusalKind.NO_ADAPTER) -> None:
         self.reason = reason
+        self.kind = kind  # OUTSIDE_CLASS when no adapter could express the node
         super().__init__(reason)
 
 

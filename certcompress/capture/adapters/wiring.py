@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ...ir.ops import CatOp, IndexOp, LinearCombinationOp
+from ...errors import RefusalKind
+from ...ir.ops import AffineParams, CatOp, ChannelAffineOp, IndexOp, LinearCombinationOp
 from .base import Adapter, Converted, MultiOutput, Unsupported, call_first, call_method, op_name
 
 aten = torch.ops.aten
@@ -141,36 +142,75 @@ class LinearCombinationAdapter(Adapter):
             x, y = a[0], a[1]
             tx, ty = ctx.is_tensor_node(x), ctx.is_tensor_node(y)
             if tx and ty:
-                raise Unsupported("product or quotient of two input-dependent tensors is "
-                                  "not a ReLU-DAG op")
+                raise Unsupported("product or quotient of two input-dependent tensors (e.g. "
+                                  "a gate) is not piecewise-linear", RefusalKind.OUTSIDE_CLASS)
             if name != "mul" and not tx:
-                raise Unsupported("division by an input-dependent tensor")
+                raise Unsupported("division by an input-dependent tensor",
+                                  RefusalKind.OUTSIDE_CLASS)
             if name != "mul" and node.kwargs.get("rounding_mode") is not None:
                 raise Unsupported("division with a rounding mode")
             t, c = (x, y) if tx else (y, x)
             c = ctx.value(c)
+            if isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_meta:
+                c = float(c)
+            elif isinstance(c, torch.Tensor):
+                scale = _per_channel(c, ctx.value(t))
+                if scale is None:
+                    raise Unsupported(
+                        f"multiplication by a constant tensor of shape {tuple(c.shape)} "
+                        "that is neither a scalar nor one factor per channel (dimension 1)")
+                if name != "mul":
+                    scale = 1.0 / scale
+                return Converted(ChannelAffineOp(), (ctx.tensor_arg(t),),
+                                 AffineParams(scale, None))
             if not isinstance(c, (int, float)):
-                raise Unsupported("multiplication by a tensor constant (only Python numbers "
-                                  "are fixed scalar weights)")
+                raise Unsupported(f"multiplication by a {type(c).__name__} constant")
             terms = [(t, float(c) if name == "mul" else 1.0 / float(c))]
         else:
             raise Unsupported(f"'{name}' is not a linear combination")
         inputs: list[fx.Node] = []
         coeffs: list[float] = []
         const = 0.0
+        const_t: torch.Tensor | None = None
         for arg, c in terms:
             if ctx.is_tensor_node(arg):
                 inputs.append(ctx.tensor_arg(arg))
                 coeffs.append(c)
             else:
                 v = ctx.value(arg)
+                if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_meta:
+                    v = float(v)
+                if isinstance(v, torch.Tensor):
+                    const_t = c * v if const_t is None else const_t + c * v
+                    continue
                 if not isinstance(v, (int, float)):
-                    raise Unsupported("adds a constant tensor (not an input-dependent value): "
-                                      "not a supported bias")
+                    raise Unsupported(f"adds a {type(v).__name__} constant")
                 const += c * float(v)
         if not inputs:
             raise Unsupported("no input-dependent operand")
+        if const_t is not None:  # a constant tensor added: a per-channel bias
+            if len(inputs) != 1 or coeffs[0] != 1.0:
+                raise Unsupported("adds a constant tensor to a combination of several "
+                                  "input-dependent values")
+            bias = _per_channel(const_t, ctx.value(inputs[0]))
+            if bias is None:
+                raise Unsupported(f"adds a constant tensor of shape {tuple(const_t.shape)} "
+                                  "that is not one value per channel (dimension 1)")
+            return Converted(ChannelAffineOp(), tuple(inputs),
+                             AffineParams(torch.ones_like(bias), bias + const))
         return Converted(LinearCombinationOp(tuple(coeffs), const), tuple(inputs))
+
+
+def _per_channel(c: torch.Tensor, x: Any) -> torch.Tensor | None:
+    """``c`` as one float64 value per channel of ``x`` (dimension 1), if ``c`` broadcasts
+    against ``x`` as a per-channel constant (layer scale, a per-channel bias); else None."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or c.dim() > x.dim():
+        return None
+    shape = (1,) * (x.dim() - c.dim()) + tuple(c.shape)
+    channels = int(x.shape[1])
+    if any(s != 1 for i, s in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return c.detach().to(torch.float64).reshape(-1).expand(channels).clone()
 
 
 class CatAdapter(Adapter):

@@ -6,12 +6,13 @@ mode (random weights: nothing is downloaded; trained weights come from a state d
 MobileNetV2) the plugin knows the input: ``(1, 3, 224, 224)`` ImageNet-normalized
 images, whose entries lie in ``[-2.64, 2.64]`` for pixels in ``[0, 1]``.
 
-No adapters are registered: these families trace with the built-in ones (ResNet's
-residual ``+=``, MobileNetV2's ReLU6, VGG's and AlexNet's adaptive average pooling and
-Dropout are all covered by the core).
+One adapter is registered: ``torchvision.ops.StochasticDepth`` and
+``stochastic_depth``, which are the identity in eval mode (EfficientNet, ConvNeXt,
+Swin...). Everything else in these families traces with the built-in adapters
+(ResNet's residual ``+=``, MobileNetV2's ReLU6, adaptive average pooling, Dropout).
 
-torchvision is imported lazily, when a ``torchvision:`` spec is resolved: loading this
-plugin (which certcompress does at start-up for every installed plugin) costs nothing.
+torchvision is imported lazily: when a ``torchvision:`` spec is resolved, and when the
+adapters are registered (the first trace), never when certcompress starts.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import sys
 
 from torch import nn
 
-from certcompress.capture import Plugin
+from certcompress.capture import Adapter, Plugin
+from certcompress.capture.adapters.base import Converted, Unsupported
 from certcompress.domain import InputSpec, normalized_radius
 from certcompress.errors import ModelLoadError
+from certcompress.ir.ops import IndexOp
 
 __all__ = ["TorchvisionPlugin", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_INPUT_SHAPE"]
 
@@ -34,11 +37,43 @@ IMAGENET_INPUT_SHAPE = (1, 3, 224, 224)
 _PREFIX = "torchvision"
 
 
+def _identity(x):  # type: ignore[no-untyped-def]
+    return x
+
+
+class StochasticDepthAdapter(Adapter):
+    """``StochasticDepth`` / ``stochastic_depth``: the identity in eval mode (or p = 0);
+    in training mode it drops residual branches at random, which is refused."""
+
+    name = "stochastic_depth"
+
+    def _convert(self, node, ctx):  # type: ignore[no-untyped-def]
+        if node.op == "call_module":
+            m = ctx.module(node)
+            training, p = m.training, float(m.p)
+        else:
+            a = ctx.bind(node, ("input", "p", "mode", "training"), {"training": True})
+            training, p = bool(ctx.value(a["training"])), float(ctx.value(a["p"]))
+        if training and p > 0:
+            raise Unsupported("stochastic depth in training mode drops branches at random; "
+                              "call model.eval()")
+        return Converted(IndexOp("Identity", _identity, "stochastic depth (eval)"),
+                         (ctx.tensor_arg(node.args[0]),))
+
+
 class TorchvisionPlugin(Plugin):
     """Model specs ``torchvision:NAME`` and the ImageNet input spec of four families."""
 
     name = "certcompress-torchvision"
     model_prefixes = (_PREFIX,)
+
+    def register_adapters(self, registry) -> None:  # type: ignore[no-untyped-def]
+        """Eval-mode stochastic depth as the identity."""
+        from torchvision.ops import StochasticDepth, stochastic_depth  # heavy: first trace only
+
+        adapter = StochasticDepthAdapter()
+        registry.register_module(StochasticDepth, adapter)
+        registry.register_function([stochastic_depth], adapter)
 
     def resolve_model(self, spec: str) -> nn.Module | None:
         """Build ``torchvision:NAME`` with random weights, in eval mode.
