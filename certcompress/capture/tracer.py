@@ -278,16 +278,19 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise ConfigurationError(f"input_shape must be positive integers, got {input_shape!r}")
+    device = torch.device("cpu")
     if isinstance(model, nn.Module):
         check_eval_mode(model)
         params = list(model.parameters())
         dtype = params[0].dtype if params else torch.float32
+        if params and params[0].is_meta:  # shapes only: trace on meta tensors throughout
+            device = params[0].device
     elif isinstance(model, torch.export.ExportedProgram):
         dtype = torch.float32
     else:
         raise ConfigurationError(f"expected an nn.Module or ExportedProgram, got "
                                  f"{type(model).__name__}")
-    example = torch.zeros(shape, dtype=dtype)
+    example = torch.zeros(shape, dtype=dtype, device=device)
     with _quiet_torch_logs():
         gm, how, notes = _capture(model, example, reg)
         converter = _Converter(gm, reg)
