@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["certify_statistical", "StatisticalCertificate"],
                     "certcompress.bounds.statistical"),
     **dict.fromkeys(["sweep", "results", "ResultStore", "load_manifest"], "certcompress.scale"),
+    **dict.fromkeys(["zeroed_equivalent", "dequantized_copy"], "certcompress.interop"),
 }
 
 __all__ = [

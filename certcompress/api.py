@@ -26,6 +26,7 @@ from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
 from .digest import parameter_digest
 from .domain import InputDomain, InputSpec
 from .errors import ConfigurationError, SoundnessError
+from .interop import plain_module
 from .ir.graph import Graph
 from .ir.ops import AffineParams
 from .measure import adversarial_deviation, deviations, float64_function
@@ -61,6 +62,7 @@ def trace(model: Model, input_shape: Sequence[int] | None = None) -> Graph:
     """Capture ``model`` as a typed ReLU-DAG graph (``print(g)`` summarizes it)."""
     if isinstance(model, Graph):
         return model
+    model = plain_module(model)
     return _trace(model, _shape(model, input_shape))
 
 
@@ -114,6 +116,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     """
     names = check_methods(methods if methods is not None else
                           (("path-metric",) if domain is None else METHODS))
+    model, compressed = plain_module(model), plain_module(compressed)
     spec = input_spec_for(model)
     if domain is not None:
         if not isinstance(domain, InputDomain):

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .interop import as_module
+
 __all__ = ["float64_function", "deviations", "adversarial_deviation", "AdversarialResult",
            "flatten_output"]
 
@@ -31,7 +33,12 @@ def flatten_output(out: object) -> Tensor:
 
 
 def float64_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """``x -> flattened model(x)`` evaluated in float64 without touching ``model``."""
+    """``x -> flattened model(x)`` evaluated in float64 without touching ``model``
+    (an ExportedProgram runs through its ``.module()``, one input at a time: its graph
+    may be specialized to the example's batch size)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        one = float64_function(as_module(model))
+        return lambda x: torch.cat([one(x[i:i + 1]) for i in range(x.shape[0])])
     state = {k: (v.detach().double() if v.is_floating_point() else v)
              for k, v in [*model.named_parameters(), *model.named_buffers()]}
 

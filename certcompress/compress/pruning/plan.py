@@ -93,8 +93,10 @@ def _mask(v: object, where: str) -> Tensor:
             raise ConfigurationError(f"{where} must be rectangular nested lists of 0/1 "
                                      f"(1 = keep): {exc}") from None
     if t.dtype != torch.bool:
-        if t.is_floating_point() or t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
-            raise ConfigurationError(f"{where} entries must be 0 or 1 (or booleans), 1 = keep")
+        if t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
+            bad = t[(t != 0) & (t != 1)]
+            raise ConfigurationError(f"{where} entries must be 0 or 1 (integers, floats or "
+                                     f"booleans; 1 = keep), found {bad.flatten()[0].item()!r}")
         t = t != 0
     return t.clone()
 
