@@ -94,7 +94,8 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
             methods: Sequence[str] | str | None = None,
             reference_inputs: Tensor | None = None, search_steps: int = 20,
             search_restarts: int = 4, seed: int = 0,
-            propagation: PropagationOptions | None = None) -> Certificate:
+            propagation: PropagationOptions | None = None,
+            search_time: float | None = 60.0) -> Certificate:
     """Certify ``max_{x in D} ||f(x) - f'(x)||_1 <= bound`` over an input domain ``D``.
 
     ``D`` is ``domain`` (an :class:`InputDomain` box, e.g.
@@ -111,8 +112,12 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
 
     ``reference_inputs`` (a batch) gives the measured deviation, the output scale and the
     ``vacuous`` flags. A PGD search inside ``D`` (``search_steps``, 0 to skip) finds the
-    worst deviation it can; a measured value above any tier's bound raises
-    :class:`SoundnessError` (a bug) instead of returning a wrong certificate.
+    worst deviation it can, within ``search_time`` seconds (None: no limit; the
+    certificate records the steps and seconds spent); a measured value above any tier's
+    bound raises :class:`SoundnessError` instead of returning a wrong certificate.
+    Without ``reference_inputs`` the output scale is sampled in ``D`` (the centre and 31
+    random points), so every certificate says whether it is vacuous. ``cert.notes``
+    explains surprising results (an exactly-zero bound, a vacuous one).
     """
     names = check_methods(methods if methods is not None else
                           (("path-metric",) if domain is None else METHODS))
@@ -173,15 +178,22 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
                     deviation_mean=float(dev.mean()), output_scale=float(scale.max()))
         if bool(inside.any()):
             _check_tiers(float(dev[inside.numpy()].max()), tiers, "a reference input")
+        meas["output_scale_source"] = f"max over {int(x.shape[0])} reference inputs"
+    else:  # the scale check: the output scale sampled in the domain
+        meas.update(output_scale=_sampled_output_scale(f, dom, seed),
+                    output_scale_source=f"max over {_SCALE_SAMPLES} points sampled in the "
+                                        "domain (no reference data)")
     if search_steps > 0:
         starts = None
         if reference_inputs is not None:
             starts = reference_inputs.reshape((-1,) + shape[1:])[:search_restarts]
         adv = adversarial_deviation(f, fc, shape, lo, hi, steps=search_steps,
-                                    restarts=search_restarts, starts=starts, seed=seed)
+                                    restarts=search_restarts, starts=starts, seed=seed,
+                                    time_budget=search_time)
         _check_tiers(adv.max_deviation, tiers, "the adversarial search")
         meas.update(adversarial_max=adv.max_deviation, adversarial_steps=adv.steps,
-                    adversarial_restarts=adv.restarts)
+                    adversarial_restarts=adv.restarts, adversarial_seconds=adv.seconds,
+                    adversarial_budget_exhausted=adv.budget_exhausted)
     measurements = Measurements(**meas)  # type: ignore[arg-type]
     fwd = _forward_seconds(f, dom) if "bounds" in tiers else None
     tiers = {k: t.with_measurements(measurements.output_scale, fwd) for k, t in tiers.items()}
@@ -190,6 +202,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     per_output = tuple(min(vs) for vs in zip(*(t.per_output for t in same)))
     vacuous = None if measurements.output_scale is None else bool(
         bound > measurements.output_scale)
+    notes = _notes(bound, pm.changed_parameters, measurements, vacuous)
     return Certificate(
         bound=bound, per_output=per_output, input_shape=shape, radius=r, factor=factor,
         path_metric=pm.value, path_metric_exact=pm.exact, method=pm.method,
@@ -200,8 +213,39 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
         vacuous=vacuous, domain=domain_text, model_name=g.model_name,
         **provenance(),
-        by_method=tiers, input_domain=dom,
+        by_method=tiers, input_domain=dom, notes=notes,
     )
+
+
+_SCALE_SAMPLES = 32
+
+
+def _sampled_output_scale(f: Callable[[Tensor], Tensor], dom: InputDomain, seed: int) -> float:
+    """``max ||f(x)||_1`` over the domain's centre and ``_SCALE_SAMPLES - 1`` random
+    points in it: the output scale a bound is compared with when no reference data is
+    given (a lower estimate of the true maximum, so "vacuous" is never overstated)."""
+    x = dom.sample(_SCALE_SAMPLES - 1, torch.Generator().manual_seed(seed))
+    lo, hi = dom.lower_tensor(), dom.upper_tensor()
+    x = torch.cat([(lo + hi) / 2, x.reshape((-1,) + tuple(lo.shape[1:]))])
+    with torch.no_grad():
+        return float(torch.cat([f(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
+                     .abs().sum(1).max())
+
+
+def _notes(bound: float, changed: int, m: Measurements, vacuous: bool | None) -> tuple[str, ...]:
+    """Explanations of results that look surprising."""
+    notes = []
+    if changed and bound < 1e-250:
+        notes.append(
+            f"the bound is {bound:.3g} although {changed} parameter(s) changed: over this "
+            "domain the changed weights only multiply activations that are zero (for a "
+            "convolution at a small input size, typically its zero padding), so both models "
+            "compute the same function; a larger input would use them")
+    if vacuous and m.output_scale is not None:
+        notes.append(f"the bound is {bound / max(m.output_scale, 1e-300):.3g}x the output "
+                     "scale: worst-case tiers on deep networks are often this loose; try "
+                     "methods=('bounds',) with a domain, certify_local, or certify_statistical")
+    return tuple(notes)
 
 
 def _forward_seconds(f: Callable[[Tensor], Tensor], dom: InputDomain) -> float:

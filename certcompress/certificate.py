@@ -110,6 +110,11 @@ class Measurements:
     adversarial_max: float | None = None
     adversarial_steps: int = 0
     adversarial_restarts: int = 0
+    #: where output_scale comes from: "reference inputs", or "sampled: N points in the
+    #: domain" when no reference data was given (None: not measured)
+    output_scale_source: str | None = None
+    adversarial_seconds: float | None = None
+    adversarial_budget_exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ class Certificate(JsonRecord):
     created_utc: str = ""
     by_method: dict[str, MethodBound] = field(default_factory=dict)
     input_domain: InputDomain | None = None
+    #: explanations of surprising results (an exactly-zero bound, a vacuous bound...)
+    notes: tuple[str, ...] = ()
     schema: str = SCHEMA
 
     @property
@@ -198,15 +205,21 @@ class Certificate(JsonRecord):
                          f"{m.deviation_max:.6g}, mean {m.deviation_mean:.6g}; output scale "
                          f"max ||f(x)||_1 = {m.output_scale:.6g}")
         if m.adversarial_max is not None:
+            spent = ("" if m.adversarial_seconds is None else
+                     f", {m.adversarial_seconds:.3g} s" + (" (time budget reached)"
+                                                          if m.adversarial_budget_exhausted
+                                                          else ""))
             lines.append(f"  adversarial search   {m.adversarial_max:.6g}   ({m.adversarial_steps}"
-                         f" PGD steps x {m.adversarial_restarts} starts inside the domain)")
+                         f" PGD steps x {m.adversarial_restarts} starts inside the domain{spent})")
             if m.adversarial_max > 0:
                 lines.append(f"  bound / found        {self.bound / m.adversarial_max:.3g}x")
+        where = m.output_scale_source or "reference inputs"
         if self.vacuous is True:
-            lines.append("  VACUOUS: the bound exceeds the output scale measured on the "
-                         "reference inputs; it certifies nothing useful there")
+            lines.append(f"  VACUOUS: the bound exceeds the output scale ({where}); it "
+                         "certifies nothing useful there")
         elif self.vacuous is False:
-            lines.append("  not vacuous: the bound is below the measured output scale")
+            lines.append(f"  not vacuous: the bound is below the output scale ({where})")
+        lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  float64 slack        relative {self.float_slack_rel:.2e}, absolute "
                      f"{self.float_slack_abs:.1e} (included)")
         return "\n".join(lines)
@@ -241,7 +254,7 @@ class Certificate(JsonRecord):
                                    "'by_method' or 'input_domain' (schema 2)")
         names = {f.name for f in fields(cls)}
         optional: tuple[str, ...] = ("versions", "created_utc", "model_name", "working_dtype",
-                                     "norm")
+                                     "norm", "notes")
         if old:
             optional += ("by_method", "input_domain")
         missing = sorted(n for n in names if n not in data and n not in optional)
@@ -265,6 +278,10 @@ class Certificate(JsonRecord):
                 kw["input_domain"] = InputDomain.from_dict(kw["input_domain"])
             except ConfigurationError as exc:
                 raise CertificateError(f"field 'input_domain': {exc}") from None
+        notes = kw.get("notes", ())
+        if not isinstance(notes, (list, tuple)) or not all(isinstance(n, str) for n in notes):
+            raise CertificateError("field 'notes' must be a list of strings")
+        kw["notes"] = tuple(notes)
         kw["input_shape"] = tuple(int(s) for s in kw["input_shape"])
         kw["per_output"] = tuple(float(v) for v in kw["per_output"])
         for name in ("bound", "radius", "factor", "path_metric", "float_slack_rel"):

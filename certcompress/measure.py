@@ -7,6 +7,7 @@ the parameters: the user's models are never converted or mutated.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -70,14 +71,20 @@ class AdversarialResult:
     argmax: Tensor
     steps: int
     restarts: int
+    seconds: float = 0.0
+    budget_exhausted: bool = False
 
 
 def adversarial_deviation(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor],
                           input_shape: Sequence[int], lower: float | Tensor,
                           upper: float | Tensor, *, steps: int = 20, restarts: int = 4,
-                          starts: Tensor | None = None, seed: int = 0) -> AdversarialResult:
+                          starts: Tensor | None = None, seed: int = 0,
+                          time_budget: float | None = None) -> AdversarialResult:
     """Maximize the l1 output deviation inside a box by PGD (a lower bound on the true
-    maximum; a certified bound must never be below it)."""
+    maximum; a certified bound must never be below it). With ``time_budget`` (seconds)
+    the search stops after the first step that exceeds it; the result records the steps
+    taken, the seconds spent and whether the budget cut the search short."""
+    t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     shape = tuple(input_shape)
     per = shape[1:] if len(shape) > 1 else shape
@@ -93,6 +100,7 @@ def adversarial_deviation(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], T
     x = x0.clone()
     best = torch.full((x.shape[0],), -1.0, dtype=torch.float64)
     best_x = x.clone()
+    taken, exhausted = 0, False
     for step in range(steps + 1):
         x.requires_grad_(True)
         dev = (f(x) - g(x)).abs().sum(dim=1)
@@ -102,9 +110,14 @@ def adversarial_deviation(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], T
             best_x[better] = x.detach()[better]
         if step == steps:
             break
+        if time_budget is not None and time.perf_counter() - t_start > time_budget:
+            exhausted = True
+            break
+        taken = step + 1
         (grad,) = torch.autograd.grad(dev.sum(), x)
         with torch.no_grad():
             x = x.detach() + alpha * grad.sign()
             x = torch.maximum(torch.minimum(x, hi), lo)
     i = int(best.argmax())
-    return AdversarialResult(float(best[i]), best_x[i:i + 1].detach(), steps, int(x0.shape[0]))
+    return AdversarialResult(float(best[i]), best_x[i:i + 1].detach(), taken,
+                             int(x0.shape[0]), time.perf_counter() - t_start, exhausted)
