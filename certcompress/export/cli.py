@@ -124,17 +124,13 @@ def _load_plugins(specs: Sequence[str]) -> None:
 
 
 def _module(spec: str | None, weights: str | None, flag: str) -> nn.Module | None:
-    from ..loading import load_model
+    from ..loading import load_module
 
     if spec is None:
         if weights is not None:
             raise ConfigurationError(f"{flag}-weights given without {flag}")
         return None
-    model = load_model(spec, weights)
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"'{spec}' is a torch.export archive; {flag} needs an "
-                                 "nn.Module (name its factory, e.g. model.py:make)")
-    return model
+    return load_module(spec, weights, needed_by=flag)
 
 
 def _options(args: argparse.Namespace) -> Tolerance:
