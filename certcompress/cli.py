@@ -240,6 +240,7 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "prune-report": "certcompress.compress.pruning.cli",
     "export": "certcompress.export.cli",
     "verify": "certcompress.export.cli",
+    "keygen": "certcompress.export.cli",
     "quantize": "certcompress.compress.quantization.cli",
     "meanfield": "certcompress.meanfield.cli",
     "zoo": "certcompress.scale.cli",
