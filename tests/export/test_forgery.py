@@ -255,3 +255,33 @@ def test_cli_keygen_sign_verify(files: Signed, tmp_path: Path, monkeypatch: pyte
         assert "check 'signature' failed" in one_line_error(capsys.readouterr().err)
         assert cli.main(["verify", str(files.signed), "--recertify"]) == 2
         assert "--recertify needs --original" in one_line_error(capsys.readouterr().err)
+
+
+def test_recertify_quantized_with_both_tiers(tmp_path: Path) -> None:
+    """A quantized MLP certified over a box with both tiers: recertification recomputes
+    path-metric and bound propagation from the dequantized weights the runtime uses, and
+    a one-step change of one integer code (digests recomputed) is caught."""
+    from _onnx_helpers import quantized
+
+    model = mlp(seed=5)
+    comp, grid = quantized(model, 6)
+    domain = cc.InputDomain.box(0.0, 1.0, shape=MLP_SHAPE)
+    cert = cc.certify(model, comp, domain=domain, search_steps=0)
+    assert set(cert.by_method) == {"path-metric", "bounds"}
+    path = tmp_path / "q.onnx"
+    export_onnx(comp, path, certificate=cert, original=model, grids=grid, search_steps=0)
+    report = verify_onnx(path, original=model, recertify=True, search_steps=0)
+    rec = {c.name: c for c in report.checks}["recertify"]
+    assert rec.status == "passed" and "bounds, path-metric" in rec.detail
+    m = onnx.load(str(path))
+    t = next(t for t in m.graph.initializer if t.name.endswith("_quantized"))
+    codes = numpy_helper.to_array(t).copy()
+    i = int(np.argmax(np.abs(codes.reshape(-1))))
+    codes.reshape(-1)[i] -= np.sign(codes.reshape(-1)[i]).astype(codes.dtype)
+    t.CopyFrom(numpy_helper.from_array(codes, t.name))
+    seal(m)
+    onnx.save_model(m, str(path))
+    verify_onnx(path, search_steps=0)  # every digest recomputed: integrity holds
+    with pytest.raises(VerificationFailed, match="check 'recertify' failed: .*not the "
+                                                 "certified weights"):
+        verify_onnx(path, original=model, recertify=True, search_steps=0)
