@@ -7,12 +7,16 @@ Model specifications, tried in this order:
     certcompress-torchvision plugin); the prefixes of loaded plugins are in
     ``plugin_manager().prefixes()``.
 ``FILE.py:FACTORY``
-    The file is imported by path (code the user names explicitly) and ``FACTORY()`` is
-    called with no arguments; it must return an ``nn.Module``.
+    The file is imported by path and ``FACTORY()`` is called with no arguments; it must
+    return an ``nn.Module``. Such a spec *is* code (as are ``package.module:FACTORY``
+    and plugins): it runs, so name only code you trust.
 ``package.module:FACTORY``
     The same for an importable module (``FACTORY`` may be dotted: ``mod:Class.build``).
 ``FILE.pt2``
-    A ``torch.export`` archive (``torch.export.save``); it carries its own weights.
+    A ``torch.export`` archive (``torch.export.save``); it carries its own weights. It
+    is inspected first (:func:`check_export_archive`) and loaded only when it holds
+    nothing that ``torch.export.load`` would unpickle unsafely: model files never run
+    code.
 
 Weights are read only from state dicts, with ``torch.load(weights_only=True)``: a file
 that needs arbitrary unpickling (a whole pickled model) is refused, never executed.

@@ -122,16 +122,20 @@ def _consistency(cert: Certificate, problems: list[str]) -> None:
                         f"scale {scale:.6g}")
 
 
-def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto
-              ) -> tuple[bool, str, float]:
+def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
+              export_info: Mapping[str, object] | None = None) -> tuple[bool, str, float]:
     """Recompute ``cert``'s tiers from ``original`` and ``model``'s own weights; returns
-    ``(ok, detail, recomputed bound)``. Raises ValueError when the file cannot be
-    rebuilt in the original's architecture."""
+    ``(ok, detail, recomputed bound)``. ``export_info`` (the file's export record), when
+    given, must name the same weights as exported. Raises ValueError when the file
+    cannot be rebuilt in the original's architecture."""
     rebuilt = rebuild(original, file_weights(model))
     problems: list[str] = []
-    if parameter_digest(rebuilt) != cert.compressed_digest:
+    digest = parameter_digest(rebuilt)
+    if digest != cert.compressed_digest:
         problems.append("the file's weights are not the certified weights (their parameter "
                         "digest is not the certificate's compressed digest)")
+    if export_info is not None and export_info.get("exported_digest") != digest:
+        problems.append("the export record's exported digest is not the file's weights'")
     _consistency(cert, problems)
     shape = tuple(cert.input_shape)
     g, g2 = trace(original, shape), trace(rebuilt, shape)

@@ -153,7 +153,7 @@ def _verify_file(path: Path, shown: str, *, original: nn.Module | None, inputs: 
     _check_signature(run, emb, public_key)
     _check_binding(run, cert, emb.export_info, original, compressed)
     if recertify and original is not None:
-        _check_recertify(run, cert, original, model)
+        _check_recertify(run, cert, original, model, emb.export_info)
     listed = emb.export_info.get("quantized", [])
     quantized = tuple(q for q in (listed if isinstance(listed, list) else [])
                       if isinstance(q, dict))
@@ -250,9 +250,9 @@ def _check_digests(run: _Run, emb: Embedded) -> None:
 
 
 def _check_recertify(run: _Run, cert: Certificate, original: nn.Module,
-                     model: onnx.ModelProto) -> None:
+                     model: onnx.ModelProto, info: dict[str, Any]) -> None:
     try:
-        ok, detail, bound = recertify_certificate(cert, original, model)
+        ok, detail, bound = recertify_certificate(cert, original, model, info)
     except ValueError as exc:
         run.add("recertify", False, f"cannot recompute the certificate: {exc}")
         return

@@ -160,6 +160,8 @@ FORGERIES: dict[str, Edit] = {
         lambda i: i.pop("quantized"))),
     "rewritten-export-tolerance": _rewrite(KEY_EXPORT, _export_info(
         lambda i: i.__setitem__("tolerance", {"rtol": 1.0, "atol": 1.0}))),
+    "rewritten-exported-digest": _rewrite(KEY_EXPORT, _export_info(
+        lambda i: i.__setitem__("exported_digest", "0" * 64))),
     "unknown-key": lambda m, f: merge_props(m, {"certcompress.note": "trust me"}),
     "certificate-field": _rewrite(KEY_CERTIFICATE, lambda v: json.dumps(
         {**json.loads(v), "vacuous": False, "radius": 0.5}, sort_keys=True)),
