@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ._version import __version__
 from .api import certify, input_spec_for, path_norm, trace
@@ -45,7 +44,7 @@ from .bounds import cli_local
 from .bounds.cli import add_domain_arguments, certify_kwargs
 from .capture import ENTRY_POINT_GROUP, plugin_manager
 from .errors import CertcompressError, ConfigurationError, SoundnessError, UnsupportedModelError
-from .loading import exported_input_shape, load_model, load_reference_inputs
+from .loading import exported_input_shape, load_model, load_module, load_reference_inputs
 
 __all__ = ["main", "build_parser"]
 
@@ -173,22 +172,14 @@ def _register_certify(subparsers: Subparsers) -> None:
     p.set_defaults(func=_cmd_certify)
 
 
-def _module(spec: str, model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(
-            f"certify needs nn.Module models; '{spec}' is a torch.export archive (use "
-            "'inspect' on it, and certify the models from their factories)")
-    return model
-
-
 def _cmd_certify(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output(out)
     if args.search_steps < 0 or args.search_restarts < 1:
         raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     _load_plugins(args.plugin)
-    original = _module(args.original, load_model(args.original, args.weights))
-    compressed = _module(args.compressed, load_model(args.compressed, args.compressed_weights))
+    original = load_module(args.original, args.weights, needed_by="certify")
+    compressed = load_module(args.compressed, args.compressed_weights, needed_by="certify")
     shape = _input_shape(original, args.input_shape, args.original)
     if args.radius is None and not args.domain and input_spec_for(original) is None:
         raise ConfigurationError(
@@ -249,6 +240,7 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "prune-report": "certcompress.compress.pruning.cli",
     "export": "certcompress.export.cli",
     "verify": "certcompress.export.cli",
+    "keygen": "certcompress.export.cli",
     "quantize": "certcompress.compress.quantization.cli",
     "meanfield": "certcompress.meanfield.cli",
     "zoo": "certcompress.scale.cli",

@@ -7,12 +7,16 @@ Model specifications, tried in this order:
     certcompress-torchvision plugin); the prefixes of loaded plugins are in
     ``plugin_manager().prefixes()``.
 ``FILE.py:FACTORY``
-    The file is imported by path (code the user names explicitly) and ``FACTORY()`` is
-    called with no arguments; it must return an ``nn.Module``.
+    The file is imported by path and ``FACTORY()`` is called with no arguments; it must
+    return an ``nn.Module``. Such a spec *is* code (as are ``package.module:FACTORY``
+    and plugins): it runs, so name only code you trust.
 ``package.module:FACTORY``
     The same for an importable module (``FACTORY`` may be dotted: ``mod:Class.build``).
 ``FILE.pt2``
-    A ``torch.export`` archive (``torch.export.save``); it carries its own weights.
+    A ``torch.export`` archive (``torch.export.save``); it carries its own weights. It
+    is inspected first (:func:`check_export_archive`) and loaded only when it holds
+    nothing that ``torch.export.load`` would unpickle unsafely: model files never run
+    code.
 
 Weights are read only from state dicts, with ``torch.load(weights_only=True)``: a file
 that needs arbitrary unpickling (a whole pickled model) is refused, never executed.
@@ -27,6 +31,8 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
+import json
 import logging
 import operator
 import pickle
@@ -45,7 +51,7 @@ from torch import Tensor, nn
 from .capture import plugin_manager
 from .errors import ConfigurationError, ModelLoadError
 
-__all__ = ["load_model", "load_state_dict_file", "load_reference_inputs", "exported_input_shape",
+__all__ = ["check_export_archive", "is_archive_spec", "load_model", "load_module", "load_state_dict_file", "load_reference_inputs", "exported_input_shape",
            "spec_for_executor", "module_without_executor", "SPEC_FORMS"]
 
 Model = nn.Module | torch.export.ExportedProgram
@@ -101,6 +107,29 @@ def load_model(spec: str, weights: str | None = None) -> Model:
     if weights is not None:
         load_state_dict_file(model, weights, spec=spec)
     return model.eval()
+
+
+def is_archive_spec(spec: object) -> bool:
+    """Whether ``spec`` names a ``torch.export`` archive (``FILE.pt2``, no factory)."""
+    return isinstance(spec, str) and ":" not in spec.strip() and \
+        Path(spec.strip()).suffix.lower() == ".pt2"
+
+
+def load_module(spec: str, weights: str | None = None, *, needed_by: str) -> nn.Module:
+    """:func:`load_model` for callers that need an ``nn.Module`` (``needed_by`` says
+    which, e.g. "certify"). A ``.pt2`` archive is inspected
+    (:func:`check_export_archive`: an unsafe one is refused naming its entry) and then
+    refused without being loaded, so nothing in it runs."""
+    if is_archive_spec(spec):
+        check_export_archive(spec.strip())
+        raise ConfigurationError(
+            f"{needed_by} needs nn.Module models; '{spec}' is a torch.export archive (use "
+            "'inspect' on it, and name the model's factory instead: FILE.py:FACTORY or "
+            "package.module:FACTORY)")
+    model = load_model(spec, weights)
+    if not isinstance(model, nn.Module):  # pragma: no cover - only archives load otherwise
+        raise ConfigurationError(f"{needed_by} needs an nn.Module; '{spec}' is not one")
+    return model
 
 
 def exported_input_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
@@ -317,18 +346,156 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _load_exported(path: Path) -> torch.export.ExportedProgram:
+_PT2_HOW = "create one with torch.export.save(torch.export.export(model, (example,)), path)"
+
+
+def _read_archive(path: Path) -> bytes:
     if not path.exists():
         raise ModelLoadError(f"torch.export archive '{path}' does not exist")
     if not path.is_file():
         raise ModelLoadError(f"torch.export archive '{path}' is not a file")
-    how = "create one with torch.export.save(torch.export.export(model, (example,)), path)"
-    if not zipfile.is_zipfile(path):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"torch.export archive '{path}' cannot be read: "
+                             f"{exc.strerror or exc}") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelLoadError(f"'{path}' is not a torch.export archive (not a zip file; "
-                             f"corrupt or truncated?); {how}")
+                             f"corrupt or truncated?); {_PT2_HOW}")
+    return data
+
+
+def check_export_archive(path: str | Path) -> bytes:
+    """Inspect the ``torch.export`` archive at ``path`` without unpickling anything, and
+    return its bytes (what :func:`load_model` then loads, so the file checked is the
+    file loaded).
+
+    ``torch.export.load`` unpickles with ``weights_only=False`` every weight or constant
+    its configuration marks ``use_pickle``, opaque constants, legacy ``.pt`` state dicts,
+    and sample inputs that the restricted unpickler refuses; it also loads compiled
+    AOTInductor code. Any of these can run arbitrary code, so an archive holding one is
+    refused with a :class:`ModelLoadError` naming the entry. Allowed: the archive's
+    markers, ``models/NAME.json``, raw tensor payloads listed with ``use_pickle: false``,
+    ``extra/`` text, and sample inputs that ``torch.load(weights_only=True)`` reads.
+    """
+    p = Path(path)
+    data = _read_archive(p)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _check_archive_entries(zf, p)
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"'{p}' is not a readable torch.export archive ({exc}); "
+                             f"{_PT2_HOW}") from None
+    return data
+
+
+_PT2_REFUSED = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
+
+
+def _unsafe(p: Path, entry: str, why: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"refusing torch.export archive '{p}': entry '{entry}' {why}; torch.export.load "
+        "would run it as code (pickle), and certcompress never runs code from a model file. "
+        "Re-save the model with torch.export.save from a trusted source (tensors only), or "
+        "name its Python factory explicitly (FILE.py:FACTORY, which is code you trust)")
+
+
+def _check_archive_entries(zf: zipfile.ZipFile, p: Path) -> None:
+    names = [i.filename for i in zf.infolist()]
+    if not names:
+        raise ModelLoadError(f"'{p}' is an empty zip file, not a torch.export archive; "
+                             f"{_PT2_HOW}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise _unsafe(p, dup, "occurs more than once (readers may disagree on which copy "
+                              "counts)")
+    root = names[0].split("/", 1)[0] + "/"
+    rel: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        name = info.filename
+        if not name.startswith(root) or "\\" in name or ".." in name.split("/"):
+            raise _unsafe(p, name, f"lies outside the archive's folder '{root}'")
+        rel[name[len(root):]] = info
+    fmt = rel.get("archive_format")
+    if fmt is None or zf.read(fmt).strip() != b"pt2":
+        raise ModelLoadError(f"'{p}' is not a torch.export archive (no '{root}archive_format' "
+                             f"saying pt2); {_PT2_HOW}")
+    models = sorted(n[len("models/"):-len(".json")] for n in rel
+                    if n.startswith("models/") and n.endswith(".json"))
+    allowed = {"archive_format", "archive_version", "byteorder"}
+    for model in models:
+        allowed |= {f"models/{model}.json", f"data/sample_inputs/{model}.pt"}
+        for kind, conf, prefix in (("weights", f"data/weights/{model}_weights_config.json",
+                                    "weight_"),
+                                   ("constants",
+                                    f"data/constants/{model}_constants_config.json",
+                                    "tensor_")):
+            legacy = f"data/{kind}/{model}.pt"
+            if legacy in rel:
+                raise _unsafe(p, root + legacy, f"is a pickled legacy {kind} file")
+            if conf not in rel:
+                raise ModelLoadError(f"torch.export archive '{p}' lacks '{root}{conf}' "
+                                     f"(corrupt, or written by another torch); {_PT2_HOW}")
+            allowed.add(conf)
+            allowed |= _check_payload_config(zf, rel, root, conf, f"data/{kind}/", prefix, p)
+        sample = rel.get(f"data/sample_inputs/{model}.pt")
+        if sample is not None and sample.file_size:
+            _check_sample_inputs(zf.read(sample), root + sample.filename[len(root):], p)
+    for name in rel:
+        if name in allowed or name.startswith((".data/", "extra/")):
+            continue
+        if name.startswith(_PT2_REFUSED):
+            raise _unsafe(p, root + name, "holds compiled or foreign code "
+                                          "(AOTInductor/ExecuTorch payload)")
+        raise _unsafe(p, root + name, "is not part of a torch.export archive of tensors")
+
+
+def _check_payload_config(zf: zipfile.ZipFile, rel: Mapping[str, zipfile.ZipInfo], root: str,
+                          conf: str, folder: str, prefix: str, p: Path) -> set[str]:
+    """The payload files a weights/constants configuration lists (all raw tensors)."""
+    try:
+        config = json.loads(zf.read(rel[conf]).decode("utf-8"))
+        entries = config["config"]
+        if not isinstance(entries, dict):
+            raise TypeError("'config' is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"torch.export archive '{p}': '{root}{conf}' is not a valid "
+                             f"payload configuration ({exc}); {_PT2_HOW}") from None
+    files: set[str] = set()
+    for fqn, meta in entries.items():
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f"torch.export archive '{p}': '{root}{conf}' entry '{fqn}' "
+                                 f"is not an object; {_PT2_HOW}")
+        path_name = str(meta.get("path_name", ""))
+        entry = f"{root}{folder}{path_name}"
+        if meta.get("use_pickle") is not False:
+            raise _unsafe(p, entry, f"(for '{fqn}') is stored as a pickle (use_pickle)")
+        if not path_name.startswith(prefix) or "/" in path_name or \
+                meta.get("tensor_meta") is None:
+            raise _unsafe(p, entry, f"(for '{fqn}') is not a raw tensor payload (a pickled "
+                                    "or opaque object)")
+        files.add(folder + path_name)
+    return files
+
+
+def _check_sample_inputs(data: bytes, entry: str, p: Path) -> None:
+    """torch.export.load retries sample inputs with ``weights_only=False`` when the
+    restricted unpickler refuses them; refuse them here instead."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise _unsafe(p, entry, f"holds pickled Python objects beyond tensors "
+                                f"({type(exc).__name__}: {_first_line(exc)[:120]})") from None
+
+
+def _load_exported(path: Path) -> torch.export.ExportedProgram:
+    data = check_export_archive(path)
+    how = _PT2_HOW
     try:
         with _quiet("torch.export"):
-            program = torch.export.load(path)
+            program = torch.export.load(io.BytesIO(data))
     except Exception as exc:
         raise ModelLoadError(f"cannot load torch.export archive '{path}' ({type(exc).__name__}: "
                              f"{_first_line(exc)}): corrupt, truncated or written by an "

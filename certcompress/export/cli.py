@@ -6,9 +6,12 @@
                         [--weights W] [--reference-data FILE] [--original MODEL]
                         [--original-weights W] [--certified MODEL --certified-weights W]
                         [--grid GRID.json] [--opset 18] [--search-steps N] [--rtol R]
-    certcompress verify model.onnx [--original MODEL] [--original-weights W]
+                        [--signing-key KEY]
+    certcompress verify model.onnx [--original MODEL] [--original-weights W] [--recertify]
                         [--compressed MODEL] [--compressed-weights W] [--inputs data.npz]
-                        [--report report.json] [--search-steps N] [--rtol R] [--atol A]
+                        [--public-key KEY.pub] [--report report.json] [--search-steps N]
+                        [--rtol R] [--atol A]
+    certcompress keygen KEY        (writes KEY, mode 0600, and KEY.pub)
 
 Models are specs for :func:`certcompress.loading.load_model`. ``verify`` exits 0 only
 when every check it runs passes; a failed check, an unreadable, truncated or non-ONNX
@@ -29,9 +32,10 @@ from torch import nn
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from .onnx_export import MIN_OPSET, export_onnx
+from .signing import PublicKey, generate_signing_key
 from .verify import Tolerance, VerificationFailed, verify_onnx
 
-__all__ = ["register", "cmd_export", "cmd_verify"]
+__all__ = ["register", "cmd_export", "cmd_verify", "cmd_keygen"]
 
 EXIT_OK = 0
 
@@ -59,6 +63,8 @@ def register(subparsers: Any) -> None:
         _register_export(subparsers)
     if "verify" not in subparsers.choices:
         _register_verify(subparsers)
+    if "keygen" not in subparsers.choices:
+        _register_keygen(subparsers)
 
 
 def _register_export(subparsers: Any) -> None:
@@ -88,6 +94,9 @@ def _register_export(subparsers: Any) -> None:
                         "exported as integer codes + DequantizeLinear (QDQ)")
     e.add_argument("--opset", type=int, default=MIN_OPSET,
                    help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})")
+    e.add_argument("--signing-key", metavar="KEY",
+                   help="sign the file with this Ed25519 private key (certcompress keygen; "
+                        "needs the cryptography package)")
     _shared(e)
     e.set_defaults(func=cmd_export)
 
@@ -110,8 +119,34 @@ def _register_verify(subparsers: Any) -> None:
                                                     "batch first (default: random, in the "
                                                     "certificate's domain)")
     v.add_argument("--report", metavar="FILE", help="also write the report as JSON")
+    v.add_argument("--public-key", metavar="KEY.pub",
+                   help="authenticate the file's Ed25519 signature with this public key "
+                        "(without one, a PASS means integrity only, not authenticity)")
+    v.add_argument("--recertify", action="store_true",
+                   help="recompute the certificate's tiers from --original and the file's "
+                        "own weights (catches forged bounds and weights even when every "
+                        "digest was recomputed)")
     _shared(v)
     v.set_defaults(func=cmd_verify)
+
+
+def _register_keygen(subparsers: Any) -> None:
+    k = subparsers.add_parser(
+        "keygen", help="write an Ed25519 key pair for signing exported files",
+        description="Write a new Ed25519 private key to KEY (PEM, mode 0600) and its public "
+                    "key to KEY.pub. Sign with 'export --signing-key KEY', authenticate with "
+                    "'verify --public-key KEY.pub'. Needs the cryptography package.")
+    k.add_argument("key", metavar="KEY", help="private key file to write (never overwritten)")
+    k.set_defaults(func=cmd_keygen)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """``certcompress keygen``: 0 when both files are written."""
+    private, public = generate_signing_key(args.key)
+    print(f"private key written to {private} (mode 0600: keep it secret)")
+    print(f"public key written to {public} (give it to whoever verifies: "
+          f"certcompress verify FILE --public-key {public})")
+    return EXIT_OK
 
 
 def _load_plugins(specs: Sequence[str]) -> None:
@@ -124,17 +159,13 @@ def _load_plugins(specs: Sequence[str]) -> None:
 
 
 def _module(spec: str | None, weights: str | None, flag: str) -> nn.Module | None:
-    from ..loading import load_model
+    from ..loading import load_module
 
     if spec is None:
         if weights is not None:
             raise ConfigurationError(f"{flag}-weights given without {flag}")
         return None
-    model = load_model(spec, weights)
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"'{spec}' is a torch.export archive; {flag} needs an "
-                                 "nn.Module (name its factory, e.g. model.py:make)")
-    return model
+    return load_module(spec, weights, needed_by=flag)
 
 
 def _options(args: argparse.Namespace) -> Tolerance:
@@ -175,7 +206,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         grid = QuantGrid.load(args.grid, compressed)
     report = export_onnx(compressed, out, certificate=cert, reference_inputs=reference,
                          original=original, opset=args.opset, grids=grid, certified=certified, tolerance=tol, search_steps=args.search_steps,
-                         search_restarts=args.search_restarts, seed=args.seed)
+                         search_restarts=args.search_restarts, seed=args.seed,
+                         signing_key=args.signing_key)
     print(report.summary())
     print(f"ONNX model written to {out.resolve()} ({report.file_bytes:,} bytes)")
     return EXIT_OK
@@ -193,15 +225,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report_path is not None:
         _writable(report_path)
     cert = read_embedded(load_onnx_file(args.onnx), f"'{args.onnx}'").certificate
+    if args.public_key is not None:
+        PublicKey(args.public_key)  # a bad key fails before any model is built
     _load_plugins(args.plugin)
     original = _module(args.original, args.original_weights, "--original")
     compressed = _module(args.compressed, args.compressed_weights, "--compressed")
     inputs = load_reference_inputs(args.inputs, cert.input_shape) if args.inputs else None
+    if args.recertify and original is None:
+        raise ConfigurationError("--recertify needs --original: the certificate is "
+                                 "recomputed from the original and the file's weights")
     try:
         report = verify_onnx(args.onnx, original=original, inputs=inputs,
                              compressed=compressed, tolerance=tol,
                              search_steps=args.search_steps,
-                             search_restarts=args.search_restarts, seed=args.seed)
+                             search_restarts=args.search_restarts, seed=args.seed,
+                             public_key=args.public_key, recertify=args.recertify)
     except VerificationFailed as exc:
         print(exc.report.summary())
         if report_path is not None:

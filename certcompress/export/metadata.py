@@ -14,11 +14,24 @@ Keys written into ``ModelProto.metadata_props`` (other keys are kept, never dupl
     ``metadata_props`` (where these keys live) are excluded, nothing else is.
 ``certcompress.export``
     JSON describing the export: the exported torch model's parameter digest, the
-    quantized initializers (name, bits, storage type, axis), the tolerance used at export.
+    certified digest, opset, input shape, the quantized initializers (name, bits,
+    storage type, axis), the tolerance used at export.
+``certcompress.sha256``
+    :func:`content_digest`: SHA-256 over the graph digest and every other
+    ``certcompress.*`` entry (key and value) except itself and the signature, so no
+    entry certcompress writes is outside a digest.
+``certcompress.signature`` (optional)
+    An Ed25519 signature of the content digest (:mod:`.signing`), JSON with the
+    algorithm, the SHA-256 of the raw public key, and the signature in hex.
+
+Every key above except the signature is expected; a missing one, an unknown
+``certcompress.*`` key, or a key given twice fails verification.
 
 A digest without a secret key makes accidental and naive changes evident (one changed
-weight, node or bound); it does not authenticate the file against someone who rewrites
-the digests too. Sign the file with an external tool for authenticity.
+weight, node, bound or metadata entry); it does not authenticate the file against
+someone who rewrites the digests too. For that, sign the file (``signing_key=``) and
+verify with the public key, or re-check the certificate by recomputation
+(``verify_onnx(recertify=True)``).
 """
 
 from __future__ import annotations
@@ -36,17 +49,24 @@ from ..certificate import Certificate
 from ..errors import CertificateError, VerificationError
 
 __all__ = ["FORMAT", "KEY_FORMAT", "KEY_CERTIFICATE", "KEY_CERTIFICATE_SHA256",
-           "KEY_GRAPH_SHA256", "KEY_EXPORT", "graph_digest", "text_digest", "merge_props",
-           "embed", "Embedded", "read_embedded"]
+           "KEY_GRAPH_SHA256", "KEY_EXPORT", "KEY_SHA256", "KEY_SIGNATURE", "EXPECTED_KEYS",
+           "graph_digest", "content_digest", "text_digest", "merge_props", "embed", "seal",
+           "Embedded", "read_embedded", "props_of"]
 
-FORMAT = "certcompress.onnx/1"
+FORMAT = "certcompress.onnx/2"
 KEY_FORMAT = "certcompress.format"
 KEY_CERTIFICATE = "certcompress.certificate"
 KEY_CERTIFICATE_SHA256 = "certcompress.certificate_sha256"
 KEY_GRAPH_SHA256 = "certcompress.graph_sha256"
 KEY_EXPORT = "certcompress.export"
+KEY_SHA256 = "certcompress.sha256"
+KEY_SIGNATURE = "certcompress.signature"
+PREFIX = "certcompress."
+EXPECTED_KEYS = (KEY_FORMAT, KEY_CERTIFICATE, KEY_CERTIFICATE_SHA256, KEY_GRAPH_SHA256,
+                 KEY_EXPORT, KEY_SHA256)
 
 _DIGEST_DOMAIN = b"certcompress.onnx-graph-digest/1\x00"
+_CONTENT_DOMAIN = b"certcompress.onnx-content-digest/1\x00"
 
 
 def _update(h: Any, *parts: bytes | str) -> None:
@@ -99,6 +119,18 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def content_digest(model: onnx.ModelProto, graph_sha256: str | None = None) -> str:
+    """SHA-256 (hex) over :func:`graph_digest` (recomputed, or ``graph_sha256`` when the
+    caller has it) and every ``certcompress.*`` metadata entry, key and value, except
+    ``certcompress.sha256`` and ``certcompress.signature``: what the signature signs."""
+    h = hashlib.sha256(_CONTENT_DOMAIN)
+    _update(h, "graph", graph_sha256 if graph_sha256 is not None else graph_digest(model))
+    for entry in sorted(model.metadata_props, key=lambda e: (e.key, e.value)):
+        if entry.key.startswith(PREFIX) and entry.key not in (KEY_SHA256, KEY_SIGNATURE):
+            _update(h, "entry", entry.key, entry.value)
+    return h.hexdigest()
+
+
 def merge_props(model: onnx.ModelProto, props: Mapping[str, str]) -> None:
     """Set ``props`` in ``model.metadata_props``, keeping every other key (first
     occurrence wins for pre-existing duplicates, which are dropped).
@@ -111,27 +143,50 @@ def merge_props(model: onnx.ModelProto, props: Mapping[str, str]) -> None:
     onnx.helper.set_model_props(model, merged)
 
 
-def embed(model: onnx.ModelProto, certificate: Certificate, export_info: Mapping[str, Any]
-          ) -> dict[str, str]:
-    """Write the certificate, its digest, the graph digest and ``export_info`` into
-    ``model``'s metadata (merged); returns the keys written. Call it last: any later
-    change of the graph changes :func:`graph_digest`."""
+def embed(model: onnx.ModelProto, certificate: Certificate, export_info: Mapping[str, Any],
+          signer: Any = None) -> dict[str, str]:
+    """Write the certificate, its digest, the graph digest, ``export_info`` and the
+    content digest into ``model``'s metadata (any earlier ``certcompress.*`` entry is
+    dropped, other keys are kept), and the signature when ``signer`` (a
+    :class:`~certcompress.export.signing.SigningKey`) is given; returns the keys
+    written. Call it last: any later change of the graph changes the digests."""
+    kept = {e.key: e.value for e in model.metadata_props if not e.key.startswith(PREFIX)}
+    onnx.helper.set_model_props(model, kept)
     cert_json = certificate.to_json(indent=None)
+    graph_sha = graph_digest(model)
     props = {
         KEY_FORMAT: FORMAT,
         KEY_CERTIFICATE: cert_json,
         KEY_CERTIFICATE_SHA256: text_digest(cert_json),
         KEY_EXPORT: json.dumps(dict(export_info), sort_keys=True, allow_nan=False),
-        KEY_GRAPH_SHA256: graph_digest(model),
+        KEY_GRAPH_SHA256: graph_sha,
     }
     merge_props(model, props)
+    props[KEY_SHA256] = content_digest(model, graph_sha)
+    if signer is not None:
+        props[KEY_SIGNATURE] = signer.sign(props[KEY_SHA256])
+    merge_props(model, props)
     return props
+
+
+def seal(model: onnx.ModelProto) -> None:
+    """Recompute every digest of ``model`` from its current content, in place (what
+    anyone who edits a file can do: the reason digests alone authenticate nothing).
+    Leaves a signature, if any, as it is. For tests and tamper benchmarks."""
+    props = props_of(model)
+    graph_sha = graph_digest(model)
+    update = {KEY_GRAPH_SHA256: graph_sha}
+    if KEY_CERTIFICATE in props:
+        update[KEY_CERTIFICATE_SHA256] = text_digest(props[KEY_CERTIFICATE])
+    merge_props(model, update)
+    merge_props(model, {KEY_SHA256: content_digest(model, graph_sha)})
 
 
 @dataclass(frozen=True)
 class Embedded:
     """What a certcompress ONNX file carries: the certificate, the digests as stored
-    and as recomputed, and the export information."""
+    and as recomputed, the export information, the signature entry, and the problems
+    of the metadata layout (missing, unknown or repeated keys, another format)."""
 
     certificate: Certificate
     certificate_json: str
@@ -140,6 +195,10 @@ class Embedded:
     stored_graph_sha256: str
     actual_graph_sha256: str
     export_info: dict[str, Any]
+    stored_sha256: str = ""
+    actual_sha256: str = ""
+    signature: str | None = None
+    problems: tuple[str, ...] = ()
 
 
 def props_of(model: onnx.ModelProto) -> dict[str, str]:
@@ -150,35 +209,58 @@ def props_of(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+def _layout_problems(model: onnx.ModelProto, props: Mapping[str, str]) -> list[str]:
+    keys = [e.key for e in model.metadata_props if e.key.startswith(PREFIX)]
+    problems = []
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        problems.append(f"metadata key(s) {', '.join(repeated)} occur more than once")
+    missing = [k for k in EXPECTED_KEYS if k not in props]
+    if missing:
+        problems.append(f"expected metadata key(s) {', '.join(missing)} are missing")
+    unknown = sorted({k for k in keys if k not in EXPECTED_KEYS and k != KEY_SIGNATURE})
+    if unknown:
+        problems.append(f"unknown metadata key(s) {', '.join(unknown)} (certcompress writes "
+                        f"only {', '.join(EXPECTED_KEYS)} and {KEY_SIGNATURE})")
+    fmt = props.get(KEY_FORMAT)
+    if fmt is not None and fmt != FORMAT:
+        problems.append(f"metadata '{KEY_FORMAT}' is {fmt[:40]!r}, this certcompress reads "
+                        f"{FORMAT!r} (re-export the model with this version)")
+    return problems
+
+
 def read_embedded(model: onnx.ModelProto, where: str = "the model") -> Embedded:
     """Read the embedded certificate and digests; raises :class:`VerificationError`
-    (check ``certificate``) when they are missing or malformed."""
+    (check ``certificate``) when the certificate is missing or malformed. Other layout
+    problems are listed in :attr:`Embedded.problems` (verification fails on them)."""
     props = props_of(model)
     if KEY_CERTIFICATE not in props:
         raise VerificationError(
             f"check 'certificate' failed: {where} has no embedded certificate (metadata key "
             f"'{KEY_CERTIFICATE}' is absent); export it with certcompress export / "
             "cc.export_onnx")
-    missing = [k for k in (KEY_CERTIFICATE_SHA256, KEY_GRAPH_SHA256) if k not in props]
-    if missing:
-        raise VerificationError(f"check 'digest' failed: {where} lacks the digest key(s) "
-                                f"{', '.join(missing)}")
     text = props[KEY_CERTIFICATE]
     try:
         cert = Certificate.from_json(text)
     except CertificateError as exc:
         raise VerificationError(f"check 'certificate' failed: the embedded certificate of "
                                 f"{where} is malformed: {exc}") from None
-    try:
-        info = json.loads(props.get(KEY_EXPORT, "{}"))
-    except json.JSONDecodeError as exc:
-        raise VerificationError(f"check 'certificate' failed: metadata '{KEY_EXPORT}' of "
-                                f"{where} is not JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise VerificationError(f"check 'certificate' failed: metadata '{KEY_EXPORT}' of "
-                                f"{where} is not a JSON object")
+    problems = _layout_problems(model, props)
+    info: Any = {}
+    if KEY_EXPORT in props:
+        try:
+            info = json.loads(props[KEY_EXPORT])
+        except json.JSONDecodeError as exc:
+            problems.append(f"metadata '{KEY_EXPORT}' is not JSON ({exc})")
+        if not isinstance(info, dict):
+            problems.append(f"metadata '{KEY_EXPORT}' is not a JSON object")
+            info = {}
+    graph_sha = graph_digest(model)
     return Embedded(certificate=cert, certificate_json=text,
-                    stored_certificate_sha256=props[KEY_CERTIFICATE_SHA256],
+                    stored_certificate_sha256=props.get(KEY_CERTIFICATE_SHA256, ""),
                     actual_certificate_sha256=text_digest(text),
-                    stored_graph_sha256=props[KEY_GRAPH_SHA256],
-                    actual_graph_sha256=graph_digest(model), export_info=info)
+                    stored_graph_sha256=props.get(KEY_GRAPH_SHA256, ""),
+                    actual_graph_sha256=graph_sha, export_info=info,
+                    stored_sha256=props.get(KEY_SHA256, ""),
+                    actual_sha256=content_digest(model, graph_sha),
+                    signature=props.get(KEY_SIGNATURE), problems=tuple(problems))

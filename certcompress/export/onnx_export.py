@@ -36,6 +36,7 @@ from . import _runtime
 from .metadata import embed
 from .qdq import GridsLike, apply_grids, as_grids
 from .results import Tolerance, VerificationReport
+from .signing import SigningKey
 from .verify import _verify_file
 
 __all__ = ["export_onnx", "to_onnx", "ExportError", "MIN_OPSET"]
@@ -157,7 +158,8 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
                 original: nn.Module | None = None, opset: int = MIN_OPSET,
                 grids: GridsLike = None, certified: nn.Module | None = None,
                 tolerance: Tolerance | None = None, search_steps: int = 10,
-                search_restarts: int = 2, seed: int = 0) -> VerificationReport:
+                search_restarts: int = 2, seed: int = 0,
+                signing_key: str | os.PathLike[str] | None = None) -> VerificationReport:
     """Export ``compressed`` with ``certificate`` embedded to ``path`` and verify it.
 
     ``certificate`` must be about ``compressed`` (its parameter digest), or about
@@ -169,7 +171,11 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
     weight bit for bit. ``reference_inputs`` (batch first, the certificate's input shape)
     feed the checks of :func:`~certcompress.export.verify.verify_onnx`, which runs on the
     written file with ``compressed`` and ``original``; random inputs of the domain are
-    used when none are given.
+    used when none are given. ``signing_key`` (an Ed25519 private key in PEM,
+    :func:`~certcompress.export.signing.generate_signing_key`; needs the
+    ``cryptography`` package) signs the file: the graph, every initializer and every
+    certcompress metadata entry (:mod:`.signing`); the signature is checked before the
+    file is kept.
 
     Returns the verification report. Raises :class:`VerificationError` naming the failed
     check (nothing is written), :class:`ExportError` when torch.onnx fails, and
@@ -180,6 +186,7 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
                                  f"{type(certificate).__name__}")
     _check_opset(opset)
     _check_module(compressed, "the compressed model")
+    signer = SigningKey(signing_key) if signing_key is not None else None
     target = Path(path)
     if target.is_dir():
         raise ConfigurationError(f"output '{target}' is a directory; name a file such as "
@@ -229,7 +236,7 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
                      "onnx": onnx.__version__, "onnxruntime": _runtime.ort_version(),
                      "numpy": np.__version__},
     }
-    embed(proto, certificate, info)
+    embed(proto, certificate, info, signer)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
@@ -240,5 +247,6 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
         onnx.save_model(proto, str(tmp))
         report = _verify_file(tmp, str(target), original=original, inputs=reference_inputs,
                               compressed=compressed, tolerance=tol, search_steps=search_steps,
-                              search_restarts=search_restarts, seed=seed)
+                              search_restarts=search_restarts, seed=seed,
+                              public_key=None if signer is None else signer.public_key())
     return report

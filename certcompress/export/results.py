@@ -88,6 +88,12 @@ class VerificationReport(JsonRecord):
         return all(c.status != FAILED for c in self.checks)
 
     @property
+    def authenticated(self) -> bool:
+        """Whether a public key authenticated the file's signature (else the checks
+        establish integrity only)."""
+        return any(c.name == "signature" and c.status == PASSED for c in self.checks)
+
+    @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.status == FAILED)
 
@@ -104,11 +110,14 @@ class VerificationReport(JsonRecord):
                          f"{self.tolerance.rtol:g} x output scale {self.output_scale:.6g} + "
                          f"atol {self.tolerance.atol:g} x {self.outputs} outputs")
         lines.append(f"  search: {self.search}")
+        if not self.authenticated:
+            lines.append("  integrity only: not authenticated (no public key checked a "
+                         "signature)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "passed": self.passed,
+            "path": self.path, "passed": self.passed, "authenticated": self.authenticated,
             "checks": [asdict(ch) for ch in self.checks],
             "tolerance": self.tolerance.to_dict(), "file_bytes": self.file_bytes,
             "opset": self.opset, "inputs": self.inputs, "inputs_source": self.inputs_source,

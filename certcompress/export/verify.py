@@ -7,9 +7,26 @@ Checks, in order (each is ``passed``, ``failed`` or ``skipped`` in the report):
     can run without them).
 ``checker``
     ``onnx.checker.check_model(full_check=True)``.
+``metadata``
+    The ``certcompress.*`` entries are exactly those certcompress writes (none missing,
+    unknown or repeated; the current format), and the export information agrees with
+    the graph and the certificate: the ``quantized`` list names exactly the weights the
+    graph dequantizes, the certified digest, input shape and opset are the
+    certificate's and the file's.
 ``digest``
-    The graph digest and the certificate digest recomputed now equal those stored at
-    export (:mod:`.metadata`): a changed weight, node or certificate field fails here.
+    The graph digest, the certificate digest and the content digest (over the graph
+    and every certcompress entry) recomputed now equal those stored at export
+    (:mod:`.metadata`): a changed weight, node, certificate field or entry fails here.
+``signature``
+    (``public_key`` given) the Ed25519 signature (:mod:`.signing`) is by that key and
+    covers the file's content now. Without a key this check is skipped with the note
+    "integrity only: not authenticated": digests catch accidents, not someone who
+    recomputes them.
+``recertify``
+    (``recertify=True``, ``original`` given) the certificate's tiers recomputed from the
+    original and the file's own weights equal the stated bounds (:mod:`.recertify`):
+    anyone can reproduce a certificate, so a forged bound or changed weights fail here
+    even when every digest was recomputed.
 ``binding``
     ``original`` (when given) has the certificate's original parameter digest;
     ``compressed`` (when given) is the certified model or the model that was exported.
@@ -58,12 +75,13 @@ from torch.func import functional_call
 
 from ..certificate import Certificate
 from ..digest import parameter_digest
-from ..errors import ConfigurationError
+from ..errors import CertcompressError, ConfigurationError
 from ..measure import adversarial_deviation, flatten_output, float64_function
 from . import _runtime
 from ._files import load_onnx_file
-from .metadata import read_embedded
+from .metadata import Embedded, read_embedded
 from .qdq import dequantized_weights
+from .recertify import recertify as recertify_certificate
 from .results import (
     FAILED,
     PASSED,
@@ -73,24 +91,36 @@ from .results import (
     VerificationFailed,
     VerificationReport,
 )
+from .signing import PublicKey
 
-__all__ = ["verify_onnx"]
+__all__ = ["verify_onnx", "NOT_AUTHENTICATED"]
 
 def verify_onnx(path: str | os.PathLike[str], *, original: nn.Module | None = None,
                 inputs: Tensor | None = None, compressed: nn.Module | None = None,
                 tolerance: Tolerance | None = None, search_steps: int = 10,
-                search_restarts: int = 2, seed: int = 0) -> VerificationReport:
+                search_restarts: int = 2, seed: int = 0,
+                public_key: str | os.PathLike[str] | None = None,
+                recertify: bool = False) -> VerificationReport:
     """Run every check of the module docstring on the ONNX file at ``path``.
 
     ``inputs`` (batch first, the certificate's input shape; default: 8 random inputs of
-    the domain, seeded) feed the runtime checks. Returns the report when no check
-    failed; otherwise raises :class:`VerificationFailed` (a
+    the domain, seeded) feed the runtime checks. ``public_key`` (a PEM file,
+    ``certcompress keygen``'s ``.pub``) authenticates the file's signature.
+    ``recertify`` (needs ``original``) recomputes the certificate's tiers from the
+    original and the file's own weights (:mod:`.recertify`). Returns the
+    report when no check failed; otherwise raises :class:`VerificationFailed` (a
     :class:`~certcompress.errors.VerificationError`) whose message names every failed
     check with the measured value and the limit.
     """
+    if recertify and original is None:
+        raise ConfigurationError("recertify needs the original model (original=..., "
+                                 "--original): the certificate is recomputed from it and "
+                                 "the file's weights")
+    key = PublicKey(public_key) if public_key is not None else None
     return _verify_file(Path(path), str(path), original=original, inputs=inputs,
                         compressed=compressed, tolerance=tolerance or Tolerance(),
-                        search_steps=search_steps, search_restarts=search_restarts, seed=seed)
+                        search_steps=search_steps, search_restarts=search_restarts, seed=seed,
+                        public_key=key, recertify=recertify)
 
 
 # ----------------------------------------------------------------------------- internals
@@ -109,7 +139,8 @@ class _Run:
 
 def _verify_file(path: Path, shown: str, *, original: nn.Module | None, inputs: Tensor | None,
                  compressed: nn.Module | None, tolerance: Tolerance, search_steps: int,
-                 search_restarts: int, seed: int) -> VerificationReport:
+                 search_restarts: int, seed: int, public_key: PublicKey | None = None,
+                 recertify: bool = False) -> VerificationReport:
     if search_steps < 0 or search_restarts < 1:
         raise ConfigurationError("search_steps must be >= 0 and search_restarts >= 1")
     model = load_onnx_file(path, shown)
@@ -117,10 +148,15 @@ def _verify_file(path: Path, shown: str, *, original: nn.Module | None, inputs: 
     cert = emb.certificate
     run = _Run()
     _check_checker(run, model)
-    _check_digests(run, emb.stored_graph_sha256, emb.actual_graph_sha256,
-                   emb.stored_certificate_sha256, emb.actual_certificate_sha256)
+    _check_metadata(run, emb, model)
+    _check_digests(run, emb)
+    _check_signature(run, emb, public_key)
     _check_binding(run, cert, emb.export_info, original, compressed)
-    quantized = tuple(q for q in emb.export_info.get("quantized", []) if isinstance(q, dict))
+    if recertify and original is not None:
+        _check_recertify(run, cert, original, model, emb.export_info)
+    listed = emb.export_info.get("quantized", [])
+    quantized = tuple(q for q in (listed if isinstance(listed, list) else [])
+                      if isinstance(q, dict))
     sess = _check_runtime(run, model, cert)
     if sess is not None:
         _check_quantized(run, model, compressed, quantized)
@@ -129,10 +165,9 @@ def _verify_file(path: Path, shown: str, *, original: nn.Module | None, inputs: 
     else:
         for name in ("quantized-weights", "equivalence", "bound"):
             run.add(name, None, "not run: onnxruntime cannot run the file")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     report = VerificationReport(
         path=shown, checks=tuple(run.checks), certificate=cert, tolerance=tolerance,
-        file_bytes=path.stat().st_size, opset=int(opset), quantized=quantized, **run.values)
+        file_bytes=path.stat().st_size, opset=int(_opset(model)), quantized=quantized, **run.values)
     if not report.passed:
         parts = [f"check '{c.name}' failed: {c.detail}" for c in report.failed]
         raise VerificationFailed(f"verification of '{shown}' failed: " + "; ".join(parts),
@@ -154,20 +189,92 @@ def _check_checker(run: _Run, model: onnx.ModelProto) -> None:
     run.add("checker", True, "onnx.checker full_check")
 
 
-def _check_digests(run: _Run, graph_stored: str, graph_now: str, cert_stored: str,
-                   cert_now: str) -> None:
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _dequantized_in_graph(model: onnx.ModelProto) -> set[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+            and n.output and all(i in inits for i in n.input if i)}
+
+
+def _check_metadata(run: _Run, emb: Embedded, model: onnx.ModelProto) -> None:
+    problems = list(emb.problems)
+    info, cert = emb.export_info, emb.certificate
+    listed = info.get("quantized")
+    if not isinstance(listed, list) or not all(isinstance(q, dict) for q in listed):
+        problems.append("the export information has no 'quantized' list")
+    else:
+        named = {str(q.get("name")) for q in listed if q.get("storage") != "float32"}
+        graph = _dequantized_in_graph(model)
+        if named != graph:
+            problems.append(f"the 'quantized' list names {sorted(named)[:4]} as stored in "
+                            f"integers, the graph dequantizes {sorted(graph)[:4]}")
+    if info.get("certified_digest") != cert.compressed_digest:
+        problems.append("the export information's certified digest is not the "
+                        "certificate's compressed digest")
+    if info.get("input_shape") != list(cert.input_shape):
+        problems.append(f"the export information's input shape {info.get('input_shape')} "
+                        f"is not the certificate's {list(cert.input_shape)}")
+    if info.get("opset") != _opset(model):
+        problems.append(f"the export information's opset {info.get('opset')} is not the "
+                        f"file's {_opset(model)}")
+    if not isinstance(info.get("exported_digest"), str):
+        problems.append("the export information has no exported parameter digest")
+    if problems:
+        run.add("metadata", False, "; ".join(problems))
+    else:
+        run.add("metadata", True, f"the certcompress entries are complete and agree with "
+                                  f"the graph ({len(listed or [])} quantized initializers)")
+
+
+def _check_digests(run: _Run, emb: Embedded) -> None:
     problems = []
-    if graph_stored != graph_now:
-        problems.append(f"the graph or its initializers changed since export (sha256 "
-                        f"stored {graph_stored[:16]}..., now {graph_now[:16]}...)")
-    if cert_stored != cert_now:
-        problems.append(f"the embedded certificate changed since export (sha256 stored "
-                        f"{cert_stored[:16]}..., now {cert_now[:16]}...)")
+    pairs = (("the graph or its initializers changed since export", emb.stored_graph_sha256,
+              emb.actual_graph_sha256),
+             ("the embedded certificate changed since export",
+              emb.stored_certificate_sha256, emb.actual_certificate_sha256),
+             ("the certcompress metadata or the graph changed since export (content digest)",
+              emb.stored_sha256, emb.actual_sha256))
+    for what, stored, now in pairs:
+        if stored != now:
+            problems.append(f"{what} (sha256 stored {stored[:16] or 'none'}..., now "
+                            f"{now[:16]}...)")
     if problems:
         run.add("digest", False, "; ".join(problems))
     else:
-        run.add("digest", True, f"graph sha256 {graph_now[:16]}..., certificate sha256 "
-                                f"{cert_now[:16]}...")
+        run.add("digest", True, f"graph sha256 {emb.actual_graph_sha256[:16]}..., "
+                                f"certificate sha256 {emb.actual_certificate_sha256[:16]}..., "
+                                f"content sha256 {emb.actual_sha256[:16]}...")
+
+
+def _check_recertify(run: _Run, cert: Certificate, original: nn.Module,
+                     model: onnx.ModelProto, info: dict[str, Any]) -> None:
+    try:
+        ok, detail, bound = recertify_certificate(cert, original, model, info)
+    except ValueError as exc:
+        run.add("recertify", False, f"cannot recompute the certificate: {exc}")
+        return
+    except CertcompressError as exc:
+        run.add("recertify", False, f"cannot recompute the certificate: {_first_line(exc)}")
+        return
+    run.add("recertify", ok, detail, cert.bound, bound)
+
+
+NOT_AUTHENTICATED = "integrity only: not authenticated"
+
+
+def _check_signature(run: _Run, emb: Embedded, key: PublicKey | None) -> None:
+    if key is None:
+        how = ("the file is signed; pass the signer's public key to authenticate it"
+               if emb.signature is not None else
+               "the file is unsigned; the digests catch accidental changes, not someone "
+               "who recomputes them")
+        run.add("signature", None, f"{NOT_AUTHENTICATED} ({how})")
+        return
+    ok, detail = key.check(emb.signature, emb.actual_sha256)
+    run.add("signature", ok, detail)
 
 
 def _check_binding(run: _Run, cert: Certificate, info: dict[str, Any],

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, ModelLoadError
+from ..loading import is_archive_spec, load_module
 from . import _check
 
 __all__ = ["ModelRef", "DataRef", "file_sha256"]
@@ -66,6 +67,8 @@ class ModelRef:
         if py is not None:
             spec = f"{os.path.abspath(py[0])}:{py[1]}"
         object.__setattr__(self, "spec", spec)
+        if is_archive_spec(spec):  # inspected before refusal, never loaded
+            load_module(spec, needed_by="a zoo or sweep task")
         if self.weights is not None:
             if not isinstance(self.weights, (str, os.PathLike)) or not str(self.weights):
                 raise ConfigurationError(f"weights must be a file path, got {self.weights!r}")

@@ -78,7 +78,7 @@ def test_export_then_verify(run, files: dict[str, Path]) -> None:  # type: ignor
                          f"{files['spec']}:make", "--compressed-weights", files["comp"],
                          "--inputs", files["x"], "--report", report, "--search-steps", "2")
     assert code == 0, err
-    assert out.count("[PASSED ]") == 6 and "FAILED" not in out and report.is_file()
+    assert out.count("[PASSED ]") == 7 and "FAILED" not in out and report.is_file()
 
 
 def test_verify_fails_on_a_changed_weight(run, files: dict[str, Path],  # type: ignore[no-untyped-def]

@@ -50,7 +50,8 @@ def test_mlp_round_trip(tmp_path: Path) -> None:
     assert report.passed and path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]  # no side file
     status = {c.name: c.status for c in report.checks}
-    assert status == {"checker": "passed", "digest": "passed", "binding": "passed",
+    assert status == {"checker": "passed", "metadata": "passed", "digest": "passed",
+                      "signature": "skipped", "binding": "passed",
                       "quantized-weights": "skipped", "runtime": "passed",
                       "equivalence": "passed", "bound": "passed"}
     assert report.equivalence_max is not None and report.numerical_tolerance is not None
@@ -80,7 +81,7 @@ def test_mlp_round_trip(tmp_path: Path) -> None:
     assert again.passed and again.search.endswith("file's weights")
     assert verify_onnx(path).passed  # integrity checks only; the rest is skipped
     assert {c.name for c in verify_onnx(path).checks if c.status == "skipped"} == {
-        "binding", "quantized-weights", "equivalence", "bound"}
+        "signature", "binding", "quantized-weights", "equivalence", "bound"}
 
 
 def test_cnn_pruned_and_quantized_round_trip(tmp_path: Path) -> None:
