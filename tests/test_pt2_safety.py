@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -132,7 +133,15 @@ def test_the_payloads_are_live(archive: dict[str, bytes], tmp_path: Path,
     (so the refusals below are about real attacks)."""
     marker = tmp_path / "pwned"
     entries, _ = VARIANTS[variant](archive, marker)
-    program = torch.export.load(_write(entries, tmp_path / "evil.pt2"))
+    # torch's own fallback warning for sample inputs has a broken format string, which
+    # pytest's log capture turns into an error: keep that logger quiet for the control.
+    serde_log = logging.getLogger("torch._export.serde.serialize")
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)
+    try:
+        program = torch.export.load(_write(entries, tmp_path / "evil.pt2"))
+    finally:
+        serde_log.setLevel(level)
     assert marker.exists()
     assert isinstance(program, torch.export.ExportedProgram)
 
