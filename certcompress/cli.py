@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ._io import check_outputs, model_input_files
 from ._version import __version__
 from .api import certify, input_spec_for, path_norm, trace
 from .bounds import cli_local
@@ -98,17 +99,11 @@ def _input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[in
                              "knows its input); pass it batch first, e.g. --input-shape 1 3 32 32")
 
 
-def _check_output(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be written."""
-    if path.is_dir():
-        raise ConfigurationError(f"output '{path}' is a directory; name a file, e.g. "
-                                 f"{path / 'certificate.json'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': '{parent}' is not a directory")
-    if not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': directory '{parent}' does not exist; "
-                                 "create it first")
+def _check_output(path: Path | None, *inputs: str | None,
+                  others: Sequence[Path] = ()) -> None:
+    """Fail before any work if ``path`` (or one of ``others``) cannot be written, or is
+    one of the files named by ``inputs`` (model specs, weights, data)."""
+    check_outputs([path, *others], model_input_files(*inputs))
 
 
 # ------------------------------------------------------------------ inspect
@@ -174,7 +169,9 @@ def _register_certify(subparsers: Subparsers) -> None:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    _check_output(out)
+    _check_output(out, args.original, args.compressed, args.weights, args.compressed_weights,
+                  args.reference_data, getattr(args, "heldout", None),
+                  others=cli_local.planned_outputs(args))
     if args.search_steps < 0 or args.search_restarts < 1:
         raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     _load_plugins(args.plugin)
