@@ -101,7 +101,9 @@ def _register_certify(subparsers: Subparsers) -> None:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_output(out)
+    check_output(out, args.original, args.compressed, args.weights, args.compressed_weights,
+                 args.reference_data, getattr(args, "heldout", None),
+                 others=cli_local.planned_outputs(args))
     if args.search_steps < 0 or args.search_restarts < 1:
         raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     load_plugins(args.plugin)

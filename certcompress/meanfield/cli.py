@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_outputs, model_input_files
 from ..errors import CertcompressError, ConfigurationError
 
 __all__ = ["register", "run_sweep"]
@@ -91,8 +91,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._sweep import AGREEMENT_COLUMNS, SweepOptions, spearman_agreement, sweep
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"--out: '{out}' exists and is not a directory")
+    check_outputs([], model_input_files(args.data, args.store), directories=[out],
+                  create_dirs=True)
     if not (0 < args.delta < 1):
         raise ConfigurationError(f"--delta must be in (0, 1), got {args.delta}")
     if args.steps < 1 or args.record_every < 1 or not args.lr > 0:
