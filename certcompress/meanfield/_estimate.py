@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigurationError
-from ._audit import audit
+from ._audit import audit, laziness, with_laziness
 from ._data import as_features, as_targets
 from ._gram import gram_matrices, lambda_min
 from ._kl import KLEstimate, gaussian_kl, knn_kl
@@ -99,7 +99,9 @@ class MeanFieldEstimate:
 
     Configuration: depth L, width M, head_width K, d, scaling, alpha, beta, activation,
     init, n_train, n_test, delta.
-    Regime [D]: regime, alpha_eff, beta_eff, in_scope, scope.
+    Regime [D]: regime, alpha_eff, beta_eff, in_scope, scope; laziness [M] of this run:
+        move_head, move_residual (rms particle displacement / rms particle scale),
+        gram_change (relative Frobenius change of G2), lazy_measured (see mf.audit).
     Gram [D, M]: lambda_min_G2_init/final/min, lambda_min_G12_init/final (G12 = G1 + G2),
         trajectory, premise_holds (lambda_min(G2(t)) >= lambda_min(G2(0)) / 2 throughout).
     Loss decay [D, M]: loss_decay_holds (L(t) <= exp(-(2 beta^2/n) int lambda_min(G2)) L(0)
@@ -148,6 +150,10 @@ class MeanFieldEstimate:
     beta_eff: float
     in_scope: bool
     scope: str
+    move_head: float
+    move_residual: float
+    gram_change: float
+    lazy_measured: bool
     lambda_min_G2_init: float
     lambda_min_G2_final: float
     lambda_min_G2_min: float
@@ -335,7 +341,8 @@ def estimate(
 
     # ---- regime (audited at initialisation: the configuration, not the trained weights)
     _load(work, run.checkpoints[0].state)
-    report = audit(work)
+    lazy = laziness(run, Xtr)
+    report = with_laziness(audit(work), lazy)
     reasons = list(report.reasons)
     if run.diverged:
         reasons.append(f"training diverged at step {len(run.losses)}; estimates use the last checkpoint")
@@ -452,7 +459,8 @@ def estimate(
         init=cfg.init, n_train=n, n_test=int(Xte.shape[0]), delta=float(delta),
         regime=report.regime, alpha_eff=report.alpha_eff,
         beta_eff=float(report.beta_eff) if report.beta_eff is not None else math.nan,
-        in_scope=in_scope, scope=scope,
+        in_scope=in_scope, scope=scope, move_head=lazy.move_head,
+        move_residual=lazy.move_residual, gram_change=lazy.gram_change, lazy_measured=lazy.lazy,
         lambda_min_G2_init=float(lam2[0]), lambda_min_G2_final=float(lam2[-1]),
         lambda_min_G2_min=float(lam2.min()), lambda_min_G12_init=float(lam12[0]),
         lambda_min_G12_final=float(lam12[-1]), premise_holds=premise,
