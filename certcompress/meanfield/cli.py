@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--widths", type=int, nargs="+", default=[128], metavar="M")
     p.add_argument("--ns", type=int, nargs="+", default=None, metavar="N",
                    help="training-set sizes (default 500 for digits, all rows for a file)")
-    p.add_argument("--inits", nargs="+", default=["mean-field"], choices=["mean-field", "standard"])
+    p.add_argument("--inits", nargs="+", default=["mean-field"], choices=["mean-field", "standard", "paired"])
     p.add_argument("--data", default="digits",
                    help="'digits', 'digits:<task>' (odd-even, 3-vs-8, 0-vs-rest) or a .npz "
                         "file with X, y or X_train, y_train, X_test, y_test")
