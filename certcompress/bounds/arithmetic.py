@@ -51,7 +51,12 @@ from torch.func import vmap
 
 from ..certificate import MethodBound
 from ..domain import InputDomain
-from ..errors import NumericalRangeError, UnsupportedModelError, UnsupportedNode
+from ..errors import (
+    ConfigurationError,
+    NumericalRangeError,
+    UnsupportedModelError,
+    UnsupportedNode,
+)
 from ..ir.graph import Graph, IRNode
 from ..ir.ops import (
     AffineOp,
@@ -87,8 +92,6 @@ ERROR_MODEL = ("IEEE float32 forward error analysis: each sum of n products in a
 
 def check_arithmetic(arithmetic: object) -> str:
     """A validated arithmetic name."""
-    from ..errors import ConfigurationError
-
     if arithmetic not in ARITHMETICS:
         raise ConfigurationError(f"arithmetic must be one of {', '.join(ARITHMETICS)}, got "
                                  f"{arithmetic!r}")
