@@ -6,40 +6,55 @@ path-metrics, the baseline), ``certificate`` and ``api`` (certify), then ``compr
 (pruning, quantization), ``export`` (ONNX), ``scale`` (sweeps, results store) and
 ``meanfield`` (generalization estimates for ResNets).
 
-The core names are imported eagerly; the compression, export and scale-out names are
-imported on first use (``cc.prune``, ``cc.quantize``, ``cc.export_onnx``, ``cc.sweep``...),
-so ``import certcompress`` stays light.
+Every public name is imported on first use (PEP 562), so ``import certcompress`` (and
+the command line's ``--help``) does not import torch; type checkers see the names through
+the ``TYPE_CHECKING`` imports.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .api import certify, input_spec_for, path_magnitude_scores, path_metric, path_norm, trace
-from .bounds import Baseline, PathMetric, PathNorm
-from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
-from .certificate import Certificate, Measurements, MethodBound
-from .digest import parameter_digest
-from .domain import InputDomain, InputSpec
-from .errors import (
-    CertcompressError,
-    CertificateError,
-    ConfigurationError,
-    GraphMismatchError,
-    ModelLoadError,
-    NumericalRangeError,
-    PluginError,
-    SoundnessError,
-    TrainModeError,
-    UnsupportedModelError,
-    VerificationError,
-)
-from .ir import Graph, IRNode, NodeKind
+
+if TYPE_CHECKING:  # the names below, for type checkers; at run time they load on first use
+    from .api import certify, input_spec_for, path_magnitude_scores, path_metric, path_norm, trace
+    from .bounds import Baseline, PathMetric, PathNorm
+    from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
+    from .certificate import Certificate, Measurements, MethodBound
+    from .digest import parameter_digest
+    from .domain import InputDomain, InputSpec
+    from .errors import (
+        CertcompressError,
+        CertificateError,
+        ConfigurationError,
+        GraphMismatchError,
+        ModelLoadError,
+        NumericalRangeError,
+        PluginError,
+        SoundnessError,
+        TrainModeError,
+        UnsupportedModelError,
+        VerificationError,
+    )
+    from .ir import Graph, IRNode, NodeKind
 
 # name -> module defining it; imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(["certify", "input_spec_for", "path_magnitude_scores", "path_metric",
+                     "path_norm", "trace"], "certcompress.api"),
+    **dict.fromkeys(["Baseline", "PathMetric", "PathNorm"], "certcompress.bounds"),
+    **dict.fromkeys(["Adapter", "AdapterRegistry", "Plugin", "load_plugin"],
+                    "certcompress.capture"),
+    **dict.fromkeys(["Certificate", "Measurements", "MethodBound"], "certcompress.certificate"),
+    "parameter_digest": "certcompress.digest",
+    **dict.fromkeys(["InputDomain", "InputSpec"], "certcompress.domain"),
+    **dict.fromkeys(["CertcompressError", "CertificateError", "ConfigurationError",
+                     "GraphMismatchError", "ModelLoadError", "NumericalRangeError",
+                     "PluginError", "SoundnessError", "TrainModeError",
+                     "UnsupportedModelError", "VerificationError"], "certcompress.errors"),
+    **dict.fromkeys(["Graph", "IRNode", "NodeKind"], "certcompress.ir"),
     **dict.fromkeys(
         ["PruningPlan", "LayerRule", "SparsitySearch", "StructuredPruning", "prune",
          "prune_channels", "search_sparsity", "pruning_report", "layer_sensitivity",
@@ -58,15 +73,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["zeroed_equivalent", "dequantized_copy"], "certcompress.interop"),
 }
 
-__all__ = [
-    "Adapter", "AdapterRegistry", "Baseline", "CertcompressError", "Certificate",
-    "CertificateError", "ConfigurationError", "Graph", "GraphMismatchError", "IRNode",
-    "InputDomain", "InputSpec", "Measurements", "MethodBound", "ModelLoadError", "NodeKind", "NumericalRangeError",
-    "PathMetric", "PathNorm", "Plugin", "PluginError", "SoundnessError", "TrainModeError",
-    "UnsupportedModelError", "VerificationError", "__version__", "certify",
-    "input_spec_for", "load_plugin", "parameter_digest", "path_magnitude_scores",
-    "path_metric", "path_norm", "trace", *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,19 +6,27 @@ without reaching up to the public facade."""
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import platform
+import sys
 from typing import Any
-
-import numpy as np
-import torch
 
 __version__ = "0.1.0"
 
 
 def versions() -> dict[str, str]:
     """The versions that determine a result: certcompress, torch, python and numpy."""
-    return {"certcompress": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "numpy": np.__version__}
+    return {"certcompress": __version__, "torch": _version_of("torch"),
+            "python": platform.python_version(), "numpy": _version_of("numpy")}
+
+
+def _version_of(package: str) -> str:
+    """The version of an imported package as it reports itself (``torch.__version__``
+    includes the build, e.g. ``+cpu``); the installed distribution's if not imported yet,
+    so this module imports neither."""
+    module = sys.modules.get(package)
+    found = getattr(module, "__version__", None)
+    return str(found) if found is not None else importlib.metadata.version(package)
 
 
 def utc_now() -> str:

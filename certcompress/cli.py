@@ -13,9 +13,11 @@ Commands::
 MODEL is a spec for :func:`certcompress.loading.load_model` (``model.py:make``,
 ``package.module:make``, ``torchvision:resnet18`` with its plugin, ``model.pt2``).
 
-A command is a function ``register(subparsers)`` that adds one sub-parser and sets
-``func`` (``Namespace -> int``) with ``set_defaults``; :data:`_COMMANDS` lists the built-in
-ones and :data:`_OPTIONAL_COMMANDS` the modules whose ``register`` is imported lazily.
+A command lives in a module whose ``register(subparsers)`` adds its sub-parser and sets
+``func`` (``Namespace -> int``) with ``set_defaults``. One table maps command names to
+modules (:data:`_BUILTIN_COMMANDS`, :mod:`certcompress.core_cli`, and
+:data:`_OPTIONAL_COMMANDS`); only the module of the command being run is imported, so
+``certcompress --help`` imports neither torch nor the library.
 
 Every :class:`~certcompress.errors.CertcompressError` (and an ``OSError`` writing an
 output) ends the run with one line ``certcompress: error: <message>`` on stderr and exit
@@ -28,23 +30,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._version import __version__
-from .api import certify, input_spec_for, path_norm, trace
-from .bounds import cli_local
-from .bounds.cli import add_domain_arguments, certify_kwargs
-from .capture import ENTRY_POINT_GROUP, plugin_manager
-from .errors import CertcompressError, ConfigurationError, SoundnessError, UnsupportedModelError
-from .loading import exported_input_shape, load_model, load_module, load_reference_inputs
+from .errors import CertcompressError, SoundnessError
 
 __all__ = ["main", "build_parser"]
 
@@ -54,185 +49,13 @@ Register = Callable[[Subparsers], None]
 EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2
 
 
-# ------------------------------------------------------------------ shared options
-def _common() -> argparse.ArgumentParser:
-    """Options every model-loading command takes (a parent parser)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
-                   help="load a plugin by name before anything else (repeatable)")
-    return p
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", nargs="+", type=int, metavar="N",
-                   help="input shape, batch first (e.g. 1 3 32 32); default: the plugin's or "
-                        "the .pt2 archive's")
-
-
-def _load_plugins(specs: Sequence[str]) -> None:
-    pm = plugin_manager()
-    for spec in specs:
-        if not any(lp.source == f"explicit: {spec}" for lp in pm.plugins):
-            pm.load_path(spec)
-
-
-def _input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[int, ...]:
-    exported = (exported_input_shape(model)
-                if isinstance(model, torch.export.ExportedProgram) else None)
-    if given:
-        if any(s <= 0 for s in given):
-            raise ConfigurationError(f"--input-shape must be positive integers, got "
-                                     f"{' '.join(map(str, given))}")
-        if exported is not None and tuple(given) != exported:
-            raise ConfigurationError(
-                f"'{spec}' was exported for input shape {exported}, not {tuple(given)}; omit "
-                "--input-shape or export the model again with an example of that shape")
-        return tuple(given)
-    if exported is not None:
-        return exported
-    if not isinstance(model, torch.export.ExportedProgram):
-        ispec = input_spec_for(model)
-        if ispec is not None:
-            return ispec.input_shape
-    raise ConfigurationError(f"--input-shape is required for '{spec}' (no installed plugin "
-                             "knows its input); pass it batch first, e.g. --input-shape 1 3 32 32")
-
-
-def _check_output(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be written."""
-    if path.is_dir():
-        raise ConfigurationError(f"output '{path}' is a directory; name a file, e.g. "
-                                 f"{path / 'certificate.json'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': '{parent}' is not a directory")
-    if not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': directory '{parent}' does not exist; "
-                                 "create it first")
-
-
-# ------------------------------------------------------------------ inspect
-def _register_inspect(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser(
-        "inspect", parents=[_common()], help="trace a model: graph, support verdict, path-norm",
-        description="Trace MODEL, print its graph, whether certcompress supports it (exit 0) "
-                    "or every node it does not (exit 2), and its l1 path-norm.")
-    p.add_argument("model", metavar="MODEL", help="model spec (model.py:make, pkg.mod:make, "
-                                                   "PREFIX:NAME, model.pt2)")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict file to load")
-    _model_options(p)
-    p.set_defaults(func=_cmd_inspect)
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    _load_plugins(args.plugin)
-    model = load_model(args.model, args.weights)
-    shape = _input_shape(model, args.input_shape, args.model)
-    try:
-        graph = trace(model, shape)
-    except UnsupportedModelError as exc:
-        print(f"{args.model}: NOT SUPPORTED for input shape {shape}")
-        print(exc)
-        return EXIT_USER
-    print(graph)
-    print(f"\n{args.model}: supported (a ReLU-DAG certcompress certifies) for input shape "
-          f"{shape}")
-    print(f"path-norm ||Phi(theta)||_1 = {path_norm(graph):.6g}")
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------ certify
-def _register_certify(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser(
-        "certify", parents=[_common()],
-        help="certify max ||f(x) - f'(x)||_1 over an input domain for two models",
-        description="Certify the output deviation between ORIGINAL and COMPRESSED, print the "
-                    "certificate and write it as JSON.")
-    p.add_argument("original", metavar="ORIGINAL", help="model spec of the original model")
-    p.add_argument("compressed", metavar="COMPRESSED", help="model spec of the compressed model")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict of ORIGINAL")
-    p.add_argument("--compressed-weights", metavar="STATE_DICT",
-                   help="state dict of COMPRESSED")
-    _model_options(p)
-    p.add_argument("--radius", type=float, metavar="R",
-                   help="input domain ||x||_inf <= R, as the network receives inputs (after "
-                        "normalization); default: the plugin's")
-    p.add_argument("--reference-data", metavar="FILE",
-                   help="reference inputs: .npz (array 'x'), .npy or .pt tensor, batch first")
-    p.add_argument("--search-steps", type=int, default=20, metavar="N",
-                   help="PGD steps of the adversarial search inside the domain (0: skip; "
-                        "default 20)")
-    p.add_argument("--search-restarts", type=int, default=4, metavar="K",
-                   help="starting points of the search (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
-    p.add_argument("--out", default="certificate.json", metavar="FILE",
-                   help="where to write the certificate JSON (default ./certificate.json)")
-    add_domain_arguments(p)
-    cli_local.add_arguments(p)
-    p.set_defaults(func=_cmd_certify)
-
-
-def _cmd_certify(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    _check_output(out)
-    if args.search_steps < 0 or args.search_restarts < 1:
-        raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
-    _load_plugins(args.plugin)
-    original = load_module(args.original, args.weights, needed_by="certify")
-    compressed = load_module(args.compressed, args.compressed_weights, needed_by="certify")
-    shape = _input_shape(original, args.input_shape, args.original)
-    if args.radius is None and not args.domain and input_spec_for(original) is None:
-        raise ConfigurationError(
-            f"--radius is required for '{args.original}': the certificate covers inputs with "
-            "||x||_inf <= R (after normalization) and no installed plugin knows a default")
-    reference = (load_reference_inputs(args.reference_data, shape)
-                 if args.reference_data else None)
-    tiers = certify_kwargs(args, shape, reference)
-    cert = certify(original, compressed, shape, args.radius, reference_inputs=reference,
-                   search_steps=args.search_steps, search_restarts=args.search_restarts,
-                   seed=args.seed, **tiers)
-    print(cert.summary())
-    try:
-        written = cert.save(out)
-    except OSError as exc:  # the temporary file is removed; nothing is left at ``out``
-        raise ConfigurationError(f"cannot write the certificate to '{out}': "
-                                 f"{exc.strerror or exc}") from exc
-    print(f"certificate written to {written.resolve()}")
-    cli_local.run(args, original, compressed, print, input_shape=shape, domain=tiers["domain"])
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------ adapters
-def _register_adapters(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("adapters", parents=[_common()],
-                              help="list the registered adapters and the loaded plugins")
-    p.set_defaults(func=_cmd_adapters)
-
-
-def _cmd_adapters(args: argparse.Namespace) -> int:
-    _load_plugins(args.plugin)
-    pm = plugin_manager()
-    rows = [("KIND", "KEY", "ADAPTER", "SOURCE"), *pm.registry.entries()]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for kind, key, adapter, source in rows:
-        print(f"{kind:<{widths[0]}}  {key:<{widths[1]}}  {adapter:<{widths[2]}}  {source}")
-    print(f"\n{len(rows) - 1} adapters")
-    if not pm.plugins:
-        print(f"plugins: none loaded (install one that declares the entry-point group "
-              f"'{ENTRY_POINT_GROUP}', or name one with --plugin package.module:Attr)")
-    else:
-        print("plugins:")
-        for lp in pm.plugins:
-            prefixes = ", ".join(lp.plugin.model_prefixes) or "none"
-            print(f"  {lp.plugin.name}  (model prefixes: {prefixes})  from {lp.source}")
-    return EXIT_OK
-
-
 # ------------------------------------------------------------------ the parser
-_COMMANDS: list[Register] = [_register_inspect, _register_certify, _register_adapters]
-# Commands in optional modules (``register(subparsers)`` each), imported only when named
-# or when the full command list is needed (help, an unknown command); a module that does
-# not exist is skipped.
+# The command table: every command lives in a module with ``register(subparsers)``, which
+# is imported only when its command runs. Listing the commands (``--help``, an unknown
+# command) uses the one-line helps below and imports nothing, so it starts in well under a
+# second (no torch). A module named in the table that does not exist is skipped.
+_CORE = "certcompress.core_cli"
+_BUILTIN_COMMANDS: dict[str, str] = {"inspect": _CORE, "certify": _CORE, "adapters": _CORE}
 _OPTIONAL_COMMANDS: dict[str, str] = {
     "demo": "certcompress.demo",
     "prune": "certcompress.compress.pruning.cli",
@@ -245,6 +68,23 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "meanfield": "certcompress.meanfield.cli",
     "zoo": "certcompress.scale.cli",
     "results": "certcompress.scale.cli",
+}
+_OPTIONAL_DEFAULTS = dict(_OPTIONAL_COMMANDS)  # the table as shipped (tests may replace it)
+_HELP: dict[str, str] = {
+    "inspect": "trace a model: graph, support verdict, path-norm",
+    "certify": "certify max ||f(x) - f'(x)||_1 over an input domain for two models",
+    "adapters": "list the registered adapters and the loaded plugins",
+    "demo": "run the end-to-end example on scikit-learn digits",
+    "prune": "prune a model (a sparsity, or the sparsest plan within a budget) and certify it",
+    "certify-plan": "certify a pruning plan file (JSON or YAML)",
+    "prune-report": "certified bound vs measured deviation across sparsities (CSV and PNG)",
+    "export": "export a certified compressed model to ONNX, verified",
+    "verify": "verify an exported ONNX file against its embedded certificate",
+    "keygen": "write an Ed25519 key pair for signing exported files",
+    "quantize": "quantize a model's weights with a certified output-deviation bound",
+    "meanfield": "mean-field generalization estimates for scaled ResNets",
+    "zoo": "certify a zoo of models and plans from a manifest, resumably",
+    "results": "list, show or export the results store of sweeps",
 }
 
 
@@ -262,9 +102,18 @@ def _optional_register(module_name: str) -> Register | None:
     return register
 
 
+def _exists(module_name: str) -> bool:
+    """Whether ``module_name`` can be imported (its parent packages are imported to find
+    out, so this is used only for modules outside the table of one-line helps)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser. With ``command`` naming a built-in command, the optional
-    command modules are not imported (they are only needed to list or run them)."""
+    """The argument parser. Only the module of ``command`` is imported and registers its
+    real sub-parser(s); every other command is listed by name and one-line help."""
     parser = argparse.ArgumentParser(
         prog="certcompress",
         description="Compress neural networks with certified output-deviation bounds.")
@@ -272,14 +121,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _COMMANDS:
-        register(subparsers)
-    if command not in subparsers.choices:  # a built-in command needs no optional module
-        wanted = [command] if command in _OPTIONAL_COMMANDS else list(_OPTIONAL_COMMANDS)
-        for name in wanted:
-            optional = _optional_register(_OPTIONAL_COMMANDS[str(name)])
-            if optional is not None:
-                optional(subparsers)
+    table = {**_BUILTIN_COMMANDS, **_OPTIONAL_COMMANDS}
+    if command in table:
+        register = _optional_register(table[command])
+        if register is not None:
+            register(subparsers)
+    for name, module in table.items():
+        if name in subparsers.choices:
+            continue
+        if name in _HELP and module in (_CORE, _OPTIONAL_DEFAULTS.get(name)):
+            subparsers.add_parser(name, help=_HELP[name], add_help=False)
+        elif _exists(module):
+            subparsers.add_parser(name, help=f"(from {module})", add_help=False)
     for sub in subparsers.choices.values():  # --debug after the command works too
         try:
             sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

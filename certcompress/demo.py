@@ -26,12 +26,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ._io import atomic_path
 from .domain import InputDomain
-from .zoo import DigitsCNN, accuracy, load_digits, train_classifier
+from .zoo import DigitsCNN, DigitsData, accuracy, load_digits, train_classifier
 
-__all__ = ["run_demo", "register"]
+__all__ = ["run_demo", "register", "save_artifacts", "MODEL_SPEC"]
 
 INPUT_SHAPE = (1, 1, 8, 8)
 RADIUS = 1.0  # pixel intensities lie in [0, 1], so ||x||_inf <= 1
@@ -40,6 +42,21 @@ RADIUS = 1.0  # pixel intensities lie in [0, 1], so ||x||_inf <= 1
 def _banner(step: int, total: int, title: str, t0: float, print_fn: Callable[[str], None]
             ) -> None:
     print_fn(f"\n[{step}/{total}] {title}  (t = {time.perf_counter() - t0:.1f} s)")
+
+
+MODEL_SPEC = "certcompress.zoo:DigitsCNN"
+
+
+def save_artifacts(model: torch.nn.Module, data: DigitsData, out: Path) -> tuple[Path, Path]:
+    """The trained weights (``model.pt``, a plain state dict that loads with
+    ``weights_only=True``) and the held-out test set (``digits_test.npz``: ``x`` and
+    ``y``), so the CLI can continue from the demo (README, "Continue with the CLI")."""
+    weights, test = out / "model.pt", out / "digits_test.npz"
+    with atomic_path(weights) as tmp:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    with atomic_path(test) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, x=data.x_test.numpy(), y=data.y_test.numpy())
+    return weights, test
 
 
 def run_demo(out_dir: str | Path = "out/demo", sparsity: float = 0.5, seed: int = 0,
@@ -68,6 +85,8 @@ def run_demo(out_dir: str | Path = "out/demo", sparsity: float = 0.5, seed: int 
                              progress=progress)
     print_fn(f"DigitsCNN: test accuracy {accuracy(model, data.x_test, data.y_test):.3f} on "
              f"{len(data.y_test)} test images; inputs in [0, 1], so ||x||_inf <= {RADIUS:g}")
+    saved = save_artifacts(model, data, out)
+    print_fn("model and test data saved for the CLI: " + ", ".join(str(p) for p in saved))
 
     _banner(2, total, "prune under a certified budget", t0, print_fn)
     pruning = pruning_section(model, data, input_shape=INPUT_SHAPE, input_radius=RADIUS,

@@ -499,3 +499,15 @@ def test_json_written_is_the_printed_certificate(saved: Saved,
     assert cli.main(_certify_args(saved, "--out", str(out), "--search-steps", "0")) == 0
     assert cc.Certificate.load(out).bound == cert.bound
     assert _leftovers(saved.dir) == ["c.json"]
+
+
+def test_listing_the_commands_imports_neither_torch_nor_the_library() -> None:
+    code = ("import sys, contextlib, io\n"
+            "import certcompress.cli as c\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    rc = c.main(['--help'])\n"
+            "assert rc == 0 and 'quantize' in out.getvalue(), out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'certcompress.api', 'numpy') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

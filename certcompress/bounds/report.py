@@ -5,13 +5,12 @@ worst case over small balls around given points, or a probability over a distrib
 
 from __future__ import annotations
 
-import io
 import os
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._io import atomic_write_bytes
+from .._plots import SCOPE_COLOURS, SCOPE_LABELS, new_axes, output_scale_line, save_png
 from ..certificate import Certificate
 
 if TYPE_CHECKING:
@@ -64,33 +63,38 @@ def tiers_table(cert: Certificate, local: LocalCertificate | None = None,
     return pd.DataFrame(rows).set_index("statement")
 
 
+def _scope_of(statement: str, kind: str) -> str:
+    if kind == "certified":
+        return "local" if statement.startswith("local tier") else "worst-case"
+    return kind
+
+
 def plot_tiers(table: pd.DataFrame, path: str | os.PathLike[str], output_scale: float | None,
                title: str = "certification tiers") -> Path:
-    """A horizontal bar chart (log scale) of :func:`tiers_table`, certified statements in
-    one colour, statistical and measured ones in others, with the output scale as a
-    vertical line (a bound to its right is vacuous). Written atomically as PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    colours = {"certified": "#1f77b4", "statistical": "#ff7f0e", "measured": "#2ca02c"}
-    fig = Figure(figsize=(8, 0.5 * len(table) + 1.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    labels = list(table.index)[::-1]
+    """A horizontal bar chart (log scale) of :func:`tiers_table` in the project's plot
+    style (:mod:`certcompress._plots`): one colour per scope, named in the legend, and
+    the output scale as a dotted line (a bound to its right is vacuous). Statements of
+    different scopes are drawn in separate groups: a local bound covers small balls
+    around given points only, so it is not comparable with a deviation found elsewhere
+    in the domain. Written atomically as PNG."""
+    order = ["worst-case", "measured", "local", "statistical"]
+    scopes = {s: _scope_of(str(s), str(table.loc[s, "kind"])) for s in table.index}
+    labels = sorted(table.index, key=lambda s: order.index(scopes[s]), reverse=True)
+    fig, ax = new_axes(8.5, 0.5 * len(table) + 2.2)
     values = [float(table.loc[s, "value"]) for s in labels]
-    ax.barh(labels, values, color=[colours[str(table.loc[s, "kind"])] for s in labels])
+    ax.barh(labels, values, color=[SCOPE_COLOURS[scopes[s]] for s in labels])
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
-    if output_scale is not None:
-        ax.axvline(output_scale, color="k", ls=":", lw=1)
-        ax.text(output_scale, len(labels) - 0.4, f" output scale {output_scale:.3g}",
-                fontsize=8, va="bottom")
+    for y in range(1, len(labels)):  # a thin rule between scopes
+        if scopes[labels[y]] != scopes[labels[y - 1]]:
+            ax.axhline(y - 0.5, color="0.7", lw=0.6)
     ax.set_xscale("log")
     ax.set_xlabel("l1 output deviation ||f(x) - f'(x)||_1 (log scale)")
     ax.set_title(title, fontsize=10)
-    handles = [ax.bar(0, 0, color=c, label=k) for k, c in colours.items()]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    used = [k for k in order if k in scopes.values()]
+    handles = [ax.barh([0], [0], color=SCOPE_COLOURS[k], label=SCOPE_LABELS[k]) for k in used]
+    output_scale_line(ax, output_scale, vertical=True)
+    lines = [ln for ln in ax.get_lines() if not str(ln.get_label()).startswith("_")]
+    ax.legend(handles=[*handles, *lines], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.18), ncol=2)
+    return save_png(fig, path)

@@ -23,12 +23,12 @@ Handlers take the parsed ``Namespace`` and return the exit code.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .._cli_shared import load_plugins as _load_plugins
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from .onnx_export import MIN_OPSET, export_onnx
@@ -147,15 +147,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"public key written to {public} (give it to whoever verifies: "
           f"certcompress verify FILE --public-key {public})")
     return EXIT_OK
-
-
-def _load_plugins(specs: Sequence[str]) -> None:
-    from ..capture import plugin_manager
-
-    pm = plugin_manager()
-    for spec in specs:
-        if not any(lp.source == f"explicit: {spec}" for lp in pm.plugins):
-            pm.load_path(spec)
 
 
 def _module(spec: str | None, weights: str | None, flag: str) -> nn.Module | None:

@@ -111,7 +111,9 @@ def test_quantize_command(tmp_path: Path, goal: list[str], capsys: pytest.Captur
                str(tmp_path / "x.npy"), "--search-steps", "3", "--out", str(out), *goal])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "bits" in text and "model size:" in text and "certified bound:" in text
+    assert "bits" in text and "packed size at these widths:" in text and "certified bound:" in text
+    on_disk = (out / "quantized_state_dict.pt").stat().st_size
+    assert f"quantized_state_dict.pt ({on_disk:,} bytes)" in text  # sizes as the files are
     assert "measured deviation on 30 reference inputs" in text
     cert = cc.Certificate.load(out / "certificate.json")
     state = torch.load(out / "quantized_state_dict.pt", weights_only=True)

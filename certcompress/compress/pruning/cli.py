@@ -22,9 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..._cli_shared import check_output, input_shape, load_plugins
 from ..._io import atomic_path
 from ...bounds.cli import add_arithmetic_argument
 from ...errors import ConfigurationError
+from ...loading import load_model, load_reference_inputs
 from .criteria import CRITERIA
 
 __all__ = ["register", "cmd_prune", "cmd_certify_plan", "cmd_prune_report"]
@@ -54,27 +56,21 @@ def _cert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
-    from ...cli import _input_shape, _load_plugins
-    from ...loading import load_model
-
-    _load_plugins(args.plugin)
+    load_plugins(args.plugin)
     model = load_model(args.model, args.weights)
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"pruning needs an nn.Module; '{args.model}' is a torch.export "
                                  "archive: name the model's factory instead")
-    return model, _input_shape(model, args.input_shape, args.model)
+    return model, input_shape(model, args.input_shape, args.model)
 
 
 def _outputs(*paths: str | None) -> None:
-    from ...cli import _check_output
-
     for p in paths:
         if p:
-            _check_output(Path(p))
+            check_output(Path(p))
 
 
 def _reference(args: argparse.Namespace, shape: tuple[int, ...]) -> Tensor | None:
-    from ...loading import load_reference_inputs
 
     if args.search_steps < 0:
         raise ConfigurationError(f"--search-steps must be >= 0, got {args.search_steps}")

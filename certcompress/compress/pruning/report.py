@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._io import atomic_path
+from ..._plots import new_axes, output_scale_line, save_png
 from ..._runners import runner
 from ...api import certify, trace
 from ...errors import ConfigurationError
@@ -174,20 +175,18 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
 def plot_report(df: pd.DataFrame, path: str | os.PathLike[str], title: str | None = None
                 ) -> Path:
     """A log-scale PNG of certified bound, baseline, measured max and mean deviation and
-    adversarial deviation against sparsity, one colour per criterion (written
-    atomically; non-positive values cannot be drawn on a log axis and are left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [("certified_bound", "-", "o", "certified bound"),
-              ("baseline_bound_linf", "--", "s", "baseline (l_inf)"),
-              ("adversarial_max", "-.", "^", "gradient ascent"),
-              ("deviation_max", ":", "v", "measured max"),
-              ("deviation_mean", ":", ".", "measured mean")]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    adversarial deviation against sparsity, one colour per criterion and one line style
+    per scope (:mod:`certcompress._plots`), with the output scale as a dotted line (a
+    bound above it is vacuous) and test accuracy on a second axis when the report has it
+    (written atomically; non-positive values cannot be drawn on a log axis and are left
+    out)."""
+    series = [("certified_bound", "-", "o", "certified bound (worst case over the domain)"),
+              ("baseline_bound_linf", "--", "s", "baseline, l_inf (worst case)"),
+              ("adversarial_max", "-.", "^", "gradient ascent (measured)"),
+              ("deviation_max", ":", "v", "max on reference data (measured)"),
+              ("deviation_mean", ":", ".", "mean on reference data (measured)")]
+    fig, ax = new_axes(8.5, 5.5)
+    colors = [f"C{i}" for i in range(10)]
     drawn = 0
     for i, (crit, part) in enumerate(df.groupby("criterion", sort=False)):
         part = part.sort_values("sparsity")
@@ -198,21 +197,29 @@ def plot_report(df: pd.DataFrame, path: str | os.PathLike[str], title: str | Non
                 ax.plot(part["sparsity"][ok], v[ok], linestyle=ls, marker=mk,
                         color=colors[i % len(colors)], label=f"{crit}: {label}")
                 drawn += 1
+    scales = df["output_scale"].astype(float)
+    scales = scales[scales.notna() & scales.map(math.isfinite)]
     if drawn:
         ax.set_yscale("log")
+        output_scale_line(ax, float(scales.median()) if len(scales) else None)
     ax.set_xlabel("sparsity (fraction of candidate weights pruned)")
     ax.set_ylabel("l1 output deviation (log scale)")
     r = df.attrs.get("radius")
     ax.set_title(title or f"{df.attrs.get('model', 'model')}: certified bound vs measured "
                           f"deviation" + (f" (||x||_inf <= {r:g})" if r is not None else ""))
     ax.grid(True, which="both", alpha=0.3)
+    acc = df["accuracy"].astype(float)
+    if acc.notna().any():
+        ax2 = ax.twinx()
+        for i, (crit, part) in enumerate(df.groupby("criterion", sort=False)):
+            part = part.sort_values("sparsity")
+            ax2.plot(part["sparsity"], part["accuracy"].astype(float), color=colors[i % 10],
+                     lw=0.8, alpha=0.5, marker="x", label=f"{crit}: test accuracy")
+        ax2.set_ylabel("test accuracy (x markers)")
+        ax2.set_ylim(0.0, 1.05)
     if drawn:
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return save_png(fig, path)
 
 
 def save_report(df: pd.DataFrame, csv_path: str | os.PathLike[str],

@@ -143,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     float_bytes = sum(t.numel() * t.element_size() for t in
                       {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
-    print(f"\nmodel size: {qcfg.size_bytes(model):,} bytes quantized ({qcfg.average_bits(model):.3f} "
-          f"bits/weight on average) vs {float_bytes:,} bytes in float")
+    print(f"\npacked size at these widths: {qcfg.size_bytes(model):,} bytes "
+          f"({qcfg.average_bits(model):.3f} bits/weight on average) vs {float_bytes:,} bytes "
+          f"in float (what an integer format stores; `certcompress export` writes int8)")
     m = cert.measurements
     print(f"certified bound: {cert.bound:.6g}  (max over ||x||_inf <= {radius:g} of "
           f"||f(x) - f_q(x)||_1){'  VACUOUS' if cert.vacuous else ''}")
@@ -159,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     qcfg.save(out / "quant_config.json")
     cert.save(out / "certificate.json")
     atomic_write_text(out / "bits.csv", table.to_csv())
-    print(f"wrote quantized_state_dict.pt, quant_grid.json, quant_config.json, "
-          f"certificate.json, bits.csv to {out.resolve()}")
+    names = ("quantized_state_dict.pt", "quant_grid.json", "quant_config.json",
+             "certificate.json", "bits.csv")
+    print(f"wrote to {out.resolve()}: " + ", ".join(
+        f"{n} ({(out / n).stat().st_size:,} bytes)" for n in names))
+    print("quantized_state_dict.pt holds float tensors whose values lie on the quantization "
+          "grid, so its size on disk is the float size")
     return 0

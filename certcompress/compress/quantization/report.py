@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ..._io import atomic_path, atomic_write_text
+from ..._io import atomic_write_text
+from ..._plots import SCOPE_COLOURS, SCOPE_LABELS, new_axes, output_scale_line, save_png
 from ..._runners import runner
 from ...certificate import Certificate
 from ...domain import InputDomain
@@ -135,51 +136,42 @@ def bound_vs_bits(model: nn.Module | str, avg_bits: Iterable[float], *,
     return pd.DataFrame(rows)
 
 
-def _save_figure(fig: object, path: str | os.PathLike[str]) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)  # type: ignore[arg-type]
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
-    return Path(path)
-
-
 def plot_bits(table: pd.DataFrame, path: str | os.PathLike[str], title: str = "") -> Path:
     """PNG bar chart of bits per layer (a :func:`bits_table`)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(5.0, 0.35 * len(table) + 2.0), 3.6))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_axes(max(5.0, 0.35 * len(table) + 2.0), 3.6)
     ax.bar(range(len(table)), table["bits"].tolist(), color="tab:blue")
     ax.set_xticks(range(len(table)))
     ax.set_xticklabels([str(i) for i in table.index], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("bits")
     ax.set_title(title or "bits per layer")
     ax.axhline(8, color="gray", lw=0.8, ls="--")
-    return _save_figure(fig, path)
+    return save_png(fig, path, dpi=120)
 
 
 def plot_bound_vs_bits(curve: pd.DataFrame, path: str | os.PathLike[str],
-                       comparison: pd.DataFrame | None = None) -> Path:
+                       comparison: pd.DataFrame | None = None,
+                       output_scale: float | None = None) -> Path:
     """PNG plot of certified bound (log scale) against average bits (a
-    :func:`bound_vs_bits` frame), with the onnxruntime int8 point when given."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 3.8))
-    ax = fig.add_subplot(1, 1, 1)
+    :func:`bound_vs_bits` frame), with the onnxruntime int8 point when given and the
+    output scale as a dotted line (a bound above it is vacuous)."""
+    fig, ax = new_axes(6.0, 4.0)
+    colour = SCOPE_COLOURS["worst-case"]
     for kind, style in (("uniform", "s--"), ("allocated", "o-")):
         part = curve[curve["kind"] == kind].sort_values("average_bits")
         if len(part):
-            ax.plot(part["average_bits"], part["certified_bound"], style, label=kind)
+            ax.plot(part["average_bits"], part["certified_bound"], style, color=colour,
+                    alpha=1.0 if kind == "allocated" else 0.6,
+                    label=f"{kind} widths: {SCOPE_LABELS['worst-case']}")
     if comparison is not None and ORT_LABEL in comparison.index:
         r = comparison.loc[ORT_LABEL]
         ax.plot([r["average_bits"]], [r["certified_bound"]], "k*", ms=10, label="onnxruntime int8")
+    output_scale_line(ax, output_scale)
     ax.set_yscale("log")
     ax.set_xlabel("average bits per weight")
     ax.set_ylabel("certified bound (l1, over the domain)")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    return _save_figure(fig, path)
+    return save_png(fig, path, dpi=120)
 
 
 def write_report(out_dir: str | os.PathLike[str], model: nn.Module, allocation: BitAllocation,
@@ -199,5 +191,7 @@ def write_report(out_dir: str | os.PathLike[str], model: nn.Module, allocation: 
         files["comparison"] = atomic_write_text(out / "comparison.csv", comparison.to_csv())
     if curve is not None:
         files["curve"] = atomic_write_text(out / "bound_vs_bits.csv", curve.to_csv(index=False))
-        files["curve_png"] = plot_bound_vs_bits(curve, out / "bound_vs_bits.png", comparison)
+        files["curve_png"] = plot_bound_vs_bits(
+            curve, out / "bound_vs_bits.png", comparison,
+            output_scale=allocation.certificate.measurements.output_scale)
     return files
