@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._version import provenance
 from .bounds import PathMetric, graph_path_metric, graph_path_norm, operator_norm_baseline
+from .bounds.arithmetic import check_arithmetic, float32_error, with_float32
 from .bounds.pathnorm import path_magnitude_scores as _graph_scores
 from .bounds.propagation.engine import PropagationOptions
 from .bounds.tiers import METHODS, bounds_tier, check_methods, path_metric_tier
@@ -29,7 +30,7 @@ from .errors import ConfigurationError, SoundnessError
 from .interop import plain_module
 from .ir.graph import Graph
 from .ir.ops import AffineParams
-from .measure import adversarial_deviation, deviations, float64_function
+from .measure import adversarial_deviation, deviations, float32_function, float64_function
 
 __all__ = ["trace", "path_norm", "path_metric", "certify", "path_magnitude_scores",
            "input_spec_for"]
@@ -95,7 +96,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
             reference_inputs: Tensor | None = None, search_steps: int = 20,
             search_restarts: int = 4, seed: int = 0,
             propagation: PropagationOptions | None = None,
-            search_time: float | None = 60.0) -> Certificate:
+            search_time: float | None = 60.0, arithmetic: str = "exact") -> Certificate:
     """Certify ``max_{x in D} ||f(x) - f'(x)||_1 <= bound`` over an input domain ``D``.
 
     ``D`` is ``domain`` (an :class:`InputDomain` box, e.g.
@@ -118,7 +119,14 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     Without ``reference_inputs`` the output scale is sampled in ``D`` (the centre and 31
     random points), so every certificate says whether it is vacuous. ``cert.notes``
     explains surprising results (an exactly-zero bound, a vacuous one).
+
+    ``arithmetic``: ``"exact"`` (default) certifies the models evaluated exactly;
+    ``"float32"`` certifies them as executed in IEEE float32 (PyTorch on CPU,
+    onnxruntime), in any summation order: every tier's bound then includes both models'
+    float32 rounding error over the domain (:mod:`certcompress.bounds.arithmetic`,
+    docs/bounds.md "Arithmetic"), and the certificate says so.
     """
+    arith = check_arithmetic(arithmetic)
     names = check_methods(methods if methods is not None else
                           (("path-metric",) if domain is None else METHODS))
     model, compressed = plain_module(model), plain_module(compressed)
@@ -166,6 +174,11 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     if "bounds" in names:
         tiers["bounds"] = bounds_tier(g, g2, dom, propagation)
     base = operator_norm_baseline(g, g2)
+    if arith == "float32":
+        err = float32_error(_trace(model, shape, fold_bn=False),
+                            _trace(compressed, shape, fold_bn=False), dom, model=model,
+                            compressed=compressed)
+        tiers = {k: with_float32(t, err) for k, t in tiers.items()}
 
     f, fc = float64_function(model), float64_function(compressed)
     lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
@@ -178,6 +191,9 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
                     deviation_mean=float(dev.mean()), output_scale=float(scale.max()))
         if bool(inside.any()):
             _check_tiers(float(dev[inside.numpy()].max()), tiers, "a reference input")
+            if arith == "float32":
+                _check_tiers(_float32_deviation(model, compressed, x[inside]), tiers,
+                             "a reference input evaluated in float32")
         meas["output_scale_source"] = f"max over {int(x.shape[0])} reference inputs"
     else:  # the scale check: the output scale sampled in the domain
         meas.update(output_scale=_sampled_output_scale(f, dom, seed),
@@ -191,6 +207,9 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
                                     restarts=search_restarts, starts=starts, seed=seed,
                                     time_budget=search_time)
         _check_tiers(adv.max_deviation, tiers, "the adversarial search")
+        if arith == "float32":
+            _check_tiers(_float32_deviation(model, compressed, adv.argmax), tiers,
+                         "the adversarial search's input evaluated in float32")
         meas.update(adversarial_max=adv.max_deviation, adversarial_steps=adv.steps,
                     adversarial_restarts=adv.restarts, adversarial_seconds=adv.seconds,
                     adversarial_budget_exhausted=adv.budget_exhausted)
@@ -213,7 +232,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
         vacuous=vacuous, domain=domain_text, model_name=g.model_name,
         **provenance(),
-        by_method=tiers, input_domain=dom, notes=notes,
+        by_method=tiers, input_domain=dom, notes=notes, arithmetic=arith,
     )
 
 
@@ -259,6 +278,14 @@ def _forward_seconds(f: Callable[[Tensor], Tensor], dom: InputDomain) -> float:
             f(x)
             times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def _float32_deviation(model: nn.Module, compressed: nn.Module, x: Tensor) -> float:
+    """``max ||F(x) - F'(x)||_1`` over the batch ``x`` with both models run in float32
+    (the difference taken in float64)."""
+    f, g = float32_function(model), float32_function(compressed)
+    with torch.no_grad():
+        return float((f(x).double() - g(x).double()).abs().sum(1).max())
 
 
 def _check_tiers(measured: float, tiers: dict[str, MethodBound], where: str) -> None:

@@ -2,7 +2,8 @@
 
 A certificate says: for every input ``x`` of shape ``input_shape`` in its domain
 (``||x||_inf <= radius``), ``||f(x) - f'(x)||_1 <= bound``, where ``f`` and ``f'`` are the
-models whose parameter digests it records, evaluated in exact arithmetic. The bound is
+models whose parameter digests it records, evaluated in exact arithmetic (or, when
+``arithmetic`` is ``"float32"``, as executed in IEEE float32). The bound is
 ``max(radius, 1) * path_metric`` (Theorem 3.1 of Gonon et al., shared doc section 3),
 with the float64 rounding slack it states. Since ``||.||_inf <= ||.||_2 <= ||.||_1``, the
 same number bounds the l2 and l_inf deviation. Measured deviations (reference data and
@@ -151,6 +152,10 @@ class Certificate(JsonRecord):
     input_domain: InputDomain | None = None
     #: explanations of surprising results (an exactly-zero bound, a vacuous bound...)
     notes: tuple[str, ...] = ()
+    #: the arithmetic the bound covers: "exact" (the models evaluated exactly) or
+    #: "float32" (as executed in IEEE float32, any summation order; both models' rounding
+    #: error included, docs/bounds.md "Arithmetic")
+    arithmetic: str = "exact"
     schema: str = SCHEMA
 
     @property
@@ -179,9 +184,16 @@ class Certificate(JsonRecord):
             f"certcompress certificate for {self.model_name} (input {self.input_shape}, "
             f"domain: {self.domain})",
             f"  certified bound      {self.bound:.6g}   (max over the domain of "
-            f"||f(x) - f'(x)||_1; " + (f"= max(r,1)={self.factor:g} x path-metric)"
+            f"||f(x) - f'(x)||_1; " + (f"from the '{self.bound_method}' tier, float32 "
+                                       "rounding included)" if self.arithmetic == "float32"
+                                       else f"= max(r,1)={self.factor:g} x path-metric)"
                                        if self.bound_method == "path-metric" else
                                        f"from the '{self.bound_method}' tier)"),
+            f"  arithmetic           {self.arithmetic}   ("
+            + ("models evaluated exactly; float32 rounding not included)"
+               if self.arithmetic == "exact" else
+               "models as executed in IEEE float32, any summation order; both models' "
+               "rounding error included)"),
             f"  path-metric          {self.path_metric:.6g}   "
             f"({self.method})",
             f"  path-norms           original {self.path_norm_original:.6g}, compressed "
@@ -254,7 +266,7 @@ class Certificate(JsonRecord):
                                    "'by_method' or 'input_domain' (schema 2)")
         names = {f.name for f in fields(cls)}
         optional: tuple[str, ...] = ("versions", "created_utc", "model_name", "working_dtype",
-                                     "norm", "notes")
+                                     "norm", "notes", "arithmetic")
         if old:
             optional += ("by_method", "input_domain")
         missing = sorted(n for n in names if n not in data and n not in optional)
@@ -282,6 +294,9 @@ class Certificate(JsonRecord):
         if not isinstance(notes, (list, tuple)) or not all(isinstance(n, str) for n in notes):
             raise CertificateError("field 'notes' must be a list of strings")
         kw["notes"] = tuple(notes)
+        if kw.get("arithmetic", "exact") not in ("exact", "float32"):
+            raise CertificateError(f"field 'arithmetic' must be 'exact' or 'float32', got "
+                                   f"{kw.get('arithmetic')!r}")
         kw["input_shape"] = tuple(int(s) for s in kw["input_shape"])
         kw["per_output"] = tuple(float(v) for v in kw["per_output"])
         for name in ("bound", "radius", "factor", "path_metric", "float_slack_rel"):

@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from .interop import as_module
 
-__all__ = ["float64_function", "deviations", "adversarial_deviation", "AdversarialResult",
+__all__ = ["float64_function", "float32_function", "deviations", "adversarial_deviation", "AdversarialResult",
            "flatten_output"]
 
 
@@ -45,6 +45,21 @@ def float64_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
 
     def f(x: Tensor) -> Tensor:
         return flatten_output(functional_call(model, state, (x.double(),)))
+
+    return f
+
+
+def float32_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``x -> flattened model(x)`` evaluated in float32 (as deployed), without touching
+    ``model``; the output is returned in float32."""
+    if isinstance(model, torch.export.ExportedProgram):
+        one = float32_function(as_module(model))
+        return lambda x: torch.cat([one(x[i:i + 1]) for i in range(x.shape[0])])
+    state = {k: (v.detach().float() if v.is_floating_point() else v)
+             for k, v in [*model.named_parameters(), *model.named_buffers()]}
+
+    def f(x: Tensor) -> Tensor:
+        return flatten_output(functional_call(model, state, (x.float(),)))
 
     return f
 

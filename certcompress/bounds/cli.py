@@ -2,7 +2,7 @@
 
 ``add_domain_arguments(parser)`` adds ``--domain LO:HI`` (or ``--domain data``: the
 per-feature min/max box of ``--reference-data``), ``--method NAME`` (repeatable:
-``path-metric``, ``bounds``) and ``--propagation {crown,interval}``;
+``path-metric``, ``bounds``) and ``--propagation {crown,interval}`` and ``--arithmetic {exact,float32}``;
 ``certify_kwargs(args, shape, reference)`` turns them into the keyword arguments of
 :func:`certcompress.certify` (``domain``, ``methods``, ``propagation``).
 """
@@ -18,10 +18,12 @@ from torch import Tensor
 
 from ..domain import InputDomain
 from ..errors import ConfigurationError
+from .arithmetic import ARITHMETICS
 from .propagation.engine import PropagationOptions
 from .tiers import METHODS
 
-__all__ = ["add_domain_arguments", "parse_domain", "certify_kwargs"]
+__all__ = ["add_domain_arguments", "add_arithmetic_argument", "parse_domain",
+           "certify_kwargs"]
 
 
 def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,15 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--propagation", choices=("crown", "interval"), default="crown",
                    help="bounds tier: back-substitution at every ReLU (crown, default) or "
                         "interval bounds there (interval: faster, looser)")
+    add_arithmetic_argument(g)
+
+
+def add_arithmetic_argument(parser: Any) -> None:
+    """``--arithmetic {exact,float32}`` (for every command that certifies)."""
+    parser.add_argument("--arithmetic", choices=ARITHMETICS, default="exact",
+                        help="exact (default): the models evaluated exactly; float32: as "
+                             "executed in IEEE float32 (torch CPU, onnxruntime), any "
+                             "summation order, both models' rounding error included")
 
 
 def parse_domain(text: str, shape: Sequence[int], reference: Tensor | None = None
@@ -70,4 +81,5 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
         domain = parse_domain(args.domain, shape, reference)
     methods = tuple(args.method) if getattr(args, "method", None) else None
     propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"))
-    return {"domain": domain, "methods": methods, "propagation": propagation}
+    return {"domain": domain, "methods": methods, "propagation": propagation,
+            "arithmetic": getattr(args, "arithmetic", "exact")}

@@ -36,6 +36,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..bounds.arithmetic import float32_error, with_float32
 from ..bounds.propagation.engine import PropagationOptions
 from ..bounds.tiers import bounds_tier, path_metric_tier
 from ..capture import trace
@@ -142,6 +143,11 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
     domain = cert.input_domain or InputDomain.box(-cert.radius, cert.radius, shape=shape)
     tiers = {}
     pm = None
+    err = None
+    if cert.arithmetic == "float32":  # the models as executed in float32 (both roundings)
+        err = float32_error(trace(original, shape, fold_bn=False),
+                            trace(rebuilt, shape, fold_bn=False), domain, model=original,
+                            compressed=rebuilt)
     for name, stated in cert.by_method.items():
         if name == "path-metric":
             tier, pm = path_metric_tier(g, g2, cert.radius)
@@ -151,6 +157,8 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
         else:
             problems.append(f"tier '{name}' is not one certcompress computes")
             continue
+        if err is not None:
+            tier = with_float32(tier, err)
         tiers[name] = tier
         _compare(f"tier '{name}' bound", stated.bound, tier.bound, problems)
         _compare(f"tier '{name}' per-output bound", stated.per_output, tier.per_output,
@@ -171,5 +179,5 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
         return False, f"recomputed from the original and the file's weights ({names}): " \
                       + "; ".join(problems), bound
     return True, (f"tiers {names} recomputed from the original and the file's weights in "
-                  f"float64: bound {bound:.6g} equals the stated {cert.bound:.6g} (relative "
+                  f"float64 ({cert.arithmetic} arithmetic): bound {bound:.6g} equals the stated {cert.bound:.6g} (relative "
                   f"{RECERTIFY_RTOL:g})"), bound

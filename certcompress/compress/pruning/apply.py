@@ -38,8 +38,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
 
 def prune(model: nn.Module, plan: PruningPlan, input_shape: Sequence[int] | None = None,
           input_radius: float | None = None, *, reference_inputs: Tensor | None = None,
-          search_steps: int = 20, search_restarts: int = 4, seed: int = 0
-          ) -> tuple[nn.Module, Certificate]:
+          search_steps: int = 20, search_restarts: int = 4, seed: int = 0,
+          arithmetic: str = "exact") -> tuple[nn.Module, Certificate]:
     """Prune ``model`` by ``plan`` and certify it.
 
     Returns ``(pruned, certificate)``: ``pruned`` is a deep copy with the pruned weights
@@ -48,7 +48,8 @@ def prune(model: nn.Module, plan: PruningPlan, input_shape: Sequence[int] | None
     ``input_shape`` (default: the plan's, else a plugin's) with an exact path-metric
     (pruning keeps or removes whole paths), next to the deviation measured on
     ``reference_inputs`` and found by ``search_steps`` of projected gradient ascent (see
-    :func:`certcompress.certify`).
+    :func:`certcompress.certify`; ``arithmetic="float32"`` certifies the models as
+    executed in float32).
     """
     if input_shape is None and plan.input_shape is not None:
         input_shape = plan.input_shape
@@ -56,5 +57,6 @@ def prune(model: nn.Module, plan: PruningPlan, input_shape: Sequence[int] | None
     masks: Masks = plan.masks(model, shape)
     pruned = apply_masks(model, masks)
     cert = certify(model, pruned, shape, input_radius, reference_inputs=reference_inputs,
-                   search_steps=search_steps, search_restarts=search_restarts, seed=seed)
+                   search_steps=search_steps, search_restarts=search_restarts, seed=seed,
+                   arithmetic=arithmetic)
     return pruned, cert

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..._cli_shared import input_shape, load_plugins
 from ..._io import atomic_files, check_outputs, model_input_files
+from ...bounds.cli import add_arithmetic_argument
 from ...errors import ConfigurationError
 from ...loading import load_model, load_reference_inputs
 from .criteria import CRITERIA
@@ -52,6 +53,7 @@ def _cert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=int, default=20, metavar="N",
                    help="PGD steps of the adversarial search (0: skip; default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed (search, random criterion)")
+    add_arithmetic_argument(p)
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
@@ -121,7 +123,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         plan = PruningPlan.by_criterion(model, args.sparsity, args.criterion, scope=args.scope,
                                         exclude=args.exclude, seed=args.seed, input_shape=shape)
     pruned, cert = prune(model, plan, shape, args.radius, reference_inputs=reference,
-                         search_steps=args.search_steps, seed=args.seed)
+                         search_steps=args.search_steps, seed=args.seed,
+                         arithmetic=args.arithmetic)
     print(f"plan: {plan.describe()}")
     print(cert.summary())
     if args.sensitivity:
@@ -154,7 +157,8 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"plan file '{args.plan}': {exc}") from None
     reference = _reference(args, shape)
     pruned, cert = prune(model, plan, shape, args.radius, reference_inputs=reference,
-                         search_steps=args.search_steps, seed=args.seed)
+                         search_steps=args.search_steps, seed=args.seed,
+                         arithmetic=args.arithmetic)
     print(f"plan {args.plan}: {plan.describe()}")
     print(cert.summary())
     _print_sensitivity(model, plan, shape, cert.radius)

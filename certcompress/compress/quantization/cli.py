@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
-from ...api import input_spec_for
+from ...api import certify, input_spec_for
+from ...bounds.cli import add_arithmetic_argument
 from ...capture import plugin_manager
 from ...errors import ConfigurationError
 from .allocate import choose_bitwidths
@@ -54,6 +55,7 @@ def register(subparsers: Any) -> None:
                    help="input shape, batch first; default: the plugin's")
     p.add_argument("--radius", type=float, metavar="R",
                    help="input domain ||x||_inf <= R (after normalization); default: the plugin's")
+    add_arithmetic_argument(p)
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--bits", type=int, metavar="B", help=f"uniform width {list(WEIGHT_BITS)}")
     goal.add_argument("--budget", type=float, metavar="EPS",
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bits is not None:
         qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
         qmodel, cert = quantize(model, qcfg, shape, radius, ref, search_steps=args.search_steps,
-                                seed=args.seed)
+                                seed=args.seed, arithmetic=args.arithmetic)
         sens = None
     else:
         al = choose_bitwidths(model, args.budget, avg_bits=args.avg_bits,
@@ -138,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed)
         qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
         print(al.summary().splitlines()[0])
+        if args.arithmetic != "exact":  # the allocation used exact bounds; restate it
+            cert = certify(model, qmodel, shape, radius, reference_inputs=ref,
+                           search_steps=args.search_steps, seed=args.seed,
+                           arithmetic=args.arithmetic)
     grid = quantization_grid(model, qcfg)
     grid.check(qmodel)
     table = bits_table(model, qcfg, sens)
