@@ -48,14 +48,22 @@ def schema(name: str) -> dict[str, Any]:
     return json.loads(json.dumps(_load(name)))
 
 
+# a tuple is an array too: ``from_dict(obj.to_dict())`` works on the Python values
+# (dataclasses turn lists into tuples) as well as on parsed JSON
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "array", lambda _checker, inst: isinstance(inst, (list, tuple))))
+
+
 @functools.cache
-def _validator(name: str, extra: tuple[str, ...]) -> jsonschema.Draft202012Validator:
+def _validator(name: str, extra: tuple[str, ...]) -> Any:
     s = _load(name)
     if extra:
         s = schema(name)
         for field in extra:
             s["properties"].setdefault(field, {})
-    return jsonschema.Draft202012Validator(s)
+    return _Validator(s)
 
 
 def _kind(v: object) -> str:
@@ -70,7 +78,7 @@ def _kind(v: object) -> str:
         return f"an integer ({text})" if not text.startswith("an ") else text
     if isinstance(v, float):
         return f"a number ({v!r})"
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return f"a list of {len(v)}"
     if isinstance(v, dict):
         return "an object"
@@ -159,7 +167,7 @@ def check_plain_json(data: object, what: str, error: type[Exception], *,
 def _string_keys(v: object) -> object:
     if isinstance(v, dict):
         return {str(k): _string_keys(x) for k, x in v.items()}
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return [_string_keys(x) for x in v]
     return v
 
@@ -180,6 +188,10 @@ def validate(data: object, name: str, what: str, error: type[Exception], *,
     if not errors:
         return
     err = min(errors, key=lambda e: (len(e.absolute_path), str(list(e.absolute_path))))
+    while err.validator in ("oneOf", "anyOf") and err.context:
+        # the most specific reason among the alternatives: the deepest; on a tie the
+        # last alternative (null comes first in the schemas)
+        err = max(err.context, key=lambda e: (len(e.absolute_path), list(e.schema_path)[:1]))
     path = list(err.absolute_path)
     if err.validator == "required" and isinstance(err.instance, dict):
         missing = [n for n in err.validator_value if n not in err.instance]
