@@ -70,9 +70,8 @@ _TOO_SMALL = ("too small", "smaller than", "kernel size can't be greater",
 # what torch says when an op's operand shapes do not fit (the input shape is wrong for
 # the model): an adapter cannot help there, the input shape must change
 _SHAPE_MISMATCH = ("same reduction dim", "size mismatch", "cannot be multiplied",
-                   "must match the size", "the size of tensor", "doesn't match",
-                   "does not match", "expected input", "but got", "to have", "shape '[",
-                   "invalid for input of size", "mat1 and mat2", "channels")
+                   "must match the size of tensor", "the size of tensor a",
+                   "invalid for input of size", "mat1 and mat2 shapes", "expected input[")
 
 
 def _shape_mismatch(message: str) -> bool:
