@@ -384,3 +384,8 @@ def parse_json(text: str, what: str, error: type[Exception], hint: str = "") -> 
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON ({exc}){hint}") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be read (not a certcompress file)"
+                    f"{hint}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise error(f"{what} cannot be read: {exc}{hint}") from None

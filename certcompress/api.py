@@ -30,7 +30,13 @@ from .errors import ConfigurationError, SoundnessError
 from .interop import plain_module
 from .ir.graph import Graph
 from .ir.ops import AffineParams
-from .measure import adversarial_deviation, deviations, float32_function, float64_function
+from .measure import (
+    adversarial_deviation,
+    check_reference_inputs,
+    deviations,
+    float32_function,
+    float64_function,
+)
 
 __all__ = ["trace", "path_norm", "path_metric", "certify", "path_magnitude_scores",
            "input_spec_for"]
@@ -184,7 +190,8 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
     meas: dict[str, object] = {}
     if reference_inputs is not None:
-        x = reference_inputs.reshape((-1,) + shape[1:])
+        reference_inputs = check_reference_inputs(reference_inputs, shape)
+        x = reference_inputs
         dev, scale = deviations(f, fc, x)
         inside = dom.contains(x)
         meas.update(reference_count=int(x.shape[0]), deviation_max=float(dev.max()),
@@ -203,7 +210,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     if search_steps > 0:
         starts = None
         if reference_inputs is not None:
-            starts = reference_inputs.reshape((-1,) + shape[1:])[:search_restarts]
+            starts = reference_inputs[:search_restarts]
         adv = adversarial_deviation(f, fc, shape, lo, hi, steps=search_steps,
                                     restarts=search_restarts, starts=starts, seed=seed,
                                     time_budget=search_time)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._io import JsonRecord, parse_json, read_text_file
+from ._schema import validate
 from .domain import InputDomain
 from .errors import CertificateError, ConfigurationError
 
@@ -255,59 +256,30 @@ class Certificate(JsonRecord):
 
     @classmethod
     def from_dict(cls, data: Any) -> Certificate:
-        if not isinstance(data, dict):
-            raise CertificateError("not a certificate: expected a JSON object")
-        if data.get("schema") not in SCHEMAS_READ:
-            raise CertificateError(f"field 'schema' is {data.get('schema')!r}; this version "
-                                   f"reads {', '.join(map(repr, SCHEMAS_READ))}")
+        """Validate ``data`` against ``schemas/certificate.json`` (every violation is one
+        line naming the field) and build the certificate."""
+        names = {f.name for f in fields(cls)}
+        validate(data, "certificate", "certificate", CertificateError, extra_fields=names)
         old = data["schema"] != SCHEMA
         if old and ("by_method" in data or "input_domain" in data):
             raise CertificateError(f"a {data['schema']!r} certificate cannot have the fields "
                                    "'by_method' or 'input_domain' (schema 2)")
-        names = {f.name for f in fields(cls)}
-        optional: tuple[str, ...] = ("versions", "created_utc", "model_name", "working_dtype",
-                                     "norm", "notes", "arithmetic")
-        if old:
-            optional += ("by_method", "input_domain")
-        missing = sorted(n for n in names if n not in data and n not in optional)
-        if missing:
-            raise CertificateError(f"certificate is missing field(s): {', '.join(missing)}")
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise CertificateError(f"certificate has unknown field(s): {', '.join(unknown)}")
         kw = dict(data)
-        try:
-            kw["measurements"] = Measurements(**kw["measurements"])
-        except TypeError as exc:
-            raise CertificateError(f"field 'measurements' is malformed: {exc}") from None
+        kw["measurements"] = Measurements(**kw["measurements"])
         kw["schema"] = SCHEMA  # read as (upgraded to) the current schema
-        by = kw.get("by_method") or {}
-        if not isinstance(by, dict):
-            raise CertificateError("field 'by_method' must be an object")
-        kw["by_method"] = {str(k): MethodBound.from_dict(v) for k, v in by.items()}
+        kw["by_method"] = {str(k): MethodBound.from_dict(v)
+                           for k, v in (kw.get("by_method") or {}).items()}
         if kw.get("input_domain") is not None:
             try:
                 kw["input_domain"] = InputDomain.from_dict(kw["input_domain"])
             except ConfigurationError as exc:
                 raise CertificateError(f"field 'input_domain': {exc}") from None
-        notes = kw.get("notes", ())
-        if not isinstance(notes, (list, tuple)) or not all(isinstance(n, str) for n in notes):
-            raise CertificateError("field 'notes' must be a list of strings")
-        kw["notes"] = tuple(notes)
-        if kw.get("arithmetic", "exact") not in ("exact", "float32"):
-            raise CertificateError(f"field 'arithmetic' must be 'exact' or 'float32', got "
-                                   f"{kw.get('arithmetic')!r}")
+        kw["notes"] = tuple(kw.get("notes", ()))
         kw["input_shape"] = tuple(int(s) for s in kw["input_shape"])
         kw["per_output"] = tuple(float(v) for v in kw["per_output"])
-        for name in ("bound", "radius", "factor", "path_metric", "float_slack_rel"):
-            v = kw[name]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
-                    or v < 0:
-                raise CertificateError(f"field '{name}' must be a finite non-negative number, "
-                                       f"got {v!r}")
-        for name in ("path_metric_exact",):
-            if not isinstance(kw[name], bool):
-                raise CertificateError(f"field '{name}' must be true or false")
+        for name in ("bound", "radius", "factor", "path_metric", "float_slack_rel",
+                     "float_slack_abs", "path_norm_original", "path_norm_compressed"):
+            kw[name] = float(kw[name])
         # ``bound`` is not cross-checked against ``by_method`` here: an edited bound is
         # for the digest and bound checks of ``verify`` to report (see export.verify).
         return cls(**kw)

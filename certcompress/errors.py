@@ -36,7 +36,8 @@ class RefusalKind(str, enum.Enum):
     OUTSIDE_CLASS = "outside-class"
     #: a piecewise-linear op no adapter handles yet: a plugin can add one
     NO_ADAPTER = "no-adapter"
-    #: the input is too small for the model (a pooling or kernel larger than its input)
+    #: the input shape does not suit the model (a pooling or kernel larger than its
+    #: input, or operand sizes that do not match)
     INPUT_SHAPE = "input-shape"
     #: the module does not compute what its graph says (hooks, state, overridden forward)
     MODEL = "model"
@@ -52,7 +53,9 @@ _ADVICE = {
         "a plugin's register_adapters(registry) hook (entry-point group "
         "'certcompress.plugins'); see docs/adding-an-adapter.md"),
     RefusalKind.INPUT_SHAPE: (
-        "the input is too small for the model: pass a larger input shape"),
+        "the input shape does not suit the model (too small, or sizes its layers do not "
+        "take): pass the shape the model takes, batch first (e.g. --input-shape 1 3 32 32 "
+        "or input_shape=(1, 3, 32, 32))"),
     RefusalKind.MODEL: (
         "the module does not compute what its traced graph says"),
 }

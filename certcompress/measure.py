@@ -16,9 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .errors import ConfigurationError
 from .interop import as_module
 
-__all__ = ["float64_function", "float32_function", "deviations", "adversarial_deviation", "AdversarialResult",
+__all__ = ["check_reference_inputs", "float64_function", "float32_function", "deviations",
+           "adversarial_deviation", "AdversarialResult",
            "flatten_output"]
 
 
@@ -62,6 +64,39 @@ def float32_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
         return flatten_output(functional_call(model, state, (x.float(),)))
 
     return f
+
+
+def check_reference_inputs(x: object, input_shape: Sequence[int],
+                           what: str = "reference_inputs") -> Tensor:
+    """``x`` as a float64 batch ``(n,) + input_shape[1:]`` (one input of shape
+    ``input_shape[1:]`` gains the batch dimension). Anything else is refused, never
+    reshaped: a tensor of another shape (naming the expected and the given shape), an
+    empty batch, non-numbers, and NaN or infinite values (a measurement on them would
+    mean nothing, and the vacuity verdict drawn from it even less)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise ConfigurationError(f"{what} must be a tensor (or numpy array) of inputs, got "
+                                 f"{type(x).__name__}")
+    per = tuple(int(s) for s in input_shape[1:])
+    shape = tuple(x.shape)
+    if shape == per and len(input_shape) > 1:
+        x = x.unsqueeze(0)
+    elif len(shape) != len(per) + 1 or shape[1:] != per or shape[0] == 0:
+        expected = f"(n, {', '.join(map(str, per))})" if per else "(n,)"
+        raise ConfigurationError(
+            f"{what} has shape {shape}; expected {expected} for the input shape "
+            f"{tuple(int(s) for s in input_shape)} (inputs are never reshaped: reshape "
+            "them yourself if the layout is right)")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ConfigurationError(f"{what} has dtype {x.dtype}; expected real numbers")
+    x = x.detach().to(torch.float64).cpu()
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        i = int(bad.reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        raise ConfigurationError(f"{what} contains NaN or infinite values (first in input "
+                                 f"{i}); refusing to measure on them")
+    return x
 
 
 def deviations(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor], x: Tensor,

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import JsonRecord, parse_json
+from .._schema import validate
 from .._version import provenance
 from ..errors import CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
@@ -164,22 +165,14 @@ class LocalCertificate(JsonRecord):
     @classmethod
     def from_json(cls, text: str) -> LocalCertificate:
         data = parse_json(text, "the local certificate", CertificateError)
-        if not isinstance(data, dict) or data.get("schema") != LOCAL_SCHEMA:
-            raise CertificateError(f"not a local certificate: field 'schema' must be "
-                                   f"{LOCAL_SCHEMA!r}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise CertificateError(f"local certificate has unknown field(s): {unknown}")
+        validate(data, "local-certificate", "local certificate", CertificateError,
+                 extra_fields=[f.name for f in fields(cls)])
         kw: dict[str, Any] = {}
         for k, v in data.items():
             if isinstance(v, list):
                 v = tuple(tuple(e) if isinstance(e, list) else e for e in v)
             kw[k] = v
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise CertificateError(f"local certificate is malformed: {exc}") from None
+        return cls(**kw)
 
 
 # ------------------------------------------------------------------ helpers

@@ -67,6 +67,19 @@ _TOO_SMALL = ("too small", "smaller than", "kernel size can't be greater",
               "non-positive", "calculated output size", "larger than")
 
 
+# what torch says when an op's operand shapes do not fit (the input shape is wrong for
+# the model): an adapter cannot help there, the input shape must change
+_SHAPE_MISMATCH = ("same reduction dim", "size mismatch", "cannot be multiplied",
+                   "must match the size of tensor", "the size of tensor a",
+                   "invalid for input of size", "mat1 and mat2 shapes", "expected input[")
+
+
+def _shape_mismatch(message: str) -> bool:
+    """Whether a shape-propagation error says the operand shapes do not fit."""
+    low = message.lower()
+    return any(t in low for t in _SHAPE_MISMATCH)
+
+
 def _too_small(message: str) -> bool:
     """Whether a shape-propagation error says the input is too small for an op."""
     low = message.lower()
@@ -381,6 +394,10 @@ class _Converter:
                 elif _too_small(str(exc)):
                     reason = (f"the input is too small here (input shape {tuple(example.shape)}"
                               f"; {first})")
+                    kind = RefusalKind.INPUT_SHAPE
+                elif _shape_mismatch(str(exc)):
+                    reason = (f"the input shape {tuple(example.shape)} does not fit this "
+                              f"layer ({first})")
                     kind = RefusalKind.INPUT_SHAPE
                 self._offend(node, reason, kind)
                 failed.add(node)

@@ -31,7 +31,7 @@ from .._version import __version__
 from ..certificate import Certificate
 from ..digest import parameter_digest
 from ..errors import CertcompressError, ConfigurationError, TrainModeError, VerificationError
-from ..measure import float64_function
+from ..measure import check_reference_inputs, float64_function
 from . import _runtime
 from .metadata import embed
 from .qdq import GridsLike, apply_grids, as_grids
@@ -137,7 +137,7 @@ def _check_same_function(exported: nn.Module, certified: nn.Module, shape: tuple
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand((8,) + shape[1:], generator=gen, dtype=torch.float64) * 2 - 1) * radius
     if reference is not None:
-        x = torch.cat([reference.reshape((-1,) + shape[1:])[:32].double(), x])
+        x = torch.cat([check_reference_inputs(reference, shape)[:32], x])
     with torch.no_grad():
         a, b = float64_function(exported)(x), float64_function(certified)(x)
     if a.shape != b.shape:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_text_file
+from .._schema import check_plain_json, validate
 from ..errors import ConfigurationError
 from . import _check
 from .refs import DataRef, ModelRef
@@ -167,6 +168,7 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
                    name: str = "manifest") -> Manifest:
     """Validate a parsed manifest (``base``: the directory relative paths start from;
     ``name``: the file name in messages and the default sweep name)."""
+    check_plain_json(data, name, ConfigurationError, string_keys=False)
     top = _check.fields(data, _TOP, name)
     parser = _Parser(Path(base))
     sweep = _check.text(top.get("sweep", Path(name).stem), f"{name}: sweep").strip()
@@ -209,6 +211,9 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
             if label:
                 task = replace(task, label=f"{label}: {task.compression()}")
             tasks.append(task)
+    # the hand checks above give the manifest-specific messages; the shipped schema
+    # (schemas/manifest.json) is the last word on the file's structure
+    validate(dict(top), "manifest", name, ConfigurationError, yaml=True)
     return Manifest(name, sweep, tuple(tasks))
 
 

@@ -60,7 +60,7 @@ def test_json_round_trip_and_validation_names_the_field(tmp_path: Path) -> None:
         ({**good, "layers": {"0": {"bits": 8, "granularity": "per-row"}}},
          r"'layers\.0\.granularity'"),
         ({**good, "layers": {"0": {"granularity": "per-tensor"}}}, r"'layers\.0\.bits' is missing"),
-        ({**good, "layers": {"0": {"bits": 8, "bitz": 2}}}, "unknown key"),
+        ({**good, "layers": {"0": {"bits": 8, "bitz": 2}}}, "unknown field"),
         ({**good, "bias_bits": 33}, "'bias_bits'"),
         ({**good, "layers": [1, 2]}, "'layers' must be an object"),
     ]

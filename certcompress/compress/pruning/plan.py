@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._io import atomic_write_text, parse_json, read_text_file
+from ..._schema import check_plain_json, validate
 from ...errors import ConfigurationError
 from ._layers import check_names, excluded_names, input_shape_for, prunable_layers
 from .criteria import Masks, check_criterion, resolve_masks
@@ -334,7 +335,10 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: object) -> PruningPlan:
-        """Validate a parsed plan file; every error names the bad field."""
+        """Validate a parsed plan file; every error names the bad field. The checks
+        below give the plan-specific messages; ``schemas/pruning-plan.json`` is checked
+        last (and NaN, huge integers and deep nesting first)."""
+        check_plain_json(data, "plan", ConfigurationError, string_keys=False)
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a pruning plan must be a mapping (JSON object) with at "
                                      f"least 'scope', got {_kind(data)}")
@@ -377,10 +381,12 @@ class PruningPlan:
             mask = None if raw.get("mask") is None else _mask(raw["mask"], f"{where}.mask")
             rules[str(name)] = LayerRule(raw.get("ratio"), raw.get("criterion"), mask,
                                          raw.get("pruned_indices"))
-        return cls(scope=scope, criterion=data.get("criterion", "magnitude"),
+        plan = cls(scope=scope, criterion=data.get("criterion", "magnitude"),
                    sparsity=data.get("sparsity"), layers=rules,
                    exclude=data.get("exclude", ()), seed=data.get("seed", 0),
                    input_shape=data.get("input_shape"), note=data.get("note", ""))
+        validate(dict(data), "pruning-plan", "plan", ConfigurationError, yaml=True)
+        return plan
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:

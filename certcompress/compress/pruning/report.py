@@ -20,6 +20,7 @@ from ..._runners import runner
 from ...api import certify, trace
 from ...errors import ConfigurationError
 from ...loading import module_without_executor, spec_for_executor
+from ...measure import check_reference_inputs
 from ._layers import excluded_names, input_shape_for, prunable_layers
 from .apply import apply_masks
 from .criteria import Masks, check_criterion, prune_count, ranks, weight_scores
@@ -120,7 +121,7 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
     radius = _radius(model, input_radius)
     x, y = _as_data(data, labels)
     if x is not None:
-        x = x.reshape((-1,) + tuple(shape[1:]))
+        x = check_reference_inputs(x, shape, "data")
     layers = prunable_layers(model)
     excluded = excluded_names(layers, list(exclude))
     names = [ly.name for ly in layers if ly.name not in excluded]

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..._io import atomic_write_text, parse_json, read_text_file
+from ..._schema import validate
 from ...errors import ConfigurationError
 from .quantizers import GRANULARITIES, WEIGHT_BITS, affine_layers, valid_bits, weight_of
 
@@ -182,38 +183,11 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> QuantConfig:
-        if not isinstance(data, dict):
-            raise ConfigurationError("quantization config: expected a JSON object")
-        if data.get("schema") != CONFIG_SCHEMA:
-            raise ConfigurationError(f"quantization config field 'schema' is "
-                                     f"{data.get('schema')!r}; expected {CONFIG_SCHEMA!r}")
-        unknown = sorted(set(data) - {"schema", "bias_bits", "layers"})
-        if unknown:
-            raise ConfigurationError(f"quantization config has unknown field(s): {unknown}")
-        layers = data.get("layers")
-        if not isinstance(layers, dict):
-            raise ConfigurationError("quantization config field 'layers' must be an object "
-                                     "{module name: {bits, granularity}}")
-        out = {}
-        for name, spec in layers.items():
-            where = f"layers.{name}"
-            if not isinstance(spec, dict):
-                raise ConfigurationError(f"quantization config field '{where}' must be an "
-                                         "object with 'bits' and 'granularity'")
-            extra = sorted(set(spec) - {"bits", "granularity"})
-            if extra:
-                raise ConfigurationError(f"quantization config field '{where}' has unknown "
-                                         f"key(s): {extra}")
-            if "bits" not in spec:
-                raise ConfigurationError(f"quantization config field '{where}.bits' is missing")
-            bits = check_bits(spec["bits"], f"quantization config field '{where}.bits'")
-            gran = check_granularity(spec.get("granularity", "per-channel"),
-                                     f"quantization config field '{where}.granularity'")
-            out[name] = LayerQuant(bits, gran)
-        bias_bits = data.get("bias_bits")
-        if bias_bits is not None:
-            check_bits(bias_bits, "quantization config field 'bias_bits'")
-        return cls(out, bias_bits)
+        """Validate ``data`` against ``schemas/quantconfig.json`` (one-line errors naming
+        the field) and build the config."""
+        validate(data, "quantconfig", "quantization config", ConfigurationError)
+        return cls({name: LayerQuant(spec["bits"], spec.get("granularity", "per-channel"))
+                    for name, spec in data["layers"].items()}, data.get("bias_bits"))
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
