@@ -22,7 +22,7 @@ from .errors import ConfigurationError
 # that a later run can tell the leftovers of a killed run (their process is gone) from
 # the work in progress of a live one, and remove them.
 _TMP_TAG = "cc"
-_TMP_RE = re.compile(r"\.cc(\d+)-[A-Za-z0-9_]+\.tmp$")
+_TMP_RE = re.compile(r"\.cc(\d+)-[A-Za-z0-9_.]+\.tmp$")
 _umask_lock = threading.Lock()
 
 
