@@ -67,12 +67,14 @@ from ..ir.ops import (
     IndexOp,
     LeakyReLUOp,
     LinearCombinationOp,
+    LinearOp,
     MaxPoolOp,
     ReLUOp,
 )
 from .propagation.engine import PropagationOptions, propagate
 from .propagation.interval import PairBounds
 from .propagation.lowering import lower_pair
+from .propagation.primitives import PAffine, PNode
 
 __all__ = ["ARITHMETICS", "Float32Error", "float32_error", "check_arithmetic", "U32",
            "FLT_MAX", "gamma32", "gamma32_t", "ERROR_MODEL", "with_float32"]
@@ -163,6 +165,11 @@ def _pair_index(graph: Graph, pair_sources: list[str]) -> dict[str, int]:
 
 
 def _nonzero_count(op: AffineOp, in_shape: tuple[int, ...], weight: Tensor) -> Tensor:
+    if isinstance(op, LinearOp):  # one pass over a (possibly huge) weight matrix
+        per_out = (weight != 0).sum(-1).to(torch.float64)
+        return op.apply(torch.zeros(in_shape, dtype=torch.float64),
+                        torch.zeros((weight.shape[0], in_shape[-1]), dtype=torch.float64),
+                        per_out)
     ones = torch.ones(in_shape, dtype=torch.float64)
     return op.apply(ones, (weight != 0).to(torch.float64), None)
 
@@ -233,6 +240,9 @@ class _Walk:
     where: dict[str, int]
     which: str  # "z" (original) or "c" (compressed)
     users: dict[str, list[IRNode]]
+    nodes: tuple[PNode, ...] = ()
+    #: the model's parameters are float32 already (no rounding when it is deployed)
+    float32_params: bool = False
     details: dict[str, float] = field(default_factory=dict)
 
     def magnitude(self, name: str) -> Tensor:
@@ -259,9 +269,13 @@ def _check_range(n: IRNode, absolute: Tensor) -> None:
 def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
     op = n.op
     assert isinstance(op, AffineOp)
-    params = w.graph.params[n.name]
-    weight, bias = params.weight, params.bias
-    wabs = weight.abs()
+    bias = w.graph.params[n.name].bias
+    pnode = w.nodes[w.where[n.name]] if w.nodes else None
+    if isinstance(pnode, PAffine):  # the lowered layer holds the weights and |weights|
+        weight, wabs = (pnode.w, pnode.w_abs) if w.which == "z" else (pnode.wc, pnode.wc_abs)
+    else:
+        weight = w.graph.params[n.name].weight
+        wabs = weight.abs()
     babs = torch.zeros(n.shape, dtype=torch.float64) if bias is None else \
         op.add_bias(torch.zeros(n.shape, dtype=torch.float64), bias.abs())
     x_hat = m_in + e_in
@@ -287,7 +301,8 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
         count = torch.full(n.shape, 2.0, dtype=torch.float64)
     else:
         count = _nonzero_count(op, tuple(x_hat.shape), weight) + (0.0 if bias is None else 1.0)
-        if not (bool(_representable(weight).all())
+        if not w.float32_params and not (
+                bool(_representable(weight).all())
                 and (bias is None or bool(_representable(bias).all()))):
             count = count + 2.0  # the runtime rounds the parameters to float32 first
         if any(isinstance(u.op, ChannelAffineOp) and _batchnorm(w.model, u) is not None
@@ -296,7 +311,7 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
         rounding = gamma32_t(count) * absolute
     # underflow: 2^-126 per operation, and denormals-are-zero on weights and inputs
     under = _ETA * (4.0 * (count + 1.0) + op.apply(torch.ones_like(x_hat), wabs, None))
-    sub = (weight != 0) & (wabs < 2.0 ** -126)
+    sub = (wabs > 0) & (wabs < 2.0 ** -126)
     if bool(sub.any()):
         under = under + op.apply(x_hat, wabs * sub, None)
     grow = 1.0 + gamma32(float(count.max()) + 1.0)
@@ -421,7 +436,9 @@ def float32_error(graph: Graph, other: Graph, domain: InputDomain, *,
     out: list[tuple[float, ...]] = []
     details: dict[str, Any] = {}
     for g, m, which in ((graph, model, "z"), (other, compressed, "c")):
-        w = _Walk(g, m, state.bounds, where, which, users)
+        f32 = m is not None and all(t.dtype == torch.float32 for t in
+                                    [*m.parameters(), *m.buffers()] if t.is_floating_point())
+        w = _Walk(g, m, state.bounds, where, which, users, pair.nodes, f32)
         e = _graph_error(w, e0)
         out.append(tuple(float(v) for v in e))
         details["max_terms"] = max(details.get("max_terms", 0.0),
