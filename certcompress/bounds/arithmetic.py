@@ -287,8 +287,9 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
             "modules or arithmetic='exact'",
             [UnsupportedNode(n.name, type(op).__name__, n.source,
                              "functional batch_norm in float32 mode")])
-    prop = op.apply(e_in, wabs, None)
-    absolute = op.apply(x_hat, wabs, None) + babs
+    # one pass over the weights: |W| e_in, |W| |x_hat| and the row sums of |W|
+    prop, absolute, row_sums = op.apply_many([e_in, x_hat, torch.ones_like(x_hat)], wabs)
+    absolute = absolute + babs
     _check_range(n, absolute)
     if bn is not None:
         assert bn.running_mean is not None
@@ -310,7 +311,7 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
             count = count + _BN_EXTRA  # a runtime may fold the BatchNorm into this layer
         rounding = gamma32_t(count) * absolute
     # underflow: 2^-126 per operation, and denormals-are-zero on weights and inputs
-    under = _ETA * (4.0 * (count + 1.0) + op.apply(torch.ones_like(x_hat), wabs, None))
+    under = _ETA * (4.0 * (count + 1.0) + row_sums)
     sub = (wabs > 0) & (wabs < 2.0 ** -126)
     if bool(sub.any()):
         under = under + op.apply(x_hat, wabs * sub, None)
