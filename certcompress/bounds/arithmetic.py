@@ -15,9 +15,9 @@ without fused multiply-add (which only removes roundings), is within
 ``x_hat`` the float32 input of a layer and ``e_in`` its error bound,
 
 * affine (Linear, Conv, ConvTranspose): ``e_out = |W| e_in + gamma_n (|W| |x_hat| + |b|)
-  + underflow``, ``n`` = non-zero products per output + 1 (the bias), plus 12 when an
-  eval-mode BatchNorm follows (the exporter or the runtime may fold it into the layer,
-  rounding the folded weights);
+  + underflow``, ``n`` = non-zero products per output + 1 (the bias), plus 12 when a
+  per-channel or scalar affine map follows (an eval-mode BatchNorm, a scalar multiply:
+  the exporter or the runtime may fold it into the layer, rounding the folded weights);
 * eval-mode BatchNorm: ``gamma_12 (|a| |x_hat| + |beta| + |mean| |a| + |c|)`` on top of
   ``|a| e_in`` (``a = gamma/sqrt(var+eps)``, ``c = beta - mean*a``, computed by the runtime
   in float32 in any of the usual ways);
@@ -227,6 +227,14 @@ def _batchnorm(model: nn.Module | None, node: IRNode) -> nn.Module | None:
     return m if isinstance(m, nn.modules.batchnorm._BatchNorm) else None
 
 
+def _foldable(node: IRNode) -> bool:
+    """A per-channel or scalar affine map a runtime may fold into the layer before it,
+    rounding the folded weights (onnxruntime's Conv+BatchNorm, Conv+Mul and MatMul+scale
+    fusions, an exporter's BatchNorm folding)."""
+    return isinstance(node.op, ChannelAffineOp) or (
+        isinstance(node.op, LinearCombinationOp) and len(node.inputs) == 1)
+
+
 def _looks_like_batchnorm(node: IRNode) -> bool:
     s = node.source.lower()
     return "batch_norm" in s or "batchnorm" in s
@@ -306,9 +314,8 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
                 bool(_representable(weight).all())
                 and (bias is None or bool(_representable(bias).all()))):
             count = count + 2.0  # the runtime rounds the parameters to float32 first
-        if any(isinstance(u.op, ChannelAffineOp) and _batchnorm(w.model, u) is not None
-               for u in w.users.get(n.name, [])):
-            count = count + _BN_EXTRA  # a runtime may fold the BatchNorm into this layer
+        if any(_foldable(u) for u in w.users.get(n.name, [])):
+            count = count + _BN_EXTRA  # a runtime may fold that map into this layer
         rounding = gamma32_t(count) * absolute
     # underflow: 2^-126 per operation, and denormals-are-zero on weights and inputs
     under = _ETA * (4.0 * (count + 1.0) + row_sums)
