@@ -67,6 +67,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["export_onnx", "verify_onnx", "VerificationReport", "VerificationFailed",
                      "generate_signing_key"], "certcompress.export"),
     **dict.fromkeys(["certify_local", "LocalCertificate"], "certcompress.bounds.local"),
+    **dict.fromkeys(["estimate_costs", "CostEstimate", "TierCost"], "certcompress.bounds.cost"),
     **dict.fromkeys(["certify_statistical", "StatisticalCertificate"],
                     "certcompress.bounds.statistical"),
     **dict.fromkeys(["sweep", "results", "ResultStore", "load_manifest"], "certcompress.scale"),

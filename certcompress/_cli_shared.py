@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ._io import check_outputs, model_input_files
 from .capture import plugin_manager
 from .errors import ConfigurationError
 from .loading import exported_input_shape
@@ -63,16 +64,8 @@ def input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[int
                              "knows its input); pass it batch first, e.g. --input-shape 1 3 32 32")
 
 
-def check_output(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be written."""
-    if path.is_dir():
-        raise ConfigurationError(f"output '{path}' is a directory; name a file, e.g. "
-                                 f"{path / 'certificate.json'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': '{parent}' is not a directory")
-    if not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': directory '{parent}' does not exist; "
-                                 "create it first")
-
-
+def check_output(path: Path | None, *inputs: str | None,
+                 others: Sequence[Path] = ()) -> None:
+    """Fail before any work if ``path`` (or one of ``others``) cannot be written, or is
+    one of the files named by ``inputs`` (model specs, weights, data)."""
+    check_outputs([path, *others], model_input_files(*inputs))

@@ -19,6 +19,7 @@ from ._cli_shared import (
 from .api import certify, input_spec_for, path_norm, trace
 from .bounds import cli_local
 from .bounds.cli import add_domain_arguments, certify_kwargs
+from .bounds.cost import estimate_costs
 from .capture import ENTRY_POINT_GROUP, plugin_manager
 from .errors import ConfigurationError, UnsupportedModelError
 from .loading import load_model, load_module, load_reference_inputs
@@ -63,6 +64,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"\n{args.model}: supported (a ReLU-DAG certcompress certifies) for input shape "
           f"{shape}")
     print(f"path-norm ||Phi(theta)||_1 = {path_norm(graph):.6g}")
+    print(estimate_costs(graph).summary())
     return EXIT_OK
 
 
@@ -99,7 +101,9 @@ def _register_certify(subparsers: Subparsers) -> None:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    check_output(out)
+    check_output(out, args.original, args.compressed, args.weights, args.compressed_weights,
+                 args.reference_data, getattr(args, "heldout", None),
+                 others=cli_local.planned_outputs(args))
     if args.search_steps < 0 or args.search_restarts < 1:
         raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     load_plugins(args.plugin)
@@ -113,6 +117,11 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     reference = (load_reference_inputs(args.reference_data, shape)
                  if args.reference_data else None)
     tiers = certify_kwargs(args, shape, reference)
+    methods = tiers["methods"] or (("path-metric", "bounds") if tiers["domain"] is not None
+                                   else ("path-metric",))
+    if "bounds" in methods or getattr(args, "local_eps", None):
+        # tell the user what to expect before the long part
+        print(estimate_costs(trace(original, shape), options=tiers["propagation"]).summary())
     cert = certify(original, compressed, shape, args.radius, reference_inputs=reference,
                    search_steps=args.search_steps, search_restarts=args.search_restarts,
                    seed=args.seed, **tiers)

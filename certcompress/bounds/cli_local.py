@@ -94,6 +94,16 @@ def _out_path(explicit: str | None, args: argparse.Namespace, suffix: str) -> Pa
     return base.with_name(f"{base.stem}.{suffix}.json")
 
 
+def planned_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files :func:`run` will write for ``args`` (to check them before any work)."""
+    if getattr(args, "heldout", None) is None:
+        return []
+    out = [_out_path(args.statistical_out, args, "statistical")]
+    if getattr(args, "local_eps", None) is not None:
+        out.append(_out_path(args.local_out, args, "local"))
+    return out
+
+
 def run(args: argparse.Namespace, model: nn.Module, compressed: nn.Module,
         print_fn: Callable[[str], None] = print, *,
         input_shape: Sequence[int] | None = None, domain: InputDomain | None = None,

@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from .._cli_shared import load_plugins as _load_plugins
+from .._io import check_outputs, model_input_files
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from .onnx_export import MIN_OPSET, export_onnx
@@ -165,13 +166,9 @@ def _options(args: argparse.Namespace) -> Tolerance:
     return Tolerance(rtol=args.rtol, atol=args.atol)
 
 
-def _writable(path: Path) -> None:
-    if path.is_dir():
-        raise ConfigurationError(f"output '{path}' is a directory; name a file")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigurationError(f"cannot write '{path}': directory '{parent}' does not "
-                                 "exist; create it first")
+def _writable(path: Path, *inputs: str | None) -> None:
+    """Fail before any work if ``path`` cannot be written or is one of ``inputs``."""
+    check_outputs([path], model_input_files(*inputs))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -179,7 +176,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..loading import load_reference_inputs
 
     out = Path(args.out)
-    _writable(out)
+    _writable(out, args.certificate, args.compressed, args.weights, args.reference_data,
+              args.original, args.original_weights, args.certified, args.certified_weights,
+              args.grid, args.signing_key)
     tol = _options(args)
     cert = Certificate.load(args.certificate)
     _load_plugins(args.plugin)
@@ -214,7 +213,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     tol = _options(args)
     report_path = Path(args.report) if args.report else None
     if report_path is not None:
-        _writable(report_path)
+        _writable(report_path, args.onnx, args.original, args.original_weights,
+                  args.compressed, args.compressed_weights, args.inputs, args.public_key)
     cert = read_embedded(load_onnx_file(args.onnx), f"'{args.onnx}'").certificate
     if args.public_key is not None:
         PublicKey(args.public_key)  # a bad key fails before any model is built

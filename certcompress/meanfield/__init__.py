@@ -14,7 +14,17 @@ says "out of scope" where the theory does not apply. See docs/meanfield.md.
 
 from __future__ import annotations
 
-from ._audit import AuditReport, BlockInfo, audit
+from ._audit import (
+    ALPHA_MAX,
+    BETA_LARGE,
+    LAZY_GRAM,
+    LAZY_MOVE,
+    AuditReport,
+    BlockInfo,
+    LazinessMeasurement,
+    audit,
+    laziness,
+)
 from ._compress import (
     MagnitudePrune,
     RoundToGrid,
@@ -34,6 +44,12 @@ from ._train import Checkpoint, TrainRun, train
 from ._transport import exact_w2, w2_coupling_bound
 
 __all__ = [
+    "ALPHA_MAX",
+    "BETA_LARGE",
+    "LAZY_GRAM",
+    "LAZY_MOVE",
+    "LazinessMeasurement",
+    "laziness",
     "AuditReport",
     "BlockInfo",
     "Checkpoint",

@@ -17,11 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigurationError
-from ._audit import audit
+from ._audit import audit, laziness, with_laziness
 from ._data import as_features, as_targets
 from ._gram import gram_matrices, lambda_min
 from ._kl import KLEstimate, gaussian_kl, knn_kl
 from ._model import ScaledResNet, particles_from_state
+from ._paper import paper_bounds
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._train import TrainRun, data_fingerprint, progress_enabled
 from ._transport import w2_coupling_bound
@@ -44,6 +45,7 @@ class EstimateOptions:
         Donsker-Varadhan Rademacher estimate.
     target_bound: Y with |y| <= Y for the clipped loss; default max |y| over the data.
     eig_floor: relative eigenvalue floor for G2^{-1} in the kernel measure.
+    hermite_order: truncation order of the Hermite lower bound Lambda (higher: tighter).
     """
 
     gram_method: GramMethod = "structured"
@@ -56,9 +58,11 @@ class EstimateOptions:
     mc_signs: int = 64
     target_bound: float | None = None
     eig_floor: float = 1e-12
+    hermite_order: int = 12
 
     def __post_init__(self) -> None:
-        for name in ("max_checkpoints", "knn_k", "knn_repeats", "mc_particles", "mc_signs"):
+        for name in ("max_checkpoints", "knn_k", "knn_repeats", "mc_particles", "mc_signs",
+                     "hermite_order"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "max_checkpoints" else 1):
                 raise ConfigurationError(f"EstimateOptions.{name} must be a positive integer "
@@ -95,7 +99,9 @@ class MeanFieldEstimate:
 
     Configuration: depth L, width M, head_width K, d, scaling, alpha, beta, activation,
     init, n_train, n_test, delta.
-    Regime [D]: regime, alpha_eff, beta_eff, in_scope, scope.
+    Regime [D]: regime, alpha_eff, beta_eff, in_scope, scope; laziness [M] of this run:
+        move_head, move_residual (rms particle displacement / rms particle scale),
+        gram_change (relative Frobenius change of G2), lazy_measured (see mf.audit).
     Gram [D, M]: lambda_min_G2_init/final/min, lambda_min_G12_init/final (G12 = G1 + G2),
         trajectory, premise_holds (lambda_min(G2(t)) >= lambda_min(G2(0)) / 2 throughout).
     Loss decay [D, M]: loss_decay_holds (L(t) <= exp(-(2 beta^2/n) int lambda_min(G2)) L(0)
@@ -103,7 +109,7 @@ class MeanFieldEstimate:
         decay_rate_predicted_G2, decay_rate_predicted_G12.
     Distance from init: w2_bound_residual, w2_bound_head, w2_bound_per_layer [P: upper
         bounds on W2 of the particle sets]; kl_gaussian_* (population floor [D], finite
-        sample [E]), kl_knn_* [E] with kl_knn_stderr, kl_knn_baseline (the k-NN value on
+        sample [E], bias-corrected: ~0 on particles of nu_0), kl_knn_* [E] with kl_knn_stderr, kl_knn_baseline (the k-NN value on
         the initial particles: its noise level); kl_radius = head + mean over layers of
         max(Gaussian floor, k-NN) [E].
     Complexity and gap [E]: rademacher_closed_form, rademacher_mc (+ stderr),
@@ -114,6 +120,17 @@ class MeanFieldEstimate:
         estimate says nothing), kernel_measure = sqrt(y^T G2(0)^{-1} y / n).
     Measured [M]: train/test loss of clipped predictions and measured_gap (test - train),
         the same unclipped, and 0-1 errors (None for non-binary targets).
+    The paper's quantities [D] (certcompress.meanfield._paper; always computed, also out
+        of scope, since they concern the limit at mean-field initialisation):
+        Lambda_s, Lambda_G2 (lower bounds on lambda_min of the limiting Gram matrices on
+        the embedded data), kl_bound_paper (KL bound at the final flow time as a
+        function of beta, n, Lambda_s, t), rademacher_paper and gap_bound_paper (+
+        gap_bound_paper_vacuous) for the frozen-feature head class.
+    The theorem's conditions, checked on this run: beta_over_sqrt_n and cond_beta
+        (beta >= sqrt(n)), kl_radius_times_n and cond_kl (estimated KL radius <= 1/n),
+        t0_measured (first checkpoint time with lambda_min(G1+G2) < Lambda_G2 / 2; inf
+        if none), train_time and cond_time (train_time <= t0_measured), and
+        conditions_met (all three).
     """
 
     depth: int
@@ -133,6 +150,10 @@ class MeanFieldEstimate:
     beta_eff: float
     in_scope: bool
     scope: str
+    move_head: float
+    move_residual: float
+    gram_change: float
+    lazy_measured: bool
     lambda_min_G2_init: float
     lambda_min_G2_final: float
     lambda_min_G2_min: float
@@ -176,6 +197,20 @@ class MeanFieldEstimate:
     diverged: bool
     steps: int
     estimate_seconds: float
+    Lambda_s: float
+    Lambda_G2: float
+    kl_bound_paper: float
+    rademacher_paper: float
+    gap_bound_paper: float
+    gap_bound_paper_vacuous: bool
+    beta_over_sqrt_n: float
+    cond_beta: bool
+    kl_radius_times_n: float
+    cond_kl: bool
+    t0_measured: float
+    train_time: float
+    cond_time: bool
+    conditions_met: bool
     trajectory: tuple[GramPoint, ...] = ()
     w2_bound_per_layer: tuple[float, ...] = ()
     kl_gaussian_per_layer: tuple[float, ...] = ()
@@ -191,24 +226,34 @@ class MeanFieldEstimate:
         def fmt(v: float | None) -> str:
             return "out of scope" if v is None else f"{v:.4g}"
 
+        def ok(flag: bool) -> str:
+            return "pass" if flag else "FAIL"
+
         return "\n".join([
             f"ScaledResNet L={self.depth} M={self.width} K={self.head_width} scaling={self.scaling} "
             f"alpha={self.alpha} beta={self.beta} ({self.activation}, {self.init} init), n={self.n_train}",
-            f"  regime: {self.regime}, alpha_eff={self.alpha_eff:.4g}, beta_eff={self.beta_eff:.4g} -- {self.scope}",
-            f"  lambda_min(G2): init {self.lambda_min_G2_init:.4g}, final {self.lambda_min_G2_final:.4g}, "
+            f"  regime [D]: {self.regime}, alpha_eff={self.alpha_eff:.4g}, beta_eff={self.beta_eff:.4g} -- {self.scope}",
+            f"  [D] Lambda (lower bounds on lambda_min of the limiting Gram): K_s {self.Lambda_s:.4g}, "
+            f"G2 {self.Lambda_G2:.4g}; KL bound at t={self.train_time:.4g}: {self.kl_bound_paper:.4g} nats; "
+            f"Rademacher {self.rademacher_paper:.4g}; gap bound {self.gap_bound_paper:.4g}"
+            + (" VACUOUS" if self.gap_bound_paper_vacuous else ""),
+            f"  conditions: beta >= sqrt(n) {ok(self.cond_beta)} (beta/sqrt(n) = {self.beta_over_sqrt_n:.3g}); "
+            f"KL radius <= 1/n {ok(self.cond_kl)} (r*n = {self.kl_radius_times_n:.3g}); "
+            f"t <= t0 {ok(self.cond_time)} (t0 = {self.t0_measured:.4g})",
+            f"  [M] lambda_min(G2): init {self.lambda_min_G2_init:.4g}, final {self.lambda_min_G2_final:.4g}, "
             f"min {self.lambda_min_G2_min:.4g}; premise {'holds' if self.premise_holds else 'FAILED'}",
-            f"  lambda_min(G1+G2): init {self.lambda_min_G12_init:.4g}, final {self.lambda_min_G12_final:.4g}",
-            f"  loss decay: fitted rate {self.decay_rate_fitted:.4g}, predicted (G2) "
+            f"  [M] lambda_min(G1+G2): init {self.lambda_min_G12_init:.4g}, final {self.lambda_min_G12_final:.4g}",
+            f"  [M/D] loss decay: fitted rate {self.decay_rate_fitted:.4g}, predicted (G2) "
             f"{self.decay_rate_predicted_G2:.4g}, bound {'holds' if self.loss_decay_holds else 'VIOLATED'}",
-            f"  W2 bound: residual {self.w2_bound_residual:.4g}, head {self.w2_bound_head:.4g}",
-            f"  KL (nats): Gaussian floor residual {self.kl_gaussian_residual:.4g} head {self.kl_gaussian_head:.4g}; "
+            f"  [D] W2 coupling bound: residual {self.w2_bound_residual:.4g}, head {self.w2_bound_head:.4g}",
+            f"  [E] KL (nats): Gaussian fit (bias-corrected) residual {self.kl_gaussian_residual:.4g} head {self.kl_gaussian_head:.4g}; "
             f"kNN residual {self.kl_knn_residual:.4g} head {self.kl_knn_head:.4g} (+-{self.kl_knn_stderr:.2g}, "
             f"baseline {self.kl_knn_baseline:.3g}); radius r={self.kl_radius:.4g}",
-            f"  Rademacher: closed form {fmt(self.rademacher_closed_form)}, Monte-Carlo DV {fmt(self.rademacher_mc)}",
-            f"  gap estimate {fmt(self.gap_estimate)} (closed form {fmt(self.gap_estimate_closed_form)})"
+            f"  [E] Rademacher at the estimated radius: closed form {fmt(self.rademacher_closed_form)}, Monte-Carlo DV {fmt(self.rademacher_mc)}",
+            f"  [E] gap estimate {fmt(self.gap_estimate)} (closed form {fmt(self.gap_estimate_closed_form)})"
             + (f" VACUOUS (the loss lies in [0, {self.loss_bound:.3g}])" if self.gap_estimate_vacuous else "")
             + f", kernel measure {self.kernel_measure:.4g}",
-            f"  MEASURED gap {self.measured_gap:.4g} (train {self.train_loss:.4g}, test {self.test_loss:.4g})",
+            f"  [M] MEASURED gap {self.measured_gap:.4g} (train {self.train_loss:.4g}, test {self.test_loss:.4g})",
         ])
 
 
@@ -296,7 +341,8 @@ def estimate(
 
     # ---- regime (audited at initialisation: the configuration, not the trained weights)
     _load(work, run.checkpoints[0].state)
-    report = audit(work)
+    lazy = laziness(run, Xtr)
+    report = with_laziness(audit(work), lazy)
     reasons = list(report.reasons)
     if run.diverged:
         reasons.append(f"training diverged at step {len(run.losses)}; estimates use the last checkpoint")
@@ -390,6 +436,20 @@ def estimate(
                          f"[0, {B:.3g}], so no gap exceeds {B:.3g}")
     kernel = _kernel_measure(G2_init, ytr, opts.eig_floor)
 
+    # ---- the paper's quantities [D] and the theorem's conditions on this run
+    pb = paper_bounds(work.embed_input(Xt).detach().numpy(), ytr, beta=cfg.beta,
+                      t=float(times[-1]), sigma_w=work.prior.sigma_head_w,
+                      sigma_a=work.prior.sigma_a, activation=work.act, loss_lipschitz=lip,
+                      loss_bound=B, confidence_term=conf, order=opts.hermite_order)
+    below = [p.time for p in traj if p.lambda_min_G12 < pb.Lambda_G2 / 2.0]
+    t0 = float(below[0]) if below else math.inf
+    train_time = float(run.checkpoints[-1].time)
+    cond_beta = bool(cfg.beta >= math.sqrt(n))
+    cond_kl = bool(radius * n <= 1.0)
+    cond_time = bool(train_time <= t0)
+    if pb.gap_bound_vacuous:
+        notes.append(f"the [D] gap bound {pb.gap_bound:.3g} is vacuous (loss range {B:.3g})")
+
     tr_c, tr_u, tr_e = _losses(f_tr.numpy(), ytr, Y)
     te_c, te_u, te_e = _losses(f_te.numpy(), yte, Y)
     scope = "in scope" if in_scope else "out of scope: " + "; ".join(reasons)
@@ -399,7 +459,8 @@ def estimate(
         init=cfg.init, n_train=n, n_test=int(Xte.shape[0]), delta=float(delta),
         regime=report.regime, alpha_eff=report.alpha_eff,
         beta_eff=float(report.beta_eff) if report.beta_eff is not None else math.nan,
-        in_scope=in_scope, scope=scope,
+        in_scope=in_scope, scope=scope, move_head=lazy.move_head,
+        move_residual=lazy.move_residual, gram_change=lazy.gram_change, lazy_measured=lazy.lazy,
         lambda_min_G2_init=float(lam2[0]), lambda_min_G2_final=float(lam2[-1]),
         lambda_min_G2_min=float(lam2.min()), lambda_min_G12_init=float(lam12[0]),
         lambda_min_G12_final=float(lam12[-1]), premise_holds=premise,
@@ -419,6 +480,12 @@ def estimate(
         train_loss_unclipped=tr_u, test_loss_unclipped=te_u, measured_gap_unclipped=te_u - tr_u,
         train_error=tr_e, test_error=te_e, diverged=run.diverged, steps=run.steps_done,
         estimate_seconds=time.perf_counter() - start,
+        Lambda_s=pb.Lambda_s, Lambda_G2=pb.Lambda_G2, kl_bound_paper=pb.kl_bound,
+        rademacher_paper=pb.rademacher_bound, gap_bound_paper=pb.gap_bound,
+        gap_bound_paper_vacuous=pb.gap_bound_vacuous, beta_over_sqrt_n=cfg.beta / math.sqrt(n),
+        cond_beta=cond_beta, kl_radius_times_n=radius * n, cond_kl=cond_kl, t0_measured=t0,
+        train_time=train_time, cond_time=cond_time,
+        conditions_met=cond_beta and cond_kl and cond_time,
         trajectory=tuple(traj), w2_bound_per_layer=w2_layers,
         kl_gaussian_per_layer=tuple(kl_g), kl_knn_per_layer=tuple(kl_k), notes=tuple(notes),
     )

@@ -25,7 +25,7 @@ from ._types import InitName, ScalingName
 __all__ = ["ScaledResNet", "PriorSpec", "ResNetConfig", "Particles"]
 
 _SCALINGS = ("mean-field", "sqrt", "none")
-_INITS = ("mean-field", "standard")
+_INITS = ("mean-field", "standard", "paired")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,11 @@ class ScaledResNet(nn.Module):
         init: ``"mean-field"`` draws O(1) particles (u ~ N(0, I), w ~ N(0, I/d),
             b ~ N(0, 1), a ~ N(0, 1), w' ~ N(0, I/d)); ``"standard"`` multiplies u by
             sqrt(M) and a by sqrt(K), which is PyTorch's 1/sqrt(fan_in) scale for
-            V = u/M: the lazy regime.
+            V = u/M: the lazy regime. ``"paired"`` draws mean-field particles in
+            sign-flipped pairs (u, w, b), (-u, w, b) and (a, w'), (-a, w') (M and K even),
+            so that f = 0 and z_L = z_0 at initialisation exactly, as in the infinite-width
+            limit (E[u] = E[a] = 0); without it the finite-width initial output is of
+            order beta/sqrt(K), which a large beta turns into a large initial loss.
         input_dim: input features p; the fixed embedding E is the identity when p == d,
             otherwise a fixed N(0, 1/p) matrix (a buffer, never trained). Default d.
         seed: seeds the initial particles and E.
@@ -148,6 +152,9 @@ class ScaledResNet(nn.Module):
             raise ConfigurationError(f"ScaledResNet: numeric scaling must be > 0, got {scaling!r}")
         if init not in _INITS:
             raise ConfigurationError(f"ScaledResNet: unknown init '{init}'; use one of {', '.join(_INITS)}")
+        if init == "paired" and (width % 2 or head_width % 2):
+            raise ConfigurationError(f"ScaledResNet: init='paired' needs even width and head_width, "
+                                     f"got {width} and {head_width}")
         self.act: ActivationSpec = get_activation(activation)
         p = d if input_dim is None else input_dim
         if isinstance(p, bool) or not isinstance(p, int) or p < 1:
@@ -172,6 +179,14 @@ class ScaledResNet(nn.Module):
         self.res_bias = draw(depth, width, std=pr.sigma_b)
         self.head_a = draw(head_width, std=pr.sigma_a)
         self.head_w = draw(head_width, d, std=pr.sigma_head_w)
+        if init == "paired":
+            with torch.no_grad():
+                h, k = width // 2, head_width // 2
+                self.res_u[:, h:] = -self.res_u[:, :h]
+                self.res_w[:, h:] = self.res_w[:, :h]
+                self.res_bias[:, h:] = self.res_bias[:, :h]
+                self.head_a[k:] = -self.head_a[:k]
+                self.head_w[k:] = self.head_w[:k]
         if p == d:
             embed = torch.eye(d, dtype=dtype)
         else:

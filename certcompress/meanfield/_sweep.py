@@ -69,10 +69,10 @@ class SweepOptions:
             raise ConfigurationError(f"SweepOptions.delta must be in (0, 1), got {self.delta!r}")
         if not 0 < self.test_fraction < 1:
             raise ConfigurationError(f"SweepOptions.test_fraction must be in (0, 1), got {self.test_fraction!r}")
-        bad = [i for i in self.inits if i not in ("mean-field", "standard")]
+        bad = [i for i in self.inits if i not in ("mean-field", "standard", "paired")]
         if bad or not self.inits:
             raise ConfigurationError(f"SweepOptions.inits must be a non-empty subset of "
-                                     f"('mean-field', 'standard'), got {self.inits!r}")
+                                     f"('mean-field', 'standard', 'paired'), got {self.inits!r}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -59,7 +60,8 @@ class TrainRun:
     When ``diverged`` the run stopped early (non-finite loss or loss above
     ``divergence_factor`` times the initial loss) and the model is the last checkpoint.
     ``seconds_per_step`` is the mean wall time of one gradient step (forward, backward,
-    update), without checkpointing.
+    update), without checkpointing. ``lr`` is the step actually used (flow time per
+    step): the requested one divided by beta^2 when ``lr_scale == "beta"``.
     """
 
     model: ScaledResNet
@@ -73,6 +75,7 @@ class TrainRun:
     seconds_per_step: float
     wall_seconds: float
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)
+    lr_scale: str = "none"
 
     @property
     def steps_done(self) -> int:
@@ -94,6 +97,7 @@ def train(
     lr: float = 0.5,
     divergence_factor: float = 1e4,
     progress: bool = False,
+    lr_scale: str = "beta",
 ) -> TrainRun:
     """Train a copy of ``net`` by full-batch gradient descent on the squared loss.
 
@@ -107,7 +111,12 @@ def train(
         X_train: (n, input_dim) features; y_train: (n,) targets ({0,1} become +-1).
         steps: gradient steps (>= 1). record_every: checkpoint period in steps (the
             first and last step are always recorded).
-        lr: step size in gradient-flow time units (> 0).
+        lr: step size (> 0). With ``lr_scale="beta"`` (default) the step used is
+            lr / beta^2, the mean-field time scale: the outputs then move at a speed
+            independent of beta (df/dt carries beta^2), so large-beta runs do not diverge
+            at the default lr; ``lr_scale="none"`` uses lr as given. Flow time is the
+            step used times the step count.
+    A run that diverges stops and issues a RuntimeWarning naming the step and the lr.
     """
     if not isinstance(net, ScaledResNet):
         raise ConfigurationError(
@@ -120,6 +129,8 @@ def train(
         raise ConfigurationError(f"train: record_every must be an integer >= 1, got {record_every!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigurationError(f"train: lr must be a finite number > 0, got {lr!r}")
+    if lr_scale not in ("beta", "none"):
+        raise ConfigurationError(f"train: lr_scale must be 'beta' or 'none', got {lr_scale!r}")
     Xa = as_features(X_train, "X_train")
     ya = as_targets(y_train, Xa.shape[0], "y_train")
     model = copy.deepcopy(net)
@@ -129,6 +140,7 @@ def train(
     y = torch.as_tensor(ya, dtype=dtype)
     model.embed_input(X)  # shape check with a clear message
     mults = model.lr_multipliers()
+    lr_used = float(lr) / model.config.beta**2 if lr_scale == "beta" else float(lr)
     params = dict(model.named_parameters())
 
     checkpoints: list[Checkpoint] = []
@@ -151,7 +163,7 @@ def train(
                 break
             losses.append(value)
             if k % record_every == 0 or k == steps:
-                checkpoints.append(Checkpoint(k, lr * k, value, _snapshot(model)))
+                checkpoints.append(Checkpoint(k, lr_used * k, value, _snapshot(model)))
             if k == steps:
                 break
             t1 = time.perf_counter()
@@ -161,13 +173,16 @@ def train(
             with torch.no_grad():
                 for name, p in params.items():
                     if p.grad is not None:
-                        p.sub_(p.grad, alpha=lr * mults[name])
+                        p.sub_(p.grad, alpha=lr_used * mults[name])
             step_seconds += forward_seconds + (time.perf_counter() - t1)
             n_timed += 1
             bar.update(1)
     finally:
         bar.close()
     if diverged:
+        warnings.warn(f"train: the run diverged at step {len(losses)} (loss non-finite or above "
+                      f"{divergence_factor:g} x the initial loss) with step {lr_used:g}; "
+                      "lower lr", RuntimeWarning, stacklevel=2)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(checkpoints[-1].state[name])
@@ -176,7 +191,7 @@ def train(
         model=model,
         checkpoints=tuple(checkpoints),
         losses=tuple(losses),
-        lr=float(lr),
+        lr=lr_used,
         steps_requested=steps,
         diverged=diverged,
         n_train=int(Xa.shape[0]),
@@ -184,6 +199,7 @@ def train(
         seconds_per_step=step_seconds / max(n_timed, 1),
         wall_seconds=time.perf_counter() - start,
         lr_multipliers=dict(mults),
+        lr_scale=lr_scale,
     )
 
 

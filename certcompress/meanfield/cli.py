@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_outputs, model_input_files
 from ..errors import CertcompressError, ConfigurationError
 
 __all__ = ["register", "run_sweep"]
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--widths", type=int, nargs="+", default=[128], metavar="M")
     p.add_argument("--ns", type=int, nargs="+", default=None, metavar="N",
                    help="training-set sizes (default 500 for digits, all rows for a file)")
-    p.add_argument("--inits", nargs="+", default=["mean-field"], choices=["mean-field", "standard"])
+    p.add_argument("--inits", nargs="+", default=["mean-field"], choices=["mean-field", "standard", "paired"])
     p.add_argument("--data", default="digits",
                    help="'digits', 'digits:<task>' (odd-even, 3-vs-8, 0-vs-rest) or a .npz "
                         "file with X, y or X_train, y_train, X_test, y_test")
@@ -91,8 +91,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._sweep import AGREEMENT_COLUMNS, SweepOptions, spearman_agreement, sweep
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"--out: '{out}' exists and is not a directory")
+    check_outputs([], model_input_files(args.data, args.store), directories=[out],
+                  create_dirs=True)
     if not (0 < args.delta < 1):
         raise ConfigurationError(f"--delta must be in (0, 1), got {args.delta}")
     if args.steps < 1 or args.record_every < 1 or not args.lr > 0:

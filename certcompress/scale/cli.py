@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .._io import check_outputs
 from ..errors import ConfigurationError
 
 __all__ = ["register", "register_zoo", "register_results"]
@@ -71,6 +72,7 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
 
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise ConfigurationError(f"--out '{args.out}' must end in .csv or .json")
+    check_outputs([args.out, args.store], [args.manifest])
     if args.executor != "ray" and (args.address or args.num_cpus):
         raise ConfigurationError("--address and --num-cpus are for --executor ray")
     if args.executor != "local" and args.workers:
@@ -146,6 +148,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .results import export
 
+    check_outputs([args.out], [args.store])
     written = export(args.store, args.out, args.sweep, status=args.status)
     print(f"results written to {written.resolve()}")
     return EXIT_OK

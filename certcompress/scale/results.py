@@ -50,7 +50,7 @@ def load(store: str | os.PathLike[str], sweep: str | None = None, *,
     only ``status`` ``"ok"`` or ``"error"``. The store must exist."""
     if status not in (None, "ok", "error"):
         raise ConfigurationError(f"status must be 'ok', 'error' or None, got {status!r}")
-    with ResultStore(store, create=False) as st:
+    with ResultStore(store, create=False, readonly=True) as st:
         if sweep is not None and not st.keys(sweep):
             known = [s["sweep"] for s in st.sweeps()]
             raise ConfigurationError(f"store '{store}' has no sweep {sweep!r}; sweeps: "
@@ -60,7 +60,7 @@ def load(store: str | os.PathLike[str], sweep: str | None = None, *,
 
 def list_sweeps(store: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per sweep: tasks, ok, error, kinds, first and last write, task seconds."""
-    with ResultStore(store, create=False) as st:
+    with ResultStore(store, create=False, readonly=True) as st:
         return pd.DataFrame(st.sweeps(), columns=["sweep", "tasks", "ok", "error", "kinds",
                                                   "first", "last", "task_seconds"])
 

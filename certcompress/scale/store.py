@@ -76,28 +76,65 @@ class ResultStore:
     missing file is a :class:`StoreError`). Use as a context manager or call
     :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if self.path.is_dir():
             raise StoreError(f"results store '{self.path}' is a directory; name a file, e.g. "
                              f"{self.path / 'runs.sqlite'}")
         if not self.path.exists():
-            if not create:
+            if not create or readonly:
                 raise StoreError(f"results store '{self.path}' does not exist (run a sweep "
                                  "with --store to create it)")
             parent = self.path.parent if str(self.path.parent) else Path(".")
             if not parent.is_dir():
                 raise StoreError(f"cannot create results store '{self.path}': directory "
                                  f"'{parent}' does not exist")
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open results store '{self.path}': {exc}") from None
+        if readonly:
+            self._conn = self._open_readonly()
+        else:
+            try:
+                self._conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open results store '{self.path}': {exc}") from None
         try:
             self._check_or_create()
         except BaseException:
             self._conn.close()
             raise
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write (SQLite ``mode=ro``), for reading a store that
+        may be read-only (file, folder or medium): nothing is created or modified. A WAL
+        store whose ``-shm`` cannot be created (read-only folder) is opened ``immutable``:
+        no process can be writing it then."""
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"cannot read results store '{self.path}': permission denied")
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = None
+            try:
+                conn = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None)
+                conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+                return conn
+            except sqlite3.OperationalError as exc:
+                # "unable to open database file": the WAL index cannot be created in a
+                # read-only folder; any other error is the file's own (checked below)
+                if conn is not None:
+                    conn.close()
+                last = exc
+                if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    break
+            except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
+                raise self._corrupt(exc) from None
+        if last is not None and "unable to open" not in str(last) and \
+                "readonly" not in str(last):
+            raise self._corrupt(last) from None
+        raise StoreError(f"cannot open results store '{self.path}' read-only: {last}")
 
     # ------------------------------------------------------------------ opening
     def _corrupt(self, exc: BaseException | str) -> StoreError:
@@ -114,6 +151,9 @@ class ResultStore:
                 raise self._corrupt("; ".join(str(r[0]) for r in check[:3]))
             tables = {r[0] for r in c.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables and self.readonly:
+                raise StoreError(f"results store '{self.path}' is empty (no sweep has written "
+                                 "it yet)")
             if not tables:
                 c.execute("PRAGMA journal_mode=WAL")
                 with self._transaction():
@@ -147,6 +187,8 @@ class ResultStore:
                 "not modified)")
         if version < 1:
             raise self._corrupt(f"schema_version {version}")
+        if self.readonly:
+            return
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("PRAGMA synchronous=FULL")
 

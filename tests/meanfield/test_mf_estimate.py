@@ -51,6 +51,17 @@ def test_in_scope_estimate_is_complete_and_consistent(digits, runs):
     assert est.lambda_min_G12_init >= est.lambda_min_G2_init - 1e-12
     assert est.loss_decay_holds == (est.loss_final <= est.loss_decay_bound_final * (1 + 1e-9) + 1e-15)
     assert "measured" in est.summary().lower()
+    # the paper's quantities and the theorem's conditions, checked on this run
+    assert 0 < est.Lambda_s <= est.Lambda_G2 and est.kl_bound_paper > 0
+    assert est.cond_beta == (est.beta >= math.sqrt(n)) and not est.cond_beta
+    assert est.kl_radius_times_n == pytest.approx(est.kl_radius * n)
+    assert est.cond_kl == (est.kl_radius * n <= 1.0)
+    below = [p.time for p in est.trajectory if p.lambda_min_G12 < est.Lambda_G2 / 2]
+    assert est.t0_measured == (below[0] if below else math.inf)
+    assert est.cond_time == (est.train_time <= est.t0_measured)
+    assert est.conditions_met == (est.cond_beta and est.cond_kl and est.cond_time)
+    assert est.gap_bound_paper_vacuous == (est.gap_bound_paper >= est.loss_bound)
+    assert "[D] Lambda" in est.summary() and "conditions:" in est.summary()
 
 
 def test_out_of_scope_estimate_reports_measurements_only(digits, runs):

@@ -60,7 +60,8 @@ def test_train_decreases_loss_records_checkpoints_and_leaves_net_untouched():
 def test_divergence_is_detected_and_the_model_is_the_last_finite_checkpoint():
     X, y = _data()
     net = mf.ScaledResNet(5, 2, 8, 8, "none", beta=5.0, seed=0)
-    run = mf.train(net, X, y, steps=50, record_every=1, lr=1e3)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        run = mf.train(net, X, y, steps=50, record_every=1, lr=1e3)
     assert run.diverged
     assert all(math.isfinite(c.loss) for c in run.checkpoints)
     assert run.steps_done < 50
@@ -88,3 +89,25 @@ def test_bad_training_input_is_rejected():
         mf.train(net, X, y, steps=0)
     with pytest.raises(ConfigurationError, match="ScaledResNet"):
         mf.train(torch.nn.Linear(5, 1), X, y)  # type: ignore[arg-type]
+
+
+def test_lr_is_scaled_by_one_over_beta_squared_unless_told_otherwise():
+    X, y = _data()
+    net = mf.ScaledResNet(5, 2, 8, 8, beta=4.0, init="paired", seed=0)
+    run = mf.train(net, X, y, steps=30, record_every=10)
+    assert run.lr == pytest.approx(0.5 / 16) and run.lr_scale == "beta" and not run.diverged
+    assert run.checkpoints[-1].time == pytest.approx(30 * 0.5 / 16)
+    raw = mf.train(net, X, y, steps=3, record_every=1, lr=0.01, lr_scale="none")
+    assert raw.lr == 0.01
+    with pytest.raises(ConfigurationError, match="lr_scale"):
+        mf.train(net, X, y, steps=3, lr_scale="sqrt")
+
+
+def test_paired_init_has_zero_initial_output_and_needs_even_widths():
+    net = mf.ScaledResNet(5, 3, 8, 6, beta=100.0, init="paired", seed=1)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    _, states = net.forward_states(x)
+    torch.testing.assert_close(net(x), torch.zeros(7, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(states[-1], states[0], atol=1e-12, rtol=0)
+    with pytest.raises(ConfigurationError, match="even"):
+        mf.ScaledResNet(5, 2, 7, 6, init="paired")

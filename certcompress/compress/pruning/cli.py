@@ -16,14 +16,15 @@ never as pickled objects; every output is written atomically.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..._cli_shared import check_output, input_shape, load_plugins
-from ..._io import atomic_path
+from ..._cli_shared import input_shape, load_plugins
+from ..._io import atomic_files, check_outputs, model_input_files
 from ...bounds.cli import add_arithmetic_argument
 from ...errors import ConfigurationError
 from ...loading import load_model, load_reference_inputs
@@ -64,10 +65,12 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
     return model, input_shape(model, args.input_shape, args.model)
 
 
-def _outputs(*paths: str | None) -> None:
-    for p in paths:
-        if p:
-            check_output(Path(p))
+def _outputs(args: argparse.Namespace, *paths: str | None) -> None:
+    """Fail before any work if an output cannot be written or is one of the inputs."""
+    check_outputs(paths, model_input_files(args.model, args.weights,
+                                           getattr(args, "reference_data", None),
+                                           getattr(args, "plan", None),
+                                           getattr(args, "labels", None)))
 
 
 def _reference(args: argparse.Namespace, shape: tuple[int, ...]) -> Tensor | None:
@@ -77,10 +80,16 @@ def _reference(args: argparse.Namespace, shape: tuple[int, ...]) -> Tensor | Non
     return load_reference_inputs(args.reference_data, shape) if args.reference_data else None
 
 
-def _save_state(model: nn.Module, path: str) -> Path:
-    with atomic_path(path) as tmp:
+def _state_writer(model: nn.Module) -> Any:
+    def write(tmp: Path) -> None:
         torch.save(model.state_dict(), tmp)
-    return Path(path)
+    return write
+
+
+def _text_writer(text: str) -> Any:
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+    return write
 
 
 def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
@@ -102,7 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .plan import PruningPlan
     from .search import search_sparsity
 
-    _outputs(args.out, args.certificate, args.plan_out)
+    _outputs(args, args.out, args.certificate, args.plan_out)
     model, shape = _load(args)
     reference = _reference(args, shape)
     if args.budget is not None:
@@ -120,10 +129,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(cert.summary())
     if args.sensitivity:
         _print_sensitivity(model, plan, shape, cert.radius)
-    print(f"pruned state dict written to {_save_state(pruned, args.out).resolve()}")
-    print(f"certificate written to {cert.save(args.certificate).resolve()}")
+    # all files are written to temporaries first and renamed into place only when every
+    # one of them succeeded: a failure leaves none of them half-updated
+    files: dict[str | os.PathLike[str], Any] = {args.out: _state_writer(pruned),
+                             args.certificate: _text_writer(cert.to_json() + "\n")}
     if args.plan_out:
-        print(f"plan written to {plan.save(args.plan_out).resolve()}")
+        files[args.plan_out] = _text_writer(plan.dumps(args.plan_out))
+    atomic_files(files)
+    print(f"pruned state dict written to {Path(args.out).resolve()}")
+    print(f"certificate written to {Path(args.certificate).resolve()}")
+    if args.plan_out:
+        print(f"plan written to {Path(args.plan_out).resolve()}")
     return 0
 
 
@@ -132,7 +148,7 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
     from .apply import prune
     from .plan import PruningPlan
 
-    _outputs(args.certificate, args.out)
+    _outputs(args, args.certificate, args.out)
     plan = PruningPlan.load(args.plan)
     model, shape = _load(args)
     try:
@@ -146,10 +162,16 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
     print(f"plan {args.plan}: {plan.describe()}")
     print(cert.summary())
     _print_sensitivity(model, plan, shape, cert.radius)
+    files: dict[str | os.PathLike[str], Any] = {}
     if args.certificate:
-        print(f"certificate written to {cert.save(args.certificate).resolve()}")
+        files[args.certificate] = _text_writer(cert.to_json() + "\n")
     if args.out:
-        print(f"pruned state dict written to {_save_state(pruned, args.out).resolve()}")
+        files[args.out] = _state_writer(pruned)
+    atomic_files(files)
+    if args.certificate:
+        print(f"certificate written to {Path(args.certificate).resolve()}")
+    if args.out:
+        print(f"pruned state dict written to {Path(args.out).resolve()}")
     return 0
 
 
@@ -200,7 +222,7 @@ def _npz_labels(path: str) -> str | None:
 def cmd_prune_report(args: argparse.Namespace) -> int:
     from .report import pruning_report, save_report
 
-    _outputs(args.csv, args.png)
+    _outputs(args, args.csv, args.png)
     model, shape = _load(args)
     x = _reference(args, shape)
     assert x is not None

@@ -319,16 +319,18 @@ class PruningPlan:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write JSON (or YAML for a ``.yaml``/``.yml`` path) atomically."""
-        p = Path(path)
-        if p.suffix.lower() in (".yaml", ".yml"):
+    def dumps(self, path: str | os.PathLike[str]) -> str:
+        """The file text for ``path``: YAML for a ``.yaml``/``.yml`` path, else JSON."""
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-        else:
-            text = self.to_json() + "\n"
-        return atomic_write_text(p, text)
+            return str(yaml.safe_dump(self.to_dict(), sort_keys=False,
+                                      default_flow_style=None))
+        return self.to_json() + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write JSON (or YAML for a ``.yaml``/``.yml`` path) atomically."""
+        return atomic_write_text(path, self.dumps(path))
 
     @classmethod
     def from_dict(cls, data: object) -> PruningPlan:

@@ -3,10 +3,12 @@ over :func:`quantize` and :func:`choose_bitwidths`.
 
 Prints the per-layer bit table, the model size in bytes, the certified bound and the
 deviation measured on reference data (``--reference-data``; otherwise on random inputs
-of the domain, said so), and writes into ``--out`` (each file atomically, after all the
-work succeeded): ``quantized_state_dict.pt`` (tensors only), ``quant_grid.json``
-(scales; codes are recovered bit-exactly from the state dict), ``quant_config.json``,
-``certificate.json`` and ``bits.csv``.
+of the domain, said so), and writes ``--out`` as one set, after all the work succeeded
+(written into a temporary folder beside it, then swapped into place in one step: a
+reader, or a run killed at any point, sees the old complete set or the new one):
+``quantized_state_dict.pt`` (tensors only), ``quant_grid.json`` (scales; codes are
+recovered bit-exactly from the state dict), ``quant_config.json``, ``certificate.json``
+and ``bits.csv``. Whether ``--out`` can be written is checked before any work.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._io import atomic_path, atomic_write_text
+from ..._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
 from ...api import certify, input_spec_for
 from ...bounds.cli import add_arithmetic_argument
 from ...capture import plugin_manager
@@ -31,6 +33,10 @@ from .quantizers import GRANULARITIES, WEIGHT_BITS
 from .report import bits_table
 
 __all__ = ["register"]
+
+#: What ``quantize --out DIR`` writes (an existing DIR may hold only these).
+OUTPUT_FILES = ("quantized_state_dict.pt", "quant_grid.json", "quant_config.json",
+                "certificate.json", "bits.csv")
 
 
 def register(subparsers: Any) -> None:
@@ -108,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if args.search_steps < 0:
         raise ConfigurationError("--search-steps must be >= 0")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"--out '{out}' exists and is not a directory")
+    check_outputs([], model_input_files(args.model, args.weights, args.reference_data),
+                  directories=[out], create_dirs=True)
+    check_replaceable_dir(out, OUTPUT_FILES)
     model, shape, radius = _load(args)
     if args.reference_data:
         from ...loading import load_reference_inputs
@@ -153,17 +160,15 @@ def run(args: argparse.Namespace) -> int:
           f"{m.deviation_mean:.6g} (output scale {m.output_scale:.6g})")
     if m.adversarial_max is not None:
         print(f"adversarial search: {m.adversarial_max:.6g}")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "quantized_state_dict.pt") as tmp:
-        torch.save({k: v.detach().clone() for k, v in qmodel.state_dict().items()}, tmp)
-    grid.save(out / "quant_grid.json")
-    qcfg.save(out / "quant_config.json")
-    cert.save(out / "certificate.json")
-    atomic_write_text(out / "bits.csv", table.to_csv())
-    names = ("quantized_state_dict.pt", "quant_grid.json", "quant_config.json",
-             "certificate.json", "bits.csv")
+    with atomic_dir(out, OUTPUT_FILES) as tmp:
+        torch.save({k: v.detach().clone() for k, v in qmodel.state_dict().items()},
+                   tmp / "quantized_state_dict.pt")
+        grid.save(tmp / "quant_grid.json")
+        qcfg.save(tmp / "quant_config.json")
+        cert.save(tmp / "certificate.json")
+        (tmp / "bits.csv").write_text(table.to_csv(), encoding="utf-8")
     print(f"wrote to {out.resolve()}: " + ", ".join(
-        f"{n} ({(out / n).stat().st_size:,} bytes)" for n in names))
+        f"{n} ({(out / n).stat().st_size:,} bytes)" for n in OUTPUT_FILES))
     print("quantized_state_dict.pt holds float tensors whose values lie on the quantization "
           "grid, so its size on disk is the float size")
     return 0

@@ -1,0 +1,491 @@
+"""A fast differential single pass for *chain* pairs (input, then affine / fixed linear
+maps and ReLUs one after the other: MLPs and plain CNNs).
+
+The lowered pair (:mod:`certcompress.bounds.propagation`) is rewritten into dense
+matrices, one per primitive node (a convolution becomes its exact dense matrix: applying
+the op to the standard basis gives the weights themselves), so that bounding many input
+boxes at once is a handful of matrix products per layer instead of mapped
+vector-Jacobian products. The rules are the engine's:
+
+* interval bounds on ``z`` (original), ``c`` (compressed) and ``d = z - c``, the difference
+  propagated directly (ReluDiff): ``d' = W' d + (W - W') z + db``, intersected with the
+  reading over ``c``;
+* every pre-activation bound tightened by back-substitution of forms over ``(z, d)`` to
+  the input (DeepPoly/CROWN for the pair), with the ReLU-pair relaxation of
+  :mod:`certcompress.bounds.propagation.relax` (the difference of two ReLUs bounded by
+  chords of ``min(d, 0)``/``max(d, 0)``, i.e. in terms of the input difference, or the
+  two ReLUs relaxed jointly, whichever is smaller per neuron);
+* floating point as in :mod:`certcompress.bounds.propagation.engine`: float64, each
+  interval and each final bound pushed outward by ``eta`` times its magnitude (the same
+  sums on absolute values), ``eta`` the engine's :func:`rounding_eta` of the pair.
+
+Every back-substituted row also returns its coefficients on the input, which the
+branch-and-bound uses to choose the dimension to split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..bounds.propagation.engine import rounding_eta
+from ..bounds.propagation.interval import PairBounds, make_consistent
+from ..bounds.propagation.primitives import PAffine, PairNet, PInput, PLinear, PReLU
+from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
+
+__all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "DENSE_LIMIT"]
+
+DENSE_LIMIT = 1 << 24  # largest dense matrix (entries) a layer may become
+
+
+@dataclass(frozen=True)
+class Layer:
+    """``kind`` ``"affine"`` (``w``, ``b`` original; ``wc``, ``bc`` compressed; ``(out, in)``
+    matrices) or ``"relu"``."""
+
+    kind: str
+    w: Tensor | None = None
+    b: Tensor | None = None
+    wc: Tensor | None = None
+    bc: Tensor | None = None
+
+    @property
+    def changed(self) -> bool:
+        assert self.w is not None and self.wc is not None and self.b is not None
+        assert self.bc is not None
+        return bool((self.w != self.wc).any()) or bool((self.b != self.bc).any())
+
+
+@dataclass(frozen=True)
+class ChainPair:
+    """The pair as dense layers; ``n_in`` input features (the flattened per-problem input
+    shape ``input_shape``), ``n_out`` outputs; ``eta`` the relative rounding margin."""
+
+    layers: tuple[Layer, ...]
+    input_shape: tuple[int, ...]
+    n_in: int
+    n_out: int
+    eta: float
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Outputs ``(f(x), f'(x))`` of both networks in float64 for flat inputs
+        ``(N, n_in)``."""
+        z = x.to(torch.float64)
+        c = z
+        for layer in self.layers:
+            if layer.kind == "relu":
+                z, c = z.clamp(min=0), c.clamp(min=0)
+            else:
+                assert layer.w is not None and layer.wc is not None
+                assert layer.b is not None and layer.bc is not None
+                z = z @ layer.w.T + layer.b
+                c = c @ layer.wc.T + layer.bc
+        return z, c
+
+
+def _dense(fn_apply: object, in_shape: tuple[int, ...], n_in: int) -> Tensor:
+    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + in_shape)
+    out = fn_apply(eye)  # type: ignore[operator]
+    return out.reshape(n_in, -1).T.contiguous()
+
+
+def chain_from_pair(pair: PairNet) -> ChainPair | None:
+    """The chain form of ``pair``, or None when it is not a chain (branches, max-pooling
+    envelopes, several outputs) or a layer's dense matrix would exceed
+    :data:`DENSE_LIMIT` entries."""
+    nodes = pair.nodes
+    if len(pair.outputs) != 1 or pair.outputs[0] != len(nodes) - 1:
+        return None
+    layers: list[Layer] = []
+    for i, node in enumerate(nodes):
+        if isinstance(node, PInput):
+            if i != 0:
+                return None
+            continue
+        if node.inputs != (i - 1,):
+            return None
+        n_in = nodes[i - 1].numel
+        if isinstance(node, PReLU):
+            layers.append(Layer("relu"))
+            continue
+        if n_in * node.numel > DENSE_LIMIT:
+            return None
+        with torch.no_grad():
+            if isinstance(node, PAffine):
+                w = _dense(lambda e, n=node: n.apply(e, n.w), node.in_shape, n_in)
+                wc = _dense(lambda e, n=node: n.apply(e, n.wc), node.in_shape, n_in)
+                layers.append(Layer("affine", w, node.bias.reshape(-1).clone(), wc,
+                                    node.bias_c.reshape(-1).clone()))
+            elif isinstance(node, PLinear):
+                if node.envelope is not None:
+                    return None
+                w = _dense(lambda e, n=node: n.apply([e]), node.in_shapes[0], n_in)
+                b = node.const_out().reshape(-1).clone()
+                layers.append(Layer("affine", w, b, w, b))
+            else:
+                return None
+    if not layers:
+        return None
+    return ChainPair(tuple(layers), tuple(pair.input_shape), nodes[0].numel,
+                     nodes[-1].numel, rounding_eta(pair))
+
+
+def _widen(b: PairBounds, mz: Tensor, mc: Tensor, eta: float) -> PairBounds:
+    ez, ec = eta * mz, eta * mc
+    ed = ez + ec
+    return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - ed, b.du + ed)
+
+
+def _affine_interval(layer: Layer, b: PairBounds) -> PairBounds:
+    w, wc, bz, bc = layer.w, layer.wc, layer.b, layer.bc
+    assert w is not None and wc is not None and bz is not None and bc is not None
+    mz, rz = (b.zl + b.zu) * 0.5, (b.zu - b.zl) * 0.5
+    mc, rc = (b.cl + b.cu) * 0.5, (b.cu - b.cl) * 0.5
+    md, rd = (b.dl + b.du) * 0.5, (b.du - b.dl) * 0.5
+    ez, fz = mz @ w.T + bz, rz @ w.abs().T
+    ec, fc = mc @ wc.T + bc, rc @ wc.abs().T
+    dw = w - wc
+    db = bz - bc
+    e1 = md @ wc.T + mz @ dw.T + db
+    f1 = rd @ wc.abs().T + rz @ dw.abs().T
+    e2 = md @ w.T + mc @ dw.T + db
+    f2 = rd @ w.abs().T + rc @ dw.abs().T
+    return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc,
+                      torch.maximum(e1 - f1, e2 - f2), torch.minimum(e1 + f1, e2 + f2))
+
+
+def _relu_interval(b: PairBounds) -> PairBounds:
+    zl, zu, cl, cu = b.zl.clamp(min=0), b.zu.clamp(min=0), b.cl.clamp(min=0), b.cu.clamp(min=0)
+    dl = torch.maximum(b.dl.clamp(max=0), zl - cu)
+    du = torch.minimum(b.du.clamp(min=0), zu - cl)
+    both = (b.zl >= 0) & (b.cl >= 0)
+    dl = torch.where(both, torch.maximum(dl, b.dl), dl)
+    du = torch.where(both, torch.minimum(du, b.du), du)
+    return PairBounds(zl, zu, cl, cu, dl, du)
+
+
+@dataclass(frozen=True)
+class _Sym:
+    """Symbolic bounds of a layer, linear in the input: each ``(P, n, n_in + 1)``, the
+    last column the constant (``zl(x) <= z <= zu(x)`` for every ``x`` in the box)."""
+
+    zl: Tensor
+    zu: Tensor
+    cl: Tensor
+    cu: Tensor
+    dl: Tensor
+    du: Tensor
+
+
+def _conc(s: Tensor, mid: Tensor, rad: Tensor, upper: bool) -> Tensor:
+    """Concrete bound of the symbolic bound ``s`` over the boxes ``mid +- rad``."""
+    a = s[..., :-1]
+    v = s[..., -1] + (a * mid[:, None, :]).sum(-1)
+    r = (a.abs() * rad[:, None, :]).sum(-1)
+    return v + r if upper else v - r
+
+
+def _mm(w: Tensor, s: Tensor) -> Tensor:
+    return torch.matmul(w, s)
+
+
+def _sym_affine(layer: Layer, s: _Sym, mid: Tensor, rad: Tensor, mz: Tensor, mc: Tensor,
+                eta: float) -> tuple[_Sym, PairBounds]:
+    """Symbolic bounds after an affine layer (constants pushed outward by the rounding
+    margin) and their concretization."""
+    w, wc, b, bc = layer.w, layer.wc, layer.b, layer.bc
+    assert w is not None and wc is not None and b is not None and bc is not None
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    wcp, wcn = wc.clamp(min=0), wc.clamp(max=0)
+    ez, ec = eta * mz, eta * mc
+    ed = ez + ec
+
+    def shift(t: Tensor, c: Tensor) -> Tensor:
+        t = t.clone()
+        t[..., -1] += c
+        return t
+
+    zu = shift(_mm(wp, s.zu) + _mm(wn, s.zl), b + ez)
+    zl = shift(_mm(wp, s.zl) + _mm(wn, s.zu), b - ez)
+    cu = shift(_mm(wcp, s.cu) + _mm(wcn, s.cl), bc + ec)
+    cl = shift(_mm(wcp, s.cl) + _mm(wcn, s.cu), bc - ec)
+    if not layer.changed:
+        du = shift(_mm(wp, s.du) + _mm(wn, s.dl), ed)
+        dl = shift(_mm(wp, s.dl) + _mm(wn, s.du), -ed)
+        dlc, duc = _conc(dl, mid, rad, False), _conc(du, mid, rad, True)
+    else:
+        dw = w - wc
+        db = b - bc
+        dwp, dwn = dw.clamp(min=0), dw.clamp(max=0)
+        # d' = W' d + dW z + db  and  d' = W d + dW c + db
+        du1 = shift(_mm(wcp, s.du) + _mm(wcn, s.dl) + _mm(dwp, s.zu) + _mm(dwn, s.zl), db + ed)
+        dl1 = shift(_mm(wcp, s.dl) + _mm(wcn, s.du) + _mm(dwp, s.zl) + _mm(dwn, s.zu), db - ed)
+        du2 = shift(_mm(wp, s.du) + _mm(wn, s.dl) + _mm(dwp, s.cu) + _mm(dwn, s.cl), db + ed)
+        dl2 = shift(_mm(wp, s.dl) + _mm(wn, s.du) + _mm(dwp, s.cl) + _mm(dwn, s.cu), db - ed)
+        u1, u2 = _conc(du1, mid, rad, True), _conc(du2, mid, rad, True)
+        l1, l2 = _conc(dl1, mid, rad, False), _conc(dl2, mid, rad, False)
+        du = torch.where((u1 <= u2)[..., None], du1, du2)
+        dl = torch.where((l1 >= l2)[..., None], dl1, dl2)
+        duc, dlc = torch.minimum(u1, u2), torch.maximum(l1, l2)
+    out = _Sym(zl, zu, cl, cu, dl, du)
+    conc = PairBounds(_conc(zl, mid, rad, False), _conc(zu, mid, rad, True),
+                      _conc(cl, mid, rad, False), _conc(cu, mid, rad, True), dlc, duc)
+    return out, conc
+
+
+def _relu_sym_single(lo_s: Tensor, up_s: Tensor, lo: Tensor, hi: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """Symbolic lower/upper bounds of ``ReLU(v)`` from those of ``v`` (concrete
+    ``lo <= v <= hi``): the chord above, ``alpha v`` below (DeepPoly)."""
+    active = (lo >= 0)[..., None]
+    dead = (hi <= 0)[..., None]
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    a = (hi.clamp(min=0) / width).clamp(0, 1)[..., None]
+    chord = a * up_s
+    chord[..., -1] -= (a[..., 0] * lo)
+    alpha = (hi > -lo)[..., None].to(lo_s.dtype)
+    zero = torch.zeros_like(up_s)
+    up = torch.where(active, up_s, torch.where(dead, zero, chord))
+    low = torch.where(active, lo_s, torch.where(dead, zero, alpha * lo_s))
+    return low, up
+
+
+def _sym_relu(s: _Sym, b: PairBounds, mid: Tensor, rad: Tensor) -> _Sym:
+    """Symbolic bounds after a ReLU: ``z`` and ``c`` by DeepPoly, the difference
+    ``ReLU(z) - ReLU(c)`` by the tightest (per neuron, concretized over the
+    pre-activation intervals) of: the chords of ``max(d, 0)``/``min(d, 0)`` on the
+    input difference (ReluDiff), the joint relaxation ``[ReLU(z)] - [ReLU(c)]``, and the
+    exact cases (both active: ``d``; one active, the other dead: ``z`` or ``-c``; one
+    active, the other unstable: ``min(d, z)`` or ``max(d, -c)``, NeuroDiff)."""
+    zl_s, zu_s = _relu_sym_single(s.zl, s.zu, b.zl, b.zu)
+    cl_s, cu_s = _relu_sym_single(s.cl, s.cu, b.cl, b.cu)
+    dl, du = b.dl, b.du
+    # ReluDiff chords on d
+    straddle = (dl < 0) & (du > 0)
+    width = torch.where(straddle, du - dl, torch.ones_like(du))
+    su = torch.where(dl >= 0, torch.ones_like(du), torch.where(straddle, du / width,
+                                                               torch.zeros_like(du)))
+    sl = torch.where(du <= 0, torch.ones_like(du), torch.where(straddle, -dl / width,
+                                                               torch.zeros_like(du)))
+    up_a = su[..., None] * s.du
+    up_a[..., -1] -= torch.where(straddle, su * dl, torch.zeros_like(du))
+    lo_a = sl[..., None] * s.dl
+    lo_a[..., -1] -= torch.where(straddle, sl * du, torch.zeros_like(du))
+    # joint
+    up_b = zu_s - cl_s
+    lo_b = zl_s - cu_s
+    cands_up = [up_a, up_b]
+    cands_lo = [lo_a, lo_b]
+    z_act, c_act = b.zl >= 0, b.cl >= 0
+    # exact / one-sided cases as extra candidates (invalid where the case does not hold:
+    # replaced by the trivially valid joint bound there)
+    def case(mask: Tensor, t: Tensor, fallback: Tensor) -> Tensor:
+        return torch.where(mask[..., None], t, fallback)
+
+    both = z_act & c_act
+    cands_up.append(case(both, s.du, up_b))
+    cands_lo.append(case(both, s.dl, lo_b))
+    # z active: d' = min(d, z) <= d, <= z;  c active: d' = max(d, -c) >= d, >= -c
+    cands_up.append(case(z_act, s.du, up_b))
+    cands_lo.append(case(c_act, s.dl, lo_b))
+    return _Sym(zl_s, zu_s, cl_s, cu_s, *_pick(cands_lo, cands_up, mid, rad))
+
+
+def _pick(cands_lo: list[Tensor], cands_up: list[Tensor], mid: Tensor, rad: Tensor
+          ) -> tuple[Tensor, Tensor]:
+    """Per neuron, the candidate with the tightest concretization over the box."""
+    up = cands_up[0]
+    best = _conc(up, mid, rad, True)
+    for t in cands_up[1:]:
+        v = _conc(t, mid, rad, True)
+        up = torch.where((v < best)[..., None], t, up)
+        best = torch.minimum(best, v)
+    lo = cands_lo[0]
+    best = _conc(lo, mid, rad, False)
+    for t in cands_lo[1:]:
+        v = _conc(t, mid, rad, False)
+        lo = torch.where((v > best)[..., None], t, lo)
+        best = torch.maximum(best, v)
+    return lo, up
+
+
+class ChainState:
+    """Bounds of every layer of a chain pair for ``P`` input boxes (``lower``/``upper``
+    flat, ``(P, n_in)``), tightened by back-substitution; :meth:`upper_bounds` bounds
+    linear forms of the outputs."""
+
+    def __init__(self, chain: ChainPair, lower: Tensor, upper: Tensor,
+                 intermediate: str = "forward", chunk_rows: int = 1 << 15) -> None:
+        if intermediate not in ("forward", "crown"):
+            raise ValueError(f"intermediate must be 'forward' or 'crown', got {intermediate!r}")
+        self.chain = chain
+        self.intermediate = intermediate
+        self.lower = lower.to(torch.float64)
+        self.upper = upper.to(torch.float64)
+        self.mid = (self.lower + self.upper) * 0.5
+        self.rad = (self.upper - self.lower) * 0.5
+        self.chunk_rows = chunk_rows
+        self.relax: dict[int, ReluRelaxation] = {}
+        self.mags: list[tuple[Tensor, Tensor]] = []
+        self.bounds: list[PairBounds] = []
+        self.rows = 0
+        with torch.no_grad():
+            self._run()
+
+    # ------------------------------------------------------------------ forward
+    def _run(self) -> None:
+        lo, hi = self.lower, self.upper
+        zero = torch.zeros_like(lo)
+        b = PairBounds(lo, hi, lo, hi, zero, zero.clone())
+        m = torch.maximum(lo.abs(), hi.abs())
+        mz, mc = m, m
+        eta = self.chain.eta
+        P, n0 = lo.shape
+        sym: _Sym | None = None
+        if self.intermediate == "forward":
+            eye = torch.eye(n0, dtype=torch.float64)
+            x = torch.cat([eye, torch.zeros(n0, 1, dtype=torch.float64)], 1)
+            x = x.expand(P, n0, n0 + 1)
+            zd = torch.zeros_like(x)
+            sym = _Sym(x, x, x, x, zd, zd)
+        for k, layer in enumerate(self.chain.layers):
+            if layer.kind == "relu":
+                self.relax[k] = relax_relu(b)
+                if sym is not None:
+                    sym = _sym_relu(sym, b, self.mid, self.rad)
+                b = _relu_interval(b)
+            else:
+                assert layer.w is not None and layer.wc is not None
+                assert layer.b is not None and layer.bc is not None
+                mz = mz @ layer.w.abs().T + layer.b.abs()
+                mc = mc @ layer.wc.abs().T + layer.bc.abs()
+                b = _widen(_affine_interval(layer, b), mz, mc, eta)
+                if sym is not None:
+                    sym, sb = _sym_affine(layer, sym, self.mid, self.rad, mz, mc, eta)
+                    b = b.intersect(sb)
+                nxt = k + 1
+                if self.intermediate == "crown" and nxt < len(self.chain.layers) \
+                        and self.chain.layers[nxt].kind == "relu" and k > 0:
+                    b = self._tighten(k, b, mz, mc)
+                b = make_consistent(b, f"layer {k}")
+            self.bounds.append(b)
+            self.mags.append((mz, mc))
+        self.sym = sym
+
+    def _tighten(self, k: int, b: PairBounds, mz: Tensor, mc: Tensor) -> PairBounds:
+        """Back-substitution bounds for the pre-activations of layer ``k`` where the
+        relaxation depends on them (unstable ``z`` or ``c``; ``d`` unless both are
+        stable)."""
+        eta = self.chain.eta
+        zs = (b.zl >= 0) | (b.zu <= 0)
+        cs = (b.cl >= 0) | (b.cu <= 0)
+        needs = {"z": ~zs, "c": ~cs, "d": ~(zs & cs) & (b.du > b.dl)}
+        lows = {"z": b.zl.clone(), "c": b.cl.clone(), "d": b.dl.clone()}
+        highs = {"z": b.zu.clone(), "c": b.cu.clone(), "d": b.du.clone()}
+        margin = {"z": eta * mz, "c": eta * mc, "d": eta * (mz + mc)}
+        n = b.zl.shape[1]
+        for q in ("z", "c", "d"):
+            idx = needs[q].nonzero()
+            if idx.shape[0] == 0:
+                continue
+            probs = idx[:, 0].repeat_interleave(2)
+            flats = idx[:, 1].repeat_interleave(2)
+            signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(idx.shape[0])
+            R = probs.shape[0]
+            ub = torch.empty(R, dtype=torch.float64)
+            for s in range(0, R, self.chunk_rows):
+                sl = slice(s, s + self.chunk_rows)
+                lam = torch.zeros((signs[sl].shape[0], n), dtype=torch.float64)
+                lam[torch.arange(lam.shape[0]), flats[sl]] = signs[sl]
+                lz = None if q == "d" else lam
+                ld = lam if q == "d" else (-lam if q == "c" else None)
+                ub[sl] = self.backsubstitute(k, lz, ld, probs[sl])[0]
+            self.rows += R
+            m = margin[q][probs, flats]
+            up, dn = signs > 0, signs < 0
+            hi_t, lo_t = highs[q], lows[q]
+            hi_t[probs[up], flats[up]] = torch.minimum(hi_t[probs[up], flats[up]],
+                                                       ub[up] + m[up])
+            lo_t[probs[dn], flats[dn]] = torch.maximum(lo_t[probs[dn], flats[dn]],
+                                                       -ub[dn] - m[dn])
+        return PairBounds(lows["z"], highs["z"], lows["c"], highs["c"], lows["d"], highs["d"])
+
+    # ----------------------------------------------------------------- backward
+    def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+        """Upper bounds ``(R,)`` of ``<lz, z_k> + <ld, d_k>`` (layer ``k``'s output, rows
+        on dimension 0, row ``r`` over problem ``prob[r]``'s box), and the forms'
+        coefficients on the input ``(R, n_in)``."""
+        R = prob.shape[0]
+        const = torch.zeros(R, dtype=torch.float64)
+        for j in range(k, -1, -1):
+            layer = self.chain.layers[j]
+            if layer.kind == "relu":
+                cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                lz, ld = cz, cd
+                const = const + c0
+                continue
+            w, wc, b, bc = layer.w, layer.wc, layer.b, layer.bc
+            assert w is not None and wc is not None and b is not None and bc is not None
+            nz = None
+            if lz is not None:
+                const = const + lz @ b
+                nz = lz @ w
+            if ld is not None:
+                if layer.changed:
+                    const = const + ld @ (b - bc)
+                    t = ld @ (w - wc)
+                    nz = t if nz is None else nz + t
+                    ld = ld @ wc
+                else:
+                    ld = ld @ w
+            lz = nz
+        if lz is None:
+            lz = torch.zeros((R, self.chain.n_in), dtype=torch.float64)
+        value = const + (lz * self.mid[prob]).sum(1) + (lz.abs() * self.rad[prob]).sum(1)
+        return value, lz
+
+    def upper_bounds(self, cz: Tensor | None, cd: Tensor | None, prob: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+        """Upper bounds ``(R,)`` of ``<cz, f> + <cd, f - f'>`` over problem ``prob[r]``'s
+        box (rounding margin included) and the rows' input coefficients; ``cz``/``cd``
+        are ``(R, n_out)``."""
+        k = len(self.chain.layers) - 1
+        mz, mc = self.mags[k]
+        R = prob.shape[0]
+        vals, coefs = [], []
+        for s in range(0, R, self.chunk_rows):
+            sl = slice(s, s + self.chunk_rows)
+            p = prob[sl]
+            a = None if cz is None else cz[sl]
+            d = None if cd is None else cd[sl]
+            margin = torch.zeros(p.shape[0], dtype=torch.float64)
+            if a is not None:
+                margin = margin + (a.abs() * mz[p]).sum(1)
+            if d is not None:
+                margin = margin + (d.abs() * (mz[p] + mc[p])).sum(1)
+            with torch.no_grad():
+                v, lx = self.backsubstitute(k, a, d, p)
+            # also the interval reading at the output (never looser than needed)
+            ob = self.bounds[k]
+            iv = torch.zeros_like(v)
+            if a is not None:
+                iv = iv + (a.clamp(min=0) * ob.zu[p]).sum(1) + (a.clamp(max=0) * ob.zl[p]).sum(1)
+            if d is not None:
+                iv = iv + (d.clamp(min=0) * ob.du[p]).sum(1) + (d.clamp(max=0) * ob.dl[p]).sum(1)
+            best = torch.minimum(v, iv)
+            if self.sym is not None:
+                sy = self.sym
+                acc = torch.zeros((p.shape[0], self.chain.n_in + 1), dtype=torch.float64)
+                for coef, lo_s, up_s in ((a, sy.zl, sy.zu), (d, sy.dl, sy.du)):
+                    if coef is not None:
+                        acc = acc + torch.einsum("rn,rnk->rk", coef.clamp(min=0), up_s[p]) \
+                            + torch.einsum("rn,rnk->rk", coef.clamp(max=0), lo_s[p])
+                sv = acc[:, -1] + (acc[:, :-1] * self.mid[p]).sum(1) \
+                    + (acc[:, :-1].abs() * self.rad[p]).sum(1)
+                best = torch.minimum(best, sv)
+            vals.append(best + self.chain.eta * margin)
+            coefs.append(lx)
+        return torch.cat(vals), torch.cat(coefs)

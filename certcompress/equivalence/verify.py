@@ -1,0 +1,218 @@
+"""``verify_equivalence``: prove or refute that a compressed model stays within epsilon of
+the original (or keeps its decisions) on an input box, by branch-and-bound."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..bounds.propagation.lowering import lower_pair
+from ..capture import plugin_manager
+from ..capture import trace as _trace
+from ..domain import InputDomain
+from ..errors import ConfigurationError
+from ..interop import plain_module
+from ..ir.graph import Graph
+from .parallel import EXECUTORS, Pool
+from .properties import ConfidenceProperty, EpsilonProperty, Property, Top1Property
+from .result import EquivalenceResult
+from .search import Bounder, SearchConfig, run_search
+
+__all__ = ["verify_equivalence", "NORMS", "PROPERTIES"]
+
+NORMS = ("inf", "l1")
+PROPERTIES = ("epsilon", "top1")
+
+
+def _graph(model: nn.Module | Graph, shape: tuple[int, ...], what: str) -> Graph:
+    if isinstance(model, Graph):
+        if tuple(model.input_shape) != shape:
+            raise ConfigurationError(f"the {what} graph was traced for input shape "
+                                     f"{model.input_shape}, the domain has shape {shape}")
+        return model
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"the {what} must be a torch.nn.Module or a traced Graph, "
+                                 f"got {type(model).__name__}")
+    return _trace(plain_module(model), shape)
+
+
+def _output_shape(model: nn.Module | Graph, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    if isinstance(model, Graph):
+        return None
+    with torch.no_grad():
+        p = next(iter(model.parameters()), None)
+        dtype = p.dtype if p is not None else torch.float32
+        out = model(torch.zeros(shape, dtype=dtype))
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+
+
+def _check(epsilon: float | None, norm: str, prop: str, confidence: float | None,
+           timeout: float, max_regions: int) -> None:
+    if prop not in PROPERTIES:
+        raise ConfigurationError(f"property must be one of {', '.join(PROPERTIES)}, got "
+                                 f"{prop!r}")
+    if prop == "epsilon":
+        if epsilon is None:
+            raise ConfigurationError("property='epsilon' needs epsilon > 0 (the largest "
+                                     "allowed deviation)")
+        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+            raise ConfigurationError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        if norm not in NORMS:
+            raise ConfigurationError(f"norm must be 'inf' or 'l1', got {norm!r}")
+        if confidence is not None:
+            raise ConfigurationError("confidence applies to property='top1' only")
+    else:
+        if epsilon is not None:
+            raise ConfigurationError("epsilon applies to property='epsilon' only; top-1 "
+                                     "equivalence has no tolerance")
+        if confidence is not None and not (isinstance(confidence, (int, float))
+                                           and 0.5 < confidence < 1):
+            raise ConfigurationError(f"confidence must lie strictly between 0.5 and 1 (at most "
+                                     f"one class can be that confident), got {confidence!r}")
+    if not (isinstance(timeout, (int, float)) and timeout > 0 and not math.isnan(timeout)):
+        raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if not (isinstance(max_regions, int) and max_regions >= 1):
+        raise ConfigurationError(f"max_regions must be an integer >= 1, got {max_regions!r}")
+
+
+def _domain(domain: InputDomain | None, model: nn.Module | Graph,
+            input_shape: Sequence[int] | None) -> InputDomain:
+    if domain is None:
+        raise ConfigurationError("domain is required: an InputDomain box, e.g. "
+                                 "InputDomain.box(-1, 1, shape=(1, 5)), or one read with "
+                                 "certcompress.equivalence.read_vnnlib")
+    if not isinstance(domain, InputDomain):
+        raise ConfigurationError(f"domain must be an InputDomain, got {type(domain).__name__}")
+    if input_shape is not None and tuple(input_shape) != tuple(domain.shape):
+        raise ConfigurationError(f"input_shape {tuple(input_shape)} differs from the domain's "
+                                 f"shape {domain.shape}")
+    if isinstance(model, nn.Module):
+        spec = plugin_manager().input_spec(model)
+        if spec is not None and input_shape is None and spec.input_shape[1:] != \
+                tuple(domain.shape)[1:]:
+            raise ConfigurationError(f"the domain's shape {domain.shape} does not fit the "
+                                     f"model's input {spec.input_shape}")
+    return domain
+
+
+def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
+                       domain: InputDomain | None = None, *, epsilon: float | None = None,
+                       norm: str = "inf", property: str | None = None,
+                       confidence: float | None = None, timeout: float = 60.0,
+                       max_regions: int = 200_000, executor: str | None = None,
+                       workers: int | None = None, batch: int = 256, seed: int = 0,
+                       input_shape: Sequence[int] | None = None, progress: bool = False,
+                       out: str | None = None) -> EquivalenceResult:
+    """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
+    of ``domain`` (a box) by branch-and-bound over input splitting.
+
+    ``property="epsilon"`` (the default when ``epsilon`` is given): ``||f(x) - f'(x)||
+    <= epsilon`` in ``norm`` ``"inf"`` (every output) or ``"l1"``. ``property="top1"``:
+    ``argmax f' = argmax f``; with ``confidence`` (in (0.5, 1)), only where the original's
+    softmax confidence is at least that. ``timeout`` (seconds) and ``max_regions`` bound
+    the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (a process
+    pool of ``workers``) or ``"ray"`` bounds each round's regions in parallel (the verdict
+    does not depend on it). ``out``: also write the JSON result there (atomically).
+
+    Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
+    with a float64-checked ``counterexample`` in the domain, or ``"unknown"``).
+    """
+    prop_name = property or ("epsilon" if epsilon is not None or confidence is None
+                             else "top1")
+    _check(epsilon, norm, prop_name, confidence, timeout, max_regions)
+    if executor not in EXECUTORS:
+        raise ConfigurationError(f"executor must be None, 'serial', 'local' or 'ray', got "
+                                 f"{executor!r}")
+    if not (isinstance(batch, int) and batch >= 2):
+        raise ConfigurationError(f"batch must be an integer >= 2, got {batch!r}")
+    dom = _domain(domain, model, input_shape)
+    shape = tuple(int(s) for s in dom.shape)
+    o1, o2 = _output_shape(model, shape), _output_shape(compressed, shape)
+    if o1 is not None and o2 is not None and o1 != o2:
+        raise ConfigurationError(f"the models' output shapes differ: {o1} (original) vs {o2} "
+                                 "(compressed); equivalence compares outputs of one shape")
+    g1 = _graph(model, shape, "original")
+    g2 = _graph(compressed, shape, "compressed")
+    pair = lower_pair(g1, g2)
+    m = pair.output_size
+    prop: Property
+    if prop_name == "epsilon":
+        assert epsilon is not None
+        prop = EpsilonProperty(m, float(epsilon), norm)
+    elif m < 2:
+        raise ConfigurationError(f"top-1 equivalence needs at least 2 outputs, the models "
+                                 f"have {m}")
+    elif confidence is not None:
+        prop = ConfidenceProperty(m, float(confidence))
+    else:
+        prop = Top1Property(m)
+    bounder = Bounder(pair)
+    lower = dom.lower_tensor().reshape(-1)
+    upper = dom.upper_tensor().reshape(-1)
+    cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
+                       seed=seed)
+    pool: Pool | None = None
+    notes: list[str] = []
+    if executor in ("local", "ray"):
+        if bounder.chain is None:
+            notes.append(f"executor={executor!r} needs a chain network; ran serially")
+        else:
+            pool = Pool(executor, bounder.chain, workers)
+    bar: Any = None
+    update = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100.0, desc="equivalence", unit="% proven",
+                   bar_format="{l_bar}{bar}| {n:.1f}/100% proven [{elapsed}{postfix}]")
+
+        def update(s: dict[str, Any]) -> None:
+            bar.n = 100.0 * s["proven_fraction"]
+            rate = s["regions"] / max(s["seconds"], 1e-9)
+            bar.set_postfix_str(f"open {s['open']}, {s['regions']} regions, {rate:.0f}/s",
+                                refresh=True)
+    threads = torch.get_num_threads()
+    # the regions are bounded as many small matrix products: one thread is faster (and
+    # much faster on a busy machine, where extra threads wait for each other)
+    torch.set_num_threads(1)
+    try:
+        res = run_search(bounder, prop, lower, upper, cfg,
+                         None if pool is None else pool.map, update)
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.close()
+        if bar is not None:
+            bar.close()
+    bound: float | None = None
+    if isinstance(prop, EpsilonProperty):
+        cands = [res["bound_proven"]]
+        if res["open"] and res["status"] != "falsified":
+            cands.append(res["score_open"] + prop.epsilon)
+        bound = max(cands)
+        if res["status"] == "falsified" or not math.isfinite(bound):
+            bound = None if res["status"] == "falsified" else bound
+    cex = res["counterexample"]
+    status = res["status"]
+    proven = 1.0 if status == "verified" else float(res["proven_fraction"])
+    result = EquivalenceResult(
+        status=status, property=prop.name, norm=norm if prop_name == "epsilon" else None,
+        epsilon=None if epsilon is None else float(epsilon),
+        confidence=None if confidence is None else float(confidence),
+        bound=bound, found=res["found"], regions=int(res["regions"]),
+        seconds=float(res["seconds"]), proven_fraction=proven,
+        open_regions=0 if status == "verified" else int(res["open"]),
+        counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
+        input_shape=shape,
+        details={"method": bounder.method, "rounds": res["rounds"],
+                 "executor": executor or "serial",
+                 "workers": None if pool is None else pool.workers,
+                 "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
+                 "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
+    if out is not None:
+        result.save(out)
+    return result
