@@ -15,9 +15,9 @@ without fused multiply-add (which only removes roundings), is within
 ``x_hat`` the float32 input of a layer and ``e_in`` its error bound,
 
 * affine (Linear, Conv, ConvTranspose): ``e_out = |W| e_in + gamma_n (|W| |x_hat| + |b|)
-  + underflow``, ``n`` = non-zero products per output + 1 (the bias), plus 12 when an
-  eval-mode BatchNorm follows (the exporter or the runtime may fold it into the layer,
-  rounding the folded weights);
+  + underflow``, ``n`` = non-zero products per output + 1 (the bias), plus 12 when a
+  per-channel or scalar affine map follows (an eval-mode BatchNorm, a scalar multiply:
+  the exporter or the runtime may fold it into the layer, rounding the folded weights);
 * eval-mode BatchNorm: ``gamma_12 (|a| |x_hat| + |beta| + |mean| |a| + |c|)`` on top of
   ``|a| e_in`` (``a = gamma/sqrt(var+eps)``, ``c = beta - mean*a``, computed by the runtime
   in float32 in any of the usual ways);
@@ -67,12 +67,14 @@ from ..ir.ops import (
     IndexOp,
     LeakyReLUOp,
     LinearCombinationOp,
+    LinearOp,
     MaxPoolOp,
     ReLUOp,
 )
 from .propagation.engine import PropagationOptions, propagate
 from .propagation.interval import PairBounds
 from .propagation.lowering import lower_pair
+from .propagation.primitives import PAffine, PNode
 
 __all__ = ["ARITHMETICS", "Float32Error", "float32_error", "check_arithmetic", "U32",
            "FLT_MAX", "gamma32", "gamma32_t", "ERROR_MODEL", "with_float32"]
@@ -163,6 +165,11 @@ def _pair_index(graph: Graph, pair_sources: list[str]) -> dict[str, int]:
 
 
 def _nonzero_count(op: AffineOp, in_shape: tuple[int, ...], weight: Tensor) -> Tensor:
+    if isinstance(op, LinearOp):  # one pass over a (possibly huge) weight matrix
+        per_out = (weight != 0).sum(-1).to(torch.float64)
+        return op.apply(torch.zeros(in_shape, dtype=torch.float64),
+                        torch.zeros((weight.shape[0], in_shape[-1]), dtype=torch.float64),
+                        per_out)
     ones = torch.ones(in_shape, dtype=torch.float64)
     return op.apply(ones, (weight != 0).to(torch.float64), None)
 
@@ -220,6 +227,14 @@ def _batchnorm(model: nn.Module | None, node: IRNode) -> nn.Module | None:
     return m if isinstance(m, nn.modules.batchnorm._BatchNorm) else None
 
 
+def _foldable(node: IRNode) -> bool:
+    """A per-channel or scalar affine map a runtime may fold into the layer before it,
+    rounding the folded weights (onnxruntime's Conv+BatchNorm, Conv+Mul and MatMul+scale
+    fusions, an exporter's BatchNorm folding)."""
+    return isinstance(node.op, ChannelAffineOp) or (
+        isinstance(node.op, LinearCombinationOp) and len(node.inputs) == 1)
+
+
 def _looks_like_batchnorm(node: IRNode) -> bool:
     s = node.source.lower()
     return "batch_norm" in s or "batchnorm" in s
@@ -233,6 +248,9 @@ class _Walk:
     where: dict[str, int]
     which: str  # "z" (original) or "c" (compressed)
     users: dict[str, list[IRNode]]
+    nodes: tuple[PNode, ...] = ()
+    #: the model's parameters are float32 already (no rounding when it is deployed)
+    float32_params: bool = False
     details: dict[str, float] = field(default_factory=dict)
 
     def magnitude(self, name: str) -> Tensor:
@@ -259,9 +277,13 @@ def _check_range(n: IRNode, absolute: Tensor) -> None:
 def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
     op = n.op
     assert isinstance(op, AffineOp)
-    params = w.graph.params[n.name]
-    weight, bias = params.weight, params.bias
-    wabs = weight.abs()
+    bias = w.graph.params[n.name].bias
+    pnode = w.nodes[w.where[n.name]] if w.nodes else None
+    if isinstance(pnode, PAffine):  # the lowered layer holds the weights and |weights|
+        weight, wabs = (pnode.w, pnode.w_abs) if w.which == "z" else (pnode.wc, pnode.wc_abs)
+    else:
+        weight = w.graph.params[n.name].weight
+        wabs = weight.abs()
     babs = torch.zeros(n.shape, dtype=torch.float64) if bias is None else \
         op.add_bias(torch.zeros(n.shape, dtype=torch.float64), bias.abs())
     x_hat = m_in + e_in
@@ -273,8 +295,9 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
             "modules or arithmetic='exact'",
             [UnsupportedNode(n.name, type(op).__name__, n.source,
                              "functional batch_norm in float32 mode")])
-    prop = op.apply(e_in, wabs, None)
-    absolute = op.apply(x_hat, wabs, None) + babs
+    # one pass over the weights: |W| e_in, |W| |x_hat| and the row sums of |W|
+    prop, absolute, row_sums = op.apply_many([e_in, x_hat, torch.ones_like(x_hat)], wabs)
+    absolute = absolute + babs
     _check_range(n, absolute)
     if bn is not None:
         assert bn.running_mean is not None
@@ -287,16 +310,16 @@ def _affine_error(w: _Walk, n: IRNode, e_in: Tensor, m_in: Tensor) -> Tensor:
         count = torch.full(n.shape, 2.0, dtype=torch.float64)
     else:
         count = _nonzero_count(op, tuple(x_hat.shape), weight) + (0.0 if bias is None else 1.0)
-        if not (bool(_representable(weight).all())
+        if not w.float32_params and not (
+                bool(_representable(weight).all())
                 and (bias is None or bool(_representable(bias).all()))):
             count = count + 2.0  # the runtime rounds the parameters to float32 first
-        if any(isinstance(u.op, ChannelAffineOp) and _batchnorm(w.model, u) is not None
-               for u in w.users.get(n.name, [])):
-            count = count + _BN_EXTRA  # a runtime may fold the BatchNorm into this layer
+        if any(_foldable(u) for u in w.users.get(n.name, [])):
+            count = count + _BN_EXTRA  # a runtime may fold that map into this layer
         rounding = gamma32_t(count) * absolute
     # underflow: 2^-126 per operation, and denormals-are-zero on weights and inputs
-    under = _ETA * (4.0 * (count + 1.0) + op.apply(torch.ones_like(x_hat), wabs, None))
-    sub = (weight != 0) & (wabs < 2.0 ** -126)
+    under = _ETA * (4.0 * (count + 1.0) + row_sums)
+    sub = (wabs > 0) & (wabs < 2.0 ** -126)
     if bool(sub.any()):
         under = under + op.apply(x_hat, wabs * sub, None)
     grow = 1.0 + gamma32(float(count.max()) + 1.0)
@@ -421,7 +444,9 @@ def float32_error(graph: Graph, other: Graph, domain: InputDomain, *,
     out: list[tuple[float, ...]] = []
     details: dict[str, Any] = {}
     for g, m, which in ((graph, model, "z"), (other, compressed, "c")):
-        w = _Walk(g, m, state.bounds, where, which, users)
+        f32 = m is not None and all(t.dtype == torch.float32 for t in
+                                    [*m.parameters(), *m.buffers()] if t.is_floating_point())
+        w = _Walk(g, m, state.bounds, where, which, users, pair.nodes, f32)
         e = _graph_error(w, e0)
         out.append(tuple(float(v) for v in e))
         details["max_terms"] = max(details.get("max_terms", 0.0),

@@ -344,3 +344,35 @@ def test_cli_arithmetic_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert code == 0
     assert "float32" in capsys.readouterr().out
     assert cc.Certificate.load(out).arithmetic == "float32"
+
+
+class _Scaled(nn.Module):
+    """A Linear followed by a scalar multiply (which onnxruntime may fold)."""
+
+    def __init__(self, lin: nn.Linear, head: nn.Linear, folded: bool) -> None:
+        super().__init__()
+        self.lin, self.head, self.folded = lin, head, folded
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.folded:
+            return self.head(torch.relu(nn.functional.linear(
+                x, self.lin.weight * 0.1, self.lin.bias * 0.1)))
+        return self.head(torch.relu(self.lin(x) * 0.1))
+
+
+def test_scalar_multiply_folded_by_a_runtime() -> None:
+    g = torch.Generator().manual_seed(7)
+    lin, head = nn.Linear(16, 16), nn.Linear(16, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(16, 16, generator=g))
+        lin.bias.copy_(torch.randn(16, generator=g) * 1e4)
+    model = _Scaled(lin, head, folded=False).eval()
+    comp = _compress(model, 7, "ulp")
+    dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 16))
+    cert = cc.certify(model, comp, domain=dom, search_steps=0, arithmetic="float32")
+    x = _probe_points(dom, 64, 7)
+    as_folded = [_Scaled(m.lin, m.head, folded=True).eval() for m in (model, comp)]
+    worst = max(float(_dev32(model, comp, x).max()),
+                float(_dev32(as_folded[0], as_folded[1], x).max()),
+                float(_dev32(as_folded[0], comp, x).max()))
+    assert worst <= cert.bound
