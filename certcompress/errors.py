@@ -54,7 +54,9 @@ _ADVICE = {
     RefusalKind.INPUT_SHAPE: (
         "the input is too small for the model: pass a larger input shape"),
     RefusalKind.MODEL: (
-        "the module does not compute what its traced graph says"),
+        "the module does not compute what its traced graph says (hooks, an overridden "
+        "forward, in-place writes, state changed by forward, invalid op arguments); "
+        "remove or fix them and trace again (docs/architecture.md, \"Trace check\")"),
 }
 
 
