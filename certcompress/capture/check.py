@@ -61,12 +61,19 @@ def _model_offender(node: str, op: str, target: str, reason: str,
 
 # ---------------------------------------------------------------------------- hooks
 def hook_refusals(model: nn.Module) -> list[UnsupportedNode]:
-    """One offender per forward hook or pre-hook on ``model`` or a submodule, and per
-    global module hook (``torch.nn.modules.module.register_module_forward_hook``)."""
+    """One offender per forward hook or pre-hook on ``model`` or a submodule, per
+    global module hook (``torch.nn.modules.module.register_module_forward_hook``), and per
+    module whose ``forward`` is replaced on the instance."""
     out: list[UnsupportedNode] = []
     for name, m in model.named_modules():
         path = name or "<root>"
         target = f"{path} ({type(m).__name__})"
+        own = [k for k in ("forward", "__call__", "_call_impl") if k in vars(m)]
+        if own:
+            out.append(_model_offender(
+                path, "call_module", target,
+                f"`{own[0]}` replaced on the instance `{path}`: the graph follows its class "
+                "instead; define a subclass with that forward instead", group="instance forward"))
         for attr, what in (("_forward_hooks", "forward hook"),
                            ("_forward_pre_hooks", "forward pre-hook")):
             hooks = getattr(m, attr, None) or {}

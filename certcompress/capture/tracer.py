@@ -482,11 +482,11 @@ class _Converter:
             over = self.registry.overridden(m) if reg is None else None
             if over is not None:
                 sub, base = over
-                return None, (f"`{sub.__qualname__}` overrides forward, so the adapter for "
+                return None, (f"`{sub.__name__}` overrides forward, so the adapter for "
                               f"{base.__module__}.{base.__qualname__} does not apply (it "
                               "would certify the parent's computation); register an adapter "
-                              f"for {sub.__qualname__} or declare it in the adapter's "
-                              "`subclasses`"), RefusalKind.MODEL
+                              f"for {sub.__module__}.{sub.__qualname__} or declare it in the "
+                              "adapter's `subclasses`"), RefusalKind.MODEL
             if reg is None:
                 why = _OUTSIDE_CLASS.get(key)
                 hint = (why if why else f"no adapter for module type {type(m).__module__}."
