@@ -29,6 +29,7 @@ import torch
 
 from ..certificate import WORST_CASE, MethodBound
 from ..domain import InputDomain
+from ..errors import NumericalRangeError
 from ..ir.graph import Graph
 from .numerics import float_slack
 from .pathmetric import PathMetric, graph_path_metric
@@ -109,7 +110,16 @@ def bounds_tier(graph: Graph, other: Graph, domain: InputDomain,
     crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
     interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
     per = torch.minimum(crown, interval)
+    if not bool(torch.isfinite(per).all()):
+        raise NumericalRangeError(
+            f"the bounds tier's output bounds overflow float64 (crown {float(crown.max()):.3g}, "
+            f"interval {float(interval.max()):.3g}); certify over a smaller domain or use the "
+            "path-metric tier")
     l1 = _round_up_sum(per)
+    if not math.isfinite(l1):
+        raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
+                                  f"per-output bound {float(per.max()):.3g}, {per.numel()} "
+                                  "outputs); certify over a smaller domain")
     sign_rows = 0
     if 0 < m <= opts.sign_vectors_up_to:
         signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),

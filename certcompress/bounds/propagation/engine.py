@@ -9,6 +9,23 @@ bound is pushed outward by ``eta * magnitude`` with
 which covers the accumulated rounding of sums of at most ``K`` terms over the graph's
 depth (the forward error analysis of ``certcompress.bounds.numerics``); the relaxations
 are computed from the widened intervals. The margin is recorded in every result.
+
+Underflow: a relative margin cannot cover a product that underflows (a back-substituted
+coefficient ``1e-200 * 1e-200`` becomes 0, and multiplied by an input of ``1e300`` the
+lost term is ``1e-100``). In the standard model with gradual underflow every rounded
+product or sum is off by at most ``u |exact| + eta0`` with ``eta0 = 2^-1074``, so each sum
+of at most ``K`` terms loses at most ``K eta0`` absolutely. Hence (docs/bounds.md,
+"Rounding and underflow"):
+
+* every interval and every magnitude is pushed outward by ``floor = K eta0`` per node as
+  well (the magnitudes stay upper bounds of the true ones);
+* a back-substituted form is a sum over the nodes it passed of coefficients times node
+  values; a coefficient at node ``u`` that lost ``delta`` to underflow changes the form's
+  value by at most ``delta * mag_u`` (a node's relaxed value is bounded by its magnitude),
+  and every coefficient lost at most ``K eta0`` per step, so every back-substitution bound
+  is raised by ``2 K eta0 * sum_u ||mag_u||_1`` over the nodes before it (per input box).
+  For ordinary networks this is below ``1e-300``; it is what keeps the bound above the
+  true deviation when weights of ``1e-200`` meet inputs of ``1e300``.
 """
 
 from __future__ import annotations
@@ -21,7 +38,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, NumericalRangeError
 from ..numerics import float_slack
 from .crown import Form, backsubstitute
 from .interval import (
@@ -85,13 +102,56 @@ class PairState:
     eta: float
     options: PropagationOptions
     stats: dict[str, float] = field(default_factory=dict)
+    floor: float = 0.0  # absolute underflow margin per element of a node (K * 2^-1074)
+    mag_sum: Tensor | None = None  # (P,): sum of ||mz + mc||_1 over the nodes so far
+
+    def form_floor(self, prob: Tensor | None, rows: int) -> Tensor:
+        """The absolute underflow margin of ``rows`` back-substitution bounds (module
+        docstring): ``2 floor * sum_u ||mag_u||_1`` for each row's input box."""
+        assert self.mag_sum is not None
+        per_problem = 2.0 * self.floor * self.mag_sum
+        if prob is None:
+            return per_problem.max().expand(rows)
+        return per_problem[prob]
+
+
+def _longest_sum(pair: PairNet) -> int:
+    return 4 * max(node.numel for node in pair.nodes) + 16
 
 
 def rounding_eta(pair: PairNet) -> float:
     """The relative rounding margin (see the module docstring)."""
     n = len(pair.nodes)
-    k = 4 * max(node.numel for node in pair.nodes) + 16
-    return 2.0 * (n + 2) * float_slack(k, 4 * n)
+    return 2.0 * (n + 2) * float_slack(_longest_sum(pair), 4 * n)
+
+
+UNDERFLOW_UNIT = 2.0 ** -1074  # the smallest subnormal float64
+
+
+def underflow_floor(pair: PairNet) -> float:
+    """The absolute margin per element of a node: ``K * 2^-1074`` (module docstring)."""
+    return _longest_sum(pair) * UNDERFLOW_UNIT
+
+
+def _check_finite(b: PairBounds, mag: Magnitude, where: str) -> None:
+    """Overflow is never passed on as ``inf`` (nor as a NaN that a later ``min`` would
+    hide): a bound or magnitude beyond float64's range raises NumericalRangeError."""
+    tensors = (b.zl, b.zu, b.cl, b.cu, b.dl, b.du, mag.mz, mag.mc)
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    finite = [t[torch.isfinite(t)].abs().max() for t in (mag.mz, mag.mc)
+              if bool(torch.isfinite(t).any())]
+    largest = max((float(v) for v in finite), default=float("nan"))
+    raise NumericalRangeError(
+        f"the bounds at node '{where}' overflow float64 (largest finite magnitude there "
+        f"{largest:.3g}, range limit {torch.finfo(torch.float64).max:.3g}): the input box or "
+        "the weights are too large for the bounds tier; certify over a smaller domain, or "
+        "use the path-metric tier")
+
+
+def _add_magnitude(state: PairState, mag: Magnitude) -> None:
+    total = (mag.mz + mag.mc).reshape(mag.mz.shape[0], -1).sum(1)
+    state.mag_sum = total if state.mag_sum is None else state.mag_sum + total
 
 
 def _rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
@@ -148,7 +208,7 @@ def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
             ub[sl] = backsubstitute(state.pair, {i: form}, state.relax, state.lower,
                                     state.upper, prob, bounds=state.bounds)
         rows_done += n_rows
-        m = margins[q].reshape(P, -1)[probs, flats]
+        m = margins[q].reshape(P, -1)[probs, flats] + state.form_floor(probs, n_rows)
         up_rows, lo_rows = signs > 0, signs < 0
         hi_flat = highs[q].reshape(P, -1)
         lo_flat = lows[q].reshape(P, -1)
@@ -170,7 +230,14 @@ def propagate(pair: PairNet, lower: Tensor, upper: Tensor,
     lower = lower.to(torch.float64)
     upper = upper.to(torch.float64)
     b0, m0 = input_bounds(lower, upper)
-    state = PairState(pair, lower, upper, [b0], [m0], {}, rounding_eta(pair), opts)
+    if not bool(torch.isfinite(upper - lower).all()):
+        raise NumericalRangeError(
+            f"the input box is too wide for float64 arithmetic (bounds up to "
+            f"{float(torch.maximum(lower.abs(), upper.abs()).max()):.3g}: its width "
+            "overflows); certify over a smaller domain")
+    state = PairState(pair, lower, upper, [b0], [m0], {}, rounding_eta(pair), opts,
+                      floor=underflow_floor(pair))
+    _add_magnitude(state, m0)
     pre = set(pair.pre_activations())
     with torch.no_grad():
         for i, node in enumerate(pair.nodes):
@@ -178,9 +245,15 @@ def propagate(pair: PairNet, lower: Tensor, upper: Tensor,
                 continue
             ins = [state.bounds[j] for j in node.inputs]
             mag = magnitude_node(node, [state.magnitudes[j] for j in node.inputs])
+            # rounded upward in the relative and the absolute sense, so it stays an upper
+            # bound of the true magnitude even where a product underflows
+            mag = Magnitude(mag.mz * (1 + state.eta) + state.floor,
+                            mag.mc * (1 + state.eta) + state.floor)
             state.magnitudes.append(mag)
-            b = make_consistent(widen(propagate_node(node, ins, state.bounds), mag, state.eta),
-                                node.source)
+            _add_magnitude(state, mag)
+            b = make_consistent(widen(propagate_node(node, ins, state.bounds), mag, state.eta,
+                                      state.floor), node.source)
+            _check_finite(b, mag, node.source)
             state.bounds.append(b)
             if isinstance(node, PReLU):
                 state.relax[i] = relax_relu(state.bounds[node.inputs[0]])
@@ -246,5 +319,5 @@ def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
                     f.add(q, part)
             ub = backsubstitute(state.pair, forms, state.relax, state.lower, state.upper, p,
                                 bounds=state.bounds)
-            result[sl] = ub + state.eta * margin
+            result[sl] = ub + state.eta * margin + state.form_floor(p, ub.shape[0])
     return result

@@ -163,11 +163,12 @@ def magnitude_node(node: PNode, inputs: Sequence[Magnitude]) -> Magnitude:
     raise TypeError(f"no magnitude rule for {type(node).__name__}")
 
 
-def widen(b: PairBounds, m: Magnitude, eta: float) -> PairBounds:
-    """Push every bound outward by ``eta`` times the magnitude (the rounding margin)."""
-    if eta == 0.0:
+def widen(b: PairBounds, m: Magnitude, eta: float, floor: float = 0.0) -> PairBounds:
+    """Push every bound outward by ``eta`` times the magnitude plus the absolute ``floor``
+    (the rounding margin: relative for rounding, absolute for underflow)."""
+    if eta == 0.0 and floor == 0.0:
         return b
-    ez, ec = eta * m.mz, eta * m.mc
+    ez, ec = eta * m.mz + floor, eta * m.mc + floor
     ed = ez + ec
     return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - ed, b.du + ed)
 
