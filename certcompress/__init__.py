@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:  # the names below, for type checkers; at run time they load on first use
-    from .api import certify, input_spec_for, path_magnitude_scores, path_metric, path_norm, trace
+    from .api import (
+        TraceCheckReport,
+        certify,
+        check_trace,
+        input_spec_for,
+        path_magnitude_scores,
+        path_metric,
+        path_norm,
+        trace,
+    )
     from .bounds import Baseline, PathMetric, PathNorm
     from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
     from .certificate import Certificate, Measurements, MethodBound
@@ -43,7 +52,8 @@ if TYPE_CHECKING:  # the names below, for type checkers; at run time they load o
 # name -> module defining it; imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
     **dict.fromkeys(["certify", "input_spec_for", "path_magnitude_scores", "path_metric",
-                     "path_norm", "trace"], "certcompress.api"),
+                     "path_norm", "trace", "check_trace", "TraceCheckReport"],
+                    "certcompress.api"),
     **dict.fromkeys(["Baseline", "PathMetric", "PathNorm"], "certcompress.bounds"),
     **dict.fromkeys(["Adapter", "AdapterRegistry", "Plugin", "load_plugin"],
                     "certcompress.capture"),

@@ -23,10 +23,17 @@ from .bounds.propagation.engine import PropagationOptions
 from .bounds.tiers import METHODS, bounds_tier, check_methods, path_metric_tier
 from .capture import plugin_manager
 from .capture import trace as _trace
+from .capture.check import RTOL, TraceCheckReport, as_box, numeric_check
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
 from .digest import parameter_digest
 from .domain import InputDomain, InputSpec
-from .errors import ConfigurationError, SoundnessError
+from .errors import (
+    SOUNDNESS_CAUSES,
+    ConfigurationError,
+    RefusalKind,
+    SoundnessError,
+    UnsupportedModelError,
+)
 from .interop import plain_module
 from .ir.graph import Graph
 from .ir.ops import AffineParams
@@ -38,7 +45,7 @@ from .measure import (
     float64_function,
 )
 
-__all__ = ["trace", "path_norm", "path_metric", "certify", "path_magnitude_scores",
+__all__ = ["trace", "check_trace", "TraceCheckReport", "path_norm", "path_metric", "certify", "path_magnitude_scores",
            "input_spec_for"]
 
 Model = nn.Module | torch.export.ExportedProgram
@@ -65,12 +72,58 @@ def _shape(model: Model | Graph, input_shape: Sequence[int] | None) -> tuple[int
     return spec.input_shape
 
 
-def trace(model: Model, input_shape: Sequence[int] | None = None) -> Graph:
-    """Capture ``model`` as a typed ReLU-DAG graph (``print(g)`` summarizes it)."""
+def trace(model: Model, input_shape: Sequence[int] | None = None, *,
+          domain: InputDomain | tuple[Tensor, Tensor] | None = None) -> Graph:
+    """Capture ``model`` as a typed ReLU-DAG graph (``print(g)`` summarizes it).
+
+    The trace check (:mod:`certcompress.capture.check`, :func:`check_trace`) compares
+    the graph with the module on probes of ``domain`` (an InputDomain or a ``(lower,
+    upper)`` pair; default the box ``[-1, 1]``) and refuses hooks, in-place writes and
+    state changes the graph would not reproduce."""
     if isinstance(model, Graph):
         return model
     model = plain_module(model)
-    return _trace(model, _shape(model, input_shape))
+    return _trace(model, _shape(model, input_shape), domain=domain)
+
+
+def check_trace(model: nn.Module, input_shape: Sequence[int] | None = None,
+                domain: InputDomain | None = None, *, probes: int | None = None,
+                seed: int = 0, graph: Graph | None = None) -> TraceCheckReport:
+    """Check that the graph ``trace`` captures computes what ``model`` computes.
+
+    Refusals of hooks, in-place writes and state changes, and the comparison of the
+    graph with a float64 copy of ``model`` on ``probes`` inputs of ``domain`` (default:
+    the box ``[-1, 1]`` over ``input_shape``; probes: the centre, up to 32 corners and
+    random points, as many as a multiply-add budget allows), the module called twice on
+    the centre, its parameters, buffers and simple attributes unchanged
+    (docs/architecture.md, "Trace check"). Returns a :class:`TraceCheckReport`
+    (``passed``, ``reasons``, errors, seconds); raises only for a model outside the
+    ReLU-DAG class (:class:`UnsupportedModelError` of another kind) or bad arguments.
+    ``trace`` and ``certify`` run the same check and raise when it fails. ``graph``: an
+    already traced graph of ``model`` for this shape, not traced again.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"check_trace needs an nn.Module, got {type(model).__name__}")
+    model = plain_module(model)
+    if domain is not None:
+        shape = domain.shape
+        if input_shape is not None and tuple(int(s) for s in input_shape) != shape:
+            raise ConfigurationError(f"input_shape {tuple(input_shape)} differs from the "
+                                     f"domain's shape {shape}")
+    else:
+        shape = _shape(model, input_shape)
+    t0 = time.perf_counter()
+    try:
+        if graph is None or graph.input_shape != shape:
+            graph = _trace(model, shape, check=False)
+    except UnsupportedModelError as exc:
+        if exc.offenders and all(o.kind is RefusalKind.MODEL for o in exc.offenders):
+            return TraceCheckReport(type(model).__name__, shape, 0, math.nan, math.nan, RTOL,
+                                    False, tuple(o.reason for o in exc.offenders),
+                                    time.perf_counter() - t0)
+        raise
+    lower, upper = as_box(domain, shape)
+    return numeric_check(model, graph, lower, upper, probes=probes, seed=seed)
 
 
 def _graph(model: Model | Graph, input_shape: Sequence[int] | None) -> Graph:
@@ -170,8 +223,8 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
             raise ConfigurationError(
                 f"input_radius must be a finite number >= 0, got {input_radius}")
         dom = InputDomain.box(-r, r, shape=shape, description=f"ball ||x||_inf <= {r:.6g}")
-    g = trace(model, shape)
-    g2 = trace(compressed, shape)
+    g = trace(model, shape, domain=dom)
+    g2 = trace(compressed, shape, domain=dom)
     pm_tier, pm = path_metric_tier(g, g2, r)
     factor = max(r, 1.0)
     tiers: dict[str, MethodBound] = {}
@@ -181,8 +234,8 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         tiers["bounds"] = bounds_tier(g, g2, dom, propagation)
     base = operator_norm_baseline(g, g2)
     if arith == "float32":
-        err = float32_error(_trace(model, shape, fold_bn=False),
-                            _trace(compressed, shape, fold_bn=False), dom, model=model,
+        err = float32_error(_trace(model, shape, fold_bn=False, check=False),
+                            _trace(compressed, shape, fold_bn=False, check=False), dom, model=model,
                             compressed=compressed)
         tiers = {k: with_float32(t, err) for k, t in tiers.items()}
 
@@ -315,8 +368,5 @@ def _check(measured: float, bound: float, where: str, outputs: float = 0.0) -> N
     if measured > bound + tolerance:
         raise SoundnessError(
             f"measured deviation {measured:.17g} from {where} exceeds the certified bound "
-            f"{bound:.17g}. The likely cause is a model whose traced graph does not compute "
-            "what the module computes (hooks, an overridden forward, in-place ops, state "
-            "changed in forward: certcompress.check_trace reports them); otherwise it is a "
-            "bug in certcompress: please report it with the models."
+            f"{bound:.17g}. {SOUNDNESS_CAUSES}"
         )

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ._cli_shared import (
     EXIT_OK,
     EXIT_USER,
@@ -16,7 +18,7 @@ from ._cli_shared import (
     load_plugins,
     model_options,
 )
-from .api import certify, input_spec_for, path_norm, trace
+from .api import certify, check_trace, input_spec_for, path_norm, trace
 from .bounds import cli_local
 from .bounds.cli import add_domain_arguments, certify_kwargs
 from .bounds.cost import estimate_costs
@@ -61,6 +63,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(exc)
         return EXIT_USER
     print(graph)
+    if isinstance(model, nn.Module):  # trace ran the same check; this prints its figures
+        print(check_trace(model, shape, graph=graph).summary())
     print(f"\n{args.model}: supported (a ReLU-DAG certcompress certifies) for input shape "
           f"{shape}")
     print(f"path-norm ||Phi(theta)||_1 = {path_norm(graph):.6g}")

@@ -57,7 +57,9 @@ _ADVICE = {
         "take): pass the shape the model takes, batch first (e.g. --input-shape 1 3 32 32 "
         "or input_shape=(1, 3, 32, 32))"),
     RefusalKind.MODEL: (
-        "the module does not compute what its traced graph says"),
+        "the module does not compute what its traced graph says (hooks, an overridden "
+        "forward, in-place writes, state changed by forward, invalid op arguments); "
+        "remove or fix them and trace again (docs/architecture.md, \"Trace check\")"),
 }
 
 
@@ -136,10 +138,24 @@ class CertificateError(CertcompressError, ValueError):
 
 
 class SoundnessError(CertcompressError, AssertionError):
-    """A measured deviation exceeded a certified bound: a bug in certcompress.
+    """A measured deviation exceeded a certified bound.
 
-    This is never expected; it is raised instead of returning a wrong certificate.
+    This is never expected; it is raised instead of returning a wrong certificate. The
+    message names the two likely causes (:data:`SOUNDNESS_CAUSES`): a traced graph that
+    differs from the module where the trace check's probes did not look, or an internal
+    bug in certcompress.
     """
+
+
+#: the cause text every :class:`SoundnessError` ends with
+SOUNDNESS_CAUSES = (
+    "Likely causes: (1) the traced graph differs from what the module computes at some "
+    "inputs the trace check did not probe (custom forward code, hooks or state that act "
+    "only on some inputs); the certificate would describe the graph, not the module. "
+    "Check with cc.check_trace(model, domain=..., probes=...) and by comparing "
+    "certcompress.ir.ForwardInterpreter(cc.trace(model, shape)).run(x) with model(x) "
+    "at the offending input. (2) If graph and module agree there, an internal bug in "
+    "certcompress: please report it with the models and the domain.")
 
 
 class PluginError(CertcompressError, ImportError):

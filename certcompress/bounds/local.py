@@ -21,7 +21,7 @@ tighter of the sound bounds these give; each run's bounds include the engine's
 float64 rounding margin, and the combinations here are widened by a further stated
 relative margin. The class at the point and the deviation at the point are evaluated
 in float64 on the models themselves, and a deviation at the point above the bound
-raises :class:`~certcompress.errors.SoundnessError` (a bug) instead of returning a
+raises :class:`~certcompress.errors.SoundnessError` (naming the likely cause) instead of returning a
 wrong certificate.
 """
 
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .._io import JsonRecord, parse_json
 from .._schema import validate
 from .._version import provenance
-from ..errors import CertificateError, ConfigurationError, SoundnessError
+from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 
 if TYPE_CHECKING:
@@ -351,7 +351,10 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     opts = options or PropagationOptions()
     shape = (1,) + per
     t0 = time.perf_counter()
-    g, g2 = trace(model, shape), trace(compressed, shape)
+    # the trace check probes the box around all points' balls (inside the domain)
+    box = (torch.maximum(lo_dom, x.double().amin(0) - eps_f).unsqueeze(0),
+           torch.minimum(hi_dom, x.double().amax(0) + eps_f).unsqueeze(0))
+    g, g2 = trace(model, shape, domain=box), trace(compressed, shape, domain=box)
     pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
     m = pair.output_size
     if m < 2:
@@ -394,11 +397,7 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
         raise SoundnessError(
             f"local certificate contradicted at point {i} itself (deviation "
             f"{float(at_point[i]):.17g}, bound {float(res['l1'][i]):.17g}, class "
-            f"{int(top[i])}, compressed class {int(fcx[i].argmax())}). The likely cause is a "
-            "model whose traced graph does not compute what the module computes "
-            "(certcompress.check_trace reports hooks, overridden forwards, in-place ops and "
-            "state changes); otherwise it is a bug in certcompress: please report it with "
-            "the models.")
+            f"{int(top[i])}, compressed class {int(fcx[i].argmax())}). {SOUNDNESS_CAUSES}")
     eta = rounding_eta(pair)
     dom = _domain_text(lo_dom, hi_dom)
     scope = (f"for each point x_i separately: every x with ||x - x_i||_inf <= {eps_f:.6g}"

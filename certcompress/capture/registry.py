@@ -3,7 +3,11 @@
 Filled by explicit calls (the built-in adapters in :func:`register_builtin_adapters`,
 then each loaded plugin's ``register_adapters`` hook). No module scanning, no import
 side effects. Module adapters are looked up along the module type's MRO, so a subclass
-of ``nn.Conv2d`` is handled by the Conv2d adapter unless a more specific one exists.
+of ``nn.Conv2d`` is handled by the Conv2d adapter unless a more specific one exists, but
+only when no class in between overrides ``forward`` (or another method that decides what
+a call computes, :data:`CALL_METHODS`), or the adapter declares the subclass in its
+``subclasses``. A subclass with its own ``forward`` is traced through instead, so the
+graph is what its ``forward`` computes (docs/architecture.md, "Trace check").
 Every entry records which source (``certcompress`` or a plugin) registered it.
 """
 
@@ -19,7 +23,22 @@ from torch import nn
 from ..errors import PluginError
 from .adapters.base import Adapter
 
-__all__ = ["AdapterRegistry", "Registration"]
+__all__ = ["AdapterRegistry", "Registration", "CALL_METHODS", "overriding_class"]
+
+#: methods whose override changes what calling a module computes
+CALL_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl", "_wrapped_call_impl",
+                "__getattr__", "__getattribute__")
+
+
+def overriding_class(t: type, base: type) -> type | None:
+    """The first class of ``t``'s MRO before ``base`` that defines one of
+    :data:`CALL_METHODS`, or None when calling a ``t`` computes what ``base`` computes."""
+    for cls in t.__mro__:
+        if cls is base:
+            return None
+        if any(name in vars(cls) for name in CALL_METHODS):
+            return cls
+    return None
 
 
 @dataclass(frozen=True)
@@ -113,11 +132,37 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------------ lookup
     def for_module(self, module: nn.Module) -> Registration | None:
-        for cls in type(module).__mro__:
+        """The adapter for ``module``'s type or its nearest registered base class, unless
+        a class in between overrides ``forward`` (see :meth:`overridden`)."""
+        base, reg = self._nearest(type(module))
+        if reg is None or self._override(type(module), base, reg) is not None:
+            return None
+        return reg
+
+    def overridden(self, module: nn.Module) -> tuple[type, type] | None:
+        """``(subclass, base)`` when the adapter registered for ``base`` does not apply to
+        ``module`` because ``subclass`` (its type or a class in between) overrides
+        ``forward`` and the adapter does not declare it; None otherwise."""
+        base, reg = self._nearest(type(module))
+        if reg is None:
+            return None
+        sub = self._override(type(module), base, reg)
+        return None if sub is None else (sub, base)
+
+    def _nearest(self, t: type) -> tuple[type, Registration | None]:
+        for cls in t.__mro__:
             reg = self._modules.get(cls)
             if reg is not None:
-                return reg
-        return None
+                return cls, reg
+        return t, None
+
+    @staticmethod
+    def _override(t: type, base: type, reg: Registration) -> type | None:
+        sub = overriding_class(t, base)
+        if sub is None:
+            return None
+        declared = tuple(getattr(reg.adapter, "subclasses", ()))
+        return None if any(issubclass(t, d) and issubclass(d, sub) for d in declared) else sub
 
     def for_function(self, target: object) -> Registration | None:
         try:

@@ -13,6 +13,9 @@
    in the output depends on are skipped. Every unsupported node is collected; one
    :class:`UnsupportedModelError` lists them all.
 4. Fold eval-mode BatchNorm into the affine op before it.
+5. The trace check (:mod:`.check`): hooks and in-place writes the graph would lose are
+   refused before conversion; afterwards the graph and a float64 copy of the module are
+   compared on probes of the input domain, and the module's state must not change.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ..ir.graph import Graph, IRNode
 from ..ir.ops import AffineParams, IROp
 from ..ir.passes import fold_batchnorm
 from .adapters.base import Converted, MultiOutput, Unsupported
+from .check import as_box, hook_refusals, inplace_refusals, numeric_check, raise_if_failed
 from .registry import AdapterRegistry
 
 __all__ = ["trace", "ConvertContext", "check_eval_mode"]
@@ -277,13 +281,19 @@ class ConvertContext:
 
 def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int], *,
           registry: AdapterRegistry | None = None, fold_bn: bool = True,
-          name: str | None = None) -> Graph:
+          name: str | None = None, check: bool = True, domain: Any = None) -> Graph:
     """Capture ``model`` as a typed ReLU-DAG :class:`Graph` for inputs of ``input_shape``.
 
     ``input_shape`` includes the batch dimension (usually 1): the path set, hence every
     bound, depends on it. Raises :class:`TrainModeError` for a model in training mode
     and :class:`UnsupportedModelError` listing every node outside the ReLU-DAG class.
     The model is never modified.
+
+    ``check`` (default True) runs the trace check (:mod:`.check`) on an ``nn.Module``:
+    hooks, in-place writes the graph would lose and state changed by ``forward`` are
+    refused, and the graph must reproduce a float64 copy of the module on probes of
+    ``domain`` (an InputDomain or a ``(lower, upper)`` pair; default the box
+    ``[-1, 1]``), else :class:`UnsupportedModelError` names the reason.
     """
     from .plugins import default_registry
 
@@ -294,6 +304,11 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
     device = torch.device("cpu")
     if isinstance(model, nn.Module):
         check_eval_mode(model)
+        hooks = hook_refusals(model)
+        if hooks:
+            raise UnsupportedModelError(
+                f"{len(hooks)} hook(s) on the model: the traced graph would not run them:",
+                hooks)
         params = list(model.parameters())
         dtype = params[0].dtype if params else torch.float32
         if params and params[0].is_meta:  # shapes only: trace on meta tensors throughout
@@ -307,11 +322,16 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
     with _quiet_torch_logs():
         gm, how, notes = _capture(model, example, reg)
         converter = _Converter(gm, reg)
+        converter.offenders.extend(inplace_refusals(gm, converter.inplace_safe))
         nodes, outputs, params_map = converter.convert(example)
     graph = Graph(nodes=tuple(nodes), outputs=tuple(outputs), params=params_map,
                   input_shape=shape, model_name=name or type(model).__name__, capture=how,
                   notes=notes)
-    return fold_batchnorm(graph) if fold_bn else graph
+    graph = fold_batchnorm(graph) if fold_bn else graph
+    if check and isinstance(model, nn.Module) and device.type != "meta":
+        lower, upper = as_box(domain, shape)
+        raise_if_failed(numeric_check(model, graph, lower, upper))
+    return graph
 
 
 class _Converter:
@@ -391,6 +411,10 @@ class _Converter:
                     reason = ("its result depends on tensor values (e.g. .item() or a "
                               "data-dependent branch)")
                     kind = RefusalKind.OUTSIDE_CLASS
+                elif "divisor must be not zero" in str(exc) or "divisor_override" in str(exc):
+                    reason = (f"invalid pooling arguments ({first}): divisor_override must be "
+                              "None or an integer >= 1")
+                    kind = RefusalKind.MODEL
                 elif _too_small(str(exc)):
                     reason = (f"the input is too small here (input shape {tuple(example.shape)}"
                               f"; {first})")
@@ -461,11 +485,25 @@ class _Converter:
                                               _target_name(node, self.ctx.modules), reason,
                                               kind, _group(node, self.ctx.modules)))
 
+    def inplace_safe(self, node: fx.Node) -> bool | None:
+        """Whether the adapter for in-place ``node`` declares its in-place form safe (None:
+        no adapter, reported by the conversion)."""
+        adapter, _, _ = self._adapter_for(node)
+        return None if adapter is None else bool(getattr(adapter, "inplace_safe", False))
+
     def _adapter_for(self, node: fx.Node) -> tuple[Any, str, RefusalKind]:
         if node.op == "call_module":
             m = self.ctx.module(node)
             reg = self.registry.for_module(m)
             key = type(m).__name__
+            over = self.registry.overridden(m) if reg is None else None
+            if over is not None:
+                sub, base = over
+                return None, (f"`{sub.__name__}` overrides forward, so the adapter for "
+                              f"{base.__module__}.{base.__qualname__} does not apply (it "
+                              "would certify the parent's computation); register an adapter "
+                              f"for {sub.__module__}.{sub.__qualname__} or declare it in the "
+                              "adapter's `subclasses`"), RefusalKind.MODEL
             if reg is None:
                 why = _OUTSIDE_CLASS.get(key)
                 hint = (why if why else f"no adapter for module type {type(m).__module__}."

@@ -36,6 +36,7 @@ class ReLUAdapter(Adapter):
     """``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and in-place forms."""
 
     name = "relu"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         return Converted(ReLUOp(), (ctx.tensor_arg(node.args[0]),))
@@ -45,6 +46,7 @@ class ClampAdapter(Adapter):
     """``nn.ReLU6``, ``nn.Hardtanh``, ``F.relu6``, ``F.hardtanh``, ``torch.clamp``."""
 
     name = "clamp"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         if node.op == "call_module":
@@ -69,6 +71,7 @@ class LeakyReLUAdapter(Adapter):
     """``nn.LeakyReLU``, ``F.leaky_relu``: two ReLU neurons (``ReLU(z) - s*ReLU(-z)``)."""
 
     name = "leaky_relu"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         if node.op == "call_module":

@@ -80,6 +80,15 @@ class Adapter(ABC):
     """Converts one op family. Override ``_convert``; never override ``convert``."""
 
     name: ClassVar[str] = "adapter"
+    #: Subclasses of a registered module type that override ``forward`` and that this
+    #: adapter still converts correctly (it reads what their ``forward`` computes). Any
+    #: other subclass with its own ``forward`` is traced through instead.
+    subclasses: ClassVar[tuple[type, ...]] = ()
+    #: True when, for an in-place target this adapter is registered for (``relu_``,
+    #: ``add_``, ``operator.iadd``, ``nn.ReLU(inplace=True)``), the op it builds is the
+    #: value the in-place op writes. The tracer still refuses an in-place op whose
+    #: mutated tensor is read afterwards under another name (docs/architecture.md).
+    inplace_safe: ClassVar[bool] = False
 
     def convert(self, node: fx.Node, ctx: ConvertContext) -> Converted | MultiOutput:
         try:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ...errors import RefusalKind
 from ...ir.ops import FixedLinearOp, MaxPoolOp
 from .base import Adapter, Converted, Unsupported, call_first, call_method, op_name
 
@@ -21,6 +22,34 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
         vals = tuple(int(x) for x in v)
         return vals if len(vals) == n else (vals[0],) * n
     return (int(v),) * n
+
+
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+             "divisor_override")
+
+
+def _ints(v: Any) -> list[int]:
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+
+def check_avg_pool(where: str, kernel_size: Any, stride: Any, padding: Any,
+                   divisor_override: Any) -> None:
+    """Refuse average-pooling arguments that do not make a fixed non-negative averaging
+    map: ``divisor_override`` below 1 (0 divides by zero, a negative one flips the sign
+    of every weight) or not an integer, kernel sizes or strides below 1, negative
+    padding."""
+    if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(
+            divisor_override, int) or divisor_override < 1):
+        raise Unsupported(f"{where}: divisor_override={divisor_override!r} is not an integer "
+                          ">= 1, so the op is not a non-negative averaging map; pass "
+                          "divisor_override=None or a positive integer", RefusalKind.MODEL)
+    if any(k < 1 for k in _ints(kernel_size)):
+        raise Unsupported(f"{where}: kernel_size={kernel_size!r} has a size below 1", RefusalKind.MODEL)
+    if stride is not None and stride != [] and stride != () and any(
+            st < 1 for st in _ints(stride)):
+        raise Unsupported(f"{where}: stride={stride!r} has a step below 1", RefusalKind.MODEL)
+    if any(p < 0 for p in _ints(padding)):
+        raise Unsupported(f"{where}: padding={padding!r} is negative", RefusalKind.MODEL)
 
 
 _MAXPOOL_DIM = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
@@ -74,6 +103,9 @@ class ModuleAsMapAdapter(Adapter):
                               f"{sorted(_NONNEG_MODES)} are fixed non-negative maps")
         if len(node.args) != 1 or node.kwargs:
             raise Unsupported("called with extra arguments")
+        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+            check_avg_pool(type(m).__name__, m.kernel_size, m.stride, m.padding,
+                           getattr(m, "divisor_override", None))
         return Converted(FixedLinearOp(type(m).__name__, ctx.module(node), repr(m)),
                          (ctx.tensor_arg(node.args[0]),), module=str(node.target))
 
@@ -93,6 +125,11 @@ class FunctionAsMapAdapter(Adapter):
         kwargs = ctx.value(dict(node.kwargs))
         x = node.args[0]
         name = op_name(target)
+        if "avg_pool" in str(name) and "adaptive" not in str(name):
+            given = dict(zip(_AVG_ARGS, args))
+            given.update({k: v for k, v in kwargs.items() if k in _AVG_ARGS})
+            check_avg_pool(str(name), given.get("kernel_size", 1), given.get("stride"),
+                           given.get("padding", 0), given.get("divisor_override"))
         if "interpolate" in name or "upsample" in name:
             mode = kwargs.get("mode", args[2] if len(args) > 2 and isinstance(args[2], str)
                               else "nearest")

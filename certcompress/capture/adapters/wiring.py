@@ -32,6 +32,7 @@ class IndexModuleAdapter(Adapter):
     Unflatten, zero/reflection/replication/circular padding."""
 
     name = "index_module"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         m = ctx.module(node)
@@ -55,6 +56,7 @@ class IndexFunctionAdapter(Adapter):
     """Functions and methods whose output elements are copies of input elements."""
 
     name = "index_function"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         target = node.target
@@ -123,6 +125,7 @@ class LinearCombinationAdapter(Adapter):
     """add, sub, neg, and multiplication/division by a Python number."""
 
     name = "linear_combination"
+    inplace_safe = True  # the op built is the value the in-place form writes
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         target = node.target
