@@ -245,6 +245,7 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "meanfield": "certcompress.meanfield.cli",
     "zoo": "certcompress.scale.cli",
     "results": "certcompress.scale.cli",
+    "equiv": "certcompress.equivalence.cli",
 }
 
 
