@@ -112,7 +112,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        confidence: float | None = None, timeout: float = 60.0,
                        max_regions: int = 200_000, executor: str | None = None,
                        workers: int | None = None, batch: int = 256, chunk: int = 128,
-                       seed: int = 0,
+                       seed: int = 0, intermediate: str = "crown",
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
@@ -125,7 +125,9 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (a process
     pool of ``workers``) or ``"ray"`` bounds each round's regions in parallel, in chunks
     of ``chunk`` regions (the verdict does not depend on the executor). ``batch``:
-    regions per round. ``out``: also write the JSON result there (atomically).
+    regions per round. ``intermediate``: how the single pass bounds pre-activations:
+    ``"crown"`` (back-substitution to the input, tightest on deep networks),
+    ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``. ``out``: also write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
     with a float64-checked ``counterexample`` in the domain, or ``"unknown"``).
@@ -162,7 +164,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         prop = ConfidenceProperty(m, float(confidence))
     else:
         prop = Top1Property(m)
-    bounder = Bounder(pair)
+    if intermediate not in ("crown", "forward", "both"):
+        raise ConfigurationError(f"intermediate must be 'crown', 'forward' or 'both', got "
+                                 f"{intermediate!r}")
+    bounder = Bounder(pair, intermediate=intermediate)
     lower = dom.lower_tensor().reshape(-1)
     upper = dom.upper_tensor().reshape(-1)
     cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
@@ -173,7 +178,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         if bounder.chain is None:
             notes.append(f"executor={executor!r} needs a chain network; ran serially")
         else:
-            pool = Pool(executor, bounder.chain, workers)
+            pool = Pool(executor, bounder.chain, workers, intermediate)
     bar: Any = None
     update = None
     if progress:
