@@ -82,6 +82,8 @@ _LAZY: dict[str, str] = {
                     "certcompress.bounds.statistical"),
     **dict.fromkeys(["sweep", "results", "ResultStore", "load_manifest"], "certcompress.scale"),
     **dict.fromkeys(["zeroed_equivalent", "dequantized_copy"], "certcompress.interop"),
+    **dict.fromkeys(["verify_equivalence", "EquivalenceResult", "read_vnnlib"],
+                    "certcompress.equivalence"),
 }
 
 __all__ = ["__version__", *_LAZY]

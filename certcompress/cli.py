@@ -68,6 +68,7 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "meanfield": "certcompress.meanfield.cli",
     "zoo": "certcompress.scale.cli",
     "results": "certcompress.scale.cli",
+    "equiv": "certcompress.equivalence.cli",
 }
 _OPTIONAL_DEFAULTS = dict(_OPTIONAL_COMMANDS)  # the table as shipped (tests may replace it)
 _HELP: dict[str, str] = {

@@ -9,5 +9,7 @@ from VNN-LIB files (:func:`read_vnnlib`).
 
 from .result import EquivalenceResult
 from .verify import NORMS, PROPERTIES, verify_equivalence
+from .vnnlib import VnnlibSpec, parse_vnnlib, read_vnnlib
 
-__all__ = ["EquivalenceResult", "verify_equivalence", "NORMS", "PROPERTIES"]
+__all__ = ["EquivalenceResult", "verify_equivalence", "NORMS", "PROPERTIES", "VnnlibSpec",
+           "parse_vnnlib", "read_vnnlib"]

@@ -25,6 +25,7 @@ branch-and-bound uses to choose the dimension to split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -317,11 +318,15 @@ class ChainState:
     linear forms of the outputs."""
 
     def __init__(self, chain: ChainPair, lower: Tensor, upper: Tensor,
-                 intermediate: str = "forward", chunk_rows: int = 1 << 15) -> None:
-        if intermediate not in ("forward", "crown"):
+                 intermediate: str = "forward", chunk_rows: int = 1 << 15,
+                 quantities: tuple[str, ...] = ("z", "c", "d"),
+                 prior: Sequence[Tensor | None] | None = None) -> None:
+        if intermediate not in ("forward", "crown", "both"):
             raise ValueError(f"intermediate must be 'forward' or 'crown', got {intermediate!r}")
         self.chain = chain
         self.intermediate = intermediate
+        self.quantities = quantities
+        self.prior = prior
         self.lower = lower.to(torch.float64)
         self.upper = upper.to(torch.float64)
         self.mid = (self.lower + self.upper) * 0.5
@@ -344,7 +349,7 @@ class ChainState:
         eta = self.chain.eta
         P, n0 = lo.shape
         sym: _Sym | None = None
-        if self.intermediate == "forward":
+        if self.intermediate in ("forward", "both"):
             eye = torch.eye(n0, dtype=torch.float64)
             x = torch.cat([eye, torch.zeros(n0, 1, dtype=torch.float64)], 1)
             x = x.expand(P, n0, n0 + 1)
@@ -362,11 +367,14 @@ class ChainState:
                 mz = mz @ layer.w.abs().T + layer.b.abs()
                 mc = mc @ layer.wc.abs().T + layer.bc.abs()
                 b = _widen(_affine_interval(layer, b), mz, mc, eta)
+                pk = None if self.prior is None else self.prior[k]
+                if pk is not None:  # bounds over a box containing this one still hold
+                    b = b.intersect(PairBounds(*pk.unbind(1)))
                 if sym is not None:
                     sym, sb = _sym_affine(layer, sym, self.mid, self.rad, mz, mc, eta)
                     b = b.intersect(sb)
                 nxt = k + 1
-                if self.intermediate == "crown" and nxt < len(self.chain.layers) \
+                if self.intermediate in ("crown", "both") and nxt < len(self.chain.layers) \
                         and self.chain.layers[nxt].kind == "relu" and k > 0:
                     b = self._tighten(k, b, mz, mc)
                 b = make_consistent(b, f"layer {k}")
@@ -386,7 +394,7 @@ class ChainState:
         highs = {"z": b.zu.clone(), "c": b.cu.clone(), "d": b.du.clone()}
         margin = {"z": eta * mz, "c": eta * mc, "d": eta * (mz + mc)}
         n = b.zl.shape[1]
-        for q in ("z", "c", "d"):
+        for q in self.quantities:
             idx = needs[q].nonzero()
             if idx.shape[0] == 0:
                 continue
@@ -411,6 +419,15 @@ class ChainState:
             lo_t[probs[dn], flats[dn]] = torch.maximum(lo_t[probs[dn], flats[dn]],
                                                        -ub[dn] - m[dn])
         return PairBounds(lows["z"], highs["z"], lows["c"], highs["c"], lows["d"], highs["d"])
+
+    def pre_bounds(self) -> list[Tensor | None]:
+        """Per layer: the bounds of an affine layer's output ``(P, 6, n)`` (``zl, zu, cl,
+        cu, dl, du``), None for a ReLU; valid on any sub-box (``prior`` of a child)."""
+        out: list[Tensor | None] = []
+        for layer, b in zip(self.chain.layers, self.bounds):
+            out.append(None if layer.kind == "relu" else
+                       torch.stack([b.zl, b.zu, b.cl, b.cu, b.dl, b.du], 1))
+        return out
 
     # ----------------------------------------------------------------- backward
     def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor

@@ -16,45 +16,48 @@ from torch import Tensor
 
 from ..errors import ConfigurationError
 from .chain import ChainPair
-from .search import bound_chunk
+from .search import Job, Pre, bound_chunk
 
 __all__ = ["Pool", "EXECUTORS"]
 
 EXECUTORS = (None, "serial", "local", "ray")
 
 _CHAIN: ChainPair | None = None
-Job = tuple[Tensor, Tensor, Tensor | None, Tensor | None, int]
+_MODE = "crown"
 
 
-def _init(chain: ChainPair) -> None:
-    global _CHAIN
+def _init(chain: ChainPair, mode: str) -> None:
+    global _CHAIN, _MODE
     torch.set_num_threads(1)
     _CHAIN = chain
+    _MODE = mode
 
 
-def _work(job: Job) -> tuple[Tensor, Tensor]:
+def _work(job: Job) -> tuple[Tensor, Tensor, Pre]:
     assert _CHAIN is not None
-    return bound_chunk(_CHAIN, *job)
+    return bound_chunk(_CHAIN, *job, intermediate=_MODE)
 
 
-def _ray_work(chain: ChainPair, job: Job) -> tuple[Tensor, Tensor]:
+def _ray_work(chain: ChainPair, mode: str, job: Job) -> tuple[Tensor, Tensor, Pre]:
     torch.set_num_threads(1)
-    return bound_chunk(chain, *job)
+    return bound_chunk(chain, *job, intermediate=mode)
 
 
 class Pool:
     """Bounds chunks of regions on ``workers`` processes (``"local"``) or Ray CPUs
     (``"ray"``); :meth:`map` yields the results in the jobs' order."""
 
-    def __init__(self, kind: str, chain: ChainPair, workers: int | None = None) -> None:
+    def __init__(self, kind: str, chain: ChainPair, workers: int | None = None,
+                 intermediate: str = "crown") -> None:
         self.kind = kind
+        self.mode = intermediate
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._pool: ProcessPoolExecutor | None = None
         self._ray: Any = None
         if kind == "local":
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
-                                             initargs=(chain,))
+                                             initargs=(chain, intermediate))
         elif kind == "ray":
             try:
                 import ray
@@ -74,12 +77,12 @@ class Pool:
             raise ConfigurationError(f"executor {kind!r} is unknown; use None, 'serial', "
                                      "'local' or 'ray'")
 
-    def map(self, jobs: list[Job]) -> Iterator[tuple[Tensor, Tensor]]:
+    def map(self, jobs: list[Job]) -> Iterator[tuple[Tensor, Tensor, Pre]]:
         if self._pool is not None:
             yield from self._pool.map(_work, jobs)
             return
         ray = self._ray
-        refs = [self._fn.remote(self._chain_ref, job) for job in jobs]
+        refs = [self._fn.remote(self._chain_ref, self.mode, job) for job in jobs]
         yield from ray.get(refs)
 
     def close(self) -> None:

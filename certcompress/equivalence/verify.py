@@ -40,13 +40,20 @@ def _graph(model: nn.Module | Graph, shape: tuple[int, ...], what: str) -> Graph
     return _trace(plain_module(model), shape)
 
 
-def _output_shape(model: nn.Module | Graph, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+def _output_shape(model: nn.Module | Graph, shape: tuple[int, ...], what: str
+                  ) -> tuple[int, ...] | None:
     if isinstance(model, Graph):
         return None
     with torch.no_grad():
         p = next(iter(model.parameters()), None)
         dtype = p.dtype if p is not None else torch.float32
-        out = model(torch.zeros(shape, dtype=dtype))
+        try:
+            out = model(torch.zeros(shape, dtype=dtype))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(f"the domain's shape {shape} does not fit the {what} "
+                                     f"model ({first}); give a domain of the model's input "
+                                     "shape, batch first") from None
     return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 
@@ -104,7 +111,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        norm: str = "inf", property: str | None = None,
                        confidence: float | None = None, timeout: float = 60.0,
                        max_regions: int = 200_000, executor: str | None = None,
-                       workers: int | None = None, batch: int = 256, seed: int = 0,
+                       workers: int | None = None, batch: int = 256, chunk: int = 128,
+                       seed: int = 0, intermediate: str = "crown",
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
@@ -115,8 +123,11 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     ``argmax f' = argmax f``; with ``confidence`` (in (0.5, 1)), only where the original's
     softmax confidence is at least that. ``timeout`` (seconds) and ``max_regions`` bound
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (a process
-    pool of ``workers``) or ``"ray"`` bounds each round's regions in parallel (the verdict
-    does not depend on it). ``out``: also write the JSON result there (atomically).
+    pool of ``workers``) or ``"ray"`` bounds each round's regions in parallel, in chunks
+    of ``chunk`` regions (the verdict does not depend on the executor). ``batch``:
+    regions per round. ``intermediate``: how the single pass bounds pre-activations:
+    ``"crown"`` (back-substitution to the input, tightest on deep networks),
+    ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``. ``out``: also write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
     with a float64-checked ``counterexample`` in the domain, or ``"unknown"``).
@@ -129,9 +140,12 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                  f"{executor!r}")
     if not (isinstance(batch, int) and batch >= 2):
         raise ConfigurationError(f"batch must be an integer >= 2, got {batch!r}")
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ConfigurationError(f"chunk must be an integer >= 1, got {chunk!r}")
     dom = _domain(domain, model, input_shape)
     shape = tuple(int(s) for s in dom.shape)
-    o1, o2 = _output_shape(model, shape), _output_shape(compressed, shape)
+    o1 = _output_shape(model, shape, "original")
+    o2 = _output_shape(compressed, shape, "compressed")
     if o1 is not None and o2 is not None and o1 != o2:
         raise ConfigurationError(f"the models' output shapes differ: {o1} (original) vs {o2} "
                                  "(compressed); equivalence compares outputs of one shape")
@@ -150,18 +164,21 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         prop = ConfidenceProperty(m, float(confidence))
     else:
         prop = Top1Property(m)
-    bounder = Bounder(pair)
+    if intermediate not in ("crown", "forward", "both"):
+        raise ConfigurationError(f"intermediate must be 'crown', 'forward' or 'both', got "
+                                 f"{intermediate!r}")
+    bounder = Bounder(pair, intermediate=intermediate)
     lower = dom.lower_tensor().reshape(-1)
     upper = dom.upper_tensor().reshape(-1)
     cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
-                       seed=seed)
+                       chunk=chunk, seed=seed)
     pool: Pool | None = None
     notes: list[str] = []
     if executor in ("local", "ray"):
         if bounder.chain is None:
             notes.append(f"executor={executor!r} needs a chain network; ran serially")
         else:
-            pool = Pool(executor, bounder.chain, workers)
+            pool = Pool(executor, bounder.chain, workers, intermediate)
     bar: Any = None
     update = None
     if progress:
