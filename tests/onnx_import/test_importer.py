@@ -127,7 +127,7 @@ def _conv_net(tmp: Path) -> Path:
 def test_hand_built_covers_every_op_and_matches_onnxruntime(tmp_path: Path) -> None:
     path = _conv_net(tmp_path)
     used = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert used >= SUPPORTED_OPS - {"Constant"}
+    assert used >= SUPPORTED_OPS - {"Constant", "Shape", "Squeeze", "Unsqueeze", "Gather", "Cast"}
     model = _compare(path, (3, 3, 12, 12))
     # MatMul + Add on initializers became one Linear with a bias
     assert any(isinstance(m, torch.nn.Linear) and m.bias is not None and m.in_features == 10
@@ -216,7 +216,7 @@ def test_activation_qdq_refused_clearly(tmp_path: Path) -> None:
     path = _save(tmp_path, nodes, inits, [1, 4])
     with pytest.raises(UnsupportedModelError, match="activation quantization") as info:
         load_onnx(path)
-    assert [o.node for o in info.value.offenders] == ["q_act"]
+    assert [o.node for o in info.value.offenders] == ["q_act", "dq_act"]
 
 
 def _external_model(tmp: Path, location: str) -> Path:
@@ -274,3 +274,22 @@ def test_malformed_truncated_cyclic_and_huge_files(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="opset"):
         load_onnx(_save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="r")], [],
                         [1, 4], opset=9, name="old.onnx"))
+
+
+def test_dynamic_batch_shape_arithmetic(tmp_path: Path) -> None:
+    """The dynamo exporter's flatten: Shape -> Squeeze/Unsqueeze/Gather/Cast -> Concat ->
+    Reshape, with a symbolic batch dimension."""
+    inits = [_i64("minus1", [-1]), _i64("zero", [0]), _i64("ax0", [0]), _w("w", 12, 4)]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Shape", ["r"], ["s"], name="shape", start=0, end=1),
+             helper.make_node("Squeeze", ["s"], ["b"], name="squeeze"),
+             helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"], name="unsqueeze"),
+             helper.make_node("Shape", ["r"], ["s_all"], name="shape_all"),
+             helper.make_node("Gather", ["s_all", "zero"], ["b2"], name="gather"),
+             helper.make_node("Cast", ["b2"], ["b3"], name="cast", to=TensorProto.INT64),
+             helper.make_node("Concat", ["b1", "minus1"], ["shp"], name="concat", axis=0),
+             helper.make_node("Reshape", ["r", "shp"], ["f"], name="reshape"),
+             helper.make_node("Gemm", ["f", "w"], ["y"], name="gemm")]
+    path = _save(tmp_path, nodes, inits, ["N", 3, 2, 2])
+    model = _compare(path, (5, 3, 2, 2))
+    assert cc.trace(model, (1, 3, 2, 2)).input_shape == (1, 3, 2, 2)

@@ -37,7 +37,19 @@ SUPPORTED_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
     "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Concat", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Transpose", "Resize",
-    "Identity", "Dropout", "DequantizeLinear", "QuantizeLinear", "Constant"})
+    "Identity", "Dropout", "DequantizeLinear", "QuantizeLinear", "Constant",
+    # shape arithmetic only (constants, or the shape of a tensor with a dynamic batch)
+    "Shape", "Squeeze", "Unsqueeze", "Gather", "Cast"})
+
+
+class _Batch:
+    """The dynamic batch size inside a shape computed by Shape (a symbolic integer)."""
+
+    def __repr__(self) -> str:
+        return "batch"
+
+
+BATCH = _Batch()
 
 _ACT_QDQ = ("activation quantization (QuantizeLinear/DequantizeLinear on an "
             "input-dependent tensor) is not certified yet: its rounding is not modelled by "
@@ -49,10 +61,14 @@ class _Skip(Exception):
 
 
 class _Refuse(Exception):
-    def __init__(self, reason: str, kind: RefusalKind = RefusalKind.NO_ADAPTER) -> None:
+    def __init__(self, reason: str, kind: RefusalKind = RefusalKind.NO_ADAPTER, *,
+                 scan_on: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
+        #: the node's output was bound to its input so that later nodes are still
+        #: checked (and listed); the model is refused all the same
+        self.scan_on = scan_on
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -124,6 +140,8 @@ class _Builder:
         self.offenders: list[UnsupportedNode] = []
         self.consumers: dict[str, int] = {}
         self.bias_free: dict[fx.Node, nn.Linear] = {}
+        self.input_node: fx.Node | None = None
+        self.batch_size: fx.Node | None = None
         for n in self.g.node:
             for i in n.input:
                 self.consumers[i] = self.consumers.get(i, 0) + 1
@@ -201,7 +219,8 @@ class _Builder:
                 f"ONNX model '{self.name}': input '{inp.name}' has dynamic non-batch "
                 f"dimensions {dims}; certification needs a fixed input shape")
         input_shape = tuple(1 if d is None else int(d) for d in dims)
-        self.values[inp.name] = self.graph.placeholder(_ident(inp.name, self.used))
+        self.input_node = self.graph.placeholder(_ident(inp.name, self.used))
+        self.values[inp.name] = self.input_node
         for node in self.g.node:
             try:
                 if any(i in self.unknown for i in node.input if i):
@@ -210,7 +229,8 @@ class _Builder:
             except _Skip:
                 self.unknown.update(node.output)
             except _Refuse as r:
-                self.unknown.update(node.output)
+                if not r.scan_on:
+                    self.unknown.update(node.output)
                 self.offenders.append(UnsupportedNode(
                     node=node.name or f"<unnamed {node.op_type}>", op="onnx",
                     target=node.op_type, reason=r.reason, kind=r.kind, group=node.op_type))
@@ -264,9 +284,13 @@ class _Builder:
                 raise _Refuse("Dropout in training mode")
         return self.values[node.input[0]]
 
+    def _activation_qdq(self, node: onnx.NodeProto) -> _Refuse:
+        self.values[node.output[0]] = self.values[node.input[0]]
+        return _Refuse(_ACT_QDQ, scan_on=True)
+
     def op_DequantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
         if not isinstance(self.values.get(node.input[0]), np.ndarray):
-            raise _Refuse(_ACT_QDQ)
+            raise self._activation_qdq(node)
         if a.get("block_size", 0):
             raise _Refuse("blocked DequantizeLinear (block_size) is not supported")
         x = self.need_const(node, 0, "the quantized tensor")
@@ -279,7 +303,7 @@ class _Builder:
 
     def op_QuantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
         if not isinstance(self.values.get(node.input[0]), np.ndarray):
-            raise _Refuse(_ACT_QDQ)
+            raise self._activation_qdq(node)
         if a.get("block_size", 0) or a.get("saturate", 1) != 1:
             raise _Refuse("blocked or non-saturating QuantizeLinear is not supported")
         x = self.need_const(node, 0, "the float tensor")
@@ -566,6 +590,60 @@ class _Builder:
         return self.graph.call_function(torch.mean, (x,), {"dim": tuple(axes),
                                                            "keepdim": bool(a.get("keepdims", 1))})
 
+    # ------------------------------------------------------------------ shape arithmetic
+    def _const_in(self, node: onnx.NodeProto) -> np.ndarray:
+        v = self.values.get(node.input[0])
+        if not isinstance(v, np.ndarray):
+            raise _Refuse(f"{node.op_type} of an input-dependent tensor (only shape "
+                          "arithmetic on constants is supported)")
+        return v
+
+    def op_Shape(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+        v = self.values[node.input[0]]
+        if isinstance(v, np.ndarray):
+            dims: list[Any] = list(v.shape)
+        else:
+            src = self.shapes.get(node.input[0])
+            if src is None:
+                raise _Refuse("Shape of a tensor of unknown shape")
+            if any(d is None for d in src[1:]):
+                raise _Refuse("Shape of a tensor with dynamic non-batch dimensions")
+            dims = [BATCH if d is None else int(d) for d in src]
+        start, end = int(a.get("start", 0)), a.get("end")
+        dims = dims[start:] if end is None else dims[start:int(end)]
+        if any(d is BATCH for d in dims):
+            return np.asarray(dims, dtype=object)
+        return np.asarray(dims, dtype=np.int64)
+
+    def op_Squeeze(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+        v = self._const_in(node)
+        axes = self.opt_const(node, 1, "axes")
+        if axes is None:
+            return np.squeeze(v)
+        return np.squeeze(v, axis=tuple(int(i) for i in axes.reshape(-1)))
+
+    def op_Unsqueeze(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+        v = self._const_in(node)
+        axes = sorted(int(i) % (v.ndim + len(self.need_const(node, 1, "axes").reshape(-1)))
+                      for i in self.need_const(node, 1, "axes").reshape(-1))
+        for ax in axes:
+            v = np.expand_dims(v, ax)
+        return v
+
+    def op_Gather(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+        v = self._const_in(node)
+        idx = self.need_const(node, 1, "the indices")
+        return np.take(v, idx.astype(np.int64), axis=int(a.get("axis", 0)))
+
+    def op_Cast(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+        v = self._const_in(node)
+        to = np.dtype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
+        if v.dtype == object:
+            if to.kind not in "iu":
+                raise _Refuse("Cast of a batch-dependent shape to a non-integer type")
+            return v
+        return v.astype(to)
+
     # ------------------------------------------------------------------ wiring
     def op_Flatten(self, node: onnx.NodeProto, a: dict[str, Any]) -> Any:
         v = self.values[node.input[0]]
@@ -583,8 +661,18 @@ class _Builder:
         return out
 
     def op_Reshape(self, node: onnx.NodeProto, a: dict[str, Any]) -> Any:
-        shape = [int(s) for s in self.need_const(node, 1, "the target shape").reshape(-1)]
+        raw = list(self.need_const(node, 1, "the target shape").reshape(-1))
         v = self.values[node.input[0]]
+        if any(s is BATCH for s in raw):
+            if isinstance(v, np.ndarray):
+                raise _Refuse("Reshape of a constant to a batch-dependent shape")
+            if a.get("allowzero", 0) == 0 and any(s is not BATCH and int(s) == 0 for s in raw):
+                raise _Refuse(f"Reshape to {raw} copying dimensions")
+            if self.batch_size is None:
+                self.batch_size = self.graph.call_method("size", (self.input_node, 0))
+            final: Any = tuple(self.batch_size if s is BATCH else int(s) for s in raw)
+            return self.graph.call_function(torch.reshape, (v, final))
+        shape = [int(s) for s in raw]
         if isinstance(v, np.ndarray):
             if a.get("allowzero", 0) == 0:
                 shape = [v.shape[i] if s == 0 else s for i, s in enumerate(shape)]
