@@ -293,3 +293,37 @@ def test_dynamic_batch_shape_arithmetic(tmp_path: Path) -> None:
     path = _save(tmp_path, nodes, inits, ["N", 3, 2, 2])
     model = _compare(path, (5, 3, 2, 2))
     assert cc.trace(model, (1, 3, 2, 2)).input_shape == (1, 3, 2, 2)
+
+
+@pytest.mark.slow
+def test_resnet18_torch_onnx_export_matches_onnxruntime(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.resnet18().eval()
+    path = tmp_path / "r18.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=18)
+    model = _compare(path, (2, 3, 224, 224))
+    graph = cc.trace(model, (1, 3, 224, 224))
+    assert graph.input_shape == (1, 3, 224, 224)
+
+
+def test_cli_certify_accepts_onnx_files(tmp_path: Path) -> None:
+    from certcompress.cli import main
+
+    w = RNG.standard_normal((16, 10)).astype(np.float32)
+    paths = []
+    for i, scale in enumerate((1.0, 1.01)):
+        inits = [numpy_helper.from_array(w * np.float32(scale), "w")]
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                 helper.make_node("Gemm", ["r", "w"], ["y"], name="gemm")]
+        paths.append(str(_save(tmp_path, nodes, inits, [1, 16], name=f"m{i}.onnx")))
+    out = tmp_path / "cert.json"
+    rc = main(["certify", *paths, "--input-shape", "1", "16", "--domain", "0:1",
+               "--search-steps", "2", "--out", str(out)])
+    assert rc == 0
+    cert = cc.Certificate.from_json(out.read_text())
+    assert cert.bound > 0.0
+    assert cert.measurements.adversarial_max is not None
+    assert cert.measurements.adversarial_max <= cert.bound
