@@ -57,6 +57,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["Baseline", "PathMetric", "PathNorm"], "certcompress.bounds"),
     **dict.fromkeys(["Adapter", "AdapterRegistry", "Plugin", "load_plugin"],
                     "certcompress.capture"),
+    "load_onnx": "certcompress.capture.onnx",
+    **dict.fromkeys(["export_w8a8", "W8A8Export"], "certcompress.export.w8a8"),
     **dict.fromkeys(["Certificate", "Measurements", "MethodBound"], "certcompress.certificate"),
     "parameter_digest": "certcompress.digest",
     **dict.fromkeys(["InputDomain", "InputSpec"], "certcompress.domain"),

@@ -17,6 +17,9 @@ Model specifications, tried in this order:
     is inspected first (:func:`check_export_archive`) and loaded only when it holds
     nothing that ``torch.export.load`` would unpickle unsafely: model files never run
     code.
+``FILE.onnx``
+    An ONNX model, read as data and converted to standard torch modules
+    (:func:`certcompress.capture.onnx.load_onnx`); it carries its own weights.
 
 Weights are read only from state dicts, with ``torch.load(weights_only=True)``: a file
 that needs arbitrary unpickling (a whole pickled model) is refused, never executed.
@@ -49,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import plugin_manager
+from .capture.onnx import is_onnx_spec, load_onnx
 from .errors import ConfigurationError, ModelLoadError
 
 __all__ = ["check_export_archive", "is_archive_spec", "load_model", "load_module", "load_state_dict_file", "load_reference_inputs", "exported_input_shape",
@@ -57,7 +61,8 @@ __all__ = ["check_export_archive", "is_archive_spec", "load_model", "load_module
 Model = nn.Module | torch.export.ExportedProgram
 
 SPEC_FORMS = ("PREFIX:NAME (a plugin's model, e.g. torchvision:resnet18)",
-              "FILE.py:FACTORY", "package.module:FACTORY", "FILE.pt2 (a torch.export archive)")
+              "FILE.py:FACTORY", "package.module:FACTORY", "FILE.pt2 (a torch.export archive)",
+              "FILE.onnx (an ONNX model)")
 
 # Plugins certcompress knows by name, for the message when one is not installed.
 _KNOWN_PLUGINS = {"torchvision": "certcompress-torchvision", "smp": "certcompress-smp"}
@@ -96,6 +101,11 @@ def load_model(spec: str, weights: str | None = None) -> Model:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"empty model spec; expected one of: {'; '.join(SPEC_FORMS)}")
     spec = spec.strip()
+    if is_onnx_spec(spec) and ":" not in spec:
+        if weights is not None:
+            raise ModelLoadError(f"weights '{weights}' cannot be loaded into the ONNX model "
+                                 f"'{spec}': an ONNX file carries its own weights")
+        return load_onnx(spec)
     model = _resolve(spec)
     if isinstance(model, torch.export.ExportedProgram):
         if weights is not None:

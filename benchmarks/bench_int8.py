@@ -1,0 +1,157 @@
+"""W8A8 int8 deployment, measured in one run: float ONNX, onnxruntime's own
+``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations) and
+certcompress's ``export_w8a8``, on resnet18 at 224x224 and the digits CNN.
+
+For each: latency at batch 1 and 8 in onnxruntime (2 intra-op threads, best of N),
+file size, top-1 agreement with the float model on held-out inputs, and the certified
+bound (certcompress: weight rounding only, see certcompress/export/w8a8.py; onnxruntime's
+file through the importer, which refuses activation QDQ). Latency ratios are from the
+same run. Usage::
+
+    python benchmarks/bench_int8.py [--skip-resnet] [--certify-resnet] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from _common import write_results
+
+from certcompress.capture.onnx import load_onnx
+from certcompress.errors import UnsupportedModelError
+from certcompress.export.w8a8 import export_w8a8, fold_batchnorm
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _latency(sess: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x})
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _float_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros((1,) + shape[1:]),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=18)
+
+
+def _ort_qdq(src: Path, dst: Path, x_cal: np.ndarray) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter([x_cal[i:i + 8] for i in range(0, len(x_cal), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {"x": x}
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+
+
+def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch.Tensor,
+           repeat: int, certify: bool) -> dict[str, Any]:
+    shape = (1,) + tuple(x_cal.shape[1:])
+    out: dict[str, Any] = {"input_shape": list(shape)}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        float_path, ort_path, cc_path = t / "float.onnx", t / "ort_qdq.onnx", t / "cc.onnx"
+        _float_onnx(fold_batchnorm(model), shape, float_path)
+        _ort_qdq(float_path, ort_path, x_cal.numpy())
+        t0 = time.perf_counter()
+        res = export_w8a8(model, cc_path, calibration=x_cal, certify=certify,
+                          search_steps=2, search_restarts=1)
+        out["certcompress_export_seconds"] = time.perf_counter() - t0
+        xt = x_test.numpy()
+        with torch.no_grad():
+            ref = model(x_test).numpy().argmax(1)
+        for label, path in (("float", float_path), ("ort_qdq", ort_path),
+                            ("certcompress_w8a8", cc_path)):
+            sess = _session(path)
+            row: dict[str, Any] = {"size_bytes": path.stat().st_size + sum(
+                p.stat().st_size for p in t.glob(path.name + ".data"))}
+            for b in (1, 8):
+                row[f"latency_b{b}_ms"] = 1e3 * _latency(sess, xt[:b], repeat)
+            y = sess.run(None, {sess.get_inputs()[0].name: xt})[0]
+            row["top1_agreement"] = float((y.argmax(1) == ref).mean())
+            out[label] = row
+        for label in ("ort_qdq", "certcompress_w8a8"):
+            for b in (1, 8):
+                out[label][f"speedup_b{b}"] = (out["float"][f"latency_b{b}_ms"]
+                                               / out[label][f"latency_b{b}_ms"])
+        cert = res.certificate
+        out["certcompress_w8a8"]["certified_bound"] = None if cert is None else cert.bound
+        out["certcompress_w8a8"]["bound_vacuous"] = None if cert is None else cert.vacuous
+        out["certcompress_w8a8"]["bound_covers"] = res.covers
+        try:
+            load_onnx(ort_path)
+            out["ort_qdq"]["certified_bound"] = "imported (not certified here)"
+        except UnsupportedModelError as exc:
+            out["ort_qdq"]["certified_bound"] = ("none: importer refuses activation QDQ ("
+                                                 + str(exc).splitlines()[0] + ")")
+    print(f"== {name}")
+    for label in ("float", "ort_qdq", "certcompress_w8a8"):
+        r = out[label]
+        sp = "" if label == "float" else \
+            f"  speed-up b1 {r['speedup_b1']:.2f}x b8 {r['speedup_b8']:.2f}x"
+        print(f"  {label:18s} b1 {r['latency_b1_ms']:8.2f} ms  b8 {r['latency_b8_ms']:8.2f} ms"
+              f"  {r['size_bytes'] / 1e6:7.2f} MB  top1-agree {r['top1_agreement']:.3f}{sp}")
+    print(f"  certified bound (certcompress, weight rounding only): "
+          f"{out['certcompress_w8a8']['certified_bound']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--certify-resnet", action="store_true",
+                    help="also certify resnet18's weights (slow on 2 cores)")
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    from certcompress.zoo import DigitsCNN, load_digits, train_classifier
+
+    results: dict[str, Any] = {"threads": 2, "onnxruntime": ort.__version__}
+    d = load_digits()
+    cnn = train_classifier(DigitsCNN(), d.x_train, d.y_train, epochs=10, progress=False)
+    results["digits_cnn"] = _bench("digits CNN (1x8x8)", cnn, d.x_train[:256], d.x_test,
+                                   args.repeat * 10, certify=True)
+    if not args.skip_resnet:
+        import torchvision
+
+        r18 = torchvision.models.resnet18().eval()
+        gen = torch.Generator().manual_seed(1)
+        x_cal = torch.randn(32, 3, 224, 224, generator=gen)
+        x_test = torch.randn(64, 3, 224, 224, generator=gen)
+        results["resnet18"] = _bench("resnet18 (3x224x224, random weights and inputs)", r18,
+                                     x_cal, x_test, args.repeat, certify=args.certify_resnet)
+    print("wrote", write_results("int8", results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

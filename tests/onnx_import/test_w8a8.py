@@ -1,0 +1,91 @@
+"""W8A8 export: int8 weights + uint8 activations in QDQ form that onnxruntime runs; the
+weights in the file are the certified ones bit for bit, and the certificate says it
+does not cover activation rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import certcompress as cc
+from certcompress.export.qdq import dequantized_weights
+from certcompress.export.w8a8 import COVERS, fold_batchnorm
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(96, 5))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_fold_batchnorm_keeps_the_function() -> None:
+    net = _net()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+def test_w8a8_export_runs_int8_and_certificate_is_honest(tmp_path: Path) -> None:
+    net = _net()
+    x_cal = torch.rand(64, 1, 8, 8)
+    out = tmp_path / "w8a8.onnx"
+    res = cc.export_w8a8(net, out, calibration=x_cal, search_steps=2, search_restarts=1)
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["certcompress.w8a8.covers"] == COVERS
+    assert "NOT covered: rounding of activations" in COVERS
+    cert = res.certificate
+    assert cert is not None and any("NOT covered" in n for n in cert.notes)
+    assert cc.Certificate.from_json(meta["certcompress.w8a8.certificate"]).bound == cert.bound
+    # activations are quantized (QuantizeLinear on non-constant tensors, uint8)
+    inits = {t.name for t in proto.graph.initializer}
+    act_q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"
+             and n.input[0] not in inits]
+    assert act_q, "no activation QuantizeLinear in the file"
+    zp = {t.name: t for t in proto.graph.initializer}
+    assert all(zp[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in act_q)
+    # the dequantized weights are the certified weights, bit for bit
+    deq = list(dequantized_weights(proto).values())
+    state = res.quantized.state_dict()
+    for name in ("0.weight", "3.weight", "7.weight"):
+        w = state[name].numpy()
+        assert any(v.shape == w.shape and np.array_equal(v, w) for v in deq), name
+    # weight-only deviation (what is certified) is within the bound, on the domain
+    x = torch.rand(256, 1, 8, 8) * (x_cal.amax(0) - x_cal.amin(0)) + x_cal.amin(0)
+    with torch.no_grad():
+        dev = (res.folded(x) - res.quantized(x)).abs().sum(1).max().item()
+    assert dev <= cert.bound
+    # onnxruntime runs the file with int8 kernels (QLinearConv after graph optimization)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert "QLinearConv" in ops, ops
+    with torch.no_grad():
+        ref = res.folded(x).numpy()
+    assert np.isfinite(y).all() and np.abs(y - ref).max() < 0.5 * np.abs(ref).max()
+    # the importer refuses the file's activation QDQ pairs instead of ignoring them
+    with pytest.raises(cc.UnsupportedModelError, match="activation quantization") as info:
+        cc.load_onnx(out)
+    listed = {o.node for o in info.value.offenders}
+    assert {n.name for n in act_q} <= listed
+
+
+def test_w8a8_refuses_bad_calibration(tmp_path: Path) -> None:
+    with pytest.raises(cc.ConfigurationError, match="calibration"):
+        cc.export_w8a8(_net(), tmp_path / "x.onnx", calibration=torch.rand(3))
+    assert not (tmp_path / "x.onnx").exists()
