@@ -414,7 +414,8 @@ def recommend_scaling(table: pd.DataFrame) -> dict[str, object]:
                                      conditions_met=("conditions_met", "mean"),
                                      rows=("estimated_risk", "size"))
     best = str(agg["estimated_risk"].idxmin())
-    out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)))
+    # scalings with no in-scope configuration at all
+    out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)) - set(sub["scaling"].astype(str)))
     return {"scaling": best, "estimate": RECOMMENDED_ESTIMATE,
             "evidence": {str(k): {c: float(v) for c, v in row.items()} for k, row in agg.iterrows()},
             "out_of_scope_scalings": out_scope,
