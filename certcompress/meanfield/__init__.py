@@ -37,13 +37,34 @@ from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, GramPoint, MeanFieldEs
 from ._gram import GramPair, gram_matrices
 from ._kl import KLEstimate, gaussian_kl, knn_kl
 from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
-from ._plots import plot_sweep
+from ._plots import plot_design, plot_sweep
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
-from ._sweep import SWEEP_COLUMNS, SpearmanResult, SweepOptions, spearman_agreement, sweep
+from ._sweep import (
+    DESIGN_OPTIONS,
+    RECOMMENDED_ESTIMATE,
+    SWEEP_COLUMNS,
+    DesignPoint,
+    SpearmanResult,
+    SweepOptions,
+    default_design,
+    designed_sweep,
+    flip_labels,
+    recommend_scaling,
+    spearman_agreement,
+    sweep,
+)
 from ._train import Checkpoint, TrainRun, train
 from ._transport import exact_w2, w2_coupling_bound
 
 __all__ = [
+    "DESIGN_OPTIONS",
+    "RECOMMENDED_ESTIMATE",
+    "DesignPoint",
+    "default_design",
+    "designed_sweep",
+    "flip_labels",
+    "recommend_scaling",
+    "plot_design",
     "ALPHA_MAX",
     "BETA_LARGE",
     "LAZY_GRAM",

@@ -16,7 +16,7 @@ from .._io import atomic_path
 from ..errors import ConfigurationError
 from ._sweep import spearman_agreement
 
-__all__ = ["plot_sweep"]
+__all__ = ["plot_sweep", "plot_design"]
 
 _GROUP_KEYS = ("alpha", "width", "n_train", "init")
 _SHORT = {"alpha": "a", "width": "M", "n_train": "n", "init": "init"}
@@ -114,4 +114,62 @@ def plot_sweep(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Pa
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     paths.append(_save(fig, out / "estimate_vs_measured.png"))
+    return tuple(paths)
+
+
+def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
+    """Plots of a :func:`designed_sweep` table: design_estimate_vs_gap.png (each estimate
+    against the measured gap, mean and 95% interval over seeds per design point, the
+    loss range marked) and design_lambda.png (lambda_min(G2) at init and final beside
+    the [D] lower bound Lambda_G2, per design point)."""
+    need = {"design", "measured_gap", "gap_estimate", "kernel_measure", "gap_bound_paper",
+            "lambda_min_G2_init", "lambda_min_G2_final", "Lambda_G2", "loss_bound"}
+    if missing := need - set(table.columns):
+        raise ConfigurationError(f"plot_design: the table lacks columns {sorted(missing)}")
+    out = Path(out_dir)
+    paths = []
+    bound = float(pd.to_numeric(table["loss_bound"], errors="coerce").max())
+
+    def stats(sub: pd.DataFrame, col: str) -> tuple[float, float]:
+        v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            return math.nan, math.nan
+        half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
+        return float(v.mean()), half
+
+    fig = Figure(figsize=(14, 4.5))
+    axes = fig.subplots(1, 3)
+    for ax, col in zip(axes, ("gap_estimate", "kernel_measure", "gap_bound_paper"), strict=True):
+        sp = spearman_agreement(table if col != "gap_estimate" else table[table["in_scope"].astype(bool)], col)
+        for name, sub in table.groupby("design", sort=False):
+            (x, xe), (y, ye) = stats(sub, "measured_gap"), stats(sub, col)
+            if math.isfinite(x) and math.isfinite(y):
+                ax.errorbar([x], [y], xerr=[xe], yerr=[ye], fmt="o", ms=4, capsize=2)
+                ax.annotate(str(name), (x, y), fontsize=6)
+        if math.isfinite(bound) and col != "kernel_measure":
+            ax.axhline(bound, color="grey", lw=0.8, ls=":", label=f"loss range {bound:g}: above is vacuous")
+            ax.legend(fontsize=7)
+        rho = "n/a" if math.isnan(sp.rho) else f"{sp.rho:.2f} (p={sp.pvalue:.2g})"
+        ax.set_title(f"{col}: Spearman {rho}, {sp.n_configs} points", fontsize=9)
+        ax.set_xlabel("measured gap (test - train loss)")
+        ax.set_ylabel(col)
+        ax.set_yscale("log")
+    paths.append(_save(fig, out / "design_estimate_vs_gap.png"))
+
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
+    names = list(dict.fromkeys(table["design"].astype(str)))
+    xs = np.arange(len(names))
+    for off, col, label in ((-0.25, "lambda_min_G2_init", "lambda_min(G2) init [M]"),
+                            (0.0, "lambda_min_G2_final", "lambda_min(G2) final [M]"),
+                            (0.25, "Lambda_G2", "Lambda_G2 lower bound of the limit [D]")):
+        ys = [stats(table[table["design"].astype(str) == n], col)[0] for n in names]
+        ax.bar(xs + off, ys, width=0.25, label=label)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("eigenvalue")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "design_lambda.png"))
     return tuple(paths)
