@@ -31,8 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..bounds.propagation.engine import rounding_eta
-from ..bounds.propagation.interval import PairBounds, make_consistent
+from ..bounds.propagation.engine import rounding_eta, underflow_floor
+from ..bounds.propagation.interval import (
+    Magnitude,
+    PairBounds,
+    make_consistent,
+    relu_interval,
+    widen,
+)
 from ..bounds.propagation.primitives import PAffine, PairNet, PInput, PLinear, PReLU
 from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
 
@@ -69,6 +75,7 @@ class ChainPair:
     n_in: int
     n_out: int
     eta: float
+    floor: float = 0.0  # absolute underflow margin per element (engine.underflow_floor)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Outputs ``(f(x), f'(x))`` of both networks in float64 for flat inputs
@@ -130,13 +137,7 @@ def chain_from_pair(pair: PairNet) -> ChainPair | None:
     if not layers:
         return None
     return ChainPair(tuple(layers), tuple(pair.input_shape), nodes[0].numel,
-                     nodes[-1].numel, rounding_eta(pair))
-
-
-def _widen(b: PairBounds, mz: Tensor, mc: Tensor, eta: float) -> PairBounds:
-    ez, ec = eta * mz, eta * mc
-    ed = ez + ec
-    return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - ed, b.du + ed)
+                     nodes[-1].numel, rounding_eta(pair), underflow_floor(pair))
 
 
 def _affine_interval(layer: Layer, b: PairBounds) -> PairBounds:
@@ -155,16 +156,6 @@ def _affine_interval(layer: Layer, b: PairBounds) -> PairBounds:
     f2 = rd @ w.abs().T + rc @ dw.abs().T
     return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc,
                       torch.maximum(e1 - f1, e2 - f2), torch.minimum(e1 + f1, e2 + f2))
-
-
-def _relu_interval(b: PairBounds) -> PairBounds:
-    zl, zu, cl, cu = b.zl.clamp(min=0), b.zu.clamp(min=0), b.cl.clamp(min=0), b.cu.clamp(min=0)
-    dl = torch.maximum(b.dl.clamp(max=0), zl - cu)
-    du = torch.minimum(b.du.clamp(min=0), zu - cl)
-    both = (b.zl >= 0) & (b.cl >= 0)
-    dl = torch.where(both, torch.maximum(dl, b.dl), dl)
-    du = torch.where(both, torch.minimum(du, b.du), du)
-    return PairBounds(zl, zu, cl, cu, dl, du)
 
 
 @dataclass(frozen=True)
@@ -193,14 +184,16 @@ def _mm(w: Tensor, s: Tensor) -> Tensor:
 
 
 def _sym_affine(layer: Layer, s: _Sym, mid: Tensor, rad: Tensor, mz: Tensor, mc: Tensor,
-                eta: float) -> tuple[_Sym, PairBounds]:
+                eta: float, abs_floor: Tensor) -> tuple[_Sym, PairBounds]:
     """Symbolic bounds after an affine layer (constants pushed outward by the rounding
     margin) and their concretization."""
     w, wc, b, bc = layer.w, layer.wc, layer.b, layer.bc
     assert w is not None and wc is not None and b is not None and bc is not None
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     wcp, wcn = wc.clamp(min=0), wc.clamp(max=0)
-    ez, ec = eta * mz, eta * mc
+    # symbolic coefficients are products of weights: the absolute floor ``abs_floor``
+    # (per problem) covers what they lose to underflow
+    ez, ec = eta * mz + abs_floor[:, None], eta * mc + abs_floor[:, None]
     ed = ez + ec
 
     def shift(t: Tensor, c: Tensor) -> Tensor:
@@ -340,13 +333,19 @@ class ChainState:
             self._run()
 
     # ------------------------------------------------------------------ forward
+    def form_floor(self) -> Tensor:
+        """``(P,)``: the absolute underflow margin of a back-substituted or symbolic bound
+        over the layers so far, ``2 floor * sum ||mag||_1`` (as in the engine)."""
+        return 2.0 * self.chain.floor * self.mag_sum
+
     def _run(self) -> None:
         lo, hi = self.lower, self.upper
         zero = torch.zeros_like(lo)
         b = PairBounds(lo, hi, lo, hi, zero, zero.clone())
         m = torch.maximum(lo.abs(), hi.abs())
         mz, mc = m, m
-        eta = self.chain.eta
+        eta, floor = self.chain.eta, self.chain.floor
+        self.mag_sum = 2 * m.sum(1)
         P, n0 = lo.shape
         sym: _Sym | None = None
         if self.intermediate in ("forward", "both"):
@@ -360,18 +359,22 @@ class ChainState:
                 self.relax[k] = relax_relu(b)
                 if sym is not None:
                     sym = _sym_relu(sym, b, self.mid, self.rad)
-                b = _relu_interval(b)
+                b = relu_interval(b)
             else:
                 assert layer.w is not None and layer.wc is not None
                 assert layer.b is not None and layer.bc is not None
-                mz = mz @ layer.w.abs().T + layer.b.abs()
-                mc = mc @ layer.wc.abs().T + layer.bc.abs()
-                b = _widen(_affine_interval(layer, b), mz, mc, eta)
+                # magnitudes rounded up relatively and absolutely (underflow), so they
+                # stay upper bounds of the true ones (docs/bounds.md)
+                mz = (mz @ layer.w.abs().T + layer.b.abs()) * (1 + eta) + floor
+                mc = (mc @ layer.wc.abs().T + layer.bc.abs()) * (1 + eta) + floor
+                self.mag_sum = self.mag_sum + (mz + mc).sum(1)
+                b = widen(_affine_interval(layer, b), Magnitude(mz, mc), eta, floor)
                 pk = None if self.prior is None else self.prior[k]
                 if pk is not None:  # bounds over a box containing this one still hold
                     b = b.intersect(PairBounds(*pk.unbind(1)))
                 if sym is not None:
-                    sym, sb = _sym_affine(layer, sym, self.mid, self.rad, mz, mc, eta)
+                    sym, sb = _sym_affine(layer, sym, self.mid, self.rad, mz, mc, eta,
+                                          self.form_floor())
                     b = b.intersect(sb)
                 nxt = k + 1
                 if self.intermediate in ("crown", "both") and nxt < len(self.chain.layers) \
@@ -393,6 +396,7 @@ class ChainState:
         lows = {"z": b.zl.clone(), "c": b.cl.clone(), "d": b.dl.clone()}
         highs = {"z": b.zu.clone(), "c": b.cu.clone(), "d": b.du.clone()}
         margin = {"z": eta * mz, "c": eta * mc, "d": eta * (mz + mc)}
+        abs_floor = self.form_floor()
         n = b.zl.shape[1]
         for q in self.quantities:
             idx = needs[q].nonzero()
@@ -411,7 +415,7 @@ class ChainState:
                 ld = lam if q == "d" else (-lam if q == "c" else None)
                 ub[sl] = self.backsubstitute(k, lz, ld, probs[sl])[0]
             self.rows += R
-            m = margin[q][probs, flats]
+            m = margin[q][probs, flats] + abs_floor[probs]
             up, dn = signs > 0, signs < 0
             hi_t, lo_t = highs[q], lows[q]
             hi_t[probs[up], flats[up]] = torch.minimum(hi_t[probs[up], flats[up]],
@@ -503,6 +507,6 @@ class ChainState:
                 sv = acc[:, -1] + (acc[:, :-1] * self.mid[p]).sum(1) \
                     + (acc[:, :-1].abs() * self.rad[p]).sum(1)
                 best = torch.minimum(best, sv)
-            vals.append(best + self.chain.eta * margin)
+            vals.append(best + self.chain.eta * margin + self.form_floor()[p])
             coefs.append(lx)
         return torch.cat(vals), torch.cat(coefs)

@@ -30,6 +30,7 @@ from ...errors import SoundnessError
 from .primitives import PAffine, PInput, PLinear, PNode, PReLU
 
 __all__ = ["PairBounds", "Magnitude", "input_bounds", "propagate_node", "magnitude_node",
+           "relu_interval",
            "make_consistent", "widen"]
 
 
@@ -106,7 +107,8 @@ def _linear(node: PLinear, bs: Sequence[PairBounds]) -> PairBounds:
     return PairBounds(*out)
 
 
-def _relu(b: PairBounds) -> PairBounds:
+def relu_interval(b: PairBounds) -> PairBounds:
+    """Interval bounds after a ReLU on both networks, the difference through it included."""
     zl, zu, cl, cu = b.zl.clamp(min=0), b.zu.clamp(min=0), b.cl.clamp(min=0), b.cu.clamp(min=0)
     dl = torch.maximum(b.dl.clamp(max=0), zl - cu)
     du = torch.minimum(b.du.clamp(min=0), zu - cl)
@@ -143,7 +145,7 @@ def propagate_node(node: PNode, inputs: Sequence[PairBounds],
             out = _envelope(out, earlier[node.envelope[0]], node.envelope[1])
         return out
     if isinstance(node, PReLU):
-        return _relu(inputs[0])
+        return relu_interval(inputs[0])
     raise TypeError(f"no interval rule for {type(node).__name__}")
 
 
