@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._io import JsonRecord
 from .._version import provenance
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NumericalRangeError
 
 __all__ = ["StatisticalCertificate", "certify_statistical", "clopper_pearson_upper",
            "clopper_pearson_lower", "quantile_rank", "STATISTICAL_SCHEMA"]
@@ -241,7 +241,14 @@ def certify_statistical(model: nn.Module, compressed: nn.Module, samples: Tensor
     if fx.shape != fcx.shape:
         raise ConfigurationError(f"the two models' outputs differ in shape: {tuple(fx.shape)} "
                                  f"vs {tuple(fcx.shape)}")
-    dev = (fx - fcx).abs().sum(1).numpy()
+    devt = (fx - fcx).abs().sum(1)
+    if not bool(torch.isfinite(devt).all()):
+        raise NumericalRangeError(
+            "a sampled deviation ||f(x) - f'(x)||_1 is not finite (outputs up to "
+            f"{float(torch.maximum(fx.abs(), fcx.abs()).nan_to_num(posinf=float('inf')).max()):.3g}"
+            f", samples up to {float(x.abs().max()):.3g}): the models overflow float64 on "
+            "these samples, so no quantile of the deviation can be stated")
+    dev = devt.numpy()
     m = fx.shape[1]
     classifier = m >= 2
     if y is not None and not classifier:

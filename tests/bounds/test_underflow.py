@@ -149,3 +149,14 @@ def test_the_self_check_catches_a_violation_of_1e_200(monkeypatch: pytest.Monkey
     with pytest.raises(SoundnessError, match="exceeds the certified bound"):
         cc.certify(f, g, domain=dom, methods=("bounds",), reference_inputs=top,
                    search_steps=0, search_time=None)
+
+
+def test_the_statistical_tier_refuses_an_overflowing_deviation() -> None:
+    f = nn.Sequential(nn.Linear(2, 2, dtype=torch.float64)).eval()
+    g = copy.deepcopy(f)
+    with torch.no_grad():
+        f[0].weight.fill_(1e308)
+        g[0].weight.fill_(-1e308)
+    x = torch.full((50, 2), 1e10, dtype=torch.float64)
+    with pytest.raises(NumericalRangeError, match="not finite"):
+        cc.certify_statistical(f, g, x, delta=0.05)
