@@ -86,6 +86,7 @@ _HELP: dict[str, str] = {
     "meanfield": "mean-field generalization estimates for scaled ResNets",
     "zoo": "certify a zoo of models and plans from a manifest, resumably",
     "results": "list, show or export the results store of sweeps",
+    "equiv": "prove or refute that a compressed model stays within epsilon of the original",
 }
 
 

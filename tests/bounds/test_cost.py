@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _nets import compress, random_conv_net
 
 import certcompress as cc
 from certcompress.bounds.cost import estimate_costs, pair_costs
 from certcompress.bounds.propagation.engine import PropagationOptions, propagate
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.errors import ConfigurationError
-from tests._nets import compress, random_conv_net
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
