@@ -23,7 +23,7 @@ from typing import Any
 
 import jsonschema
 
-__all__ = ["FORMATS", "MAX_DEPTH", "check_plain_json", "schema", "validate"]
+__all__ = ["FORMATS", "MAX_DEPTH", "check_plain_json", "describe_value", "field_name", "schema", "validate"]
 
 #: file format name -> schema file (``certcompress/schemas/NAME.json``)
 FORMATS = ("certificate", "local-certificate", "statistical-certificate", "quantconfig",
@@ -66,7 +66,8 @@ def _validator(name: str, extra: tuple[str, ...]) -> Any:
     return _Validator(s)
 
 
-def _kind(v: object) -> str:
+def describe_value(v: object) -> str:
+    """A value as error messages name it: its JSON kind and a short view of it."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -100,7 +101,7 @@ def _plural(types: object) -> str:
     return " or ".join(names.get(str(t), str(t)) for t in ts)
 
 
-def _field_name(key: object) -> str:
+def field_name(key: object) -> str:
     """A key as it can be printed on one line: itself when plain, else its repr."""
     text = str(key)
     return text if text and text.isprintable() and text.strip() == text else repr(text)
@@ -113,20 +114,20 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"is missing field(s): {', '.join(missing)}"
     if v == "additionalProperties":
         known = err.schema.get("properties", {})
-        extra = sorted(_field_name(k) for k in inst if k not in known) \
+        extra = sorted(field_name(k) for k in inst if k not in known) \
             if isinstance(inst, dict) else []
         return f"has unknown field(s): {', '.join(extra[:5])}"
     if v == "type":
-        return f"must be {_plural(err.validator_value)}, got {_kind(inst)}"
+        return f"must be {_plural(err.validator_value)}, got {describe_value(inst)}"
     if v == "minimum" and err.validator_value == 0:
-        return f"must be non-negative (>= 0), got {_kind(inst)}"
+        return f"must be non-negative (>= 0), got {describe_value(inst)}"
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
               "exclusiveMaximum": "<"}[str(v)]
-        return f"must be {op} {err.validator_value}, got {_kind(inst)}"
+        return f"must be {op} {err.validator_value}, got {describe_value(inst)}"
     if v in ("enum", "const"):
         allowed = err.validator_value if v == "enum" else [err.validator_value]
-        return f"must be one of {', '.join(json.dumps(a) for a in allowed)}, got {_kind(inst)}"
+        return f"must be one of {', '.join(json.dumps(a) for a in allowed)}, got {describe_value(inst)}"
     if v in ("minItems", "maxItems", "minLength", "maxLength", "minProperties",
              "maxProperties"):
         what = {"Items": "entries", "Length": "characters", "Properties": "fields"}
@@ -139,7 +140,7 @@ def _message(err: jsonschema.ValidationError) -> str:
         subs = sorted(err.context or [], key=lambda e: (len(e.path), list(e.schema_path)[:1]))
         if subs:
             return _message(subs[-1])
-        return f"has an unexpected value ({_kind(inst)})"
+        return f"has an unexpected value ({describe_value(inst)})"
     msg = err.message
     return msg if len(msg) <= 160 else msg[:157] + "..."
 
@@ -156,7 +157,7 @@ def check_plain_json(data: object, what: str, error: type[Exception], *,
             raise error(f"{what}: nested deeper than {MAX_DEPTH} levels at "
                         f"'{_where(path[:8])}...'; not a certcompress file")
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_INT:
-            raise error(f"{what}: field '{_where(path)}' is {_kind(v)}, too large (at most "
+            raise error(f"{what}: field '{_where(path)}' is {describe_value(v)}, too large (at most "
                         "2^64 in magnitude)")
         if isinstance(v, float) and not math.isfinite(v):
             raise error(f"{what}: field '{_where(path)}' is {v!r}; NaN and infinity are not "
@@ -165,7 +166,7 @@ def check_plain_json(data: object, what: str, error: type[Exception], *,
             for k, item in v.items():
                 if string_keys and not isinstance(k, str):
                     raise error(f"{what}: field '{_where(path)}' has a key that is not a "
-                                f"string ({_kind(k)})")
+                                f"string ({describe_value(k)})")
                 stack.append((item, path + (k,)))
         elif isinstance(v, (list, tuple)):
             stack.extend((item, path + (i,)) for i, item in enumerate(v))

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._schema import field_name
 from ..errors import ConfigurationError
 
 __all__ = ["fields", "shape", "radius", "integer", "nonneg_int", "number", "fraction", "text", "names",
@@ -23,7 +24,7 @@ def fields(d: object, allowed: Sequence[str], where: str, hint: str = "") -> Map
         raise ConfigurationError(f"{where} must be a mapping, got {type(d).__name__}")
     unknown = [k for k in d if k not in allowed]
     if unknown:
-        raise ConfigurationError(f"{where}.{unknown[0]} is unknown; fields are "
+        raise ConfigurationError(f"{where}.{field_name(unknown[0])} is unknown; fields are "
                                  f"{', '.join(allowed)}{hint}")
     return d
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._io import atomic_write_text, parse_json, read_text_file
-from ..._schema import check_plain_json, validate
+from ..._schema import check_plain_json, describe_value, validate
 from ...errors import ConfigurationError
 from ._layers import check_names, excluded_names, input_shape_for, prunable_layers
 from .criteria import Masks, check_criterion, resolve_masks
@@ -47,25 +47,9 @@ _TOP = ("schema", "scope", "criterion", "sparsity", "layers", "exclude", "seed",
 _RULE = ("ratio", "criterion", "mask", "pruned_indices")
 
 
-def _kind(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"a boolean ({v})"
-    if isinstance(v, str):
-        return f"a string ({v!r})"
-    if isinstance(v, (int, float)):
-        return f"a number ({v!r})"
-    if isinstance(v, (list, tuple)):
-        return "a list"
-    if isinstance(v, Mapping):
-        return "a mapping"
-    return type(v).__name__
-
-
 def _fraction(v: object, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigurationError(f"{where} must be a number in [0, 1], got {_kind(v)}")
+        raise ConfigurationError(f"{where} must be a number in [0, 1], got {describe_value(v)}")
     x = float(v)
     if not math.isfinite(x) or not 0.0 <= x <= 1.0:
         raise ConfigurationError(f"{where} must be in [0, 1] (a fraction of the weights), "
@@ -75,7 +59,7 @@ def _fraction(v: object, where: str) -> float:
 
 def _int(v: object, where: str, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigurationError(f"{where} must be an integer, got {_kind(v)}")
+        raise ConfigurationError(f"{where} must be an integer, got {describe_value(v)}")
     if minimum is not None and v < minimum:
         raise ConfigurationError(f"{where} must be >= {minimum}, got {v}")
     return int(v)
@@ -87,7 +71,7 @@ def _mask(v: object, where: str) -> Tensor:
     else:
         if not isinstance(v, (list, tuple)):
             raise ConfigurationError(f"{where} must be nested lists of 0/1 (1 = keep) of the "
-                                     f"weight's shape, got {_kind(v)}")
+                                     f"weight's shape, got {describe_value(v)}")
         try:
             t = torch.tensor(v)
         except (TypeError, ValueError) as exc:
@@ -131,7 +115,7 @@ class LayerRule:
         if self.pruned_indices is not None:
             if not isinstance(self.pruned_indices, (list, tuple)):
                 raise ConfigurationError(f"{where}.pruned_indices must be a list of integers, "
-                                         f"got {_kind(self.pruned_indices)}")
+                                         f"got {describe_value(self.pruned_indices)}")
             idx = tuple(sorted({_int(i, f"{where}.pruned_indices[{j}]", 0)
                                 for j, i in enumerate(self.pruned_indices)}))
         return LayerRule(ratio, crit, mask, idx)
@@ -166,7 +150,7 @@ class PruningPlan:
     def __post_init__(self) -> None:
         if not isinstance(self.scope, str) or self.scope not in SCOPES:
             raise ConfigurationError(f"scope must be one of {', '.join(SCOPES)}; got "
-                                     f"{_kind(self.scope)}")
+                                     f"{describe_value(self.scope)}")
         object.__setattr__(self, "criterion", check_criterion(self.criterion))
         if self.scope == "global":
             if self.sparsity is None:
@@ -182,33 +166,33 @@ class PruningPlan:
                                          "layer a 'ratio' in 'layers'")
             if not isinstance(self.layers, Mapping):
                 raise ConfigurationError(f"layers must be a mapping of layer name to rule, "
-                                         f"got {_kind(self.layers)}")
+                                         f"got {describe_value(self.layers)}")
         rules = {}
         for name, rule in self.layers.items():
             where = f"layers[{name!r}]"
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"{where}: layer names must be non-empty strings")
             if not isinstance(rule, LayerRule):
-                raise ConfigurationError(f"{where} must be a LayerRule, got {_kind(rule)}")
+                raise ConfigurationError(f"{where} must be a LayerRule, got {describe_value(rule)}")
             rules[name] = rule.check(where)
         object.__setattr__(self, "layers", MappingProxyType(rules))
         if isinstance(self.exclude, str) or not isinstance(self.exclude, (list, tuple)):
             raise ConfigurationError(f"exclude must be a list of layer names or glob patterns, "
-                                     f"got {_kind(self.exclude)}")
+                                     f"got {describe_value(self.exclude)}")
         for i, pat in enumerate(self.exclude):
             if not isinstance(pat, str) or not pat:
                 raise ConfigurationError(f"exclude[{i}] must be a non-empty string, got "
-                                         f"{_kind(pat)}")
+                                         f"{describe_value(pat)}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "seed", _int(self.seed, "seed"))
         if self.input_shape is not None:
             if not isinstance(self.input_shape, (list, tuple)) or not self.input_shape:
                 raise ConfigurationError(f"input_shape must be a list of positive integers, "
-                                         f"got {_kind(self.input_shape)}")
+                                         f"got {describe_value(self.input_shape)}")
             object.__setattr__(self, "input_shape", tuple(
                 _int(s, f"input_shape[{i}]", 1) for i, s in enumerate(self.input_shape)))
         if not isinstance(self.note, str):
-            raise ConfigurationError(f"note must be a string, got {_kind(self.note)}")
+            raise ConfigurationError(f"note must be a string, got {describe_value(self.note)}")
 
     # ------------------------------------------------------------------ factories
     @classmethod
@@ -341,7 +325,7 @@ class PruningPlan:
         check_plain_json(data, "plan", ConfigurationError, string_keys=False)
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"a pruning plan must be a mapping (JSON object) with at "
-                                     f"least 'scope', got {_kind(data)}")
+                                     f"least 'scope', got {describe_value(data)}")
         unknown = [k for k in data if k not in _TOP]
         if unknown:
             raise ConfigurationError(f"plan field {unknown[0]!r} is unknown; plan fields are "
@@ -363,14 +347,14 @@ class PruningPlan:
                                      "'per-layer'): a mapping of layer name to rule")
         if not isinstance(layers_raw, Mapping):
             raise ConfigurationError(f"layers must be a mapping of layer name to rule, got "
-                                     f"{_kind(layers_raw)}")
+                                     f"{describe_value(layers_raw)}")
         rules = {}
         for name, raw in layers_raw.items():
             where = f"layers[{name!r}]"
             if not isinstance(raw, Mapping):
                 raise ConfigurationError(f"{where} must be a mapping with 'ratio' (and "
                                          f"optionally 'criterion'), 'mask' or "
-                                         f"'pruned_indices', got {_kind(raw)}")
+                                         f"'pruned_indices', got {describe_value(raw)}")
             bad = [k for k in raw if k not in _RULE]
             if bad:
                 raise ConfigurationError(f"{where}.{bad[0]} is unknown; rule fields are "
