@@ -9,7 +9,14 @@ from typing import Any
 
 from torch import nn
 
-from ._cli_shared import (
+from ..api import certify, check_trace, input_spec_for, path_norm, trace
+from ..bounds.cost import estimate_costs
+from ..capture import ENTRY_POINT_GROUP, plugin_manager
+from ..errors import ConfigurationError, UnsupportedModelError
+from ..loading import load_model, load_module, load_reference_inputs
+from . import local as cli_local
+from .domain_options import add_domain_arguments, certify_kwargs
+from .options import (
     EXIT_OK,
     EXIT_USER,
     check_output,
@@ -18,13 +25,6 @@ from ._cli_shared import (
     load_plugins,
     model_options,
 )
-from .api import certify, check_trace, input_spec_for, path_norm, trace
-from .bounds import cli_local
-from .bounds.cli import add_domain_arguments, certify_kwargs
-from .bounds.cost import estimate_costs
-from .capture import ENTRY_POINT_GROUP, plugin_manager
-from .errors import ConfigurationError, UnsupportedModelError
-from .loading import load_model, load_module, load_reference_inputs
 
 __all__ = ["register"]
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from torch import Tensor
 
+from ..bounds.arithmetic import ARITHMETICS
+from ..bounds.propagation.engine import PropagationOptions
+from ..bounds.tiers import METHODS
 from ..domain import InputDomain
 from ..errors import ConfigurationError
-from .arithmetic import ARITHMETICS
-from .propagation.engine import PropagationOptions
-from .tiers import METHODS
 
 __all__ = ["add_domain_arguments", "add_arithmetic_argument", "parse_domain",
            "certify_kwargs"]
