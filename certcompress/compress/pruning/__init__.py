@@ -1,4 +1,4 @@
-"""Certified pruning (issue 3): plans, criteria, budget search, per-layer sensitivity,
+"""Certified pruning: plans, criteria, budget search, per-layer sensitivity,
 structured channel pruning through torch-pruning, and the bound-vs-deviation report.
 
 ``plan`` (PruningPlan), ``criteria`` (scores and exact selection), ``apply`` (prune),

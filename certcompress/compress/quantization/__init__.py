@@ -1,6 +1,6 @@
 """Certified quantization: symmetric uniform grids, certificates of the quantized model,
-a-priori bounds, certified bit allocation, equalization and reports (issue 4; shared
-doc ``path-metrics.md``, sections 3-4).
+a-priori bounds, certified bit allocation, equalization and reports (the
+mathematics: docs/path-metrics.md, sections 3-4; usage: docs/quantization.md).
 
 ``quantize(model, qcfg, ...)`` returns the quantized model and its certificate;
 ``choose_bitwidths`` picks per-layer widths under a certified budget (or an average-bits
