@@ -27,11 +27,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._io import atomic_files, check_outputs, model_input_files
+from ..compress.pruning.apply import prune
 from ..compress.pruning.criteria import CRITERIA
+from ..compress.pruning.plan import PruningPlan
+from ..compress.pruning.report import pruning_report, save_report
+from ..compress.pruning.search import search_sparsity
+from ..compress.pruning.sensitivity import layer_sensitivity
 from ..errors import ConfigurationError
 from ..loading import load_model, load_reference_inputs
 from .domain_options import default_methods
@@ -106,8 +112,6 @@ def _text_writer(text: str) -> Any:
 
 def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
                        radius: float | None) -> None:
-    from ..compress.pruning.sensitivity import layer_sensitivity
-
     df = layer_sensitivity(model, plan, shape, radius)
     df = df[df["pruned"] > 0]
     print("\nper-layer sensitivity (certified bound of pruning each layer alone, same units):")
@@ -119,10 +123,6 @@ def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
 
 # ------------------------------------------------------------------ prune
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..compress.pruning.apply import prune
-    from ..compress.pruning.plan import PruningPlan
-    from ..compress.pruning.search import search_sparsity
-
     _outputs(args, args.out, args.certificate, args.plan_out)
     model, shape = _load(args)
     reference = _reference(args, shape)
@@ -163,9 +163,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ certify-plan
 def cmd_certify_plan(args: argparse.Namespace) -> int:
-    from ..compress.pruning.apply import prune
-    from ..compress.pruning.plan import PruningPlan
-
     _outputs(args, args.certificate, args.out)
     plan = PruningPlan.load(args.plan)
     model, shape = _load(args)
@@ -196,8 +193,6 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ prune-report
 def _labels(path: str, n: int) -> Tensor:
-    import numpy as np
-
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"labels file '{p}' does not exist")
@@ -227,8 +222,6 @@ def _labels(path: str, n: int) -> Tensor:
 
 
 def _npz_labels(path: str) -> str | None:
-    import numpy as np
-
     if not path.lower().endswith(".npz"):
         return None
     try:
@@ -239,8 +232,6 @@ def _npz_labels(path: str) -> str | None:
 
 
 def cmd_prune_report(args: argparse.Namespace) -> int:
-    from ..compress.pruning.report import pruning_report, save_report
-
     _outputs(args, args.csv, args.png)
     model, shape = _load(args)
     x = _reference(args, shape)

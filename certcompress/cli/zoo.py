@@ -27,8 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .._io import check_outputs
+from .._io import atomic_path, check_outputs
 from ..errors import ConfigurationError
+from ..scale.manifest import load_manifest
+from ..scale.results import export, list_sweeps, show
+from ..scale.sweep import sweep
+from ..scale.tasks import CertifyTask
 from .domain_options import parse_domain
 from .options import add_domain_group, add_executor, add_method_group, add_output
 
@@ -71,9 +75,6 @@ def register_zoo(subparsers: Any) -> None:
 
 
 def _cmd_zoo_certify(args: argparse.Namespace) -> int:
-    from ..scale.manifest import load_manifest
-    from ..scale.sweep import sweep
-
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise ConfigurationError(f"--out '{args.out}' must end in .csv or .json")
     check_outputs([args.out, args.store], [args.manifest])
@@ -95,8 +96,6 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
     for _, r in failed.iterrows():
         print(f"FAILED {r['label']}: {r['error']}")
     if args.out:
-        from .._io import atomic_path
-
         with atomic_path(args.out) as tmp:
             if args.out.lower().endswith(".csv"):
                 df.to_csv(tmp, index=False)
@@ -112,8 +111,6 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
 
 def _with_domain(tasks: Sequence[Any], args: argparse.Namespace) -> list[Any]:
     """The tasks with ``--radius``/``--domain``/``--method``/``--arithmetic`` applied."""
-    from ..scale.tasks import CertifyTask
-
     if args.domain is not None and args.radius is not None:
         raise ConfigurationError("pass either --domain or --radius, not both")
     if args.domain is not None and args.domain.strip().lower() == "data":
@@ -166,8 +163,6 @@ def register_results(subparsers: Any) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ..scale.results import list_sweeps
-
     df = list_sweeps(args.store)
     if df.empty:
         print(f"{args.store}: no sweeps yet")
@@ -177,15 +172,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from ..scale.results import show
-
     print(show(args.store, args.sweep, columns=args.columns))
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..scale.results import export
-
     check_outputs([args.out], [args.store])
     written = export(args.store, args.out, args.sweep, status=args.status)
     print(f"results written to {written.resolve()}")
