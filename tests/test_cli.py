@@ -602,3 +602,28 @@ def test_quantize_certifies_over_the_domain_with_the_methods(
     avg = cc.Certificate.load(out / "certificate.json")
     assert set(avg.by_method) == {"path-metric", "bounds"}
     assert avg.input_domain is not None and avg.input_domain.lower == (0.0,)
+
+
+def test_the_command_table_is_the_cli_package(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command of the table runs ``--help`` through main, each module registers
+    exactly the commands the table maps to it, and every command module of
+    certcompress/cli/ is in the table."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    import certcompress.cli as package
+
+    table = {**cli._BUILTIN_COMMANDS, **cli._OPTIONAL_COMMANDS}
+    for name in table:
+        assert cli.main([name, "--help"]) == 0, name
+        assert f"usage: certcompress {name}" in capsys.readouterr().out
+    for module in set(table.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert set(sub.choices) == {n for n, m in table.items() if m == module}, module
+    names = [m.name for m in pkgutil.iter_modules(package.__path__)
+             if m.name != "__main__"]  # __main__ runs the command line when imported
+    registering = {f"certcompress.cli.{n}" for n in names
+                   if hasattr(importlib.import_module(f"certcompress.cli.{n}"), "register")}
+    assert registering == set(table.values())
