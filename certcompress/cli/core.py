@@ -11,6 +11,7 @@ from torch import nn
 
 from ..api import certify, check_trace, input_spec_for, path_norm, trace
 from ..bounds.cost import estimate_costs
+from ..bounds.tiers import tier_registry
 from ..capture import ENTRY_POINT_GROUP, plugin_manager
 from ..errors import ConfigurationError, UnsupportedModelError
 from ..loading import load_model, load_module, load_reference_inputs
@@ -121,8 +122,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     reference = (load_reference_inputs(args.reference_data, shape)
                  if args.reference_data else None)
     tiers = certify_kwargs(args, shape, reference)
-    methods = tiers["methods"] or (("path-metric", "bounds") if tiers["domain"] is not None
-                                   else ("path-metric",))
+    methods = tiers["methods"] or tier_registry().defaults(tiers["domain"] is not None)
     if "bounds" in methods or getattr(args, "local_eps", None):
         # tell the user what to expect before the long part
         print(estimate_costs(trace(original, shape), options=tiers["propagation"]).summary())
