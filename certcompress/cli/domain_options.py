@@ -3,7 +3,8 @@ certifies (``certify``, ``prune``, ``certify-plan``, ``quantize``, ``zoo certify
 
 ``add_domain_group(parser)`` adds ``--radius R`` and ``--domain LO:HI`` (or ``--domain
 data``: the per-feature min/max box of ``--reference-data``); ``add_method_group(parser)``
-adds ``--method NAME`` (repeatable: ``path-metric``, ``bounds``), ``--propagation
+adds ``--method NAME`` (repeatable: a tier of the tier registry: ``path-metric``,
+``bounds`` or a plugin's), ``--propagation
 {crown,interval}`` and ``--arithmetic {exact,float32}``. ``add_domain_arguments(parser)``
 is ``--domain`` with the method group (for a parser that declares ``--radius`` itself).
 ``certify_kwargs(args, shape, reference)`` turns them into the keyword arguments of
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from ..bounds.arithmetic import ARITHMETICS
 from ..bounds.propagation.engine import PropagationOptions
-from ..bounds.tiers import METHODS
+from ..bounds.tiers import tier_registry
 from ..capture import plugin_manager
 from ..domain import InputDomain
 from ..errors import ConfigurationError
@@ -69,12 +70,13 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_methods(domain: InputDomain | None) -> tuple[str, ...]:
     """The tiers :func:`certcompress.certify` runs without ``methods=``."""
-    return ("path-metric",) if domain is None else tuple(METHODS)
+    return tier_registry().defaults(domain is not None)
 
 
 def _method_arguments(g: Any, propagation: bool) -> None:
-    g.add_argument("--method", action="append", choices=METHODS, metavar="NAME",
-                   help=f"certification tier ({', '.join(METHODS)}); repeat for several; "
+    g.add_argument("--method", action=_MethodAction, metavar="NAME",
+                   help="certification tier (path-metric, bounds, or a tier of an installed "
+                        "plugin or of a --plugin named before --method); repeat for several; "
                         "default: path-metric, plus bounds with --domain. The certificate's "
                         "bound is the smallest")
     if propagation:
@@ -82,6 +84,23 @@ def _method_arguments(g: Any, propagation: bool) -> None:
                        help="bounds tier: back-substitution at every ReLU (crown, default) "
                             "or interval bounds there (interval: faster, looser)")
     add_arithmetic_argument(g)
+
+
+class _MethodAction(argparse.Action):
+    """``--method NAME``, appended; checked against the tier registry as it is parsed
+    (after loading the plugins named by ``--plugin`` so far, which may add tiers)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        manager = plugin_manager()
+        for spec in getattr(namespace, "plugin", None) or ():
+            if not any(lp.source == f"explicit: {spec}" for lp in manager.plugins):
+                manager.load_path(spec)
+        registry = tier_registry()
+        if values not in registry:
+            parser.error(f"argument {option_string}: unknown certification method "
+                         f"{values!r}; choose from {', '.join(registry.names())}")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
 
 
 def add_arithmetic_argument(parser: Any) -> None:

@@ -12,7 +12,9 @@ weights has the same key on every machine, and a results store can skip it.
 
 ``certify`` (:class:`CertifyTask`)
     A model and its compressed version (another model spec, or a pruning plan or a
-    quantization config applied on the worker): :func:`certcompress.certify`'s columns.
+    quantization config applied on the worker), over the ball of ``radius`` or a
+    ``domain`` box, with the tiers ``methods`` (names from the tier registry):
+    :func:`certcompress.certify`'s columns.
 ``prune`` (:class:`PruneTask`)
     One (criterion, sparsity) point of
     :func:`~certcompress.compress.pruning.pruning_report`: exactly its row.
