@@ -24,8 +24,8 @@ from .bounds.tiers import METHODS, bounds_tier, check_methods, path_metric_tier
 from .capture import plugin_manager
 from .capture import trace as _trace
 from .capture.check import RTOL, TraceCheckReport, as_box, numeric_check
+from .capture.pair import trace_pair
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
-from .digest import parameter_digest
 from .domain import InputDomain, InputSpec
 from .errors import (
     SOUNDNESS_CAUSES,
@@ -223,10 +223,9 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
             raise ConfigurationError(
                 f"input_radius must be a finite number >= 0, got {input_radius}")
         dom = InputDomain.box(-r, r, shape=shape, description=f"ball ||x||_inf <= {r:.6g}")
-    g = trace(model, shape, domain=dom)
-    g2 = trace(compressed, shape, domain=dom)
+    pair = trace_pair(model, compressed, shape, dom)
+    g, g2 = pair.graph, pair.other
     pm_tier, pm = path_metric_tier(g, g2, r)
-    factor = max(r, 1.0)
     tiers: dict[str, MethodBound] = {}
     if "path-metric" in names:
         tiers["path-metric"] = pm_tier
@@ -286,15 +285,11 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         bound > measurements.output_scale)
     notes = _notes(bound, pm.changed_parameters, measurements, vacuous)
     return Certificate(
-        bound=bound, per_output=per_output, input_shape=shape, radius=r, factor=factor,
-        path_metric=pm.value, path_metric_exact=pm.exact, method=pm.method,
-        path_norm_original=pm.path_norm_original, path_norm_compressed=pm.path_norm_compressed,
-        sign_changes=pm.sign_changes, changed_parameters=pm.changed_parameters,
-        original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
-        float_slack_rel=pm.float_slack_rel, float_slack_abs=pm.float_slack_abs,
+        bound=bound, per_output=per_output, input_shape=shape, radius=r,
+        original_digest=pair.digests()[0], compressed_digest=pair.digests()[1],
         baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
         vacuous=vacuous, domain=domain_text, model_name=g.model_name,
-        **provenance(),
+        working_dtype=g.working_dtype, **provenance(),
         by_method=tiers, input_domain=dom, notes=notes, arithmetic=arith,
     )
 

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from ..certificate import WORST_CASE, MethodBound
+from ..certificate import WORST_CASE, MethodBound, PathMetricDetails
 from ..domain import InputDomain
 from ..errors import NumericalRangeError
 from ..ir.graph import Graph
@@ -84,9 +84,13 @@ def path_metric_tier(graph: Graph, other: Graph, radius: float,
         method="path-metric", bound=factor * pm.value,
         per_output=tuple(factor * v for v in pm.per_output), scope=WORST_CASE,
         seconds=time.perf_counter() - t0, exact=pm.exact,
-        details={"factor": factor, "path_metric": pm.value, "computation": pm.method,
-                 "covers": f"every x with ||x||_inf <= {float(radius):.6g} (contains the "
-                           "domain)"})
+        details=PathMetricDetails(
+            factor=factor, path_metric=pm.value, computation=pm.method,
+            covers=f"every x with ||x||_inf <= {float(radius):.6g} (contains the domain)",
+            path_metric_exact=pm.exact, path_norm_original=pm.path_norm_original,
+            path_norm_compressed=pm.path_norm_compressed, sign_changes=pm.sign_changes,
+            changed_parameters=pm.changed_parameters, float_slack_rel=pm.float_slack_rel,
+            float_slack_abs=pm.float_slack_abs))
     return result, pm
 
 
