@@ -60,6 +60,8 @@ class TierDetails(Mapping[str, Any]):
     every tier (:func:`certcompress.bounds.arithmetic.with_float32`): the exact-arithmetic
     bound and both models' float32 rounding error."""
 
+    #: the relative float slack included in the bound (the Tier base records it)
+    float_slack_rel: float | None = None
     arithmetic: str | None = None
     bound_exact: float | None = None
     float32_error: float | None = None

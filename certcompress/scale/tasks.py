@@ -12,7 +12,9 @@ weights has the same key on every machine, and a results store can skip it.
 
 ``certify`` (:class:`CertifyTask`)
     A model and its compressed version (another model spec, or a pruning plan or a
-    quantization config applied on the worker): :func:`certcompress.certify`'s columns.
+    quantization config applied on the worker), over the ball of ``radius`` or a
+    ``domain`` box, with the tiers ``methods`` (names from the tier registry):
+    :func:`certcompress.certify`'s columns.
 ``prune`` (:class:`PruneTask`)
     One (criterion, sparsity) point of
     :func:`~certcompress.compress.pruning.pruning_report`: exactly its row.
@@ -32,6 +34,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
+from ..bounds.tiers import tier_registry
+from ..domain import InputDomain
 from ..errors import ConfigurationError
 from . import _check, _plans
 from .refs import DataRef, ModelRef
@@ -222,13 +226,19 @@ def _counts(model: Any) -> dict[str, int]:
 class CertifyTask(_ModelTask):
     """Certify ``model`` against exactly one of: ``compressed`` (another model),
     ``pruning`` (a plan applied on the worker) or ``quantization`` (a config applied on
-    the worker). Row: :func:`certcompress.certify`'s bound, path-metric, baseline and
-    measurements, the digests of both models and parameter counts of the compressed one."""
+    the worker). ``domain``: an :class:`~certcompress.InputDomain` box (or its
+    ``to_dict()``) to certify over instead of the ball of ``radius`` (its shape is
+    ``input_shape``); ``methods``: the tiers to run (names from the tier registry; None:
+    ``certify``'s default). Row: :func:`certcompress.certify`'s bound, path-metric,
+    baseline and measurements, the domain and tiers, the digests of both models and
+    parameter counts of the compressed one."""
 
     kind: ClassVar[str] = "certify"
     compressed: ModelRef | None = None
     pruning: Any = field(default=None, metadata=_JSON)  # canonical JSON text once built
     quantization: Any = field(default=None, metadata=_JSON)
+    domain: Any = field(default=None, metadata=_JSON)  # canonical JSON text once built
+    methods: tuple[str, ...] | None = None
 
     def _validate(self) -> None:
         super()._validate()
@@ -245,6 +255,35 @@ class CertifyTask(_ModelTask):
         if self.quantization is not None:
             self._set("quantization",
                       _plans.quant_spec(self.quantization, "certify task: quantization"))
+        dom = self._input_domain()
+        if dom is not None:
+            self._set("domain", _plans.canonical(dom.to_dict()))
+        if self.methods is not None:
+            names = _check.names(self.methods, "certify task: methods")
+            self._set("methods", tier_registry().check(names))
+
+    def _input_domain(self) -> InputDomain | None:
+        """The domain box (None: the ball of ``radius``), checked against the task."""
+        d = self.domain
+        if d is None:
+            return None
+        if isinstance(d, str):
+            try:
+                d = json.loads(d)
+            except ValueError as exc:
+                raise ConfigurationError(f"certify task: domain is not JSON: {exc}") from None
+        dom = d if isinstance(d, InputDomain) else InputDomain.from_dict(d)
+        if self.radius is not None:
+            raise ConfigurationError("certify task: give either domain or radius, not both")
+        if dom.shape != self.input_shape:
+            raise ConfigurationError(f"certify task: the domain's shape {dom.shape} differs "
+                                     f"from input_shape {self.input_shape}")
+        return dom
+
+    def _identity(self) -> dict[str, Any]:
+        # tasks without a domain or methods keep the keys they had before those fields
+        return {k: v for k, v in super()._identity().items()
+                if not (k in ("domain", "methods") and v is None)}
 
     def compression(self) -> str:
         """What the compressed model is: another model, a pruning plan or a quantization."""
@@ -270,10 +309,12 @@ class CertifyTask(_ModelTask):
             assert self.quantization is not None
             compressed, _ = _plans.quantized(model, self.quantization)
         cert = certify(model, compressed, self.input_shape, self.radius,
+                       domain=self._input_domain(), methods=self.methods,
                        reference_inputs=self._inputs(), search_steps=self.search_steps,
                        search_restarts=self.search_restarts, seed=self.seed)
         return {**self._domain_columns(cert.radius), "compression": self.compression(),
-                **_certificate_columns(cert), **_counts(compressed)}
+                **_certificate_columns(cert), "domain": cert.domain,
+                "methods": ",".join(cert.by_method), **_counts(compressed)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
+from certcompress.cli.quantize import register
 from certcompress.compress.quantization import (
     QuantConfig,
     QuantGrid,
@@ -23,7 +24,6 @@ from certcompress.compress.quantization import (
     quantize,
     write_report,
 )
-from certcompress.compress.quantization.cli import register
 from certcompress.compress.quantization.report import ORT_LABEL
 from certcompress.errors import ConfigurationError
 

@@ -12,11 +12,11 @@ import pytest
 from scale_zoo import CNN_SHAPE
 
 from certcompress import cli as main_cli
+from certcompress.cli.zoo import register
 from certcompress.compress.pruning import PruningPlan
 from certcompress.errors import ConfigurationError
 from certcompress.loading import load_model
 from certcompress.scale import load_manifest, results
-from certcompress.scale.cli import register
 from certcompress.scale.manifest import parse_manifest
 
 MANIFEST = textwrap.dedent("""
@@ -158,8 +158,8 @@ def test_command_line_errors(zoo, tmp_path):
 
 
 def test_main_cli_runs_the_commands_when_registered(zoo, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "results", "certcompress.scale.cli")
-    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "zoo", "certcompress.scale.cli")
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "results", "certcompress.cli.zoo")
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "zoo", "certcompress.cli.zoo")
     assert main_cli.main(["results", "list", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main_cli.main(["--help"]) == 0

@@ -3,9 +3,9 @@ structured channel pruning through torch-pruning, and the bound-vs-deviation rep
 
 ``plan`` (PruningPlan), ``criteria`` (scores and exact selection), ``apply`` (prune),
 ``search`` (search_sparsity), ``sensitivity`` (layer_sensitivity), ``structured``
-(prune_channels), ``report`` (pruning_report), ``cli`` (the shell commands) and ``demo``
-(the README job's section). The modules that need torch-pruning, pandas or matplotlib are
-imported on first use.
+(prune_channels), ``report`` (pruning_report) and ``demo`` (the README job's section); the
+shell commands are in :mod:`certcompress.cli.prune`. The modules that need torch-pruning,
+pandas or matplotlib are imported on first use.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Command-line options of the certification tiers, for the ``certify`` command.
 
 ``add_domain_arguments(parser)`` adds ``--domain LO:HI`` (or ``--domain data``: the
-per-feature min/max box of ``--reference-data``), ``--method NAME`` (repeatable:
-``path-metric``, ``bounds``) and ``--propagation {crown,interval}`` and ``--arithmetic {exact,float32}``;
+per-feature min/max box of ``--reference-data``), ``--method NAME`` (repeatable: a tier
+of the tier registry, ``path-metric``, ``bounds`` or a plugin's) and ``--propagation {crown,interval}`` and ``--arithmetic {exact,float32}``;
 ``certify_kwargs(args, shape, reference)`` turns them into the keyword arguments of
 :func:`certcompress.certify` (``domain``, ``methods``, ``propagation``).
 """
@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import Tensor
 
+from ..bounds.arithmetic import ARITHMETICS
+from ..bounds.propagation.engine import PropagationOptions
+from ..bounds.tiers import tier_registry
+from ..capture.plugins import plugin_manager
 from ..domain import InputDomain
 from ..errors import ConfigurationError
-from .arithmetic import ARITHMETICS
-from .propagation.engine import PropagationOptions
-from .tiers import METHODS
 
 __all__ = ["add_domain_arguments", "add_arithmetic_argument", "parse_domain",
            "certify_kwargs"]
@@ -32,14 +33,32 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
                    help="certify over the box LO <= x <= HI (every feature, as the network "
                         "receives inputs), e.g. 0:1 (negative LO: --domain=-1:1); or 'data': the per-feature min/max box "
                         "of --reference-data. Replaces --radius")
-    g.add_argument("--method", action="append", choices=METHODS, metavar="NAME",
-                   help=f"certification tier ({', '.join(METHODS)}); repeat for several; "
+    g.add_argument("--method", action=_MethodAction, metavar="NAME",
+                   help="certification tier (path-metric, bounds, or a tier of an installed "
+                        "plugin or of a --plugin named before --method); repeat for several; "
                         "default: path-metric, plus bounds with --domain. The certificate's "
                         "bound is the smallest")
     g.add_argument("--propagation", choices=("crown", "interval"), default="crown",
                    help="bounds tier: back-substitution at every ReLU (crown, default) or "
                         "interval bounds there (interval: faster, looser)")
     add_arithmetic_argument(g)
+
+
+class _MethodAction(argparse.Action):
+    """``--method NAME``, appended; checked against the tier registry as it is parsed
+    (after loading the plugins named by ``--plugin`` so far, which may add tiers)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        manager = plugin_manager()
+        for spec in getattr(namespace, "plugin", None) or ():
+            if not any(lp.source == f"explicit: {spec}" for lp in manager.plugins):
+                manager.load_path(spec)
+        registry = tier_registry()
+        if values not in registry:
+            parser.error(f"argument {option_string}: unknown certification method "
+                         f"{values!r}; choose from {', '.join(registry.names())}")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
 
 
 def add_arithmetic_argument(parser: Any) -> None:

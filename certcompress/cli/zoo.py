@@ -67,8 +67,8 @@ def register_zoo(subparsers: Any) -> None:
 
 
 def _cmd_zoo_certify(args: argparse.Namespace) -> int:
-    from .manifest import load_manifest
-    from .sweep import sweep
+    from ..scale.manifest import load_manifest
+    from ..scale.sweep import sweep
 
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise ConfigurationError(f"--out '{args.out}' must end in .csv or .json")
@@ -128,7 +128,7 @@ def register_results(subparsers: Any) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .results import list_sweeps
+    from ..scale.results import list_sweeps
 
     df = list_sweeps(args.store)
     if df.empty:
@@ -139,14 +139,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .results import show
+    from ..scale.results import show
 
     print(show(args.store, args.sweep, columns=args.columns))
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .results import export
+    from ..scale.results import export
 
     check_outputs([args.out], [args.store])
     written = export(args.store, args.out, args.sweep, status=args.status)

@@ -20,17 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
-from ...api import certify, input_spec_for
-from ...bounds.cli import add_arithmetic_argument
-from ...capture import plugin_manager
-from ...errors import ConfigurationError
-from .allocate import choose_bitwidths
-from .apply import quantize
-from .config import QuantConfig
-from .grid import quantization_grid
-from .quantizers import GRANULARITIES, WEIGHT_BITS
-from .report import bits_table
+from .._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
+from ..api import certify, input_spec_for
+from ..capture import plugin_manager
+from ..compress.quantization.allocate import choose_bitwidths
+from ..compress.quantization.apply import quantize
+from ..compress.quantization.config import QuantConfig
+from ..compress.quantization.grid import quantization_grid
+from ..compress.quantization.quantizers import GRANULARITIES, WEIGHT_BITS
+from ..compress.quantization.report import bits_table
+from ..errors import ConfigurationError
+from .domain_options import add_arithmetic_argument
 
 __all__ = ["register"]
 
@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], float]:
-    from ...loading import load_model
+    from ..loading import load_model
 
     pm = plugin_manager()
     for spec in args.plugin:
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     check_replaceable_dir(out, OUTPUT_FILES)
     model, shape, radius = _load(args)
     if args.reference_data:
-        from ...loading import load_reference_inputs
+        from ..loading import load_reference_inputs
 
         ref = load_reference_inputs(args.reference_data, shape)
         where = f"{len(ref)} reference inputs from {args.reference_data}"

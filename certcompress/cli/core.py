@@ -9,7 +9,15 @@ from typing import Any
 
 from torch import nn
 
-from ._cli_shared import (
+from ..api import certify, check_trace, input_spec_for, path_norm, trace
+from ..bounds.cost import estimate_costs
+from ..bounds.tiers import tier_registry
+from ..capture import ENTRY_POINT_GROUP, plugin_manager
+from ..errors import ConfigurationError, UnsupportedModelError
+from ..loading import load_model, load_module, load_reference_inputs
+from . import local as cli_local
+from .domain_options import add_domain_arguments, certify_kwargs
+from .options import (
     EXIT_OK,
     EXIT_USER,
     check_output,
@@ -18,13 +26,6 @@ from ._cli_shared import (
     load_plugins,
     model_options,
 )
-from .api import certify, check_trace, input_spec_for, path_norm, trace
-from .bounds import cli_local
-from .bounds.cli import add_domain_arguments, certify_kwargs
-from .bounds.cost import estimate_costs
-from .capture import ENTRY_POINT_GROUP, plugin_manager
-from .errors import ConfigurationError, UnsupportedModelError
-from .loading import load_model, load_module, load_reference_inputs
 
 __all__ = ["register"]
 
@@ -121,8 +122,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     reference = (load_reference_inputs(args.reference_data, shape)
                  if args.reference_data else None)
     tiers = certify_kwargs(args, shape, reference)
-    methods = tiers["methods"] or (("path-metric", "bounds") if tiers["domain"] is not None
-                                   else ("path-metric",))
+    methods = tiers["methods"] or tier_registry().defaults(tiers["domain"] is not None)
     if "bounds" in methods or getattr(args, "local_eps", None):
         # tell the user what to expect before the long part
         print(estimate_costs(trace(original, shape), options=tiers["propagation"]).summary())

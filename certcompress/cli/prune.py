@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..._cli_shared import input_shape, load_plugins
-from ..._io import atomic_files, check_outputs, model_input_files
-from ...bounds.cli import add_arithmetic_argument
-from ...errors import ConfigurationError
-from ...loading import load_model, load_reference_inputs
-from .criteria import CRITERIA
+from .._io import atomic_files, check_outputs, model_input_files
+from ..compress.pruning.criteria import CRITERIA
+from ..errors import ConfigurationError
+from ..loading import load_model, load_reference_inputs
+from .domain_options import add_arithmetic_argument
+from .options import input_shape, load_plugins
 
 __all__ = ["register", "cmd_prune", "cmd_certify_plan", "cmd_prune_report"]
 
@@ -94,7 +94,7 @@ def _text_writer(text: str) -> Any:
 
 def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
                        radius: float | None) -> None:
-    from .sensitivity import layer_sensitivity
+    from ..compress.pruning.sensitivity import layer_sensitivity
 
     df = layer_sensitivity(model, plan, shape, radius)
     df = df[df["pruned"] > 0]
@@ -107,9 +107,9 @@ def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
 
 # ------------------------------------------------------------------ prune
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .apply import prune
-    from .plan import PruningPlan
-    from .search import search_sparsity
+    from ..compress.pruning.apply import prune
+    from ..compress.pruning.plan import PruningPlan
+    from ..compress.pruning.search import search_sparsity
 
     _outputs(args, args.out, args.certificate, args.plan_out)
     model, shape = _load(args)
@@ -145,8 +145,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ certify-plan
 def cmd_certify_plan(args: argparse.Namespace) -> int:
-    from .apply import prune
-    from .plan import PruningPlan
+    from ..compress.pruning.apply import prune
+    from ..compress.pruning.plan import PruningPlan
 
     _outputs(args, args.certificate, args.out)
     plan = PruningPlan.load(args.plan)
@@ -220,7 +220,7 @@ def _npz_labels(path: str) -> str | None:
 
 
 def cmd_prune_report(args: argparse.Namespace) -> int:
-    from .report import pruning_report, save_report
+    from ..compress.pruning.report import pruning_report, save_report
 
     _outputs(args, args.csv, args.png)
     model, shape = _load(args)

@@ -28,13 +28,13 @@ from typing import Any
 
 from torch import nn
 
-from .._cli_shared import load_plugins as _load_plugins
 from .._io import check_outputs, model_input_files
 from ..certificate import Certificate
 from ..errors import ConfigurationError
-from .onnx_export import MIN_OPSET, export_onnx
-from .signing import PublicKey, generate_signing_key
-from .verify import Tolerance, VerificationFailed, verify_onnx
+from ..export.onnx_export import MIN_OPSET, export_onnx
+from ..export.signing import PublicKey, generate_signing_key
+from ..export.verify import Tolerance, VerificationFailed, verify_onnx
+from .options import load_plugins as _load_plugins
 
 __all__ = ["register", "cmd_export", "cmd_verify", "cmd_keygen"]
 
@@ -206,9 +206,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``certcompress verify``: 0 when every check passes; a failed check raises
     :class:`VerificationFailed` after the report is printed (and written)."""
+    from ..export._files import load_onnx_file
+    from ..export.metadata import read_embedded
     from ..loading import load_reference_inputs
-    from ._files import load_onnx_file
-    from .metadata import read_embedded
 
     tol = _options(args)
     report_path = Path(args.report) if args.report else None

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ._io import check_outputs, model_input_files
-from .capture import plugin_manager
-from .errors import ConfigurationError
-from .loading import exported_input_shape
+from .._io import check_outputs, model_input_files
+from ..capture import plugin_manager
+from ..errors import ConfigurationError
+from ..loading import exported_input_shape
 
 __all__ = ["EXIT_OK", "EXIT_BUG", "EXIT_USER", "common_parent", "model_options", "load_plugins",
            "input_shape", "check_output"]
