@@ -83,7 +83,7 @@ def demo_section(model: nn.Module, data: DigitsData, *, budget: float | None = N
     comparison = compare_with_ort(model, al, shape, r, data.x_test, domain=domain,
                                   search_steps=search_steps,
                                   seed=seed)
-    cols = ["average_bits", "model_bytes", "certified_bound", "measured_max", "adversarial_max"]
+    cols = ["average_bits", "model_bytes", "certified_bound", "deviation_max", "adversarial_max"]
     print_fn(comparison[cols].to_string(float_format=lambda v: f"{v:.4g}"))
     if out_dir is not None:
         files = write_report(Path(out_dir), model, al, comparison=comparison)

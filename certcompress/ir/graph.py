@@ -67,6 +67,15 @@ class Graph:
 
     # ------------------------------------------------------------------ access
     @property
+    def working_dtype(self) -> str:
+        """The dtype of the parameters every pass on this graph computes in ("float64"
+        unless a graph was built with others; the first parameter's, as certificates
+        record it)."""
+        for p in self.params.values():
+            return str(p.weight.dtype).removeprefix("torch.")
+        return "float64"
+
+    @property
     def input(self) -> IRNode:
         return self.nodes[0]
 

@@ -210,24 +210,9 @@ class _ModelTask(Task):
 
 
 def _certificate_columns(cert: Any) -> dict[str, Any]:
-    nan = float("nan")
-    m = cert.measurements
-    return {
-        "certified_bound": cert.bound, "path_metric": cert.path_metric,
-        "path_metric_exact": cert.path_metric_exact, "method": cert.method,
-        "factor": cert.factor,
-        "baseline_bound_linf": nan if cert.baseline_linf is None
-        else cert.factor * cert.baseline_linf,
-        "path_norm_original": cert.path_norm_original,
-        "path_norm_compressed": cert.path_norm_compressed,
-        "sign_changes": cert.sign_changes, "changed_parameters": cert.changed_parameters,
-        "deviation_mean": nan if m.deviation_mean is None else m.deviation_mean,
-        "deviation_max": nan if m.deviation_max is None else m.deviation_max,
-        "adversarial_max": nan if m.adversarial_max is None else m.adversarial_max,
-        "output_scale": nan if m.output_scale is None else m.output_scale,
-        "vacuous": cert.vacuous, "original_digest": cert.original_digest,
-        "compressed_digest": cert.compressed_digest,
-    }
+    """The certificate's row (:meth:`Certificate.to_row`, the one vocabulary of every
+    report)."""
+    return dict(cert.to_row())
 
 
 def _counts(model: Any) -> dict[str, int]:
