@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
-from certcompress.bounds.cli import add_domain_arguments
+from certcompress.cli.domain_options import add_domain_arguments
 from certcompress.bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
 from certcompress.capture import plugins as plugins_mod
 from certcompress.capture.plugins import Plugin, PluginManager
