@@ -521,6 +521,51 @@ def recommend_scaling(table: pd.DataFrame) -> dict[str, object]:
     out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)) - set(sub["scaling"].astype(str)))
     return {"scaling": best, "estimate": RECOMMENDED_ESTIMATE,
             "evidence": {str(k): {c: float(v) for c, v in row.items()} for k, row in agg.iterrows()},
+            "matched": _matched_scalings(table, best),
             "out_of_scope_scalings": out_scope,
             "reason": (f"smallest mean train loss + {RECOMMENDED_ESTIMATE} among in-scope "
-                       "configurations; out-of-scope scalings cannot be ranked by the theory")}
+                       "configurations; out-of-scope scalings cannot be ranked by the theory, "
+                       "so 'matched' compares every scaling on configurations that differ only "
+                       "in the scaling (measured gap and test loss with 95% t-intervals over "
+                       "seeds, regime, in-scope and conditions-met fractions)")}
+
+
+_MATCH_KEYS = ("n_train", "noise", "depth", "alpha", "init", "beta", "trainable", "width")
+
+
+def _matched_scalings(table: pd.DataFrame, best: str) -> dict[str, dict[str, object]]:
+    """Evidence per scaling over configurations run with two or more scalings and
+    otherwise equal (n, noise, depth, alpha, init, beta, trainable, width);
+    ``gap_minus_best``: the measured gap minus that of scaling ``best`` on the same
+    configuration and seed (paired: the same data split and label flips), mean and 95%
+    t-interval."""
+    keys = [k for k in _MATCH_KEYS if k in table.columns]
+    if "scaling" not in table.columns or not keys:
+        return {}
+    t = table.copy()
+    t["_key"] = t[keys].astype(str).agg("|".join, axis=1)
+    shared = t.groupby("_key")["scaling"].nunique()
+    t = t[t["_key"].isin(shared[shared >= 2].index)]
+    out: dict[str, dict[str, object]] = {}
+    for sc, sub in t.groupby(t["scaling"].astype(str), sort=True):
+        entry: dict[str, object] = {
+            "rows": int(len(sub)), "regimes": sorted(set(sub["regime"].astype(str))),
+            "in_scope_fraction": float(sub["in_scope"].astype(bool).mean()),
+            "conditions_met_fraction": float(sub["conditions_met"].astype(bool).mean()),
+            "configurations": sorted(set(sub["_key"]))}
+        for col in ("measured_gap", "test_loss", "train_loss"):
+            v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
+            v = v[np.isfinite(v)]
+            entry[col] = {"mean": float(v.mean()) if v.size else math.nan, "ci95": _ci95(v)}
+        out[str(sc)] = entry
+    ref = t[t["scaling"].astype(str) == best].set_index(["_key", "seed"])["measured_gap"]
+    for sc, sub in t.groupby(t["scaling"].astype(str), sort=True):
+        if sc == best or ref.empty:
+            continue
+        mine = sub.set_index(["_key", "seed"])["measured_gap"]
+        both = mine.index.intersection(ref.index)
+        d = (pd.to_numeric(mine[both]) - pd.to_numeric(ref[both])).to_numpy(dtype=np.float64)
+        d = d[np.isfinite(d)]
+        out[str(sc)]["gap_minus_best"] = {"mean": float(d.mean()) if d.size else math.nan,
+                                          "ci95": _ci95(d), "pairs": int(d.size)}
+    return out

@@ -120,3 +120,22 @@ def test_cli_design_rejects_bad_steps(tmp_path, capsys):
     args = parser.parse_args(["meanfield", "design", "--steps", "0", "--out", str(tmp_path)])
     assert args.func(args) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_recommendation_compares_scalings_on_matched_configurations():
+    rows = []
+    for seed in (0, 1, 2):
+        for sc, gap, ok in (("mean-field", 0.30 + 0.01 * seed, True), ("sqrt", 0.40 + 0.01 * seed, False)):
+            rows.append({"scaling": sc, "in_scope": ok, "regime": "mean-field" if ok else "SDE",
+                         "conditions_met": False, "train_loss": 0.01, "test_loss": gap + 0.01,
+                         "measured_gap": gap, "gap_estimate": 5.0 if ok else np.nan, "seed": seed,
+                         "n_train": 100, "noise": 0.2, "depth": 16, "alpha": 1.0,
+                         "init": "mean-field", "beta": 1.0, "trainable": "all", "width": 32})
+    rows.append({**rows[0], "depth": 4, "scaling": "mean-field"})  # unmatched: left out
+    rec = mf.recommend_scaling(pd.DataFrame(rows))
+    assert rec["scaling"] == "mean-field" and rec["out_of_scope_scalings"] == ["sqrt"]
+    m = rec["matched"]
+    assert m["mean-field"]["rows"] == 3 and m["sqrt"]["regimes"] == ["SDE"]
+    assert m["sqrt"]["gap_minus_best"]["mean"] == pytest.approx(0.10)
+    assert m["sqrt"]["gap_minus_best"]["ci95"] == pytest.approx(0.0, abs=1e-12)
+    assert m["sqrt"]["gap_minus_best"]["pairs"] == 3
