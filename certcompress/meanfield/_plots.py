@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_path
 from ..errors import ConfigurationError
-from ._sweep import spearman_agreement
+from ._sweep import THEORY_COLUMNS, ci95, design_means, spearman_agreement
 
 __all__ = ["plot_sweep", "plot_design", "plot_training"]
 
@@ -136,23 +136,27 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
         v = v[np.isfinite(v)]
         if not v.size:
             return math.nan, math.nan
-        half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
-        return float(v.mean()), half
+        half = ci95(v)
+        return float(v.mean()), 0.0 if math.isnan(half) else half
 
-    fig = Figure(figsize=(14, 4.5))
-    axes = fig.subplots(1, 3)
-    for ax, col in zip(axes, ("gap_estimate", "kernel_measure", "gap_bound_paper"), strict=True):
-        sp = spearman_agreement(table if col != "gap_estimate" else table[table["in_scope"].astype(bool)], col)
+    panels = [c for c in ("gap_estimate", "rademacher_sqrt_kl", "kernel_measure", "gap_bound_paper")
+              if c in table.columns]
+    means = design_means(table, ["measured_gap", *panels])
+    fig = Figure(figsize=(4.7 * len(panels), 4.5))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, col in zip(axes, panels, strict=True):
+        sp = spearman_agreement(means[means["in_scope"]] if col in THEORY_COLUMNS else means, col)
         for name, sub in table.groupby("design", sort=False):
             (x, xe), (y, ye) = stats(sub, "measured_gap"), stats(sub, col)
             if math.isfinite(x) and math.isfinite(y):
                 ax.errorbar([x], [y], xerr=[xe], yerr=[ye], fmt="o", ms=4, capsize=2)
                 ax.annotate(str(name), (x, y), fontsize=6)
-        if math.isfinite(bound) and col != "kernel_measure":
+        if math.isfinite(bound) and col in ("gap_estimate", "gap_bound_paper"):
             ax.axhline(bound, color="grey", lw=0.8, ls=":", label=f"loss range {bound:g}: above is vacuous")
             ax.legend(fontsize=7)
         rho = "n/a" if math.isnan(sp.rho) else f"{sp.rho:.2f} (p={sp.pvalue:.2g})"
-        ax.set_title(f"{col}: Spearman {rho}, {sp.n_configs} points", fontsize=9)
+        ax.set_title(f"{col}: Spearman {rho}\nover {sp.n_configs} design means (95% t-intervals)",
+                     fontsize=9)
         ax.set_xlabel("measured gap (test - train loss)")
         ax.set_ylabel(col)
         ax.set_yscale("log")

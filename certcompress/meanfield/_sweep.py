@@ -27,6 +27,7 @@ from ._model import ScaledResNet
 from ._train import progress_enabled, train
 
 __all__ = ["SweepOptions", "SpearmanResult", "sweep", "spearman_agreement", "resolve_data",
+           "ci95", "design_means", "THEORY_COLUMNS",
            "SWEEP_COLUMNS", "AGREEMENT_COLUMNS"]
 
 SweepData = str | DataSplit | tuple[object, object] | tuple[object, object, object, object]
@@ -437,7 +438,7 @@ def designed_sweep(
     return table
 
 
-def _ci95(v: np.ndarray) -> float:
+def ci95(v: np.ndarray) -> float:
     """Half-width of the 95% Student-t interval of the mean (NaN for one value)."""
     if v.size < 2:
         return math.nan
@@ -497,7 +498,7 @@ def _attach_design_summary(table: pd.DataFrame) -> None:
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
             if v.size:
-                entry[col] = {"mean": float(v.mean()), "ci95": _ci95(v)}
+                entry[col] = {"mean": float(v.mean()), "ci95": ci95(v)}
         by[str(name)] = entry
     table.attrs["by_config"] = by
     table.attrs["recommendation"] = recommend_scaling(table)
@@ -556,7 +557,7 @@ def _matched_scalings(table: pd.DataFrame, best: str) -> dict[str, dict[str, obj
         for col in ("measured_gap", "test_loss", "train_loss"):
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
-            entry[col] = {"mean": float(v.mean()) if v.size else math.nan, "ci95": _ci95(v)}
+            entry[col] = {"mean": float(v.mean()) if v.size else math.nan, "ci95": ci95(v)}
         out[str(sc)] = entry
     ref = t[t["scaling"].astype(str) == best].set_index(["_key", "seed"])["measured_gap"]
     for sc, sub in t.groupby(t["scaling"].astype(str), sort=True):
@@ -567,5 +568,5 @@ def _matched_scalings(table: pd.DataFrame, best: str) -> dict[str, dict[str, obj
         d = (pd.to_numeric(mine[both]) - pd.to_numeric(ref[both])).to_numpy(dtype=np.float64)
         d = d[np.isfinite(d)]
         out[str(sc)]["gap_minus_best"] = {"mean": float(d.mean()) if d.size else math.nan,
-                                          "ci95": _ci95(d), "pairs": int(d.size)}
+                                          "ci95": ci95(d), "pairs": int(d.size)}
     return out
