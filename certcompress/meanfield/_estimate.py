@@ -281,6 +281,10 @@ class MeanFieldEstimate:
             f"  [M] lambda_min(G1+G2): init {self.lambda_min_G12_init:.4g}, final {self.lambda_min_G12_final:.4g}",
             f"  [M/D] loss decay: fitted rate {self.decay_rate_fitted:.4g}, predicted (G2) "
             f"{self.decay_rate_predicted_G2:.4g}, bound {'holds' if self.loss_decay_holds else 'VIOLATED'}",
+            "  [M/D] per-phase decay rate, measured vs predicted (2 beta^2/n) mean lambda_min"
+            + (" (G2: head only)" if self.trainable == "head" else " (G1+G2)") + ": "
+            + (", ".join(f"t {p.t_start:.3g}-{p.t_end:.3g}: {p.measured:.3g} vs {p.predicted:.3g}"
+                         for p in self.phase_rates) or "n/a"),
             f"  [D] W2 coupling bound: residual {self.w2_bound_residual:.4g}, head {self.w2_bound_head:.4g}",
             f"  [E] KL (nats): Gaussian fit (bias-corrected) residual {self.kl_gaussian_residual:.4g} head {self.kl_gaussian_head:.4g}; "
             f"kNN residual {self.kl_knn_residual:.4g} head {self.kl_knn_head:.4g} (+-{self.kl_knn_stderr:.2g}, "
