@@ -494,6 +494,11 @@ def _attach_design_summary(table: pd.DataFrame) -> None:
         entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
                                     "regime": str(sub["regime"].iloc[0])}
         for col in ("measured_gap", *DESIGN_AGREEMENT_COLUMNS, "train_loss", "test_loss",
+                    "rademacher_closed_form", "kl_gaussian_head", "kl_knn_head",
+                    "kl_gaussian_residual", "kl_knn_residual", "w2_bound_residual",
+                    "Lambda_s", "Lambda_G2", "kl_bound_paper", "rademacher_paper",
+                    "lambda_min_G2_init", "lambda_min_G2_final", "lambda_min_G12_final",
+                    "move_head", "move_residual", "gram_change",
                     "decay_rate_late_measured", "decay_rate_late_predicted"):
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
