@@ -362,9 +362,11 @@ def designed_sweep(
     training labels only; the test labels stay clean), so the measured gaps really
     differ, plus depth, alpha, scaling and init variants, the frozen-features ablation
     and the lazy comparison. ``seeds`` seed the data split, the label flips, the
-    particles and the estimators: the same seeds give the same table. All runs are
-    trained together (:func:`train_many`: particles batched across configurations and
-    seeds of the same shape), single-threaded. Columns: ``design``, ``noise``, then
+    particles and the estimators: the same design and seeds give the same table. All runs
+    are trained together (:func:`train_many`: particles batched across configurations
+    and seeds of the same shape), single-threaded; a point run inside another design is
+    batched with other runs and agrees to rounding, which a chaotic run (standard init at
+    this step size) can amplify to about 1e-3 over 150 steps. Columns: ``design``, ``noise``, then
     those of :func:`sweep`.
 
     ``table.attrs``: ``"spearman"`` (estimate column -> rho, p-value, number of points
