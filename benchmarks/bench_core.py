@@ -15,7 +15,7 @@ import torchvision
 from _common import best_time, write_results  # type: ignore[import-not-found]
 
 import certcompress as cc
-from certcompress.zoo import magnitude_prune_copy
+from certcompress.demo.digits import magnitude_prune_copy
 
 
 def bench(name: str, size: int, repeat: int) -> dict[str, float]:

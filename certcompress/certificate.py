@@ -4,7 +4,7 @@ A certificate says: for every input ``x`` of shape ``input_shape`` in its domain
 (``||x||_inf <= radius``), ``||f(x) - f'(x)||_1 <= bound``, where ``f`` and ``f'`` are the
 models whose parameter digests it records, evaluated in exact arithmetic (or, when
 ``arithmetic`` is ``"float32"``, as executed in IEEE float32). The bound is
-``max(radius, 1) * path_metric`` (Theorem 3.1 of Gonon et al., shared doc section 3),
+``max(radius, 1) * path_metric`` (Theorem 3.1 of Gonon et al., docs/path-metrics.md, section 3),
 with the float64 rounding slack it states. Since ``||.||_inf <= ||.||_2 <= ||.||_1``, the
 same number bounds the l2 and l_inf deviation. Measured deviations (reference data and
 adversarial search) are recorded beside it, and ``vacuous`` says when the bound exceeds

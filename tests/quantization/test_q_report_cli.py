@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
+from certcompress.cli.quantize import register
 from certcompress.compress.quantization import (
     QuantConfig,
     QuantGrid,
@@ -23,7 +24,6 @@ from certcompress.compress.quantization import (
     quantize,
     write_report,
 )
-from certcompress.compress.quantization.cli import register
 from certcompress.compress.quantization.report import ORT_LABEL
 from certcompress.errors import ConfigurationError
 
@@ -152,8 +152,8 @@ def test_quantize_command_errors(tmp_path: Path) -> None:
 
 
 def test_demo_section_prints_the_allocation_and_writes_the_report(tmp_path: Path) -> None:
-    from certcompress.compress.quantization import demo_section
-    from certcompress.zoo import DigitsCNN, DigitsData
+    from certcompress.demo.digits import DigitsCNN, DigitsData
+    from certcompress.demo.quantization import demo_section
 
     torch.manual_seed(0)
     model = DigitsCNN(channels=4).eval()

@@ -1,5 +1,5 @@
 """The pruning report: certified bound next to measured deviations, per criterion and
-sparsity, as a DataFrame, a CSV file and a log-scale plot (shared doc, section 6: a
+sparsity, as a DataFrame, a CSV file and a log-scale plot (docs/path-metrics.md, section 6: a
 bound is always shown beside what was measured, and a vacuous bound is marked so)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ...api import certify, trace
 from ...errors import ConfigurationError
 from ...loading import module_without_executor, spec_for_executor
 from ...measure import check_reference_inputs
+from ...resolve import resolve_radius
 from ._layers import excluded_names, input_shape_for, prunable_layers
 from .apply import apply_masks
 from .criteria import Masks, check_criterion, prune_count, ranks, weight_scores
-from .search import _radius
 
 __all__ = ["pruning_report", "save_report", "plot_report", "REPORT_COLUMNS"]
 
@@ -118,7 +118,7 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
     if scope not in ("global", "per-layer"):
         raise ConfigurationError(f"scope must be 'global' or 'per-layer', got {scope!r}")
     shape = input_shape_for(model, input_shape, "the pruning report")
-    radius = _radius(model, input_radius)
+    radius = resolve_radius(model, input_radius, domain_hint=False)[0]
     x, y = _as_data(data, labels)
     if x is not None:
         x = check_reference_inputs(x, shape, "data")

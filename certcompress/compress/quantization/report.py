@@ -4,7 +4,7 @@ PNG bar chart of bits per layer, PNG plot of the curve).
 
 Every bound here is a certificate of the quantized model (:func:`quantize` or
 :func:`choose_bitwidths`), shown next to the deviation measured on reference data and
-by the adversarial search, and flagged when vacuous (shared doc, section 6).
+by the adversarial search, and flagged when vacuous (docs/path-metrics.md, section 6).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def compare_with_ort(model: nn.Module, chosen: QuantConfig | BitAllocation,
         _, cert = quantize(model, c, None if domain else input_shape,
                            None if domain else input_radius, reference_inputs,
                            search_steps=search_steps, seed=seed, domain=domain,
-                           methods=("path-metric", "bounds") if domain else None)
+                           methods=None)  # certify's registry defaults for the domain
         rows.append(_row(lab, model, c, cert))
     return pd.DataFrame(rows).set_index("configuration")
 
