@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run mf.designed_sweep on digits and write design.csv, design.json "
                     "(Spearman with p-values and point counts, in-scope counts, per-design "
                     "intervals over seeds, the recommended depth scaling) and PNG plots to --out.")
-    q.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S")
     q.add_argument("--task", default="odd-even", help="digits task")
     q.add_argument("--steps", type=int, default=150)
     q.add_argument("--out", required=True, help="output directory (created if missing)")
@@ -158,7 +158,7 @@ def run_design(args: argparse.Namespace) -> int:
 def _run_design(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..meanfield._plots import plot_design
+    from ..meanfield._plots import plot_design, plot_training
     from ..meanfield._sweep import DESIGN_OPTIONS, RECOMMENDED_ESTIMATE, designed_sweep
 
     out = Path(args.out)
@@ -170,17 +170,19 @@ def _run_design(args: argparse.Namespace) -> int:
     table = designed_sweep(seeds=args.seeds, options=options, progress=not args.no_progress)
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_write_text(out / "design.csv", table.to_csv(index=False))
-    summary = {k: table.attrs[k] for k in ("n_rows", "in_scope", "spearman", "by_config",
-                                           "recommendation")}
+    summary = {k: table.attrs[k] for k in ("n_rows", "in_scope", "in_scope_designs", "gap_span",
+                                           "spearman_means", "spearman", "spearman_per_seed",
+                                           "ratio", "best_estimate", "by_config", "recommendation")}
     js = atomic_write_text(out / "design.json", json.dumps(summary, indent=2, default=str) + "\n")
     written = [csv, js]
     if not args.no_plots:
-        written.extend(plot_design(table, out))
-    sp = table.attrs["spearman"][RECOMMENDED_ESTIMATE]
+        written.extend(plot_design(table, out) + plot_training(table, out))
+    sp = table.attrs["spearman_means"][RECOMMENDED_ESTIMATE]
     rho = "n/a" if math.isnan(sp["rho"]) else f"{sp['rho']:.3f} (p = {sp['pvalue']:.2g})"
     rec = table.attrs["recommendation"]
     print(f"{table.attrs['n_rows']} runs ({table.attrs['in_scope']} in scope); "
-          f"Spearman({RECOMMENDED_ESTIMATE}, measured gap) = {rho} over {sp['n_points']}; "
+          f"Spearman({RECOMMENDED_ESTIMATE}, measured gap) = {rho} over {sp['n_points']} "
+          "design means; "
           f"recommended scaling: {rec.get('scaling')}")
     for path in written:
         print(f"wrote {path}")

@@ -25,6 +25,7 @@ from ._audit import (
     audit,
     laziness,
 )
+from ._batch import TrainJob, train_many
 from ._compress import (
     MagnitudePrune,
     RoundToGrid,
@@ -33,11 +34,18 @@ from ._compress import (
     round_to_grid,
 )
 from ._data import DataSplit, load_digits_task
-from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, GramPoint, MeanFieldEstimate, estimate
+from ._estimate import (
+    ESTIMATE_COLUMNS,
+    EstimateOptions,
+    GramPoint,
+    MeanFieldEstimate,
+    PhaseRate,
+    estimate,
+)
 from ._gram import GramPair, gram_matrices
 from ._kl import KLEstimate, gaussian_kl, knn_kl
 from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
-from ._plots import plot_design, plot_sweep
+from ._plots import plot_design, plot_sweep, plot_training
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._sweep import (
     DESIGN_OPTIONS,
@@ -65,6 +73,10 @@ __all__ = [
     "flip_labels",
     "recommend_scaling",
     "plot_design",
+    "plot_training",
+    "PhaseRate",
+    "TrainJob",
+    "train_many",
     "ALPHA_MAX",
     "BETA_LARGE",
     "LAZY_GRAM",

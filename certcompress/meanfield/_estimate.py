@@ -21,14 +21,15 @@ from ._audit import audit, laziness, with_laziness
 from ._data import as_features, as_targets
 from ._gram import gram_matrices, lambda_min
 from ._kl import KLEstimate, gaussian_kl, knn_kl
-from ._model import ScaledResNet, particles_from_state
+from ._model import Particles, ScaledResNet, particles_from_state
 from ._paper import paper_bounds
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._train import TrainRun, data_fingerprint, progress_enabled
 from ._transport import w2_coupling_bound
 from ._types import CovarianceMode, GramMethod
 
-__all__ = ["EstimateOptions", "GramPoint", "MeanFieldEstimate", "estimate", "ESTIMATE_COLUMNS"]
+__all__ = ["EstimateOptions", "GramPoint", "PhaseRate", "MeanFieldEstimate", "estimate",
+           "ESTIMATE_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,28 @@ class GramPoint:
     loss: float
     lambda_min_G2: float
     lambda_min_G12: float
+    kl_gaussian: float = math.nan
+
+
+@dataclass(frozen=True)
+class PhaseRate:
+    """Loss decay over one phase [t_start, t_end] of flow time (between two Gram checkpoints).
+
+    ``measured`` = -log(L(t_end) / L(t_start)) / (t_end - t_start) [M];
+    ``predicted`` = (2 beta^2 / n) * mean over the phase of lambda_min of the Gram matrix
+    that drives the run (G1 + G2; G2 alone for a head-only run), trapezoid rule [D]:
+    under gradient flow dL/dt <= -(2 beta^2/n) lambda_min L, so measured >= predicted up
+    to the discretisation of the flow and of the mean. ``predicted_G2`` uses G2 alone
+    (the paper's envelope exp(-(2 beta^2/n) int lambda_min(G2))).
+    """
+
+    t_start: float
+    t_end: float
+    loss_start: float
+    loss_end: float
+    measured: float
+    predicted: float
+    predicted_G2: float
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,14 @@ class MeanFieldEstimate:
         the embedded data), kl_bound_paper (KL bound at the final flow time as a
         function of beta, n, Lambda_s, t), rademacher_paper and gap_bound_paper (+
         gap_bound_paper_vacuous) for the frozen-feature head class.
+    rademacher_sqrt_kl [E]: beta sigma_a sqrt(2 r / n), the small-radius form of the
+        DV Rademacher bound at the estimated radius r (in scope only; here r is not small
+        against 1, so it is an estimate of the rate, not a bound).
+    Per-phase decay [M, D]: phase_rates (one :class:`PhaseRate` per interval between
+        Gram checkpoints), decay_rate_late_measured / decay_rate_late_predicted (the last
+        phase); trainable ("all" or "head": the frozen-features ablation).
+    Trajectory: GramPoint per Gram checkpoint, with kl_gaussian, the bias-corrected
+        Gaussian-fit KL (head + mean over blocks) of the particles there [E].
     The theorem's conditions, checked on this run: beta_over_sqrt_n and cond_beta
         (beta >= sqrt(n)), kl_radius_times_n and cond_kl (estimated KL radius <= 1/n),
         t0_measured (first checkpoint time with lambda_min(G1+G2) < Lambda_G2 / 2; inf
@@ -211,7 +242,12 @@ class MeanFieldEstimate:
     train_time: float
     cond_time: bool
     conditions_met: bool
+    trainable: str = "all"
+    decay_rate_late_measured: float = math.nan
+    decay_rate_late_predicted: float = math.nan
+    rademacher_sqrt_kl: float | None = None
     trajectory: tuple[GramPoint, ...] = ()
+    phase_rates: tuple[PhaseRate, ...] = ()
     w2_bound_per_layer: tuple[float, ...] = ()
     kl_gaussian_per_layer: tuple[float, ...] = ()
     kl_knn_per_layer: tuple[float, ...] = ()
@@ -245,6 +281,10 @@ class MeanFieldEstimate:
             f"  [M] lambda_min(G1+G2): init {self.lambda_min_G12_init:.4g}, final {self.lambda_min_G12_final:.4g}",
             f"  [M/D] loss decay: fitted rate {self.decay_rate_fitted:.4g}, predicted (G2) "
             f"{self.decay_rate_predicted_G2:.4g}, bound {'holds' if self.loss_decay_holds else 'VIOLATED'}",
+            "  [M/D] per-phase decay rate, measured vs predicted (2 beta^2/n) mean lambda_min"
+            + (" (G2: head only)" if self.trainable == "head" else " (G1+G2)") + ": "
+            + (", ".join(f"t {p.t_start:.3g}-{p.t_end:.3g}: {p.measured:.3g} vs {p.predicted:.3g}"
+                         for p in self.phase_rates) or "n/a"),
             f"  [D] W2 coupling bound: residual {self.w2_bound_residual:.4g}, head {self.w2_bound_head:.4g}",
             f"  [E] KL (nats): Gaussian fit (bias-corrected) residual {self.kl_gaussian_residual:.4g} head {self.kl_gaussian_head:.4g}; "
             f"kNN residual {self.kl_knn_residual:.4g} head {self.kl_knn_head:.4g} (+-{self.kl_knn_stderr:.2g}, "
@@ -258,7 +298,7 @@ class MeanFieldEstimate:
 
 
 ESTIMATE_COLUMNS: tuple[str, ...] = tuple(
-    f.name for f in fields(MeanFieldEstimate) if not f.name.startswith(("trajectory", "notes"))
+    f.name for f in fields(MeanFieldEstimate) if not f.name.startswith(("trajectory", "notes", "phase_rates"))
     and not f.name.endswith("per_layer")
 )
 
@@ -283,6 +323,30 @@ def _kl_pair(samples: np.ndarray, std: np.ndarray, opts: EstimateOptions, seed: 
     g = gaussian_kl(samples, std, covariance=opts.covariance, bootstrap=opts.bootstrap, seed=seed)
     k = knn_kl(samples, std, k=min(opts.knn_k, samples.shape[0] - 1), repeats=opts.knn_repeats, seed=seed)
     return g, k
+
+
+def _kl_floor(p: Particles, res_std: np.ndarray, head_std: np.ndarray) -> float:
+    """Bias-corrected diagonal Gaussian-fit KL: head + mean over blocks (nats, no bootstrap)."""
+    if p.head.shape[0] < 3 or p.residual.shape[1] < 3:
+        return math.nan
+    head = gaussian_kl(p.head, head_std, covariance="diagonal", bootstrap=0).value
+    res = [gaussian_kl(p.residual[i], res_std, covariance="diagonal", bootstrap=0).value
+           for i in range(p.residual.shape[0])]
+    return float(head + np.mean(res))
+
+
+def _phase_rates(traj: list[GramPoint], beta2: float, n: int, head_only: bool) -> list[PhaseRate]:
+    out = []
+    for a, b in zip(traj[:-1], traj[1:], strict=True):
+        dt = b.time - a.time
+        if not (dt > 0 and a.loss > 0 and b.loss > 0):
+            continue
+        lam_a = a.lambda_min_G2 if head_only else a.lambda_min_G12
+        lam_b = b.lambda_min_G2 if head_only else b.lambda_min_G12
+        out.append(PhaseRate(a.time, b.time, a.loss, b.loss, -math.log(b.loss / a.loss) / dt,
+                             2.0 * beta2 / n * 0.5 * (lam_a + lam_b),
+                             2.0 * beta2 / n * 0.5 * (a.lambda_min_G2 + b.lambda_min_G2)))
+    return out
 
 
 def _kernel_measure(G2: np.ndarray, y: np.ndarray, floor: float) -> float:
@@ -354,12 +418,15 @@ def estimate(
     traj: list[GramPoint] = []
     G2_init: np.ndarray | None = None
     bar = tqdm(chosen, desc="gram", disable=not progress_enabled(progress), leave=False)
+    res_std0 = work.prior.residual_std(cfg.d)
+    head_std0 = work.prior.head_std(cfg.d)
     for ck in bar:
         _load(work, ck.state)
         gp = gram_matrices(work, Xt, method=opts.gram_method)
         if G2_init is None:
             G2_init = gp.G2
-        traj.append(GramPoint(ck.step, ck.time, ck.loss, lambda_min(gp.G2), lambda_min(gp.G1 + gp.G2)))
+        traj.append(GramPoint(ck.step, ck.time, ck.loss, lambda_min(gp.G2), lambda_min(gp.G1 + gp.G2),
+                              _kl_floor(particles_from_state(dict(ck.state)), res_std0, head_std0)))
     bar.close()
     assert G2_init is not None
     lam2 = np.array([p.lambda_min_G2 for p in traj])
@@ -384,6 +451,8 @@ def estimate(
         mean_l12 = float(np.sum(np.diff(times) * 0.5 * (lam12[1:] + lam12[:-1])) / span)
     else:
         fitted = mean_l2 = mean_l12 = math.nan
+    head_only = getattr(run, "trainable", "all") == "head"
+    phases = _phase_rates(traj, beta2, n, head_only)
     _load(work, run.checkpoints[-1].state)
 
     # ---- distance from initialisation
@@ -486,6 +555,11 @@ def estimate(
         cond_beta=cond_beta, kl_radius_times_n=radius * n, cond_kl=cond_kl, t0_measured=t0,
         train_time=train_time, cond_time=cond_time,
         conditions_met=cond_beta and cond_kl and cond_time,
-        trajectory=tuple(traj), w2_bound_per_layer=w2_layers,
+        trainable=str(getattr(run, "trainable", "all")),
+        decay_rate_late_measured=phases[-1].measured if phases else math.nan,
+        decay_rate_late_predicted=phases[-1].predicted if phases else math.nan,
+        rademacher_sqrt_kl=(cfg.beta * work.prior.sigma_a * math.sqrt(2.0 * max(radius, 0.0) / n)
+                            if in_scope else None),
+        trajectory=tuple(traj), phase_rates=tuple(phases), w2_bound_per_layer=w2_layers,
         kl_gaussian_per_layer=tuple(kl_g), kl_knn_per_layer=tuple(kl_k), notes=tuple(notes),
     )

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._io import atomic_path
 from ..errors import ConfigurationError
-from ._sweep import spearman_agreement
+from ._sweep import THEORY_COLUMNS, ci95, design_means, spearman_agreement
 
-__all__ = ["plot_sweep", "plot_design"]
+__all__ = ["plot_sweep", "plot_design", "plot_training"]
 
 _GROUP_KEYS = ("alpha", "width", "n_train", "init")
 _SHORT = {"alpha": "a", "width": "M", "n_train": "n", "init": "init"}
@@ -135,23 +136,27 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
         v = v[np.isfinite(v)]
         if not v.size:
             return math.nan, math.nan
-        half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
-        return float(v.mean()), half
+        half = ci95(v)
+        return float(v.mean()), 0.0 if math.isnan(half) else half
 
-    fig = Figure(figsize=(14, 4.5))
-    axes = fig.subplots(1, 3)
-    for ax, col in zip(axes, ("gap_estimate", "kernel_measure", "gap_bound_paper"), strict=True):
-        sp = spearman_agreement(table if col != "gap_estimate" else table[table["in_scope"].astype(bool)], col)
+    panels = [c for c in ("gap_estimate", "rademacher_sqrt_kl", "kernel_measure", "gap_bound_paper")
+              if c in table.columns]
+    means = design_means(table, ["measured_gap", *panels])
+    fig = Figure(figsize=(4.7 * len(panels), 4.5))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, col in zip(axes, panels, strict=True):
+        sp = spearman_agreement(means[means["in_scope"]] if col in THEORY_COLUMNS else means, col)
         for name, sub in table.groupby("design", sort=False):
             (x, xe), (y, ye) = stats(sub, "measured_gap"), stats(sub, col)
             if math.isfinite(x) and math.isfinite(y):
                 ax.errorbar([x], [y], xerr=[xe], yerr=[ye], fmt="o", ms=4, capsize=2)
                 ax.annotate(str(name), (x, y), fontsize=6)
-        if math.isfinite(bound) and col != "kernel_measure":
+        if math.isfinite(bound) and col in ("gap_estimate", "gap_bound_paper"):
             ax.axhline(bound, color="grey", lw=0.8, ls=":", label=f"loss range {bound:g}: above is vacuous")
             ax.legend(fontsize=7)
         rho = "n/a" if math.isnan(sp.rho) else f"{sp.rho:.2f} (p={sp.pvalue:.2g})"
-        ax.set_title(f"{col}: Spearman {rho}, {sp.n_configs} points", fontsize=9)
+        ax.set_title(f"{col}: Spearman {rho}\nover {sp.n_configs} design means (95% t-intervals)",
+                     fontsize=9)
         ax.set_xlabel("measured gap (test - train loss)")
         ax.set_ylabel(col)
         ax.set_yscale("log")
@@ -172,4 +177,119 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
     ax.set_ylabel("eigenvalue")
     ax.legend(fontsize=7)
     paths.append(_save(fig, out / "design_lambda.png"))
+    return tuple(paths)
+
+
+def _trajectories(table: pd.DataFrame) -> list[dict[str, object]]:
+    traj = table.attrs.get("trajectories")
+    if not isinstance(traj, dict) or not traj:
+        raise ConfigurationError("plot_training: the table has no attrs['trajectories']; pass "
+                                 "the table returned by mf.designed_sweep (a CSV read back "
+                                 "loses them)")
+    first_seed = min(int(v["seed"]) for v in traj.values())
+    return [v for v in traj.values() if int(v["seed"]) == first_seed]
+
+
+def _envelope(tr: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    """Per phase k: L(t_k) exp(-(2 beta^2/n) int_{t_k}^t lambda_min(G2)), lambda linear
+    between Gram checkpoints; returns (times, envelope) with NaN between phases."""
+    cks = tr["checkpoints"]
+    beta2, n = float(tr["beta"]) ** 2, int(tr["n"])  # type: ignore[arg-type, call-overload]
+    ts, es = [], []
+    for a, b in zip(cks[:-1], cks[1:], strict=True):  # type: ignore[index]
+        t = np.linspace(a["time"], b["time"], 30)
+        frac = (t - a["time"]) / max(b["time"] - a["time"], 1e-300)
+        lam_a, lam_b = a["lambda_min_G2"], b["lambda_min_G2"]
+        integral = (t - a["time"]) * (lam_a + 0.5 * frac * (lam_b - lam_a))
+        ts.extend([*t, math.nan])
+        es.extend([*(a["loss"] * np.exp(-(2.0 * beta2 / n) * integral)), math.nan])
+    return np.array(ts), np.array(es)
+
+
+def plot_training(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
+    """Plots along training of a :func:`designed_sweep` table (first seed, one line or
+    panel per design point), from ``table.attrs["trajectories"]``:
+
+    - training_lambda.png: lambda_min(G1+G2) and lambda_min(G2) against flow time [M];
+    - training_loss_envelope.png: the training loss [M] against the predicted envelope
+      L(t_k) exp(-(2 beta^2/n) int_{t_k}^t lambda_min(G2)) restarted at every phase [D]
+      (gradient flow stays below it; gradient descent with a finite step nearly so);
+    - training_kl.png: the Gaussian-fit KL radius (head + mean block) over training [E];
+    - training_phase_rates.png: per-phase measured decay rate against the predicted
+      (2 beta^2/n) mean lambda_min (G1+G2; G2 for head-only runs), with the line
+      measured = predicted (gradient flow lies above it).
+    """
+    trs = _trajectories(table)
+    out = Path(out_dir)
+    paths = []
+    colours = list(colormaps["tab20"].colors)  # type: ignore[attr-defined]
+    fig = Figure(figsize=(12, 4.5))
+    a1, a2 = fig.subplots(1, 2)
+    for ax in (a1, a2):
+        ax.set_prop_cycle(color=colours)
+    for tr in trs:
+        cks = tr["checkpoints"]
+        t = [c["time"] for c in cks]  # type: ignore[attr-defined]
+        a1.plot(t, [max(c["lambda_min_G12"], 1e-12) for c in cks], "-o", ms=3, label=str(tr["design"]))  # type: ignore[attr-defined]
+        a2.plot(t, [max(c["lambda_min_G2"], 1e-12) for c in cks], "-o", ms=3, label=str(tr["design"]))  # type: ignore[attr-defined]
+    for ax, what in ((a1, "lambda_min(G1+G2)"), (a2, "lambda_min(G2)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("flow time t = lr * step")
+        ax.set_ylabel(what)
+        ax.set_title(f"{what} over training [M]", fontsize=10)
+    a2.legend(fontsize=6, ncol=2)
+    paths.append(_save(fig, out / "training_lambda.png"))
+
+    cols = 6
+    rows = max(1, math.ceil(len(trs) / cols))
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for ax, tr in zip(axes, trs, strict=False):
+        losses = np.asarray(tr["losses"], dtype=np.float64)
+        ax.plot(float(tr["lr"]) * np.arange(losses.size), losses, "-", lw=1.2, label="loss [M]")  # type: ignore[arg-type]
+        te, ee = _envelope(tr)
+        ax.plot(te, ee, "--", lw=1, color="grey", label="envelope per phase [D]")
+        ax.set_yscale("log")
+        ax.set_title(str(tr["design"]), fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(trs):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    paths.append(_save(fig, out / "training_loss_envelope.png"))
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    ax.set_prop_cycle(color=colours)
+    for tr in trs:
+        cks = tr["checkpoints"]
+        ax.plot([c["time"] for c in cks], [c["kl_gaussian"] for c in cks], "-o", ms=3,  # type: ignore[attr-defined]
+                label=str(tr["design"]))
+    ax.set_xlabel("flow time t")
+    ax.set_ylabel("nats")
+    ax.set_title("KL radius over training: Gaussian-fit floor, head + mean block [E]", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    paths.append(_save(fig, out / "training_kl.png"))
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    ax.set_prop_cycle(color=colours)
+    lo, hi = math.inf, 0.0
+    for tr in trs:
+        ph = tr["phases"]
+        x = [p["predicted"] for p in ph]  # type: ignore[attr-defined]
+        y = [p["measured"] for p in ph]  # type: ignore[attr-defined]
+        pos = [(a, b) for a, b in zip(x, y, strict=True) if a > 0 and b > 0]
+        if pos:
+            ax.plot(*zip(*pos, strict=True), "-o", ms=3, label=str(tr["design"]))
+            lo = min(lo, *(min(p) for p in pos))
+            hi = max(hi, *(max(p) for p in pos))
+    if hi > 0:
+        ax.plot([lo, hi], [lo, hi], ":", color="k", lw=1, label="measured = predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted rate (2 beta^2/n) mean lambda_min [D]")
+    ax.set_ylabel("measured rate -dlog L/dt [M]")
+    ax.set_title("loss decay per phase (lines join a run's phases in order)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    paths.append(_save(fig, out / "training_phase_rates.png"))
     return tuple(paths)

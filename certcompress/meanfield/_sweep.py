@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import spearmanr
+from scipy.stats import t as student_t
 from tqdm.auto import tqdm
 
 from .._runners import runner
 from ..errors import ConfigurationError
+from ._batch import TrainJob, train_many
 from ._data import DataSplit, as_features, as_targets, load_digits_task, load_npz, split_arrays
 from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, estimate
 from ._model import ScaledResNet
 from ._train import progress_enabled, train
 
 __all__ = ["SweepOptions", "SpearmanResult", "sweep", "spearman_agreement", "resolve_data",
+           "ci95", "design_means", "THEORY_COLUMNS",
            "SWEEP_COLUMNS", "AGREEMENT_COLUMNS"]
 
 SweepData = str | DataSplit | tuple[object, object] | tuple[object, object, object, object]
@@ -212,7 +218,7 @@ def sweep(
                      **est.as_row(), "notes": "; ".join(est.notes)})
     bar.close()
     table = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr",
+    for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr", "rademacher_sqrt_kl",
                 "gap_estimate", "gap_estimate_closed_form", "train_error", "test_error"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     table.attrs["spearman"] = {c: spearman_agreement(table, c).__dict__ for c in AGREEMENT_COLUMNS}
@@ -244,7 +250,10 @@ def _sweep_on_executor(
 # ----------------------------------------------------------------- the designed sweep
 DESIGN_AGREEMENT_COLUMNS: tuple[str, ...] = (
     "gap_estimate", "gap_estimate_closed_form", "gap_bound_paper", "kernel_measure",
-    "kl_radius", "w2_bound_head", "rademacher_mc")
+    "kl_radius", "w2_bound_head", "rademacher_mc", "rademacher_sqrt_kl")
+THEORY_COLUMNS = frozenset({"gap_estimate", "gap_estimate_closed_form", "rademacher_mc",
+                            "rademacher_sqrt_kl"})
+"""Estimates the theory defines only in scope (their agreement is over in-scope rows)."""
 """Estimates whose rank agreement with the measured gap the designed sweep reports."""
 
 RECOMMENDED_ESTIMATE = "gap_estimate"
@@ -255,7 +264,11 @@ docs/meanfield.md for the measured values)."""
 
 @dataclass(frozen=True)
 class DesignPoint:
-    """One configuration of :func:`designed_sweep`: n, label-noise fraction, network."""
+    """One configuration of :func:`designed_sweep`: n, label-noise fraction, network.
+
+    ``beta``: the head scale; ``trainable``: ``"all"`` or ``"head"`` (the
+    frozen-features ablation: only the head particles train).
+    """
 
     name: str
     n: int
@@ -265,12 +278,16 @@ class DesignPoint:
     alpha: float = 1.0
     init: str = "mean-field"
     width: int = 32
+    beta: float = 1.0
+    trainable: str = "all"
 
 
 def default_design() -> tuple[DesignPoint, ...]:
     """n in {50, 100, 400} x label noise {0, 0.2, 0.4} at L = 4 (mean-field scaling),
     plus depth (L = 16), alpha (0.25, 4), scaling (sqrt, none) and init (standard,
-    paired) variants at n = 100, noise 0.2: 16 configurations whose gaps differ."""
+    paired) variants at n = 100, noise 0.2, and two comparison rows at the same n and
+    noise: the frozen-features ablation (``head-only``: only the head trains) and the
+    lazy comparison (``lazy: standard init, beta=10``): 18 configurations whose gaps differ."""
     pts = [DesignPoint(f"n={n} noise={q:g}", n, q, 4) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)]
     base = {"n": 100, "noise": 0.2}
     pts += [
@@ -281,6 +298,8 @@ def default_design() -> tuple[DesignPoint, ...]:
         DesignPoint("scaling=none L=16", depth=16, scaling="none", **base),  # type: ignore[arg-type]
         DesignPoint("init=standard", depth=4, init="standard", **base),  # type: ignore[arg-type]
         DesignPoint("init=paired", depth=4, init="paired", **base),  # type: ignore[arg-type]
+        DesignPoint("head-only", depth=4, trainable="head", **base),  # type: ignore[arg-type]
+        DesignPoint("lazy: standard init, beta=10", 100, 0.2, 4, init="standard", beta=10.0),
     ]
     return tuple(pts)
 
@@ -310,10 +329,29 @@ def _spearman_ci(table: pd.DataFrame, column: str) -> dict[str, object]:
             "note": res.note}
 
 
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One BLAS / torch thread: these matrices are small, and on a shared or loaded
+    machine multi-threaded BLAS on them is many times slower (measured: 30-50 s instead
+    of 2 s for one n = 400 estimate at load 10 on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+        except ImportError:  # pragma: no cover - scikit-learn always brings it
+            yield
+            return
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def designed_sweep(
     design: Sequence[DesignPoint] | None = None,
     *,
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0, 1, 2),
     data: str = "digits",
     options: SweepOptions | None = None,
     progress: bool = True,
@@ -322,79 +360,152 @@ def designed_sweep(
 
     The default design (:func:`default_design`) varies n and label noise (on the
     training labels only; the test labels stay clean), so the measured gaps really
-    differ, plus depth, alpha, scaling and init variants. ``seeds`` seed the data
-    split, the label flips, the particles and the estimators: the same seeds give the
-    same table. Columns: ``design``, ``noise``, then those of :func:`sweep`.
+    differ, plus depth, alpha, scaling and init variants, the frozen-features ablation
+    and the lazy comparison. ``seeds`` seed the data split, the label flips, the
+    particles and the estimators: the same design and seeds give the same table. All runs
+    are trained together (:func:`train_many`: particles batched across configurations
+    and seeds of the same shape), single-threaded; a point run inside another design is
+    batched with other runs and agrees to rounding, which a chaotic run (standard init at
+    this step size) can amplify to about 1e-3 over 150 steps. Columns: ``design``, ``noise``, then
+    those of :func:`sweep`.
 
-    ``table.attrs``: ``"spearman"`` (estimate column -> rho, p-value, number of points,
-    over in-scope rows for the theory estimates and all rows for the others),
-    ``"in_scope"`` / ``"n_rows"``, ``"by_config"`` (per design point: mean and 95%
-    normal interval over seeds of the measured gap and each estimate) and
-    ``"recommendation"`` (the depth scaling with the smallest estimated risk among
-    in-scope configurations, with its evidence).
+    ``table.attrs``: ``"spearman"`` (estimate column -> rho, p-value, number of points
+    over all rows: in-scope rows for the theory estimates), ``"spearman_means"`` (the
+    same over the per-design means across seeds, in-scope designs only: the headline
+    figure), ``"spearman_per_seed"`` (column -> one rho/p per seed),
+    ``"ratio"`` (column -> min/median/max of estimate / measured gap over in-scope
+    rows), ``"in_scope"`` / ``"n_rows"``, ``"by_config"`` (per design point: mean and
+    95% t-interval over seeds of the measured gap and each estimate),
+    ``"recommendation"`` (:func:`recommend_scaling`) and ``"trajectories"`` (per row:
+    flow time, loss, lambda_min(G2), lambda_min(G1+G2) and the Gaussian-fit KL at the
+    Gram checkpoints, the per-step loss curve and the per-phase decay rates).
     """
     opts = options or DESIGN_OPTIONS
     points = tuple(design) if design is not None else default_design()
     if not points:
         raise ConfigurationError("designed_sweep: the design is empty")
+    for pt in points:
+        if pt.trainable not in ("all", "head"):
+            raise ConfigurationError(f"designed_sweep: {pt.name}: trainable must be 'all' or "
+                                     f"'head', got {pt.trainable!r}")
     seeds_t = tuple(int(s) for s in seeds)
     if not seeds_t:
         raise ConfigurationError("designed_sweep: seeds must not be empty")
     # the split (and its standardisation) must not depend on which points are run, so
     # that a design point gives the same row alone or in a larger design
     n_max = max(400, max(p.n for p in points))
-    rows = []
-    jobs = [(s, p) for s in seeds_t for p in points]
-    bar = tqdm(jobs, desc="meanfield design", disable=not progress_enabled(progress))
-    splits: dict[int, DataSplit] = {}
-    for seed, pt in bar:
-        if seed not in splits:
-            splits[seed] = resolve_data(data, n_max, opts, seed)
-        split = splits[seed]
-        p_in = split.input_dim
-        d = opts.hidden_dim or p_in
-        K = opts.head_width or pt.width
-        net = ScaledResNet(d, pt.depth, pt.width, K, pt.scaling, pt.alpha, opts.beta,  # type: ignore[arg-type]
-                           activation=opts.activation, init=pt.init, input_dim=p_in, seed=seed)  # type: ignore[arg-type]
-        Xtr = split.X_train[:pt.n]
-        ytr = flip_labels(split.y_train[:pt.n], pt.noise, seed + 7919)
+    with _single_threaded():
+        splits = {seed: resolve_data(data, n_max, opts, seed) for seed in seeds_t}
+        jobs: list[TrainJob] = []
+        keys = [(s, p) for s in seeds_t for p in points]
+        for seed, pt in keys:
+            split = splits[seed]
+            p_in = split.input_dim
+            d = opts.hidden_dim or p_in
+            K = opts.head_width or pt.width
+            net = ScaledResNet(d, pt.depth, pt.width, K, pt.scaling, pt.alpha, pt.beta,  # type: ignore[arg-type]
+                               activation=opts.activation, init=pt.init, input_dim=p_in, seed=seed)  # type: ignore[arg-type]
+            jobs.append(TrainJob(net, split.X_train[:pt.n],
+                                 flip_labels(split.y_train[:pt.n], pt.noise, seed + 7919),
+                                 pt.trainable))
         t0 = time.perf_counter()
-        run = train(net, Xtr, ytr, steps=opts.steps, record_every=opts.record_every, lr=opts.lr)
-        train_seconds = time.perf_counter() - t0
-        est = estimate(run, Xtr, ytr, split.X_test, split.y_test, opts.delta,
-                       options=opts.estimate, seed=seed)
-        rows.append({"design": pt.name, "noise": pt.noise, "config": pt.name, "data": split.name,
-                     "seed": seed, "lr": run.lr, "steps_requested": opts.steps,
-                     "train_seconds": train_seconds, **est.as_row(), "notes": "; ".join(est.notes)})
-    bar.close()
+        runs = train_many(jobs, steps=opts.steps, record_every=opts.record_every, lr=opts.lr)
+        train_total = time.perf_counter() - t0
+        rows = []
+        trajectories: dict[str, object] = {}
+        bar = tqdm(list(zip(keys, jobs, runs, strict=True)), desc="meanfield design",
+                   disable=not progress_enabled(progress))
+        for (seed, pt), job, run in bar:
+            split = splits[seed]
+            est = estimate(run, job.X, job.y, split.X_test, split.y_test, opts.delta,
+                           options=opts.estimate, seed=seed)
+            rows.append({"design": pt.name, "noise": pt.noise, "config": pt.name, "data": split.name,
+                         "seed": seed, "lr": run.lr, "steps_requested": opts.steps,
+                         "train_seconds": run.wall_seconds, **est.as_row(),
+                         "notes": "; ".join(est.notes)})
+            trajectories[f"{pt.name}|{seed}"] = {
+                "design": pt.name, "seed": seed, "beta": pt.beta, "n": pt.n,
+                "trainable": pt.trainable, "lr": run.lr,
+                "checkpoints": [dataclasses.asdict(g) for g in est.trajectory],
+                "phases": [dataclasses.asdict(ph) for ph in est.phase_rates],
+                "losses": list(run.losses)}
+        bar.close()
     table = pd.DataFrame(rows, columns=["design", "noise", *SWEEP_COLUMNS])
-    for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr",
+    for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr", "rademacher_sqrt_kl",
                 "gap_estimate", "gap_estimate_closed_form", "train_error", "test_error"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     _attach_design_summary(table)
+    table.attrs["trajectories"] = trajectories
+    table.attrs["train_seconds_total"] = train_total
     return table
+
+
+def ci95(v: np.ndarray) -> float:
+    """Half-width of the 95% Student-t interval of the mean (NaN for one value)."""
+    if v.size < 2:
+        return math.nan
+    return float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def design_means(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Per-design means over seeds of ``columns`` plus ``in_scope`` (every seed in scope)."""
+    num = table[["design", *columns]].copy()
+    for c in columns:
+        num[c] = pd.to_numeric(num[c], errors="coerce")
+    means = num.groupby("design", sort=False).mean()
+    means["in_scope"] = table.groupby("design", sort=False)["in_scope"].apply(
+        lambda v: bool(v.astype(bool).all()))
+    return means
 
 
 def _attach_design_summary(table: pd.DataFrame) -> None:
     in_scope = table["in_scope"].astype(bool)
     table.attrs["n_rows"] = int(len(table))
     table.attrs["in_scope"] = int(in_scope.sum())
-    sp = {}
+    sp, sp_means, sp_seed, ratio = {}, {}, {}, {}
+    means = design_means(table, ["measured_gap", *DESIGN_AGREEMENT_COLUMNS])
     for col in DESIGN_AGREEMENT_COLUMNS:
-        theory = col in ("gap_estimate", "gap_estimate_closed_form", "rademacher_mc")
+        theory = col in THEORY_COLUMNS
         sub = table[in_scope] if theory else table
         sp[col] = _spearman_ci(sub, col)
+        msub = means[means["in_scope"]] if theory else means
+        sp_means[col] = _spearman_ci(msub, col)
+        sp_seed[col] = {str(s): _spearman_ci(g, col)
+                        for s, g in sub.groupby("seed", sort=True)}
+        r = (pd.to_numeric(table.loc[in_scope, col], errors="coerce")
+             / pd.to_numeric(table.loc[in_scope, "measured_gap"], errors="coerce")).to_numpy(dtype=np.float64)
+        r = r[np.isfinite(r)]
+        ratio[col] = ({"min": float(r.min()), "median": float(np.median(r)), "max": float(r.max())}
+                      if r.size else {})
     table.attrs["spearman"] = sp
+    table.attrs["spearman_means"] = sp_means
+    ranked = [c for c in DESIGN_AGREEMENT_COLUMNS if math.isfinite(float(sp_means[c]["rho"]))]  # type: ignore[arg-type]
+    best = max(ranked, key=lambda c: float(sp_means[c]["rho"]), default=None)  # type: ignore[arg-type]
+    table.attrs["best_estimate"] = {
+        "column": best, **({} if best is None else sp_means[best]),
+        "note": "the estimate with the highest Spearman over per-design means on THIS table; "
+                "selected after the fact, so confirm it on other seeds before relying on it"}
+    table.attrs["spearman_per_seed"] = sp_seed
+    table.attrs["ratio"] = ratio
+    gaps = means.loc[means["in_scope"], "measured_gap"].to_numpy(dtype=np.float64)
+    gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
+    table.attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
+    table.attrs["in_scope_designs"] = int(means["in_scope"].sum())
     by: dict[str, dict[str, object]] = {}
     for name, sub in table.groupby("design", sort=False):
         entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
                                     "regime": str(sub["regime"].iloc[0])}
-        for col in ("measured_gap", "gap_estimate", "gap_bound_paper", "kernel_measure"):
+        for col in ("measured_gap", *DESIGN_AGREEMENT_COLUMNS, "train_loss", "test_loss",
+                    "rademacher_closed_form", "kl_gaussian_head", "kl_knn_head",
+                    "kl_gaussian_residual", "kl_knn_residual", "w2_bound_residual",
+                    "Lambda_s", "Lambda_G2", "kl_bound_paper", "rademacher_paper",
+                    "lambda_min_G2_init", "lambda_min_G2_final", "lambda_min_G12_final",
+                    "move_head", "move_residual", "gram_change",
+                    "decay_rate_late_measured", "decay_rate_late_predicted"):
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
             if v.size:
-                half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else math.nan
-                entry[col] = {"mean": float(v.mean()), "ci95": half}
+                entry[col] = {"mean": float(v.mean()), "ci95": ci95(v)}
         by[str(name)] = entry
     table.attrs["by_config"] = by
     table.attrs["recommendation"] = recommend_scaling(table)
@@ -418,6 +529,51 @@ def recommend_scaling(table: pd.DataFrame) -> dict[str, object]:
     out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)) - set(sub["scaling"].astype(str)))
     return {"scaling": best, "estimate": RECOMMENDED_ESTIMATE,
             "evidence": {str(k): {c: float(v) for c, v in row.items()} for k, row in agg.iterrows()},
+            "matched": _matched_scalings(table, best),
             "out_of_scope_scalings": out_scope,
             "reason": (f"smallest mean train loss + {RECOMMENDED_ESTIMATE} among in-scope "
-                       "configurations; out-of-scope scalings cannot be ranked by the theory")}
+                       "configurations; out-of-scope scalings cannot be ranked by the theory, "
+                       "so 'matched' compares every scaling on configurations that differ only "
+                       "in the scaling (measured gap and test loss with 95% t-intervals over "
+                       "seeds, regime, in-scope and conditions-met fractions)")}
+
+
+_MATCH_KEYS = ("n_train", "noise", "depth", "alpha", "init", "beta", "trainable", "width")
+
+
+def _matched_scalings(table: pd.DataFrame, best: str) -> dict[str, dict[str, object]]:
+    """Evidence per scaling over configurations run with two or more scalings and
+    otherwise equal (n, noise, depth, alpha, init, beta, trainable, width);
+    ``gap_minus_best``: the measured gap minus that of scaling ``best`` on the same
+    configuration and seed (paired: the same data split and label flips), mean and 95%
+    t-interval."""
+    keys = [k for k in _MATCH_KEYS if k in table.columns]
+    if "scaling" not in table.columns or not keys:
+        return {}
+    t = table.copy()
+    t["_key"] = t[keys].astype(str).agg("|".join, axis=1)
+    shared = t.groupby("_key")["scaling"].nunique()
+    t = t[t["_key"].isin(shared[shared >= 2].index)]
+    out: dict[str, dict[str, object]] = {}
+    for sc, sub in t.groupby(t["scaling"].astype(str), sort=True):
+        entry: dict[str, object] = {
+            "rows": int(len(sub)), "regimes": sorted(set(sub["regime"].astype(str))),
+            "in_scope_fraction": float(sub["in_scope"].astype(bool).mean()),
+            "conditions_met_fraction": float(sub["conditions_met"].astype(bool).mean()),
+            "configurations": sorted(set(sub["_key"]))}
+        for col in ("measured_gap", "test_loss", "train_loss"):
+            v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
+            v = v[np.isfinite(v)]
+            entry[col] = {"mean": float(v.mean()) if v.size else math.nan, "ci95": ci95(v)}
+        out[str(sc)] = entry
+    ref = t[t["scaling"].astype(str) == best].set_index(["_key", "seed"])["measured_gap"]
+    for sc, sub in t.groupby(t["scaling"].astype(str), sort=True):
+        if sc == best or ref.empty:
+            continue
+        mine = sub.set_index(["_key", "seed"])["measured_gap"]
+        both = mine.index.intersection(ref.index)
+        d = (pd.to_numeric(mine[both]) - pd.to_numeric(ref[both])).to_numpy(dtype=np.float64)
+        d = d[np.isfinite(d)]
+        out[str(sc)]["gap_minus_best"] = {"mean": float(d.mean()) if d.size else math.nan,
+                                          "ci95": ci95(d), "pairs": int(d.size)}
+    return out

@@ -62,6 +62,8 @@ class TrainRun:
     ``seconds_per_step`` is the mean wall time of one gradient step (forward, backward,
     update), without checkpointing. ``lr`` is the step actually used (flow time per
     step): the requested one divided by beta^2 when ``lr_scale == "beta"``.
+    ``trainable``: ``"all"``, or ``"head"`` when only the head particles were trained
+    (the frozen-features ablation).
     """
 
     model: ScaledResNet
@@ -76,6 +78,7 @@ class TrainRun:
     wall_seconds: float
     lr_multipliers: Mapping[str, float] = field(default_factory=dict)
     lr_scale: str = "none"
+    trainable: str = "all"
 
     @property
     def steps_done(self) -> int:
@@ -98,6 +101,7 @@ def train(
     divergence_factor: float = 1e4,
     progress: bool = False,
     lr_scale: str = "beta",
+    trainable: str = "all",
 ) -> TrainRun:
     """Train a copy of ``net`` by full-batch gradient descent on the squared loss.
 
@@ -131,6 +135,8 @@ def train(
         raise ConfigurationError(f"train: lr must be a finite number > 0, got {lr!r}")
     if lr_scale not in ("beta", "none"):
         raise ConfigurationError(f"train: lr_scale must be 'beta' or 'none', got {lr_scale!r}")
+    if trainable not in ("all", "head"):
+        raise ConfigurationError(f"train: trainable must be 'all' or 'head', got {trainable!r}")
     Xa = as_features(X_train, "X_train")
     ya = as_targets(y_train, Xa.shape[0], "y_train")
     model = copy.deepcopy(net)
@@ -142,6 +148,8 @@ def train(
     mults = model.lr_multipliers()
     lr_used = float(lr) / model.config.beta**2 if lr_scale == "beta" else float(lr)
     params = dict(model.named_parameters())
+    if trainable == "head":
+        mults = {k: (0.0 if k in model.residual_parameter_names() else v) for k, v in mults.items()}
 
     checkpoints: list[Checkpoint] = []
     losses: list[float] = []
@@ -200,6 +208,7 @@ def train(
         wall_seconds=time.perf_counter() - start,
         lr_multipliers=dict(mults),
         lr_scale=lr_scale,
+        trainable=trainable,
     )
 
 

@@ -15,7 +15,9 @@ from certcompress.errors import ConfigurationError
 
 TINY = (mf.DesignPoint("n=30 q=0", 30, 0.0, 2, width=8), mf.DesignPoint("n=30 q=0.4", 30, 0.4, 2, width=8),
         mf.DesignPoint("n=60 q=0", 60, 0.0, 2, width=8), mf.DesignPoint("n=60 q=0.4", 60, 0.4, 2, width=8),
-        mf.DesignPoint("sqrt", 30, 0.2, 2, scaling="sqrt", width=8))
+        mf.DesignPoint("sqrt", 30, 0.2, 2, scaling="sqrt", width=8),
+        mf.DesignPoint("head-only", 30, 0.2, 2, width=8, trainable="head"),
+        mf.DesignPoint("lazy", 30, 0.2, 2, width=8, init="standard", beta=10.0))
 OPTS = dataclasses.replace(mf.DESIGN_OPTIONS, steps=15, record_every=5, n_test=80)
 TIMING = ["train_seconds", "estimate_seconds"]
 
@@ -27,7 +29,7 @@ def table() -> pd.DataFrame:
 
 def test_designed_sweep_rows_attrs_and_vacuous_flags(table):
     assert len(table) == 2 * len(TINY) and list(table.columns[:2]) == ["design", "noise"]
-    assert table.attrs["n_rows"] == 10
+    assert table.attrs["n_rows"] == 14
     assert table.attrs["in_scope"] == int(table["in_scope"].sum())
     assert set(table.loc[~table["in_scope"].astype(bool), "scaling"]) >= {"sqrt"}
     for col, sp in table.attrs["spearman"].items():
@@ -40,10 +42,46 @@ def test_designed_sweep_rows_attrs_and_vacuous_flags(table):
     assert by["n=30 q=0"]["measured_gap"]["ci95"] >= 0
     rec = table.attrs["recommendation"]
     assert rec["scaling"] == "mean-field" and rec["out_of_scope_scalings"] == ["sqrt"]
+    # rank agreement over per-design means (in-scope designs for the theory estimates)
+    means = table.attrs["spearman_means"]
+    assert means["gap_estimate"]["n_points"] == table.attrs["in_scope_designs"]
+    assert means["kernel_measure"]["n_points"] == len(TINY)
+    assert set(table.attrs["spearman_per_seed"]["gap_estimate"]) == {"0", "1"}
+    r = table.attrs["ratio"]["gap_estimate"]
+    assert 0 < r["min"] <= r["median"] <= r["max"]
+    assert table.attrs["best_estimate"]["column"] in means
+
+
+def test_ablation_and_lazy_rows_sit_in_the_same_table(table):
+    head = table[table["design"] == "head-only"]
+    assert (head["trainable"] == "head").all() and (head["move_residual"] == 0).all()
+    assert (head["move_head"] > 0).all()
+    lazy = table[table["design"] == "lazy"]
+    assert (lazy["beta"] == 10.0).all() and (lazy["init"] == "standard").all()
+    assert not lazy["in_scope"].astype(bool).any()
+    assert set(lazy["regime"]) <= {"lazy", "large-scale"}
+
+
+def test_trajectories_and_phase_rates(table):
+    traj = table.attrs["trajectories"]
+    assert set(traj) == {f"{p.name}|{s}" for p in TINY for s in (0, 1)}
+    tr = traj["n=60 q=0|0"]
+    assert [c["step"] for c in tr["checkpoints"]] == [0, 5, 10, 15]
+    assert len(tr["losses"]) == 16 and len(tr["phases"]) == 3
+    for ph in tr["phases"]:
+        # the phase's measured rate is the log-loss slope between its checkpoints
+        assert ph["measured"] * (ph["t_end"] - ph["t_start"]) == pytest.approx(
+            np.log(ph["loss_start"] / ph["loss_end"]))
+        assert ph["predicted"] >= ph["predicted_G2"] > 0  # G1 + G2 >= G2
+    # untrained particles: the bias-corrected Gaussian KL reads about 0
+    assert abs(tr["checkpoints"][0]["kl_gaussian"]) < 1.0
+    head = traj["head-only|0"]
+    assert all(ph["predicted"] == ph["predicted_G2"] for ph in head["phases"])
 
 
 def test_same_seeds_give_the_same_table(table):
     again = mf.designed_sweep(TINY[:2], seeds=(0,), options=OPTS, progress=False)
+    assert again.attrs["trajectories"]["n=30 q=0|0"] == table.attrs["trajectories"]["n=30 q=0|0"]
     first = table[(table["seed"] == 0) & table["design"].isin([p.name for p in TINY[:2]])]
     pd.testing.assert_frame_equal(first.drop(columns=TIMING).reset_index(drop=True),
                                   again.drop(columns=TIMING).reset_index(drop=True), check_dtype=False)
@@ -63,11 +101,15 @@ def test_default_design_varies_n_noise_and_the_network():
     assert {(p.n, p.noise) for p in pts} >= {(n, q) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)}
     assert {p.depth for p in pts} >= {4, 16} and {p.init for p in pts} >= {"standard", "paired"}
     assert {str(p.scaling) for p in pts} == {"mean-field", "sqrt", "none"}
+    assert {p.trainable for p in pts} == {"all", "head"}
+    assert any(p.init == "standard" and p.beta >= 10 for p in pts)
 
 
 def test_design_plots_are_written(table, tmp_path):
-    paths = mf.plot_design(table, tmp_path)
-    assert {p.name for p in paths} == {"design_estimate_vs_gap.png", "design_lambda.png"}
+    paths = mf.plot_design(table, tmp_path) + mf.plot_training(table, tmp_path)
+    assert {p.name for p in paths} == {"design_estimate_vs_gap.png", "design_lambda.png",
+                                       "training_lambda.png", "training_loss_envelope.png",
+                                       "training_kl.png", "training_phase_rates.png"}
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -78,3 +120,22 @@ def test_cli_design_rejects_bad_steps(tmp_path, capsys):
     args = parser.parse_args(["meanfield", "design", "--steps", "0", "--out", str(tmp_path)])
     assert args.func(args) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_recommendation_compares_scalings_on_matched_configurations():
+    rows = []
+    for seed in (0, 1, 2):
+        for sc, gap, ok in (("mean-field", 0.30 + 0.01 * seed, True), ("sqrt", 0.40 + 0.01 * seed, False)):
+            rows.append({"scaling": sc, "in_scope": ok, "regime": "mean-field" if ok else "SDE",
+                         "conditions_met": False, "train_loss": 0.01, "test_loss": gap + 0.01,
+                         "measured_gap": gap, "gap_estimate": 5.0 if ok else np.nan, "seed": seed,
+                         "n_train": 100, "noise": 0.2, "depth": 16, "alpha": 1.0,
+                         "init": "mean-field", "beta": 1.0, "trainable": "all", "width": 32})
+    rows.append({**rows[0], "depth": 4, "scaling": "mean-field"})  # unmatched: left out
+    rec = mf.recommend_scaling(pd.DataFrame(rows))
+    assert rec["scaling"] == "mean-field" and rec["out_of_scope_scalings"] == ["sqrt"]
+    m = rec["matched"]
+    assert m["mean-field"]["rows"] == 3 and m["sqrt"]["regimes"] == ["SDE"]
+    assert m["sqrt"]["gap_minus_best"]["mean"] == pytest.approx(0.10)
+    assert m["sqrt"]["gap_minus_best"]["ci95"] == pytest.approx(0.0, abs=1e-12)
+    assert m["sqrt"]["gap_minus_best"]["pairs"] == 3

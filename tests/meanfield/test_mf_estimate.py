@@ -62,6 +62,14 @@ def test_in_scope_estimate_is_complete_and_consistent(digits, runs):
     assert est.conditions_met == (est.cond_beta and est.cond_kl and est.cond_time)
     assert est.gap_bound_paper_vacuous == (est.gap_bound_paper >= est.loss_bound)
     assert "[D] Lambda" in est.summary() and "conditions:" in est.summary()
+    # per-phase rates: one per interval between Gram checkpoints, predicted by hand
+    assert len(est.phase_rates) == len(est.trajectory) - 1 and "per-phase" in est.summary()
+    a, b = est.trajectory[-2], est.trajectory[-1]
+    last = est.phase_rates[-1]
+    assert last.predicted == pytest.approx(2 * est.beta**2 / n * (a.lambda_min_G12 + b.lambda_min_G12) / 2)
+    assert last.measured == pytest.approx(math.log(a.loss / b.loss) / (b.time - a.time))
+    assert est.decay_rate_late_measured == last.measured
+    assert est.rademacher_sqrt_kl == pytest.approx(est.beta * math.sqrt(2 * est.kl_radius / n))
 
 
 def test_out_of_scope_estimate_reports_measurements_only(digits, runs):

@@ -111,3 +111,39 @@ def test_paired_init_has_zero_initial_output_and_needs_even_widths():
     torch.testing.assert_close(states[-1], states[0], atol=1e-12, rtol=0)
     with pytest.raises(ConfigurationError, match="even"):
         mf.ScaledResNet(5, 2, 7, 6, init="paired")
+
+
+def test_train_many_matches_train_and_head_only_freezes_the_features():
+    X, y = _data(n=30)
+    X2, y2 = _data(n=20, seed=1)
+    jobs = [mf.TrainJob(mf.ScaledResNet(5, 2, 8, 8, seed=0), X, y),
+            mf.TrainJob(mf.ScaledResNet(5, 2, 8, 8, "sqrt", beta=3.0, init="paired", seed=1), X, y),
+            mf.TrainJob(mf.ScaledResNet(5, 2, 8, 8, seed=2), X2, y2, trainable="head"),
+            mf.TrainJob(mf.ScaledResNet(5, 3, 8, 8, seed=3), X2, y2)]
+    runs = mf.train_many(jobs, steps=12, record_every=5)
+    for job, run in zip(jobs, runs, strict=True):
+        ref = mf.train(job.net, job.X, job.y, steps=12, record_every=5, trainable=job.trainable)
+        np.testing.assert_allclose(run.losses, ref.losses, rtol=1e-9, atol=1e-12)
+        assert [c.step for c in run.checkpoints] == [c.step for c in ref.checkpoints]
+        assert run.lr == ref.lr and run.trainable == job.trainable
+        for name in ("res_u", "head_a"):
+            torch.testing.assert_close(getattr(run.model, name), getattr(ref.model, name),
+                                       rtol=1e-9, atol=1e-12)
+    frozen = runs[2]
+    assert torch.equal(frozen.model.res_u, jobs[2].net.res_u)
+    assert not torch.equal(frozen.model.head_a, jobs[2].net.head_a)
+    with pytest.raises(ConfigurationError, match="trainable"):
+        mf.train(jobs[0].net, X, y, steps=2, trainable="residual")
+
+
+def test_train_many_stops_a_diverging_run_and_warns():
+    X, y = _data(n=30)
+    jobs = [mf.TrainJob(mf.ScaledResNet(5, 2, 8, 8, seed=0), X, y),
+            mf.TrainJob(mf.ScaledResNet(5, 2, 8, 8, seed=0), X * 1e3, y)]
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        runs = mf.train_many(jobs, steps=30, record_every=10, lr=500.0, lr_scale="none")
+    assert any(r.diverged for r in runs)
+    for r in runs:
+        if r.diverged:
+            assert np.isfinite(r.losses).all()
+            torch.testing.assert_close(r.model.head_a, r.checkpoints[-1].state["head_a"])
