@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..bounds.arithmetic import ARITHMETICS
 from ..bounds.propagation.engine import PropagationOptions
@@ -28,6 +28,7 @@ from ..bounds.tiers import tier_registry
 from ..capture import plugin_manager
 from ..domain import InputDomain
 from ..errors import ConfigurationError
+from ..resolve import input_spec_for
 
 __all__ = ["add_domain_group", "add_radius", "add_method_group", "add_domain_arguments",
            "add_arithmetic_argument", "parse_domain", "certify_kwargs", "certify_domain",
@@ -153,8 +154,7 @@ def certify_domain(args: argparse.Namespace, model: object, shape: Sequence[int]
     ``--radius``, ``--domain`` nor a plugin that knows ``model``."""
     kw = certify_kwargs(args, shape, reference)
     radius = getattr(args, "radius", None)
-    if kw["domain"] is None and radius is None and (
-            not isinstance(model, nn.Module) or plugin_manager().input_spec(model) is None):
+    if kw["domain"] is None and radius is None and input_spec_for(model) is None:
         raise ConfigurationError(
             f"--radius is required for '{spec}' (or --domain LO:HI): the certificate "
             "covers inputs with ||x||_inf <= R (after normalization), or the box of "

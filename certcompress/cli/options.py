@@ -28,6 +28,7 @@ from .._io import check_outputs, model_input_files
 from ..capture import plugin_manager
 from ..errors import ConfigurationError
 from ..loading import exported_input_shape
+from ..resolve import input_spec_for
 from .domain_options import (
     add_arithmetic_argument,
     add_domain_group,
@@ -150,7 +151,7 @@ def input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[int
     if exported is not None:
         return exported
     if not isinstance(model, torch.export.ExportedProgram):
-        ispec = plugin_manager().input_spec(model)
+        ispec = input_spec_for(model)
         if ispec is not None:
             return ispec.input_shape
     raise ConfigurationError(f"--input-shape is required for '{spec}' (no installed plugin "

@@ -28,7 +28,6 @@ from torch import nn
 
 from .._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
 from ..api import certify
-from ..capture import plugin_manager
 from ..compress.quantization.allocate import choose_bitwidths
 from ..compress.quantization.apply import quantize
 from ..compress.quantization.config import QuantConfig
@@ -38,6 +37,7 @@ from ..compress.quantization.report import bits_table
 from ..domain import InputDomain
 from ..errors import ConfigurationError
 from ..loading import load_model, load_reference_inputs
+from ..resolve import resolve_domain
 from .domain_options import default_methods
 from .options import (
     add_domain_group,
@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
     given = load_reference_inputs(args.reference_data, shape) if args.reference_data else None
     tiers = certify_domain(args, model, shape, given, args.model)
     domain: InputDomain | None = tiers["domain"]
-    radius = domain.radius if domain is not None else _radius(model, tiers["input_radius"])
+    # the box, or the ball of --radius or of the plugin's radius (certify_domain checked
+    # that one of them is known)
+    certified = resolve_domain(model, shape, tiers["input_radius"], domain, label=args.model)
+    radius = certified.radius
     if given is not None:
         ref = given
         where = f"{len(ref)} reference inputs from {args.reference_data}"
@@ -129,15 +132,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         methods = tiers["methods"] or default_methods(domain)
         with_bounds = "bounds" in methods and args.budget is not None
-        box = domain if domain is not None else InputDomain.box(
-            -radius, radius, shape=shape, description=f"||x||_inf <= {radius:g}")
         al = choose_bitwidths(model, args.budget, avg_bits=args.avg_bits,
                               candidates=args.candidates,
                               input_shape=None if with_bounds else shape,
                               input_radius=None if with_bounds else radius,
                               granularity=args.granularity, bias_bits=args.bias_bits,
                               reference_inputs=ref, certifier="bounds" if with_bounds
-                              else "path-metric", domain=box if with_bounds else None,
+                              else "path-metric", domain=certified if with_bounds else None,
                               **search)
         qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
         print(al.summary().splitlines()[0])
@@ -178,12 +179,3 @@ def run(args: argparse.Namespace) -> int:
     print("quantized_state_dict.pt holds float tensors whose values lie on the quantization "
           "grid, so its size on disk is the float size")
     return 0
-
-
-def _radius(model: nn.Module, given: float | None) -> float:
-    """``--radius``, else the plugin's (certify_domain checked that one of them exists)."""
-    if given is not None:
-        return float(given)
-    spec = plugin_manager().input_spec(model)
-    assert spec is not None
-    return float(spec.radius)
