@@ -32,7 +32,14 @@ if TYPE_CHECKING:  # the names below, for type checkers; at run time they load o
     from .bounds import Baseline, PathMetric, PathNorm
     from .bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
     from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
-    from .certificate import Certificate, Measurements, MethodBound
+    from .certificate import (
+        BoundsDetails,
+        Certificate,
+        Measurements,
+        MethodBound,
+        PathMetricDetails,
+        TierDetails,
+    )
     from .digest import parameter_digest
     from .domain import InputDomain, InputSpec
     from .errors import (
@@ -66,7 +73,8 @@ _LAZY: dict[str, str] = {
                     "certcompress.capture"),
     "load_onnx": "certcompress.capture.onnx",
     **dict.fromkeys(["export_w8a8", "W8A8Export"], "certcompress.export.w8a8"),
-    **dict.fromkeys(["Certificate", "Measurements", "MethodBound"], "certcompress.certificate"),
+    **dict.fromkeys(["Certificate", "Measurements", "MethodBound", "TierDetails",
+                     "PathMetricDetails", "BoundsDetails"], "certcompress.certificate"),
     "parameter_digest": "certcompress.digest",
     **dict.fromkeys(["InputDomain", "InputSpec"], "certcompress.domain"),
     **dict.fromkeys(["CertcompressError", "CertificateError", "ConfigurationError",

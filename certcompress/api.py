@@ -23,8 +23,8 @@ from .bounds.propagation.engine import PropagationOptions
 from .bounds.tiers import GraphPair, TierRegistry, tier_registry
 from .capture import trace as _trace
 from .capture.check import RTOL, TraceCheckReport, as_box, numeric_check
+from .capture.pair import TracedPair, trace_pair
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
-from .digest import parameter_digest
 from .domain import InputDomain
 from .errors import (
     SOUNDNESS_CAUSES,
@@ -180,20 +180,16 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
                            registry.defaults(with_domain=domain is not None))
     model, compressed = plain_module(model), plain_module(compressed)
     dom = resolve_domain(model, input_shape, input_radius, domain)
-    pair = _trace_pair(model, compressed, dom)
+    traced = trace_pair(model, compressed, dom.shape, dom)
+    pair = GraphPair(traced.graph, traced.other)
     tiers = _run_tiers(registry, names, pair, dom, propagation)
     if arith == "float32":
         tiers = _with_float32(model, compressed, dom, tiers)
     fns = float64_function(model), float64_function(compressed)
     measurements = _measure(fns, model, compressed, dom, tiers, reference_inputs, opts, arith)
     tiers = _with_costs(registry, tiers, measurements, fns[0], dom)
-    return _assemble(model, compressed, pair, dom, tiers, measurements, arith,
+    return _assemble(traced, pair, dom, tiers, measurements, arith,
                      domain_given=domain is not None)
-
-
-def _trace_pair(model: nn.Module, compressed: nn.Module, dom: InputDomain) -> GraphPair:
-    """Both models traced (and trace-checked) over the domain."""
-    return GraphPair(trace(model, dom.shape, domain=dom), trace(compressed, dom.shape, domain=dom))
 
 
 def _run_tiers(registry: TierRegistry, names: Sequence[str], pair: GraphPair,
@@ -275,7 +271,7 @@ def _with_costs(registry: TierRegistry, tiers: dict[str, MethodBound], m: Measur
     return {k: t.with_measurements(m.output_scale, fwd) for k, t in tiers.items()}
 
 
-def _assemble(model: nn.Module, compressed: nn.Module, pair: GraphPair, dom: InputDomain,
+def _assemble(traced: TracedPair, pair: GraphPair, dom: InputDomain,
               tiers: dict[str, MethodBound], m: Measurements, arith: str, *,
               domain_given: bool) -> Certificate:
     """The certificate: the smallest worst-case bound with the path-metric's figures."""
@@ -283,20 +279,17 @@ def _assemble(model: nn.Module, compressed: nn.Module, pair: GraphPair, dom: Inp
     bound = min(t.bound for t in same)
     per_output = tuple(min(vs) for vs in zip(*(t.per_output for t in same)))
     vacuous = None if m.output_scale is None else bool(bound > m.output_scale)
-    pm, r = pair.path_metric, dom.radius
+    pm, r = pair.path_metric, dom.radius  # for the notes (computed once, shared with the tier)
     base = operator_norm_baseline(pair.original, pair.compressed)
     # the ball's text is its description without "ball " (e.g. "||x||_inf <= 2.64 (...)")
     text = dom.describe() if domain_given else dom.description.removeprefix("ball ")
+    original_digest, compressed_digest = traced.digests()
     return Certificate(
         bound=bound, per_output=per_output, input_shape=dom.shape, radius=r,
-        factor=max(r, 1.0), path_metric=pm.value, path_metric_exact=pm.exact,
-        method=pm.method, path_norm_original=pm.path_norm_original,
-        path_norm_compressed=pm.path_norm_compressed, sign_changes=pm.sign_changes,
-        changed_parameters=pm.changed_parameters, original_digest=parameter_digest(model),
-        compressed_digest=parameter_digest(compressed), float_slack_rel=pm.float_slack_rel,
-        float_slack_abs=pm.float_slack_abs, baseline_linf=base.bound_linf,
-        baseline_note=base.note, measurements=m, vacuous=vacuous, domain=text,
-        model_name=pair.original.model_name, **provenance(), by_method=tiers,
+        original_digest=original_digest, compressed_digest=compressed_digest,
+        baseline_linf=base.bound_linf, baseline_note=base.note, measurements=m,
+        vacuous=vacuous, domain=text, model_name=pair.original.model_name,
+        working_dtype=pair.original.working_dtype, **provenance(), by_method=tiers,
         input_domain=dom, notes=_notes(bound, pm.changed_parameters, m, vacuous),
         arithmetic=arith)
 

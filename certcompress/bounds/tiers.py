@@ -185,7 +185,12 @@ class PathMetricTier(Tier):
             exact=pm.exact, float_slack_rel=pm.float_slack_rel,
             details={"factor": factor, "path_metric": pm.value, "computation": pm.method,
                      "covers": f"every x with ||x||_inf <= {float(radius):.6g} (contains the "
-                               "domain)"})
+                               "domain)",
+                     "path_metric_exact": pm.exact, "path_norm_original": pm.path_norm_original,
+                     "path_norm_compressed": pm.path_norm_compressed,
+                     "sign_changes": pm.sign_changes, "changed_parameters": pm.changed_parameters,
+                     "float_slack_rel": pm.float_slack_rel,
+                     "float_slack_abs": pm.float_slack_abs})
 
 
 def _round_up_sum(values: torch.Tensor) -> float:

@@ -116,6 +116,12 @@ def _consistency(cert: Certificate, problems: list[str]) -> None:
         problems.append(f"the input shape {tuple(cert.input_shape)} is not the domain's "
                         f"{tuple(cert.input_domain.shape)}")
     _compare("factor max(radius, 1)", cert.factor, max(cert.radius, 1.0), problems)
+    pm = cert.path_metric_details
+    if pm is not None:
+        _compare("path-metric tier bound factor x path-metric",
+                 cert.by_method["path-metric"].details.get("bound_exact",
+                                                           cert.by_method["path-metric"].bound),
+                 pm.factor * pm.path_metric, problems)
     scale = cert.measurements.output_scale
     if scale is not None and cert.vacuous != (cert.bound > scale):
         problems.append(f"'vacuous' is {cert.vacuous}, but the bound {cert.bound:.6g} is "
@@ -166,8 +172,8 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
         _compare(f"tier '{name}' bound", stated.bound, tier.bound, problems)
         _compare(f"tier '{name}' per-output bound", stated.per_output, tier.per_output,
                  problems)
-    pm = pair.path_metric
-    _compare("path-metric", cert.path_metric, pm.value, problems)
+    if cert.path_metric is not None:  # the path-metric tier ran: its value, recomputed
+        _compare("path-metric", cert.path_metric, pair.path_metric.value, problems)
     same = [t for t in tiers.values() if t.sound and t.scope == WORST_CASE]
     if not same:
         problems.append("the certificate states no worst-case tier to recompute")

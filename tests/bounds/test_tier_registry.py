@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 import certcompress as cc
-from certcompress.bounds.cli import add_domain_arguments
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
 from certcompress.capture import plugins as plugins_mod
 from certcompress.capture.plugins import Plugin, PluginManager
 from certcompress.certificate import WORST_CASE
+from certcompress.cli.domain_options import add_domain_arguments
 from certcompress.errors import ConfigurationError, NumericalRangeError, PluginError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adding-a-tier.md"
