@@ -180,7 +180,7 @@ def test_certify_task_with_domain_and_methods(zoo):
         CertifyTask(radius=1.0, methods=["nope"], **common)
     with pytest.raises(ConfigurationError, match="either domain or radius"):
         CertifyTask(radius=1.0, domain=dom, **common)
-    with pytest.raises(ConfigurationError, match="differs from input_shape"):
+    with pytest.raises(ConfigurationError, match="differs from the task.s input_shape"):
         CertifyTask(domain=cc.InputDomain.box(0.0, 1.0, shape=(1, 3)), **common)
 
 
