@@ -169,3 +169,51 @@ def test_state_changed_by_the_compressed_models_forward_is_still_refused() -> No
     comp.count = True  # differs: a full trace of the copy, whose check refuses it
     with pytest.raises(UnsupportedModelError):
         trace_pair(net, comp, (1, 4))
+
+
+def test_digests_never_see_the_meta_parameters_of_shape_propagation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest worker used to read the modules while shape propagation had swapped
+    their parameters to meta tensors (a race: 'Cannot copy out of meta tensor'). Here the
+    worker's job runs exactly then, every time: the digests must still be right."""
+    import contextlib
+    from concurrent.futures import Future
+
+    from torch.nn.utils import stateless
+
+    from certcompress.capture import pair as pair_mod
+
+    pending: list[tuple[Future[object], object, tuple[object, ...]]] = []
+
+    class Deferred:  # holds the submitted job until the parameters are swapped
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, fn: object, *args: object) -> Future[object]:
+            future: Future[object] = Future()
+            pending.append((future, fn, args))
+            return future
+
+        def shutdown(self, wait: bool = True) -> None:
+            pass
+
+    real = stateless._reparametrize_module
+
+    @contextlib.contextmanager
+    def swapped(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        with real(*args, **kwargs):  # type: ignore[arg-type]
+            while pending:
+                future, fn, fargs = pending.pop()
+                try:
+                    future.set_result(fn(*fargs))  # type: ignore[operator]
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(exc)
+            yield
+
+    monkeypatch.setattr(pair_mod, "ThreadPoolExecutor", Deferred)
+    monkeypatch.setattr(stateless, "_reparametrize_module", swapped)
+    net = Net().eval()
+    comp = copy.deepcopy(net)
+    traced = trace_pair(net, comp, SHAPE)
+    assert not pending  # the job ran while the parameters were meta tensors
+    assert traced.digests() == (parameter_digest(net), parameter_digest(comp))

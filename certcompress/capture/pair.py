@@ -18,7 +18,7 @@ they cost no separate sweep after the bounds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..digest import parameter_digest
+from ..digest import model_state, state_digest
 from ..ir.graph import Graph
 from .registry import AdapterRegistry
 from .tracer import trace_captured
@@ -128,8 +128,8 @@ def structure_difference(model: nn.Module, other: nn.Module) -> str | None:
     return None
 
 
-def _digests(model: nn.Module, other: nn.Module) -> tuple[str, str]:
-    return parameter_digest(model), parameter_digest(other)
+def _digests(state: Mapping[str, object], other: Mapping[str, object]) -> tuple[str, str]:
+    return state_digest(state), state_digest(other)
 
 
 def trace_pair(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int],
@@ -140,7 +140,9 @@ def trace_pair(model: nn.Module, compressed: nn.Module, input_shape: Sequence[in
     both parameter digests computed alongside (see module doc)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certcompress-digest")
     try:
-        digests = pool.submit(_digests, model, compressed)
+        # snapshots taken here: tracing swaps the modules' parameters to meta tensors for a
+        # moment (shape propagation), which the worker must not see
+        digests = pool.submit(_digests, model_state(model), model_state(compressed))
     finally:
         pool.shutdown(wait=False)
     graph, captured = trace_captured(model, input_shape, registry=registry, domain=domain)

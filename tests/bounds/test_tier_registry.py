@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 import certcompress as cc
-from certcompress.cli.domain_options import add_domain_arguments
+from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
 from certcompress.capture import plugins as plugins_mod
 from certcompress.capture.plugins import Plugin, PluginManager
 from certcompress.certificate import WORST_CASE
+from certcompress.cli.domain_options import add_domain_arguments
 from certcompress.errors import ConfigurationError, NumericalRangeError, PluginError
-from certcompress.scale import CertifyTask, ModelRef
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adding-a-tier.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
@@ -146,8 +146,7 @@ def test_template_method_checks_inputs_and_result() -> None:
         tier.bound(pair, cc.InputDomain.box(0, 1, shape=(1, 8)))
 
 
-def test_consumers_take_the_tier_from_the_registry(opnorm: PluginManager,
-                                                   tmp_path: Path) -> None:
+def test_consumers_take_the_tier_from_the_registry(opnorm: PluginManager) -> None:
     cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
     # the CLI option accepts a registered tier and refuses an unknown one
     p = argparse.ArgumentParser()
@@ -166,18 +165,6 @@ def test_consumers_take_the_tier_from_the_registry(opnorm: PluginManager,
     assert found.bound == pytest.approx(cert.bound, rel=1e-12) and found.bound <= 0.5
     with pytest.raises(ConfigurationError, match="certifier must be a worst-case tier"):
         cc.search_sparsity(net, 0.5, "magnitude", certifier="nope", domain=dom)
-    # a certify task records domain and methods; a bad name is refused when built
-    ref = ModelRef("torch.nn:Identity")
-    task = CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), domain=dom,
-                       methods=["operator-norm"])
-    assert task.methods == ("operator-norm",)
-    assert CertifyTask.from_dict(task.to_dict()) == task
-    plain = CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), radius=1.0)
-    assert "domain" not in plain._identity() and task.key != plain.key
-    with pytest.raises(ConfigurationError, match="unknown certification method"):
-        CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), methods=["nope"])
-    with pytest.raises(ConfigurationError, match="either domain or radius"):
-        CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), radius=1.0, domain=dom)
 
 
 def test_search_options_and_old_keywords() -> None:
@@ -189,3 +176,67 @@ def test_search_options_and_old_keywords() -> None:
         cc.certify(net, _net(), (1, 8), 1.0, search=cc.SearchOptions(), search_steps=3)
     with pytest.raises(ConfigurationError, match="search steps must be an integer >= 0"):
         cc.SearchOptions(steps=-1)
+
+
+class _Spec(Plugin):
+    name = "spec-for-sequential"
+
+    def input_spec(self, model: nn.Module) -> cc.InputSpec | None:
+        return cc.InputSpec((1, 8), 0.75, "test spec") if isinstance(model, nn.Sequential) \
+            else None
+
+
+def test_resolve_domain_is_the_one_resolver(opnorm: PluginManager) -> None:
+    net = _net()
+    ball = cc.resolve_domain(net, (1, 8), 2.0)
+    assert ball == cc.InputDomain.box(-2.0, 2.0, shape=(1, 8), description=ball.description)
+    assert ball.description == "ball ||x||_inf <= 2"
+    with pytest.raises(ConfigurationError, match=r"input_shape is required for Sequential "
+                                                 r"\(no installed plugin knows its input\)"):
+        cc.resolve_domain(net, None, 1.0)
+    with pytest.raises(ConfigurationError, match="input_radius is required: .* no installed "
+                                                 "plugin knows a default for Sequential"):
+        cc.resolve_domain(net, (1, 8))
+    with pytest.raises(ConfigurationError, match="input_shape must be positive integers"):
+        cc.resolve_domain(net, (1, True), 1.0)
+    with pytest.raises(ConfigurationError, match="input_radius must be a finite number >= 0"):
+        cc.resolve_domain(net, (1, 8), -1.0)
+    box = cc.InputDomain.box(0.0, 1.0, shape=(1, 8))
+    assert cc.resolve_domain(net, domain=box) is box
+    with pytest.raises(ConfigurationError, match="either domain or input_radius"):
+        cc.resolve_domain(net, None, 1.0, box)
+    with pytest.raises(ConfigurationError, match="differs from the domain's shape"):
+        cc.resolve_domain(net, (1, 9), None, box)
+    # a plugin's input spec fills in shape and radius, and says so
+    opnorm.add(_Spec, "explicit: test")
+    spec_ball = cc.resolve_domain(net)
+    assert spec_ball.shape == (1, 8) and spec_ball.radius == 0.75
+    assert spec_ball.description == "ball ||x||_inf <= 0.75 (test spec)"
+    cert = cc.certify(net, _net(), search_steps=0)
+    assert cert.domain == "||x||_inf <= 0.75 (test spec)" and cert.radius == 0.75
+
+
+def test_local_and_statistical_share_the_vocabulary() -> None:
+    net = _net(3)
+    comp = _net(3)
+    with torch.no_grad():
+        comp[1].weight.mul_(0.95)
+    x = torch.rand(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    box = cc.InputDomain.box(0.0, 1.0, shape=(1, 8))
+    opts = PropagationOptions(intermediate="interval")
+    old = cc.certify_local(net, comp, x, 0.05, domain_lower=0.0, domain_upper=1.0,
+                           options=opts, progress=False)
+    new = cc.certify_local(net, comp, x, 0.05, domain=box, propagation=opts, progress=False)
+    assert new.deviation_bound == old.deviation_bound and new.domain == old.domain
+    with pytest.raises(ConfigurationError, match="either domain or domain_lower"):
+        cc.certify_local(net, comp, x, 0.05, domain=box, domain_lower=0.0, progress=False)
+    with pytest.raises(ConfigurationError, match="either propagation or options"):
+        cc.certify_local(net, comp, x, 0.05, options=opts, propagation=opts, progress=False)
+    with pytest.raises(ConfigurationError, match=r"InputDomain of shape \(1, 8\)"):
+        cc.certify_local(net, comp, x, 0.05, domain=cc.InputDomain.box(0, 1, shape=(1, 9)),
+                         progress=False)
+    stat = cc.certify_statistical(net, comp, x, domain=box)
+    assert stat.n == 3
+    with pytest.raises(ConfigurationError, match=r"1 sample\(s\) lie outside the domain \(first "
+                                                 r"indices \[1\]\)"):
+        cc.certify_statistical(net, comp, torch.cat([x[:1], x[1:2] + 2.0]), domain=box)

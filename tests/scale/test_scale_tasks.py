@@ -158,6 +158,32 @@ def test_certify_row_equals_certify_on_the_same_models(zoo):
     assert row["nonzero_parameters"] < row["parameters"]
 
 
+def test_certify_task_with_domain_and_methods(zoo):
+    """``domain`` and ``methods`` reach certify; keys of tasks without them do not move."""
+    torch.save({k: v * 0.9 for k, v in torch.load(zoo.mlp_weights).items()}, zoo.dir / "b.pt")
+    dom = cc.InputDomain.box(0.0, 1.0, shape=MLP_SHAPE)
+    common = dict(model=zoo.ref(), compressed=zoo.ref(weights=zoo.dir / "b.pt"),
+                  input_shape=MLP_SHAPE, search_steps=0)
+    t = CertifyTask(domain=dom, methods=["path-metric", "bounds"], **common)
+    assert t.methods == ("path-metric", "bounds")
+    assert task_from_json(t.to_json()) == t and task_from_json(t.to_json()).key == t.key
+    row = t.run()
+    a = load_model(zoo.spec("make"), str(zoo.mlp_weights))
+    b = load_model(zoo.spec("make"), str(zoo.dir / "b.pt"))
+    cert = cc.certify(a, b, domain=dom, methods=("path-metric", "bounds"), search_steps=0)
+    assert row["certified_bound"] == cert.bound and row["methods"] == "path-metric,bounds"
+    assert row["domain"] == cert.domain and row["radius"] == 1.0
+    plain = CertifyTask(radius=1.0, **common)
+    assert "domain" not in plain._identity() and "methods" not in plain._identity()
+    assert plain.key != t.key
+    with pytest.raises(ConfigurationError, match="unknown certification method"):
+        CertifyTask(radius=1.0, methods=["nope"], **common)
+    with pytest.raises(ConfigurationError, match="either domain or radius"):
+        CertifyTask(radius=1.0, domain=dom, **common)
+    with pytest.raises(ConfigurationError, match="differs from the task.s input_shape"):
+        CertifyTask(domain=cc.InputDomain.box(0.0, 1.0, shape=(1, 3)), **common)
+
+
 def test_compressed_model_task_certifies_two_weight_files(zoo):
     torch.save({k: v * 0.9 for k, v in torch.load(zoo.mlp_weights).items()}, zoo.dir / "b.pt")
     t = CertifyTask(model=zoo.ref(), compressed=zoo.ref(weights=zoo.dir / "b.pt"),
