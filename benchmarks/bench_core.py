@@ -22,8 +22,8 @@ from _common import best_time, write_results  # type: ignore[import-not-found]
 
 import certcompress as cc
 from certcompress.capture.pair import trace_pair
+from certcompress.demo.digits import magnitude_prune_copy
 from certcompress.digest import parameter_digest
-from certcompress.zoo import magnitude_prune_copy
 
 
 def bench(name: str, size: int, repeat: int) -> dict[str, float]:

@@ -196,12 +196,16 @@ def _run_tiers(registry: TierRegistry, names: Sequence[str], pair: GraphPair,
                dom: InputDomain, propagation: PropagationOptions | None
                ) -> dict[str, MethodBound]:
     """Each named tier's bound (``propagation`` goes to the tiers that take it)."""
+    if propagation is not None and not isinstance(propagation, PropagationOptions):
+        raise ConfigurationError(f"propagation must be a PropagationOptions (e.g. "
+                                 f"PropagationOptions(intermediate='interval')), got "
+                                 f"{type(propagation).__name__}")
     chosen = [registry.get(n) for n in names]
     if not any(t.scope == WORST_CASE for t in chosen):
+        worst = ", ".join(t.name for t in registry if t.scope == WORST_CASE)
         raise ConfigurationError(f"methods {tuple(names)} include no worst-case tier; add one "
-                                 f"of {', '.join(t.name for t in registry if t.scope == WORST_CASE)}")
-    return {t.name: t.bound(pair, dom, propagation if t.options_type is not None and isinstance(
-        propagation, t.options_type) else None) for t in chosen}
+                                 f"of {worst}")
+    return {t.name: t.bound(pair, dom, t.own_options(propagation)) for t in chosen}
 
 
 def _with_float32(model: nn.Module, compressed: nn.Module, dom: InputDomain,

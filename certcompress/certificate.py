@@ -7,7 +7,7 @@ arithmetic (or, when ``arithmetic`` is ``"float32"``, as executed in IEEE float3
 certification tier's result is one :class:`MethodBound` in ``by_method`` (the single
 source of the tier's numbers, with typed ``details``); ``bound`` is the smallest sound
 worst-case tier bound. The path-metric tier bounds ``max(radius, 1) * path_metric``
-(Theorem 3.1 of Gonon et al., docs/bounds.md), with the float64 rounding slack it
+(Theorem 3.1 of Gonon et al., docs/path-metrics.md, section 3), with the float64 rounding slack it
 states. Since ``||.||_inf <= ||.||_2 <= ||.||_1``, the same number bounds the l2 and l_inf
 deviation. Measured deviations (reference data and adversarial search) are recorded
 beside it, and ``vacuous`` says when the bound exceeds the output scale measured on the

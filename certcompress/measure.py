@@ -1,6 +1,6 @@
 """Measured deviations: on reference data, and the worst an adversarial search finds.
 
-Every certified bound is reported next to these numbers (shared doc, section 6). All
+Every certified bound is reported next to these numbers (docs/path-metrics.md, section 6). All
 evaluation is in float64 through ``torch.func.functional_call`` with float64 copies of
 the parameters: the user's models are never converted or mutated.
 """

@@ -1,6 +1,6 @@
 """Certified per-layer bit widths for a CNN trained on scikit-learn's digits.
 
-A small CNN (``certcompress.zoo.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
+A small CNN (``certcompress.demo.digits.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
 residual add, max-pooling, a linear head) is trained on the 8x8 digits; its inputs are pixel intensities in
 [0, 1], so every certificate covers ``||x||_inf <= 1``. Then:
 
@@ -45,7 +45,7 @@ from certcompress.compress.quantization import (
     sensitivity_table,
     write_report,
 )
-from certcompress.zoo import DigitsCNN, accuracy, load_digits, train_classifier
+from certcompress.demo.digits import DigitsCNN, accuracy, load_digits, train_classifier
 
 SHAPE = (1, 1, 8, 8)
 RADIUS = 1.0  # pixel intensities in [0, 1]

@@ -122,6 +122,12 @@ class Tier(ABC):
         """The bound over ``domain`` (already checked against the pair's input shape);
         ``options`` is None or an instance of ``options_type``."""
 
+    def own_options(self, options: object) -> Any:
+        """``options`` when this tier takes options of its type, else None (so one set of
+        options, e.g. ``PropagationOptions``, can be offered to every tier)."""
+        ok = self.options_type is not None and isinstance(options, self.options_type)
+        return options if ok else None
+
     def bound(self, pair: GraphPair, domain: InputDomain, options: Any = None) -> MethodBound:
         """This tier's :class:`MethodBound` for ``pair`` over ``domain``: inputs checked,
         the result checked finite and non-negative, wall time and float slack recorded."""
@@ -275,7 +281,11 @@ class TierRegistry:
         self.get(name)
         del self._tiers[name], self._origin[name]
 
+    def _refresh(self) -> None:
+        """Called before every lookup (the process-wide registry syncs with plugins)."""
+
     def get(self, name: str) -> Tier:
+        self._refresh()
         try:
             return self._tiers[name]
         except (KeyError, TypeError):
@@ -283,6 +293,7 @@ class TierRegistry:
                                      f"{', '.join(self._tiers)}") from None
 
     def names(self) -> tuple[str, ...]:
+        self._refresh()
         return tuple(self._tiers)
 
     def origin(self, name: str) -> str:
@@ -293,11 +304,13 @@ class TierRegistry:
     def defaults(self, with_domain: bool) -> tuple[str, ...]:
         """The tiers ``certify`` runs without ``methods``: path-metric alone without a
         domain; with one, path-metric and every tier marked ``default_with_domain``."""
+        self._refresh()
         extra = [n for n, t in self._tiers.items() if with_domain and t.default_with_domain]
         return tuple(dict.fromkeys(["path-metric", *extra]))
 
     def check(self, methods: object) -> tuple[str, ...]:
         """Validated method names (a string or a sequence of them), duplicates removed."""
+        self._refresh()
         if isinstance(methods, str):
             methods = (methods,)
         try:
@@ -312,12 +325,15 @@ class TierRegistry:
         return names
 
     def __contains__(self, name: object) -> bool:
+        self._refresh()
         return name in self._tiers
 
     def __iter__(self) -> Iterator[Tier]:
+        self._refresh()
         return iter(tuple(self._tiers.values()))
 
     def __len__(self) -> int:
+        self._refresh()
         return len(self._tiers)
 
     # ------------------------------------------------------------ plugins
@@ -356,7 +372,14 @@ class _SyncedRegistry(TierRegistry):
         register_builtin_tiers(self)
         self._applied: dict[int, tuple[Plugin, tuple[str, ...]]] = {}
 
+    def _refresh(self) -> None:
+        self.sync()
+
     def sync(self) -> None:
+        with _lock:
+            self._sync()
+
+    def _sync(self) -> None:
         loaded = {id(lp.plugin): lp for lp in plugin_manager().plugins}
         for pid in [p for p in self._applied if p not in loaded]:
             for n in self._applied.pop(pid)[1]:

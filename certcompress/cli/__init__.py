@@ -8,7 +8,7 @@ Commands::
                          [--search-steps N] [--out certificate.json]
     certcompress adapters
     certcompress meanfield ...      (when certcompress.cli.meanfield is installed)
-    certcompress demo ...           (when certcompress.demo is installed)
+    certcompress demo ...           (when certcompress.cli.demo is installed)
 
 MODEL is a spec for :func:`certcompress.loading.load_model` (``model.py:make``,
 ``package.module:make``, ``torchvision:resnet18`` with its plugin, ``model.pt2``).
@@ -57,7 +57,7 @@ EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2
 _CORE = "certcompress.cli.core"
 _BUILTIN_COMMANDS: dict[str, str] = {"inspect": _CORE, "certify": _CORE, "adapters": _CORE}
 _OPTIONAL_COMMANDS: dict[str, str] = {
-    "demo": "certcompress.demo",
+    "demo": "certcompress.cli.demo",
     "prune": "certcompress.cli.prune",
     "certify-plan": "certcompress.cli.prune",
     "prune-report": "certcompress.cli.prune",

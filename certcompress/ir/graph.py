@@ -43,7 +43,7 @@ class IRNode:
 
 @dataclass(frozen=True)
 class Graph:
-    """A traced network in ReLU-DAG form (shared doc, section 1).
+    """A traced network in ReLU-DAG form (docs/path-metrics.md, section 1).
 
     ``nodes`` are in topological order and ``nodes[0]`` is the single input; the
     network's output is the concatenation, per batch element, of the flattened

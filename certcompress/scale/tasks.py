@@ -34,8 +34,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
-from ..bounds.tiers import tier_registry
-from ..domain import InputDomain
 from ..errors import ConfigurationError
 from . import _check, _plans
 from .refs import DataRef, ModelRef
@@ -226,19 +224,22 @@ def _counts(model: Any) -> dict[str, int]:
 class CertifyTask(_ModelTask):
     """Certify ``model`` against exactly one of: ``compressed`` (another model),
     ``pruning`` (a plan applied on the worker) or ``quantization`` (a config applied on
-    the worker). ``domain``: an :class:`~certcompress.InputDomain` box (or its
-    ``to_dict()``) to certify over instead of the ball of ``radius`` (its shape is
-    ``input_shape``); ``methods``: the tiers to run (names from the tier registry; None:
-    ``certify``'s default). Row: :func:`certcompress.certify`'s bound, path-metric,
-    baseline and measurements, the domain and tiers, the digests of both models and
-    parameter counts of the compressed one."""
+    the worker). Row: :func:`certcompress.certify`'s bound, path-metric, baseline and
+    measurements, the digests of both models and parameter counts of the compressed one.
+
+    ``domain`` (an :class:`~certcompress.InputDomain` of shape ``input_shape``, or its
+    dict; replaces ``radius``), ``methods`` (the certification tiers) and ``arithmetic``
+    are passed to :func:`certcompress.certify`; rows of tasks that set them also have the
+    columns ``domain``, ``methods`` and ``arithmetic``. Left at their defaults they are
+    not part of the key, so stores written before they existed are still resumed."""
 
     kind: ClassVar[str] = "certify"
     compressed: ModelRef | None = None
     pruning: Any = field(default=None, metadata=_JSON)  # canonical JSON text once built
     quantization: Any = field(default=None, metadata=_JSON)
-    domain: Any = field(default=None, metadata=_JSON)  # canonical JSON text once built
+    domain: Any = field(default=None, metadata=_JSON)
     methods: tuple[str, ...] | None = None
+    arithmetic: str = "exact"
 
     def _validate(self) -> None:
         super()._validate()
@@ -255,35 +256,39 @@ class CertifyTask(_ModelTask):
         if self.quantization is not None:
             self._set("quantization",
                       _plans.quant_spec(self.quantization, "certify task: quantization"))
-        dom = self._input_domain()
-        if dom is not None:
-            self._set("domain", _plans.canonical(dom.to_dict()))
+        if self.domain is not None:
+            if self.radius is not None:
+                raise ConfigurationError("certify task: give either domain or radius, not both")
+            self._set("domain", _plans.domain_spec(self.domain, self.input_shape,
+                                                   "certify task: domain"))
         if self.methods is not None:
-            names = _check.names(self.methods, "certify task: methods")
-            self._set("methods", tier_registry().check(names))
-
-    def _input_domain(self) -> InputDomain | None:
-        """The domain box (None: the ball of ``radius``), checked against the task."""
-        d = self.domain
-        if d is None:
-            return None
-        if isinstance(d, str):
-            try:
-                d = json.loads(d)
-            except ValueError as exc:
-                raise ConfigurationError(f"certify task: domain is not JSON: {exc}") from None
-        dom = d if isinstance(d, InputDomain) else InputDomain.from_dict(d)
-        if self.radius is not None:
-            raise ConfigurationError("certify task: give either domain or radius, not both")
-        if dom.shape != self.input_shape:
-            raise ConfigurationError(f"certify task: the domain's shape {dom.shape} differs "
-                                     f"from input_shape {self.input_shape}")
-        return dom
+            self._set("methods", _plans.methods_spec(self.methods, "certify task: methods"))
+        if self.arithmetic not in ("exact", "float32"):
+            raise ConfigurationError(f"certify task: arithmetic must be 'exact' or 'float32', "
+                                     f"got {self.arithmetic!r}")
 
     def _identity(self) -> dict[str, Any]:
-        # tasks without a domain or methods keep the keys they had before those fields
-        return {k: v for k, v in super()._identity().items()
-                if not (k in ("domain", "methods") and v is None)}
+        out = super()._identity()
+        for name, default in (("domain", None), ("methods", None), ("arithmetic", "exact")):
+            if out.get(name) == default:  # keys of tasks without them stay as they were
+                del out[name]
+        return out
+
+    def _options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`certcompress.certify` for the domain and tiers."""
+        from ..domain import InputDomain  # imports torch: on the worker only
+
+        domain = (None if self.domain is None
+                  else InputDomain.from_dict(json.loads(self.domain)))
+        return {"input_radius": None if domain is not None else self.radius,
+                "domain": domain, "methods": self.methods, "arithmetic": self.arithmetic}
+
+    def _option_columns(self, cert: Any) -> dict[str, Any]:
+        if self.domain is None and self.methods is None and self.arithmetic == "exact":
+            return {}
+        return {"domain": cert.input_domain.describe() if cert.input_domain is not None
+                else f"||x||_inf <= {cert.radius:g}",
+                "methods": ",".join(cert.by_method), "arithmetic": self.arithmetic}
 
     def compression(self) -> str:
         """What the compressed model is: another model, a pruning plan or a quantization."""
@@ -308,13 +313,12 @@ class CertifyTask(_ModelTask):
         else:
             assert self.quantization is not None
             compressed, _ = _plans.quantized(model, self.quantization)
-        cert = certify(model, compressed, self.input_shape, self.radius,
-                       domain=self._input_domain(), methods=self.methods,
-                       reference_inputs=self._inputs(), search_steps=self.search_steps,
-                       search_restarts=self.search_restarts, seed=self.seed)
+        cert = certify(model, compressed, self.input_shape, reference_inputs=self._inputs(),
+                       search_steps=self.search_steps, search_restarts=self.search_restarts,
+                       seed=self.seed, **self._options())
         return {**self._domain_columns(cert.radius), "compression": self.compression(),
-                **_certificate_columns(cert), "domain": cert.domain,
-                "methods": ",".join(cert.by_method), **_counts(compressed)}
+                **_certificate_columns(cert), **_counts(compressed),
+                **self._option_columns(cert)}
 
 
 @dataclass(frozen=True, kw_only=True)

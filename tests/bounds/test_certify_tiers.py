@@ -15,9 +15,9 @@ from torch import nn
 
 import certcompress as cc
 from certcompress.certificate import WORST_CASE, Certificate
+from certcompress.demo.digits import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
 from certcompress.domain import InputDomain
 from certcompress.errors import CertificateError, ConfigurationError
-from certcompress.zoo import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "certificates"
 

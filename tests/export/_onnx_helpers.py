@@ -16,7 +16,7 @@ import certcompress as cc
 from certcompress import cli
 from certcompress.compress.quantization.config import QuantConfig
 from certcompress.compress.quantization.grid import QuantGrid, quantization_grid
-from certcompress.zoo import magnitude_prune_copy
+from certcompress.demo.digits import magnitude_prune_copy
 
 MLP_SHAPE = (1, 12)
 RADIUS = 1.0

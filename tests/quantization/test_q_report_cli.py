@@ -152,8 +152,8 @@ def test_quantize_command_errors(tmp_path: Path) -> None:
 
 
 def test_demo_section_prints_the_allocation_and_writes_the_report(tmp_path: Path) -> None:
-    from certcompress.compress.quantization import demo_section
-    from certcompress.zoo import DigitsCNN, DigitsData
+    from certcompress.demo.digits import DigitsCNN, DigitsData
+    from certcompress.demo.quantization import demo_section
 
     torch.manual_seed(0)
     model = DigitsCNN(channels=4).eval()

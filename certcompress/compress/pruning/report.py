@@ -1,5 +1,5 @@
 """The pruning report: certified bound next to measured deviations, per criterion and
-sparsity, as a DataFrame, a CSV file and a log-scale plot (shared doc, section 6: a
+sparsity, as a DataFrame, a CSV file and a log-scale plot (docs/path-metrics.md, section 6: a
 bound is always shown beside what was measured, and a vacuous bound is marked so)."""
 
 from __future__ import annotations

@@ -95,10 +95,9 @@ class MaskCertifier:
         bound = self.factor * pm.value
         if self.certifier != "path-metric":
             assert self.tier is not None
-            opts = self.options if self.tier.options_type is not None and isinstance(
-                self.options, self.tier.options_type) else None
             pair = GraphPair(self.graph, other, pm)
-            bound = min(bound, self.tier.bound(pair, self.domain, opts).bound)
+            tier = self.tier.bound(pair, self.domain, self.tier.own_options(self.options))
+            bound = min(bound, tier.bound)
         return bound
 
 

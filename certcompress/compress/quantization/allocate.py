@@ -245,13 +245,16 @@ def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: 
     granularity, bias_bits = problem.granularity, problem.bias_bits
     n_layers = len(problem.layers)
 
-    def certify_choice(ch: Sequence[int], steps: int = 0) -> tuple[QuantConfig, nn.Module,
-                                                                   Certificate]:
+    def certify_choice(ch: Sequence[int], final: bool = False
+                       ) -> tuple[QuantConfig, nn.Module, Certificate]:
         cfg = QuantConfig.from_bits(problem.bits(ch), granularity, bias_bits=bias_bits)
         qm = quantization_grid(model, cfg).apply(model)
+        # the tries are bounds only; the final certificate measures (reference inputs and
+        # the search, as asked)
         cert = certify(model, qm, domain=domain, methods=("path-metric", tier),
-                       reference_inputs=reference_inputs if steps else None,
-                       search_steps=steps, search_restarts=search_restarts, seed=seed)
+                       reference_inputs=reference_inputs if final else None,
+                       search_steps=search_steps if final else 0,
+                       search_restarts=search_restarts, seed=seed)
         problem.ev.counts["certify"] += 1
         return cfg, qm, cert
 
@@ -289,7 +292,7 @@ def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: 
             if certify_choice(trial)[2].bound <= budget:
                 choice, improved = trial, True
                 break
-    qcfg, qmodel, cert = certify_choice(choice, steps=search_steps)
+    qcfg, qmodel, cert = certify_choice(choice, final=True)
     if cert.bound > budget:
         raise RuntimeError(f"internal error: the chosen allocation certifies {cert.bound:.17g}"
                            f" > budget {budget:.17g}; please report it")

@@ -1,4 +1,4 @@
-"""The a-priori bound of a grid, before quantizing (shared doc, section 4).
+"""The a-priori bound of a grid, before quantizing (docs/path-metrics.md, section 4).
 
 Round-to-nearest on a grid of step ``delta`` that contains zero moves each weight by at
 most ``delta/2`` without changing its sign, so with ``hi = |theta| + delta/2`` and

@@ -4,7 +4,7 @@ PNG bar chart of bits per layer, PNG plot of the curve).
 
 Every bound here is a certificate of the quantized model (:func:`quantize` or
 :func:`choose_bitwidths`), shown next to the deviation measured on reference data and
-by the adversarial search, and flagged when vacuous (shared doc, section 6).
+by the adversarial search, and flagged when vacuous (docs/path-metrics.md, section 6).
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ...domain import InputDomain
-from ...measure import deviations, float64_function
-from ...zoo import DigitsData, accuracy
-from .allocate import BitAllocation, choose_bitwidths
-from .apply import quantize
-from .config import QuantConfig
-from .report import bits_table, compare_with_ort, write_report
+from ..compress.quantization.allocate import BitAllocation, choose_bitwidths
+from ..compress.quantization.apply import quantize
+from ..compress.quantization.config import QuantConfig
+from ..compress.quantization.report import bits_table, compare_with_ort, write_report
+from ..domain import InputDomain
+from ..measure import deviations, float64_function
+from .digits import DigitsData, accuracy
 
 __all__ = ["demo_section"]
 
