@@ -128,3 +128,17 @@ def test_schema_3_refuses_the_old_top_level_fields_and_bad_details() -> None:
     del old["sign_changes"]
     with pytest.raises(CertificateError, match="missing field.*sign_changes"):
         Certificate.from_dict(old)
+
+
+def test_reports_and_the_store_take_their_certificate_columns_from_to_row() -> None:
+    from certcompress.compress.pruning.report import REPORT_COLUMNS
+    from certcompress.compress.quantization.report import _CERT_COLUMNS
+    from certcompress.scale.tasks import _certificate_columns
+
+    cert = Certificate.load(FIXTURES / "schema2_domain.json")
+    assert _certificate_columns(cert) == cert.to_row()
+    assert set(_CERT_COLUMNS) <= set(ROW_COLUMNS)
+    own = {"criterion", "sparsity", "pruned_weights", "candidate_weights", "parameters",
+           "nonzero_parameters", "accuracy"}
+    assert set(REPORT_COLUMNS) - own <= set(ROW_COLUMNS)
+    assert "measured_max" not in ROW_COLUMNS and "deviation_max" in ROW_COLUMNS
