@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -277,7 +278,7 @@ def test_a_read_only_store_is_read_not_called_corrupt(tmp_path: Path,
     _store(store)
     # the connection used to read cannot write (SQLite mode=ro), whoever runs the test
     with ResultStore(store, create=False, readonly=True) as st, \
-            pytest.raises(Exception, match="readonly"):
+            pytest.raises(sqlite3.OperationalError, match="readonly"):
         st._conn.execute("DELETE FROM results")
     before = store.read_bytes()
     store.chmod(0o444)

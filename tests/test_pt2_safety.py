@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from certcompress.errors import ModelLoadError
+from certcompress.errors import ConfigurationError, ModelLoadError
 from certcompress.loading import check_export_archive, load_model
 from certcompress.scale.refs import ModelRef
 
@@ -209,5 +209,5 @@ def test_cli_refuses_before_loading(archive: dict[str, bytes], tmp_path: Path,
         _module(evil, None, "--original")
     assert not marker.exists()
     clean = str(_write(archive, tmp_path / "clean.pt2"))
-    with pytest.raises(Exception, match="needs nn.Module models"):
+    with pytest.raises(ConfigurationError, match="needs nn.Module models"):
         _module(clean, None, "--original")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 
+import _soundness as sh
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,6 @@ from torch import Tensor, nn
 import certcompress as cc
 from certcompress.capture.check import PROBE_MACS, graph_macs, numeric_check, probe_count
 from certcompress.errors import RefusalKind
-from certcompress.measure import adversarial_deviation, float64_function
 
 SHAPE_V = (1, 6)
 SHAPE_I = (1, 2, 6, 6)
@@ -33,19 +33,6 @@ def _refused(model: nn.Module, shape: tuple[int, ...], *needles: str) -> cc.Unsu
     return info.value
 
 
-def _measured(m: nn.Module, c: nn.Module, shape: tuple[int, ...], r: float) -> float:
-    """The largest l1 deviation found: random points, corners, PGD (a lower bound on the
-    true maximum)."""
-    f, fc = float64_function(m), float64_function(c)
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.rand((256,) + shape[1:], generator=gen, dtype=torch.float64) * 2 - 1) * r
-    x[:64] = x[:64].sign() * r
-    with torch.no_grad():
-        dev = float((f(x) - fc(x)).abs().sum(1).max())
-    adv = adversarial_deviation(f, fc, shape, -r, r, steps=30, restarts=3, seed=2)
-    return max(dev, float(adv.max_deviation))
-
-
 def _certified_soundly(m: nn.Module, shape: tuple[int, ...], r: float = 1.0) -> None:
     m = m.double().eval()
     c = copy.deepcopy(m)
@@ -55,7 +42,10 @@ def _certified_soundly(m: nn.Module, shape: tuple[int, ...], r: float = 1.0) -> 
     dom = cc.InputDomain.box(-r, r, shape=shape)
     cert = cc.certify(m, c, domain=dom, search_steps=0)
     assert math.isfinite(cert.bound)
-    assert cert.bound >= _measured(m, c, shape, r)
+    found = sh.attack_models(m, c, dom, shape, seed=1, steps=30, restarts=3, n_uniform=192,
+                             n_vertices=64)
+    sh.assert_sound(found, cert.bound, what="declared-safe model")
+    sh.record("certify: trace-check safe models", cert.bound, found.worst)
 
 
 # ---------------------------------------------------------------------- models

@@ -1,13 +1,13 @@
 """Helpers for the bound-propagation tests: the tier's soundness checked against
-deviations found by sampling, box vertices and gradient ascent inside the box, output by
-output, and every primitive node's sampled values against its propagated bounds."""
+deviations found by the shared harness (tests/_soundness.py: sampling, box vertices and
+gradient ascent inside the box, output by output), and every primitive node's sampled
+values against its propagated bounds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import _soundness as sh
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import certcompress as cc
 from certcompress.bounds.propagation.engine import PropagationOptions, propagate
@@ -16,16 +16,6 @@ from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tiers import bounds_tier
 from certcompress.certificate import MethodBound
 from certcompress.domain import InputDomain
-from certcompress.measure import adversarial_deviation, float64_function
-
-MEASURE_REL = 1e-9
-MEASURE_ABS = 1e-12
-
-
-def within(measured: Tensor | float, bound: Tensor | float) -> bool:
-    m = torch.as_tensor(measured, dtype=torch.float64)
-    b = torch.as_tensor(bound, dtype=torch.float64)
-    return bool((m <= b + MEASURE_REL * b.abs() + MEASURE_ABS).all())
 
 
 def random_box(shape: tuple[int, ...], seed: int, max_width: float = 2.0,
@@ -39,28 +29,6 @@ def random_box(shape: tuple[int, ...], seed: int, max_width: float = 2.0,
     return InputDomain.box(center - width / 2, center + width / 2, shape=shape)
 
 
-def attack_points(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor],
-                  dom: InputDomain, seed: int, n_out: int, steps: int = 40) -> Tensor:
-    """Inputs inside the box: uniform samples, vertices, and gradient-ascent maximizers
-    of the l1 deviation and of each output's deviation."""
-    gen = torch.Generator().manual_seed(seed)
-    lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
-    uni = dom.sample(48, gen)
-    vert = torch.where(torch.rand((24,) + tuple(lo.shape), generator=gen) < 0.5, lo, hi)
-    xs = [uni, vert]
-    adv = adversarial_deviation(f, g, dom.shape, lo, hi, steps=steps, restarts=6,
-                                starts=uni[:3], seed=seed)
-    xs.append(adv.argmax)
-    for o in range(n_out):
-        fo: Callable[[Tensor], Tensor] = lambda x, o=o: f(x)[:, o:o + 1]  # noqa: E731
-        go: Callable[[Tensor], Tensor] = lambda x, o=o: g(x)[:, o:o + 1]  # noqa: E731
-        xs.append(adversarial_deviation(fo, go, dom.shape, lo, hi, steps=steps // 2,
-                                        restarts=2, seed=seed + 1 + o).argmax)
-    x = torch.cat(xs)
-    assert bool(dom.contains(x).all()), "an attack point left the box"
-    return x
-
-
 def check_tier_sound(net: nn.Module, comp: nn.Module, dom: InputDomain, seed: int,
                      options: PropagationOptions | None = None) -> tuple[MethodBound, float]:
     """Asserts soundness of the bounds tier (total, per output, every node); returns the
@@ -68,17 +36,16 @@ def check_tier_sound(net: nn.Module, comp: nn.Module, dom: InputDomain, seed: in
     shape = dom.shape
     g, g2 = cc.trace(net, shape), cc.trace(comp, shape)
     tier = bounds_tier(g, g2, dom, options)
-    f, fc = float64_function(net), float64_function(comp)
-    n_out = len(tier.per_output)
-    x = attack_points(f, fc, dom, seed, n_out)
+    f, fc = sh.f64(net), sh.f64(comp)
+    lo, hi = sh.box(dom, shape)
+    found = sh.attack(f, fc, lo, hi, seed, steps=40, restarts=6, per_output=True)
+    x = found.x
+    assert bool(dom.contains(x).all()), "an attack point left the box"
+    sh.assert_sound(found, tier.bound, tier.per_output, "bounds tier")
+    worst = found.worst
+    sh.record("bounds tier: random boxes", tier.bound, worst)
     with torch.no_grad():
         fx, gx = f(x), fc(x)
-    dev = (fx - gx).abs()
-    assert dev.shape[1] == n_out
-    worst = float(dev.sum(1).max())
-    assert within(dev.sum(1), tier.bound), (worst, tier.bound)
-    assert within(dev, torch.tensor(tier.per_output, dtype=torch.float64)), \
-        "a per-output deviation exceeds its per-output bound"
     # the lowering is exact and every primitive node stays inside its bounds
     pair = lower_pair(g, g2)
     state = propagate(pair, dom.lower_tensor().unsqueeze(0), dom.upper_tensor().unsqueeze(0),

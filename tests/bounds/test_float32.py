@@ -12,6 +12,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import _soundness as sh
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -36,10 +37,7 @@ def _linear_1x1(weight: float, bias: float) -> nn.Module:
 
 def _dev32(f: nn.Module, g: nn.Module, x: Tensor) -> Tensor:
     """Per-input l1 deviation of the float32 outputs (formed in float64)."""
-    with torch.no_grad():
-        a = f.float()(x.float()).reshape(x.shape[0], -1).double()
-        b = g.float()(x.float()).reshape(x.shape[0], -1).double()
-    return (a - b).abs().sum(1)
+    return sh.measure(sh.f32(f), sh.f32(g), x, float32=True).l1
 
 
 # --------------------------------------------------------------------- the issue's case
@@ -59,7 +57,8 @@ def test_issue_case_one_ulp_weight_with_large_bias() -> None:
         assert tier.details["arithmetic"] == "float32"
         assert tier.details["bound_exact"] <= tier.bound
     # not absurdly loose: two roundings of ~1e6 each, at most a few ulps of 1e6
-    assert f32.bound <= 16 * 0.0625
+    sh.record("certify float32: one-ulp Linear(1, 1), bias 1e6", f32.bound, measured,
+              at_most=16.0)
     assert "float32" in f32.summary() and "arithmetic" in exact.summary()
 
 
@@ -148,10 +147,16 @@ def _compress(model: nn.Module, seed: int, kind: str) -> nn.Module:
     return c.eval()
 
 
-def _probe_points(dom: cc.InputDomain, n: int, seed: int) -> Tensor:
-    lo, hi = dom.lower_tensor(), dom.upper_tensor()  # (1, *per-sample shape)
-    x = dom.sample(n, torch.Generator().manual_seed(seed)).reshape((n,) + tuple(lo.shape[1:]))
-    return torch.cat([x, lo, hi, (lo + hi) / 2]).float()
+def _probe_points(dom: cc.InputDomain, n: int, seed: int, pgd: tuple[nn.Module, nn.Module]
+                  | None = None) -> Tensor:
+    """The shared harness's points of the domain (centre, extreme corners, ``n`` uniform
+    ones, every corner where few) and, given two models, their float32 PGD maximizer."""
+    lo, hi = sh.box(dom, dom.shape)
+    x = sh.points(lo, hi, torch.Generator().manual_seed(seed), n, 0)
+    if pgd is not None:
+        x = torch.cat([x, sh.pgd(sh.f32(pgd[0]), sh.f32(pgd[1]), lo, hi, steps=20,
+                                 restarts=4, seed=seed)])
+    return x.float()
 
 
 @settings(max_examples=12, deadline=None,
@@ -166,7 +171,7 @@ def test_mlp_float32_deviation_never_exceeds_certificate(seed: int, log_bias: in
     comp = _compress(model, seed, kind)
     dom = cc.InputDomain.box(-half_width, half_width, shape=(1, width))
     cert = cc.certify(model, comp, domain=dom, search_steps=0, arithmetic="float32")
-    x = _probe_points(dom, 64, seed)
+    x = _probe_points(dom, 64, seed, pgd=(model, comp))
     devs = [_dev32(model, comp, x)]
     perm = torch.randperm(width, generator=torch.Generator().manual_seed(seed))
     devs.append(_dev32(_permuted(model, perm), _permuted(comp, perm), x[:, perm]))
@@ -176,6 +181,7 @@ def test_mlp_float32_deviation_never_exceeds_certificate(seed: int, log_bias: in
             b = _chunked_forward(comp, x, chunk, not rev).double()  # mixed orders
         devs.append((a - b).abs().sum(1))
     worst = float(torch.stack(devs).max())
+    sh.record("certify float32: MLPs, float32 executions", cert.bound, worst)
     per_worst = torch.stack([(_chunked_forward(model, x, 2, True).double()
                               - _chunked_forward(comp, x, 7, False).double()).abs().amax(0)])
     assert worst <= cert.bound, (worst, cert.bound)

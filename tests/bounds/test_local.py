@@ -3,14 +3,16 @@ compressions, no input inside a certified ball (random samples, box vertices, or
 by gradient ascent on the deviation or on the decision margin) deviates by more than the
 per-point bound, leaves the per-output bounds, or changes a decision certified unchanged.
 
-Measured values get the same ``1e-9`` relative (+``1e-12``) allowance for their own
-float64 rounding as the core soundness tests; the bounds carry the engine's margin.
+Points and tolerance come from the shared harness (tests/_soundness.py): one-sided, with
+an allowance only for the measured values' own float64 rounding; the bounds carry the
+engine's margin.
 """
 
 from __future__ import annotations
 
 import json
 
+import _soundness as sh
 import numpy as np
 import pytest
 import torch
@@ -22,9 +24,7 @@ from torch import Tensor, nn
 from certcompress.bounds.local import LocalCertificate, certify_local
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.errors import ConfigurationError
-from certcompress.measure import adversarial_deviation, float64_function
-
-REL, ABS = 1e-9, 1e-12
+from certcompress.measure import float64_function
 
 COMPRESSIONS = st.one_of(
     st.tuples(st.just("prune"), st.sampled_from([0.1, 0.3, 0.6])),
@@ -35,81 +35,49 @@ COMPRESSIONS = st.one_of(
 EPS = st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.6])
 
 
-def _le(a: Tensor, b: Tensor) -> Tensor:
-    return a <= b + REL * b.abs() + ABS
-
-
-def _box_samples(lo: Tensor, hi: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    """``n`` points of the box: uniform ones and vertices."""
-    per = lo.shape
-    u = torch.rand((n,) + per, generator=gen, dtype=torch.float64)
-    v = (torch.rand((n,) + per, generator=gen) < 0.5).to(torch.float64)
-    u[n // 2:] = v[n // 2:]
-    return lo + (hi - lo) * u
-
-
-def _margin_attack(fn, lo: Tensor, hi: Tensor, c: int, gen: torch.Generator,
-                   steps: int = 25, restarts: int = 4) -> Tensor:
-    """Points of the box found by PGD minimizing ``f_c - max_{j != c} f_j``."""
-    x = lo + (hi - lo) * torch.rand((restarts,) + lo.shape, generator=gen, dtype=torch.float64)
-    x[0] = (lo + hi) / 2
-    alpha = 2.5 * float((hi - lo).max()) / steps
-    found = [x.clone()]
-    for _ in range(steps):
-        x.requires_grad_(True)
-        out = fn(x)
-        other = out.clone()
-        other[:, c] = -torch.inf
-        margin = out[:, c] - other.max(1).values
-        (g,) = torch.autograd.grad(margin.sum(), x)
-        with torch.no_grad():
-            x = torch.maximum(torch.minimum(x.detach() - alpha * g.sign(), hi), lo)
-        found.append(x.clone())
-    return torch.cat(found)
-
-
 def _check(net: nn.Module, comp: nn.Module, points: Tensor, eps: float,
            dom: tuple[float, float] | None, seed: int) -> LocalCertificate:
     lo_d, hi_d = dom if dom is not None else (None, None)
     cert = certify_local(net, comp, points, eps, domain_lower=lo_d, domain_upper=hi_d,
                          progress=False, batch_size=2)
-    f, fc = float64_function(net), float64_function(comp)
+    f, fc = sh.f64(net), sh.f64(comp)
     gen = torch.Generator().manual_seed(seed)
     for i in range(points.shape[0]):
         x0 = points[i].double()
         lo, hi = x0 - eps, x0 + eps
         if dom is not None:
             lo, hi = lo.clamp(min=dom[0]), hi.clamp(max=dom[1])
-        xs = [_box_samples(lo, hi, 64, gen)]
-        adv = adversarial_deviation(f, fc, (1,) + tuple(x0.shape), lo, hi, steps=20,
-                                    restarts=4, starts=x0.unsqueeze(0), seed=seed + i)
-        xs.append(adv.argmax.reshape((1,) + tuple(x0.shape)))
         c = cert.top_class[i]
-        xs.append(_margin_attack(fc, lo, hi, c, gen))
-        xs.append(_margin_attack(f, lo, hi, c, gen))
-        x = torch.cat(xs).detach()
+        x = torch.cat([sh.points(lo, hi, gen, 32, 32),
+                       sh.pgd(f, fc, lo, hi, steps=20, restarts=4, starts=x0.unsqueeze(0),
+                              seed=seed + i),
+                       sh.margin_pgd(fc, lo, hi, c, gen), sh.margin_pgd(f, lo, hi, c, gen)])
+        found = sh.measure(f, fc, x)
+        sh.assert_sound(found, cert.deviation_bound[i], what=f"local certificate, point {i}")
         with torch.no_grad():
             fx, fcx = f(x), fc(x)
+        size = found.size[:, None]  # the measurement's own rounding is relative to it
+
+        def le(a: Tensor, b: Tensor | float, size: Tensor = size) -> bool:
+            b = torch.as_tensor(b, dtype=torch.float64)
+            return bool((a <= b + sh.allowance(b, size, False)).all())
+
         d = fx - fcx
-        dev = d.abs().sum(1)
-        bound = torch.tensor(cert.deviation_bound[i], dtype=torch.float64)
-        assert bool(_le(dev, bound).all()), (float(dev.max()), float(bound))
-        assert bool(_le(torch.tensor([adv.max_deviation]), bound).all())
         du = torch.tensor(cert.deviation_upper[i], dtype=torch.float64)
         dl = torch.tensor(cert.deviation_lower[i], dtype=torch.float64)
-        assert bool(_le(d, du).all()) and bool(_le(dl, d).all())
+        assert le(d, du) and le(-d, -dl)
         cu = torch.tensor(cert.compressed_upper[i], dtype=torch.float64)
         cl = torch.tensor(cert.compressed_lower[i], dtype=torch.float64)
-        assert bool(_le(fcx, cu).all()) and bool(_le(cl, fcx).all())
+        assert le(fcx, cu) and le(-fcx, -cl)
         mc = fcx[:, c] - torch.cat([fcx[:, :c], fcx[:, c + 1:]], 1).max(1).values
-        assert bool((mc >= cert.margin_lower[i] - REL * abs(cert.margin_lower[i]) - ABS).all())
+        assert le(-mc[:, None], -cert.margin_lower[i])
         if cert.decision_unchanged[i]:
             assert bool((fcx.argmax(1) == c).all())
         mo = fx[:, c] - torch.cat([fx[:, :c], fx[:, c + 1:]], 1).max(1).values
-        om = cert.original_margin_lower[i]
-        assert bool((mo >= om - REL * abs(om) - ABS).all())
+        assert le(-mo[:, None], -cert.original_margin_lower[i])
         if cert.original_robust[i]:
             assert bool((fx.argmax(1) == c).all())
+        sh.record("certify_local: random balls", cert.deviation_bound[i], found.worst)
     return cert
 
 
@@ -151,8 +119,10 @@ def test_eps_zero_is_tight_and_decides_like_the_point():
     net, comp, pts = _tiny()
     cert = certify_local(net, comp, pts, 0.0, progress=False)
     at = np.asarray(cert.deviation_at_point)
-    assert np.all(np.asarray(cert.deviation_bound) >= at * (1 - REL))
-    np.testing.assert_allclose(cert.deviation_bound, at, rtol=1e-6, atol=1e-9)
+    assert np.all(np.asarray(cert.deviation_bound) >= at * (1 - sh.MEASURE_REL))
+    # and tight, one-sided: the point's own deviation up to the rounding margin
+    for b, a in zip(cert.deviation_bound, at):
+        sh.assert_tight(b, a + 1e-9, 1e-6, "eps = 0")
     fc = float64_function(comp)
     with torch.no_grad():
         same = (fc(pts.double()).argmax(1) == torch.tensor(cert.top_class)).tolist()

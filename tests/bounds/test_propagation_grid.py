@@ -5,11 +5,11 @@ maximum itself, up to the rounding margin."""
 
 from __future__ import annotations
 
+import _soundness as sh
 import torch
 from _nets import compress, random_vector_net
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from propagation_helpers import within
 
 import certcompress as cc
 from certcompress.bounds.propagation.engine import propagate
@@ -17,23 +17,14 @@ from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.propagation.primitives import PReLU
 from certcompress.bounds.tiers import bounds_tier, path_metric_tier
 from certcompress.domain import InputDomain
-from certcompress.measure import float64_function
-
-
-def grid(dom: InputDomain, n: int) -> torch.Tensor:
-    lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
-    axes = [torch.linspace(float(a), float(b), n, dtype=torch.float64)
-            for a, b in zip(lo.tolist(), hi.tolist())]
-    return torch.cartesian_prod(*axes).reshape(-1, len(axes))
 
 
 def grid_max(net: torch.nn.Module, comp: torch.nn.Module, dom: InputDomain, n: int
-             ) -> tuple[float, torch.Tensor]:
-    f, g = float64_function(net), float64_function(comp)
-    x = grid(dom, n)
-    with torch.no_grad():
-        dev = (f(x) - g(x)).abs()
-    return float(dev.sum(1).max()), dev.amax(0)
+             ) -> tuple[sh.Found, torch.Tensor]:
+    """Deviations on the dense grid (box vertices included) and the per-output maxima."""
+    lo, hi = sh.box(dom, dom.shape)
+    found = sh.measure(sh.f64(net), sh.f64(comp), sh.dense_grid(lo, hi, n))
+    return found, found.per_output
 
 
 @settings(max_examples=20)
@@ -47,9 +38,9 @@ def test_bound_at_least_dense_grid_maximum(n_in: int, depth: int, width: int, n_
     comp = compress(net, kind, seed + 1, 0.3)
     dom = InputDomain.box(-half, half, shape=shape)
     tier = bounds_tier(cc.trace(net, shape), cc.trace(comp, shape), dom)
-    worst, per = grid_max(net, comp, dom, 2001 if n_in == 1 else 121)
-    assert within(worst, tier.bound), (worst, tier.bound)
-    assert within(per, torch.tensor(tier.per_output, dtype=torch.float64))
+    found, _ = grid_max(net, comp, dom, 2001 if n_in == 1 else 121)
+    sh.assert_sound(found, tier.bound, tier.per_output, "bounds tier vs grid")
+    sh.record("bounds tier: dense grid", tier.bound, found.worst)
 
 
 def test_tight_where_every_relu_is_stable() -> None:
@@ -71,11 +62,15 @@ def test_tight_where_every_relu_is_stable() -> None:
         if not stable:
             continue
         tier = bounds_tier(g, g2, dom)
-        worst, per = grid_max(net, comp, dom, 41)
-        assert within(worst, tier.bound)
+        found, per = grid_max(net, comp, dom, 41)
+        sh.assert_sound(found, tier.bound, tier.per_output, "all-stable box")
+        worst = found.worst
+        # the claimed tightness: the maxima themselves, up to the rounding margin
         scale = 1e-7 * (1 + worst)
-        assert tier.bound <= worst + scale, (tier.bound, worst)
-        assert bool((torch.tensor(tier.per_output) <= per + scale).all())
+        sh.assert_tight(tier.bound, worst + scale, 0.0, "all-stable box, l1")
+        assert bool((torch.tensor(tier.per_output, dtype=torch.float64) <= per + scale).all())
+        sh.record("bounds tier: all-stable box (tight)", tier.bound, worst,
+                  at_most=1 + scale / max(worst, 1e-300))
         checked += 1
     assert checked >= 5, "too few all-stable cases to test tightness"
 
@@ -89,6 +84,6 @@ def test_tighter_than_path_metric_on_a_small_box() -> None:
     g, g2 = cc.trace(net, shape), cc.trace(comp, shape)
     tier = bounds_tier(g, g2, dom)
     pm, _ = path_metric_tier(g, g2, dom.radius)
-    worst, _ = grid_max(net, comp, dom, 201)
-    assert worst <= tier.bound * (1 + 1e-9)
+    found, _ = grid_max(net, comp, dom, 201)
+    sh.assert_sound(found, tier.bound, tier.per_output, "small box")
     assert tier.bound < pm.bound / 3, (tier.bound, pm.bound)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import _soundness as sh
 import torch
 from torch import nn
 
@@ -49,11 +50,9 @@ def compress(net: nn.Module, kind: str, amount: float = 0.3) -> nn.Module:
 
 
 def grid(dom: InputDomain, n_in: int) -> torch.Tensor:
-    per = {1: 2001, 2: 121, 3: 31}[n_in]
-    lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
-    axes = [torch.linspace(float(a), float(b), per, dtype=torch.float64)
-            for a, b in zip(lo.tolist(), hi.tolist())]
-    return torch.cartesian_prod(*axes).reshape(-1, n_in)
+    """The shared harness's dense grid over the domain (tests/_soundness.py)."""
+    lo, hi = sh.box(dom, dom.shape)
+    return sh.dense_grid(lo, hi).reshape(-1, n_in)
 
 
 def outputs(net: nn.Module, comp: nn.Module, x: torch.Tensor

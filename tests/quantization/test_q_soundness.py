@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import _soundness as sh
 import torch
 from _nets import random_conv_net, random_vector_net
 from hypothesis import given, settings
@@ -19,7 +20,6 @@ from certcompress.compress.quantization import (
     apriori_bound_for_steps,
     quantize,
 )
-from certcompress.measure import adversarial_deviation, deviations, float64_function
 
 BITS = st.sampled_from([2, 3, 4, 6, 8, 16])
 GRAN = st.sampled_from(["per-channel", "per-tensor"])
@@ -31,15 +31,6 @@ def _net(kind: int, seed: int):  # noqa: ANN202
     if kind == 1:
         return random_vector_net(["dense", "concat", "leaky"], 5, 3, 2, seed, scale=1.2)
     return random_conv_net(["conv_bn", "maxpool", "convT"], 3, 4, 2, seed, scale=1.0)
-
-
-def _measured(model, qmodel, shape, radius, seed: int) -> float:  # noqa: ANN001
-    f, fq = float64_function(model), float64_function(qmodel)
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand((64,) + tuple(shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) * radius
-    dev, _ = deviations(f, fq, x)
-    adv = adversarial_deviation(f, fq, shape, -radius, radius, steps=25, restarts=3, seed=seed)
-    return max(float(dev.max()), adv.max_deviation)
 
 
 @settings(max_examples=18)
@@ -54,8 +45,10 @@ def test_measured_deviation_never_exceeds_the_certificate(kind: int, seed: int, 
     qmodel, cert = quantize(model, qcfg, shape, radius, search_steps=10, search_restarts=2,
                             seed=seed)
     assert cert.sign_changes == 0 or bias_bits is not None  # weights never flip
-    measured = _measured(model, qmodel, shape, radius, seed)
-    assert measured <= cert.bound * (1 + 1e-9) + 1e-12
+    found = sh.attack_models(model, qmodel, radius, shape, seed, steps=25, restarts=3,
+                             n_uniform=64, n_vertices=0)
+    sh.assert_sound(found, cert.bound, what="quantized")
+    sh.record("quantize: random nets", cert.bound, found.worst)
     prior = apriori_bound(model, qcfg, shape, radius)
     assert prior.bound >= cert.bound * (1 - 1e-12)
 

@@ -16,7 +16,7 @@ from certcompress.cli.zoo import register
 from certcompress.compress.pruning import PruningPlan
 from certcompress.errors import ConfigurationError
 from certcompress.loading import load_model
-from certcompress.scale import load_manifest, results
+from certcompress.scale import StoreError, load_manifest, results
 from certcompress.scale.manifest import parse_manifest
 
 MANIFEST = textwrap.dedent("""
@@ -153,7 +153,7 @@ def test_command_line_errors(zoo, tmp_path):
         _cli(["zoo", "certify", str(path), "--address", "auto"])
     with pytest.raises(ConfigurationError, match="must end in .csv or .json"):
         _cli(["zoo", "certify", str(path), "--out", "x.txt"])
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist"):
         _cli(["results", "list", "--store", str(tmp_path / "none.sqlite")])
 
 

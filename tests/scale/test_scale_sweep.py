@@ -10,7 +10,7 @@ import os
 import pytest
 from scale_zoo import MLP_SHAPE
 
-from certcompress.errors import ConfigurationError
+from certcompress.errors import ConfigurationError, ModelLoadError
 from certcompress.scale import CertifyTask, ModelRef, SerialExecutor, results, sweep
 
 
@@ -101,7 +101,7 @@ def test_duplicate_tasks_run_once(zoo, tmp_path):
 
 
 def test_model_refs_are_checked_where_tasks_are_made(zoo):
-    with pytest.raises(Exception, match="weights file .* cannot be read"):
+    with pytest.raises(ModelLoadError, match="weights file .* cannot be read"):
         ModelRef(zoo.spec("make"), str(zoo.dir / "missing.pt"))
 
 
