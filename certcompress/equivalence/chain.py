@@ -25,7 +25,7 @@ branch-and-bound uses to choose the dimension to split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,8 @@ from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
 __all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "DENSE_LIMIT"]
 
 DENSE_LIMIT = 1 << 24  # largest dense matrix (entries) a layer may become
+
+Slopes = tuple[Tensor, Tensor, Tensor]  # theta, alpha_z, alpha_c per row and neuron
 
 
 @dataclass(frozen=True)
@@ -434,17 +436,25 @@ class ChainState:
         return out
 
     # ----------------------------------------------------------------- backward
-    def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor
+    def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor,
+                       slopes: Mapping[int, Slopes] | None = None
                        ) -> tuple[Tensor, Tensor]:
         """Upper bounds ``(R,)`` of ``<lz, z_k> + <ld, d_k>`` (layer ``k``'s output, rows
         on dimension 0, row ``r`` over problem ``prob[r]``'s box), and the forms'
-        coefficients on the input ``(R, n_in)``."""
+        coefficients on the input ``(R, n_in)``. ``slopes``: per ReLU layer, the split
+        ``theta`` and tangent slopes ``alpha_z``, ``alpha_c`` per row and neuron (see
+        :func:`~certcompress.bounds.propagation.relax.relu_backward`; any values give a
+        valid bound, :mod:`.optimize` chooses them); the default relaxation elsewhere."""
         R = prob.shape[0]
         const = torch.zeros(R, dtype=torch.float64)
         for j in range(k, -1, -1):
             layer = self.chain.layers[j]
             if layer.kind == "relu":
-                cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                sl = None if slopes is None else slopes.get(j)
+                if sl is None:
+                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                else:
+                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob, *sl)
                 lz, ld = cz, cd
                 const = const + c0
                 continue
@@ -468,11 +478,53 @@ class ChainState:
         value = const + (lz * self.mid[prob]).sum(1) + (lz.abs() * self.rad[prob]).sum(1)
         return value, lz
 
-    def upper_bounds(self, cz: Tensor | None, cd: Tensor | None, prob: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+    def optimized_backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None,
+                                 prob: Tensor, steps: int, lr: float = 0.25
+                                 ) -> tuple[Tensor, Tensor]:
+        """:meth:`backsubstitute` with the split and tangent slopes of every ReLU layer
+        chosen per row by ``steps`` projected gradient steps (Adam) on the bound
+        (alpha-CROWN for the pair: ``alpha_z``, ``alpha_c`` in ``[0, 1]`` for both networks,
+        ``theta`` in ``[0, 1]`` between the difference's own chords and the joint
+        relaxation). Every iterate is a valid bound; each row keeps its smallest, never
+        above the default relaxation's."""
+        with torch.no_grad():
+            best, best_lx = self.backsubstitute(k, lz, ld, prob)
+        relus = [j for j in range(k + 1) if self.chain.layers[j].kind == "relu"]
+        if steps <= 0 or not relus:
+            return best, best_lx
+        params: dict[int, Slopes] = {}
+        for j in relus:
+            rl = self.relax[j]
+            theta = torch.full_like(rl.alz[prob], 0.5)
+            params[j] = (theta.requires_grad_(True), rl.alz[prob].clone().requires_grad_(True),
+                         rl.alc[prob].clone().requires_grad_(True))
+        flat = [t for sl in params.values() for t in sl]
+        opt = torch.optim.Adam(flat, lr=lr)
+        for _ in range(steps):
+            with torch.enable_grad():
+                v, lx = self.backsubstitute(k, lz, ld, prob, params)
+                better = v.detach() < best
+                best = torch.where(better, v.detach(), best)
+                best_lx = torch.where(better[:, None], lx.detach(), best_lx)
+                opt.zero_grad()
+                v.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                for t in flat:
+                    t.clamp_(0.0, 1.0)
+        with torch.no_grad():
+            v, lx = self.backsubstitute(k, lz, ld, prob, params)
+            better = v < best
+            best = torch.where(better, v, best)
+            best_lx = torch.where(better[:, None], lx, best_lx)
+        return best, best_lx
+
+    def upper_bounds(self, cz: Tensor | None, cd: Tensor | None, prob: Tensor,
+                     optimize: int = 0) -> tuple[Tensor, Tensor]:
         """Upper bounds ``(R,)`` of ``<cz, f> + <cd, f - f'>`` over problem ``prob[r]``'s
         box (rounding margin included) and the rows' input coefficients; ``cz``/``cd``
-        are ``(R, n_out)``."""
+        are ``(R, n_out)``. ``optimize``: gradient steps on the output rows' slopes
+        (:meth:`optimized_backsubstitute`; 0: the default relaxation)."""
         k = len(self.chain.layers) - 1
         mz, mc = self.mags[k]
         R = prob.shape[0]
@@ -487,8 +539,7 @@ class ChainState:
                 margin = margin + (a.abs() * mz[p]).sum(1)
             if d is not None:
                 margin = margin + (d.abs() * (mz[p] + mc[p])).sum(1)
-            with torch.no_grad():
-                v, lx = self.backsubstitute(k, a, d, p)
+            v, lx = self.optimized_backsubstitute(k, a, d, p, optimize)
             # also the interval reading at the output (never looser than needed)
             ob = self.bounds[k]
             iv = torch.zeros_like(v)

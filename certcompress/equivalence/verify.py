@@ -113,6 +113,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        max_regions: int = 200_000, executor: str | None = None,
                        workers: int | None = None, batch: int = 256, chunk: int = 128,
                        seed: int = 0, intermediate: str = "crown",
+                       split_candidates: int = 1,
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
@@ -140,6 +141,9 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                  f"{executor!r}")
     if not (isinstance(batch, int) and batch >= 2):
         raise ConfigurationError(f"batch must be an integer >= 2, got {batch!r}")
+    if not (isinstance(split_candidates, int) and split_candidates >= 1):
+        raise ConfigurationError(f"split_candidates must be an integer >= 1, got "
+                                 f"{split_candidates!r}")
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ConfigurationError(f"chunk must be an integer >= 1, got {chunk!r}")
     dom = _domain(domain, model, input_shape)
@@ -171,7 +175,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     lower = dom.lower_tensor().reshape(-1)
     upper = dom.upper_tensor().reshape(-1)
     cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
-                       chunk=chunk, seed=seed)
+                       chunk=chunk, seed=seed, strong_dims=split_candidates)
     pool: Pool | None = None
     notes: list[str] = []
     if executor in ("local", "ray"):
@@ -225,7 +229,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         open_regions=0 if status == "verified" else int(res["open"]),
         counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
         input_shape=shape,
-        details={"method": bounder.method, "rounds": res["rounds"],
+        details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
                  "executor": executor or "serial",
                  "workers": None if pool is None else pool.workers,
                  "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
