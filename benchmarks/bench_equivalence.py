@@ -36,8 +36,8 @@ from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tiers import bounds_tier
 from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
+from certcompress.equivalence.chain import ChainState, chain_from_pair
 from certcompress.equivalence.properties import EpsilonProperty
-from certcompress.equivalence.search import Bounder
 
 LO = torch.tensor([-0.33, -0.5, -0.5, -0.5, -0.5], dtype=torch.float64)
 HI = torch.tensor([0.68, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
@@ -96,15 +96,21 @@ def acas_regions(seed: int, n: int) -> list[InputDomain]:
     return out
 
 
-def single_pass(net: nn.Module, comp: nn.Module, dom: InputDomain) -> tuple[float, float]:
-    """(l_inf bound of the equivalence single pass, seconds)."""
+def single_pass(net: nn.Module, comp: nn.Module, dom: InputDomain, ramp: bool = True,
+                optimize: int = 0) -> tuple[float, float]:
+    """(l_inf bound of the equivalence single pass, seconds). ``ramp=False``: the
+    relaxation before issue 15 part 1 (per-neuron split picked by its concrete value);
+    ``optimize``: slope-optimization steps on the output rows."""
     pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
-    b = Bounder(pair)
+    chain = chain_from_pair(pair)
+    assert chain is not None
     prop = EpsilonProperty(pair.output_size, 1.0, "inf")
     t0 = time.perf_counter()
     lo, hi = dom.lower_tensor().reshape(1, -1), dom.upper_tensor().reshape(1, -1)
     _, cd, r = prop.rows(torch.zeros(1, pair.output_size, dtype=torch.float64))
-    ub = b.bound(lo, hi, None, cd, r)[0]
+    state = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
+                       ramp=ramp)
+    ub = state.upper_bounds(None, cd, torch.zeros(r, dtype=torch.long), optimize=optimize)[0]
     return float(ub.amax().clamp(min=0)), time.perf_counter() - t0
 
 
@@ -130,6 +136,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--nets", type=int, default=5)
     ap.add_argument("--regions", type=int, default=6, help="regions per network")
+    ap.add_argument("--split-candidates", type=int, default=1,
+                    help="strong branching over this many dimensions (1: off)")
+    ap.add_argument("--optimize", type=int, default=0,
+                    help="slope-optimization steps per region")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--parallel-epsilon", type=float, default=0.002,
+                    help="epsilon of the parallel run (hard: close to the deviation)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n_nets, n_regions, steps = (2, 3, 400) if args.quick else (args.nets, args.regions, 1500)
@@ -147,17 +160,40 @@ def main() -> None:
     sp_rows = []
     for name, net, comp, dom in instances[:n_tier]:
         ours, t_ours = single_pass(net, comp, dom)
+        before, _ = single_pass(net, comp, dom, ramp=False)
+        opt, t_opt = single_pass(net, comp, dom, optimize=20)
         crown, t_crown = tier_bound(net, comp, dom, "crown")
         sp_rows.append({"instance": name, "single_pass": ours, "single_pass_s": t_ours,
+                        "single_pass_before": before, "single_pass_opt20": opt,
+                        "single_pass_opt20_s": t_opt,
                         "bounds_tier": crown, "bounds_tier_s": t_crown,
                         "ratio_tier_over_single": crown / ours if ours > 0 else None})
-        print(f"  single pass {name}: {ours:.4g} ({t_ours:.2f} s)  bounds tier {crown:.4g} "
-              f"({t_crown:.2f} s)")
+        print(f"  single pass {name}: {ours:.4g} ({t_ours:.2f} s; before {before:.4g}, "
+              f"20 opt steps {opt:.4g}) bounds tier {crown:.4g} ({t_crown:.2f} s)")
+    # the single pass over boxes of radius r around the first region's centre, before
+    # and after, against the sampled deviation (how fast the bound closes on the truth)
+    name, net, comp, dom = instances[0]
+    lo0, hi0 = dom.lower_tensor(), dom.upper_tensor()
+    centre = (lo0 + hi0) * 0.5
+    rad_rows = []
+    for rad in (0.1, 0.03, 0.01, 0.001):
+        small = InputDomain.box(centre - rad, centre + rad, shape=dom.shape)
+        xs = (centre - rad) + 2 * rad * torch.rand((20000,) + tuple(centre.shape[1:]),
+                                                   dtype=torch.float64)
+        with torch.no_grad():
+            sampled = float((net(xs) - comp(xs)).abs().max())
+        rad_rows.append({"radius": rad, "sampled": sampled,
+                         "single_pass": single_pass(net, comp, small)[0],
+                         "single_pass_before": single_pass(net, comp, small, ramp=False)[0]})
+        print(f"  radius {rad}: {rad_rows[-1]}")
+    payload["acas_like"]["single_pass_by_radius"] = rad_rows
     payload["acas_like"]["single_pass"] = sp_rows
     for eps in (0.05, 0.01):
         rows = []
         for name, net, comp, dom in instances:
-            r = cc.verify_equivalence(net, comp, dom, epsilon=eps, timeout=args.timeout)
+            r = cc.verify_equivalence(net, comp, dom, epsilon=eps, timeout=args.timeout,
+                                      split_candidates=args.split_candidates,
+                                      optimize_steps=args.optimize)
             rows.append({"instance": name, "status": r.status, "seconds": r.seconds,
                          "regions": r.regions, "bound": r.bound, "found": r.found})
         summ = summarize(rows)
@@ -166,11 +202,11 @@ def main() -> None:
 
     # ------------------------------------------------------------------ parallel
     name, net, comp, dom = instances[0]
-    kw: dict[str, Any] = {"epsilon": 0.002, "timeout": args.timeout, "batch": 256,
-                          "chunk": 64}
+    kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
+                          "batch": 256, "chunk": 64}
     ser = cc.verify_equivalence(net, comp, dom, **kw)
-    loc = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
-    par = {"instance": name, "epsilon": 0.002, "serial_s": ser.seconds,
+    loc = cc.verify_equivalence(net, comp, dom, executor="local", workers=args.workers, **kw)
+    par = {"instance": name, "epsilon": args.parallel_epsilon, "serial_s": ser.seconds,
            "local2_s": loc.seconds, "serial_status": ser.status, "local_status": loc.status,
            "regions": ser.regions, "same_regions": ser.regions == loc.regions,
            "speedup": ser.seconds / loc.seconds}
@@ -199,20 +235,31 @@ def main() -> None:
         x = data.x_test[i:i + 1].double()
         dom = InputDomain.box((x - 3 / 255).clamp(0, 1), (x + 3 / 255).clamp(0, 1), shape=shape)
         ours, t_ours = single_pass(mlp, comp, dom)
+        before, _ = single_pass(mlp, comp, dom, ramp=False)
+        opt, t_opt = single_pass(mlp, comp, dom, optimize=20)
         crown, t_crown = tier_bound(mlp, comp, dom, "crown")
-        top1 = cc.verify_equivalence(mlp, comp, dom, property="top1", timeout=args.timeout)
+        top1 = cc.verify_equivalence(mlp, comp, dom, property="top1",
+                                     timeout=min(args.timeout, 60.0))
         rows.append({"point": i, "single_pass": ours, "single_pass_s": t_ours,
+                     "single_pass_before": before, "single_pass_opt20": opt,
+                     "single_pass_opt20_s": t_opt,
                      "bounds_tier": crown, "bounds_tier_s": t_crown, "top1": top1.status,
                      "top1_s": top1.seconds})
     ratios = [r["bounds_tier"] / r["single_pass"] for r in rows]
     payload["digits"] = {"accuracy": acc, "points": rows,
                          "median_tier_over_single": statistics.median(ratios),
                          "median_single_pass": statistics.median(r["single_pass"] for r in rows),
+                         "median_single_pass_before": statistics.median(
+                             r["single_pass_before"] for r in rows),
+                         "median_single_pass_opt20": statistics.median(
+                             r["single_pass_opt20"] for r in rows),
                          "median_single_pass_s": statistics.median(r["single_pass_s"]
                                                                    for r in rows),
                          "top1_verified": sum(r["top1"] == "verified" for r in rows)}
     print(f"digits 64-100-100-10 (acc {acc:.3f}) vs float16, +-3/255: median single pass "
-          f"{payload['digits']['median_single_pass']:.3g}, bounds tier / single pass "
+          f"{payload['digits']['median_single_pass']:.3g} (before "
+          f"{payload['digits']['median_single_pass_before']:.3g}, 20 opt steps "
+          f"{payload['digits']['median_single_pass_opt20']:.3g}), bounds tier / single pass "
           f"{payload['digits']['median_tier_over_single']:.2f}x, top-1 verified "
           f"{payload['digits']['top1_verified']}/{len(rows)}")
     print(f"written {write_results('equivalence', payload)}")

@@ -25,7 +25,7 @@ branch-and-bound uses to choose the dimension to split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,8 @@ from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
 __all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "DENSE_LIMIT"]
 
 DENSE_LIMIT = 1 << 24  # largest dense matrix (entries) a layer may become
+
+Slopes = tuple[Tensor, Tensor, Tensor]  # theta, alpha_z, alpha_c per row and neuron
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,27 @@ def _pick(cands_lo: list[Tensor], cands_up: list[Tensor], mid: Tensor, rad: Tens
     return lo, up
 
 
+def ramp_slopes(b: PairBounds) -> tuple[Tensor, Tensor]:
+    """``(kz, kc)`` per neuron: difference-aware lower/upper bounds of ``Delta = ReLU(z) -
+    ReLU(c)`` where ``d = z - c`` has one sign (0 elsewhere).
+
+    With ``d >= 0``, ``Delta = clamp(z, 0, d)`` and for ``z <= zu``, ``d >= dl``:
+    ``Delta >= kz z`` with ``kz = min(dl, zu) / zu`` (``z <= 0``: ``0 >= kz z``; ``z >= 0``:
+    ``min(z, d) >= kz z`` as ``kz <= 1`` and ``d >= dl >= kz z``). With ``d <= 0``,
+    ``-Delta = clamp(c, 0, -d)`` likewise, so ``Delta <= -kc c``, ``kc = min(-du, cu) / cu``.
+    A ReLU whose input can switch contributes only ``0`` or ``d`` to the plain chords
+    (error ``|d|``); the ramp is exact at both ends of the input range and is used where
+    the input is mostly positive (``u > -l``, CROWN's rule for its lower slope). Any
+    smaller non-negative slope is also valid: the quotients are rounded down."""
+    zero = torch.zeros_like(b.zl)
+    tz = (b.dl >= 0) & (b.zl < 0) & (b.zu > -b.zl)
+    tc = (b.du <= 0) & (b.cl < 0) & (b.cu > -b.cl)
+    kz = torch.where(tz, torch.minimum(b.dl, b.zu) / torch.where(tz, b.zu, 1.0), zero)
+    kc = torch.where(tc, torch.minimum(-b.du, b.cu) / torch.where(tc, b.cu, 1.0), zero)
+    down = 1.0 - 1e-12
+    return (kz * down).clamp(0.0, 1.0), (kc * down).clamp(0.0, 1.0)
+
+
 class ChainState:
     """Bounds of every layer of a chain pair for ``P`` input boxes (``lower``/``upper``
     flat, ``(P, n_in)``), tightened by back-substitution; :meth:`upper_bounds` bounds
@@ -313,13 +336,15 @@ class ChainState:
     def __init__(self, chain: ChainPair, lower: Tensor, upper: Tensor,
                  intermediate: str = "forward", chunk_rows: int = 1 << 15,
                  quantities: tuple[str, ...] = ("z", "c", "d"),
-                 prior: Sequence[Tensor | None] | None = None) -> None:
+                 prior: Sequence[Tensor | None] | None = None, ramp: bool = True) -> None:
         if intermediate not in ("forward", "crown", "both"):
             raise ValueError(f"intermediate must be 'forward' or 'crown', got {intermediate!r}")
         self.chain = chain
         self.intermediate = intermediate
         self.quantities = quantities
         self.prior = prior
+        self.ramp = ramp
+        self._ramps: dict[int, tuple[Tensor, Tensor]] = {}
         self.lower = lower.to(torch.float64)
         self.upper = upper.to(torch.float64)
         self.mid = (self.lower + self.upper) * 0.5
@@ -434,17 +459,40 @@ class ChainState:
         return out
 
     # ----------------------------------------------------------------- backward
-    def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor
+    def backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor,
+                       slopes: Mapping[int, Slopes] | None = None
                        ) -> tuple[Tensor, Tensor]:
         """Upper bounds ``(R,)`` of ``<lz, z_k> + <ld, d_k>`` (layer ``k``'s output, rows
         on dimension 0, row ``r`` over problem ``prob[r]``'s box), and the forms'
-        coefficients on the input ``(R, n_in)``."""
+        coefficients on the input ``(R, n_in)``. ``slopes``: per ReLU layer, the split
+        ``theta`` and tangent slopes ``alpha_z``, ``alpha_c`` per row and neuron (see
+        :func:`~certcompress.bounds.propagation.relax.relu_backward`; any values give a
+        valid bound, :meth:`optimized_backsubstitute` chooses them). Without ``slopes`` and
+        with ``ramp`` on, each row takes the smaller of two valid bounds: the default
+        relaxation (split picked per neuron by its value over the box) and the
+        difference-structured one (:meth:`_ramp_backward` at every ReLU)."""
+        if slopes is not None or not self.ramp or ld is None:
+            return self._backsubstitute(k, lz, ld, prob, slopes, False)
+        v0, x0 = self._backsubstitute(k, lz, ld, prob, None, False)
+        v1, x1 = self._backsubstitute(k, lz, ld, prob, None, True)
+        take = v1 < v0
+        return torch.where(take, v1, v0), torch.where(take[:, None], x1, x0)
+
+    def _backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor,
+                        slopes: Mapping[int, Slopes] | None, ramp: bool
+                        ) -> tuple[Tensor, Tensor]:
         R = prob.shape[0]
         const = torch.zeros(R, dtype=torch.float64)
         for j in range(k, -1, -1):
             layer = self.chain.layers[j]
             if layer.kind == "relu":
-                cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                sl = None if slopes is None else slopes.get(j)
+                if sl is None and ramp and ld is not None:
+                    cz, cd, c0 = self._ramp_backward(j, lz, ld, prob)
+                elif sl is None:
+                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                else:
+                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob, *sl)
                 lz, ld = cz, cd
                 const = const + c0
                 continue
@@ -468,11 +516,71 @@ class ChainState:
         value = const + (lz * self.mid[prob]).sum(1) + (lz.abs() * self.rad[prob]).sum(1)
         return value, lz
 
-    def upper_bounds(self, cz: Tensor | None, cd: Tensor | None, prob: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+    def _ramp_backward(self, j: int, lz: Tensor | None, ld: Tensor, prob: Tensor
+                       ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """The ReLU pair at layer ``j`` with the difference routed through its own bounds
+        (``theta = 1``) and, where the difference has one sign and the ReLU that can
+        switch is mostly active, the ramp bounds of :func:`ramp_slopes` in place of the
+        constant ``0``: ``Delta >= kz z`` (``d >= 0``), ``Delta <= -kc c`` (``d <= 0``)."""
+        rl = self.relax[j]
+        if j not in self._ramps:
+            self._ramps[j] = ramp_slopes(rl.bounds)
+        kz, kc = (t[prob] for t in self._ramps[j])
+        # both stable: the joint relaxation is exact (theta = 0)
+        theta = (rl.unstable_z | rl.unstable_c)[prob].to(ld.dtype)
+        cz, cd, c0 = relu_backward(rl, lz, ld, prob, theta)
+        assert cz is not None and cd is not None
+        neg, pos = ld.clamp(max=0), ld.clamp(min=0)
+        # s < 0 needs a lower bound of Delta: kz z;  s > 0 an upper one: -kc (z - d)
+        return cz + neg * kz - pos * kc, cd + pos * kc, c0
+
+    def optimized_backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None,
+                                 prob: Tensor, steps: int, lr: float = 0.25
+                                 ) -> tuple[Tensor, Tensor]:
+        """:meth:`backsubstitute` with the split and tangent slopes of every ReLU layer
+        chosen per row by ``steps`` projected gradient steps (Adam) on the bound
+        (alpha-CROWN for the pair: ``alpha_z``, ``alpha_c`` in ``[0, 1]`` for both networks,
+        ``theta`` in ``[0, 1]`` between the difference's own chords and the joint
+        relaxation). Every iterate is a valid bound; each row keeps its smallest, never
+        above the default relaxation's."""
+        with torch.no_grad():
+            best, best_lx = self.backsubstitute(k, lz, ld, prob)
+        relus = [j for j in range(k + 1) if self.chain.layers[j].kind == "relu"]
+        if steps <= 0 or not relus:
+            return best, best_lx
+        params: dict[int, Slopes] = {}
+        for j in relus:
+            rl = self.relax[j]
+            theta = (rl.unstable_z | rl.unstable_c)[prob].to(torch.float64)
+            params[j] = (theta.requires_grad_(True), rl.alz[prob].clone().requires_grad_(True),
+                         rl.alc[prob].clone().requires_grad_(True))
+        flat = [t for sl in params.values() for t in sl]
+        opt = torch.optim.Adam(flat, lr=lr)
+        for _ in range(steps):
+            with torch.enable_grad():
+                v, lx = self.backsubstitute(k, lz, ld, prob, params)
+                better = v.detach() < best
+                best = torch.where(better, v.detach(), best)
+                best_lx = torch.where(better[:, None], lx.detach(), best_lx)
+                opt.zero_grad()
+                v.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                for t in flat:
+                    t.clamp_(0.0, 1.0)
+        with torch.no_grad():
+            v, lx = self.backsubstitute(k, lz, ld, prob, params)
+            better = v < best
+            best = torch.where(better, v, best)
+            best_lx = torch.where(better[:, None], lx, best_lx)
+        return best, best_lx
+
+    def upper_bounds(self, cz: Tensor | None, cd: Tensor | None, prob: Tensor,
+                     optimize: int = 0) -> tuple[Tensor, Tensor]:
         """Upper bounds ``(R,)`` of ``<cz, f> + <cd, f - f'>`` over problem ``prob[r]``'s
         box (rounding margin included) and the rows' input coefficients; ``cz``/``cd``
-        are ``(R, n_out)``."""
+        are ``(R, n_out)``. ``optimize``: gradient steps on the output rows' slopes
+        (:meth:`optimized_backsubstitute`; 0: the default relaxation)."""
         k = len(self.chain.layers) - 1
         mz, mc = self.mags[k]
         R = prob.shape[0]
@@ -487,8 +595,7 @@ class ChainState:
                 margin = margin + (a.abs() * mz[p]).sum(1)
             if d is not None:
                 margin = margin + (d.abs() * (mz[p] + mc[p])).sum(1)
-            with torch.no_grad():
-                v, lx = self.backsubstitute(k, a, d, p)
+            v, lx = self.optimized_backsubstitute(k, a, d, p, optimize)
             # also the interval reading at the output (never looser than needed)
             ob = self.bounds[k]
             iv = torch.zeros_like(v)

@@ -24,23 +24,26 @@ EXECUTORS = (None, "serial", "local", "ray")
 
 _CHAIN: ChainPair | None = None
 _MODE = "crown"
+_OPTIMIZE = 0
 
 
-def _init(chain: ChainPair, mode: str) -> None:
-    global _CHAIN, _MODE
+def _init(chain: ChainPair, mode: str, optimize: int = 0) -> None:
+    global _CHAIN, _MODE, _OPTIMIZE
     torch.set_num_threads(1)
     _CHAIN = chain
     _MODE = mode
+    _OPTIMIZE = optimize
 
 
 def _work(job: Job) -> tuple[Tensor, Tensor, Pre]:
     assert _CHAIN is not None
-    return bound_chunk(_CHAIN, *job, intermediate=_MODE)
+    return bound_chunk(_CHAIN, *job, intermediate=_MODE, optimize=_OPTIMIZE)
 
 
-def _ray_work(chain: ChainPair, mode: str, job: Job) -> tuple[Tensor, Tensor, Pre]:
+def _ray_work(chain: ChainPair, mode: str, optimize: int, job: Job
+              ) -> tuple[Tensor, Tensor, Pre]:
     torch.set_num_threads(1)
-    return bound_chunk(chain, *job, intermediate=mode)
+    return bound_chunk(chain, *job, intermediate=mode, optimize=optimize)
 
 
 class Pool:
@@ -48,16 +51,17 @@ class Pool:
     (``"ray"``); :meth:`map` yields the results in the jobs' order."""
 
     def __init__(self, kind: str, chain: ChainPair, workers: int | None = None,
-                 intermediate: str = "crown") -> None:
+                 intermediate: str = "crown", optimize: int = 0) -> None:
         self.kind = kind
         self.mode = intermediate
+        self.optimize = optimize
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._pool: ProcessPoolExecutor | None = None
         self._ray: Any = None
         if kind == "local":
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
-                                             initargs=(chain, intermediate))
+                                             initargs=(chain, intermediate, optimize))
         elif kind == "ray":
             try:
                 import ray
@@ -82,7 +86,7 @@ class Pool:
             yield from self._pool.map(_work, jobs)
             return
         ray = self._ray
-        refs = [self._fn.remote(self._chain_ref, self.mode, job) for job in jobs]
+        refs = [self._fn.remote(self._chain_ref, self.mode, self.optimize, job) for job in jobs]
         yield from ray.get(refs)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +56,9 @@ class SearchConfig:
     # the parent proved stable get no back-substitution rows) but, measured on the
     # ACAS-like benchmark, looser at equal depth for that reason; off by default
     reuse_bounds: bool = False
+    # split candidates per region (the most sensitive dimensions): above 1, strong
+    # branching bounds both halves for each and splits where the worse half is best
+    strong_dims: int = 1
 
 
 Pre = list[Tensor | None]
@@ -65,19 +68,20 @@ Job = tuple[Tensor, Tensor, Tensor | None, Tensor | None, int, Pre | None]
 
 def bound_chunk(chain: ChainPair, lower: Tensor, upper: Tensor, cz: Tensor | None,
                 cd: Tensor | None, r: int, prior: Pre | None = None,
-                intermediate: str = "crown") -> tuple[Tensor, Tensor, Pre]:
+                intermediate: str = "crown", optimize: int = 0) -> tuple[Tensor, Tensor, Pre]:
     """Upper bounds ``(P, r)`` of the rows and their input coefficients ``(P, r, n)``
     for the regions ``lower``/``upper`` (``(P, n)``), one chain pass (a worker's task).
     ``intermediate``: see :class:`~.chain.ChainState` (the compressed network's own
     pre-activation bounds come from ``c = z - d``, not from rows of their own). ``prior``:
     the parents' layer bounds (valid on these sub-boxes, intersected); the layer bounds
-    are returned for the children."""
+    are returned for the children. ``optimize``: gradient steps on the output rows' ReLU
+    slopes (:meth:`~.chain.ChainState.optimized_backsubstitute`; 0: default slopes)."""
     with torch.no_grad():
         P = lower.shape[0]
         state = ChainState(chain, lower, upper, intermediate=intermediate,
                            quantities=("z", "d"), prior=prior)
         prob = torch.arange(P).repeat_interleave(r)
-        ub, lx = state.upper_bounds(cz, cd, prob)
+        ub, lx = state.upper_bounds(cz, cd, prob, optimize=optimize)
     return ub.reshape(P, r), lx.reshape(P, r, -1), state.pre_bounds()
 
 
@@ -85,22 +89,26 @@ class Bounder:
     """Bounds rows of the pair's outputs over many regions at once."""
 
     def __init__(self, pair: PairNet, options: PropagationOptions | None = None,
-                 intermediate: str = "crown") -> None:
+                 intermediate: str = "crown", optimize: int = 0) -> None:
         self.pair = pair
         self.intermediate = intermediate
+        self.optimize = optimize
         self.chain = chain_from_pair(pair)
         self.options = options or PropagationOptions(intermediate="interval")
         self.input_shape = tuple(pair.input_shape)
 
     @property
     def method(self) -> str:
-        return (f"chain ({self.intermediate} intermediate bounds, output back-substitution)"
+        opt = f", {self.optimize} slope-optimization steps" if self.optimize else ""
+        return (f"chain ({self.intermediate} intermediate bounds, output back-substitution"
+                f"{opt})"
                 if self.chain is not None else f"engine ({self.options.intermediate})")
 
     def bound(self, lower: Tensor, upper: Tensor, cz: Tensor | None, cd: Tensor | None,
               r: int, prior: Pre | None = None) -> Result:
         if self.chain is not None:
-            return bound_chunk(self.chain, lower, upper, cz, cd, r, prior, self.intermediate)
+            return bound_chunk(self.chain, lower, upper, cz, cd, r, prior, self.intermediate,
+                               self.optimize)
         P = lower.shape[0]
         shape = (P,) + self.input_shape
         state = propagate(self.pair, lower.reshape(shape), upper.reshape(shape), self.options)
@@ -128,6 +136,8 @@ class _Region:
     depth: int
     split_dim: int = -1
     pre: Pre | None = None
+    candidates: list[int] = field(default_factory=list)
+    halves: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
 
 
 BoundFn = Callable[[list[Job]], Iterator[Result]]
@@ -169,6 +179,7 @@ class _Search:
         self.heap: list[tuple[float, int, _Region]] = []
         self.tick = 0
         self.regions = 0
+        self.bounded = 0
         self.proven_volume = 0.0
         self.bound = -math.inf  # max certified bound over proven leaves
         self.found: float | None = None
@@ -242,11 +253,12 @@ class _Search:
             step = step * 0.6
         return self._check_points(x.detach())
 
-    def _evaluate(self, lo: Tensor, hi: Tensor, depth: list[int],
-                  pres: list[Pre | None] | None = None) -> bool:
-        """Bound, judge and attack a batch; push what stays open. True when falsified."""
+    def _bound(self, lo: Tensor, hi: Tensor, pres: list[Pre | None] | None = None
+               ) -> tuple[Tensor, Tensor | None, list[Pre | None], Tensor]:
+        """One differential pass over a batch: ``(ub (P, r), input coefficients or None,
+        the regions' layer bounds, the original's output at the centres)``."""
         P = lo.shape[0]
-        self.regions += P
+        self.bounded += P
         centre_f = self._centre_outputs(lo, hi)
         cz, cd, r = self.prop.rows(centre_f)
         jobs = []
@@ -267,6 +279,18 @@ class _Search:
                           [[None if t is None else t[q] for t in pre] for q in range(n)])
         ub = torch.cat(ubs)
         lx = None if any(t is None for t in lxs) else torch.cat(lxs)  # type: ignore[arg-type]
+        return ub, lx, child_pre, centre_f
+
+    def _evaluate(self, lo: Tensor, hi: Tensor, depth: list[int],
+                  pres: list[Pre | None] | None = None,
+                  bounded: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
+                  ) -> bool:
+        """Bound (unless ``bounded`` already holds :meth:`_bound`'s result), judge and
+        attack a batch; push what stays open. True when falsified."""
+        P = lo.shape[0]
+        self.regions += P
+        ub, lx, child_pre, centre_f = bounded if bounded is not None else \
+            self._bound(lo, hi, pres)
         j = self.prop.judge(ub, centre_f)
         order = torch.argsort(j.score, descending=True)
         if self._attack(lo[order], hi[order], centre_f[order]):
@@ -289,9 +313,57 @@ class _Search:
                     sens = width
             else:
                 sens = width
-            reg.split_dim = int(sens.argmax())
+            # candidates for the split: splittable dimensions, most sensitive first
+            sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
+            k = max(1, min(self.cfg.strong_dims, int((sens >= 0).sum())))
+            reg.candidates = [int(i) for i in torch.argsort(sens, descending=True)[:k]]
+            reg.split_dim = reg.candidates[0]
             self._push(reg)
         return False
+
+    @staticmethod
+    def _halves(reg: _Region, d: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = (reg.lower[d] + reg.upper[d]) * 0.5
+        a_hi = reg.upper.clone()
+        a_hi[d] = m
+        b_lo = reg.lower.clone()
+        b_lo[d] = m
+        return reg.lower, a_hi, b_lo, reg.upper
+
+    def _choose_splits(self, parents: list[_Region]) -> None:
+        """Strong branching: bound both halves for every candidate dimension of every
+        parent (one batch) and set each parent's ``split_dim`` to the candidate whose
+        worse half has the smallest score (ties: the smaller sum); the chosen halves'
+        bounds are kept in ``parent.halves`` so they are not bounded again."""
+        los, his, owners = [], [], []
+        for i, reg in enumerate(parents):
+            if len(reg.candidates) < 2:
+                continue
+            for d in reg.candidates:
+                a_lo, a_hi, b_lo, b_hi = self._halves(reg, d)
+                los += [a_lo, b_lo]
+                his += [a_hi, b_hi]
+                owners.append((i, d))
+        if not owners:
+            return
+        lo, hi = torch.stack(los), torch.stack(his)
+        pres: list[Pre | None] = []
+        for i, _ in owners:
+            pres += [parents[i].pre, parents[i].pre]
+        ub, lx, pre, centre_f = self._bound(lo, hi, pres)
+        score = self.prop.judge(ub, centre_f).score.reshape(-1, 2)
+        key = score.amax(1)
+        best: dict[int, tuple[float, float, int]] = {}
+        for q, (i, _) in enumerate(owners):
+            cand = (float(key[q]), float(score[q].sum()), q)
+            if i not in best or cand[:2] < best[i][:2]:
+                best[i] = cand
+        for i, (_, _, q) in best.items():
+            reg = parents[i]
+            reg.split_dim = owners[q][1]
+            sl = slice(2 * q, 2 * q + 2)
+            reg.halves = (ub[sl], None if lx is None else lx[sl], pre[2 * q:2 * q + 2],
+                          centre_f[sl])
 
     def _open_bound(self) -> float:
         """The largest certified bound over open regions (``-inf`` when none)."""
@@ -315,22 +387,35 @@ class _Search:
             npar = max(1, min(self.cfg.batch // 2, len(self.heap),
                               (self.cfg.max_regions - self.regions + 1) // 2))
             parents = [heapq.heappop(self.heap)[2] for _ in range(npar)]
-            los, his, depth = [], [], []
-            pres: list[Pre | None] = []
-            for reg in parents:
-                d = reg.split_dim
-                m = (reg.lower[d] + reg.upper[d]) * 0.5
-                a_hi = reg.upper.clone()
-                a_hi[d] = m
-                b_lo = reg.lower.clone()
-                b_lo[d] = m
-                los += [reg.lower, b_lo]
-                his += [a_hi, reg.upper]
-                depth += [reg.depth + 1] * 2
-                pres += [reg.pre, reg.pre]
+            if self.cfg.strong_dims > 1:
+                self._choose_splits(parents)
             self.rounds += 1
-            if self._evaluate(torch.stack(los), torch.stack(his), depth, pres):
-                status = "falsified"
+            # parents whose halves were bounded while choosing the split, then the others
+            for pre_bounded in (True, False):
+                group = [reg for reg in parents if (reg.halves is not None) == pre_bounded]
+                if not group:
+                    continue
+                los, his, depth = [], [], []
+                pres: list[Pre | None] = []
+                for reg in group:
+                    a_lo, a_hi, b_lo, b_hi = self._halves(reg, reg.split_dim)
+                    los += [a_lo, b_lo]
+                    his += [a_hi, b_hi]
+                    depth += [reg.depth + 1] * 2
+                    pres += [reg.pre, reg.pre]
+                bounded = None
+                if pre_bounded:
+                    hv = [reg.halves for reg in group if reg.halves is not None]
+                    lxs = [h[1] for h in hv]
+                    bounded = (torch.cat([h[0] for h in hv]),
+                               None if any(t is None for t in lxs)
+                               else torch.cat(lxs),  # type: ignore[arg-type]
+                               [p for h in hv for p in h[2]],
+                               torch.cat([h[3] for h in hv]))
+                if self._evaluate(torch.stack(los), torch.stack(his), depth, pres,
+                                  bounded):
+                    status = "falsified"
+                    break
             if self.progress is not None:
                 self.progress(self.snapshot(time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
@@ -343,7 +428,7 @@ class _Search:
         return {"regions": self.regions, "open": len(self.heap) + len(self.stuck),
                 "proven_fraction": min(1.0, self.proven_volume), "seconds": seconds,
                 "bound_proven": self.bound, "score_open": open_b, "found": self.found,
-                "counterexample": self.counterexample, "rounds": self.rounds,
+                "counterexample": self.counterexample, "rounds": self.rounds, "bounded": self.bounded,
                 "stuck": len(self.stuck)}
 
 

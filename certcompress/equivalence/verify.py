@@ -113,6 +113,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        max_regions: int = 200_000, executor: str | None = None,
                        workers: int | None = None, batch: int = 256, chunk: int = 128,
                        seed: int = 0, intermediate: str = "crown",
+                       split_candidates: int = 1, optimize_steps: int = 0,
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
@@ -127,7 +128,13 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     of ``chunk`` regions (the verdict does not depend on the executor). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
     ``"crown"`` (back-substitution to the input, tightest on deep networks),
-    ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``. ``out``: also write the JSON result there (atomically).
+    ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``.
+    ``split_candidates``: above 1, strong branching: both halves are bounded for that many
+    of each region's most sensitive dimensions and the region is split where the worse
+    half is best (fewer regions, more bounding per region). ``optimize_steps``: gradient
+    steps on the ReLU slopes of the output rows (alpha-CROWN for both networks and the
+    difference; tighter, each step costs about one back-substitution). ``out``: also
+    write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
     with a float64-checked ``counterexample`` in the domain, or ``"unknown"``).
@@ -140,6 +147,12 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                  f"{executor!r}")
     if not (isinstance(batch, int) and batch >= 2):
         raise ConfigurationError(f"batch must be an integer >= 2, got {batch!r}")
+    if not (isinstance(optimize_steps, int) and optimize_steps >= 0):
+        raise ConfigurationError(f"optimize_steps must be an integer >= 0, got "
+                                 f"{optimize_steps!r}")
+    if not (isinstance(split_candidates, int) and split_candidates >= 1):
+        raise ConfigurationError(f"split_candidates must be an integer >= 1, got "
+                                 f"{split_candidates!r}")
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ConfigurationError(f"chunk must be an integer >= 1, got {chunk!r}")
     dom = _domain(domain, model, input_shape)
@@ -167,18 +180,18 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     if intermediate not in ("crown", "forward", "both"):
         raise ConfigurationError(f"intermediate must be 'crown', 'forward' or 'both', got "
                                  f"{intermediate!r}")
-    bounder = Bounder(pair, intermediate=intermediate)
+    bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
     lower = dom.lower_tensor().reshape(-1)
     upper = dom.upper_tensor().reshape(-1)
     cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
-                       chunk=chunk, seed=seed)
+                       chunk=chunk, seed=seed, strong_dims=split_candidates)
     pool: Pool | None = None
     notes: list[str] = []
     if executor in ("local", "ray"):
         if bounder.chain is None:
             notes.append(f"executor={executor!r} needs a chain network; ran serially")
         else:
-            pool = Pool(executor, bounder.chain, workers, intermediate)
+            pool = Pool(executor, bounder.chain, workers, intermediate, optimize_steps)
     bar: Any = None
     update = None
     if progress:
@@ -225,7 +238,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         open_regions=0 if status == "verified" else int(res["open"]),
         counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
         input_shape=shape,
-        details={"method": bounder.method, "rounds": res["rounds"],
+        details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
                  "executor": executor or "serial",
                  "workers": None if pool is None else pool.workers,
                  "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,

@@ -60,8 +60,11 @@ def test_never_verified_where_grid_violates(p: dict, norm: str, factor: float) -
     else:
         assert res.bound is not None and res.bound >= worst * (1 - 1e-9) or \
             res.status == "unknown"
-    assert res.found is not None and res.found <= worst * (1 + 1e-6) + 1e-12 or \
-        res.status != "verified"
+    # the search may find a point between grid nodes worse than the grid's worst; a
+    # verified result's found deviation stays within its certified bound and epsilon
+    if res.status == "verified":
+        assert res.found is not None and res.bound is not None
+        assert res.found <= res.bound * (1 + 1e-9) and res.found <= eps
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,6 +15,12 @@ step's bound is not.
 the path-metric bound and that tier's bound over the input domain (``domain``, default
 the ball ``||x||_inf <= r``). That bound need not be monotone in ``k``; the bisection
 still returns the two computed facts above.
+
+``certifier="equivalence"`` proves each step instead: branch-and-bound
+(:func:`certcompress.equivalence.verify_equivalence`, l1 norm, ``epsilon = budget``,
+``timeout`` seconds per step) over the domain. A verified step's bound is its certified
+bound (at most the budget); a falsified or unknown step counts as not proven (bound
+``inf``).
 """
 
 from __future__ import annotations
@@ -55,16 +61,26 @@ class MaskCertifier:
 
     def __init__(self, graph: Graph, layers: Sequence[Layer], radius: float,
                  certifier: str = "path-metric", domain: InputDomain | None = None,
-                 options: PropagationOptions | None = None) -> None:
+                 options: PropagationOptions | None = None, epsilon: float | None = None,
+                 timeout: float = 30.0) -> None:
         if not math.isfinite(radius) or radius < 0:
             raise ConfigurationError(f"input_radius must be a finite number >= 0, got {radius}")
         registry = tier_registry()
-        self.tier = registry.get(certifier) if certifier in registry else None
-        if self.tier is None or self.tier.scope != WORST_CASE:
-            worst = [t.name for t in registry if t.scope == WORST_CASE]
-            raise ConfigurationError(f"certifier must be a worst-case tier ("
-                                     f"{', '.join(map(repr, worst))}), got {certifier!r}")
+        if certifier == "equivalence":
+            if epsilon is None or not epsilon > 0:
+                raise ConfigurationError(f"certifier='equivalence' needs epsilon > 0 (the "
+                                         f"budget on the l1 deviation), got {epsilon!r}")
+            self.tier = None
+        else:
+            self.tier = registry.get(certifier) if certifier in registry else None
+            if self.tier is None or self.tier.scope != WORST_CASE:
+                worst = [t.name for t in registry if t.scope == WORST_CASE]
+                raise ConfigurationError(f"certifier must be a worst-case tier ("
+                                         f"{', '.join(map(repr, worst))}) or 'equivalence', "
+                                         f"got {certifier!r}")
         self.certifier = certifier
+        self.epsilon = epsilon
+        self.timeout = timeout
         self.domain = domain if domain is not None else InputDomain.box(
             -float(radius), float(radius), shape=graph.input_shape)
         if self.domain.shape != tuple(graph.input_shape):
@@ -91,6 +107,13 @@ class MaskCertifier:
             return 0.0
         self.passes += 1
         other = self.graph.with_params(params)
+        if self.certifier == "equivalence":
+            from ...equivalence import verify_equivalence
+
+            res = verify_equivalence(self.graph, other, self.domain, epsilon=self.epsilon,
+                                     norm="l1", timeout=self.timeout)
+            return float(res.bound) if res.status == "verified" and res.bound is not None \
+                else math.inf
         pm = graph_path_metric(self.graph, other)
         bound = self.factor * pm.value
         if self.certifier != "path-metric":
@@ -172,8 +195,8 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
                     input_shape: Sequence[int] | None = None,
                     input_radius: float | None = None, *, scope: str = "global",
                     exclude: Sequence[str] = (), seed: int = 0,
-                    certifier: str = "path-metric", domain: InputDomain | None = None
-                    ) -> SparsitySearch:
+                    certifier: str = "path-metric", domain: InputDomain | None = None,
+                    timeout: float = 30.0) -> SparsitySearch:
     """The largest sparsity whose certified bound ``max(r,1) * path-metric`` is at most
     ``budget`` (see the module docstring). ``input_radius`` r bounds ``||x||_inf`` of the
     inputs as the network receives them; it defaults to a plugin's input spec.
@@ -185,6 +208,8 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     ``certifier="bounds"`` (or another worst-case tier's name) adds that tier over
     ``domain`` (an :class:`~certcompress.InputDomain`; it replaces ``input_radius``) at
     every step: tighter, about a second per step on small CNNs for ``bounds``.
+    ``certifier="equivalence"``: each step proven by branch-and-bound with
+    ``epsilon = budget`` (l1) within ``timeout`` seconds; unknown counts as not proven.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
             or not math.isfinite(budget) or budget < 0:
@@ -203,7 +228,11 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     graph = trace(model, shape)
     scores = weight_scores(model, crit, layers, graph=graph, input_shape=shape, seed=seed)
     scoring = 1 if crit == "path-magnitude" else 0
-    cert = MaskCertifier(graph, layers, radius, certifier, domain)
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    cert = MaskCertifier(graph, layers, radius, certifier, domain,
+                         epsilon=float(budget) if certifier == "equivalence" else None,
+                         timeout=float(timeout))
     n_total = sum(ly.numel for ly in cand)
 
     if scope == "global":
