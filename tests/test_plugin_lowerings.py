@@ -23,6 +23,7 @@ from certcompress.bounds.propagation.lowering import (
     default_lowerings,
     lower_pair,
     lowerings_for,
+    register_builtin_lowerings,
 )
 from certcompress.bounds.propagation.primitives import PairNet, PNode
 from certcompress.bounds.propagation.rules import rules_for
@@ -186,3 +187,19 @@ def test_unknown_primitive_kinds_are_refused_with_every_offender() -> None:
     with pytest.raises(UnsupportedModelError, match="no rule for 2 primitive node") as info:
         rules_for(bad)
     assert [o.node for o in info.value.offenders] == ["sq1", "sq2"]
+
+
+def test_a_lowering_returning_a_wrong_node_is_named() -> None:
+    g = trace(nn.Sequential(nn.Linear(2, 3), nn.ReLU()).eval(), (1, 2))
+    reg = LoweringRegistry()
+    register_builtin_lowerings(reg)
+    with reg.attributed_to("bad-plugin"):
+        reg.register(ReLUOp, lambda node, op, ins, b: 99, replace=True)
+    with pytest.raises(RuntimeError, match=r"from bad-plugin\) returned 99"):
+        lower_pair(g, g, lowerings=reg)
+    with reg.attributed_to("bad-plugin"):
+        reg.register(ReLUOp, lambda node, op, ins, b: b.linear(
+            ins, lambda x: x[..., :1], lambda x: x[..., :1], node.name), replace=True)
+    with pytest.raises(RuntimeError, match=r"from bad-plugin\) gave shape \(1, 1\), the "
+                                           r"graph says \(1, 3\)"):
+        lower_pair(g, g, lowerings=reg)

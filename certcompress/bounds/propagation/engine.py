@@ -3,7 +3,7 @@ at every ReLU input, then upper bounds of linear forms of the outputs.
 
 Floating point: everything is float64 with round-to-nearest. Every computed bound is a
 sum of products whose terms are bounded by the node's *magnitude* (the same quantities
-propagated on absolute values, ``interval.magnitude_node``). Each interval and each final
+propagated on absolute values, each rule's ``magnitude``). Each interval and each final
 bound is pushed outward by ``eta * magnitude`` with
 ``eta = 2 (N + 2) * float_slack(K, 4 N)`` (``N`` primitive nodes, ``K`` the longest sum),
 which covers the accumulated rounding of sums of at most ``K`` terms over the graph's

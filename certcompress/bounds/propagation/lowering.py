@@ -473,16 +473,20 @@ def lower_pair(graph: Graph, other: Graph,
             if n.name in deferred:  # ReLU then max-pool = max-pool then ReLU
                 where[n.name] = ins[0]
                 continue
-            if isinstance(n.op, MaxPoolOp) and n.inputs[0] in deferred:
-                pooled = _lower_maxpool(n, n.op, ins, b)
-                where[n.name] = b.relu(pooled, n.name)
-                continue
-            lowering = table.lookup(n.op)
-            assert lowering is not None
-            out = lowering(n, n.op, ins, b)
+            entry = table.entry(n.op)
+            assert entry is not None
+            start = len(b.nodes)
+            out = entry.fn(n, n.op, ins, b)
+            what = f"the lowering of node '{n.name}' ({n.op.describe()}, from {entry.source})"
+            if not isinstance(out, int) or isinstance(out, bool) or \
+                    not (start <= out < len(b.nodes) or out in ins):
+                raise RuntimeError(f"{what} returned {out!r}, not the index of a primitive "
+                                   "node it added (or of one of its inputs)")
             if b.shape(out) != tuple(n.shape):
-                raise RuntimeError(f"lowering of node '{n.name}' ({n.op.describe()}) gave shape "
-                                   f"{b.shape(out)}, the graph says {tuple(n.shape)}")
+                raise RuntimeError(f"{what} gave shape {b.shape(out)}, the graph says "
+                                   f"{tuple(n.shape)}")
+            if isinstance(n.op, MaxPoolOp) and n.inputs[0] in deferred:
+                out = b.relu(out, n.name)
             where[n.name] = out
     return PairNet(nodes=tuple(b.nodes), outputs=tuple(where[o] for o in graph.outputs),
                    input_shape=tuple(graph.input_shape), model_name=graph.model_name)
