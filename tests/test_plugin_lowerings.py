@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
+import certcompress.ir.ops as ops
 from certcompress.bounds.propagation.evaluate import pair_outputs
 from certcompress.bounds.propagation.lowering import (
     Builder,
@@ -203,3 +204,16 @@ def test_a_lowering_returning_a_wrong_node_is_named() -> None:
     with pytest.raises(RuntimeError, match=r"from bad-plugin\) gave shape \(1, 1\), the "
                                            r"graph says \(1, 3\)"):
         lower_pair(g, g, lowerings=reg)
+
+
+def test_every_core_op_kind_has_a_lowering() -> None:
+    """A new core op kind fails here until it has a lowering (one function, one line in
+    ``register_builtin_lowerings``)."""
+    def subclasses(cls: type) -> list[type]:
+        return [s for c in cls.__subclasses__() for s in [c, *subclasses(c)]]
+
+    core = [c for c in subclasses(IROp) if c.__module__.startswith("certcompress.")]
+    assert ops.ReLUOp in core and ops.ConvOp in core
+    reg = LoweringRegistry()
+    register_builtin_lowerings(reg)
+    assert [c.__name__ for c in core if c not in reg] == []
