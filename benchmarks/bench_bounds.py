@@ -1,5 +1,5 @@
 """Bound-propagation benchmark (issue 7): the certification tiers side by side on the
-digits CNN (``certcompress.zoo.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
+digits CNN (``certcompress.demo.digits.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
 residual add, max-pooling, linear head), trained in this run, pruned by global
 magnitude at 10/30/50%, over the input domain [0, 1]^64:
 
@@ -30,15 +30,15 @@ from _common import best_time, write_results  # type: ignore[import-not-found]
 
 import certcompress as cc
 from certcompress._io import atomic_write_bytes
-from certcompress.domain import InputDomain
-from certcompress.measure import adversarial_deviation, deviations, float64_function
-from certcompress.zoo import (
+from certcompress.demo.digits import (
     DigitsCNN,
     accuracy,
     load_digits,
     magnitude_prune_copy,
     train_classifier,
 )
+from certcompress.domain import InputDomain
+from certcompress.measure import adversarial_deviation, deviations, float64_function
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,10 +34,10 @@ import certcompress as cc
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tiers import bounds_tier
+from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
 from certcompress.equivalence.properties import EpsilonProperty
 from certcompress.equivalence.search import Bounder
-from certcompress.zoo import load_digits
 
 LO = torch.tensor([-0.33, -0.5, -0.5, -0.5, -0.5], dtype=torch.float64)
 HI = torch.tensor([0.68, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)

@@ -2,9 +2,9 @@
 (``cc.certify(..., arithmetic="float32")``: both models as executed in IEEE float32, any
 summation order) adds to the exact-arithmetic bound, per tier, and what it costs.
 
-Models, each pruned 30% by global magnitude (``certcompress.zoo.magnitude_prune_copy``):
+Models, each pruned 30% by global magnitude (``certcompress.demo.digits.magnitude_prune_copy``):
 
-* the digits CNN (``certcompress.zoo.DigitsCNN``, trained here on sklearn digits),
+* the digits CNN (``certcompress.demo.digits.DigitsCNN``, trained here on sklearn digits),
   domain [0, 1]^64, tiers path-metric and bounds;
 * torchvision ``resnet18`` and ``vgg11_bn`` at 32x32, 10 classes, random init (seeded;
   BatchNorm running statistics randomized so the BatchNorms are not identities),
@@ -31,9 +31,9 @@ from _common import write_results  # type: ignore[import-not-found]
 from torch import nn
 
 import certcompress as cc
+from certcompress.demo.digits import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
 from certcompress.domain import InputDomain
 from certcompress.measure import float32_function
-from certcompress.zoo import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
 
 
 def _torchvision(name: str) -> nn.Module:

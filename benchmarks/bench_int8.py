@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    from certcompress.zoo import DigitsCNN, load_digits, train_classifier
+    from certcompress.demo.digits import DigitsCNN, load_digits, train_classifier
 
     results: dict[str, Any] = {"threads": 2, "onnxruntime": ort.__version__}
     d = load_digits()

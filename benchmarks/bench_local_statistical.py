@@ -1,6 +1,6 @@
 """Local and statistical certificates (issue 7, parts 3 and 4) on the digits CNN.
 
-The CNN of ``certcompress.zoo`` (two 3x3 convolutions with BatchNorm and a residual add,
+The CNN of ``certcompress.demo.digits`` (two 3x3 convolutions with BatchNorm and a residual add,
 max-pooling, linear head) is trained on scikit-learn's digits (inputs in [0, 1]) and
 magnitude-pruned (``--sparsity``, default 50%). Reported, all measured in this run:
 
@@ -30,14 +30,14 @@ from _common import write_results  # type: ignore[import-not-found]
 
 from certcompress.bounds.local import certify_local
 from certcompress.bounds.statistical import certify_statistical
-from certcompress.measure import adversarial_deviation, float64_function
-from certcompress.zoo import (
+from certcompress.demo.digits import (
     DigitsCNN,
     accuracy,
     load_digits,
     magnitude_prune_copy,
     train_classifier,
 )
+from certcompress.measure import adversarial_deviation, float64_function
 
 
 def _forward_time(model: torch.nn.Module, repeat: int = 200) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from torch import nn
 import certcompress as cc
 from certcompress.compress.quantization.config import QuantConfig
 from certcompress.compress.quantization.grid import quantization_grid
+from certcompress.demo.digits import magnitude_prune_copy
 from certcompress.export import export_onnx, verify_onnx
 from certcompress.export.metadata import (
     EXPECTED_KEYS,
@@ -43,7 +44,6 @@ from certcompress.export.metadata import (
     props_of,
     seal,
 )
-from certcompress.zoo import magnitude_prune_copy
 
 SHAPE = (1, 12)
 Edit = Callable[[onnx.ModelProto], None]

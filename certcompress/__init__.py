@@ -30,8 +30,16 @@ if TYPE_CHECKING:  # the names below, for type checkers; at run time they load o
         trace,
     )
     from .bounds import Baseline, PathMetric, PathNorm
+    from .bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
     from .capture import Adapter, AdapterRegistry, Plugin, load_plugin
-    from .certificate import Certificate, Measurements, MethodBound
+    from .certificate import (
+        BoundsDetails,
+        Certificate,
+        Measurements,
+        MethodBound,
+        PathMetricDetails,
+        TierDetails,
+    )
     from .digest import parameter_digest
     from .domain import InputDomain, InputSpec
     from .errors import (
@@ -48,6 +56,8 @@ if TYPE_CHECKING:  # the names below, for type checkers; at run time they load o
         VerificationError,
     )
     from .ir import Graph, IRNode, NodeKind
+    from .measure import SearchOptions
+    from .resolve import resolve_domain
 
 # name -> module defining it; imported on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
@@ -55,11 +65,16 @@ _LAZY: dict[str, str] = {
                      "path_norm", "trace", "check_trace", "TraceCheckReport"],
                     "certcompress.api"),
     **dict.fromkeys(["Baseline", "PathMetric", "PathNorm"], "certcompress.bounds"),
+    **dict.fromkeys(["Tier", "TierBound", "TierRegistry", "GraphPair", "tier_registry"],
+                    "certcompress.bounds.tiers"),
+    "resolve_domain": "certcompress.resolve",
+    "SearchOptions": "certcompress.measure",
     **dict.fromkeys(["Adapter", "AdapterRegistry", "Plugin", "load_plugin"],
                     "certcompress.capture"),
     "load_onnx": "certcompress.capture.onnx",
     **dict.fromkeys(["export_w8a8", "W8A8Export"], "certcompress.export.w8a8"),
-    **dict.fromkeys(["Certificate", "Measurements", "MethodBound"], "certcompress.certificate"),
+    **dict.fromkeys(["Certificate", "Measurements", "MethodBound", "TierDetails",
+                     "PathMetricDetails", "BoundsDetails"], "certcompress.certificate"),
     "parameter_digest": "certcompress.digest",
     **dict.fromkeys(["InputDomain", "InputSpec"], "certcompress.domain"),
     **dict.fromkeys(["CertcompressError", "CertificateError", "ConfigurationError",

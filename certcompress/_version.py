@@ -14,10 +14,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def versions() -> dict[str, str]:
-    """The versions that determine a result: certcompress, torch, python and numpy."""
-    return {"certcompress": __version__, "torch": _version_of("torch"),
-            "python": platform.python_version(), "numpy": _version_of("numpy")}
+def versions(*extra: str) -> dict[str, str]:
+    """The versions that determine a result: certcompress, torch, python and numpy, and
+    those of the ``extra`` packages (e.g. ``"onnx", "onnxruntime"`` for an export)."""
+    out = {"certcompress": __version__, "torch": _version_of("torch"),
+           "python": platform.python_version(), "numpy": _version_of("numpy")}
+    out.update((p, _version_of(p)) for p in extra)
+    return out
 
 
 def _version_of(package: str) -> str:
@@ -29,11 +32,13 @@ def _version_of(package: str) -> str:
     return str(found) if found is not None else importlib.metadata.version(package)
 
 
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 to the second (the ``created_utc`` of records)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time, ISO 8601 (``timespec``: to the ``"seconds"``, the
+    ``created_utc`` of records, or ``"milliseconds"``, the results store's timestamps)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=timespec)
 
 
-def provenance() -> dict[str, Any]:
-    """``versions`` and ``created_utc``, as keyword arguments for a result record."""
-    return {"versions": versions(), "created_utc": utc_now()}
+def provenance(*extra: str) -> dict[str, Any]:
+    """``versions`` (with the ``extra`` packages') and ``created_utc``, as keyword
+    arguments for a result record: the one place records get their provenance."""
+    return {"versions": versions(*extra), "created_utc": utc_now()}

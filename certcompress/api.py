@@ -20,13 +20,12 @@ from .bounds import PathMetric, graph_path_metric, graph_path_norm, operator_nor
 from .bounds.arithmetic import check_arithmetic, float32_error, with_float32
 from .bounds.pathnorm import path_magnitude_scores as _graph_scores
 from .bounds.propagation.engine import PropagationOptions
-from .bounds.tiers import METHODS, bounds_tier, check_methods, path_metric_tier
-from .capture import plugin_manager
+from .bounds.tiers import GraphPair, TierRegistry, tier_registry
 from .capture import trace as _trace
 from .capture.check import RTOL, TraceCheckReport, as_box, numeric_check
+from .capture.pair import TracedPair, trace_pair
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
-from .digest import parameter_digest
-from .domain import InputDomain, InputSpec
+from .domain import InputDomain
 from .errors import (
     SOUNDNESS_CAUSES,
     ConfigurationError,
@@ -38,38 +37,20 @@ from .interop import plain_module
 from .ir.graph import Graph
 from .ir.ops import AffineParams
 from .measure import (
+    _UNSET,
+    SearchOptions,
     adversarial_deviation,
     check_reference_inputs,
     deviations,
     float32_function,
     float64_function,
 )
+from .resolve import input_spec_for, resolve_domain, resolve_shape
 
 __all__ = ["trace", "check_trace", "TraceCheckReport", "path_norm", "path_metric", "certify", "path_magnitude_scores",
            "input_spec_for"]
 
 Model = nn.Module | torch.export.ExportedProgram
-
-
-def input_spec_for(model: Model) -> InputSpec | None:
-    """The input spec an installed plugin gives for ``model`` (None if none knows it)."""
-    if isinstance(model, nn.Module):
-        return plugin_manager().input_spec(model)
-    return None
-
-
-def _shape(model: Model | Graph, input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    if input_shape is not None:
-        return tuple(int(s) for s in input_shape)
-    if isinstance(model, Graph):
-        return model.input_shape
-    spec = input_spec_for(model)
-    if spec is None:
-        raise ConfigurationError(
-            f"input_shape is required for {type(model).__name__} (no installed plugin knows "
-            "its input); pass e.g. input_shape=(1, 3, 32, 32)"
-        )
-    return spec.input_shape
 
 
 def trace(model: Model, input_shape: Sequence[int] | None = None, *,
@@ -83,7 +64,7 @@ def trace(model: Model, input_shape: Sequence[int] | None = None, *,
     if isinstance(model, Graph):
         return model
     model = plain_module(model)
-    return _trace(model, _shape(model, input_shape), domain=domain)
+    return _trace(model, resolve_shape(model, input_shape), domain=domain)
 
 
 def check_trace(model: nn.Module, input_shape: Sequence[int] | None = None,
@@ -111,7 +92,7 @@ def check_trace(model: nn.Module, input_shape: Sequence[int] | None = None,
             raise ConfigurationError(f"input_shape {tuple(input_shape)} differs from the "
                                      f"domain's shape {shape}")
     else:
-        shape = _shape(model, input_shape)
+        shape = resolve_shape(model, input_shape)
     t0 = time.perf_counter()
     try:
         if graph is None or graph.input_shape != shape:
@@ -127,7 +108,7 @@ def check_trace(model: nn.Module, input_shape: Sequence[int] | None = None,
 
 
 def _graph(model: Model | Graph, input_shape: Sequence[int] | None) -> Graph:
-    return model if isinstance(model, Graph) else trace(model, _shape(model, input_shape))
+    return model if isinstance(model, Graph) else trace(model, resolve_shape(model, input_shape))
 
 
 def path_norm(model: Model | Graph, input_shape: Sequence[int] | None = None) -> float:
@@ -152,32 +133,38 @@ def path_magnitude_scores(model: Model | Graph, input_shape: Sequence[int] | Non
 def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] | None = None,
             input_radius: float | None = None, *, domain: InputDomain | None = None,
             methods: Sequence[str] | str | None = None,
-            reference_inputs: Tensor | None = None, search_steps: int = 20,
-            search_restarts: int = 4, seed: int = 0,
-            propagation: PropagationOptions | None = None,
-            search_time: float | None = 60.0, arithmetic: str = "exact") -> Certificate:
+            reference_inputs: Tensor | None = None, search: SearchOptions | None = None,
+            propagation: PropagationOptions | None = None, arithmetic: str = "exact",
+            search_steps: int | None = None, search_restarts: int | None = None,
+            seed: int | None = None, search_time: float | None | object = _UNSET
+            ) -> Certificate:
     """Certify ``max_{x in D} ||f(x) - f'(x)||_1 <= bound`` over an input domain ``D``.
 
     ``D`` is ``domain`` (an :class:`InputDomain` box, e.g.
     ``InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))``; its shape is the input shape) or,
     without one, the ball ``||x||_inf <= input_radius`` (after normalization;
-    ``input_radius`` defaults to the input spec of a plugin that knows the model).
+    ``input_radius`` defaults to the input spec of a plugin that knows the model), as
+    :func:`certcompress.resolve_domain` resolves it.
 
-    ``methods`` chooses the tiers (see :mod:`certcompress.bounds.tiers`):
-    ``"path-metric"`` (``max(r, 1) * path-metric``, ``r = max ||x||_inf`` over ``D``;
-    cheap) and ``"bounds"`` (differential bound propagation over the box; tighter, costs
-    more). Default: path-metric alone without a ``domain``, both with one. Each tier's
-    bound is in ``cert.by_method``; ``cert.bound`` is the smallest (all have the same
-    worst-case scope).
+    ``methods`` chooses the tiers by name from the tier registry
+    (:func:`certcompress.bounds.tiers.tier_registry`; plugins add tiers,
+    docs/adding-a-tier.md): ``"path-metric"`` (``max(r, 1) * path-metric``,
+    ``r = max ||x||_inf`` over ``D``; cheap) and ``"bounds"`` (differential bound
+    propagation over the box, tuned by ``propagation``; tighter, costs more). Default:
+    path-metric alone without a ``domain``; with one, also every tier registered as a
+    default for domains (``bounds``). Each tier's bound is in ``cert.by_method``;
+    ``cert.bound`` is the smallest of the worst-case tiers.
 
     ``reference_inputs`` (a batch) gives the measured deviation, the output scale and the
-    ``vacuous`` flags. A PGD search inside ``D`` (``search_steps``, 0 to skip) finds the
-    worst deviation it can, within ``search_time`` seconds (None: no limit; the
-    certificate records the steps and seconds spent); a measured value above any tier's
-    bound raises :class:`SoundnessError` instead of returning a wrong certificate.
-    Without ``reference_inputs`` the output scale is sampled in ``D`` (the centre and 31
-    random points), so every certificate says whether it is vacuous. ``cert.notes``
-    explains surprising results (an exactly-zero bound, a vacuous one).
+    ``vacuous`` flags. A PGD search inside ``D`` (``search``, a :class:`SearchOptions`:
+    ``steps`` (0 to skip), ``restarts``, ``time`` in seconds (None: no limit), ``seed``;
+    the older keywords ``search_steps=20``, ``search_restarts=4``, ``search_time=60``,
+    ``seed=0`` still work) finds the worst deviation it can (the certificate records the
+    steps and seconds spent); a measured value above any tier's bound raises
+    :class:`SoundnessError` instead of returning a wrong certificate. Without
+    ``reference_inputs`` the output scale is sampled in ``D`` (the centre and 31 random
+    points), so every certificate says whether it is vacuous. ``cert.notes`` explains
+    surprising results (an exactly-zero bound, a vacuous one).
 
     ``arithmetic``: ``"exact"`` (default) certifies the models evaluated exactly;
     ``"float32"`` certifies them as executed in IEEE float32 (PyTorch on CPU,
@@ -186,65 +173,61 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     docs/bounds.md "Arithmetic"), and the certificate says so.
     """
     arith = check_arithmetic(arithmetic)
-    names = check_methods(methods if methods is not None else
-                          (("path-metric",) if domain is None else METHODS))
+    opts = SearchOptions.merge(search, steps=search_steps, restarts=search_restarts,
+                               time=search_time, seed=seed)
+    registry = tier_registry()
+    names = registry.check(methods if methods is not None else
+                           registry.defaults(with_domain=domain is not None))
     model, compressed = plain_module(model), plain_module(compressed)
-    spec = input_spec_for(model)
-    if domain is not None:
-        if not isinstance(domain, InputDomain):
-            raise ConfigurationError(f"domain must be an InputDomain (e.g. "
-                                     f"InputDomain.box(0.0, 1.0, shape=...)), got "
-                                     f"{type(domain).__name__}")
-        if input_radius is not None:
-            raise ConfigurationError("pass either domain or input_radius, not both")
-        shape = domain.shape
-        if input_shape is not None and tuple(int(s) for s in input_shape) != shape:
-            raise ConfigurationError(f"input_shape {tuple(input_shape)} differs from the "
-                                     f"domain's shape {shape}")
-        dom = domain
-        r = dom.radius
-        domain_text = dom.describe()
-    else:
-        shape = _shape(model, input_shape)
-        if input_radius is None:
-            if spec is None:
-                raise ConfigurationError(
-                    "input_radius is required: the certificate covers inputs with "
-                    "||x||_inf <= input_radius (after normalization); no installed plugin "
-                    f"knows a default for {type(model).__name__}; or pass "
-                    "domain=InputDomain.box(lower, upper, shape=...)"
-                )
-            input_radius = spec.radius
-            domain_text = f"||x||_inf <= {input_radius:.6g} ({spec.description})"
-        else:
-            domain_text = f"||x||_inf <= {float(input_radius):.6g}"
-        r = float(input_radius)
-        if not math.isfinite(r) or r < 0:
-            raise ConfigurationError(
-                f"input_radius must be a finite number >= 0, got {input_radius}")
-        dom = InputDomain.box(-r, r, shape=shape, description=f"ball ||x||_inf <= {r:.6g}")
-    g = trace(model, shape, domain=dom)
-    g2 = trace(compressed, shape, domain=dom)
-    pm_tier, pm = path_metric_tier(g, g2, r)
-    factor = max(r, 1.0)
-    tiers: dict[str, MethodBound] = {}
-    if "path-metric" in names:
-        tiers["path-metric"] = pm_tier
-    if "bounds" in names:
-        tiers["bounds"] = bounds_tier(g, g2, dom, propagation)
-    base = operator_norm_baseline(g, g2)
+    dom = resolve_domain(model, input_shape, input_radius, domain)
+    traced = trace_pair(model, compressed, dom.shape, dom)
+    pair = GraphPair(traced.graph, traced.other)
+    tiers = _run_tiers(registry, names, pair, dom, propagation)
     if arith == "float32":
-        err = float32_error(_trace(model, shape, fold_bn=False, check=False),
-                            _trace(compressed, shape, fold_bn=False, check=False), dom, model=model,
-                            compressed=compressed)
-        tiers = {k: with_float32(t, err) for k, t in tiers.items()}
+        tiers = _with_float32(model, compressed, dom, tiers)
+    fns = float64_function(model), float64_function(compressed)
+    measurements = _measure(fns, model, compressed, dom, tiers, reference_inputs, opts, arith)
+    tiers = _with_costs(registry, tiers, measurements, fns[0], dom)
+    return _assemble(traced, pair, dom, tiers, measurements, arith,
+                     domain_given=domain is not None)
 
-    f, fc = float64_function(model), float64_function(compressed)
-    lo, hi = dom.lower_tensor()[0], dom.upper_tensor()[0]
+
+def _run_tiers(registry: TierRegistry, names: Sequence[str], pair: GraphPair,
+               dom: InputDomain, propagation: PropagationOptions | None
+               ) -> dict[str, MethodBound]:
+    """Each named tier's bound (``propagation`` goes to the tiers that take it)."""
+    if propagation is not None and not isinstance(propagation, PropagationOptions):
+        raise ConfigurationError(f"propagation must be a PropagationOptions (e.g. "
+                                 f"PropagationOptions(intermediate='interval')), got "
+                                 f"{type(propagation).__name__}")
+    chosen = [registry.get(n) for n in names]
+    if not any(t.scope == WORST_CASE for t in chosen):
+        worst = ", ".join(t.name for t in registry if t.scope == WORST_CASE)
+        raise ConfigurationError(f"methods {tuple(names)} include no worst-case tier; add one "
+                                 f"of {worst}")
+    return {t.name: t.bound(pair, dom, t.own_options(propagation)) for t in chosen}
+
+
+def _with_float32(model: nn.Module, compressed: nn.Module, dom: InputDomain,
+                  tiers: dict[str, MethodBound]) -> dict[str, MethodBound]:
+    """Every tier's bound plus both models' float32 rounding error over the domain."""
+    err = float32_error(_trace(model, dom.shape, fold_bn=False, check=False),
+                        _trace(compressed, dom.shape, fold_bn=False, check=False), dom,
+                        model=model, compressed=compressed)
+    return {k: with_float32(t, err) for k, t in tiers.items()}
+
+
+def _measure(fns: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
+             model: nn.Module, compressed: nn.Module, dom: InputDomain,
+             tiers: dict[str, MethodBound], reference_inputs: Tensor | None,
+             opts: SearchOptions, arith: str) -> Measurements:
+    """The reference deviation, the output scale and the adversarial search (``fns``: both
+    models in float64), each checked against every tier's bound (a violation raises
+    :class:`SoundnessError`)."""
+    f, fc = fns
     meas: dict[str, object] = {}
     if reference_inputs is not None:
-        reference_inputs = check_reference_inputs(reference_inputs, shape)
-        x = reference_inputs
+        x = check_reference_inputs(reference_inputs, dom.shape)
         dev, scale = deviations(f, fc, x)
         inside = dom.contains(x)
         meas.update(reference_count=int(x.shape[0]), deviation_max=float(dev.max()),
@@ -256,17 +239,17 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
                 _check_tiers(_float32_deviation(model, compressed, x[inside]), tiers,
                              "a reference input evaluated in float32", noise)
         meas["output_scale_source"] = f"max over {int(x.shape[0])} reference inputs"
+        reference_inputs = x
     else:  # the scale check: the output scale sampled in the domain
-        meas.update(output_scale=_sampled_output_scale(f, dom, seed),
+        meas.update(output_scale=_sampled_output_scale(f, dom, opts.seed),
                     output_scale_source=f"max over {_SCALE_SAMPLES} points sampled in the "
                                         "domain (no reference data)")
-    if search_steps > 0:
-        starts = None
-        if reference_inputs is not None:
-            starts = reference_inputs[:search_restarts]
-        adv = adversarial_deviation(f, fc, shape, lo, hi, steps=search_steps,
-                                    restarts=search_restarts, starts=starts, seed=seed,
-                                    time_budget=search_time)
+    if opts.steps > 0:
+        starts = None if reference_inputs is None else reference_inputs[:opts.restarts]
+        adv = adversarial_deviation(f, fc, dom.shape, dom.lower_tensor()[0],
+                                    dom.upper_tensor()[0], steps=opts.steps,
+                                    restarts=opts.restarts, starts=starts, seed=opts.seed,
+                                    time_budget=opts.time)
         with torch.no_grad():
             at = float(f(adv.argmax.double()).abs().sum())
         _check_tiers(adv.max_deviation, tiers, "the adversarial search", at)
@@ -276,27 +259,39 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
         meas.update(adversarial_max=adv.max_deviation, adversarial_steps=adv.steps,
                     adversarial_restarts=adv.restarts, adversarial_seconds=adv.seconds,
                     adversarial_budget_exhausted=adv.budget_exhausted)
-    measurements = Measurements(**meas)  # type: ignore[arg-type]
-    fwd = _forward_seconds(f, dom) if "bounds" in tiers else None
-    tiers = {k: t.with_measurements(measurements.output_scale, fwd) for k, t in tiers.items()}
+    return Measurements(**meas)  # type: ignore[arg-type]
+
+
+def _with_costs(registry: TierRegistry, tiers: dict[str, MethodBound], m: Measurements,
+                f: Callable[[Tensor], Tensor], dom: InputDomain) -> dict[str, MethodBound]:
+    """The tiers' vacuous flags and their cost in float64 forward passes of ``f`` (timed
+    when a tier that reports its cost ran)."""
+    costly = any(registry.get(k).measure_cost for k in tiers)
+    fwd = _forward_seconds(f, dom) if costly else None
+    return {k: t.with_measurements(m.output_scale, fwd) for k, t in tiers.items()}
+
+
+def _assemble(traced: TracedPair, pair: GraphPair, dom: InputDomain,
+              tiers: dict[str, MethodBound], m: Measurements, arith: str, *,
+              domain_given: bool) -> Certificate:
+    """The certificate: the smallest worst-case bound with the path-metric's figures."""
     same = [t for t in tiers.values() if t.sound and t.scope == WORST_CASE]
     bound = min(t.bound for t in same)
     per_output = tuple(min(vs) for vs in zip(*(t.per_output for t in same)))
-    vacuous = None if measurements.output_scale is None else bool(
-        bound > measurements.output_scale)
-    notes = _notes(bound, pm.changed_parameters, measurements, vacuous)
+    vacuous = None if m.output_scale is None else bool(bound > m.output_scale)
+    pm, r = pair.path_metric, dom.radius  # for the notes (computed once, shared with the tier)
+    base = operator_norm_baseline(pair.original, pair.compressed)
+    # the ball's text is its description without "ball " (e.g. "||x||_inf <= 2.64 (...)")
+    text = dom.describe() if domain_given else dom.description.removeprefix("ball ")
+    original_digest, compressed_digest = traced.digests()
     return Certificate(
-        bound=bound, per_output=per_output, input_shape=shape, radius=r, factor=factor,
-        path_metric=pm.value, path_metric_exact=pm.exact, method=pm.method,
-        path_norm_original=pm.path_norm_original, path_norm_compressed=pm.path_norm_compressed,
-        sign_changes=pm.sign_changes, changed_parameters=pm.changed_parameters,
-        original_digest=parameter_digest(model), compressed_digest=parameter_digest(compressed),
-        float_slack_rel=pm.float_slack_rel, float_slack_abs=pm.float_slack_abs,
-        baseline_linf=base.bound_linf, baseline_note=base.note, measurements=measurements,
-        vacuous=vacuous, domain=domain_text, model_name=g.model_name,
-        **provenance(),
-        by_method=tiers, input_domain=dom, notes=notes, arithmetic=arith,
-    )
+        bound=bound, per_output=per_output, input_shape=dom.shape, radius=r,
+        original_digest=original_digest, compressed_digest=compressed_digest,
+        baseline_linf=base.bound_linf, baseline_note=base.note, measurements=m,
+        vacuous=vacuous, domain=text, model_name=pair.original.model_name,
+        working_dtype=pair.original.working_dtype, **provenance(), by_method=tiers,
+        input_domain=dom, notes=_notes(bound, pm.changed_parameters, m, vacuous),
+        arithmetic=arith)
 
 
 _SCALE_SAMPLES = 32

@@ -26,5 +26,6 @@ def parameter_digest(model: nn.Module | torch.export.ExportedProgram) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's bytes, hashed in place (no copy)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()

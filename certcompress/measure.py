@@ -1,6 +1,6 @@
 """Measured deviations: on reference data, and the worst an adversarial search finds.
 
-Every certified bound is reported next to these numbers (shared doc, section 6). All
+Every certified bound is reported next to these numbers (docs/path-metrics.md, section 6). All
 evaluation is in float64 through ``torch.func.functional_call`` with float64 copies of
 the parameters: the user's models are never converted or mutated.
 """
@@ -20,7 +20,7 @@ from .errors import ConfigurationError
 from .interop import as_module
 
 __all__ = ["check_reference_inputs", "float64_function", "float32_function", "deviations",
-           "adversarial_deviation", "AdversarialResult",
+           "adversarial_deviation", "AdversarialResult", "SearchOptions",
            "flatten_output"]
 
 
@@ -110,6 +110,60 @@ def deviations(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor], x: 
             devs.append((fx - gx).abs().sum(dim=1))
             scales.append(fx.abs().sum(dim=1))
     return torch.cat(devs).numpy(), torch.cat(scales).numpy()
+
+
+_UNSET: object = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The adversarial (PGD) search a certificate runs inside its domain: ``steps``
+    sign-gradient steps (0: no search) from ``restarts`` random starts (plus reference
+    inputs when given), stopped after ``time`` seconds (None: no limit), seeded by
+    ``seed``. ``certify(..., search=SearchOptions(steps=50))``; the older keywords
+    ``search_steps``, ``search_restarts``, ``search_time`` and ``seed`` still work."""
+
+    steps: int = 20
+    restarts: int = 4
+    time: float | None = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, least in (("steps", 0), ("restarts", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigurationError(f"search {name} must be an integer >= {least}, got "
+                                         f"{v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigurationError(f"search seed must be an integer, got {self.seed!r}")
+        t = self.time
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not t >= 0):
+            raise ConfigurationError(f"search time must be a number of seconds >= 0 or None "
+                                     f"(no limit), got {t!r}")
+
+    @classmethod
+    def merge(cls, search: SearchOptions | None, *, steps: int | None = None,
+              restarts: int | None = None, time: object = _UNSET, seed: int | None = None
+              ) -> SearchOptions:
+        """``search``, or the options the older keywords give (None / unset: default);
+        both at once is an error."""
+        old: dict[str, object] = {k: v for k, v in (("search_steps", steps), ("search_restarts", restarts),
+                                 ("seed", seed)) if v is not None}
+        if time is not _UNSET:
+            old["search_time"] = time
+        if search is not None:
+            if not isinstance(search, SearchOptions):
+                raise ConfigurationError(f"search must be a SearchOptions, got "
+                                         f"{type(search).__name__}")
+            if old:
+                raise ConfigurationError(f"pass either search= or {', '.join(old)}, not both")
+            return search
+        base = cls()
+        return cls(steps=base.steps if steps is None else steps,
+                   restarts=base.restarts if restarts is None else restarts,
+                   time=base.time if time is _UNSET else time,  # type: ignore[arg-type]
+                   seed=base.seed if seed is None else seed)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch import nn
 
 import certcompress as cc
 from certcompress.compress.pruning import PruningPlan, prune
-from certcompress.zoo import accuracy, load_digits, train_classifier
+from certcompress.demo.digits import accuracy, load_digits, train_classifier
 
 SHAPE = (1, 1, 8, 8)
 RADIUS = 1.0  # pixel intensities in [0, 1]

@@ -1,6 +1,6 @@
 """Certified per-layer bit widths for a CNN trained on scikit-learn's digits.
 
-A small CNN (``certcompress.zoo.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
+A small CNN (``certcompress.demo.digits.DigitsCNN``: two 3x3 convolutions with BatchNorm and a
 residual add, max-pooling, a linear head) is trained on the 8x8 digits; its inputs are pixel intensities in
 [0, 1], so every certificate covers ``||x||_inf <= 1``. Then:
 
@@ -45,7 +45,7 @@ from certcompress.compress.quantization import (
     sensitivity_table,
     write_report,
 )
-from certcompress.zoo import DigitsCNN, accuracy, load_digits, train_classifier
+from certcompress.demo.digits import DigitsCNN, accuracy, load_digits, train_classifier
 
 SHAPE = (1, 1, 8, 8)
 RADIUS = 1.0  # pixel intensities in [0, 1]
@@ -83,7 +83,7 @@ def main() -> None:
                                     search_steps=a.search_steps, seed=a.seed)
             m = cert.measurements
             rows.append({"granularity": gran, "bits": bits, "bytes": cfg.size_bytes(model),
-                         "certified_bound": cert.bound, "measured_max": m.deviation_max,
+                         "certified_bound": cert.bound, "deviation_max": m.deviation_max,
                          "adversarial_max": m.adversarial_max, "vacuous": cert.vacuous,
                          "accuracy": accuracy(qmodel, data.x_test, data.y_test)})
     uniform = pd.DataFrame(rows)
@@ -132,7 +132,7 @@ def main() -> None:
     # 5. side by side with onnxruntime, and the bound-vs-bits curve
     comparison = compare_with_ort(model, al, SHAPE, RADIUS, data.x_test,
                                   search_steps=a.search_steps, seed=a.seed)
-    cols = ["average_bits", "model_bytes", "certified_bound", "measured_max",
+    cols = ["average_bits", "model_bytes", "certified_bound", "deviation_max",
             "adversarial_max", "vacuous"]
     print("\n5. side by side")
     print(comparison[cols].to_string(float_format=_fmt))

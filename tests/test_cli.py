@@ -511,3 +511,119 @@ def test_listing_the_commands_imports_neither_torch_nor_the_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ --domain / --method
+@pytest.mark.parametrize("command", [["certify"], ["prune"], ["certify-plan"], ["quantize"],
+                                     ["zoo", "certify"]])
+def test_every_certifying_command_takes_domain_and_method(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*command, "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--domain", "--method", "--arithmetic"):
+        assert option in text, (command, option)
+
+
+def _box(lo: float, hi: float) -> cc.InputDomain:
+    return cc.InputDomain.box(lo, hi, shape=SHAPE)
+
+
+def _load_net(saved: Saved, state: Path) -> nn.Module:
+    import copy
+
+    net = copy.deepcopy(saved.original)
+    net.load_state_dict(torch.load(state, weights_only=True))
+    return net.eval()
+
+
+def test_prune_certifies_over_the_domain_with_the_methods(
+        saved: Saved, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["prune", saved.spec, "--weights", str(saved.orig), "--input-shape",
+            *map(str, SHAPE), "--search-steps", "0"]
+    out, cert_file = saved.dir / "p.pt", saved.dir / "c.json"
+    files = ["--out", str(out), "--certificate", str(cert_file)]
+    assert cli.main([*base, "--sparsity", "0.5", "--domain", "0:1", *files]) == 0
+    assert "box [0, 1]" in capsys.readouterr().out
+    cert = cc.Certificate.load(cert_file)
+    assert set(cert.by_method) == {"path-metric", "bounds"}  # the default with a domain
+    assert cert.input_domain is not None and cert.input_domain.lower == (0.0,) \
+        and cert.input_domain.upper == (1.0,)
+    api = cc.certify(saved.original, _load_net(saved, out), domain=_box(0.0, 1.0),
+                     search_steps=0)
+    assert cert.bound == api.bound and cert.by_method["bounds"].bound == \
+        api.by_method["bounds"].bound
+
+    assert cli.main([*base, "--sparsity", "0.5", "--domain=-1:1", "--method", "path-metric",
+                     *files]) == 0
+    only = cc.Certificate.load(cert_file)
+    assert set(only.by_method) == {"path-metric"} and only.radius == 1.0
+
+    # the budget search certifies with the bounds tier too: the bound stays in budget
+    budget = api.bound
+    assert cli.main([*base, "--budget", repr(budget), "--domain", "0:1", "--method", "bounds",
+                     *files]) == 0
+    found = cc.Certificate.load(cert_file)
+    assert set(found.by_method) == {"path-metric", "bounds"} and found.bound <= budget
+
+    out.unlink()
+    cert_file.unlink()
+    capsys.readouterr()
+    assert cli.main([*base, "--sparsity", "0.5", "--domain", "0:1", "--radius", "1",
+                     *files]) == 2
+    assert "either --domain or --radius" in _one_line_error(capsys.readouterr().err)
+    assert not out.exists() and not cert_file.exists()
+
+
+def test_quantize_certifies_over_the_domain_with_the_methods(
+        saved: Saved, capsys: pytest.CaptureFixture[str]) -> None:
+    out = saved.dir / "q"
+    base = ["quantize", saved.spec, "--weights", str(saved.orig), "--input-shape",
+            *map(str, SHAPE), "--search-steps", "0", "--out", str(out)]
+    assert cli.main([*base, "--bits", "4", "--domain=-1:1", "--method", "bounds"]) == 0
+    assert "box [-1, 1]" in capsys.readouterr().out
+    cert = cc.Certificate.load(out / "certificate.json")
+    assert set(cert.by_method) == {"bounds"}
+    from certcompress.compress.quantization import QuantConfig, quantize
+
+    qcfg = QuantConfig.uniform(saved.original, 4, "per-channel")
+    _, api = quantize(saved.original, qcfg, domain=_box(-1.0, 1.0), methods=("bounds",),
+                      search_steps=0)
+    assert cert.bound == api.bound
+
+    # a certified budget met with both tiers over the box (the allocation uses bounds too)
+    assert cli.main([*base, "--budget", repr(api.bound), "--domain=-1:1",
+                     "--candidates", "3", "4", "8"]) == 0
+    alloc = cc.Certificate.load(out / "certificate.json")
+    assert set(alloc.by_method) == {"path-metric", "bounds"} and alloc.bound <= api.bound
+    assert alloc.input_domain is not None and alloc.input_domain.upper == (1.0,)
+
+    # --avg-bits allocates with the path-metric bound, then certifies over the box as asked
+    assert cli.main([*base, "--avg-bits", "4", "--domain", "0:1"]) == 0
+    avg = cc.Certificate.load(out / "certificate.json")
+    assert set(avg.by_method) == {"path-metric", "bounds"}
+    assert avg.input_domain is not None and avg.input_domain.lower == (0.0,)
+
+
+def test_the_command_table_is_the_cli_package(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command of the table runs ``--help`` through main, each module registers
+    exactly the commands the table maps to it, and every command module of
+    certcompress/cli/ is in the table."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    import certcompress.cli as package
+
+    table = {**cli._BUILTIN_COMMANDS, **cli._OPTIONAL_COMMANDS}
+    for name in table:
+        assert cli.main([name, "--help"]) == 0, name
+        assert f"usage: certcompress {name}" in capsys.readouterr().out
+    for module in set(table.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert set(sub.choices) == {n for n, m in table.items() if m == module}, module
+    names = [m.name for m in pkgutil.iter_modules(package.__path__)
+             if m.name != "__main__"]  # __main__ runs the command line when imported
+    registering = {f"certcompress.cli.{n}" for n in names
+                   if hasattr(importlib.import_module(f"certcompress.cli.{n}"), "register")}
+    assert registering == set(table.values())

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from certcompress.demo import MODEL_SPEC, save_artifacts
+from certcompress.demo.digits import DigitsCNN, load_digits
 from certcompress.loading import load_model, load_reference_inputs
-from certcompress.zoo import DigitsCNN, load_digits
 
 
 def test_saved_model_and_data_load_through_the_cli_paths(tmp_path: Path) -> None:

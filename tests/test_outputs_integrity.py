@@ -32,7 +32,7 @@ import torch
 
 from certcompress import cli
 from certcompress._io import atomic_dir, atomic_write_text, check_outputs
-from certcompress.compress.quantization.cli import OUTPUT_FILES
+from certcompress.cli.quantize import OUTPUT_FILES
 from certcompress.digest import parameter_digest
 from certcompress.errors import ConfigurationError
 from certcompress.scale.store import ResultStore

@@ -195,7 +195,7 @@ def test_cli_refuses_before_loading(archive: dict[str, bytes], tmp_path: Path,
     """inspect (which loads archives) and certify / export --original (which refuse
     archives anyway) all inspect first: exit 2, one line naming the entry, no payload."""
     from certcompress import cli
-    from certcompress.export.cli import _module
+    from certcompress.cli.export import _module
 
     marker = tmp_path / "pwned"
     entries, entry = VARIANTS[variant](archive, marker)

@@ -128,7 +128,9 @@ def _nested(depth: int) -> Any:
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
-    ("changed_parameters", "many", "'changed_parameters' must be an integer"),
+    ("by_method.path-metric.details.changed_parameters", "many",
+     "'by_method.path-metric.details.changed_parameters' must be an integer"),
+    ("changed_parameters", 3, "keeps the path-metric numbers in by_method"),
     ("vacuous", "maybe", "'vacuous' must be true or false or null"),
     ("input_shape", [1, -4], r"'input_shape\[1\]' must be >= 1"),
     ("input_shape", ["1", 4], r"'input_shape\[0\]' must be an integer"),
@@ -136,7 +138,9 @@ def _nested(depth: int) -> Any:
     ("per_output", [0.1, "x", 0.2], r"'per_output\[1\]' must be a number"),
     ("original_digest", 12, "'original_digest' must be a string"),
     ("compressed_digest", None, "'compressed_digest' must be a string"),
-    ("sign_changes", 10 ** 400, "'sign_changes' is an integer of 401 digits, too large"),
+    ("by_method.path-metric.details.sign_changes", 10 ** 400,
+     "'by_method.path-metric.details.sign_changes' is an integer of 401 digits, too large"),
+    ("by_method.path-metric.details.factor", "2", "details.factor' must be a number"),
     ("bound", 10 ** 30, "'bound' is an integer .*too large"),
     ("bound", float("nan"), "'bound' is nan"),
     ("radius", float("inf"), "'radius' is inf"),

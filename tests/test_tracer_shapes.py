@@ -11,7 +11,7 @@ from torch import nn
 
 import certcompress as cc
 from certcompress.capture import tracer
-from certcompress.zoo import DigitsCNN
+from certcompress.demo.digits import DigitsCNN
 
 
 def _both(model: nn.Module, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch

@@ -1,5 +1,5 @@
 """The bound engine: path-norms, path-metrics and the operator-norm baseline, in float64
-on the IR (shared doc ``path-metrics.md``)."""
+on the IR (docs/path-metrics.md)."""
 
 from .baseline import Baseline, operator_norm_baseline
 from .passes import DifferencePass, MagnitudePass

@@ -1,4 +1,4 @@
-"""The rescaling-dependent layerwise operator-norm baseline (shared doc, section 7).
+"""The rescaling-dependent layerwise operator-norm baseline (docs/path-metrics.md, section 7).
 
 For a layered network (a chain of affine maps and 1-Lipschitz, zero-preserving fixed
 ops), with biases carried as an extra input coordinate (augmented matrices

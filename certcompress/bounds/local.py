@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from .._io import JsonRecord, parse_json
 from .._schema import validate
 from .._version import provenance
+from ..domain import InputDomain
 from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 
@@ -306,16 +307,19 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
                   eps: float, *, domain_lower: float | Tensor | np.ndarray | None = None,
                   domain_upper: float | Tensor | np.ndarray | None = None,
                   options: PropagationOptions | None = None, batch_size: int = 16,
-                  progress: bool = True) -> LocalCertificate:
+                  progress: bool = True, domain: InputDomain | None = None,
+                  propagation: PropagationOptions | None = None) -> LocalCertificate:
     """Certify the deviation and the top-1 decision on the l_inf ball of radius ``eps``
     around each of ``points`` (``(N, *sample_shape)``; the models are traced on
     ``(1, *sample_shape)``), intersected with the box ``domain_lower <= x <=
-    domain_upper`` (scalars or tensors broadcastable to one sample; None: unbounded).
+    domain_upper`` (scalars or tensors broadcastable to one sample; None: unbounded), or
+    with ``domain`` (an :class:`~certcompress.InputDomain` of shape
+    ``(1, *sample_shape)``, the vocabulary of :func:`certcompress.certify`).
 
-    ``options`` tunes the propagation (default: CROWN back-substitution at every ReLU;
-    ``options.sign_vectors_up_to`` decides whether the l1 bound also maximizes over all
-    ``2^m`` sign vectors). ``batch_size`` boxes are propagated at once. The decision
-    needs a classifier output (at least two outputs).
+    ``propagation`` (or its older name ``options``) tunes the propagation (default: CROWN
+    back-substitution at every ReLU; ``sign_vectors_up_to`` decides whether the l1 bound
+    also maximizes over all ``2^m`` sign vectors). ``batch_size`` boxes are propagated at
+    once. The decision needs a classifier output (at least two outputs).
     """
     from ..api import trace
     from ..digest import parameter_digest
@@ -339,6 +343,19 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     if not bool(torch.isfinite(x).all()):
         raise ConfigurationError("points contain NaN or infinite values")
     per = tuple(int(s) for s in x.shape[1:])
+    if propagation is not None:
+        if options is not None:
+            raise ConfigurationError("pass either propagation or options (its older name), "
+                                     "not both")
+        options = propagation
+    if domain is not None:
+        if domain_lower is not None or domain_upper is not None:
+            raise ConfigurationError("pass either domain or domain_lower/domain_upper, not both")
+        if not isinstance(domain, InputDomain) or domain.shape != (1,) + per:
+            raise ConfigurationError(f"domain must be an InputDomain of shape {(1,) + per} "
+                                     f"(one point, batch first), got "
+                                     f"{getattr(domain, 'shape', type(domain).__name__)}")
+        domain_lower, domain_upper = domain.lower_tensor()[0], domain.upper_tensor()[0]
     lo_dom = _bound_tensor(domain_lower, -math.inf, per, "domain_lower")
     hi_dom = _bound_tensor(domain_upper, math.inf, per, "domain_upper")
     if bool((lo_dom > hi_dom).any()):

@@ -1,6 +1,6 @@
 """The two engine passes over a graph, defined once per IR node kind.
 
-``MagnitudePass`` (shared doc, section 4): feed all-ones inputs through every op's
+``MagnitudePass`` (docs/path-metrics.md, section 4): feed all-ones inputs through every op's
 absolute-weight map with non-negative parameters ``P``. The output at ``o`` is the sum
 over paths ending at ``o`` of ``prod |theta|`` along the path, i.e. the per-output
 l1 path-norm ``||Phi_o(P)||_1``; the sum over outputs is ``||Phi(P)||_1``.

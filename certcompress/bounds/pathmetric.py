@@ -1,5 +1,5 @@
 """The l1 path-metric ``||Phi(theta) - Phi(theta')||_1`` between two parameter sets of
-one graph (shared doc, sections 2-4).
+one graph (docs/path-metrics.md, sections 2-4).
 
 * Same signs (``theta_i * theta'_i >= 0``): with ``lo = min(|theta|, |theta'|)`` and
   ``hi = max(...)`` the metric is at most ``||Phi(hi)||_1 - ||Phi(lo)||_1``, computed by

@@ -1,4 +1,4 @@
-"""The l1 path-norm and path-magnitude scores (shared doc, sections 2, 4 and 5)."""
+"""The l1 path-norm and path-magnitude scores (docs/path-metrics.md, sections 2, 4 and 5)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def path_magnitude_scores(graph: Graph) -> dict[str, AffineParams]:
     """``score_i = |theta_i| * d||Phi(|theta|)||_1 / d|theta_i|`` for every weight and bias
     of every parametric node (float64, in the node's folded layout), from one forward
     and one backward pass. Because the path-norm is multi-affine in ``|theta|``, a score
-    is exactly the path-metric of zeroing that one parameter (shared doc, section 5).
+    is exactly the path-metric of zeroing that one parameter (docs/path-metrics.md, section 5).
     """
     p = {k: AffineParams(v.weight.abs().requires_grad_(True),
                          None if v.bias is None else v.bias.abs().requires_grad_(True))

@@ -37,7 +37,7 @@ def tiers_table(cert: Certificate, local: LocalCertificate | None = None,
                      "scope": f"worst case over {cert.domain}", "value": mb.bound,
                      "vacuous": mb.vacuous})
     if not by_method:
-        rows.append({"statement": f"{cert.method} tier", "kind": "certified",
+        rows.append({"statement": f"{cert.bound_method} tier", "kind": "certified",
                      "scope": f"worst case over {cert.domain}", "value": cert.bound,
                      "vacuous": cert.vacuous})
     if local is not None and local.n_points:

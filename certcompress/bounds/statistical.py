@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .._io import JsonRecord
 from .._version import provenance
+from ..domain import InputDomain
 from ..errors import ConfigurationError, NumericalRangeError
 
 __all__ = ["StatisticalCertificate", "certify_statistical", "clopper_pearson_upper",
@@ -186,14 +187,32 @@ def _as_tensor(x: Any, what: str) -> Tensor:
     return x.detach().cpu()
 
 
+def _check_in_domain(x: Tensor, domain: InputDomain) -> None:
+    """Every sample of ``x`` inside ``domain`` (of shape ``(1, *sample_shape)``)."""
+    per = (1,) + tuple(int(s) for s in x.shape[1:])
+    if not isinstance(domain, InputDomain) or domain.shape != per:
+        raise ConfigurationError(f"domain must be an InputDomain of shape {per} (one sample, "
+                                 f"batch first), got "
+                                 f"{getattr(domain, 'shape', type(domain).__name__)}")
+    outside = (~domain.contains(x)).nonzero().reshape(-1)
+    if outside.numel():
+        raise ConfigurationError(f"{outside.numel()} sample(s) lie outside the domain (first "
+                                 f"indices {outside[:5].tolist()}): the statement is about a "
+                                 "distribution on the domain; widen it or drop them")
+
+
 def certify_statistical(model: nn.Module, compressed: nn.Module, samples: Tensor | np.ndarray,
                         *, delta: float = 0.05, threshold: float | None = None,
                         quantile: float = 0.95, labels: Tensor | np.ndarray | None = None,
-                        batch_size: int = 256) -> StatisticalCertificate:
+                        batch_size: int = 256, domain: InputDomain | None = None
+                        ) -> StatisticalCertificate:
     """Confidence statements about ``||f(x) - f'(x)||_1`` for ``x`` from the distribution
     that ``samples`` (``(n, *sample_shape)``, iid, held out: not used to train or to
     choose the compression) were drawn from; see the module doc. ``labels`` (``(n,)``
-    class indices) adds a bound on the accuracy drop."""
+    class indices) adds a bound on the accuracy drop. ``domain`` (an
+    :class:`~certcompress.InputDomain` of shape ``(1, *sample_shape)``, as for
+    :func:`certcompress.certify`) states where that distribution lives: every sample must
+    lie in it (a sample outside is an error naming it)."""
     from ..digest import parameter_digest
     from ..measure import float64_function
 
@@ -220,6 +239,8 @@ def certify_statistical(model: nn.Module, compressed: nn.Module, samples: Tensor
     if not bool(torch.isfinite(x).all()):
         raise ConfigurationError("samples contain NaN or infinite values")
     n = int(x.shape[0])
+    if domain is not None:
+        _check_in_domain(x, domain)
     y: Tensor | None = None
     if labels is not None:
         y = _as_tensor(labels, "labels").reshape(-1)

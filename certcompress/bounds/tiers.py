@@ -4,6 +4,15 @@ A tier is one way of bounding the output deviation ``||f(x) - f'(x)||_1`` of the
 original ``f`` and the compressed ``f'``. Tiers of the same *scope* answer the same
 question and may be combined by taking the minimum; tiers of different scopes may not.
 
+A tier is a :class:`Tier` subclass registered in the :class:`TierRegistry` that
+:func:`tier_registry` returns (built-in tiers, then those of loaded plugins through
+their ``register_tiers(registry)`` hook). :meth:`Tier.bound` is a template method: it
+checks the domain against the traced shape and the options' type, calls the subclass's
+``_bound``, refuses a non-finite result (:class:`NumericalRangeError`, never an
+infinite bound), and records the wall time and the float slack. ``certify``, the
+pruning budget search, the bit allocation, scale's ``CertifyTask`` and the CLI take the
+tier names from the registry; docs/adding-a-tier.md shows a new tier end to end.
+
 ``path-metric``
     ``max(r, 1) * path-metric`` (Theorem 3.1 of Gonon et al.) with
     ``r = max ||x||_inf`` over the domain: a worst case over the whole ball of radius r,
@@ -23,13 +32,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
+from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound
 from ..domain import InputDomain
-from ..errors import NumericalRangeError
+from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
 from .numerics import float_slack
 from .pathmetric import PathMetric, graph_path_metric
@@ -42,28 +57,140 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 
-__all__ = ["MethodBound", "WORST_CASE", "METHODS", "path_metric_tier", "bounds_tier",
-           "check_methods"]
+__all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
+           "PathMetricTier", "BoundsTier", "tier_registry", "register_builtin_tiers",
+           "check_methods", "path_metric_tier", "bounds_tier"]
 
-METHODS = ("path-metric", "bounds")
+
+# ---------------------------------------------------------------------- inputs
+@dataclass(eq=False)
+class GraphPair:
+    """The traced original and compressed graphs a tier bounds (same structure, same
+    input shape). The path-metric between them is computed once, on first use, and
+    shared by every tier and by the certificate."""
+
+    original: Graph
+    compressed: Graph
+    _path_metric: PathMetric | None = field(default=None, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.original.input_shape)
+
+    @property
+    def path_metric(self) -> PathMetric:
+        if self._path_metric is None:
+            self._path_metric = graph_path_metric(self.original, self.compressed)
+        return self._path_metric
 
 
-def check_methods(methods: object) -> tuple[str, ...]:
-    """Validated method names (a string or a sequence of them), duplicates removed."""
-    from ..errors import ConfigurationError
+@dataclass(frozen=True)
+class TierBound:
+    """What a tier's ``_bound`` returns: the l1 ``bound``, the ``per_output`` bounds,
+    whether the bound is the method's ``exact`` value, its relative float slack
+    (``float_slack_rel``: the outward rounding margin included in the bound, 0 when the
+    tier computes in exact arithmetic) and method-specific ``details`` (JSON scalars)."""
 
-    if isinstance(methods, str):
-        methods = (methods,)
-    try:
-        names = tuple(dict.fromkeys(str(m) for m in methods))  # type: ignore[attr-defined]
-    except TypeError:
-        raise ConfigurationError(f"methods must be a sequence of names from {METHODS}, got "
-                                 f"{methods!r}") from None
-    bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise ConfigurationError(f"unknown certification method(s) {bad or '(none)'}; choose "
-                                 f"from {', '.join(METHODS)}")
-    return names
+    bound: float
+    per_output: tuple[float, ...]
+    exact: bool
+    float_slack_rel: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- base class
+class Tier(ABC):
+    """Base class of certification tiers (see the module doc and docs/adding-a-tier.md).
+
+    Subclasses set ``name`` (what ``methods=`` and ``--method`` take), ``summary`` (one
+    line for listings), ``scope`` (default :data:`WORST_CASE`: a bound over every input
+    of the domain), ``options_type`` (the class of the options ``_bound`` accepts, None
+    for none), ``default_with_domain`` (run by ``certify`` when it is given a domain and
+    no ``methods``), ``measure_cost`` (time a float64 forward pass so the certificate
+    states this tier's cost in forward passes) and implement :meth:`_bound`. Call :meth:`bound`, never ``_bound``.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    scope: ClassVar[str] = WORST_CASE
+    options_type: ClassVar[type | None] = None
+    default_with_domain: ClassVar[bool] = False
+    measure_cost: ClassVar[bool] = True
+
+    @abstractmethod
+    def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
+        """The bound over ``domain`` (already checked against the pair's input shape);
+        ``options`` is None or an instance of ``options_type``."""
+
+    def own_options(self, options: object) -> Any:
+        """``options`` when this tier takes options of its type, else None (so one set of
+        options, e.g. ``PropagationOptions``, can be offered to every tier)."""
+        ok = self.options_type is not None and isinstance(options, self.options_type)
+        return options if ok else None
+
+    def bound(self, pair: GraphPair, domain: InputDomain, options: Any = None) -> MethodBound:
+        """This tier's :class:`MethodBound` for ``pair`` over ``domain``: inputs checked,
+        the result checked finite and non-negative, wall time and float slack recorded."""
+        if not isinstance(pair, GraphPair):
+            raise ConfigurationError(f"tier '{self.name}': pair must be a GraphPair, got "
+                                     f"{type(pair).__name__}")
+        if not isinstance(domain, InputDomain):
+            raise ConfigurationError(f"tier '{self.name}': domain must be an InputDomain, got "
+                                     f"{type(domain).__name__}")
+        if tuple(domain.shape) != pair.input_shape:
+            raise ConfigurationError(f"the domain's shape {domain.shape} differs from the traced "
+                                     f"input shape {pair.input_shape}")
+        if options is not None and (self.options_type is None
+                                    or not isinstance(options, self.options_type)):
+            want = "no options" if self.options_type is None else \
+                f"a {self.options_type.__name__} or None"
+            raise ConfigurationError(f"tier '{self.name}' takes {want}, got "
+                                     f"{type(options).__name__}")
+        t0 = time.perf_counter()
+        result = self._bound(pair, domain, options)
+        seconds = time.perf_counter() - t0
+        if not isinstance(result, TierBound):
+            raise TypeError(f"tier '{self.name}': _bound must return a TierBound, got "
+                            f"{type(result).__name__}")
+        values = (result.bound, *result.per_output)
+        if not all(math.isfinite(v) for v in values):
+            raise NumericalRangeError(
+                f"the '{self.name}' tier's bound overflows float64 (bound {result.bound:.3g}, "
+                f"largest per-output bound {max(result.per_output, default=0.0):.3g}); "
+                "certify over a smaller domain or use another tier")
+        if any(v < 0 for v in values):
+            raise ArithmeticError(f"internal error: tier '{self.name}' returned a negative "
+                                  f"bound ({min(values)!r}); please report it")
+        return MethodBound(
+            method=self.name, bound=float(result.bound),
+            per_output=tuple(float(v) for v in result.per_output), scope=self.scope,
+            seconds=seconds, exact=bool(result.exact),
+            details={**result.details, "float_slack_rel": float(result.float_slack_rel)})
+
+
+# ---------------------------------------------------------------------- built-in tiers
+class PathMetricTier(Tier):
+    """``max(r, 1) * path-metric`` with ``r = max ||x||_inf`` over the domain."""
+
+    name = "path-metric"
+    summary = "max(r, 1) x path-metric over the ball ||x||_inf <= r (cheap, parameter-only)"
+    measure_cost = False
+
+    def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
+        pm = pair.path_metric
+        radius = domain.radius
+        factor = max(float(radius), 1.0)
+        return TierBound(
+            bound=factor * pm.value, per_output=tuple(factor * v for v in pm.per_output),
+            exact=pm.exact, float_slack_rel=pm.float_slack_rel,
+            details={"factor": factor, "path_metric": pm.value, "computation": pm.method,
+                     "covers": f"every x with ||x||_inf <= {float(radius):.6g} (contains the "
+                               "domain)",
+                     "path_metric_exact": pm.exact, "path_norm_original": pm.path_norm_original,
+                     "path_norm_compressed": pm.path_norm_compressed,
+                     "sign_changes": pm.sign_changes, "changed_parameters": pm.changed_parameters,
+                     "float_slack_rel": pm.float_slack_rel,
+                     "float_slack_abs": pm.float_slack_abs})
 
 
 def _round_up_sum(values: torch.Tensor) -> float:
@@ -73,67 +200,226 @@ def _round_up_sum(values: torch.Tensor) -> float:
     return math.nextafter(s * (1.0 + float_slack(max(n, 1), 1)), math.inf) if s > 0 else 0.0
 
 
+class BoundsTier(Tier):
+    """Differential bound propagation of the pair over the domain's box."""
+
+    name = "bounds"
+    summary = "differential bound propagation over the domain's box (tighter, costs more)"
+    options_type = PropagationOptions
+    default_with_domain = True
+
+    def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
+        opts = options or PropagationOptions()
+        lowered = lower_pair(pair.original, pair.compressed)
+        lower = domain.lower_tensor().unsqueeze(0)
+        upper = domain.upper_tensor().unsqueeze(0)
+        state = propagate(lowered, lower, upper, opts)
+        m = lowered.output_size
+        eye = torch.eye(m, dtype=torch.float64)
+        ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
+        crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
+        interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
+        per = torch.minimum(crown, interval)
+        if not bool(torch.isfinite(per).all()):
+            raise NumericalRangeError(
+                f"the bounds tier's output bounds overflow float64 (crown "
+                f"{float(crown.max()):.3g}, interval {float(interval.max()):.3g}); certify "
+                "over a smaller domain or use the path-metric tier")
+        l1 = _round_up_sum(per)
+        if not math.isfinite(l1):
+            raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
+                                      f"per-output bound {float(per.max()):.3g}, {per.numel()} "
+                                      "outputs); certify over a smaller domain")
+        sign_rows = 0
+        if 0 < m <= opts.sign_vectors_up_to:
+            signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
+                                 dtype=torch.float64)
+            sign_rows = int(signs.shape[0])
+            best = float(output_upper_bounds(state, {"d": signs}).max())
+            l1 = min(l1, max(best, 0.0))
+        return TierBound(
+            bound=l1, per_output=tuple(float(v) for v in per), exact=False,
+            float_slack_rel=float(state.eta),
+            details={"intermediate": opts.intermediate, "primitive_nodes": len(lowered.nodes),
+                     "relu_nodes": lowered.relu_count,
+                     "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m
+                     + sign_rows,
+                     "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
+                     "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
+                     "rounding": ROUNDING_NOTE, "domain": domain.describe()})
+
+
+# ---------------------------------------------------------------------- registry
+class TierRegistry:
+    """Named tiers, in registration order. ``register(tier)`` adds one (a duplicate
+    name is an error unless ``replace=True``), ``get(name)`` looks one up (an unknown
+    name is a :class:`ConfigurationError` listing the known ones), ``names()`` lists
+    them, ``check(methods)`` validates a ``methods=`` argument."""
+
+    def __init__(self) -> None:
+        self._tiers: dict[str, Tier] = {}
+        self._origin: dict[str, str] = {}
+        self._source = "certcompress"
+
+    def register(self, tier: Tier, *, replace: bool = False) -> Tier:
+        """Add ``tier`` (an instance or a subclass, instantiated without arguments)."""
+        obj: object = tier() if isinstance(tier, type) and issubclass(tier, Tier) else tier
+        if not isinstance(obj, Tier):
+            raise ConfigurationError(f"{obj!r} is not a certcompress Tier subclass or instance")
+        name = obj.name
+        if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+            raise ConfigurationError(f"tier {type(obj).__name__} needs a non-empty name without "
+                                     f"commas or surrounding spaces, got {name!r}")
+        if name in self._tiers and not replace:
+            raise ConfigurationError(f"a tier named '{name}' is already registered (by "
+                                     f"{self._origin[name]}); pass replace=True to override it")
+        self._tiers[name] = obj
+        self._origin[name] = self._source
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self.get(name)
+        del self._tiers[name], self._origin[name]
+
+    def _refresh(self) -> None:
+        """Called before every lookup (the process-wide registry syncs with plugins)."""
+
+    def get(self, name: str) -> Tier:
+        self._refresh()
+        try:
+            return self._tiers[name]
+        except (KeyError, TypeError):
+            raise ConfigurationError(f"unknown certification method {name!r}; choose from "
+                                     f"{', '.join(self._tiers)}") from None
+
+    def names(self) -> tuple[str, ...]:
+        self._refresh()
+        return tuple(self._tiers)
+
+    def origin(self, name: str) -> str:
+        """Who registered ``name``: "certcompress" or the plugin's name."""
+        self.get(name)
+        return self._origin[name]
+
+    def defaults(self, with_domain: bool) -> tuple[str, ...]:
+        """The tiers ``certify`` runs without ``methods``: path-metric alone without a
+        domain; with one, path-metric and every tier marked ``default_with_domain``."""
+        self._refresh()
+        extra = [n for n, t in self._tiers.items() if with_domain and t.default_with_domain]
+        return tuple(dict.fromkeys(["path-metric", *extra]))
+
+    def check(self, methods: object) -> tuple[str, ...]:
+        """Validated method names (a string or a sequence of them), duplicates removed."""
+        self._refresh()
+        if isinstance(methods, str):
+            methods = (methods,)
+        try:
+            names = tuple(dict.fromkeys(str(m) for m in methods))  # type: ignore[attr-defined]
+        except TypeError:
+            raise ConfigurationError(f"methods must be a sequence of names from "
+                                     f"{self.names()}, got {methods!r}") from None
+        bad = [m for m in names if m not in self._tiers]
+        if bad or not names:
+            raise ConfigurationError(f"unknown certification method(s) {bad or '(none)'}; "
+                                     f"choose from {', '.join(self._tiers)}")
+        return names
+
+    def __contains__(self, name: object) -> bool:
+        self._refresh()
+        return name in self._tiers
+
+    def __iter__(self) -> Iterator[Tier]:
+        self._refresh()
+        return iter(tuple(self._tiers.values()))
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._tiers)
+
+    # ------------------------------------------------------------ plugins
+    def add_plugin(self, plugin: Plugin, source: str) -> tuple[str, ...]:
+        """Run ``plugin.register_tiers(self)``; the names it added (errors name it)."""
+        before = set(self._tiers)
+        self._source = plugin.name
+        try:
+            plugin.register_tiers(self)
+        except PluginError:
+            raise
+        except Exception as exc:
+            for n in set(self._tiers) - before:
+                del self._tiers[n], self._origin[n]
+            raise PluginError(f"plugin '{plugin.name}' ({source}) failed in register_tiers: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._source = "certcompress"
+        return tuple(n for n in self._tiers if n not in before)
+
+
+def register_builtin_tiers(registry: TierRegistry) -> None:
+    """The tiers certcompress ships."""
+    registry.register(PathMetricTier())
+    registry.register(BoundsTier())
+
+
+class _SyncedRegistry(TierRegistry):
+    """The process-wide registry: the built-in tiers plus those of the plugins the
+    plugin manager has loaded (synchronized on every use, so a plugin loaded later,
+    e.g. by ``--plugin``, contributes its tiers; a plugin no longer loaded, e.g. after
+    the manager was rebuilt, takes its tiers away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        register_builtin_tiers(self)
+        self._applied: dict[int, tuple[Plugin, tuple[str, ...]]] = {}
+
+    def _refresh(self) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        with _lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        loaded = {id(lp.plugin): lp for lp in plugin_manager().plugins}
+        for pid in [p for p in self._applied if p not in loaded]:
+            for n in self._applied.pop(pid)[1]:
+                self._tiers.pop(n, None)
+                self._origin.pop(n, None)
+        for pid, lp in loaded.items():
+            if pid not in self._applied:
+                self._applied[pid] = (lp.plugin, self.add_plugin(lp.plugin, lp.source))
+
+
+_lock = threading.RLock()
+_registry: _SyncedRegistry | None = None
+
+
+def tier_registry() -> TierRegistry:
+    """The process-wide tier registry (built-in tiers, then loaded plugins' tiers)."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = _SyncedRegistry()
+        _registry.sync()
+        return _registry
+
+
+def check_methods(methods: object) -> tuple[str, ...]:
+    """Validated method names from the registry (a string or a sequence of them)."""
+    return tier_registry().check(methods)
+
+
+# ---------------------------------------------------------------------- functions
 def path_metric_tier(graph: Graph, other: Graph, radius: float,
                      pm: PathMetric | None = None) -> tuple[MethodBound, PathMetric]:
-    """``max(radius, 1) * path-metric`` (with ``radius = max ||x||_inf`` over the domain)."""
-    t0 = time.perf_counter()
-    if pm is None:
-        pm = graph_path_metric(graph, other)
-    factor = max(float(radius), 1.0)
-    result = MethodBound(
-        method="path-metric", bound=factor * pm.value,
-        per_output=tuple(factor * v for v in pm.per_output), scope=WORST_CASE,
-        seconds=time.perf_counter() - t0, exact=pm.exact,
-        details={"factor": factor, "path_metric": pm.value, "computation": pm.method,
-                 "covers": f"every x with ||x||_inf <= {float(radius):.6g} (contains the "
-                           "domain)"})
-    return result, pm
+    """``max(radius, 1) * path-metric`` (with ``radius = max ||x||_inf`` over the domain):
+    the ``path-metric`` tier over the box ``[-radius, radius]``."""
+    pair = GraphPair(graph, other, pm)
+    dom = InputDomain.box(-float(radius), float(radius), shape=graph.input_shape)
+    return tier_registry().get("path-metric").bound(pair, dom), pair.path_metric
 
 
 def bounds_tier(graph: Graph, other: Graph, domain: InputDomain,
                 options: PropagationOptions | None = None) -> MethodBound:
     """Differential bound propagation of the pair over the domain's box."""
-    if tuple(domain.shape) != tuple(graph.input_shape):
-        from ..errors import ConfigurationError
-
-        raise ConfigurationError(f"the domain's shape {domain.shape} differs from the traced "
-                                 f"input shape {tuple(graph.input_shape)}")
-    opts = options or PropagationOptions()
-    t0 = time.perf_counter()
-    pair = lower_pair(graph, other)
-    lower = domain.lower_tensor().unsqueeze(0)
-    upper = domain.upper_tensor().unsqueeze(0)
-    state = propagate(pair, lower, upper, opts)
-    m = pair.output_size
-    eye = torch.eye(m, dtype=torch.float64)
-    ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
-    crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
-    interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
-    per = torch.minimum(crown, interval)
-    if not bool(torch.isfinite(per).all()):
-        raise NumericalRangeError(
-            f"the bounds tier's output bounds overflow float64 (crown {float(crown.max()):.3g}, "
-            f"interval {float(interval.max()):.3g}); certify over a smaller domain or use the "
-            "path-metric tier")
-    l1 = _round_up_sum(per)
-    if not math.isfinite(l1):
-        raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
-                                  f"per-output bound {float(per.max()):.3g}, {per.numel()} "
-                                  "outputs); certify over a smaller domain")
-    sign_rows = 0
-    if 0 < m <= opts.sign_vectors_up_to:
-        signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                             dtype=torch.float64)
-        sign_rows = int(signs.shape[0])
-        best = float(output_upper_bounds(state, {"d": signs}).max())
-        l1 = min(l1, max(best, 0.0))
-    seconds = time.perf_counter() - t0
-    return MethodBound(
-        method="bounds", bound=l1, per_output=tuple(float(v) for v in per), scope=WORST_CASE,
-        seconds=seconds, exact=False,
-        details={"intermediate": opts.intermediate, "primitive_nodes": len(pair.nodes),
-                 "relu_nodes": pair.relu_count,
-                 "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m + sign_rows,
-                 "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
-                 "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
-                 "rounding": ROUNDING_NOTE, "domain": domain.describe()})
+    return tier_registry().get("bounds").bound(GraphPair(graph, other), domain, options)

@@ -1,5 +1,6 @@
-"""Plugins: extra adapters, bound-propagation lowerings, model resolvers and input specs,
-found through the ``certcompress.plugins`` entry-point group or named explicitly.
+"""Plugins: extra adapters, bound-propagation lowerings, model resolvers, input specs and
+certification tiers, found through the ``certcompress.plugins`` entry-point group or
+named explicitly.
 
 A plugin is a :class:`Plugin` subclass (or instance). It is loaded only when it is
 installed (its distribution declares the entry point) or when a user names it
@@ -15,7 +16,7 @@ import importlib.metadata
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -23,7 +24,11 @@ from ..domain import InputSpec
 from ..errors import PluginError
 from .registry import AdapterRegistry
 
-__all__ = ["ENTRY_POINT_GROUP", "Plugin", "LoweringTable", "PluginManager", "LoadedPlugin", "default_registry",
+if TYPE_CHECKING:  # the tier registry lives in a higher layer (certcompress.bounds.tiers)
+    from ..bounds.tiers import TierRegistry
+
+__all__ = ["ENTRY_POINT_GROUP", "Plugin", "LoweringTable", "PluginManager", "LoadedPlugin",
+           "default_registry",
            "plugin_manager", "load_plugin", "register_builtin_adapters"]
 
 ENTRY_POINT_GROUP = "certcompress.plugins"
@@ -50,6 +55,8 @@ class Plugin:
       ``resolve_model(spec)``: build the model for ``"<prefix>:<rest>"`` when ``prefix``
       is in ``model_prefixes`` (e.g. ``torchvision:resnet18``); return None otherwise.
       ``input_spec(model)``: the input shape and radius for models this plugin knows.
+      ``register_tiers(registry)``: add certification tiers (``registry.register(tier)``,
+      docs/adding-a-tier.md); called when the tier registry first sees the plugin.
     """
 
     name: str = "unnamed-plugin"
@@ -68,6 +75,9 @@ class Plugin:
     def input_spec(self, model: nn.Module) -> InputSpec | None:
         """The input spec of ``model`` if this plugin knows its family."""
         return None
+
+    def register_tiers(self, registry: TierRegistry) -> None:
+        """Register certification tiers with ``registry.register(tier)``."""
 
 
 @dataclass(frozen=True)

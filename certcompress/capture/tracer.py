@@ -24,6 +24,7 @@ import contextlib
 import logging
 import operator
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +46,7 @@ from .adapters.base import Converted, MultiOutput, Unsupported
 from .check import as_box, hook_refusals, inplace_refusals, numeric_check, raise_if_failed
 from .registry import AdapterRegistry
 
-__all__ = ["trace", "ConvertContext", "check_eval_mode"]
+__all__ = ["Captured", "trace", "trace_captured", "ConvertContext", "check_eval_mode"]
 
 _OUTSIDE_CLASS = {
     "GELU": "GELU is smooth, not piecewise-linear",
@@ -279,6 +280,19 @@ class ConvertContext:
         return out
 
 
+@dataclass(frozen=True)
+class Captured:
+    """What capturing a module produced, for reuse by a module of the same structure
+    (:func:`certcompress.capture.pair.trace_pair`): the fx graph module, how it was
+    captured, its notes, and every needed node's meta value (shapes; None when the meta
+    pass could not run)."""
+
+    gm: fx.GraphModule
+    how: str
+    notes: tuple[str, ...]
+    shapes: Mapping[fx.Node, Any] | None
+
+
 def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int], *,
           registry: AdapterRegistry | None = None, fold_bn: bool = True,
           name: str | None = None, check: bool = True, domain: Any = None) -> Graph:
@@ -295,6 +309,20 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
     ``domain`` (an InputDomain or a ``(lower, upper)`` pair; default the box
     ``[-1, 1]``), else :class:`UnsupportedModelError` names the reason.
     """
+    return trace_captured(model, input_shape, registry=registry, fold_bn=fold_bn, name=name,
+                          check=check, domain=domain)[0]
+
+
+def trace_captured(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int],
+                   *, registry: AdapterRegistry | None = None, fold_bn: bool = True,
+                   name: str | None = None, check: bool = True, domain: Any = None,
+                   reuse: Captured | None = None) -> tuple[Graph, Captured]:
+    """:func:`trace`, also returning what was captured. ``reuse``: the capture of a
+    module with the same structure (same module types and code, same non-parameter
+    attributes, parameters and buffers of the same shapes: the caller checks), whose fx
+    graph is rebound to ``model``'s parameters instead of tracing ``model`` again. Every
+    other step runs as in :func:`trace`: the hook refusals, the in-place analysis, the
+    conversion of ``model``'s own parameters and the trace check's probes."""
     from .plugins import default_registry
 
     reg = registry if registry is not None else default_registry()
@@ -315,15 +343,21 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
             device = params[0].device
     elif isinstance(model, torch.export.ExportedProgram):
         dtype = torch.float32
+        reuse = None
     else:
         raise ConfigurationError(f"expected an nn.Module or ExportedProgram, got "
                                  f"{type(model).__name__}")
     example = torch.zeros(shape, dtype=dtype, device=device)
     with _quiet_torch_logs():
-        gm, how, notes = _capture(model, example, reg)
+        shapes: Mapping[fx.Node, Any] | None = None
+        if reuse is not None and isinstance(model, nn.Module):
+            gm, shapes = _rebind(reuse, model)
+            how, notes = reuse.how, reuse.notes
+        else:
+            gm, how, notes = _capture(model, example, reg)
         converter = _Converter(gm, reg)
         converter.offenders.extend(inplace_refusals(gm, converter.inplace_safe))
-        nodes, outputs, params_map = converter.convert(example)
+        nodes, outputs, params_map = converter.convert(example, shapes)
     graph = Graph(nodes=tuple(nodes), outputs=tuple(outputs), params=params_map,
                   input_shape=shape, model_name=name or type(model).__name__, capture=how,
                   notes=notes)
@@ -331,7 +365,21 @@ def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence
     if check and isinstance(model, nn.Module) and device.type != "meta":
         lower, upper = as_box(domain, shape)
         raise_if_failed(numeric_check(model, graph, lower, upper))
-    return graph
+    return graph, Captured(gm, how, notes, converter.shapes)
+
+
+def _rebind(captured: Captured, model: nn.Module
+            ) -> tuple[fx.GraphModule, Mapping[fx.Node, Any] | None]:
+    """``captured``'s fx graph (a copy) over ``model``'s own submodules, parameters and
+    buffers, with the meta values carried over to the copied nodes."""
+    graph = fx.Graph()
+    copied: dict[fx.Node, fx.Node] = {}
+    out = graph.graph_copy(captured.gm.graph, copied)
+    graph.output(out)
+    gm = fx.GraphModule(model, graph)
+    shapes = None if captured.shapes is None else {
+        copied[n]: v for n, v in captured.shapes.items() if n in copied}
+    return gm, shapes
 
 
 class _Converter:
@@ -343,6 +391,7 @@ class _Converter:
         self.params: dict[str, AffineParams] = {}
         self.multi: dict[fx.Node, MultiOutput] = {}
         self.offenders: list[UnsupportedNode] = []
+        self.shapes: Mapping[fx.Node, Any] | None = None
 
     def _needed(self) -> set[fx.Node]:
         out = next(n for n in reversed(self.gm.graph.nodes) if n.op == "output")
@@ -356,7 +405,8 @@ class _Converter:
             stack.extend(n.all_input_nodes)
         return needed
 
-    def convert(self, example: torch.Tensor) -> tuple[list[IRNode], list[str], dict[str, AffineParams]]:
+    def convert(self, example: torch.Tensor, shapes: Mapping[fx.Node, Any] | None = None
+                ) -> tuple[list[IRNode], list[str], dict[str, AffineParams]]:
         graph = self.gm.graph
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
@@ -365,7 +415,9 @@ class _Converter:
                 f"{len(placeholders)} inputs ({', '.join(p.name for p in placeholders)})"
             )
         needed = self._needed()
-        shapes = self._meta_values(example, needed)
+        if shapes is None or any(n not in shapes for n in needed if n.op != "output"):
+            shapes = self._meta_values(example, needed)
+        self.shapes = shapes
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         interp = fx.Interpreter(self.gm)
         depends: set[fx.Node] = set()

@@ -7,13 +7,12 @@ certificate and SHA-256 digests in its metadata (and an Ed25519 signature with
 ``verify_onnx`` passes; ``verify_onnx`` re-runs those checks on any such file (with
 ``public_key=`` it authenticates the signature, with ``recertify=True`` it recomputes the
 certificate from the original and the file's weights);
-``build_report`` measures file sizes and onnxruntime latencies; ``demo_section`` is the
-last step of the README's main job.
+``build_report`` measures file sizes and onnxruntime latencies (the README job's export
+step is :mod:`certcompress.demo.export`).
 """
 
 from __future__ import annotations
 
-from .demo import demo_section
 from .metadata import graph_digest, read_embedded
 from .onnx_export import ExportError, export_onnx, to_onnx
 from .qdq import QuantizedInitializer, WeightGrid
@@ -24,5 +23,5 @@ from .verify import verify_onnx
 
 __all__ = ["Check", "ExportError", "ExportReport", "QuantizedInitializer", "Tolerance",
            "VerificationFailed", "VerificationReport", "WeightGrid", "build_report",
-           "demo_section", "export_onnx", "generate_signing_key", "graph_digest",
+           "export_onnx", "generate_signing_key", "graph_digest",
            "read_embedded", "to_onnx", "verify_onnx"]

@@ -21,18 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
 from .._io import atomic_path
-from .._version import __version__
+from .._version import versions
 from ..certificate import Certificate
 from ..digest import parameter_digest
 from ..errors import CertcompressError, ConfigurationError, TrainModeError, VerificationError
 from ..measure import check_reference_inputs, float64_function
-from . import _runtime
 from .metadata import embed
 from .qdq import GridsLike, apply_grids, as_grids
 from .results import Tolerance, VerificationReport
@@ -232,9 +230,7 @@ def export_onnx(compressed: nn.Module, path: str | os.PathLike[str], *,
         "quantized": [r.to_dict() for r in records],
         "tolerance": tol.to_dict(),
         "certified_equivalence_max": equivalence,
-        "versions": {"certcompress": __version__, "torch": torch.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": _runtime.ort_version(),
-                     "numpy": np.__version__},
+        "versions": versions("onnx", "onnxruntime"),
     }
     embed(proto, certificate, info, signer)
     try:

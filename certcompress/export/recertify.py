@@ -38,7 +38,7 @@ from torch import nn
 
 from ..bounds.arithmetic import float32_error, with_float32
 from ..bounds.propagation.engine import PropagationOptions
-from ..bounds.tiers import bounds_tier, path_metric_tier
+from ..bounds.tiers import GraphPair, tier_registry
 from ..capture import trace
 from ..certificate import WORST_CASE, Certificate
 from ..digest import parameter_digest
@@ -116,6 +116,12 @@ def _consistency(cert: Certificate, problems: list[str]) -> None:
         problems.append(f"the input shape {tuple(cert.input_shape)} is not the domain's "
                         f"{tuple(cert.input_domain.shape)}")
     _compare("factor max(radius, 1)", cert.factor, max(cert.radius, 1.0), problems)
+    pm = cert.path_metric_details
+    if pm is not None:
+        _compare("path-metric tier bound factor x path-metric",
+                 cert.by_method["path-metric"].details.get("bound_exact",
+                                                           cert.by_method["path-metric"].bound),
+                 pm.factor * pm.path_metric, problems)
     scale = cert.measurements.output_scale
     if scale is not None and cert.vacuous != (cert.bound > scale):
         problems.append(f"'vacuous' is {cert.vacuous}, but the bound {cert.bound:.6g} is "
@@ -142,30 +148,32 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
     g, g2 = trace(original, shape), trace(rebuilt, shape)
     domain = cert.input_domain or InputDomain.box(-cert.radius, cert.radius, shape=shape)
     tiers = {}
-    pm = None
+    pair = GraphPair(g, g2)
+    registry = tier_registry()
     err = None
     if cert.arithmetic == "float32":  # the models as executed in float32 (both roundings)
         err = float32_error(trace(original, shape, fold_bn=False),
                             trace(rebuilt, shape, fold_bn=False), domain, model=original,
                             compressed=rebuilt)
     for name, stated in cert.by_method.items():
-        if name == "path-metric":
-            tier, pm = path_metric_tier(g, g2, cert.radius)
-        elif name == "bounds":
-            mode = stated.details.get("intermediate", "crown")
-            tier = bounds_tier(g, g2, domain, PropagationOptions(intermediate=mode))
-        else:
-            problems.append(f"tier '{name}' is not one certcompress computes")
+        if name not in registry:
+            problems.append(f"tier '{name}' is not one certcompress computes (not in the tier "
+                            f"registry: {', '.join(registry.names())})")
             continue
+        tier_ = registry.get(name)
+        options = None
+        if tier_.options_type is PropagationOptions:  # as stated: crown or interval
+            options = PropagationOptions(intermediate=stated.details.get("intermediate",
+                                                                         "crown"))
+        tier = tier_.bound(pair, domain, options)
         if err is not None:
             tier = with_float32(tier, err)
         tiers[name] = tier
         _compare(f"tier '{name}' bound", stated.bound, tier.bound, problems)
         _compare(f"tier '{name}' per-output bound", stated.per_output, tier.per_output,
                  problems)
-    if pm is None:
-        _, pm = path_metric_tier(g, g2, cert.radius)
-    _compare("path-metric", cert.path_metric, pm.value, problems)
+    if cert.path_metric is not None:  # the path-metric tier ran: its value, recomputed
+        _compare("path-metric", cert.path_metric, pair.path_metric.value, problems)
     same = [t for t in tiers.values() if t.sound and t.scope == WORST_CASE]
     if not same:
         problems.append("the certificate states no worst-case tier to recompute")

@@ -10,7 +10,6 @@ atomically with :meth:`ExportReport.save`.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -20,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from .._io import JsonRecord
-from .._version import __version__
+from .._version import versions
 from ..certificate import Certificate
 from ..errors import ConfigurationError
 from . import _runtime
@@ -105,9 +103,7 @@ class ExportReport(JsonRecord):
             "certificate_summary": None if self.certificate is None else
             self.certificate.summary(),
             "verification": self.verification,
-            "versions": {"certcompress": __version__, "onnxruntime": _runtime.ort_version(),
-                         "onnx": onnx.__version__, "torch": torch.__version__,
-                         "python": platform.python_version()},
+            "versions": versions("onnx", "onnxruntime"),
             "cpus": os.cpu_count(),
         }
 

@@ -43,7 +43,7 @@ class IRNode:
 
 @dataclass(frozen=True)
 class Graph:
-    """A traced network in ReLU-DAG form (shared doc, section 1).
+    """A traced network in ReLU-DAG form (docs/path-metrics.md, section 1).
 
     ``nodes`` are in topological order and ``nodes[0]`` is the single input; the
     network's output is the concatenation, per batch element, of the flattened
@@ -66,6 +66,15 @@ class Graph:
         object.__setattr__(self, "_index", MappingProxyType({n.name: n for n in self.nodes}))
 
     # ------------------------------------------------------------------ access
+    @property
+    def working_dtype(self) -> str:
+        """The dtype of the parameters every pass on this graph computes in ("float64"
+        unless a graph was built with others; the first parameter's, as certificates
+        record it)."""
+        for p in self.params.values():
+            return str(p.weight.dtype).removeprefix("torch.")
+        return "float64"
+
     @property
     def input(self) -> IRNode:
         return self.nodes[0]

@@ -1,4 +1,4 @@
-"""The typed IR ops of a ReLU-DAG network (shared doc ``path-metrics.md``, section 1).
+"""The typed IR ops of a ReLU-DAG network (docs/path-metrics.md, section 1).
 
 Every op is a frozen value describing one tensor-level operation of a traced network.
 Each op family defines, once, the two maps every engine pass is built from:
@@ -243,7 +243,7 @@ class ChannelAffineOp(AffineOp):
     """Per-channel affine map ``y[:, c] = x[:, c] * w[c] + b[c]`` (eval-mode BatchNorm).
 
     Channels are on dimension 1. Used when a BatchNorm cannot be folded into the op
-    before it (shared doc, section 1: an identity neuron per channel with weight
+    before it (docs/path-metrics.md, section 1: an identity neuron per channel with weight
     ``gamma/sqrt(var+eps)`` and bias ``beta - mean*gamma/sqrt(var+eps)``).
     """
 
@@ -289,7 +289,7 @@ class ReLUOp(IROp):
 class ClampOp(IROp):
     """``clamp(z, lower, upper)`` rewritten exactly into ReLU-DAG form.
 
-    ReLU6 and Hardtanh are clamps. With ``lo < hi`` (shared doc, section 1):
+    ReLU6 and Hardtanh are clamps. With ``lo < hi`` (docs/path-metrics.md, section 1):
     ``clamp(z, lo, hi) = lo + ReLU(z - lo) - ReLU(z - hi)``: two ReLU neurons fed by
     ``z`` with weight 1 and biases ``-lo``, ``-hi``, and an identity neuron with bias
     ``lo`` and incoming weights ``+1, -1``. Only one bound: ``lo + ReLU(z - lo)`` or

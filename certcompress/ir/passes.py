@@ -16,7 +16,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
     that feeds it, when that op feeds nothing else and its channels are on dimension 1.
 
     ``W' = W * a`` per output channel and ``b' = a*b + c``: the bias is one path start
-    with value ``|a*b + c|`` (not ``|a*b| + |c|``), as the shared doc requires. Folding
+    with value ``|a*b + c|`` (not ``|a*b| + |c|``), as docs/path-metrics.md (section 1) requires. Folding
     changes neither the function nor the sign pattern between an original and a
     compressed model (both fold with the same ``a``), and it can only tighten bounds.
     A BatchNorm that cannot be folded stays a per-channel identity-neuron layer.

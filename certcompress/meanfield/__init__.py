@@ -1,4 +1,4 @@
-"""Mean-field estimates of the generalization risk of scaled ResNets (issue 6).
+"""Mean-field estimates of the generalization risk of scaled ResNets.
 
 Based on Chen, Liu, Lu, Chrysos, Cevher, "Generalization of Scaled Deep ResNets in the
 Mean-Field Regime" (ICLR 2024): asymptotic results without explicit constants, so this

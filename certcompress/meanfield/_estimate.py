@@ -1,4 +1,4 @@
-"""estimate(): every quantity of the shared doc for one training run, with its status.
+"""estimate(): every quantity of docs/meanfield.md for one training run, with its status.
 
 Tags as in docs/meanfield.md: [P] proven in the papers (asymptotically, no explicit
 constants), [D] derived here with standard mean-field calculus, [E] an estimate with

@@ -1,4 +1,4 @@
-"""Gram matrices of the mean-field dynamics from per-sample Jacobians (shared doc, [D]).
+"""Gram matrices of the mean-field dynamics from per-sample Jacobians (docs/meanfield.md, "What ``mf.estimate`` returns", [D]).
 
 With J1 the (n, P1) Jacobian of f(x_1..x_n) with respect to the residual particles and
 J2 the (n, P2) Jacobian with respect to the head particles,

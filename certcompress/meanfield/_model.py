@@ -1,4 +1,4 @@
-"""ScaledResNet: the finite mean-field ResNet of Chen et al. 2024 (shared doc, "The model").
+"""ScaledResNet: the finite mean-field ResNet of Chen et al. 2024 (docs/meanfield.md, "The model").
 
     z_0     = E x                      (E fixed: identity when input_dim == d)
     z_{l+1} = z_l + (c_L / M) * sum_m u_{l,m} * s(w_{l,m}^T z_l + b_{l,m}),   l < L

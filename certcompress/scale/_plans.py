@@ -19,8 +19,8 @@ from typing import Any
 from ..errors import ConfigurationError
 from . import _check
 
-__all__ = ["pruning_spec", "quant_spec", "pruned", "quantized", "describe_pruning",
-           "describe_quant", "canonical", "package"]
+__all__ = ["pruning_spec", "quant_spec", "domain_spec", "methods_spec", "pruned",
+           "quantized", "describe_pruning", "describe_quant", "canonical", "package"]
 
 _QUANT_SHORT = ("bits", "granularity", "bias_bits", "layers")
 
@@ -32,6 +32,37 @@ def _parse(value: object, where: str) -> object:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{where} is not valid JSON: {exc}") from None
+
+
+def domain_spec(value: object, shape: Sequence[int], where: str = "domain") -> str:
+    """An :class:`~certcompress.InputDomain` (or its dict, or that dict's JSON text) as
+    canonical JSON text; its shape must be ``shape``."""
+    # certcompress.domain imports torch; tasks are built (manifests parsed) without it
+    domain_mod = importlib.import_module("certcompress.domain")
+    value = _parse(value, where)
+    if isinstance(value, Mapping):
+        try:
+            value = domain_mod.InputDomain.from_dict(dict(value))
+        except (ConfigurationError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{where}: not an input domain: {exc}") from None
+    if not isinstance(value, domain_mod.InputDomain):
+        raise ConfigurationError(f"{where} must be an InputDomain (e.g. InputDomain.box(0.0, "
+                                 f"1.0, shape=...)) or its dict, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        raise ConfigurationError(f"{where}: the domain's shape {tuple(value.shape)} differs "
+                                 f"from the task's input_shape {tuple(shape)}")
+    return canonical(value.to_dict())
+
+
+def methods_spec(value: object, where: str = "methods") -> tuple[str, ...]:
+    """Validated certification tier names (see :mod:`certcompress.bounds.tiers`)."""
+    # the tiers module imports torch; tasks are built (manifests parsed) without it
+    tiers = importlib.import_module("certcompress.bounds.tiers")
+    try:
+        names: tuple[str, ...] = tiers.check_methods(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    return names
 
 
 def canonical(value: object) -> str:

@@ -31,10 +31,10 @@ import pandas as pd
 
 from .._io import atomic_write_bytes
 from .._runners import register_runner
-from ..api import input_spec_for
 from ..compress.pruning.report import REPORT_COLUMNS, _as_data
 from ..errors import ConfigurationError
 from ..meanfield._sweep import AGREEMENT_COLUMNS, SWEEP_COLUMNS, spearman_agreement
+from ..resolve import resolve_shape
 from .executors import Executor
 from .refs import DataRef, ModelRef
 from .sweep import sweep as run_sweep
@@ -114,13 +114,8 @@ def run_tasks(tasks: Sequence[Task], executor: str | Executor = "local",
 
 
 def _shape(ref: ModelRef, input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    if input_shape is not None:
-        return tuple(input_shape)
-    spec = input_spec_for(ref.load())
-    if spec is None:
-        raise ConfigurationError(f"input_shape is required for '{ref.display}' (no installed "
-                                 "plugin knows its input); pass e.g. input_shape=(1, 3, 32, 32)")
-    return spec.input_shape
+    model = None if input_shape is not None else ref.load()  # loaded only when needed
+    return resolve_shape(model, input_shape, label=f"'{ref.display}'")
 
 
 # ---------------------------------------------------------------------- pruning

@@ -24,10 +24,10 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._version import utc_now
 from ..errors import CertcompressError
 
 __all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "APPLICATION", "RECORD_COLUMNS"]
@@ -68,7 +68,7 @@ class StoreError(CertcompressError, RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return utc_now("milliseconds")
 
 
 class ResultStore:

@@ -12,7 +12,9 @@ weights has the same key on every machine, and a results store can skip it.
 
 ``certify`` (:class:`CertifyTask`)
     A model and its compressed version (another model spec, or a pruning plan or a
-    quantization config applied on the worker): :func:`certcompress.certify`'s columns.
+    quantization config applied on the worker), over the ball of ``radius`` or a
+    ``domain`` box, with the tiers ``methods`` (names from the tier registry):
+    :func:`certcompress.certify`'s columns.
 ``prune`` (:class:`PruneTask`)
     One (criterion, sparsity) point of
     :func:`~certcompress.compress.pruning.pruning_report`: exactly its row.
@@ -208,24 +210,9 @@ class _ModelTask(Task):
 
 
 def _certificate_columns(cert: Any) -> dict[str, Any]:
-    nan = float("nan")
-    m = cert.measurements
-    return {
-        "certified_bound": cert.bound, "path_metric": cert.path_metric,
-        "path_metric_exact": cert.path_metric_exact, "method": cert.method,
-        "factor": cert.factor,
-        "baseline_bound_linf": nan if cert.baseline_linf is None
-        else cert.factor * cert.baseline_linf,
-        "path_norm_original": cert.path_norm_original,
-        "path_norm_compressed": cert.path_norm_compressed,
-        "sign_changes": cert.sign_changes, "changed_parameters": cert.changed_parameters,
-        "deviation_mean": nan if m.deviation_mean is None else m.deviation_mean,
-        "deviation_max": nan if m.deviation_max is None else m.deviation_max,
-        "adversarial_max": nan if m.adversarial_max is None else m.adversarial_max,
-        "output_scale": nan if m.output_scale is None else m.output_scale,
-        "vacuous": cert.vacuous, "original_digest": cert.original_digest,
-        "compressed_digest": cert.compressed_digest,
-    }
+    """The certificate's row (:meth:`Certificate.to_row`, the one vocabulary of every
+    report)."""
+    return dict(cert.to_row())
 
 
 def _counts(model: Any) -> dict[str, int]:
@@ -238,12 +225,21 @@ class CertifyTask(_ModelTask):
     """Certify ``model`` against exactly one of: ``compressed`` (another model),
     ``pruning`` (a plan applied on the worker) or ``quantization`` (a config applied on
     the worker). Row: :func:`certcompress.certify`'s bound, path-metric, baseline and
-    measurements, the digests of both models and parameter counts of the compressed one."""
+    measurements, the digests of both models and parameter counts of the compressed one.
+
+    ``domain`` (an :class:`~certcompress.InputDomain` of shape ``input_shape``, or its
+    dict; replaces ``radius``), ``methods`` (the certification tiers) and ``arithmetic``
+    are passed to :func:`certcompress.certify`; rows of tasks that set them also have the
+    columns ``domain``, ``methods`` and ``arithmetic``. Left at their defaults they are
+    not part of the key, so stores written before they existed are still resumed."""
 
     kind: ClassVar[str] = "certify"
     compressed: ModelRef | None = None
     pruning: Any = field(default=None, metadata=_JSON)  # canonical JSON text once built
     quantization: Any = field(default=None, metadata=_JSON)
+    domain: Any = field(default=None, metadata=_JSON)
+    methods: tuple[str, ...] | None = None
+    arithmetic: str = "exact"
 
     def _validate(self) -> None:
         super()._validate()
@@ -260,6 +256,39 @@ class CertifyTask(_ModelTask):
         if self.quantization is not None:
             self._set("quantization",
                       _plans.quant_spec(self.quantization, "certify task: quantization"))
+        if self.domain is not None:
+            if self.radius is not None:
+                raise ConfigurationError("certify task: give either domain or radius, not both")
+            self._set("domain", _plans.domain_spec(self.domain, self.input_shape,
+                                                   "certify task: domain"))
+        if self.methods is not None:
+            self._set("methods", _plans.methods_spec(self.methods, "certify task: methods"))
+        if self.arithmetic not in ("exact", "float32"):
+            raise ConfigurationError(f"certify task: arithmetic must be 'exact' or 'float32', "
+                                     f"got {self.arithmetic!r}")
+
+    def _identity(self) -> dict[str, Any]:
+        out = super()._identity()
+        for name, default in (("domain", None), ("methods", None), ("arithmetic", "exact")):
+            if out.get(name) == default:  # keys of tasks without them stay as they were
+                del out[name]
+        return out
+
+    def _options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`certcompress.certify` for the domain and tiers."""
+        from ..domain import InputDomain  # imports torch: on the worker only
+
+        domain = (None if self.domain is None
+                  else InputDomain.from_dict(json.loads(self.domain)))
+        return {"input_radius": None if domain is not None else self.radius,
+                "domain": domain, "methods": self.methods, "arithmetic": self.arithmetic}
+
+    def _option_columns(self, cert: Any) -> dict[str, Any]:
+        if self.domain is None and self.methods is None and self.arithmetic == "exact":
+            return {}
+        return {"domain": cert.input_domain.describe() if cert.input_domain is not None
+                else f"||x||_inf <= {cert.radius:g}",
+                "methods": ",".join(cert.by_method), "arithmetic": self.arithmetic}
 
     def compression(self) -> str:
         """What the compressed model is: another model, a pruning plan or a quantization."""
@@ -284,11 +313,12 @@ class CertifyTask(_ModelTask):
         else:
             assert self.quantization is not None
             compressed, _ = _plans.quantized(model, self.quantization)
-        cert = certify(model, compressed, self.input_shape, self.radius,
-                       reference_inputs=self._inputs(), search_steps=self.search_steps,
-                       search_restarts=self.search_restarts, seed=self.seed)
+        cert = certify(model, compressed, self.input_shape, reference_inputs=self._inputs(),
+                       search_steps=self.search_steps, search_restarts=self.search_restarts,
+                       seed=self.seed, **self._options())
         return {**self._domain_columns(cert.radius), "compression": self.compression(),
-                **_certificate_columns(cert), **_counts(compressed)}
+                **_certificate_columns(cert), **_counts(compressed),
+                **self._option_columns(cert)}
 
 
 @dataclass(frozen=True, kw_only=True)

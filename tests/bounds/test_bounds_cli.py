@@ -1,4 +1,4 @@
-"""The certify command's domain/tier options (certcompress.bounds.cli)."""
+"""The certify command's domain/tier options (certcompress.cli.domain_options)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from _nets import compress, random_vector_net
 
 import certcompress as cc
-from certcompress.bounds.cli import add_domain_arguments, certify_kwargs, parse_domain
+from certcompress.cli.domain_options import add_domain_arguments, certify_kwargs, parse_domain
 from certcompress.domain import InputDomain
 from certcompress.errors import ConfigurationError
 

@@ -5,6 +5,7 @@ on conv/max-pool/residual/concat networks and on the digits CNN."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,11 @@ from torch import nn
 
 import certcompress as cc
 from certcompress.certificate import WORST_CASE, Certificate
+from certcompress.demo.digits import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
 from certcompress.domain import InputDomain
 from certcompress.errors import CertificateError, ConfigurationError
-from certcompress.zoo import DigitsCNN, load_digits, magnitude_prune_copy, train_classifier
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "certificates"
 
 
 def conv_pool_res_cat_net(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
@@ -79,14 +82,13 @@ def test_json_round_trip_validation_and_schema_1_files(tmp_path: object) -> None
     d["input_domain"]["lower"] = [2.0]
     with pytest.raises(CertificateError, match="input_domain"):
         Certificate.from_dict(d)
-    # a schema-1 file (written before the tiers existed) still loads
-    old = json.loads(cert.to_json())
-    del old["by_method"], old["input_domain"]
-    old["schema"] = "certcompress.certificate/1"
-    old["bound"] = old["factor"] * old["path_metric"]
+    # a schema-1 file (written before the tiers existed) still loads, its path-metric
+    # numbers upgraded into the one tier it had (tests/test_certificate_schema.py)
+    old = json.loads((FIXTURES / "schema1_radius.json").read_text())
     loaded = Certificate.from_dict(old)
-    assert loaded.by_method == {} and loaded.input_domain is None
+    assert set(loaded.by_method) == {"path-metric"} and loaded.input_domain is None
     assert loaded.bound_method == "path-metric"
+    assert loaded.bound == old["factor"] * old["path_metric"] == loaded.factor * loaded.path_metric
     old["by_method"] = {}
     with pytest.raises(CertificateError, match="schema 2"):
         Certificate.from_dict(old)

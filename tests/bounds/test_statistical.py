@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-from certcompress.bounds import cli_local
 from certcompress.bounds.statistical import (
     StatisticalCertificate,
     certify_statistical,
@@ -22,6 +21,7 @@ from certcompress.bounds.statistical import (
     clopper_pearson_upper,
     quantile_rank,
 )
+from certcompress.cli import local as cli_local
 from certcompress.domain import InputDomain
 from certcompress.errors import ConfigurationError
 

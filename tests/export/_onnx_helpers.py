@@ -16,7 +16,7 @@ import certcompress as cc
 from certcompress import cli
 from certcompress.compress.quantization.config import QuantConfig
 from certcompress.compress.quantization.grid import QuantGrid, quantization_grid
-from certcompress.zoo import magnitude_prune_copy
+from certcompress.demo.digits import magnitude_prune_copy
 
 MLP_SHAPE = (1, 12)
 RADIUS = 1.0
@@ -63,8 +63,8 @@ def copy_module(model: nn.Module) -> nn.Module:
 @contextmanager
 def export_commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``certcompress.cli.main`` with the ``export`` and ``verify`` commands of
-    ``certcompress.export.cli`` (whether or not the core command line lists them yet)."""
-    module = "certcompress.export.cli"
+    ``certcompress.cli.export`` (whether or not the core command line lists them yet)."""
+    module = "certcompress.cli.export"
     current = cli._OPTIONAL_COMMANDS
     if isinstance(current, dict):
         monkeypatch.setattr(cli, "_OPTIONAL_COMMANDS",

@@ -14,9 +14,9 @@ from _onnx_helpers import certify, inputs, quantized
 from onnx import numpy_helper
 
 import certcompress as cc
+from certcompress.demo.digits import DigitsCNN
 from certcompress.export import WeightGrid, export_onnx, verify_onnx
 from certcompress.export.qdq import dequantized_weights
-from certcompress.zoo import DigitsCNN
 
 SHAPE = (1, 1, 8, 8)
 BITS = {"conv1": 3, "conv2": 8, "fc": 16}

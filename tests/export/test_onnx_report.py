@@ -10,8 +10,9 @@ import pytest
 import torch
 from _onnx_helpers import certify, inputs, pruned, quantized
 
-from certcompress.export import build_report, demo_section, to_onnx
-from certcompress.zoo import DigitsCNN
+from certcompress.demo.digits import DigitsCNN
+from certcompress.demo.export import demo_section
+from certcompress.export import build_report, to_onnx
 
 SHAPE = (1, 1, 8, 8)
 

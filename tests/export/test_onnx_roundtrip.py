@@ -14,6 +14,7 @@ import torch
 from _onnx_helpers import MLP_SHAPE, certify, inputs, mlp, pruned, quantized
 
 import certcompress as cc
+from certcompress.demo.digits import DigitsCNN
 from certcompress.export import Tolerance, VerificationFailed, export_onnx, verify_onnx
 from certcompress.export.metadata import (
     KEY_CERTIFICATE,
@@ -23,7 +24,6 @@ from certcompress.export.metadata import (
     merge_props,
     props_of,
 )
-from certcompress.zoo import DigitsCNN
 
 CNN_SHAPE = (1, 1, 8, 8)
 

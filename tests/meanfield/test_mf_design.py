@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from certcompress import meanfield as mf
+from certcompress.cli.meanfield import register
 from certcompress.errors import ConfigurationError
-from certcompress.meanfield.cli import register
 
 TINY = (mf.DesignPoint("n=30 q=0", 30, 0.0, 2, width=8), mf.DesignPoint("n=30 q=0.4", 30, 0.4, 2, width=8),
         mf.DesignPoint("n=60 q=0", 60, 0.0, 2, width=8), mf.DesignPoint("n=60 q=0.4", 60, 0.4, 2, width=8),

@@ -12,7 +12,7 @@ import pytest
 
 from certcompress import errors as mf_errors
 from certcompress import meanfield as mf
-from certcompress.meanfield.cli import register
+from certcompress.cli.meanfield import register
 
 OPTS = mf.SweepOptions(steps=25, record_every=5, task="3-vs-8", n_test=120,
                        estimate=mf.EstimateOptions(max_checkpoints=3, knn_repeats=2, bootstrap=4,

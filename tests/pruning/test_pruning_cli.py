@@ -14,7 +14,7 @@ import certcompress as cc
 from certcompress import cli
 from certcompress.compress.pruning import PruningPlan
 
-MODULE = "certcompress.compress.pruning.cli"
+MODULE = "certcompress.cli.prune"
 MODEL_PY = '''
 import torch
 from torch import nn

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from certcompress.compress.pruning import PruningPlan, demo_section
-from certcompress.zoo import DigitsCNN, load_digits
+from certcompress.compress.pruning import PruningPlan
+from certcompress.demo.digits import DigitsCNN, load_digits
+from certcompress.demo.pruning import demo_section
 
 
 def test_demo_section_prints_plan_sensitivity_and_search(tmp_path: Path) -> None:

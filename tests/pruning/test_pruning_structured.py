@@ -19,8 +19,8 @@ from certcompress.compress.pruning import (
     prune_channels,
     read_structured_certificate,
 )
+from certcompress.demo.digits import DigitsCNN
 from certcompress.measure import float64_function
-from certcompress.zoo import DigitsCNN
 
 
 def _agree(a: torch.nn.Module, b: torch.nn.Module, shape: tuple[int, ...], radius: float,

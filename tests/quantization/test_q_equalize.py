@@ -15,7 +15,7 @@ from torch import nn
 
 from certcompress.compress.quantization import QuantConfig, equalize, quantize
 from certcompress.compress.quantization.equalize import find_pairs
-from certcompress.zoo import DigitsCNN
+from certcompress.demo.digits import DigitsCNN
 
 
 def _skewed_mlp(seed: int) -> nn.Module:

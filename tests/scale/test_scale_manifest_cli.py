@@ -12,11 +12,11 @@ import pytest
 from scale_zoo import CNN_SHAPE
 
 from certcompress import cli as main_cli
+from certcompress.cli.zoo import register
 from certcompress.compress.pruning import PruningPlan
 from certcompress.errors import ConfigurationError
 from certcompress.loading import load_model
 from certcompress.scale import load_manifest, results
-from certcompress.scale.cli import register
 from certcompress.scale.manifest import parse_manifest
 
 MANIFEST = textwrap.dedent("""
@@ -158,9 +158,61 @@ def test_command_line_errors(zoo, tmp_path):
 
 
 def test_main_cli_runs_the_commands_when_registered(zoo, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "results", "certcompress.scale.cli")
-    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "zoo", "certcompress.scale.cli")
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "results", "certcompress.cli.zoo")
+    monkeypatch.setitem(main_cli._OPTIONAL_COMMANDS, "zoo", "certcompress.cli.zoo")
     assert main_cli.main(["results", "list", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main_cli.main(["--help"]) == 0
     assert "zoo" in capsys.readouterr().out
+
+
+ONE_TASK = textwrap.dedent("""
+    sweep: boxed
+    defaults: {input_shape: [1, 1, 6, 6], radius: 0.5, search_steps: 0}
+    models:
+      - {model: models.py:make_cnn, name: cnn, weights: cnn.pt}
+    plans:
+      - pruning: {scope: global, criterion: magnitude, sparsity: 0.5}
+""")
+
+
+def test_zoo_certify_takes_the_domain_and_methods(zoo, tmp_path, capsys):
+    path = zoo.dir / "one.yaml"
+    path.write_text(ONE_TASK)
+    store = tmp_path / "runs.sqlite"
+    common = [str(path), "--executor", "serial", "--store", str(store), "--no-progress"]
+    assert main_cli.main(["zoo", "certify", *common, "--domain", "0:1", "--method",
+                          "bounds"]) == 0, capsys.readouterr()
+    row = results.load(store, "boxed").iloc[0]
+    assert row["methods"] == "bounds" and "box [0, 1]" in row["domain"]
+    # the same task over the manifest's ball is another key: it runs, with the old columns
+    assert main_cli.main(["zoo", "certify", *common]) == 0
+    assert "1 succeeded, 0 failed, 0 skipped" in capsys.readouterr().out
+    frame = results.load(store, "boxed")
+    assert len(frame) == 2
+    ball = frame[frame["methods"].isna()].iloc[0]
+    assert ball["radius"] == 0.5 and ball["certified_bound"] >= 0
+    # the boxed one is stored: a rerun skips it
+    assert main_cli.main(["zoo", "certify", *common, "--domain", "0:1", "--method",
+                          "bounds"]) == 0
+    assert "0 succeeded, 0 failed, 1 skipped" in capsys.readouterr().out
+    with pytest.raises(ConfigurationError, match="either --domain or --radius"):
+        _cli(["zoo", "certify", *common, "--domain", "0:1", "--radius", "1"])
+
+
+def test_certify_task_domain_validation_and_key(zoo):
+    task = load_manifest(_zoo_files(zoo)).tasks[0]
+    from dataclasses import replace
+
+    from certcompress.domain import InputDomain
+
+    box = InputDomain.box(0.0, 1.0, shape=task.input_shape)
+    boxed = replace(task, radius=None, domain=box)
+    assert boxed.key != task.key and replace(boxed, domain=box.to_dict()).key == boxed.key
+    assert replace(task, methods=None, arithmetic="exact").key == task.key
+    with pytest.raises(ConfigurationError, match="either domain or radius"):
+        replace(task, domain=box)
+    with pytest.raises(ConfigurationError, match="differs from the task's input_shape"):
+        replace(task, radius=None, domain=InputDomain.box(0.0, 1.0, shape=(1, 36)))
+    with pytest.raises(ConfigurationError, match="unknown certification method"):
+        replace(task, methods=("exact",))

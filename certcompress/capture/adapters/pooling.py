@@ -59,7 +59,7 @@ _MAXPOOL_FN = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, torch.max_pool
 
 
 class MaxPoolAdapter(Adapter):
-    """Max-pooling: 1-max-pool neurons with incoming weights 1 (shared doc, section 1)."""
+    """Max-pooling: 1-max-pool neurons with incoming weights 1 (docs/path-metrics.md, section 1)."""
 
     name = "max_pool"
 

@@ -1,11 +1,11 @@
-"""Certified pruning (issue 3): plans, criteria, budget search, per-layer sensitivity,
+"""Certified pruning: plans, criteria, budget search, per-layer sensitivity,
 structured channel pruning through torch-pruning, and the bound-vs-deviation report.
 
 ``plan`` (PruningPlan), ``criteria`` (scores and exact selection), ``apply`` (prune),
 ``search`` (search_sparsity), ``sensitivity`` (layer_sensitivity), ``structured``
-(prune_channels), ``report`` (pruning_report), ``cli`` (the shell commands) and ``demo``
-(the README job's section). The modules that need torch-pruning, pandas or matplotlib are
-imported on first use.
+(prune_channels) and ``report`` (pruning_report); the shell commands are in
+:mod:`certcompress.cli.prune`, the README job's section in :mod:`certcompress.demo.pruning`. The modules that need torch-pruning,
+pandas or matplotlib are imported on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from .plan import LayerRule, PruningPlan
 from .search import SparsitySearch, search_sparsity
 
 if TYPE_CHECKING:
-    from .demo import PruningDemo, demo_section
     from .report import plot_report, pruning_report, save_report
     from .sensitivity import layer_sensitivity
     from .structured import (
@@ -37,11 +36,10 @@ _LAZY = {
     "prune_channels": "structured", "StructuredPruning": "structured",
     "PathMagnitudeImportance": "structured", "save_structured": "structured",
     "load_structured": "structured", "read_structured_certificate": "structured",
-    "demo_section": "demo", "PruningDemo": "demo",
 }
 
-__all__ = ["CRITERIA", "LayerRule", "PathMagnitudeImportance", "PruningDemo", "PruningPlan",
-           "SparsitySearch", "StructuredPruning", "apply_masks", "demo_section",
+__all__ = ["CRITERIA", "LayerRule", "PathMagnitudeImportance", "PruningPlan",
+           "SparsitySearch", "StructuredPruning", "apply_masks",
            "layer_sensitivity", "load_structured", "plot_report", "prune", "prune_channels",
            "pruning_report", "read_structured_certificate", "save_report", "save_structured",
            "search_sparsity", "weight_scores"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigurationError
+from ...resolve import resolve_shape
 
 __all__ = ["Layer", "PRUNABLE_TYPES", "prunable_layers", "excluded_names", "check_names",
            "listing", "input_shape_for"]
@@ -97,19 +98,4 @@ def check_names(layers: Sequence[Layer], names: Iterable[str], field: str = "lay
 def input_shape_for(model: nn.Module, input_shape: Sequence[int] | None,
                     what: str = "path-magnitude scores") -> tuple[int, ...]:
     """``input_shape`` as a tuple, or the shape an installed plugin knows for ``model``."""
-    if input_shape is not None:
-        shape = tuple(input_shape)
-        if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
-                                for s in shape):
-            raise ConfigurationError(f"input_shape must be positive integers (batch first), "
-                                     f"got {input_shape!r}")
-        return shape
-    from ...api import input_spec_for
-
-    spec = input_spec_for(model)
-    if spec is None:
-        raise ConfigurationError(
-            f"input_shape is required for {what} of {type(model).__name__} (the path set "
-            "depends on it and no installed plugin knows it); pass e.g. "
-            "input_shape=(1, 3, 32, 32)")
-    return spec.input_shape
+    return resolve_shape(model, input_shape, purpose=what)

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ...api import certify
+from ...bounds.propagation.engine import PropagationOptions
 from ...certificate import Certificate
+from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ._layers import input_shape_for, prunable_layers
 from .criteria import Masks
@@ -39,7 +41,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
 def prune(model: nn.Module, plan: PruningPlan, input_shape: Sequence[int] | None = None,
           input_radius: float | None = None, *, reference_inputs: Tensor | None = None,
           search_steps: int = 20, search_restarts: int = 4, seed: int = 0,
-          arithmetic: str = "exact") -> tuple[nn.Module, Certificate]:
+          arithmetic: str = "exact", domain: InputDomain | None = None,
+          methods: Sequence[str] | None = None,
+          propagation: PropagationOptions | None = None) -> tuple[nn.Module, Certificate]:
     """Prune ``model`` by ``plan`` and certify it.
 
     Returns ``(pruned, certificate)``: ``pruned`` is a deep copy with the pruned weights
@@ -49,14 +53,17 @@ def prune(model: nn.Module, plan: PruningPlan, input_shape: Sequence[int] | None
     (pruning keeps or removes whole paths), next to the deviation measured on
     ``reference_inputs`` and found by ``search_steps`` of projected gradient ascent (see
     :func:`certcompress.certify`; ``arithmetic="float32"`` certifies the models as
-    executed in float32).
+    executed in float32). ``domain`` (an :class:`~certcompress.InputDomain` box, which
+    replaces ``input_radius`` and gives the input shape), ``methods`` (the tiers) and
+    ``propagation`` are passed to :func:`certcompress.certify`.
     """
-    if input_shape is None and plan.input_shape is not None:
-        input_shape = plan.input_shape
+    if input_shape is None:
+        input_shape = plan.input_shape if domain is None else domain.shape
     shape = input_shape_for(model, input_shape, "the certificate")
     masks: Masks = plan.masks(model, shape)
     pruned = apply_masks(model, masks)
-    cert = certify(model, pruned, shape, input_radius, reference_inputs=reference_inputs,
-                   search_steps=search_steps, search_restarts=search_restarts, seed=seed,
-                   arithmetic=arithmetic)
+    cert = certify(model, pruned, shape, input_radius,
+                   reference_inputs=reference_inputs, search_steps=search_steps,
+                   search_restarts=search_restarts, seed=seed, arithmetic=arithmetic,
+                   domain=domain, methods=methods, propagation=propagation)
     return pruned, cert

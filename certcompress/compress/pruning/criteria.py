@@ -9,7 +9,7 @@ Scores are float64 tensors in each layer's weight layout; a lower score is prune
     on the traced graph (BatchNorm folded: the folded weight has the module weight's
     layout, so a folded score is the module weight's score). It equals exactly the
     path-metric of removing that weight alone, the sum over a set bounds the path-metric
-    of removing the set, and it is invariant to neuron rescaling (shared doc, section 5).
+    of removing the set, and it is invariant to neuron rescaling (docs/path-metrics.md, section 5).
 ``random``
     Uniform scores from ``torch.Generator().manual_seed(seed)``, drawn layer by layer in
     model order.

@@ -1,5 +1,5 @@
 """The pruning report: certified bound next to measured deviations, per criterion and
-sparsity, as a DataFrame, a CSV file and a log-scale plot (shared doc, section 6: a
+sparsity, as a DataFrame, a CSV file and a log-scale plot (docs/path-metrics.md, section 6: a
 bound is always shown beside what was measured, and a vacuous bound is marked so)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ...api import certify, trace
 from ...errors import ConfigurationError
 from ...loading import module_without_executor, spec_for_executor
 from ...measure import check_reference_inputs
+from ...resolve import resolve_radius
 from ._layers import excluded_names, input_shape_for, prunable_layers
 from .apply import apply_masks
 from .criteria import Masks, check_criterion, prune_count, ranks, weight_scores
-from .search import _radius
 
 __all__ = ["pruning_report", "save_report", "plot_report", "REPORT_COLUMNS"]
 
@@ -118,7 +118,7 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
     if scope not in ("global", "per-layer"):
         raise ConfigurationError(f"scope must be 'global' or 'per-layer', got {scope!r}")
     shape = input_shape_for(model, input_shape, "the pruning report")
-    radius = _radius(model, input_radius)
+    radius = resolve_radius(model, input_radius, domain_hint=False)[0]
     x, y = _as_data(data, labels)
     if x is not None:
         x = check_reference_inputs(x, shape, "data")
@@ -148,21 +148,12 @@ def pruning_report(model: nn.Module | str, criteria: Sequence[str] = ("magnitude
             cert = certify(model, pruned, shape, radius, reference_inputs=x,
                            search_steps=search_steps, search_restarts=search_restarts,
                            seed=seed)
-            m = cert.measurements
             nan = float("nan")
             rows.append({
+                **cert.to_row(),
                 "criterion": crit, "sparsity": s, "pruned_weights": pruned_w,
                 "candidate_weights": n_cand, "parameters": total_params,
                 "nonzero_parameters": sum(int((p != 0).sum()) for p in pruned.parameters()),
-                "certified_bound": cert.bound,
-                "baseline_bound_linf": nan if cert.baseline_linf is None
-                else cert.factor * cert.baseline_linf,
-                "path_metric_exact": cert.path_metric_exact,
-                "deviation_mean": nan if m.deviation_mean is None else m.deviation_mean,
-                "deviation_max": nan if m.deviation_max is None else m.deviation_max,
-                "adversarial_max": nan if m.adversarial_max is None else m.adversarial_max,
-                "output_scale": nan if m.output_scale is None else m.output_scale,
-                "vacuous": cert.vacuous,
                 "accuracy": nan if x is None or y is None else _accuracy(pruned, x, y),
             })
             bar.update(1)

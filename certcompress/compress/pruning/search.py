@@ -10,10 +10,11 @@ the graph traced once, zeroed folded parameters) at each step, so the result sta
 computed facts: the returned plan's bound is within the budget and the next denser
 step's bound is not.
 
-``certifier="bounds"`` certifies each step with the smaller of the path-metric bound and
-the bound-propagation tier over the input domain (``domain``, default the ball
-``||x||_inf <= r``; :mod:`certcompress.bounds.tiers`). That bound need not be monotone in
-``k``; the bisection still returns the two computed facts above.
+``certifier="bounds"`` (or any worst-case tier in the tier registry,
+:func:`certcompress.bounds.tiers.tier_registry`) certifies each step with the smaller of
+the path-metric bound and that tier's bound over the input domain (``domain``, default
+the ball ``||x||_inf <= r``). That bound need not be monotone in ``k``; the bisection
+still returns the two computed facts above.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from torch import nn
 from ...api import trace
 from ...bounds import graph_path_metric
 from ...bounds.propagation.engine import PropagationOptions
+from ...bounds.tiers import WORST_CASE, GraphPair, tier_registry
 from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ...ir.graph import Graph
 from ...ir.ops import AffineParams
+from ...resolve import resolve_domain
 from ._layers import Layer, excluded_names, input_shape_for, prunable_layers
 from .criteria import Masks, check_criterion, layer_nodes, prune_count, ranks, weight_scores
 from .plan import PruningPlan
@@ -44,9 +47,10 @@ class MaskCertifier:
     ``bound(masks)`` zeroes the masked weights in the graph's folded parameters (same
     layout as the module weights) and returns ``max(r, 1) * path-metric`` (exact for a
     pruning, float slack included): the bound :func:`certcompress.certify` gives for the
-    pruned model. ``passes`` counts the difference passes run. With
-    ``certifier="bounds"`` the bound is the smaller of that and the bound-propagation
-    tier over ``domain`` (default: the box ``[-r, r]``).
+    pruned model. ``passes`` counts the difference passes run. With another
+    ``certifier`` (a worst-case tier of the tier registry, e.g. ``"bounds"``) the bound is
+    the smaller of that and the tier's bound over ``domain`` (default: the box
+    ``[-r, r]``; ``options`` go to a tier that takes them).
     """
 
     def __init__(self, graph: Graph, layers: Sequence[Layer], radius: float,
@@ -54,9 +58,12 @@ class MaskCertifier:
                  options: PropagationOptions | None = None) -> None:
         if not math.isfinite(radius) or radius < 0:
             raise ConfigurationError(f"input_radius must be a finite number >= 0, got {radius}")
-        if certifier not in ("path-metric", "bounds"):
-            raise ConfigurationError(f"certifier must be 'path-metric' or 'bounds', got "
-                                     f"{certifier!r}")
+        registry = tier_registry()
+        self.tier = registry.get(certifier) if certifier in registry else None
+        if self.tier is None or self.tier.scope != WORST_CASE:
+            worst = [t.name for t in registry if t.scope == WORST_CASE]
+            raise ConfigurationError(f"certifier must be a worst-case tier ("
+                                     f"{', '.join(map(repr, worst))}), got {certifier!r}")
         self.certifier = certifier
         self.domain = domain if domain is not None else InputDomain.box(
             -float(radius), float(radius), shape=graph.input_shape)
@@ -86,10 +93,11 @@ class MaskCertifier:
         other = self.graph.with_params(params)
         pm = graph_path_metric(self.graph, other)
         bound = self.factor * pm.value
-        if self.certifier == "bounds":
-            from ...bounds.tiers import bounds_tier
-
-            bound = min(bound, bounds_tier(self.graph, other, self.domain, self.options).bound)
+        if self.certifier != "path-metric":
+            assert self.tier is not None
+            pair = GraphPair(self.graph, other, pm)
+            tier = self.tier.bound(pair, self.domain, self.tier.own_options(self.options))
+            bound = min(bound, tier.bound)
         return bound
 
 
@@ -174,9 +182,9 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
     ``ceil(log2(steps)) + 1`` difference passes. Certify the returned plan in full
     (measured and adversarial deviation) with ``prune(model, result.plan, ...)``.
 
-    ``certifier="bounds"`` adds the bound-propagation tier over ``domain`` (an
-    :class:`~certcompress.InputDomain`; it replaces ``input_radius``) at every step:
-    tighter, about a second per step on small CNNs.
+    ``certifier="bounds"`` (or another worst-case tier's name) adds that tier over
+    ``domain`` (an :class:`~certcompress.InputDomain`; it replaces ``input_radius``) at
+    every step: tighter, about a second per step on small CNNs for ``bounds``.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
             or not math.isfinite(budget) or budget < 0:
@@ -187,12 +195,7 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
         raise ConfigurationError(f"scope must be 'global' or 'per-layer', got {scope!r}")
     shape = input_shape_for(model, input_shape if input_shape is not None or domain is None
                             else domain.shape, "the budget search")
-    if domain is not None:
-        if input_radius is not None:
-            raise ConfigurationError("pass either domain or input_radius, not both")
-        radius = domain.radius
-    else:
-        radius = _radius(model, input_radius)
+    radius = resolve_domain(model, shape, input_radius, domain).radius
     layers = prunable_layers(model)
     excluded = excluded_names(layers, list(exclude))
     cand = [ly for ly in layers if ly.name not in excluded]
@@ -248,21 +251,3 @@ def search_sparsity(model: nn.Module, budget: float, criterion: str = "path-magn
         criterion=crit, scope=scope, radius=radius, input_shape=shape,
         forward_passes=scoring + cert.passes, backward_passes=scoring,
         steps=tuple((count(j), bj) for j, bj in steps))
-
-
-def _radius(model: nn.Module, input_radius: float | None) -> float:
-    if input_radius is None:
-        from ...api import input_spec_for
-
-        spec = input_spec_for(model)
-        if spec is None:
-            raise ConfigurationError(
-                "input_radius is required: the certificate covers inputs with ||x||_inf <= "
-                f"input_radius (after normalization); no installed plugin knows a default for "
-                f"{type(model).__name__}")
-        return float(spec.radius)
-    if isinstance(input_radius, bool) or not isinstance(input_radius, (int, float)) \
-            or not math.isfinite(input_radius) or input_radius < 0:
-        raise ConfigurationError(f"input_radius must be a finite number >= 0, got "
-                                 f"{input_radius!r}")
-    return float(input_radius)

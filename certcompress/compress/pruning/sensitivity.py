@@ -15,10 +15,11 @@ import pandas as pd
 from torch import nn
 
 from ...api import trace
+from ...resolve import resolve_radius
 from ._layers import input_shape_for, prunable_layers
 from .criteria import resolve_masks
 from .plan import PruningPlan
-from .search import MaskCertifier, _radius
+from .search import MaskCertifier
 
 __all__ = ["layer_sensitivity"]
 
@@ -34,7 +35,7 @@ def layer_sensitivity(model: nn.Module, plan: PruningPlan,
     ``df.attrs`` holds ``plan_bound`` (the whole plan's bound, <= the sum), ``radius``,
     ``input_shape`` and ``forward_passes``."""
     shape = input_shape_for(model, input_shape, "the sensitivity table")
-    radius = _radius(model, input_radius)
+    radius = resolve_radius(model, input_radius, domain_hint=False)[0]
     layers = prunable_layers(model)
     graph = trace(model, shape)
     same = plan.input_shape is None or tuple(plan.input_shape) == shape

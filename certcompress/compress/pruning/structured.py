@@ -49,8 +49,8 @@ from ...errors import ConfigurationError, ModelLoadError, VerificationError
 from ...ir.graph import Graph
 from ...ir.ops import AffineOp, AffineParams, ChannelAffineOp
 from ...measure import float64_function
+from ...resolve import resolve_radius
 from ._layers import input_shape_for, listing
-from .search import _radius
 
 __all__ = ["prune_channels", "StructuredPruning", "PathMagnitudeImportance",
            "save_structured", "load_structured", "read_structured_certificate",
@@ -270,7 +270,7 @@ def prune_channels(model: nn.Module, ratio: float, *, importance: str = "magnitu
                                  or round_to < 1):
         raise ConfigurationError(f"round_to must be a positive integer, got {round_to!r}")
     shape = input_shape_for(model, input_shape, "structured pruning")
-    radius = _radius(model, input_radius)
+    radius = resolve_radius(model, input_radius, domain_hint=False)[0]
     graph = trace(model, shape)
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())

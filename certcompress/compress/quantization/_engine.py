@@ -28,17 +28,16 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from ...api import input_spec_for
 from ...bounds import DifferencePass, MagnitudePass, PathMetric, graph_path_metric
 from ...bounds.passes import graph_float_slack
 from ...capture import trace as capture_trace
-from ...errors import ConfigurationError
 from ...ir.graph import Graph
 from ...ir.ops import AffineOp, AffineParams, ChannelAffineOp
 from ...ir.passes import fold_batchnorm
+from ...resolve import resolve_domain
 from .quantizers import affine_layers, param_name, weight_of
 
-__all__ = ["Domain", "resolve_domain", "Evaluator", "Linearization"]
+__all__ = ["Domain", "quant_domain", "Evaluator", "Linearization"]
 
 K = TypeVar("K")
 
@@ -55,29 +54,12 @@ class Domain:
         return max(self.radius, 1.0)
 
 
-def resolve_domain(model: nn.Module, input_shape: Sequence[int] | None,
-                   input_radius: float | None) -> Domain:
-    """The certified domain, defaulting to an installed plugin's input spec."""
-    spec = input_spec_for(model)
-    if input_shape is None:
-        if spec is None:
-            raise ConfigurationError(
-                f"input_shape is required for {type(model).__name__} (no installed plugin "
-                "knows its input); pass e.g. input_shape=(1, 3, 32, 32)")
-        input_shape = spec.input_shape
-    if input_radius is None:
-        if spec is None:
-            raise ConfigurationError(
-                "input_radius is required: the certificate covers inputs with ||x||_inf <= "
-                f"input_radius; no installed plugin knows a default for {type(model).__name__}")
-        input_radius = spec.radius
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ConfigurationError(f"input_shape must be positive integers, got {input_shape!r}")
-    r = float(input_radius)
-    if not math.isfinite(r) or r < 0:
-        raise ConfigurationError(f"input_radius must be a finite number >= 0, got {input_radius}")
-    return Domain(shape, r)
+def quant_domain(model: nn.Module, input_shape: Sequence[int] | None,
+                 input_radius: float | None) -> Domain:
+    """The certified ball (:func:`certcompress.resolve.resolve_domain`: a missing shape or
+    radius comes from an installed plugin's input spec) as the engine's shape and radius."""
+    dom = resolve_domain(model, input_shape, input_radius)
+    return Domain(dom.shape, dom.radius)
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,12 @@ import numpy as np
 from torch import Tensor, nn
 
 from ...api import certify
+from ...bounds.tiers import WORST_CASE, tier_registry
 from ...certificate import Certificate
 from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ._choice import solve_choice
-from ._engine import resolve_domain
+from ._engine import quant_domain
 from ._problem import PREDICTION_TOLERANCE, Problem
 from .config import QuantConfig, check_bits, check_granularity
 from .grid import quantization_grid
@@ -162,7 +163,9 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
     ``"ilp"`` or ``"greedy"``. ``reference_inputs`` and ``search_steps`` feed the final
     certificate's measurements.
 
-    ``certifier="bounds"`` (budget form only) certifies with the bound-propagation tier
+    ``certifier="bounds"`` (or another worst-case tier of the tier registry,
+    :func:`certcompress.bounds.tiers.tier_registry`; budget form only) certifies with that
+    tier (for ``bounds``: the bound-propagation tier)
     over ``domain`` (an :class:`~certcompress.InputDomain` box, which replaces
     ``input_shape``/``input_radius``) as well: starting from the smaller of the narrowest
     uniform width within budget and the path-metric allocation (when that one meets the
@@ -172,19 +175,23 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
     certificate. About one bounds-tier certification per tried step.
     """
     t0 = time.perf_counter()
-    if certifier not in ("path-metric", "bounds"):
-        raise ConfigurationError(f"certifier must be 'path-metric' or 'bounds', got {certifier!r}")
-    if certifier == "bounds":
+    registry = tier_registry()
+    worst = [t.name for t in registry if t.scope == WORST_CASE]
+    if not isinstance(certifier, str) or certifier not in worst:
+        raise ConfigurationError(f"certifier must be a worst-case tier "
+                                 f"({', '.join(map(repr, worst))}), got {certifier!r}")
+    if certifier != "path-metric":
         if domain is None:
-            raise ConfigurationError("certifier='bounds' needs domain=InputDomain.box(...): the "
-                                     "bound-propagation tier certifies over a box of inputs")
+            raise ConfigurationError(f"certifier={certifier!r} needs domain=InputDomain.box(...):"
+                                     " the tier certifies over a box of inputs")
         if budget is None:
-            raise ConfigurationError("certifier='bounds' supports the budget form only; for "
-                                     "avg_bits use the default certifier='path-metric'")
+            raise ConfigurationError(f"certifier={certifier!r} supports the budget form only; "
+                                     "for avg_bits use the default certifier='path-metric'")
         input_shape, input_radius = domain.shape, domain.radius
     elif domain is not None:
-        raise ConfigurationError("domain= is used by certifier='bounds'; with the path-metric "
-                                 "certifier pass input_shape and input_radius")
+        raise ConfigurationError("domain= is used by a certifier other than 'path-metric' "
+                                 "(e.g. 'bounds'); with the path-metric certifier pass "
+                                 "input_shape and input_radius")
     cands = check_candidates(candidates)
     _check_goal(budget, avg_bits, cands)
     check_granularity(granularity, "granularity")
@@ -193,17 +200,17 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
     if method not in ("auto", "ilp", "greedy"):
         raise ConfigurationError(f"method must be 'auto', 'ilp' or 'greedy', got {method!r}")
     input_domain = domain
-    dom = resolve_domain(model, input_shape, input_radius)
+    dom = quant_domain(model, input_shape, input_radius)
     names = list(affine_layers(model)) if layers is None else list(layers)
     if not names:
         raise ConfigurationError(f"{type(model).__name__} has no layer to quantize")
     QuantConfig.from_bits(dict.fromkeys(names, cands[0]), granularity).validate(model)
     problem = Problem(model, dom, names, cands, granularity, bias_bits)
     run = _Run(problem, method, max_iterations)
-    if certifier == "bounds":
+    if certifier != "path-metric":
         assert budget is not None and input_domain is not None
         return _descend_with_bounds(model, problem, run, float(budget), input_domain,
-                                    reference_inputs, search_steps, search_restarts, seed, t0)
+                                    certifier, reference_inputs, search_steps, search_restarts, seed, t0)
     if budget is not None:
         choice = run.budget_form(float(budget))
     else:
@@ -229,21 +236,25 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
 
 
 def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: float,
-                         domain: InputDomain, reference_inputs: Tensor | None,
+                         domain: InputDomain, tier: str, reference_inputs: Tensor | None,
                          search_steps: int, search_restarts: int, seed: int, t0: float
                          ) -> BitAllocation:
-    """Greedy descent certified by the tiers over ``domain`` (see choose_bitwidths)."""
+    """Greedy descent certified by the path-metric tier and ``tier`` over ``domain`` (see
+    choose_bitwidths)."""
     cands, numel = list(problem.candidates), [int(n) for n in problem.numel]
     granularity, bias_bits = problem.granularity, problem.bias_bits
     n_layers = len(problem.layers)
 
-    def certify_choice(ch: Sequence[int], steps: int = 0) -> tuple[QuantConfig, nn.Module,
-                                                                   Certificate]:
+    def certify_choice(ch: Sequence[int], final: bool = False
+                       ) -> tuple[QuantConfig, nn.Module, Certificate]:
         cfg = QuantConfig.from_bits(problem.bits(ch), granularity, bias_bits=bias_bits)
         qm = quantization_grid(model, cfg).apply(model)
-        cert = certify(model, qm, domain=domain, methods=("path-metric", "bounds"),
-                       reference_inputs=reference_inputs if steps else None,
-                       search_steps=steps, search_restarts=search_restarts, seed=seed)
+        # the tries are bounds only; the final certificate measures (reference inputs and
+        # the search, as asked)
+        cert = certify(model, qm, domain=domain, methods=("path-metric", tier),
+                       reference_inputs=reference_inputs if final else None,
+                       search_steps=search_steps if final else 0,
+                       search_restarts=search_restarts, seed=seed)
         problem.ev.counts["certify"] += 1
         return cfg, qm, cert
 
@@ -281,14 +292,14 @@ def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: 
             if certify_choice(trial)[2].bound <= budget:
                 choice, improved = trial, True
                 break
-    qcfg, qmodel, cert = certify_choice(choice, steps=search_steps)
+    qcfg, qmodel, cert = certify_choice(choice, final=True)
     if cert.bound > budget:
         raise RuntimeError(f"internal error: the chosen allocation certifies {cert.bound:.17g}"
                            f" > budget {budget:.17g}; please report it")
     return BitAllocation(
         config=qcfg, certificate=cert, model=qmodel, budget=budget, avg_bits_budget=None,
         candidates=tuple(cands), total_bits=problem.total_bits(choice),
-        weights=int(sum(numel)), locally_minimal=True, method="greedy descent (bounds tier)",
+        weights=int(sum(numel)), locally_minimal=True, method=f"greedy descent ({tier} tier)",
         iterations=tries, passes=MappingProxyType(dict(problem.ev.counts)),
         seconds=time.perf_counter() - t0, sensitivity=run.sensitivity, history=())
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ...api import certify
+from ...bounds.propagation.engine import PropagationOptions
 from ...certificate import Certificate
 from ...domain import InputDomain
 from ...errors import ConfigurationError
@@ -32,7 +33,8 @@ def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
              input_radius: float | None = None, reference_inputs: Tensor | None = None, *,
              search_steps: int = 20, search_restarts: int = 4, seed: int = 0,
              domain: InputDomain | None = None, methods: Sequence[str] | None = None,
-             arithmetic: str = "exact") -> tuple[nn.Module, Certificate]:
+             arithmetic: str = "exact", propagation: PropagationOptions | None = None
+             ) -> tuple[nn.Module, Certificate]:
     """Quantize ``model`` as ``qcfg`` says and certify it.
 
     Returns the quantized model (a deep copy in eval mode; ``model`` is untouched) and
@@ -41,12 +43,13 @@ def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
     and by a PGD search (``search_steps``, 0 to skip). The grid (scales and integer
     codes) is :func:`quantization_grid` ``(model, qcfg)``, deterministic. ``domain`` and
     ``methods`` are passed to :func:`certcompress.certify` (e.g. a box and
-    ``("path-metric", "bounds")`` for the bound-propagation tier), and so is
-    ``arithmetic`` (``"float32"``: the models as executed in float32).
+    ``("path-metric", "bounds")`` for the bound-propagation tier), and so are
+    ``arithmetic`` (``"float32"``: the models as executed in float32) and ``propagation``.
     """
     cfg = _config(qcfg)
     qmodel = quantization_grid(model, cfg).apply(model)
     cert = certify(model, qmodel, input_shape, input_radius, reference_inputs=reference_inputs,
                    search_steps=search_steps, search_restarts=search_restarts, seed=seed,
-                   domain=domain, methods=methods, arithmetic=arithmetic)
+                   domain=domain, methods=methods, arithmetic=arithmetic,
+                   propagation=propagation)
     return qmodel, cert

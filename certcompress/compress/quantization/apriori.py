@@ -1,4 +1,4 @@
-"""The a-priori bound of a grid, before quantizing (shared doc, section 4).
+"""The a-priori bound of a grid, before quantizing (docs/path-metrics.md, section 4).
 
 Round-to-nearest on a grid of step ``delta`` that contains zero moves each weight by at
 most ``delta/2`` without changing its sign, so with ``hi = |theta| + delta/2`` and
@@ -31,7 +31,7 @@ from ...bounds import graph_path_metric
 from ...bounds.numerics import opposite_signs, same_strict_signs
 from ...errors import ConfigurationError
 from ...ir.ops import AffineParams
-from ._engine import Domain, Evaluator, resolve_domain
+from ._engine import Domain, Evaluator, quant_domain
 from .config import QuantConfig, check_granularity
 from .quantizers import (
     WEIGHT_BITS,
@@ -163,7 +163,7 @@ def apriori_bound(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int
     """The a-priori bound for the grid ``qcfg`` gives (the steps the quantizer would use),
     computed before quantizing; always >= the certificate of :func:`quantize`."""
     qcfg.validate(model)
-    a = _Apriori(model, resolve_domain(model, input_shape, input_radius), list(qcfg.layers))
+    a = _Apriori(model, quant_domain(model, input_shape, input_radius), list(qcfg.layers))
     return a.bound(*a.grid_steps(qcfg))
 
 
@@ -184,7 +184,7 @@ def apriori_bound_for_steps(model: nn.Module, steps: Mapping[str, float | Tensor
         if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
             raise ConfigurationError(f"bias_steps['{n}'] must be a positive finite number")
         bsteps[n] = float(s)
-    a = _Apriori(model, resolve_domain(model, input_shape, input_radius),
+    a = _Apriori(model, quant_domain(model, input_shape, input_radius),
                  list(dict.fromkeys([*checked, *bsteps])))
     return a.bound(checked, bsteps)
 
@@ -204,7 +204,7 @@ def bits_for_budget(model: nn.Module, budget: float, *,
     cands = check_candidates(candidates)
     names = list(affine_layers(model)) if layers is None else list(layers)
     QuantConfig.from_bits(dict.fromkeys(names, cands[0]), granularity).validate(model)
-    a = _Apriori(model, resolve_domain(model, input_shape, input_radius), names)
+    a = _Apriori(model, quant_domain(model, input_shape, input_radius), names)
 
     def fits(bits: int) -> bool:
         cfg = QuantConfig.from_bits(dict.fromkeys(names, bits), granularity, bias_bits=bias_bits)

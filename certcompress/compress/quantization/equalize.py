@@ -44,7 +44,7 @@ from ...ir.ops import (
     ReLUOp,
 )
 from ...measure import deviations, float64_function
-from ._engine import Domain, Evaluator, resolve_domain
+from ._engine import Domain, Evaluator, quant_domain
 from .apply import quantize
 from .config import QuantConfig
 from .quantizers import affine_layers, channel_axis, param_name, quantize_tensor
@@ -339,7 +339,7 @@ def equalize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
     qcfg.validate(model)
     if sweeps < 0 or check_inputs < 0 or max_log2_scale < 0:
         raise ConfigurationError("sweeps, check_inputs and max_log2_scale must be >= 0")
-    domain: Domain = resolve_domain(model, input_shape, input_radius)
+    domain: Domain = quant_domain(model, input_shape, input_radius)
     ev = Evaluator(model, domain)
     pairs = find_pairs(ev.gu, model)
     state = _State(model, qcfg, ev)

@@ -8,7 +8,7 @@ ONNX ``DequantizeLinear`` rebuilds the values bit-exactly). The quantized values
 ``q * s`` evaluated in the tensor's dtype: a single correctly rounded product.
 
 Because ``0`` is on the grid and ``round(w/s)`` has the sign of ``w``, quantization never
-flips a sign and keeps every zero at zero (shared doc ``path-metrics.md``, section 4);
+flips a sign and keeps every zero at zero (docs/path-metrics.md, section 4);
 :meth:`QuantizedWeights.verify` checks it on every tensor and raises otherwise.
 """
 

@@ -4,7 +4,7 @@ PNG bar chart of bits per layer, PNG plot of the curve).
 
 Every bound here is a certificate of the quantized model (:func:`quantize` or
 :func:`choose_bitwidths`), shown next to the deviation measured on reference data and
-by the adversarial search, and flagged when vacuous (shared doc, section 6).
+by the adversarial search, and flagged when vacuous (docs/path-metrics.md, section 6).
 """
 
 from __future__ import annotations
@@ -72,12 +72,15 @@ def bits_table(model: nn.Module, qcfg: QuantConfig,
 
 
 def _row(label: str, model: nn.Module, cfg: QuantConfig, cert: Certificate) -> dict[str, object]:
-    m = cert.measurements
+    row = cert.to_row()
     return {"configuration": label, "average_bits": cfg.average_bits(model),
             "weight_bits": cfg.total_weight_bits(model), "model_bytes": cfg.size_bytes(model),
-            "certified_bound": cert.bound, "measured_max": m.deviation_max,
-            "measured_mean": m.deviation_mean, "adversarial_max": m.adversarial_max,
-            "output_scale": m.output_scale, "vacuous": cert.vacuous}
+            **{k: row[k] for k in _CERT_COLUMNS}}
+
+
+#: the certificate columns of the comparison table (names of :meth:`Certificate.to_row`)
+_CERT_COLUMNS = ("certified_bound", "bound_method", "deviation_max", "deviation_mean",
+                 "adversarial_max", "output_scale", "vacuous")
 
 
 def compare_with_ort(model: nn.Module, chosen: QuantConfig | BitAllocation,
@@ -96,7 +99,7 @@ def compare_with_ort(model: nn.Module, chosen: QuantConfig | BitAllocation,
         _, cert = quantize(model, c, None if domain else input_shape,
                            None if domain else input_radius, reference_inputs,
                            search_steps=search_steps, seed=seed, domain=domain,
-                           methods=("path-metric", "bounds") if domain else None)
+                           methods=None)  # certify's registry defaults for the domain
         rows.append(_row(lab, model, c, cert))
     return pd.DataFrame(rows).set_index("configuration")
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..._io import atomic_write_text
 from ...errors import ConfigurationError
-from ._engine import Domain, resolve_domain
+from ._engine import Domain, quant_domain
 from ._problem import Problem
 from .config import QuantConfig, check_bits, check_granularity
 from .quantizers import affine_layers
@@ -104,7 +104,7 @@ def sensitivity_table(model: nn.Module, candidates: Iterable[int] = (2, 3, 4, 5,
     check_granularity(granularity, "granularity")
     if method not in ("gradient", "passes"):
         raise ConfigurationError(f"method must be 'gradient' or 'passes', got {method!r}")
-    domain: Domain = resolve_domain(model, input_shape, input_radius)
+    domain: Domain = quant_domain(model, input_shape, input_radius)
     names = list(affine_layers(model)) if layers is None else list(layers)
     QuantConfig.from_bits(dict.fromkeys(names, cands[0]), granularity).validate(model)
     problem = Problem(model, domain, names, cands, granularity, None)

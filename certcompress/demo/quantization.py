@@ -11,13 +11,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ...domain import InputDomain
-from ...measure import deviations, float64_function
-from ...zoo import DigitsData, accuracy
-from .allocate import BitAllocation, choose_bitwidths
-from .apply import quantize
-from .config import QuantConfig
-from .report import bits_table, compare_with_ort, write_report
+from ..compress.quantization.allocate import BitAllocation, choose_bitwidths
+from ..compress.quantization.apply import quantize
+from ..compress.quantization.config import QuantConfig
+from ..compress.quantization.report import bits_table, compare_with_ort, write_report
+from ..domain import InputDomain
+from ..measure import deviations, float64_function
+from .digits import DigitsData, accuracy
 
 __all__ = ["demo_section"]
 
@@ -83,7 +83,7 @@ def demo_section(model: nn.Module, data: DigitsData, *, budget: float | None = N
     comparison = compare_with_ort(model, al, shape, r, data.x_test, domain=domain,
                                   search_steps=search_steps,
                                   seed=seed)
-    cols = ["average_bits", "model_bytes", "certified_bound", "measured_max", "adversarial_max"]
+    cols = ["average_bits", "model_bytes", "certified_bound", "deviation_max", "adversarial_max"]
     print_fn(comparison[cols].to_string(float_format=lambda v: f"{v:.4g}"))
     if out_dir is not None:
         files = write_report(Path(out_dir), model, al, comparison=comparison)

@@ -21,7 +21,6 @@ files go to ``--out`` (default ``out/demo``), written atomically.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import atomic_path
-from .domain import InputDomain
-from .zoo import DigitsCNN, DigitsData, accuracy, load_digits, train_classifier
+from .._io import atomic_path
+from ..api import certify
+from ..bounds.local import certify_local
+from ..bounds.report import plot_tiers, tiers_table
+from ..bounds.statistical import certify_statistical
+from ..compress.quantization import quantization_grid
+from ..domain import InputDomain
+from .digits import DigitsCNN, DigitsData, accuracy, load_digits, train_classifier
+from .export import demo_section as export_section
+from .pruning import demo_section as pruning_section
+from .quantization import demo_section as quantization_section
 
-__all__ = ["run_demo", "register", "save_artifacts", "MODEL_SPEC"]
+__all__ = ["run_demo", "save_artifacts", "MODEL_SPEC", "INPUT_SHAPE", "RADIUS"]
 
 INPUT_SHAPE = (1, 1, 8, 8)
 RADIUS = 1.0  # pixel intensities lie in [0, 1], so ||x||_inf <= 1
@@ -44,7 +51,7 @@ def _banner(step: int, total: int, title: str, t0: float, print_fn: Callable[[st
     print_fn(f"\n[{step}/{total}] {title}  (t = {time.perf_counter() - t0:.1f} s)")
 
 
-MODEL_SPEC = "certcompress.zoo:DigitsCNN"
+MODEL_SPEC = "certcompress.demo.digits:DigitsCNN"
 
 
 def save_artifacts(model: torch.nn.Module, data: DigitsData, out: Path) -> tuple[Path, Path]:
@@ -63,14 +70,6 @@ def run_demo(out_dir: str | Path = "out/demo", sparsity: float = 0.5, seed: int 
              progress: bool = True, print_fn: Callable[[str], None] = print, *,
              local_points: int = 20, local_eps: float = 0.02) -> int:
     """Run the end-to-end example; returns the exit code (0)."""
-    from .api import certify
-    from .bounds.local import certify_local
-    from .bounds.report import plot_tiers, tiers_table
-    from .bounds.statistical import certify_statistical
-    from .compress.pruning import demo_section as pruning_section
-    from .compress.quantization import demo_section as quantization_section
-    from .compress.quantization import quantization_grid
-    from .export import demo_section as export_section
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,21 +127,3 @@ def run_demo(out_dir: str | Path = "out/demo", sparsity: float = 0.5, seed: int 
                    progress=progress)
     print_fn(f"\nall outputs in {out.resolve()}  (total {time.perf_counter() - t0:.1f} s)")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("demo", help="run the end-to-end example on scikit-learn digits")
-    p.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
-    p.add_argument("--sparsity", type=float, default=0.5,
-                   help="sparsity of the pruning shown next to the budget search (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--local-points", type=int, default=20,
-                   help="test points that get a local certificate (default 20, ~2 s each)")
-    p.add_argument("--local-eps", type=float, default=0.02,
-                   help="radius of the l_inf balls of the local certificates (default 0.02)")
-    p.set_defaults(func=lambda a: run_demo(a.out, a.sparsity, a.seed,
-                                           local_points=a.local_points, local_eps=a.local_eps))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_demo())

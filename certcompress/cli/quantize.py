@@ -9,6 +9,12 @@ reader, or a run killed at any point, sees the old complete set or the new one):
 ``quantized_state_dict.pt`` (tensors only), ``quant_grid.json`` (scales; codes are
 recovered bit-exactly from the state dict), ``quant_config.json``, ``certificate.json``
 and ``bits.csv``. Whether ``--out`` can be written is checked before any work.
+
+The certificate covers ``--radius`` or the box ``--domain LO:HI`` with the tiers of
+``--method`` (the shared option groups of :mod:`certcompress.cli.options`). With
+``--budget``, the allocation certifies each candidate with the bounds tier too when the
+certificate does (``--domain`` alone, or ``--method bounds``); ``--avg-bits`` allocates
+with the path-metric bound, and the final certificate then adds the asked tiers.
 """
 
 from __future__ import annotations
@@ -20,17 +26,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
-from ...api import certify, input_spec_for
-from ...bounds.cli import add_arithmetic_argument
-from ...capture import plugin_manager
-from ...errors import ConfigurationError
-from .allocate import choose_bitwidths
-from .apply import quantize
-from .config import QuantConfig
-from .grid import quantization_grid
-from .quantizers import GRANULARITIES, WEIGHT_BITS
-from .report import bits_table
+from .._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
+from ..api import certify
+from ..capture import plugin_manager
+from ..compress.quantization.allocate import choose_bitwidths
+from ..compress.quantization.apply import quantize
+from ..compress.quantization.config import QuantConfig
+from ..compress.quantization.grid import quantization_grid
+from ..compress.quantization.quantizers import GRANULARITIES, WEIGHT_BITS
+from ..compress.quantization.report import bits_table
+from ..domain import InputDomain
+from ..errors import ConfigurationError
+from ..loading import load_model, load_reference_inputs
+from .domain_options import default_methods
+from .options import (
+    add_domain_group,
+    add_input_shape,
+    add_method_group,
+    add_model,
+    add_output,
+    add_plugin,
+    add_search,
+    certify_domain,
+    input_shape,
+    load_plugins,
+)
 
 __all__ = ["register"]
 
@@ -46,16 +66,11 @@ def register(subparsers: Any) -> None:
         description="Quantize the weights of MODEL (uniform --bits, or a per-layer allocation "
                     "under a certified --budget or an --avg-bits size), certify the result "
                     "and write the quantized weights, grid and certificate.")
-    p.add_argument("model", metavar="MODEL", help="model spec (model.py:make, pkg.mod:make, "
-                                                   "PREFIX:NAME)")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict file to load")
-    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
-                   help="load a plugin by name first (repeatable)")
-    p.add_argument("--input-shape", nargs="+", type=int, metavar="N",
-                   help="input shape, batch first; default: the plugin's")
-    p.add_argument("--radius", type=float, metavar="R",
-                   help="input domain ||x||_inf <= R (after normalization); default: the plugin's")
-    add_arithmetic_argument(p)
+    add_model(p, help="model spec (model.py:make, pkg.mod:make, PREFIX:NAME)")
+    add_plugin(p)
+    add_input_shape(p)
+    add_domain_group(p)
+    add_method_group(p)
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--bits", type=int, metavar="B", help=f"uniform width {list(WEIGHT_BITS)}")
     goal.add_argument("--budget", type=float, metavar="EPS",
@@ -68,82 +83,72 @@ def register(subparsers: Any) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default="per-channel")
     p.add_argument("--bias-bits", type=int, metavar="B",
                    help="also quantize biases (per tensor) to B bits; default: float biases")
-    p.add_argument("--reference-data", metavar="FILE",
-                   help="reference inputs: .npz (array 'x'), .npy or .pt, batch first")
-    p.add_argument("--search-steps", type=int, default=20, metavar="N",
-                   help="PGD steps of the adversarial search (0: skip; default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/quantize", metavar="DIR",
-                   help="output directory (default out/quantize)")
+    add_search(p)
+    add_output(p, "out/quantize", "output directory (default out/quantize)", metavar="DIR")
     p.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], float]:
-    from ...loading import load_model
-
-    pm = plugin_manager()
-    for spec in args.plugin:
-        if not any(lp.source == f"explicit: {spec}" for lp in pm.plugins):
-            pm.load_path(spec)
+def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
+    load_plugins(args.plugin)
     model = load_model(args.model, args.weights)
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"quantize needs an nn.Module; '{args.model}' is a torch.export "
                                  "archive (quantize the model from its factory instead)")
-    spec = input_spec_for(model)
-    if args.input_shape:
-        shape = tuple(args.input_shape)
-        if any(s <= 0 for s in shape):
-            raise ConfigurationError("--input-shape must be positive integers")
-    elif spec is not None:
-        shape = spec.input_shape
-    else:
-        raise ConfigurationError(f"--input-shape is required for '{args.model}' (no installed "
-                                 "plugin knows its input), e.g. --input-shape 1 3 32 32")
-    if args.radius is not None:
-        radius = float(args.radius)
-    elif spec is not None:
-        radius = spec.radius
-    else:
-        raise ConfigurationError(f"--radius is required for '{args.model}': the certificate "
-                                 "covers inputs with ||x||_inf <= R")
-    return model.eval(), shape, radius
+    return model.eval(), input_shape(model, args.input_shape, args.model)
 
 
 def run(args: argparse.Namespace) -> int:
     """The command's handler."""
-    if args.search_steps < 0:
-        raise ConfigurationError("--search-steps must be >= 0")
+    if args.search_steps < 0 or args.search_restarts < 1:
+        raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     out = Path(args.out)
     check_outputs([], model_input_files(args.model, args.weights, args.reference_data),
                   directories=[out], create_dirs=True)
     check_replaceable_dir(out, OUTPUT_FILES)
-    model, shape, radius = _load(args)
-    if args.reference_data:
-        from ...loading import load_reference_inputs
-
-        ref = load_reference_inputs(args.reference_data, shape)
+    model, shape = _load(args)
+    given = load_reference_inputs(args.reference_data, shape) if args.reference_data else None
+    tiers = certify_domain(args, model, shape, given, args.model)
+    domain: InputDomain | None = tiers["domain"]
+    radius = domain.radius if domain is not None else _radius(model, tiers["input_radius"])
+    if given is not None:
+        ref = given
         where = f"{len(ref)} reference inputs from {args.reference_data}"
     else:
         gen = torch.Generator().manual_seed(args.seed)
-        ref = (torch.rand((256,) + shape[1:], generator=gen) * 2 - 1) * radius
+        ref = (domain.sample(256, gen).to(torch.float32) if domain is not None else
+               (torch.rand((256,) + shape[1:], generator=gen) * 2 - 1) * radius)
         where = "256 random inputs of the domain (no --reference-data given)"
+    search = {"search_steps": args.search_steps, "search_restarts": args.search_restarts,
+              "seed": args.seed}
+    if domain is None:  # the ball of the plugin's radius or --radius, stated explicitly
+        tiers["input_radius"] = radius
     if args.bits is not None:
         qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
-        qmodel, cert = quantize(model, qcfg, shape, radius, ref, search_steps=args.search_steps,
-                                seed=args.seed, arithmetic=args.arithmetic)
+        qmodel, cert = quantize(model, qcfg, shape, reference_inputs=ref, **search, **tiers)
         sens = None
     else:
+        methods = tiers["methods"] or default_methods(domain)
+        with_bounds = "bounds" in methods and args.budget is not None
+        box = domain if domain is not None else InputDomain.box(
+            -radius, radius, shape=shape, description=f"||x||_inf <= {radius:g}")
         al = choose_bitwidths(model, args.budget, avg_bits=args.avg_bits,
-                              candidates=args.candidates, input_shape=shape, input_radius=radius,
+                              candidates=args.candidates,
+                              input_shape=None if with_bounds else shape,
+                              input_radius=None if with_bounds else radius,
                               granularity=args.granularity, bias_bits=args.bias_bits,
-                              reference_inputs=ref, search_steps=args.search_steps,
-                              seed=args.seed)
+                              reference_inputs=ref, certifier="bounds" if with_bounds
+                              else "path-metric", domain=box if with_bounds else None,
+                              **search)
         qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
         print(al.summary().splitlines()[0])
-        if args.arithmetic != "exact":  # the allocation used exact bounds; restate it
-            cert = certify(model, qmodel, shape, radius, reference_inputs=ref,
-                           search_steps=args.search_steps, seed=args.seed,
-                           arithmetic=args.arithmetic)
+        if (args.arithmetic != "exact" or tiers["propagation"].intermediate != "crown"
+                or set(methods) != set(cert.by_method)
+                or (domain is not None and not with_bounds)):
+            # the allocation certified other tiers, another domain (the ball of the box's
+            # radius) or in exact arithmetic: restate the certificate as asked
+            if with_bounds and tiers["methods"] is not None:  # keep the tiers it used
+                tiers["methods"] = tuple(dict.fromkeys(("path-metric", *tiers["methods"])))
+            cert = certify(model, qmodel, shape, reference_inputs=ref, **search, **tiers)
     grid = quantization_grid(model, qcfg)
     grid.check(qmodel)
     table = bits_table(model, qcfg, sens)
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
           f"({qcfg.average_bits(model):.3f} bits/weight on average) vs {float_bytes:,} bytes "
           f"in float (what an integer format stores; `certcompress export` writes int8)")
     m = cert.measurements
-    print(f"certified bound: {cert.bound:.6g}  (max over ||x||_inf <= {radius:g} of "
+    over = domain.describe() if domain is not None else f"||x||_inf <= {radius:g}"
+    print(f"certified bound: {cert.bound:.6g}  (max over {over} of "
           f"||f(x) - f_q(x)||_1){'  VACUOUS' if cert.vacuous else ''}")
     print(f"measured deviation on {where}: max {m.deviation_max:.6g}, mean "
           f"{m.deviation_mean:.6g} (output scale {m.output_scale:.6g})")
@@ -172,3 +178,12 @@ def run(args: argparse.Namespace) -> int:
     print("quantized_state_dict.pt holds float tensors whose values lie on the quantization "
           "grid, so its size on disk is the float size")
     return 0
+
+
+def _radius(model: nn.Module, given: float | None) -> float:
+    """``--radius``, else the plugin's (certify_domain checked that one of them exists)."""
+    if given is not None:
+        return float(given)
+    spec = plugin_manager().input_spec(model)
+    assert spec is not None
+    return float(spec.radius)

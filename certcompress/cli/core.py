@@ -9,22 +9,28 @@ from typing import Any
 
 from torch import nn
 
-from ._cli_shared import (
+from ..api import certify, check_trace, path_norm, trace
+from ..bounds.cost import estimate_costs
+from ..capture import ENTRY_POINT_GROUP, plugin_manager
+from ..errors import ConfigurationError, UnsupportedModelError
+from ..loading import load_model, load_module, load_reference_inputs
+from . import local as cli_local
+from .domain_options import default_methods
+from .options import (
     EXIT_OK,
     EXIT_USER,
+    add_domain_group,
+    add_input_shape,
+    add_method_group,
+    add_model,
+    add_output,
+    add_search,
+    certify_domain,
     check_output,
     common_parent,
     input_shape,
     load_plugins,
-    model_options,
 )
-from .api import certify, check_trace, input_spec_for, path_norm, trace
-from .bounds import cli_local
-from .bounds.cli import add_domain_arguments, certify_kwargs
-from .bounds.cost import estimate_costs
-from .capture import ENTRY_POINT_GROUP, plugin_manager
-from .errors import ConfigurationError, UnsupportedModelError
-from .loading import load_model, load_module, load_reference_inputs
 
 __all__ = ["register"]
 
@@ -45,10 +51,8 @@ def _register_inspect(subparsers: Subparsers) -> None:
         "inspect", parents=[common_parent()], help="trace a model: graph, support verdict, path-norm",
         description="Trace MODEL, print its graph, whether certcompress supports it (exit 0) "
                     "or every node it does not (exit 2), and its l1 path-norm.")
-    p.add_argument("model", metavar="MODEL", help="model spec (model.py:make, pkg.mod:make, "
-                                                   "PREFIX:NAME, model.pt2)")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict file to load")
-    model_options(p)
+    add_model(p)
+    add_input_shape(p)
     p.set_defaults(func=_cmd_inspect)
 
 
@@ -79,26 +83,16 @@ def _register_certify(subparsers: Subparsers) -> None:
         help="certify max ||f(x) - f'(x)||_1 over an input domain for two models",
         description="Certify the output deviation between ORIGINAL and COMPRESSED, print the "
                     "certificate and write it as JSON.")
-    p.add_argument("original", metavar="ORIGINAL", help="model spec of the original model")
-    p.add_argument("compressed", metavar="COMPRESSED", help="model spec of the compressed model")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict of ORIGINAL")
-    p.add_argument("--compressed-weights", metavar="STATE_DICT",
-                   help="state dict of COMPRESSED")
-    model_options(p)
-    p.add_argument("--radius", type=float, metavar="R",
-                   help="input domain ||x||_inf <= R, as the network receives inputs (after "
-                        "normalization); default: the plugin's")
-    p.add_argument("--reference-data", metavar="FILE",
-                   help="reference inputs: .npz (array 'x'), .npy or .pt tensor, batch first")
-    p.add_argument("--search-steps", type=int, default=20, metavar="N",
-                   help="PGD steps of the adversarial search inside the domain (0: skip; "
-                        "default 20)")
-    p.add_argument("--search-restarts", type=int, default=4, metavar="K",
-                   help="starting points of the search (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
-    p.add_argument("--out", default="certificate.json", metavar="FILE",
-                   help="where to write the certificate JSON (default ./certificate.json)")
-    add_domain_arguments(p)
+    add_model(p, "original", "ORIGINAL", "model spec of the original model",
+              weights_help="state dict of ORIGINAL")
+    add_model(p, "compressed", "COMPRESSED", "model spec of the compressed model",
+              weights="--compressed-weights", weights_help="state dict of COMPRESSED")
+    add_input_shape(p)
+    add_domain_group(p)
+    add_method_group(p)
+    add_search(p)
+    add_output(p, "certificate.json",
+               "where to write the certificate JSON (default ./certificate.json)")
     cli_local.add_arguments(p)
     p.set_defaults(func=_cmd_certify)
 
@@ -114,19 +108,14 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     original = load_module(args.original, args.weights, needed_by="certify")
     compressed = load_module(args.compressed, args.compressed_weights, needed_by="certify")
     shape = input_shape(original, args.input_shape, args.original)
-    if args.radius is None and not args.domain and input_spec_for(original) is None:
-        raise ConfigurationError(
-            f"--radius is required for '{args.original}': the certificate covers inputs with "
-            "||x||_inf <= R (after normalization) and no installed plugin knows a default")
     reference = (load_reference_inputs(args.reference_data, shape)
                  if args.reference_data else None)
-    tiers = certify_kwargs(args, shape, reference)
-    methods = tiers["methods"] or (("path-metric", "bounds") if tiers["domain"] is not None
-                                   else ("path-metric",))
+    tiers = certify_domain(args, original, shape, reference, args.original)
+    methods = tiers["methods"] or default_methods(tiers["domain"])
     if "bounds" in methods or getattr(args, "local_eps", None):
         # tell the user what to expect before the long part
         print(estimate_costs(trace(original, shape), options=tiers["propagation"]).summary())
-    cert = certify(original, compressed, shape, args.radius, reference_inputs=reference,
+    cert = certify(original, compressed, shape, reference_inputs=reference,
                    search_steps=args.search_steps, search_restarts=args.search_restarts,
                    seed=args.seed, **tiers)
     print(cert.summary())

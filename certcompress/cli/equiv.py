@@ -25,11 +25,11 @@ from torch import nn
 from .._io import atomic_write_text
 from ..capture import plugin_manager
 from ..domain import InputDomain
+from ..equivalence.result import EquivalenceResult
+from ..equivalence.verify import NORMS, PROPERTIES, verify_equivalence
+from ..equivalence.vnnlib import read_vnnlib
 from ..errors import ConfigurationError
 from ..loading import load_module
-from .result import EquivalenceResult
-from .verify import NORMS, PROPERTIES, verify_equivalence
-from .vnnlib import read_vnnlib
 
 __all__ = ["register", "run"]
 

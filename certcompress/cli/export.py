@@ -28,13 +28,18 @@ from typing import Any
 
 from torch import nn
 
-from .._cli_shared import load_plugins as _load_plugins
 from .._io import check_outputs, model_input_files
 from ..certificate import Certificate
+from ..compress.quantization.grid import QuantGrid
 from ..errors import ConfigurationError
-from .onnx_export import MIN_OPSET, export_onnx
-from .signing import PublicKey, generate_signing_key
-from .verify import Tolerance, VerificationFailed, verify_onnx
+from ..export._files import load_onnx_file
+from ..export.metadata import read_embedded
+from ..export.onnx_export import MIN_OPSET, export_onnx
+from ..export.signing import PublicKey, generate_signing_key
+from ..export.verify import Tolerance, VerificationFailed, verify_onnx
+from ..loading import load_module, load_reference_inputs
+from .options import add_model, add_output, add_plugin, add_search, add_weights
+from .options import load_plugins as _load_plugins
 
 __all__ = ["register", "cmd_export", "cmd_verify", "cmd_keygen"]
 
@@ -42,14 +47,8 @@ EXIT_OK = 0
 
 
 def _shared(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
-                   help="load a plugin by name before anything else (repeatable)")
-    p.add_argument("--search-steps", type=int, default=10, metavar="N",
-                   help="gradient-ascent steps of the search inside the domain (0: skip; "
-                        "default 10)")
-    p.add_argument("--search-restarts", type=int, default=2, metavar="K",
-                   help="random starting points of the search (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    add_plugin(p)
+    add_search(p, steps=10, restarts=2, reference=False)
     p.add_argument("--rtol", type=float, default=Tolerance.rtol, metavar="R",
                    help=f"float32 tolerance relative to the output scale (default "
                         f"{Tolerance.rtol:g})")
@@ -74,22 +73,20 @@ def _register_export(subparsers: Any) -> None:
         description="Export COMPRESSED to one ONNX file with the certificate embedded, "
                     "verify it with onnxruntime, and keep the file only if every check "
                     "passes.")
-    e.add_argument("compressed", metavar="COMPRESSED", help="model spec of the compressed "
-                                                            "model")
-    e.add_argument("--weights", metavar="STATE_DICT", help="state dict of COMPRESSED")
+    add_model(e, "compressed", "COMPRESSED", "model spec of the compressed model",
+              weights_help="state dict of COMPRESSED")
     e.add_argument("--certificate", required=True, metavar="CERT.json",
                    help="the certificate (certcompress certify --out)")
-    e.add_argument("--out", required=True, metavar="MODEL.onnx", help="ONNX file to write")
+    add_output(e, None, "ONNX file to write", metavar="MODEL.onnx", required=True)
     e.add_argument("--reference-data", metavar="FILE",
                    help="reference inputs: .npz (array 'x'), .npy or .pt, batch first")
     e.add_argument("--original", metavar="MODEL", help="model spec of the original model "
                                                        "(enables the bound check)")
-    e.add_argument("--original-weights", metavar="STATE_DICT", help="state dict of --original")
+    add_weights(e, "--original-weights", "state dict of --original")
     e.add_argument("--certified", metavar="MODEL",
                    help="the model the certificate is about, when COMPRESSED is a physically "
                         "smaller equivalent of it (structured pruning)")
-    e.add_argument("--certified-weights", metavar="STATE_DICT",
-                   help="state dict of --certified")
+    add_weights(e, "--certified-weights", "state dict of --certified")
     e.add_argument("--grid", metavar="GRID.json",
                    help="quantization grid of COMPRESSED (QuantGrid.save): its weights are "
                         "exported as integer codes + DequantizeLinear (QDQ)")
@@ -111,11 +108,10 @@ def _register_verify(subparsers: Any) -> None:
     v.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file")
     v.add_argument("--original", metavar="MODEL", help="model spec of the original model "
                                                        "(enables the bound check)")
-    v.add_argument("--original-weights", metavar="STATE_DICT", help="state dict of --original")
+    add_weights(v, "--original-weights", "state dict of --original")
     v.add_argument("--compressed", metavar="MODEL", help="model spec of the compressed model "
                                                          "(enables the equivalence check)")
-    v.add_argument("--compressed-weights", metavar="STATE_DICT",
-                   help="state dict of --compressed")
+    add_weights(v, "--compressed-weights", "state dict of --compressed")
     v.add_argument("--inputs", metavar="FILE", help="inputs: .npz (array 'x'), .npy or .pt, "
                                                     "batch first (default: random, in the "
                                                     "certificate's domain)")
@@ -151,8 +147,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _module(spec: str | None, weights: str | None, flag: str) -> nn.Module | None:
-    from ..loading import load_module
-
     if spec is None:
         if weights is not None:
             raise ConfigurationError(f"{flag}-weights given without {flag}")
@@ -173,8 +167,6 @@ def _writable(path: Path, *inputs: str | None) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``certcompress export``: returns 0 (any failure raises a CertcompressError)."""
-    from ..loading import load_reference_inputs
-
     out = Path(args.out)
     _writable(out, args.certificate, args.compressed, args.weights, args.reference_data,
               args.original, args.original_weights, args.certified, args.certified_weights,
@@ -191,8 +183,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                  if args.reference_data else None)
     grid = None
     if args.grid:
-        from ..compress.quantization.grid import QuantGrid
-
         grid = QuantGrid.load(args.grid, compressed)
     report = export_onnx(compressed, out, certificate=cert, reference_inputs=reference,
                          original=original, opset=args.opset, grids=grid, certified=certified, tolerance=tol, search_steps=args.search_steps,
@@ -206,10 +196,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """``certcompress verify``: 0 when every check passes; a failed check raises
     :class:`VerificationFailed` after the report is printed (and written)."""
-    from ..loading import load_reference_inputs
-    from ._files import load_onnx_file
-    from .metadata import read_embedded
-
     tol = _options(args)
     report_path = Path(args.report) if args.report else None
     if report_path is not None:

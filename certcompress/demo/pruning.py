@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...certificate import Certificate
-from ...domain import InputDomain
-from ...errors import ConfigurationError
-from ...measure import deviations, float64_function
-from ...zoo import DigitsData, accuracy
-from .apply import prune
-from .plan import PruningPlan
-from .search import SparsitySearch, search_sparsity
-from .sensitivity import layer_sensitivity
+from ..certificate import Certificate
+from ..compress.pruning.apply import prune
+from ..compress.pruning.plan import PruningPlan
+from ..compress.pruning.search import SparsitySearch, search_sparsity
+from ..compress.pruning.sensitivity import layer_sensitivity
+from ..domain import InputDomain
+from ..errors import ConfigurationError
+from ..measure import deviations, float64_function
+from .digits import DigitsData, accuracy
 
 __all__ = ["demo_section", "PruningDemo"]
 
@@ -49,7 +49,7 @@ def demo_section(model: nn.Module, data: DigitsData | Tensor, *, labels: Tensor 
                  print_fn: Callable[[str], None] = print) -> PruningDemo:
     """Print the pruning section and return what it showed.
 
-    ``data``: a :class:`~certcompress.zoo.DigitsData` (its test split is used, with
+    ``data``: a :class:`~certcompress.demo.digits.DigitsData` (its test split is used, with
     labels) or an input tensor (``labels`` optional). ``budget`` defaults to the largest
     ``||f(x)||_1`` on the data, so the search finds the sparsest plan whose certificate is
     not vacuous. With ``domain`` (an :class:`~certcompress.InputDomain` box) the budget

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds.local import LocalCertificate, certify_local
+from ..bounds.statistical import StatisticalCertificate, certify_statistical
 from ..domain import InputDomain
 from ..errors import ConfigurationError
-from .local import LocalCertificate, certify_local
-from .statistical import StatisticalCertificate, certify_statistical
 
 __all__ = ["add_arguments", "run", "load_heldout", "LocalStatisticalResult"]
 

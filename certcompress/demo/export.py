@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from .._io import atomic_path
 from ..certificate import Certificate
 from ..errors import ConfigurationError
-from .onnx_export import MIN_OPSET, export_onnx, to_onnx
-from .qdq import GridsLike
-from .report import ExportReport, build_report
+from ..export.onnx_export import MIN_OPSET, export_onnx, to_onnx
+from ..export.qdq import GridsLike
+from ..export.report import ExportReport, build_report
 
 __all__ = ["demo_section"]
 
@@ -26,7 +26,7 @@ def demo_section(model: nn.Module, compressed: nn.Module, cert: Certificate,
                  ) -> ExportReport:
     """Export ``compressed`` with ``cert`` to ``out_dir/model.onnx`` (verified against
     ``model`` on the reference inputs ``data``: a tensor, or an object with ``x_test``
-    such as :class:`certcompress.zoo.DigitsData`), export ``model`` to
+    such as :class:`certcompress.demo.digits.DigitsData`), export ``model`` to
     ``out_dir/original.onnx`` for comparison, print the verification and the report
     (sizes, onnxruntime latency at batch 1 and 64, certificate) and write it to
     ``out_dir/onnx_report.json``. Returns the report."""

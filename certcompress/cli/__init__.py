@@ -7,15 +7,15 @@ Commands::
                          [--input-shape ...] [--radius R] [--reference-data FILE]
                          [--search-steps N] [--out certificate.json]
     certcompress adapters
-    certcompress meanfield ...      (when certcompress.meanfield.cli is installed)
-    certcompress demo ...           (when certcompress.demo is installed)
+    certcompress meanfield ...      (when certcompress.cli.meanfield is installed)
+    certcompress demo ...           (when certcompress.cli.demo is installed)
 
 MODEL is a spec for :func:`certcompress.loading.load_model` (``model.py:make``,
 ``package.module:make``, ``torchvision:resnet18`` with its plugin, ``model.pt2``).
 
 A command lives in a module whose ``register(subparsers)`` adds its sub-parser and sets
 ``func`` (``Namespace -> int``) with ``set_defaults``. One table maps command names to
-modules (:data:`_BUILTIN_COMMANDS`, :mod:`certcompress.core_cli`, and
+modules (:data:`_BUILTIN_COMMANDS`, :mod:`certcompress.cli.core`, and
 :data:`_OPTIONAL_COMMANDS`); only the module of the command being run is imported, so
 ``certcompress --help`` imports neither torch nor the library.
 
@@ -38,8 +38,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._version import __version__
-from .errors import CertcompressError, SoundnessError
+from .._version import __version__
+from ..errors import CertcompressError, SoundnessError
 
 __all__ = ["main", "build_parser"]
 
@@ -54,21 +54,21 @@ EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2
 # is imported only when its command runs. Listing the commands (``--help``, an unknown
 # command) uses the one-line helps below and imports nothing, so it starts in well under a
 # second (no torch). A module named in the table that does not exist is skipped.
-_CORE = "certcompress.core_cli"
+_CORE = "certcompress.cli.core"
 _BUILTIN_COMMANDS: dict[str, str] = {"inspect": _CORE, "certify": _CORE, "adapters": _CORE}
 _OPTIONAL_COMMANDS: dict[str, str] = {
-    "demo": "certcompress.demo",
-    "prune": "certcompress.compress.pruning.cli",
-    "certify-plan": "certcompress.compress.pruning.cli",
-    "prune-report": "certcompress.compress.pruning.cli",
-    "export": "certcompress.export.cli",
-    "verify": "certcompress.export.cli",
-    "keygen": "certcompress.export.cli",
-    "quantize": "certcompress.compress.quantization.cli",
-    "meanfield": "certcompress.meanfield.cli",
-    "zoo": "certcompress.scale.cli",
-    "results": "certcompress.scale.cli",
-    "equiv": "certcompress.equivalence.cli",
+    "demo": "certcompress.cli.demo",
+    "prune": "certcompress.cli.prune",
+    "certify-plan": "certcompress.cli.prune",
+    "prune-report": "certcompress.cli.prune",
+    "export": "certcompress.cli.export",
+    "verify": "certcompress.cli.export",
+    "keygen": "certcompress.cli.export",
+    "quantize": "certcompress.cli.quantize",
+    "meanfield": "certcompress.cli.meanfield",
+    "zoo": "certcompress.cli.zoo",
+    "results": "certcompress.cli.zoo",
+    "equiv": "certcompress.cli.equiv",
 }
 _OPTIONAL_DEFAULTS = dict(_OPTIONAL_COMMANDS)  # the table as shipped (tests may replace it)
 _HELP: dict[str, str] = {
@@ -202,6 +202,3 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_BUG
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,6 +3,7 @@
     certcompress prune MODEL --sparsity 0.5 --criterion path-magnitude --out pruned.pt \\
         --certificate cert.json
     certcompress prune MODEL --budget EPS [--criterion ...] [--plan-out plan.json]
+    certcompress prune MODEL --sparsity 0.5 --domain 0:1 [--method bounds ...]
     certcompress certify-plan MODEL plan.json        (JSON or YAML plan; schema in docs)
     certcompress prune-report MODEL --data data.npz [--labels y.npy] --csv r.csv --png r.png
 
@@ -11,6 +12,12 @@
 :class:`~certcompress.errors.CertcompressError` (the main entry point prints them and
 exits 2). Pruned models are written as state dicts (``torch.save(model.state_dict())``),
 never as pickled objects; every output is written atomically.
+
+``prune`` and ``certify-plan`` certify over ``--radius`` or the box ``--domain LO:HI``
+with the tiers of ``--method`` (the shared option groups of
+:mod:`certcompress.cli.options`); with ``--budget`` the search uses the bounds tier too
+when the certificate does (``--domain`` alone, or ``--method bounds``), and the
+certificate then includes the path-metric tier the search used.
 """
 
 from __future__ import annotations
@@ -20,40 +27,50 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..._cli_shared import input_shape, load_plugins
-from ..._io import atomic_files, check_outputs, model_input_files
-from ...bounds.cli import add_arithmetic_argument
-from ...errors import ConfigurationError
-from ...loading import load_model, load_reference_inputs
-from .criteria import CRITERIA
+from .._io import atomic_files, check_outputs, model_input_files
+from ..compress.pruning.apply import prune
+from ..compress.pruning.criteria import CRITERIA
+from ..compress.pruning.plan import PruningPlan
+from ..compress.pruning.report import pruning_report, save_report
+from ..compress.pruning.search import search_sparsity
+from ..compress.pruning.sensitivity import layer_sensitivity
+from ..errors import ConfigurationError
+from ..loading import load_model, load_reference_inputs
+from .domain_options import default_methods
+from .options import (
+    add_domain_group,
+    add_input_shape,
+    add_method_group,
+    add_model,
+    add_plugin,
+    add_radius,
+    add_search,
+    certify_domain,
+    input_shape,
+    load_plugins,
+)
 
 __all__ = ["register", "cmd_prune", "cmd_certify_plan", "cmd_prune_report"]
 
 
 # ------------------------------------------------------------------ shared
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
-                   help="model spec (model.py:make, pkg.mod:make, PREFIX:NAME)")
-    p.add_argument("--weights", metavar="STATE_DICT", help="state dict file to load")
-    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
-                   help="load a plugin by name before anything else (repeatable)")
-    p.add_argument("--input-shape", nargs="+", type=int, metavar="N",
-                   help="input shape, batch first (e.g. 1 3 32 32); default: the plugin's")
-    p.add_argument("--radius", type=float, metavar="R",
-                   help="input domain ||x||_inf <= R as the network receives inputs (after "
-                        "normalization); default: the plugin's")
+def _model_args(p: argparse.ArgumentParser, domain: bool = True) -> None:
+    add_model(p, help="model spec (model.py:make, pkg.mod:make, PREFIX:NAME)")
+    add_plugin(p)
+    add_input_shape(p)
+    if domain:
+        add_domain_group(p)
+    else:
+        add_radius(p)
 
 
 def _cert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reference-data", metavar="FILE",
-                   help="reference inputs (.npz array 'x', .npy or .pt), batch first")
-    p.add_argument("--search-steps", type=int, default=20, metavar="N",
-                   help="PGD steps of the adversarial search (0: skip; default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed (search, random criterion)")
-    add_arithmetic_argument(p)
+    add_search(p)
+    add_method_group(p)
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
@@ -74,9 +91,10 @@ def _outputs(args: argparse.Namespace, *paths: str | None) -> None:
 
 
 def _reference(args: argparse.Namespace, shape: tuple[int, ...]) -> Tensor | None:
-
     if args.search_steps < 0:
         raise ConfigurationError(f"--search-steps must be >= 0, got {args.search_steps}")
+    if getattr(args, "search_restarts", 1) < 1:
+        raise ConfigurationError(f"--search-restarts must be >= 1, got {args.search_restarts}")
     return load_reference_inputs(args.reference_data, shape) if args.reference_data else None
 
 
@@ -94,8 +112,6 @@ def _text_writer(text: str) -> Any:
 
 def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
                        radius: float | None) -> None:
-    from .sensitivity import layer_sensitivity
-
     df = layer_sensitivity(model, plan, shape, radius)
     df = df[df["pruned"] > 0]
     print("\nper-layer sensitivity (certified bound of pruning each layer alone, same units):")
@@ -107,24 +123,26 @@ def _print_sensitivity(model: nn.Module, plan: Any, shape: tuple[int, ...],
 
 # ------------------------------------------------------------------ prune
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .apply import prune
-    from .plan import PruningPlan
-    from .search import search_sparsity
-
     _outputs(args, args.out, args.certificate, args.plan_out)
     model, shape = _load(args)
     reference = _reference(args, shape)
+    tiers = certify_domain(args, model, shape, reference, args.model)
     if args.budget is not None:
-        found = search_sparsity(model, args.budget, args.criterion, shape, args.radius,
-                                scope=args.scope, exclude=args.exclude, seed=args.seed)
+        methods = tiers["methods"] or default_methods(tiers["domain"])
+        certifier = "bounds" if "bounds" in methods else "path-metric"
+        found = search_sparsity(model, args.budget, args.criterion, shape,
+                                tiers["input_radius"], scope=args.scope, exclude=args.exclude,
+                                seed=args.seed, certifier=certifier, domain=tiers["domain"])
         print(found.summary())
         plan = found.plan
+        if tiers["methods"] is not None:  # the certificate holds the tiers the search used
+            tiers["methods"] = tuple(dict.fromkeys(("path-metric", *tiers["methods"])))
     else:
         plan = PruningPlan.by_criterion(model, args.sparsity, args.criterion, scope=args.scope,
                                         exclude=args.exclude, seed=args.seed, input_shape=shape)
-    pruned, cert = prune(model, plan, shape, args.radius, reference_inputs=reference,
-                         search_steps=args.search_steps, seed=args.seed,
-                         arithmetic=args.arithmetic)
+    pruned, cert = prune(model, plan, shape, reference_inputs=reference,
+                         search_steps=args.search_steps, search_restarts=args.search_restarts,
+                         seed=args.seed, **tiers)
     print(f"plan: {plan.describe()}")
     print(cert.summary())
     if args.sensitivity:
@@ -145,9 +163,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ certify-plan
 def cmd_certify_plan(args: argparse.Namespace) -> int:
-    from .apply import prune
-    from .plan import PruningPlan
-
     _outputs(args, args.certificate, args.out)
     plan = PruningPlan.load(args.plan)
     model, shape = _load(args)
@@ -156,9 +171,10 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         raise ConfigurationError(f"plan file '{args.plan}': {exc}") from None
     reference = _reference(args, shape)
-    pruned, cert = prune(model, plan, shape, args.radius, reference_inputs=reference,
-                         search_steps=args.search_steps, seed=args.seed,
-                         arithmetic=args.arithmetic)
+    tiers = certify_domain(args, model, shape, reference, args.model)
+    pruned, cert = prune(model, plan, shape, reference_inputs=reference,
+                         search_steps=args.search_steps, search_restarts=args.search_restarts,
+                         seed=args.seed, **tiers)
     print(f"plan {args.plan}: {plan.describe()}")
     print(cert.summary())
     _print_sensitivity(model, plan, shape, cert.radius)
@@ -177,8 +193,6 @@ def cmd_certify_plan(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ prune-report
 def _labels(path: str, n: int) -> Tensor:
-    import numpy as np
-
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"labels file '{p}' does not exist")
@@ -208,8 +222,6 @@ def _labels(path: str, n: int) -> Tensor:
 
 
 def _npz_labels(path: str) -> str | None:
-    import numpy as np
-
     if not path.lower().endswith(".npz"):
         return None
     try:
@@ -220,8 +232,6 @@ def _npz_labels(path: str) -> str | None:
 
 
 def cmd_prune_report(args: argparse.Namespace) -> int:
-    from .report import pruning_report, save_report
-
     _outputs(args, args.csv, args.png)
     model, shape = _load(args)
     x = _reference(args, shape)
@@ -309,7 +319,7 @@ def register(subparsers: Any) -> None:
                              "(CSV and PNG)",
         description="For each criterion and sparsity: certified bound, baseline, deviation "
                     "measured on --data, gradient-ascent deviation, accuracy (with labels).")
-    _model_args(r)
+    _model_args(r, domain=False)
     r.add_argument("--data", dest="reference_data", required=True, metavar="FILE",
                    help="inputs (.npz with 'x' [and 'y'], .npy or .pt), batch first")
     r.add_argument("--labels", metavar="FILE", help="integer labels (.npy, .npz 'y', .pt)")

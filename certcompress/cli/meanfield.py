@@ -100,9 +100,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._data import load_npz
-    from ._plots import plot_sweep
-    from ._sweep import AGREEMENT_COLUMNS, SweepOptions, spearman_agreement, sweep
+    from ..meanfield._data import load_npz
+    from ..meanfield._plots import plot_sweep
+    from ..meanfield._sweep import AGREEMENT_COLUMNS, SweepOptions, spearman_agreement, sweep
 
     out = Path(args.out)
     check_outputs([], model_input_files(args.data, args.store), directories=[out],
@@ -158,8 +158,8 @@ def run_design(args: argparse.Namespace) -> int:
 def _run_design(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ._plots import plot_design
-    from ._sweep import DESIGN_OPTIONS, RECOMMENDED_ESTIMATE, designed_sweep
+    from ..meanfield._plots import plot_design
+    from ..meanfield._sweep import DESIGN_OPTIONS, RECOMMENDED_ESTIMATE, designed_sweep
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

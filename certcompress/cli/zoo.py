@@ -4,6 +4,7 @@
     certcompress zoo certify manifest.yaml [--executor local|ray|serial] [--store runs.sqlite]
                  [--sweep NAME] [--address auto|ray://HOST:PORT] [--workers N] [--num-cpus N]
                  [--retry-failed] [--out results.csv] [--no-progress]
+                 [--radius R | --domain LO:HI] [--method NAME ...] [--arithmetic float32]
     certcompress results list [--store runs.sqlite]
     certcompress results show SWEEP [--store runs.sqlite] [--columns C ...]
     certcompress results export FILE.csv|FILE.json [--store runs.sqlite] [--sweep NAME]
@@ -12,16 +13,28 @@
 The top-level CLI calls :func:`register` with its sub-parsers (once per command name;
 a second call adds nothing). Handlers return the exit code: 0, or 2 when a task of the
 sweep failed (its error is stored and listed) or for bad input.
+
+``--radius``, ``--domain``, ``--method`` and ``--arithmetic`` (the shared option groups
+of :mod:`certcompress.cli.options`) replace the manifest's domain and tiers in every
+task (``--domain LO:HI``: the box of each model's input shape).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .._io import check_outputs
+from .._io import atomic_path, check_outputs
 from ..errors import ConfigurationError
+from ..scale.manifest import load_manifest
+from ..scale.results import export, list_sweeps, show
+from ..scale.sweep import sweep
+from ..scale.tasks import CertifyTask
+from .domain_options import parse_domain
+from .options import add_domain_group, add_executor, add_method_group, add_output
 
 __all__ = ["register", "register_zoo", "register_results"]
 
@@ -48,28 +61,20 @@ def register_zoo(subparsers: Any) -> None:
                        description="Certify every (model, plan) pair of MANIFEST (see "
                                    "docs/scale-out.md for its format).")
     p.add_argument("manifest", metavar="MANIFEST", help="YAML manifest file")
-    p.add_argument("--executor", choices=["local", "ray", "serial"], default="local",
-                   help="where tasks run (default local: a process pool on this machine)")
+    add_executor(p)
     p.add_argument("--store", default="runs.sqlite", metavar="FILE", help=_STORE_HELP)
     p.add_argument("--sweep", metavar="NAME",
                    help="name the rows are stored under (default: the manifest's 'sweep')")
-    p.add_argument("--address", metavar="ADDR",
-                   help="Ray cluster: 'auto' or ray://HOST:10001 (default: a local instance)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="local executor: worker processes (default: CPU cores)")
-    p.add_argument("--num-cpus", type=int, metavar="N",
-                   help="local Ray instance: CPUs (default: all)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the tasks stored as failed")
-    p.add_argument("--out", metavar="FILE", help="also write the results as .csv or .json")
+    add_domain_group(p, data=False)
+    add_method_group(p, propagation=False)
+    add_output(p, None, "also write the results as .csv or .json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_zoo_certify)
 
 
 def _cmd_zoo_certify(args: argparse.Namespace) -> int:
-    from .manifest import load_manifest
-    from .sweep import sweep
-
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise ConfigurationError(f"--out '{args.out}' must end in .csv or .json")
     check_outputs([args.out, args.store], [args.manifest])
@@ -79,7 +84,8 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
         raise ConfigurationError("--workers is for --executor local")
     manifest = load_manifest(args.manifest)
     name = args.sweep or manifest.sweep
-    df = sweep(manifest.tasks, args.executor, args.store, name, address=args.address,
+    tasks = _with_domain(manifest.tasks, args)
+    df = sweep(tasks, args.executor, args.store, name, address=args.address,
                progress=not args.no_progress, workers=args.workers, num_cpus=args.num_cpus,
                retry_failed=args.retry_failed)
     print(df.attrs["summary"])
@@ -90,8 +96,6 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
     for _, r in failed.iterrows():
         print(f"FAILED {r['label']}: {r['error']}")
     if args.out:
-        from .._io import atomic_path
-
         with atomic_path(args.out) as tmp:
             if args.out.lower().endswith(".csv"):
                 df.to_csv(tmp, index=False)
@@ -103,6 +107,37 @@ def _cmd_zoo_certify(args: argparse.Namespace) -> int:
               f"--store {args.store}")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _with_domain(tasks: Sequence[Any], args: argparse.Namespace) -> list[Any]:
+    """The tasks with ``--radius``/``--domain``/``--method``/``--arithmetic`` applied."""
+    if args.domain is not None and args.radius is not None:
+        raise ConfigurationError("pass either --domain or --radius, not both")
+    if args.domain is not None and args.domain.strip().lower() == "data":
+        raise ConfigurationError("zoo certify --domain takes LO:HI (the box of each model's "
+                                 "input shape); 'data' needs one model's reference data: "
+                                 "use 'certcompress certify --domain data'")
+    changes: dict[str, Any] = {}
+    if args.method:
+        changes["methods"] = tuple(args.method)
+    if args.arithmetic != "exact":
+        changes["arithmetic"] = args.arithmetic
+    if args.radius is not None:
+        changes.update(radius=args.radius, domain=None)
+    if not changes and args.domain is None:
+        return list(tasks)
+    out = []
+    for task in tasks:
+        if not isinstance(task, CertifyTask):
+            raise ConfigurationError(f"--radius, --domain, --method and --arithmetic apply "
+                                     f"to certify tasks; '{task.display}' is a {task.kind} "
+                                     "task")
+        per = dict(changes)
+        if args.domain is not None:
+            per.update(radius=None,
+                       domain=parse_domain(args.domain, task.input_shape).to_dict())
+        out.append(replace(task, **per))
+    return out
 
 
 # ---------------------------------------------------------------------- results
@@ -128,8 +163,6 @@ def register_results(subparsers: Any) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .results import list_sweeps
-
     df = list_sweeps(args.store)
     if df.empty:
         print(f"{args.store}: no sweeps yet")
@@ -139,15 +172,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .results import show
-
     print(show(args.store, args.sweep, columns=args.columns))
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .results import export
-
     check_outputs([args.out], [args.store])
     written = export(args.store, args.out, args.sweep, status=args.status)
     print(f"results written to {written.resolve()}")

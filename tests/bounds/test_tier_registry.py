@@ -1,0 +1,191 @@
+"""The tier registry and the Tier template method, through the example tier of
+docs/adding-a-tier.md: its code is taken from the doc, saved as one module, loaded as a
+plugin, and certified with (so the doc's example runs as written)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import certcompress as cc
+from certcompress.cli.domain_options import add_domain_arguments
+from certcompress.bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
+from certcompress.capture import plugins as plugins_mod
+from certcompress.capture.plugins import Plugin, PluginManager
+from certcompress.certificate import WORST_CASE
+from certcompress.errors import ConfigurationError, NumericalRangeError, PluginError
+from certcompress.scale import CertifyTask, ModelRef
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "adding-a-tier.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.fixture
+def opnorm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginManager:
+    """The doc's tier module saved as certcompress_opnorm.py, importable, and a fresh
+    process-wide plugin manager (restored, with the registry, after the test)."""
+    (tmp_path / "certcompress_opnorm.py").write_text(BLOCKS[0], encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "certcompress_opnorm", raising=False)
+    pm = PluginManager(load_entry_points=False)
+    monkeypatch.setattr(plugins_mod, "_manager", pm)
+    return pm
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)
+                         ).double().eval()
+
+
+def test_the_doc_example_runs_and_the_summary_shows_the_tier(opnorm: PluginManager) -> None:
+    assert "operator-norm" not in tier_registry()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(BLOCKS[1], str(DOC), "exec"), {})  # the doc's usage block, as written
+    text = out.getvalue()
+    assert re.search(r"tier operator-norm\s+\S+\s+\(upper bound", text)
+    assert "('path-metric', 'bounds', 'operator-norm')" in text
+    assert tier_registry().origin("operator-norm") == "operator-norm-tier"
+
+
+def test_the_example_tier_is_sound_and_recorded(opnorm: PluginManager) -> None:
+    cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
+    net = _net(1)
+    comp = _net(1)
+    with torch.no_grad():
+        comp[1].weight.mul_(0.9)
+        comp[3].bias.add_(0.01)
+    dom = cc.InputDomain.box(-0.5, 1.0, shape=(1, 8))
+    x = dom.sample(4000, torch.Generator().manual_seed(0))
+    cert = cc.certify(net, comp, domain=dom, methods=("path-metric", "operator-norm"),
+                      reference_inputs=x, search=cc.SearchOptions(steps=30, restarts=8))
+    t = cert.by_method["operator-norm"]
+    assert t.method == "operator-norm" and t.scope == WORST_CASE and t.seconds >= 0
+    assert t.details["float_slack_rel"] == 2.0 ** -53 and t.details["layers"] == 2
+    # one-sided: above every measured deviation (certify's self-check also raised if not)
+    with torch.no_grad():
+        dev = (net(x) - comp(x)).abs().sum(1).max().item()
+    assert t.bound >= dev and t.bound >= cert.measurements.adversarial_max
+    assert all(p >= (net(x) - comp(x)).abs().max().item() for p in t.per_output)
+    # the l_inf bound is the l1 bound over the 3 outputs
+    assert t.bound == pytest.approx(3 * t.per_output[0], rel=1e-15)
+    assert cert.bound == min(cert.by_method["path-metric"].bound, t.bound)
+    # the same model twice: zero
+    same = cc.certify(net, _net(1), domain=dom, methods="operator-norm", search_steps=0)
+    assert same.by_method["operator-norm"].bound == 0.0
+
+
+def test_registry_errors_and_lookup(opnorm: PluginManager) -> None:
+    reg = tier_registry()
+    with pytest.raises(ConfigurationError, match="unknown certification method 'nope'; "
+                                                 "choose from path-metric, bounds"):
+        reg.get("nope")
+    with pytest.raises(ConfigurationError, match=r"unknown certification method\(s\) \['nope'\]"):
+        cc.certify(_net(), _net(), (1, 8), 1.0, methods=("path-metric", "nope"))
+    with pytest.raises(ConfigurationError, match="already registered"):
+        reg.register(type(reg.get("bounds"))())
+    with pytest.raises(ConfigurationError, match="not a certcompress Tier"):
+        TierRegistry().register(object())  # type: ignore[arg-type]
+    assert reg.defaults(with_domain=False) == ("path-metric",)
+    assert reg.defaults(with_domain=True) == ("path-metric", "bounds")
+    cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
+    assert reg.names() == ("path-metric", "bounds", "operator-norm")
+    # a plugin that is no longer loaded takes its tier with it
+    plugins_mod._manager = PluginManager(load_entry_points=False)
+    assert "operator-norm" not in tier_registry()
+
+
+def test_a_failing_plugin_is_named(opnorm: PluginManager) -> None:
+    class Broken(Plugin):
+        name = "broken-tiers"
+
+        def register_tiers(self, registry: TierRegistry) -> None:
+            raise RuntimeError("boom")
+
+    opnorm.add(Broken, "explicit: test")
+    with pytest.raises(PluginError, match="'broken-tiers'.*register_tiers: RuntimeError: boom"):
+        tier_registry()
+    opnorm.plugins.clear()
+    assert tier_registry().names() == ("path-metric", "bounds")
+
+
+class _Fixed(Tier):
+    name = "fixed"
+    value = 0.0
+
+    def _bound(self, pair: GraphPair, domain: cc.InputDomain, options: Any) -> TierBound:
+        m = pair.original.output_size
+        return TierBound(self.value, (self.value,) * m, exact=False, float_slack_rel=0.0)
+
+
+def test_template_method_checks_inputs_and_result() -> None:
+    net = _net()
+    g = cc.trace(net, (1, 8))
+    pair = GraphPair(g, g)
+    tier = _Fixed()
+    with pytest.raises(ConfigurationError, match="differs from the traced input shape"):
+        tier.bound(pair, cc.InputDomain.box(0, 1, shape=(1, 9)))
+    with pytest.raises(ConfigurationError, match="tier 'fixed' takes no options"):
+        tier.bound(pair, cc.InputDomain.box(0, 1, shape=(1, 8)), options=1)
+    tier.value = math.inf
+    with pytest.raises(NumericalRangeError, match="'fixed' tier's bound overflows float64"):
+        tier.bound(pair, cc.InputDomain.box(0, 1, shape=(1, 8)))
+    tier.value = float("nan")
+    with pytest.raises(NumericalRangeError):
+        tier.bound(pair, cc.InputDomain.box(0, 1, shape=(1, 8)))
+
+
+def test_consumers_take_the_tier_from_the_registry(opnorm: PluginManager,
+                                                   tmp_path: Path) -> None:
+    cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
+    # the CLI option accepts a registered tier and refuses an unknown one
+    p = argparse.ArgumentParser()
+    p.add_argument("--radius", type=float)
+    add_domain_arguments(p)
+    assert p.parse_args(["--method", "operator-norm"]).method == ["operator-norm"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--method", "nope"])
+    # the pruning budget search certifies each step with path-metric and the tier
+    net = _net(2)
+    dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 8))
+    found = cc.search_sparsity(net, 0.5, "magnitude", certifier="operator-norm", domain=dom)
+    pruned, _ = cc.prune(net, found.plan, (1, 8), 1.0, search_steps=0)
+    cert = cc.certify(net, pruned, domain=dom, methods=("path-metric", "operator-norm"),
+                      search_steps=0)
+    assert found.bound == pytest.approx(cert.bound, rel=1e-12) and found.bound <= 0.5
+    with pytest.raises(ConfigurationError, match="certifier must be a worst-case tier"):
+        cc.search_sparsity(net, 0.5, "magnitude", certifier="nope", domain=dom)
+    # a certify task records domain and methods; a bad name is refused when built
+    ref = ModelRef("torch.nn:Identity")
+    task = CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), domain=dom,
+                       methods=["operator-norm"])
+    assert task.methods == ("operator-norm",)
+    assert CertifyTask.from_dict(task.to_dict()) == task
+    plain = CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), radius=1.0)
+    assert "domain" not in plain._identity() and task.key != plain.key
+    with pytest.raises(ConfigurationError, match="unknown certification method"):
+        CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), methods=["nope"])
+    with pytest.raises(ConfigurationError, match="either domain or radius"):
+        CertifyTask(model=ref, compressed=ref, input_shape=(1, 8), radius=1.0, domain=dom)
+
+
+def test_search_options_and_old_keywords() -> None:
+    net = _net()
+    a = cc.certify(net, _net(), (1, 8), 1.0, search=cc.SearchOptions(steps=3, seed=1))
+    b = cc.certify(net, _net(), (1, 8), 1.0, search_steps=3, seed=1)
+    assert a.measurements.adversarial_steps == b.measurements.adversarial_steps == 3
+    with pytest.raises(ConfigurationError, match="either search= or search_steps"):
+        cc.certify(net, _net(), (1, 8), 1.0, search=cc.SearchOptions(), search_steps=3)
+    with pytest.raises(ConfigurationError, match="search steps must be an integer >= 0"):
+        cc.SearchOptions(steps=-1)
