@@ -41,6 +41,8 @@ class RefusalKind(str, enum.Enum):
     INPUT_SHAPE = "input-shape"
     #: the module does not compute what its graph says (hooks, state, overridden forward)
     MODEL = "model"
+    #: traced, but the bounds tier has no lowering for the op kind: a plugin can add one
+    NO_LOWERING = "no-lowering"
 
 
 _ADVICE = {
@@ -60,6 +62,10 @@ _ADVICE = {
         "the module does not compute what its traced graph says (hooks, an overridden "
         "forward, in-place writes, state changed by forward, invalid op arguments); "
         "remove or fix them and trace again (docs/architecture.md, \"Trace check\")"),
+    RefusalKind.NO_LOWERING: (
+        "no bound-propagation lowering (the path-metric tier still applies); add one: a "
+        "function that rewrites the op into primitive nodes, registered in a plugin's "
+        "register_lowerings(registry) hook; see docs/plugins.md"),
 }
 
 

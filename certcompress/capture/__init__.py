@@ -4,6 +4,7 @@ from .adapters.base import Adapter, Converted, MultiOutput, Unsupported
 from .plugins import (
     ENTRY_POINT_GROUP,
     LoadedPlugin,
+    LoweringTable,
     Plugin,
     PluginManager,
     default_registry,
@@ -14,6 +15,6 @@ from .registry import AdapterRegistry, Registration
 from .tracer import ConvertContext, check_eval_mode, trace
 
 __all__ = ["Adapter", "AdapterRegistry", "ConvertContext", "Converted", "ENTRY_POINT_GROUP",
-           "LoadedPlugin", "MultiOutput", "Plugin", "PluginManager", "Registration",
+           "LoadedPlugin", "LoweringTable", "MultiOutput", "Plugin", "PluginManager", "Registration",
            "Unsupported", "check_eval_mode", "default_registry", "load_plugin",
            "plugin_manager", "trace"]

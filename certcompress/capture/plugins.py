@@ -1,5 +1,6 @@
-"""Plugins: extra adapters, model resolvers, input specs and certification tiers, found
-through the ``certcompress.plugins`` entry-point group or named explicitly.
+"""Plugins: extra adapters, bound-propagation lowerings, model resolvers, input specs and
+certification tiers, found through the ``certcompress.plugins`` entry-point group or
+named explicitly.
 
 A plugin is a :class:`Plugin` subclass (or instance). It is loaded only when it is
 installed (its distribution declares the entry point) or when a user names it
@@ -13,8 +14,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -25,10 +27,20 @@ from .registry import AdapterRegistry
 if TYPE_CHECKING:  # the tier registry lives in a higher layer (certcompress.bounds.tiers)
     from ..bounds.tiers import TierRegistry
 
-__all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginManager", "LoadedPlugin", "default_registry",
+__all__ = ["ENTRY_POINT_GROUP", "Plugin", "LoweringTable", "PluginManager", "LoadedPlugin",
+           "default_registry",
            "plugin_manager", "load_plugin", "register_builtin_adapters"]
 
 ENTRY_POINT_GROUP = "certcompress.plugins"
+
+
+class LoweringTable(Protocol):
+    """What ``Plugin.register_lowerings`` receives: the bounds tier's
+    ``certcompress.bounds.propagation.lowering.LoweringRegistry`` (named structurally
+    here, because the capture layer sits below the bounds layer)."""
+
+    def register(self, op_type: type[Any], fn: Callable[..., int], *,
+                 replace: bool = False) -> None: ...
 
 
 class Plugin:
@@ -36,6 +48,10 @@ class Plugin:
 
     Hooks:
       ``register_adapters(registry)``: add adapters for new module types or functions.
+      ``register_lowerings(registry)``: add bound-propagation lowerings for the plugin's
+      own IR op kinds (``registry.register(OpType, fn)``), so that the bounds tier
+      accepts them; called when the bounds tier first lowers a graph after the plugin
+      was loaded (docs/plugins.md).
       ``resolve_model(spec)``: build the model for ``"<prefix>:<rest>"`` when ``prefix``
       is in ``model_prefixes`` (e.g. ``torchvision:resnet18``); return None otherwise.
       ``input_spec(model)``: the input shape and radius for models this plugin knows.
@@ -48,6 +64,9 @@ class Plugin:
 
     def register_adapters(self, registry: AdapterRegistry) -> None:
         """Register adapters with ``registry.register_module/function/method``."""
+
+    def register_lowerings(self, registry: LoweringTable) -> None:
+        """Register lowerings with ``registry.register(op_type, fn)``."""
 
     def resolve_model(self, spec: str) -> nn.Module | None:
         """Build a model from ``spec`` (``prefix:rest``), or None if not this plugin's."""

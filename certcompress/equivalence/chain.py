@@ -39,8 +39,9 @@ from ..bounds.propagation.interval import (
     relu_interval,
     widen,
 )
-from ..bounds.propagation.primitives import PAffine, PairNet, PInput, PLinear, PReLU
+from ..bounds.propagation.primitives import PairNet
 from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
+from ..bounds.propagation.rules import ReLURule, rules_for
 
 __all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "DENSE_LIMIT"]
 
@@ -95,12 +96,6 @@ class ChainPair:
         return z, c
 
 
-def _dense(fn_apply: object, in_shape: tuple[int, ...], n_in: int) -> Tensor:
-    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + in_shape)
-    out = fn_apply(eye)  # type: ignore[operator]
-    return out.reshape(n_in, -1).T.contiguous()
-
-
 def chain_from_pair(pair: PairNet) -> ChainPair | None:
     """The chain form of ``pair``, or None when it is not a chain (branches, max-pooling
     envelopes, several outputs) or a layer's dense matrix would exceed
@@ -109,33 +104,25 @@ def chain_from_pair(pair: PairNet) -> ChainPair | None:
     if len(pair.outputs) != 1 or pair.outputs[0] != len(nodes) - 1:
         return None
     layers: list[Layer] = []
-    for i, node in enumerate(nodes):
-        if isinstance(node, PInput):
+    rules = rules_for(pair)
+    for i, (node, rule) in enumerate(zip(nodes, rules)):
+        if rule.is_input:
             if i != 0:
                 return None
             continue
         if node.inputs != (i - 1,):
             return None
         n_in = nodes[i - 1].numel
-        if isinstance(node, PReLU):
+        if isinstance(rule, ReLURule):
             layers.append(Layer("relu"))
             continue
         if n_in * node.numel > DENSE_LIMIT:
             return None
         with torch.no_grad():
-            if isinstance(node, PAffine):
-                w = _dense(lambda e, n=node: n.apply(e, n.w), node.in_shape, n_in)
-                wc = _dense(lambda e, n=node: n.apply(e, n.wc), node.in_shape, n_in)
-                layers.append(Layer("affine", w, node.bias.reshape(-1).clone(), wc,
-                                    node.bias_c.reshape(-1).clone()))
-            elif isinstance(node, PLinear):
-                if node.envelope is not None:
-                    return None
-                w = _dense(lambda e, n=node: n.apply([e]), node.in_shapes[0], n_in)
-                b = node.const_out().reshape(-1).clone()
-                layers.append(Layer("affine", w, b, w, b))
-            else:
-                return None
+            dense = rule.dense(node, n_in)
+        if dense is None:
+            return None
+        layers.append(Layer("affine", *dense))
     if not layers:
         return None
     return ChainPair(tuple(layers), tuple(pair.input_shape), nodes[0].numel,

@@ -3,7 +3,7 @@ at every ReLU input, then upper bounds of linear forms of the outputs.
 
 Floating point: everything is float64 with round-to-nearest. Every computed bound is a
 sum of products whose terms are bounded by the node's *magnitude* (the same quantities
-propagated on absolute values, ``interval.magnitude_node``). Each interval and each final
+propagated on absolute values, each rule's ``magnitude``). Each interval and each final
 bound is pushed outward by ``eta * magnitude`` with
 ``eta = 2 (N + 2) * float_slack(K, 4 N)`` (``N`` primitive nodes, ``K`` the longest sum),
 which covers the accumulated rounding of sums of at most ``K`` terms over the graph's
@@ -40,18 +40,12 @@ from torch import Tensor
 
 from ...errors import ConfigurationError, NumericalRangeError
 from ..numerics import float_slack
-from .crown import Form, backsubstitute
-from .interval import (
-    Magnitude,
-    PairBounds,
-    input_bounds,
-    magnitude_node,
-    make_consistent,
-    propagate_node,
-    widen,
-)
-from .primitives import PairNet, PInput, PReLU
-from .relax import ReluRelaxation, relax_relu
+from .crown import backsubstitute
+from .form import Form
+from .interval import Magnitude, PairBounds, input_bounds, make_consistent, widen
+from .primitives import PairNet
+from .relax import ReluRelaxation
+from .rules import rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
            "rounding_eta", "ROUNDING_NOTE"]
@@ -238,25 +232,27 @@ def propagate(pair: PairNet, lower: Tensor, upper: Tensor,
     state = PairState(pair, lower, upper, [b0], [m0], {}, rounding_eta(pair), opts,
                       floor=underflow_floor(pair))
     _add_magnitude(state, m0)
+    rules = rules_for(pair)
     pre = set(pair.pre_activations())
     with torch.no_grad():
-        for i, node in enumerate(pair.nodes):
-            if isinstance(node, PInput):
+        for i, (node, rule) in enumerate(zip(pair.nodes, rules)):
+            if rule.is_input:
                 continue
             ins = [state.bounds[j] for j in node.inputs]
-            mag = magnitude_node(node, [state.magnitudes[j] for j in node.inputs])
+            mag = rule.magnitude(node, [state.magnitudes[j] for j in node.inputs])
             # rounded upward in the relative and the absolute sense, so it stays an upper
             # bound of the true magnitude even where a product underflows
             mag = Magnitude(mag.mz * (1 + state.eta) + state.floor,
                             mag.mc * (1 + state.eta) + state.floor)
             state.magnitudes.append(mag)
             _add_magnitude(state, mag)
-            b = make_consistent(widen(propagate_node(node, ins, state.bounds), mag, state.eta,
+            b = make_consistent(widen(rule.interval(node, ins, state.bounds), mag, state.eta,
                                       state.floor), node.source)
             _check_finite(b, mag, node.source)
             state.bounds.append(b)
-            if isinstance(node, PReLU):
-                state.relax[i] = relax_relu(state.bounds[node.inputs[0]])
+            relaxation = rule.relaxation(node, state.bounds)
+            if relaxation is not None:
+                state.relax[i] = relaxation
             if i in pre and opts.intermediate == "crown":
                 state.bounds[i] = _tighten(state, i, b)
     state.stats["seconds"] = time.perf_counter() - t0

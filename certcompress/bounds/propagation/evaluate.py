@@ -1,5 +1,6 @@
 """Concrete evaluation of the lowered pair: the values ``z`` (original) and ``c``
-(compressed) at every primitive node for given inputs. Used to check that the lowering
+(compressed) at every primitive node for given inputs, by each node's rule
+(``rules.Rule.evaluate``). Used to check that the lowering
 is exact (the outputs equal the models' own) and, in tests and diagnostics, that every
 node's value lies within its propagated bounds."""
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .primitives import PAffine, PairNet, PInput, PLinear, PReLU
+from .primitives import PairNet
+from .rules import rules_for
 
 __all__ = ["evaluate_pair", "pair_outputs"]
 
@@ -17,24 +19,12 @@ def evaluate_pair(pair: PairNet, x: Tensor) -> tuple[list[Tensor], list[Tensor]]
     """``(z, c)``: per node, the original's and the compressed network's values for the
     inputs ``x`` (``(P, *input_shape)``), float64."""
     x = x.to(torch.float64)
+    rules = rules_for(pair)
     zs: list[Tensor] = []
     cs: list[Tensor] = []
     with torch.no_grad():
-        for node in pair.nodes:
-            if isinstance(node, PInput):
-                z, c = x, x
-            elif isinstance(node, PAffine):
-                z = node.apply(zs[node.inputs[0]], node.w) + node.bias
-                c = node.apply(cs[node.inputs[0]], node.wc) + node.bias_c
-            elif isinstance(node, PLinear):
-                z = node.apply([zs[j] for j in node.inputs])
-                c = node.apply([cs[j] for j in node.inputs])
-                if node.const is not None:
-                    z, c = z + node.const, c + node.const
-            elif isinstance(node, PReLU):
-                z, c = zs[node.inputs[0]].clamp(min=0), cs[node.inputs[0]].clamp(min=0)
-            else:
-                raise TypeError(f"no evaluation rule for {type(node).__name__}")
+        for node, rule in zip(pair.nodes, rules):
+            z, c = (x, x) if rule.is_input else rule.evaluate(node, zs, cs)
             zs.append(z)
             cs.append(c)
     return zs, cs

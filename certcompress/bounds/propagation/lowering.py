@@ -17,21 +17,27 @@ IR op                  primitives
 ``CatOp``              one ``PLinear``
 =====================  ==========================================================
 
-The table is an explicit dict (:data:`LOWERINGS`) looked up along the op type's MRO; an
-op kind without an entry (from a plugin) is refused with every such node listed.
+The table is a :class:`LoweringRegistry` looked up along the op type's MRO: the built-in
+lowerings above, plus those plugins register in their ``register_lowerings(registry)``
+hook (:func:`default_lowerings`). A graph with op kinds that have no lowering is refused
+with every such node listed. A new lowering is one function (``fn(node, op, inputs,
+builder) -> index``, see :class:`Builder`) and one ``registry.register(OpType, fn)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...errors import UnsupportedModelError, UnsupportedNode
+from ...capture.plugins import PluginManager, plugin_manager
+from ...errors import PluginError, RefusalKind, UnsupportedModelError, UnsupportedNode
 from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
     AffineOp,
@@ -47,11 +53,27 @@ from ...ir.ops import (
 )
 from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PReLU
 
-__all__ = ["lower_pair", "LOWERINGS", "maxpool_window_index"]
+__all__ = ["lower_pair", "LoweringRegistry", "LoweringEntry", "Lowering", "Builder",
+           "default_lowerings", "lowerings_for", "register_builtin_lowerings",
+           "maxpool_window_index"]
 
 
-class _Builder:
-    """Collects primitive nodes; ``add`` returns the new node's index."""
+def _scaled_sum(coeffs: tuple[float, ...]) -> Callable[..., Tensor]:
+    def f(*xs: Tensor) -> Tensor:
+        return functools.reduce(torch.add, (x * c if c != 1.0 else x
+                                            for x, c in zip(xs, coeffs)))
+    return f
+
+
+class Builder:
+    """Collects the primitive nodes a lowering emits; every method returns the new
+    node's index. ``graph``/``other`` are the original and compressed IR graphs
+    (``graph.params[node.name]`` holds a parametric node's weights).
+
+    ``relu(i, source)``: ``max(x_i, 0)``; ``combination(inputs, coeffs, source, const)``:
+    ``sum_k coeffs[k] x_{inputs[k]} + const``; ``linear(inputs, fn, abs_fn, source,
+    const)``: any fixed linear map ``fn`` (``abs_fn`` the same map with absolute
+    weights) plus a constant; ``add(node)``: a primitive node built by hand."""
 
     def __init__(self, graph: Graph, other: Graph) -> None:
         self.graph = graph
@@ -83,12 +105,18 @@ class _Builder:
     def relu(self, i: int, source: str) -> int:
         return self.add(PReLU(inputs=(i,), shape=self.shape(i), source=source))
 
+    def combination(self, inputs: Sequence[int], coeffs: tuple[float, ...], source: str,
+                    const: float = 0.0) -> int:
+        return self.linear(inputs, _scaled_sum(coeffs),
+                           _scaled_sum(tuple(abs(c) for c in coeffs)), source,
+                           const if const != 0.0 else None)
 
-Lowering = Callable[[IRNode, IROp, list[int], _Builder], int]
+
+Lowering = Callable[[IRNode, IROp, list[int], Builder], int]
 
 
 # ----------------------------------------------------------------------- per op kind
-def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, AffineOp)
     p, q = b.graph.params[node.name], b.other.params[node.name]
     in_shape = b.shape(ins[0])
@@ -102,50 +130,37 @@ def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
                          bias=bias_out(p.bias, p.weight), bias_c=bias_out(q.bias, q.weight)))
 
 
-def _lower_relu(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_relu(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     return b.relu(ins[0], node.name)
 
 
-def _scaled_sum(coeffs: tuple[float, ...]) -> Callable[..., Tensor]:
-    def f(*xs: Tensor) -> Tensor:
-        return functools.reduce(torch.add, (x * c if c != 1.0 else x
-                                            for x, c in zip(xs, coeffs)))
-    return f
-
-
-def _combination(b: _Builder, inputs: Sequence[int], coeffs: tuple[float, ...], source: str,
-                 const: float = 0.0) -> int:
-    return b.linear(inputs, _scaled_sum(coeffs), _scaled_sum(tuple(abs(c) for c in coeffs)),
-                    source, const if const != 0.0 else None)
-
-
-def _lower_leaky(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_leaky(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, LeakyReLUOp)
     s = float(op.negative_slope)
     r = b.relu(ins[0], node.name)
-    return _combination(b, [ins[0], r], (s, 1.0 - s), node.name)
+    return b.combination([ins[0], r], (s, 1.0 - s), node.name)
 
 
-def _lower_clamp(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_clamp(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, ClampOp)
     x = ins[0]
     lo, hi = op.lower, op.upper
     if lo is not None and hi is not None:
         if lo > hi:  # torch.clamp returns hi everywhere
             return b.linear([x], lambda t: t * 0.0, lambda t: t * 0.0, node.name, float(hi))
-        ra = b.relu(_combination(b, [x], (1.0,), node.name, -float(lo)), node.name)
-        rb = b.relu(_combination(b, [x], (1.0,), node.name, -float(hi)), node.name)
-        return _combination(b, [ra, rb], (1.0, -1.0), node.name, float(lo))
+        ra = b.relu(b.combination([x], (1.0,), node.name, -float(lo)), node.name)
+        rb = b.relu(b.combination([x], (1.0,), node.name, -float(hi)), node.name)
+        return b.combination([ra, rb], (1.0, -1.0), node.name, float(lo))
     if lo is not None:
-        r = b.relu(_combination(b, [x], (1.0,), node.name, -float(lo)), node.name)
-        return _combination(b, [r], (1.0,), node.name, float(lo))
+        r = b.relu(b.combination([x], (1.0,), node.name, -float(lo)), node.name)
+        return b.combination([r], (1.0,), node.name, float(lo))
     if hi is not None:
-        r = b.relu(_combination(b, [x], (-1.0,), node.name, float(hi)), node.name)
-        return _combination(b, [r], (-1.0,), node.name, float(hi))
-    return _combination(b, [x], (1.0,), node.name)
+        r = b.relu(b.combination([x], (-1.0,), node.name, float(hi)), node.name)
+        return b.combination([r], (-1.0,), node.name, float(hi))
+    return b.combination([x], (1.0,), node.name)
 
 
-def _lower_fixed(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_fixed(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     def fn(*xs: Tensor) -> Tensor:
         return op.forward(list(xs), None)
 
@@ -155,7 +170,7 @@ def _lower_fixed(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
     return b.linear(ins, fn, abs_fn, node.name)
 
 
-def _lower_combination(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_combination(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, LinearCombinationOp)
     linear = replace(op, const=0.0)
 
@@ -244,7 +259,7 @@ def _pair_max(k: int, last: bool) -> Callable[[Tensor, Tensor], Tensor]:
     return f
 
 
-def _lower_maxpool(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+def _lower_maxpool(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, MaxPoolOp)
     in_shape = b.shape(ins[0])
     idx = maxpool_window_index(op, in_shape)
@@ -285,24 +300,141 @@ def _pad_group(t: Tensor, width: int) -> Tensor:
     return torch.cat([t, t[..., :1].expand(t.shape[:-1] + (width - t.shape[-1],))], dim=-1)
 
 
-LOWERINGS: dict[type, Lowering] = {
-    AffineOp: _lower_affine,
-    ReLUOp: _lower_relu,
-    LeakyReLUOp: _lower_leaky,
-    ClampOp: _lower_clamp,
-    MaxPoolOp: _lower_maxpool,
-    FixedLinearOp: _lower_fixed,
-    IndexOp: _lower_fixed,
-    CatOp: _lower_fixed,
-    LinearCombinationOp: _lower_combination,
-}
+@dataclass(frozen=True)
+class LoweringEntry:
+    """One registered lowering: the op type, the function and who registered it."""
+
+    op_type: type[IROp]
+    fn: Lowering
+    source: str
 
 
-def _lowering(op: IROp) -> Lowering | None:
-    for cls in type(op).__mro__:
-        if cls in LOWERINGS:
-            return LOWERINGS[cls]
-    return None
+class LoweringRegistry:
+    """IR op type -> lowering function (looked up along the op type's MRO).
+
+    A lowering is ``fn(node, op, inputs, builder) -> index``: it appends primitive nodes
+    with ``builder.add``/``linear``/``relu`` (``inputs`` are the primitive indices of the
+    IR node's inputs) and returns the index of the node holding the op's output, whose
+    shape must be the IR node's. It must be *exact*: the primitives compute the op's
+    ``forward`` for every input (``lower_pair`` checks the shape;
+    ``evaluate.pair_outputs`` against the models checks the values in the tests).
+    A new lowering is one function and one ``register`` call; a plugin registers its
+    own in its ``register_lowerings(registry)`` hook (docs/plugins.md).
+    """
+
+    def __init__(self) -> None:
+        self._table: dict[type[IROp], LoweringEntry] = {}
+        self._source = "certcompress"
+
+    @contextlib.contextmanager
+    def attributed_to(self, source: str) -> Iterator[None]:
+        """Registrations inside the block are recorded as coming from ``source``."""
+        old, self._source = self._source, source
+        try:
+            yield
+        finally:
+            self._source = old
+
+    def register(self, op_type: type[IROp], fn: Lowering, *, replace: bool = False) -> None:
+        """Lower every node whose op is an ``op_type`` (or a subclass without a lowering
+        of its own) with ``fn``. Registering a type another source already lowers is
+        refused unless ``replace=True``."""
+        src = self._source
+        if not (isinstance(op_type, type) and issubclass(op_type, IROp)) or op_type is IROp:
+            raise PluginError(f"{src}: cannot register a lowering for {op_type!r}: not an "
+                              "IROp subclass (certcompress.ir.ops.IROp)")
+        if not callable(fn):
+            raise PluginError(f"{src}: the lowering for {op_type.__name__} is not callable "
+                              f"({fn!r})")
+        old = self._table.get(op_type)
+        if old is not None and not replace and old.source != src:
+            raise PluginError(f"{src}: {op_type.__name__} already has a lowering from "
+                              f"{old.source}; pass replace=True to override it")
+        self._table[op_type] = LoweringEntry(op_type, fn, src)
+
+    def lookup(self, op: IROp | type[IROp]) -> Lowering | None:
+        """The lowering of ``op`` (an op or an op type), or None."""
+        entry = self.entry(op)
+        return None if entry is None else entry.fn
+
+    def entry(self, op: IROp | type[IROp]) -> LoweringEntry | None:
+        cls = op if isinstance(op, type) else type(op)
+        for klass in cls.__mro__:
+            entry = self._table.get(klass)
+            if entry is not None:
+                return entry
+        return None
+
+    def __contains__(self, op: object) -> bool:
+        return isinstance(op, (IROp, type)) and self.entry(op) is not None  # type: ignore[arg-type]
+
+    def entries(self) -> list[LoweringEntry]:
+        return list(self._table.values())
+
+    def copy(self) -> LoweringRegistry:
+        new = LoweringRegistry()
+        new._table = dict(self._table)
+        return new
+
+    def check(self, graph: Graph) -> None:
+        """Refuse ``graph`` when some op kind has no lowering, every such node listed."""
+        missing = [UnsupportedNode(n.name, type(n.op).__name__, n.source,
+                                   f"no bound-propagation lowering for {type(n.op).__name__}",
+                                   kind=RefusalKind.NO_LOWERING, group=type(n.op).__name__)
+                   for n in graph.nodes[1:] if n.op is not None and n.op not in self]
+        if missing:
+            kinds = sorted({o.op for o in missing})
+            raise UnsupportedModelError(
+                f"the bound-propagation tier has no lowering for {', '.join(kinds)} (the "
+                "path-metric tier still applies); register one with "
+                "LoweringRegistry.register(op_type, fn), from a plugin's "
+                "register_lowerings(registry) hook", missing)
+
+
+def register_builtin_lowerings(registry: LoweringRegistry) -> None:
+    """The lowerings of the core's op kinds (the table in the module docstring)."""
+    for op_type, fn in ((AffineOp, _lower_affine), (ReLUOp, _lower_relu),
+                        (LeakyReLUOp, _lower_leaky), (ClampOp, _lower_clamp),
+                        (MaxPoolOp, _lower_maxpool), (FixedLinearOp, _lower_fixed),
+                        (IndexOp, _lower_fixed), (CatOp, _lower_fixed),
+                        (LinearCombinationOp, _lower_combination)):
+        registry.register(op_type, fn)
+
+
+_BUILTIN = LoweringRegistry()
+register_builtin_lowerings(_BUILTIN)
+
+
+def lowerings_for(manager: PluginManager) -> LoweringRegistry:
+    """The built-in lowerings plus those of every plugin loaded in ``manager`` (each
+    plugin's ``register_lowerings`` hook, its registrations attributed to it)."""
+    registry = _BUILTIN.copy()
+    for lp in manager.plugins:
+        try:
+            with registry.attributed_to(lp.plugin.name):
+                lp.plugin.register_lowerings(registry)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin '{lp.plugin.name}' ({lp.source}) failed in "
+                              f"register_lowerings: {type(exc).__name__}: {exc}") from exc
+    return registry
+
+
+_lock = threading.Lock()
+_cache: tuple[int, int, LoweringRegistry] | None = None
+
+
+def default_lowerings() -> LoweringRegistry:
+    """:func:`lowerings_for` the process-wide plugin manager (rebuilt when a plugin is
+    loaded or the manager replaced)."""
+    global _cache
+    manager = plugin_manager()
+    key = (id(manager), len(manager.plugins))
+    with _lock:
+        if _cache is None or _cache[:2] != key:
+            _cache = (*key, lowerings_for(manager))
+        return _cache[2]
 
 
 def _relus_before_maxpool(graph: Graph) -> set[str]:
@@ -322,19 +454,15 @@ def _relus_before_maxpool(graph: Graph) -> set[str]:
     return out
 
 
-def lower_pair(graph: Graph, other: Graph) -> PairNet:
+def lower_pair(graph: Graph, other: Graph,
+               lowerings: LoweringRegistry | None = None) -> PairNet:
     """The primitive pair network of ``graph`` (original) and ``other`` (compressed);
-    the two must have the same structure."""
+    the two must have the same structure. ``lowerings``: default
+    :func:`default_lowerings` (built-ins plus the loaded plugins')."""
     graph.check_same_structure(other)
-    missing = [UnsupportedNode(n.name, type(n.op).__name__, n.source,
-                               "no bound-propagation lowering for this op kind")
-               for n in graph.nodes[1:] if n.op is not None and _lowering(n.op) is None]
-    if missing:
-        raise UnsupportedModelError(
-            "the bound-propagation tier has no rule for some op kinds (the path-metric tier "
-            "still applies); add one to certcompress.bounds.propagation.lowering.LOWERINGS",
-            missing)
-    b = _Builder(graph, other)
+    table = default_lowerings() if lowerings is None else lowerings
+    table.check(graph)
+    b = Builder(graph, other)
     where: dict[str, int] = {graph.input.name: b.add(PInput(
         inputs=(), shape=tuple(graph.input_shape), source=graph.input.name))}
     deferred = _relus_before_maxpool(graph)
@@ -345,16 +473,20 @@ def lower_pair(graph: Graph, other: Graph) -> PairNet:
             if n.name in deferred:  # ReLU then max-pool = max-pool then ReLU
                 where[n.name] = ins[0]
                 continue
-            if isinstance(n.op, MaxPoolOp) and n.inputs[0] in deferred:
-                pooled = _lower_maxpool(n, n.op, ins, b)
-                where[n.name] = b.relu(pooled, n.name)
-                continue
-            lowering = _lowering(n.op)
-            assert lowering is not None
-            out = lowering(n, n.op, ins, b)
+            entry = table.entry(n.op)
+            assert entry is not None
+            start = len(b.nodes)
+            out = entry.fn(n, n.op, ins, b)
+            what = f"the lowering of node '{n.name}' ({n.op.describe()}, from {entry.source})"
+            if not isinstance(out, int) or isinstance(out, bool) or \
+                    not (start <= out < len(b.nodes) or out in ins):
+                raise RuntimeError(f"{what} returned {out!r}, not the index of a primitive "
+                                   "node it added (or of one of its inputs)")
             if b.shape(out) != tuple(n.shape):
-                raise RuntimeError(f"lowering of node '{n.name}' ({n.op.describe()}) gave shape "
-                                   f"{b.shape(out)}, the graph says {tuple(n.shape)}")
+                raise RuntimeError(f"{what} gave shape {b.shape(out)}, the graph says "
+                                   f"{tuple(n.shape)}")
+            if isinstance(n.op, MaxPoolOp) and n.inputs[0] in deferred:
+                out = b.relu(out, n.name)
             where[n.name] = out
     return PairNet(nodes=tuple(b.nodes), outputs=tuple(where[o] for o in graph.outputs),
                    input_shape=tuple(graph.input_shape), model_name=graph.model_name)

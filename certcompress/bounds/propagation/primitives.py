@@ -14,7 +14,8 @@ acting on the *per-problem* tensor shape (the traced input shape, batch included
     ``max(., 0)`` element-wise.
 
 Every piecewise-linear IR op is rewritten exactly into these (``lowering.py``), so bound
-propagation needs rules for three node kinds only.
+propagation needs rules for three node kinds only (``rules.py``: one rule class per
+kind, owning its interval, magnitude, relaxation, evaluation and backward rules).
 
 Tensors handed to a node carry one leading dimension: *problems* (one input box per
 problem: one for a global certificate, one per point for local ones) in the forward
@@ -75,6 +76,12 @@ class PNode:
     def numel(self) -> int:
         return numel(self.shape)
 
+    @property
+    def relaxed_inputs(self) -> tuple[int, ...]:
+        """Earlier nodes whose bounds this node's relaxation or envelope reads (their
+        bounds are tightened by back-substitution): none for an exact node."""
+        return ()
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class PInput(PNode):
@@ -84,6 +91,10 @@ class PInput(PNode):
 @dataclass(frozen=True, eq=False, kw_only=True)
 class PReLU(PNode):
     """``max(x, 0)`` element-wise."""
+
+    @property
+    def relaxed_inputs(self) -> tuple[int, ...]:
+        return (self.inputs[0],)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -154,6 +165,10 @@ class PLinear(PNode):
     def __post_init__(self) -> None:
         object.__setattr__(self, "transpose", linear_transpose(self.fn, self.in_shapes))
 
+    @property
+    def relaxed_inputs(self) -> tuple[int, ...]:
+        return () if self.envelope is None else (self.envelope[0],)
+
     def apply(self, xs: Sequence[Tensor]) -> Tensor:
         return vmap(self.fn)(*xs)
 
@@ -188,7 +203,4 @@ class PairNet:
     def pre_activations(self) -> list[int]:
         """Nodes whose bounds a relaxation needs (the inputs of ReLU nodes and the nodes
         max-pooling envelopes read), in order."""
-        out = {n.inputs[0] for n in self.nodes if isinstance(n, PReLU)}
-        out |= {n.envelope[0] for n in self.nodes
-                if isinstance(n, PLinear) and n.envelope is not None}
-        return sorted(out)
+        return sorted({j for n in self.nodes for j in n.relaxed_inputs})

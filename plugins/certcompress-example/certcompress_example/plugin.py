@@ -1,4 +1,4 @@
-"""Step 3 of the tutorial: the plugin, which registers the adapter.
+"""Step 4 of the tutorial: the plugin, which registers the adapter and the lowering.
 
 A plugin is a subclass of :class:`certcompress.capture.Plugin` with a unique ``name``.
 Every hook is optional:
@@ -10,6 +10,10 @@ Every hook is optional:
     overloads, ``registry.register_method("name", adapter)`` for ``tensor.name(...)``.
     Registering a key another source already owns is refused unless
     ``replace=True``; each registration records this plugin as its source.
+``register_lowerings(registry)``
+    Add bound-propagation lowerings for the plugin's own op kinds:
+    ``registry.register(OpType, fn)`` (step 3, lowering.py). Without one, the bounds
+    tier (run by ``certify(..., domain=...)`` and by default) refuses models using the op.
 ``resolve_model(spec)``
     Build models named ``"<prefix>:..."`` for each prefix in ``model_prefixes``
     (see certcompress-torchvision). This plugin names no models.
@@ -22,18 +26,23 @@ user names it: ``certcompress.load_plugin("certcompress_example:ExamplePlugin")`
 
 from __future__ import annotations
 
-from certcompress.capture import AdapterRegistry, Plugin
+from certcompress.capture import AdapterRegistry, LoweringTable, Plugin
 
 from .adapter import ScaledReLUAdapter
+from .lowering import lower_scaled_relu
 from .module import ScaledReLU
+from .op import ScaledReLUOp
 
 __all__ = ["ExamplePlugin"]
 
 
 class ExamplePlugin(Plugin):
-    """Adds the adapter for :class:`ScaledReLU`."""
+    """Adds the adapter for :class:`ScaledReLU` and the lowering of its op."""
 
     name = "certcompress-example"
 
     def register_adapters(self, registry: AdapterRegistry) -> None:
         registry.register_module(ScaledReLU, ScaledReLUAdapter())
+
+    def register_lowerings(self, registry: LoweringTable) -> None:
+        registry.register(ScaledReLUOp, lower_scaled_relu)
