@@ -78,7 +78,7 @@ def path_metric_tier(graph: Graph, other: Graph, radius: float,
     """``max(radius, 1) * path-metric`` (with ``radius = max ||x||_inf`` over the domain)."""
     t0 = time.perf_counter()
     if pm is None:
-        pm = graph_path_metric(graph, other)
+        pm = graph_path_metric(graph, other, radius)
     factor = max(float(radius), 1.0)
     result = MethodBound(
         method="path-metric", bound=factor * pm.value,

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .interval import PairBounds
-from .primitives import PAffine, PairNet, PInput, PLinear, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PPerturb, PReLU
 from .relax import ReluRelaxation, relu_backward
 
 __all__ = ["Form", "backsubstitute", "SplitParams"]
@@ -141,6 +141,20 @@ def backsubstitute(pair: PairNet, start: Mapping[int, Form],
         if isinstance(node, PAffine):
             out = _take(pending, node.inputs[0], form.const)
             _affine_step(node, form, out)
+            continue
+        if isinstance(node, PPerturb):
+            # z_out = z + e_z, d_out = d + e_z - e_c: the form passes through and gains
+            # max over e of (lz + ld) e_z - ld e_c = |lz + ld| delta_z + |ld| delta_c
+            lz, ld = form.coef.get("z"), form.coef.get("d")
+            const = form.const
+            lzd = lz if ld is None else (ld if lz is None else lz + ld)
+            if lzd is not None:
+                const = const + _dot(lzd.abs(), node.delta_z.expand(node.shape))
+            if ld is not None:
+                const = const + _dot(ld.abs(), node.delta_c.expand(node.shape))
+            out = _take(pending, node.inputs[0], const)
+            out.add("z", lz)
+            out.add("d", ld)
             continue
         if isinstance(node, PLinear):
             outs = [_take(pending, j, None) for j in node.inputs]

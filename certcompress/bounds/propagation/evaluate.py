@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .primitives import PAffine, PairNet, PInput, PLinear, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PPerturb, PReLU
 
 __all__ = ["evaluate_pair", "pair_outputs"]
 
@@ -33,6 +33,8 @@ def evaluate_pair(pair: PairNet, x: Tensor) -> tuple[list[Tensor], list[Tensor]]
                     z, c = z + node.const, c + node.const
             elif isinstance(node, PReLU):
                 z, c = zs[node.inputs[0]].clamp(min=0), cs[node.inputs[0]].clamp(min=0)
+            elif isinstance(node, PPerturb):  # e = 0: one of the values it allows
+                z, c = zs[node.inputs[0]], cs[node.inputs[0]]
             else:
                 raise TypeError(f"no evaluation rule for {type(node).__name__}")
             zs.append(z)

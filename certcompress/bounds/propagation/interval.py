@@ -9,6 +9,8 @@ Rules, one per primitive kind:
   exact forms ``W z - W' c + (b - b') = W' d + (W - W') z + db = W d + (W - W') c + db``,
   intersected (the ReluDiff idea: ``d`` is propagated, not recomputed from ``z`` and ``c``);
 * fixed linear map ``L``: ``L m + const`` and ``|L| r``; ``d`` without the constant;
+* perturbation ``|e_z| <= delta_z``, ``|e_c| <= delta_c``: ``z`` and ``c`` widened by
+  their delta, ``d`` by the sum;
 * ReLU: monotone on ``z`` and ``c``; ``d' = ReLU(z) - ReLU(c)`` lies between
   ``min(d, 0)`` and ``max(d, 0)`` and in ``[ReLU(l_z) - ReLU(u_c), ReLU(u_z) - ReLU(l_c)]``,
   and equals ``d`` where both are active.
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ...errors import SoundnessError
-from .primitives import PAffine, PInput, PLinear, PNode, PReLU
+from .primitives import PAffine, PInput, PLinear, PNode, PPerturb, PReLU
 
 __all__ = ["PairBounds", "Magnitude", "input_bounds", "propagate_node", "magnitude_node",
            "relu_interval",
@@ -146,6 +148,10 @@ def propagate_node(node: PNode, inputs: Sequence[PairBounds],
         return out
     if isinstance(node, PReLU):
         return relu_interval(inputs[0])
+    if isinstance(node, PPerturb):
+        b, ez, ec = inputs[0], node.delta_z, node.delta_c
+        return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - (ez + ec),
+                          b.du + (ez + ec))
     raise TypeError(f"no interval rule for {type(node).__name__}")
 
 
@@ -160,6 +166,8 @@ def magnitude_node(node: PNode, inputs: Sequence[Magnitude]) -> Magnitude:
                          node.apply_abs([m.mc for m in inputs]) + c)
     if isinstance(node, PReLU):
         return inputs[0]
+    if isinstance(node, PPerturb):
+        return Magnitude(inputs[0].mz + node.delta_z, inputs[0].mc + node.delta_c)
     if isinstance(node, PInput):
         raise TypeError("the input's magnitude comes from its box")
     raise TypeError(f"no magnitude rule for {type(node).__name__}")

@@ -15,6 +15,10 @@ IR op                  primitives
 ``IndexOp``            one ``PLinear`` (reshapes, slices, padding copies)
 ``LinearCombinationOp``  one ``PLinear`` with its constant
 ``CatOp``              one ``PLinear``
+``ActQuantOp``         clipping exactly (``lo + ReLU(z - lo) - ReLU(lo - z)`` in a
+                       network that does not quantize, ``lo + ReLU(z - lo) -
+                       ReLU(z - hi)`` in one that does: a ``PAffine`` selects), then a
+                       ``PPerturb`` of ``|e| <= scale / 2 + slack`` (the rounding)
 =====================  ==========================================================
 
 The table is an explicit dict (:data:`LOWERINGS`) looked up along the op type's MRO; an
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,9 @@ from torch import Tensor
 from ...errors import UnsupportedModelError, UnsupportedNode
 from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
+    ActQuantOp,
     AffineOp,
+    AffineParams,
     CatOp,
     ClampOp,
     FixedLinearOp,
@@ -45,7 +51,7 @@ from ...ir.ops import (
     MaxPoolOp,
     ReLUOp,
 )
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU
 
 __all__ = ["lower_pair", "LOWERINGS", "maxpool_window_index"]
 
@@ -285,7 +291,74 @@ def _pad_group(t: Tensor, width: int) -> Tensor:
     return torch.cat([t, t[..., :1].expand(t.shape[:-1] + (width - t.shape[-1],))], dim=-1)
 
 
+# ------------------------------------------------------------ activation quantization
+@dataclass(frozen=True)
+class _SelectOp(AffineOp):
+    """``w[0] x[0] + w[1] x[1]`` over a stacked pair ``x`` (bilinear in ``w`` and ``x``):
+    lets the two networks of a pair take different branches (lowering only)."""
+
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        w = weight.reshape((2,) + (1,) * (x.dim() - 1))
+        y = (x * w).sum(0)
+        return y if bias is None else y + bias
+
+    def out_channels(self, params: AffineParams) -> int:  # pragma: no cover - unused
+        return 1
+
+    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:  # pragma: no cover
+        return weight * a
+
+    def describe(self) -> str:
+        return "Select"
+
+
+def _lower_actquant(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
+    """Original and compressed quantizer of one node (docs/quantization.md, "Activation
+    quantization"): exact clipping in each network that quantizes, then the rounding as a
+    bounded perturbation. Supported: neither, one, or both with the same grid."""
+    qa, qc = b.graph.node(node.name).op, b.other.node(node.name).op
+    assert isinstance(qa, ActQuantOp) and isinstance(qc, ActQuantOp)
+    x = ins[0]
+    shape = b.shape(x)
+    if not qa.enabled and not qc.enabled:
+        return b.linear([x], lambda t: t, lambda t: t, node.name)
+    both = qa.enabled and qc.enabled
+    if both and (qa.lower, qa.upper) != (qc.lower, qc.upper):
+        raise UnsupportedModelError(
+            f"node '{node.name}': both networks quantize this activation, with different "
+            f"ranges ({qa.lower:.6g}..{qa.upper:.6g} and {qc.lower:.6g}..{qc.upper:.6g}); "
+            "the bounds tier supports one quantizing network, or the same range in both",
+            [UnsupportedNode(node.name, "ActQuantOp", node.source, "different ranges")])
+    q = qc if qc.enabled else qa
+    lo, hi = float(q.lower), float(q.upper)
+    if not lo < hi:
+        raise UnsupportedModelError(
+            f"node '{node.name}': activation range [{lo}, {hi}] is empty",
+            [UnsupportedNode(node.name, "ActQuantOp", node.source, "empty range")])
+    r_lo = b.relu(_combination(b, [x], (1.0,), node.name, -lo), node.name)
+    r_hi = b.relu(_combination(b, [x], (1.0,), node.name, -hi), node.name)
+    if both:
+        clipped = _combination(b, [r_lo, r_hi], (1.0, -1.0), node.name, lo)
+    else:
+        # the network that does not quantize: z = lo + ReLU(z - lo) - ReLU(lo - z)
+        r_neg = b.relu(_combination(b, [x], (-1.0,), node.name, lo), node.name)
+        stacked = b.linear([r_neg, r_hi], lambda u, v: torch.stack([u, v]),
+                           lambda u, v: torch.stack([u, v]), node.name)
+        keep = torch.tensor([-1.0, 0.0], dtype=torch.float64)
+        clip = torch.tensor([0.0, -1.0], dtype=torch.float64)
+        zeros = torch.zeros(shape, dtype=torch.float64)
+        sel = b.add(PAffine(inputs=(stacked,), shape=shape, source=node.name, op=_SelectOp(),
+                            in_shape=b.shape(stacked), w=clip if qa.enabled else keep,
+                            wc=clip if qc.enabled else keep, bias=zeros, bias_c=zeros))
+        clipped = _combination(b, [r_lo, sel], (1.0, 1.0), node.name, lo)
+    full = torch.ones(shape, dtype=torch.float64)
+    return b.add(PPerturb(inputs=(clipped,), shape=shape, source=node.name,
+                          delta_z=full * (qa.delta if qa.enabled else 0.0),
+                          delta_c=full * (qc.delta if qc.enabled else 0.0)))
+
+
 LOWERINGS: dict[type, Lowering] = {
+    ActQuantOp: _lower_actquant,
     AffineOp: _lower_affine,
     ReLUOp: _lower_relu,
     LeakyReLUOp: _lower_leaky,

@@ -1,0 +1,57 @@
+"""The activation quantizer module: a per-tensor fake quantization that the tracer
+captures as :class:`~certcompress.ir.ops.ActQuantOp` and ``torch.onnx.export`` writes as a
+``QuantizeLinear`` / ``DequantizeLinear`` pair (the layout onnxruntime fuses into int8
+kernels)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ir.ops import ActQuantOp
+
+__all__ = ["ActivationQuantizer"]
+
+
+class ActivationQuantizer(nn.Module):
+    """``Q(x) = (clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``.
+
+    ``enabled=False`` makes it the identity (the original model of a certified pair has
+    the same nodes, disabled). ``slack`` (>= 0) is added to the rounding bound
+    ``scale / 2`` the certificate uses (floating-point evaluation of the rounding,
+    requantization by an int8 kernel). Works in any float dtype; in an ONNX export it is
+    ``torch.fake_quantize_per_tensor_affine`` (a QDQ pair, uint8 when ``qmin >= 0``).
+    """
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int, *,
+                 enabled: bool = True, slack: float = 0.0) -> None:
+        super().__init__()
+        self.eval()
+        self.op = ActQuantOp(float(scale), int(zero_point), int(qmin), int(qmax),
+                             bool(enabled), float(slack))
+
+    @property
+    def scale(self) -> float:
+        return self.op.scale
+
+    @property
+    def zero_point(self) -> int:
+        return self.op.zero_point
+
+    @property
+    def enabled(self) -> bool:
+        return self.op.enabled
+
+    def forward(self, x: Tensor) -> Tensor:
+        op = self.op
+        if not op.enabled:
+            return x
+        if torch.onnx.is_in_onnx_export():
+            return torch.fake_quantize_per_tensor_affine(x, op.scale, op.zero_point, op.qmin,
+                                                         op.qmax)
+        return op.forward([x], None)
+
+    def extra_repr(self) -> str:
+        op = self.op
+        return (f"scale={op.scale:.6g}, zero_point={op.zero_point}, range=[{op.qmin}, "
+                f"{op.qmax}], enabled={op.enabled}")
