@@ -6,6 +6,7 @@ kernels)."""
 from __future__ import annotations
 
 import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
 from torch import Tensor, nn
 
 from ..ir.ops import ActQuantOp
@@ -46,9 +47,13 @@ class ActivationQuantizer(nn.Module):
         op = self.op
         if not op.enabled:
             return x
-        if torch.onnx.is_in_onnx_export():
-            return torch.fake_quantize_per_tensor_affine(x, op.scale, op.zero_point, op.qmin,
-                                                         op.qmax)
+        if x.dtype == torch.float32:  # exported as QuantizeLinear -> DequantizeLinear
+            qd = torch.ops.quantized_decomposed
+            dtype = torch.uint8 if op.qmin >= 0 else torch.int8
+            q = qd.quantize_per_tensor.default(x, op.scale, op.zero_point, op.qmin, op.qmax,
+                                               dtype)
+            return qd.dequantize_per_tensor.default(q, op.scale, op.zero_point, op.qmin,
+                                                    op.qmax, dtype)
         return op.forward([x], None)
 
     def extra_repr(self) -> str:

@@ -294,11 +294,13 @@ def _pad_group(t: Tensor, width: int) -> Tensor:
 # ------------------------------------------------------------ activation quantization
 @dataclass(frozen=True)
 class _SelectOp(AffineOp):
-    """``w[0] x[0] + w[1] x[1]`` over a stacked pair ``x`` (bilinear in ``w`` and ``x``):
+    """``sum_i w[i] x[i]`` over ``k`` stacked tensors ``x`` (bilinear in ``w`` and ``x``):
     lets the two networks of a pair take different branches (lowering only)."""
 
+    k: int = 2
+
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        w = weight.reshape((2,) + (1,) * (x.dim() - 1))
+        w = weight.reshape((self.k,) + (1,) * (x.dim() - 1))
         y = (x * w).sum(0)
         return y if bias is None else y + bias
 
@@ -310,6 +312,38 @@ class _SelectOp(AffineOp):
 
     def describe(self) -> str:
         return "Select"
+
+
+def _select(b: _Builder, ins: list[int], source: str, shape: tuple[int, ...],
+            keep: list[float], clip: list[float], clip_a: bool, clip_c: bool) -> int:
+    """``sum_i w_i ins[i]`` with ``w = clip`` in a network that clips, ``keep`` in one
+    that does not (a ``PAffine``: the two networks' weights differ)."""
+    k = len(ins)
+    stacked = b.linear(ins, lambda *us: torch.stack(list(us)),
+                       lambda *us: torch.stack(list(us)), source)
+    wk = torch.tensor(keep, dtype=torch.float64)
+    wc = torch.tensor(clip, dtype=torch.float64)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    return b.add(PAffine(inputs=(stacked,), shape=shape, source=source, op=_SelectOp(k),
+                         in_shape=b.shape(stacked), w=wc if clip_a else wk,
+                         wc=wc if clip_c else wk, bias=zeros, bias_c=zeros))
+
+
+def _nonnegative(graph: Graph, name: str) -> bool:
+    """Whether node ``name`` is >= 0 for every input, by structure (a ReLU, or a
+    max-pooling, copy, non-negative average or lower-bounded quantizer of one)."""
+    for _ in range(64):
+        op = graph.node(name).op
+        if isinstance(op, ReLUOp):
+            return True
+        if isinstance(op, ClampOp) and op.lower is not None:
+            return op.lower >= 0.0
+        if isinstance(op, ActQuantOp) and op.enabled:
+            return op.lower >= 0.0
+        if not isinstance(op, (MaxPoolOp, IndexOp, FixedLinearOp, ActQuantOp)):
+            return False
+        name = graph.node(name).inputs[0]
+    return False
 
 
 def _lower_actquant(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
@@ -335,22 +369,26 @@ def _lower_actquant(node: IRNode, op: IROp, ins: list[int], b: _Builder) -> int:
         raise UnsupportedModelError(
             f"node '{node.name}': activation range [{lo}, {hi}] is empty",
             [UnsupportedNode(node.name, "ActQuantOp", node.source, "empty range")])
-    r_lo = b.relu(_combination(b, [x], (1.0,), node.name, -lo), node.name)
     r_hi = b.relu(_combination(b, [x], (1.0,), node.name, -hi), node.name)
-    if both:
-        clipped = _combination(b, [r_lo, r_hi], (1.0, -1.0), node.name, lo)
+    if lo <= 0.0 and _nonnegative(b.graph, node.inputs[0]) and \
+            _nonnegative(b.other, node.inputs[0]):
+        # x >= 0 >= lo in both networks: clipping below never happens (exactly), so
+        # clamp(x) = x - ReLU(x - hi) and no ReLU at lo is needed
+        if both:
+            clipped = _combination(b, [x, r_hi], (1.0, -1.0), node.name)
+        else:
+            sel = _select(b, [r_hi], node.name, shape, [0.0], [-1.0], qa.enabled, qc.enabled)
+            clipped = _combination(b, [x, sel], (1.0, 1.0), node.name)
     else:
-        # the network that does not quantize: z = lo + ReLU(z - lo) - ReLU(lo - z)
-        r_neg = b.relu(_combination(b, [x], (-1.0,), node.name, lo), node.name)
-        stacked = b.linear([r_neg, r_hi], lambda u, v: torch.stack([u, v]),
-                           lambda u, v: torch.stack([u, v]), node.name)
-        keep = torch.tensor([-1.0, 0.0], dtype=torch.float64)
-        clip = torch.tensor([0.0, -1.0], dtype=torch.float64)
-        zeros = torch.zeros(shape, dtype=torch.float64)
-        sel = b.add(PAffine(inputs=(stacked,), shape=shape, source=node.name, op=_SelectOp(),
-                            in_shape=b.shape(stacked), w=clip if qa.enabled else keep,
-                            wc=clip if qc.enabled else keep, bias=zeros, bias_c=zeros))
-        clipped = _combination(b, [r_lo, sel], (1.0, 1.0), node.name, lo)
+        r_lo = b.relu(_combination(b, [x], (1.0,), node.name, -lo), node.name)
+        if both:
+            clipped = _combination(b, [r_lo, r_hi], (1.0, -1.0), node.name, lo)
+        else:
+            # the network that does not quantize: z = lo + ReLU(z - lo) - ReLU(lo - z)
+            r_neg = b.relu(_combination(b, [x], (-1.0,), node.name, lo), node.name)
+            sel = _select(b, [r_neg, r_hi], node.name, shape, [-1.0, 0.0], [0.0, -1.0],
+                          qa.enabled, qc.enabled)
+            clipped = _combination(b, [r_lo, sel], (1.0, 1.0), node.name, lo)
     full = torch.ones(shape, dtype=torch.float64)
     return b.add(PPerturb(inputs=(clipped,), shape=shape, source=node.name,
                           delta_z=full * (qa.delta if qa.enabled else 0.0),
