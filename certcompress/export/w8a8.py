@@ -83,7 +83,7 @@ def _bias_slack(comp: nn.Module, grid: Any) -> None:
     before a 1-Lipschitz ReLU and clamp moves the quantizer's output by at most as much."""
     from torch import fx
 
-    from ..compress.quantization.activations import quantizers_of
+    from ..compress.quantization.activations import is_relu, quantizers_of
 
     assert isinstance(comp, fx.GraphModule)
     qs = quantizers_of(comp)
@@ -100,8 +100,7 @@ def _bias_slack(comp: nn.Module, grid: Any) -> None:
         s_w = float(weights[f"{node.target}.weight"].scale.max())
         eps = s_in * s_w * (0.5 + 2.0 ** -10)
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and str(users[0].target) not in qs \
-                and isinstance(comp.get_submodule(str(users[0].target)), nn.ReLU):
+        if len(users) == 1 and is_relu(users[0], comp):
             users = list(users[0].users)
         for u in users:
             if u.op == "call_module" and str(u.target) in qs:

@@ -117,3 +117,38 @@ def test_passes_that_ignore_quantizers_refuse() -> None:
         graph_path_metric(g, g2)
     pm = graph_path_metric(g, g2, 1.0)
     assert pm.value > 0 and not pm.exact
+
+
+MODEL_PY = """
+import torch.nn as nn
+
+def make():
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                         nn.Linear(8, 2))
+"""
+
+
+def test_quantize_command_activations(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from certcompress.compress.quantization.cli import register
+
+    spec = tmp_path / "model.py"
+    spec.write_text(MODEL_PY)
+    torch.save(_mlp(5).state_dict(), tmp_path / "w.pt")
+    np.save(tmp_path / "x.npy", (torch.rand(20, 3) * 0.5).numpy())
+    parser = argparse.ArgumentParser(prog="certcompress")
+    register(parser.add_subparsers())
+    base = ["quantize", f"{spec}:make", "--weights", str(tmp_path / "w.pt"), "--input-shape",
+            "1", "3", "--radius", "1", "--search-steps", "3"]
+    args = parser.parse_args([*base, "--bits", "8", "--activations", "6", "--reference-data",
+                              str(tmp_path / "x.npy"), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "activation quantizers (6 bits)" in text and "certified bound:" in text
+    cert = cc.Certificate.load(tmp_path / "out" / "certificate.json")
+    assert any(n.startswith("activation grids: act_quant_0: scale") for n in cert.notes)
+    bad = parser.parse_args([*base, "--budget", "1", "--activations", "6", "--out",
+                             str(tmp_path / "o2")])
+    with pytest.raises(ConfigurationError, match="--activations needs --bits"):
+        bad.func(bad)

@@ -33,7 +33,7 @@ from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ...ir.ops import ActQuantOp
 
-__all__ = ["ActivationPlan", "insert_quantizers", "activation_ranges", "set_ranges",
+__all__ = ["ActivationPlan", "is_relu", "insert_quantizers", "activation_ranges", "set_ranges",
            "fold_batchnorm", "quantizers_of", "ACT_SLACK_REL", "ACT_SLACK_RANGE"]
 
 #: slack of each quantizer's rounding bound, in units of its scale and of its range:
@@ -92,6 +92,11 @@ def _kind(node: fx.Node, mods: dict[str, nn.Module]) -> str:
     if node.op == "call_method" and node.target == "relu":
         return "relu"
     return "other"
+
+
+def is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether the fx ``node`` of ``gm`` is a ReLU (module, function or method)."""
+    return _kind(node, dict(gm.named_modules())) == "relu"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ and ``bits.csv``. Whether ``--out`` can be written is checked before any work.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default="per-channel")
     p.add_argument("--bias-bits", type=int, metavar="B",
                    help="also quantize biases (per tensor) to B bits; default: float biases")
+    p.add_argument("--activations", type=int, metavar="B",
+                   help="also quantize activations to B bits (2-8, per tensor, unsigned; "
+                        "needs --bits; ranges from --reference-data, else from the bounds "
+                        "tier over the domain); the model is BatchNorm-folded first and the "
+                        "certificate covers weight and activation rounding")
     p.add_argument("--reference-data", metavar="FILE",
                    help="reference inputs: .npz (array 'x'), .npy or .pt, batch first")
     p.add_argument("--search-steps", type=int, default=20, metavar="N",
@@ -127,7 +133,27 @@ def run(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(args.seed)
         ref = (torch.rand((256,) + shape[1:], generator=gen) * 2 - 1) * radius
         where = "256 random inputs of the domain (no --reference-data given)"
-    if args.bits is not None:
+    if args.activations is not None:
+        if args.bits is None:
+            raise ConfigurationError("--activations needs --bits (a uniform weight width)")
+        if args.arithmetic != "exact":
+            raise ConfigurationError("--activations certifies exact arithmetic plus the "
+                                     "quantizers' stated slack; drop --arithmetic")
+        from ...domain import InputDomain
+        from .activations import fold_batchnorm, quantizers_of
+
+        model = fold_batchnorm(model)
+        qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
+        dom = InputDomain.box(-radius, radius, shape=shape)
+        qmodel, cert = quantize(model, qcfg, reference_inputs=ref, search_steps=args.search_steps,
+                                seed=args.seed, domain=dom, activations=args.activations,
+                                calibration=ref if args.reference_data else None)
+        grids = "; ".join(f"{n}: scale {q.op.scale:.6g} zero point {q.op.zero_point}"
+                          for n, q in quantizers_of(qmodel).items())
+        cert = replace(cert, notes=tuple(cert.notes) + (f"activation grids: {grids}",))
+        print(f"{len(quantizers_of(qmodel))} activation quantizers ({args.activations} bits)")
+        sens = None
+    elif args.bits is not None:
         qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
         qmodel, cert = quantize(model, qcfg, shape, radius, ref, search_steps=args.search_steps,
                                 seed=args.seed, arithmetic=args.arithmetic)
