@@ -11,7 +11,19 @@ from torch import Tensor, nn
 
 from ..ir.ops import ActQuantOp
 
-__all__ = ["ActivationQuantizer"]
+__all__ = ["ActivationQuantizer", "ACT_SLACK_REL", "ACT_SLACK_RANGE", "default_slack"]
+
+#: slack of each quantizer's rounding bound, in units of its scale and of its range:
+#: covers float32 evaluation of ``round(x / scale)``, the dequantization product and an
+#: int8 kernel's requantization (multiplier rounding, a few ulps of values <= 2^8 scales)
+ACT_SLACK_REL = 2.0 ** -8
+ACT_SLACK_RANGE = 2.0 ** -18
+
+
+def default_slack(scale: float, zero_point: int, qmin: int, qmax: int) -> float:
+    """``scale * ACT_SLACK_REL + max(|lo|, |hi|) * ACT_SLACK_RANGE``."""
+    return scale * ACT_SLACK_REL + max(abs((qmin - zero_point) * scale),
+                                       abs((qmax - zero_point) * scale)) * ACT_SLACK_RANGE
 
 
 class ActivationQuantizer(nn.Module):

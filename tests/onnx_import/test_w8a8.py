@@ -93,3 +93,53 @@ def test_w8a8_refuses_bad_calibration(tmp_path: Path) -> None:
     with pytest.raises(cc.ConfigurationError, match="calibration"):
         cc.export_w8a8(_net(), tmp_path / "x.onnx", calibration=torch.rand(3))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _ort_quantize_static(model: nn.Module, path: Path, x_cal: torch.Tensor) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from certcompress.export.onnx_export import to_onnx
+
+    float_path = path.with_name("float.onnx")
+    onnx.save_model(to_onnx(fold_batchnorm(model), (1,) + tuple(x_cal.shape[1:])),
+                    str(float_path))
+    name = ort.InferenceSession(str(float_path)).get_inputs()[0].name
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter([x_cal[i:i + 8].numpy() for i in range(0, len(x_cal), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {name: x}
+
+    quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return path
+
+
+def test_onnxruntime_quantize_static_model_is_certified_against_its_float_model(
+        tmp_path: Path) -> None:
+    from certcompress.compress.quantization.activations import float_twin, quantizers_of
+
+    net = _net()
+    x_cal = torch.rand(32, 1, 8, 8)
+    qpath = _ort_quantize_static(net, tmp_path / "ort_qdq.onnx", x_cal)
+    imported = cc.load_onnx(qpath)  # activation QDQ pairs become quantizers
+    qs = quantizers_of(imported)
+    assert qs and all(q.enabled for q in qs.values())
+    twin, aligned = float_twin(imported, net, x_cal[:4])
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    cert = cc.certify(twin, aligned, domain=dom, search_steps=5, search_restarts=1)
+    x = torch.rand(512, 1, 8, 8)
+    sess = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = net.double()(x.double()).numpy()
+    dev = float(np.abs(ref - y).sum(1).max())
+    assert 0.0 < dev <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())
+    # a float model of another architecture is refused, not certified
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
+    with pytest.raises(cc.ConfigurationError, match="cannot align"):
+        float_twin(imported, other, x_cal[:4])

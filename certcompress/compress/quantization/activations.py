@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ...capture.fakequant import ActivationQuantizer
+from ...capture.fakequant import ACT_SLACK_RANGE, ACT_SLACK_REL, ActivationQuantizer, default_slack
 from ...domain import InputDomain
 from ...errors import ConfigurationError
 from ...ir.ops import ActQuantOp
@@ -36,11 +36,6 @@ from ...ir.ops import ActQuantOp
 __all__ = ["ActivationPlan", "is_relu", "insert_quantizers", "activation_ranges", "set_ranges",
            "fold_batchnorm", "quantizers_of", "ACT_SLACK_REL", "ACT_SLACK_RANGE"]
 
-#: slack of each quantizer's rounding bound, in units of its scale and of its range:
-#: covers float32 evaluation of ``round(x / scale)``, the dequantization product and an
-#: int8 kernel's requantization (multiplier rounding, a few ulps of values <= 2^8 scales)
-ACT_SLACK_REL = 2.0 ** -8
-ACT_SLACK_RANGE = 2.0 ** -18
 
 _RELU = (nn.ReLU, F.relu, torch.relu)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -216,9 +211,7 @@ def set_ranges(model: nn.Module, plan: ActivationPlan, ranges: dict[str, tuple[f
         grids[name] = grids[src]
     for name, m in qs.items():
         scale, zp, qmin, qmax = grids[name]
-        slack = scale * ACT_SLACK_REL + max(abs((qmin - zp) * scale),
-                                            abs((qmax - zp) * scale)) * ACT_SLACK_RANGE
-        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, slack)
+        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, default_slack(scale, zp, qmin, qmax))
 
 
 def bounds_ranges(original: nn.Module, compressed: nn.Module, domain: InputDomain
@@ -263,3 +256,106 @@ def quantized_pair(model: nn.Module, qmodel_weights: nn.Module, bits: int,
     set_ranges(comp, plan, ranges, bits, enabled=True)
     return orig, comp, plan
 
+
+
+def _affine_in_order(gm: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Linear/Conv modules of ``gm`` in execution order (fx trace)."""
+    g = gm if isinstance(gm, fx.GraphModule) else fx.symbolic_trace(gm)
+    mods = dict(g.named_modules())
+    return [(str(n.target), mods[str(n.target)]) for n in g.graph.nodes
+            if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+
+
+def _relu_after(gm: nn.Module) -> list[bool]:
+    """For each affine layer of ``gm`` (execution order): is its only user a ReLU?"""
+    g = gm if isinstance(gm, fx.GraphModule) else fx.symbolic_trace(gm)
+    mods = dict(g.named_modules())
+    return [len(n.users) == 1 and _kind(next(iter(n.users)), mods) == "relu"
+            for n in g.graph.nodes
+            if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+
+
+def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule:
+    """``gm`` (a copy) with ``torch.relu`` between affine layer ``i`` and the quantizer
+    reading it, wherever the float model has a ReLU after layer ``i``, ``gm`` has none
+    and the quantizer's range starts at 0 (zero point = qmin): there
+    ``Q(relu(x)) = Q(x)`` exactly, which is why onnxruntime's quantizer drops such ReLUs;
+    the float twin needs them back."""
+    gm = copy.deepcopy(gm)
+    qs = quantizers_of(gm)
+    mods = dict(gm.named_modules())
+    affine = [n for n in gm.graph.nodes
+              if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+    for i, node in enumerate(affine):
+        if i >= len(relu_after) or not relu_after[i] or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        q = qs.get(str(user.target)) if user.op == "call_module" else None
+        if q is None or q.op.zero_point != q.op.qmin:
+            continue
+        with gm.graph.inserting_after(node):
+            r = gm.graph.call_function(torch.relu, (node,))
+        user.replace_input_with(node, r)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
+               rtol: float = 1e-9) -> tuple[nn.Module, nn.Module]:
+    """``(twin, aligned)``: the float counterpart of an activation-quantized model and the
+    quantized model itself, with the same graph.
+
+    ``quantized`` is an fx GraphModule with activation quantizers (an imported QDQ file:
+    ``cc.load_onnx`` of onnxruntime's ``quantize_static`` output or of
+    ``cc.export_w8a8``'s); ``original`` its float model (BatchNorm is folded first). The
+    result is a copy of ``quantized`` with every quantizer disabled and the weights and
+    biases of its affine layers replaced, in execution order, by ``original``'s; both
+    get back the ReLUs onnxruntime's quantizer drops before a quantizer whose range
+    starts at 0 (where the float model has one after the same layer; a no-op for the
+    quantized model), so that
+    ``cc.certify(twin, aligned, ...)`` certifies the file against the float model. The
+    twin must compute ``original``'s function: checked on ``example`` (inputs of the
+    domain) in float64 to relative ``rtol``, else ConfigurationError. The layer-by-layer
+    correspondence (affine layers in execution order, the ReLUs after them) is structural;
+    the rest of the graph is the file's, and the check on ``example`` is what confirms
+    that it computes the float model's function."""
+    if not isinstance(quantized, fx.GraphModule):
+        raise ConfigurationError("quantized must be an fx GraphModule (e.g. cc.load_onnx of "
+                                 "a QDQ file)")
+    folded = fold_batchnorm(original)
+    aligned = _restore_relus(quantized, _relu_after(folded))
+    src, dst = _affine_in_order(folded), _affine_in_order(aligned)
+    if len(src) != len(dst):
+        raise ConfigurationError(f"cannot align the float model with the quantized one: "
+                                 f"{len(src)} affine layers vs {len(dst)}")
+    twin = copy.deepcopy(aligned)
+    for m in quantizers_of(twin).values():
+        m.op = ActQuantOp(m.op.scale, m.op.zero_point, m.op.qmin, m.op.qmax, False,
+                          m.op.slack)
+    tmods = dict(twin.named_modules())
+    with torch.no_grad():
+        for (sname, s), (dname, _) in zip(src, dst):
+            d = tmods[dname]
+            sw = s.weight
+            dw = d.weight
+            assert isinstance(sw, Tensor) and isinstance(dw, Tensor)
+            if sw.shape != dw.shape:
+                raise ConfigurationError(f"cannot align '{sname}' (weight {tuple(sw.shape)}) "
+                                         f"with '{dname}' (weight {tuple(dw.shape)})")
+            dw.copy_(sw)
+            sb, db = getattr(s, "bias", None), getattr(d, "bias", None)
+            if isinstance(db, Tensor):
+                db.copy_(sb if isinstance(sb, Tensor) else torch.zeros_like(db))
+            elif isinstance(sb, Tensor) and bool(sb.any()):
+                raise ConfigurationError(f"'{dname}' has no bias but '{sname}' has one")
+    x = example.double()
+    with torch.no_grad():
+        a = copy.deepcopy(folded).double()(x)
+        b = copy.deepcopy(twin).double()(x)
+    err = float((a - b).abs().max())
+    if not err <= rtol * max(float(a.abs().max()), 1e-30):
+        raise ConfigurationError(f"the aligned float model differs from the original by "
+                                 f"{err:.3g} on the example inputs: the two graphs do not "
+                                 "correspond layer by layer")
+    return twin.eval(), aligned.eval()
