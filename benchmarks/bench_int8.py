@@ -87,7 +87,7 @@ def _ort_qdq(src: Path, dst: Path, x_cal: np.ndarray) -> None:
 
 def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch.Tensor,
            repeat: int, certify: bool, domain: Any = None,
-           methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+           methods: tuple[str, ...] | None = None, propagation: Any = None) -> dict[str, Any]:
     shape = (1,) + tuple(x_cal.shape[1:])
     out: dict[str, Any] = {"input_shape": list(shape)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +97,8 @@ def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch
         _ort_qdq(float_path, ort_path, x_cal.numpy())
         t0 = time.perf_counter()
         res = export_w8a8(model, cc_path, calibration=x_cal, certify=certify, domain=domain,
-                          methods=methods, search_steps=2, search_restarts=1)
+                          methods=methods, propagation=propagation, search_steps=2,
+                          search_restarts=1)
         out["certcompress_export_seconds"] = time.perf_counter() - t0
         xt = x_test.numpy()
         with torch.no_grad():
@@ -139,6 +140,20 @@ def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch
     return out
 
 
+def _randomize_batchnorm(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Give every BatchNorm trained-looking statistics: with the defaults every folded
+    bias is 0, the float exporter merges the identical bias tensors and onnxruntime's
+    quantize_static then leaves those convolutions in float, an unfair baseline."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-resnet", action="store_true")
@@ -152,16 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"threads": 2, "onnxruntime": ort.__version__}
     d = load_digits()
     cnn = train_classifier(DigitsCNN(), d.x_train, d.y_train, epochs=10, progress=False)
+    from certcompress.bounds.propagation.engine import PropagationOptions
     from certcompress.domain import InputDomain
 
     dom = InputDomain.box(0.0, 1.0, shape=(1,) + tuple(d.x_train.shape[1:]))
     results["digits_cnn"] = _bench("digits CNN (1x8x8)", cnn, d.x_train[:256], d.x_test,
-                                   args.repeat * 10, certify=True, domain=dom)
+                                   args.repeat * 10, certify=True, domain=dom,
+                                   propagation=PropagationOptions(intermediate="interval"))
     if not args.skip_resnet:
         import torchvision
 
         r18 = torchvision.models.resnet18().eval()
         gen = torch.Generator().manual_seed(1)
+        _randomize_batchnorm(r18, gen)
         x_cal = torch.randn(32, 3, 224, 224, generator=gen)
         x_test = torch.randn(64, 3, 224, 224, generator=gen)
         results["resnet18"] = _bench("resnet18 (3x224x224, random weights and inputs)", r18,

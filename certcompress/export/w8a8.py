@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .._io import atomic_path
 from .._version import __version__
+from ..bounds.propagation.engine import PropagationOptions
 from ..certificate import Certificate
 from ..compress.quantization import QuantConfig, quantization_grid
 from ..compress.quantization.activations import fold_batchnorm
@@ -135,14 +136,15 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
                 domain: InputDomain | None = None, certify: bool = True,
                 input_shape: tuple[int, ...] | None = None, search_steps: int = 10,
                 search_restarts: int = 2, seed: int = 0,
-                opset: int = MIN_OPSET, methods: tuple[str, ...] | None = None
-                ) -> W8A8Export:
+                opset: int = MIN_OPSET, methods: tuple[str, ...] | None = None,
+                propagation: PropagationOptions | None = None) -> W8A8Export:
     """Write ``model`` as a certified W8A8 QDQ ONNX file at ``path`` (module docstring).
 
     ``calibration``: float32 inputs (batch first) giving the activation ranges.
     ``domain`` (default: the box spanned by ``calibration``) is the certificate's input
     domain; ``methods`` the tiers (default: both; ``("path-metric",)`` is the cheap one
-    for large models). The certificate (None with ``certify=False``) covers
+    for large models) and ``propagation`` the bounds tier's options (e.g.
+    ``PropagationOptions(intermediate="interval")``, cheaper). The certificate (None with ``certify=False``) covers
     :data:`COVERS`.
     """
     if not isinstance(model, nn.Module):
@@ -164,7 +166,7 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
         dom = domain if domain is not None else InputDomain.box(
             x_cal.amin(0, keepdim=True), x_cal.amax(0, keepdim=True), shape=shape,
             description="the box spanned by the calibration inputs")
-        cert = certify_pair(orig, qmodel, domain=dom, methods=methods,
+        cert = certify_pair(orig, qmodel, domain=dom, methods=methods, propagation=propagation,
                             search_steps=search_steps, search_restarts=search_restarts,
                             seed=seed)
         cert = replace(cert, notes=tuple(cert.notes) + (f"W8A8 export: covers {COVERS}.",))
