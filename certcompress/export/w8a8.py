@@ -34,14 +34,20 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from .._io import atomic_path
 from .._version import __version__
+from ..api import certify as certify_pair
 from ..bounds.propagation.engine import PropagationOptions
 from ..certificate import Certificate
 from ..compress.quantization import QuantConfig, quantization_grid
-from ..compress.quantization.activations import fold_batchnorm
+from ..compress.quantization.activations import (
+    fold_batchnorm,
+    is_relu,
+    quantized_pair,
+    quantizers_of,
+)
 from ..domain import InputDomain
 from ..errors import ConfigurationError, VerificationError
 from .onnx_export import MIN_OPSET, to_onnx
@@ -82,10 +88,6 @@ def _bias_slack(comp: nn.Module, grid: Any) -> None:
     (``scale_in * scale_w[c] * (1/2 + 2^-10)``, max over channels) to the slack of the
     quantizer that reads its output (directly or through one ReLU): a perturbation
     before a 1-Lipschitz ReLU and clamp moves the quantizer's output by at most as much."""
-    from torch import fx
-
-    from ..compress.quantization.activations import is_relu, quantizers_of
-
     assert isinstance(comp, fx.GraphModule)
     qs = quantizers_of(comp)
     weights = {g.parameter_name: g for g in as_grids(grid)}
@@ -151,9 +153,6 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
         raise ConfigurationError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(calibration, Tensor) or calibration.dim() < 2 or len(calibration) < 1:
         raise ConfigurationError("calibration must be a float tensor of inputs, batch first")
-    from ..api import certify as certify_pair
-    from ..compress.quantization.activations import quantized_pair
-
     x_cal = calibration.detach().to(torch.float32).cpu()
     shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(x_cal.shape[1:])
     folded = fold_batchnorm(model)

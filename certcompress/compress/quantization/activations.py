@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ...api import trace
+from ...bounds.propagation.engine import propagate
+from ...bounds.propagation.lowering import lower_pair
 from ...capture.fakequant import ACT_SLACK_RANGE, ACT_SLACK_REL, ActivationQuantizer, default_slack
 from ...domain import InputDomain
 from ...errors import ConfigurationError
@@ -218,10 +221,6 @@ def bounds_ranges(original: nn.Module, compressed: nn.Module, domain: InputDomai
                   ) -> dict[str, tuple[float, float]]:
     """The interval of every quantizer's input that the bounds tier proves for
     ``compressed`` (quantizers disabled) over ``domain``."""
-    from ...api import trace
-    from ...bounds.propagation.engine import propagate
-    from ...bounds.propagation.lowering import lower_pair
-
     g = trace(original, domain.shape, domain=domain)
     g2 = trace(compressed, domain.shape, domain=domain)
     pair = lower_pair(g, g2)
