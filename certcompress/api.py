@@ -181,7 +181,7 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     model, compressed = plain_module(model), plain_module(compressed)
     dom = resolve_domain(model, input_shape, input_radius, domain)
     traced = trace_pair(model, compressed, dom.shape, dom)
-    pair = GraphPair(traced.graph, traced.other)
+    pair = GraphPair(traced.graph, traced.other, radius=dom.radius)
     tiers = _run_tiers(registry, names, pair, dom, propagation)
     if arith == "float32":
         tiers = _with_float32(model, compressed, dom, tiers)

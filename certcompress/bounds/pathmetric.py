@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from ..errors import GraphMismatchError
+from ..errors import ConfigurationError, GraphMismatchError
 from ..ir.graph import Graph
 from ..ir.ops import AffineParams
+from .actquant import activation_term, quantizer_nodes, without_quantizers
 from .numerics import opposite_signs
 from .passes import DifferencePass, graph_float_slack
 from .pathnorm import graph_path_norm, outputs_to_numpy
@@ -141,9 +142,34 @@ def _sign_agreeing(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
             for k in a}
 
 
-def graph_path_metric(graph: Graph, other: Graph) -> PathMetric:
+METHOD_ACTIVATIONS = ("; plus activation rounding and clipping: per quantizer, the suffix's "
+                      "absolute-weight map applied to scale/2 + clipping (docs/quantization.md)")
+
+
+def graph_path_metric(graph: Graph, other: Graph, radius: float | None = None) -> PathMetric:
     """Path-metric between ``graph.params`` (original) and ``other.params`` (compressed);
-    the two graphs must have the same structure."""
+    the two graphs must have the same structure.
+
+    With activation quantizers (:class:`~certcompress.ir.ops.ActQuantOp`, enabled) in
+    either graph, ``radius`` (``max ||x||_inf`` over the domain) is required: the value
+    then also bounds their rounding and clipping (``certcompress.bounds.actquant``),
+    divided by ``max(radius, 1)`` so that ``max(radius, 1) * value`` stays the bound."""
+    if quantizer_nodes(graph) or quantizer_nodes(other):
+        if radius is None or not math.isfinite(radius) or radius < 0:
+            raise ConfigurationError(
+                "the graphs quantize activations: graph_path_metric needs the domain's "
+                f"radius (max ||x||_inf) to bound their clipping, got radius={radius!r}")
+        graph.check_same_structure(other)
+        base = graph_path_metric(without_quantizers(graph), without_quantizers(other))
+        rel, _ = graph_float_slack(graph, difference=False)
+        per = activation_term(graph, radius, rel) + activation_term(other, radius, rel)
+        factor = max(float(radius), 1.0)
+        per = np.nextafter(per / factor, math.inf)
+        total = math.nextafter(math.fsum(per.tolist()) * (1.0 + rel), math.inf)
+        return replace(
+            base, value=base.value + total, exact=False,
+            per_output=tuple((np.asarray(base.per_output) + per).tolist()),
+            method=base.method + METHOD_ACTIVATIONS)
     graph.check_same_structure(other)
     a, b = graph.params, other.params
     cmp, lo, delta = _scan(a, b)

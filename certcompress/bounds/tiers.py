@@ -46,6 +46,7 @@ from ..certificate import WORST_CASE, MethodBound
 from ..domain import InputDomain
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
+from .actquant import quantizer_nodes
 from .numerics import float_slack
 from .pathmetric import PathMetric, graph_path_metric
 from .propagation.engine import (
@@ -72,6 +73,7 @@ class GraphPair:
     original: Graph
     compressed: Graph
     _path_metric: PathMetric | None = field(default=None, repr=False)
+    radius: float | None = None  # max ||x||_inf over the domain: needed with activation quantizers
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -80,8 +82,19 @@ class GraphPair:
     @property
     def path_metric(self) -> PathMetric:
         if self._path_metric is None:
-            self._path_metric = graph_path_metric(self.original, self.compressed)
+            self._path_metric = graph_path_metric(self.original, self.compressed, self.radius)
         return self._path_metric
+
+    def path_metric_over(self, radius: float) -> PathMetric:
+        """The path-metric for a domain of radius ``radius``: the shared one, unless the
+        graphs quantize activations (their clipping term depends on the radius)."""
+        if not (quantizer_nodes(self.original) or quantizer_nodes(self.compressed)):
+            return self.path_metric
+        if self.radius is None and self._path_metric is None:
+            self.radius = float(radius)
+        if self.radius == float(radius):
+            return self.path_metric
+        return graph_path_metric(self.original, self.compressed, float(radius))
 
 
 @dataclass(frozen=True)
@@ -177,8 +190,8 @@ class PathMetricTier(Tier):
     measure_cost = False
 
     def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
-        pm = pair.path_metric
         radius = domain.radius
+        pm = pair.path_metric_over(radius)
         factor = max(float(radius), 1.0)
         return TierBound(
             bound=factor * pm.value, per_output=tuple(factor * v for v in pm.per_output),
@@ -414,7 +427,7 @@ def path_metric_tier(graph: Graph, other: Graph, radius: float,
                      pm: PathMetric | None = None) -> tuple[MethodBound, PathMetric]:
     """``max(radius, 1) * path-metric`` (with ``radius = max ||x||_inf`` over the domain):
     the ``path-metric`` tier over the box ``[-radius, radius]``."""
-    pair = GraphPair(graph, other, pm)
+    pair = GraphPair(graph, other, pm, radius=float(radius))
     dom = InputDomain.box(-float(radius), float(radius), shape=graph.input_shape)
     return tier_registry().get("path-metric").bound(pair, dom), pair.path_metric
 

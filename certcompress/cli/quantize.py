@@ -20,6 +20,7 @@ with the path-metric bound, and the final certificate then adds the asked tiers.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from .._io import atomic_dir, check_outputs, check_replaceable_dir, model_input_files
 from ..api import certify
+from ..compress.quantization.activations import fold_batchnorm, quantizers_of
 from ..compress.quantization.allocate import choose_bitwidths
 from ..compress.quantization.apply import quantize
 from ..compress.quantization.config import QuantConfig
@@ -83,6 +85,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default="per-channel")
     p.add_argument("--bias-bits", type=int, metavar="B",
                    help="also quantize biases (per tensor) to B bits; default: float biases")
+    p.add_argument("--activations", type=int, metavar="B",
+                   help="also quantize activations to B bits (2-8, per tensor, unsigned; "
+                        "needs --bits; ranges from --reference-data, else from the bounds "
+                        "tier over the domain); the model is BatchNorm-folded first and the "
+                        "certificate covers weight and activation rounding")
     add_search(p)
     add_output(p, "out/quantize", "output directory (default out/quantize)", metavar="DIR")
     p.set_defaults(func=run)
@@ -125,7 +132,25 @@ def run(args: argparse.Namespace) -> int:
               "seed": args.seed}
     if domain is None:  # the ball of the plugin's radius or --radius, stated explicitly
         tiers["input_radius"] = radius
-    if args.bits is not None:
+    if args.activations is not None:
+        if args.bits is None:
+            raise ConfigurationError("--activations needs --bits (a uniform weight width)")
+        if args.arithmetic != "exact":
+            raise ConfigurationError("--activations certifies exact arithmetic plus the "
+                                     "quantizers' stated slack; drop --arithmetic")
+        model = fold_batchnorm(model)
+        qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
+        qmodel, cert = quantize(model, qcfg, reference_inputs=ref, search_steps=args.search_steps,
+                                search_restarts=args.search_restarts, seed=args.seed,
+                                domain=certified, methods=tiers["methods"],
+                                propagation=tiers["propagation"], activations=args.activations,
+                                calibration=ref if args.reference_data else None)
+        grids = "; ".join(f"{n}: scale {q.op.scale:.6g} zero point {q.op.zero_point}"
+                          for n, q in quantizers_of(qmodel).items())
+        cert = replace(cert, notes=tuple(cert.notes) + (f"activation grids: {grids}",))
+        print(f"{len(quantizers_of(qmodel))} activation quantizers ({args.activations} bits)")
+        sens = None
+    elif args.bits is not None:
         qcfg = QuantConfig.uniform(model, args.bits, args.granularity, bias_bits=args.bias_bits)
         qmodel, cert = quantize(model, qcfg, shape, reference_inputs=ref, **search, **tiers)
         sens = None

@@ -2,6 +2,7 @@
 
 from .graph import ForwardInterpreter, Graph, GraphInterpreter, IRNode
 from .ops import (
+    ActQuantOp,
     AffineOp,
     AffineParams,
     CatOp,
@@ -20,7 +21,7 @@ from .ops import (
 )
 from .passes import fold_batchnorm
 
-__all__ = ["AffineOp", "AffineParams", "CatOp", "ChannelAffineOp", "ClampOp", "ConvOp",
+__all__ = ["ActQuantOp", "AffineOp", "AffineParams", "CatOp", "ChannelAffineOp", "ClampOp", "ConvOp",
            "FixedLinearOp", "ForwardInterpreter", "Graph", "GraphInterpreter", "IRNode",
            "IROp", "IndexOp", "LeakyReLUOp", "LinearCombinationOp", "LinearOp", "MaxPoolOp",
            "NodeKind", "ReLUOp", "fold_batchnorm"]

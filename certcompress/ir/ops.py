@@ -50,6 +50,7 @@ __all__ = [
     "LinearCombinationOp",
     "IndexOp",
     "CatOp",
+    "ActQuantOp",
 ]
 
 
@@ -505,3 +506,65 @@ class CatOp(IROp):
 
     def describe(self) -> str:
         return f"Cat(dim={self.dim})"
+
+
+# ------------------------------------------------------------- activation quantization
+
+
+@dataclass(frozen=True)
+class ActQuantOp(IROp):
+    """Per-tensor activation quantization (fake quantization), ``Q(x) = (q - zp) * scale``
+    with ``q = clamp(round(x / scale) + zp, qmin, qmax)`` (round half to even, as
+    onnxruntime's ``QuantizeLinear``).
+
+    In a certified *pair* the node exists in both graphs: ``enabled=False`` in the
+    original (identity) and ``enabled=True`` in the compressed one. It is *not* a fixed
+    op: the bounds tier models it as the exact clipping ``clamp(x, lo, hi)`` with
+    ``lo = (qmin - zp) * scale``, ``hi = (qmax - zp) * scale``, plus a bounded
+    perturbation ``|e| <= delta`` (:attr:`delta`: ``scale / 2`` plus ``slack``, which
+    covers the floating-point evaluation of the rounding and, for an int8 kernel, its
+    requantization; docs/quantization.md, "Activation quantization"). ``magnitude`` is
+    the identity for a disabled quantizer and refuses an enabled one: a pass that only
+    knows fixed ops must not mistake a quantizer for the identity.
+    """
+
+    kind: ClassVar[NodeKind] = NodeKind.ACTIVATION
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+    enabled: bool = True
+    slack: float = 0.0
+
+    @property
+    def lower(self) -> float:
+        return (self.qmin - self.zero_point) * self.scale
+
+    @property
+    def upper(self) -> float:
+        return (self.qmax - self.zero_point) * self.scale
+
+    @property
+    def delta(self) -> float:
+        """Bound on ``|Q(x) - clamp(x, lower, upper)|`` (rounding plus ``slack``)."""
+        return 0.5 * self.scale + self.slack
+
+    def forward(self, inputs: Sequence[Tensor], params: AffineParams | None) -> Tensor:
+        x = inputs[0]
+        if not self.enabled:
+            return x
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+    def magnitude(
+        self, inputs: Sequence[Tensor], params: AffineParams | None, constants: bool
+    ) -> Tensor:
+        if self.enabled:
+            raise TypeError(
+                "an enabled activation quantizer has no absolute-weight map: its rounding "
+                "is bounded by the path-metric and bounds tiers explicitly "
+                "(certcompress.bounds.pathmetric, lowering)")
+        return inputs[0]
+
+    def describe(self) -> str:
+        return "ActQuant"

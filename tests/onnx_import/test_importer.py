@@ -207,16 +207,34 @@ def test_custom_domain_op_and_function_refused_not_run(tmp_path: Path) -> None:
         load_onnx(path2)
 
 
-def test_activation_qdq_refused_clearly(tmp_path: Path) -> None:
+def test_activation_qdq_imported_as_quantizer(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from certcompress.capture.fakequant import ActivationQuantizer
+
     inits = [numpy_helper.from_array(np.float32(0.05), "s"),
              numpy_helper.from_array(np.uint8(128), "z"), _w("w", 4, 3)]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q_act"),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq_act"),
              helper.make_node("Gemm", ["dq", "w"], ["y"], name="gemm")]
-    path = _save(tmp_path, nodes, inits, [1, 4])
-    with pytest.raises(UnsupportedModelError, match="activation quantization") as info:
-        load_onnx(path)
-    assert [o.node for o in info.value.offenders] == ["q_act", "dq_act"]
+    path = _save(tmp_path, nodes, inits, ["N", 4])
+    gm = load_onnx(path)
+    qs = [m for m in gm.modules() if isinstance(m, ActivationQuantizer)]
+    assert len(qs) == 1 and qs[0].enabled
+    assert (qs[0].scale, qs[0].zero_point, qs[0].op.qmin, qs[0].op.qmax) == \
+        (float(np.float32(0.05)), 128, 0, 255)
+    x = np.random.default_rng(0).uniform(-8, 8, (64, 4)).astype(np.float32)
+    y = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        mine = gm(torch.from_numpy(x)).numpy()
+    assert np.allclose(mine, y, rtol=1e-6, atol=1e-6)  # clipping at [-6.4, 6.35] included
+    # another grid in the DequantizeLinear, or per-axis scales: refused, named
+    inits2 = inits + [numpy_helper.from_array(np.float32(0.1), "s2")]
+    nodes2 = [nodes[0], helper.make_node("DequantizeLinear", ["q", "s2", "z"], ["dq"],
+                                         name="dq_other"), nodes[2]]
+    with pytest.raises(UnsupportedModelError, match="another grid") as info:
+        load_onnx(_save(tmp_path, nodes2, inits2, ["N", 4], name="other.onnx"))
+    assert [o.node for o in info.value.offenders] == ["dq_other"]
 
 
 def _external_model(tmp: Path, location: str) -> Path:

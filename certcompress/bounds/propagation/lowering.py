@@ -15,6 +15,10 @@ IR op                  primitives
 ``IndexOp``            one ``PLinear`` (reshapes, slices, padding copies)
 ``LinearCombinationOp``  one ``PLinear`` with its constant
 ``CatOp``              one ``PLinear``
+``ActQuantOp``         clipping exactly (``lo + ReLU(z - lo) - ReLU(lo - z)`` in a
+                       network that does not quantize, ``lo + ReLU(z - lo) -
+                       ReLU(z - hi)`` in one that does: a ``PAffine`` selects), then a
+                       ``PPerturb`` of ``|e| <= scale / 2 + slack`` (the rounding)
 =====================  ==========================================================
 
 The table is a :class:`LoweringRegistry` looked up along the op type's MRO: the built-in
@@ -40,7 +44,9 @@ from ...capture.plugins import PluginManager, plugin_manager
 from ...errors import PluginError, RefusalKind, UnsupportedModelError, UnsupportedNode
 from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
+    ActQuantOp,
     AffineOp,
+    AffineParams,
     CatOp,
     ClampOp,
     FixedLinearOp,
@@ -51,7 +57,7 @@ from ...ir.ops import (
     MaxPoolOp,
     ReLUOp,
 )
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU
 
 __all__ = ["lower_pair", "LoweringRegistry", "LoweringEntry", "Lowering", "Builder",
            "default_lowerings", "lowerings_for", "register_builtin_lowerings",
@@ -300,6 +306,111 @@ def _pad_group(t: Tensor, width: int) -> Tensor:
     return torch.cat([t, t[..., :1].expand(t.shape[:-1] + (width - t.shape[-1],))], dim=-1)
 
 
+# ------------------------------------------------------------ activation quantization
+@dataclass(frozen=True)
+class _SelectOp(AffineOp):
+    """``sum_i w[i] x[i]`` over ``k`` stacked tensors ``x`` (bilinear in ``w`` and ``x``):
+    lets the two networks of a pair take different branches (lowering only)."""
+
+    k: int = 2
+
+    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        w = weight.reshape((self.k,) + (1,) * (x.dim() - 1))
+        y = (x * w).sum(0)
+        return y if bias is None else y + bias
+
+    def out_channels(self, params: AffineParams) -> int:  # pragma: no cover - unused
+        return 1
+
+    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:  # pragma: no cover
+        return weight * a
+
+    def describe(self) -> str:
+        return "Select"
+
+
+def _select(b: Builder, ins: list[int], source: str, shape: tuple[int, ...],
+            keep: list[float], clip: list[float], clip_a: bool, clip_c: bool) -> int:
+    """``sum_i w_i ins[i]`` with ``w = clip`` in a network that clips, ``keep`` in one
+    that does not (a ``PAffine``: the two networks' weights differ)."""
+    k = len(ins)
+    stacked = b.linear(ins, lambda *us: torch.stack(list(us)),
+                       lambda *us: torch.stack(list(us)), source)
+    wk = torch.tensor(keep, dtype=torch.float64)
+    wc = torch.tensor(clip, dtype=torch.float64)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    return b.add(PAffine(inputs=(stacked,), shape=shape, source=source, op=_SelectOp(k),
+                         in_shape=b.shape(stacked), w=wc if clip_a else wk,
+                         wc=wc if clip_c else wk, bias=zeros, bias_c=zeros))
+
+
+def _nonnegative(graph: Graph, name: str) -> bool:
+    """Whether node ``name`` is >= 0 for every input, by structure (a ReLU, or a
+    max-pooling, copy, non-negative average or lower-bounded quantizer of one)."""
+    for _ in range(64):
+        op = graph.node(name).op
+        if isinstance(op, ReLUOp):
+            return True
+        if isinstance(op, ClampOp) and op.lower is not None:
+            return op.lower >= 0.0
+        if isinstance(op, ActQuantOp) and op.enabled:
+            return op.lower >= 0.0
+        if not isinstance(op, (MaxPoolOp, IndexOp, FixedLinearOp, ActQuantOp)):
+            return False
+        name = graph.node(name).inputs[0]
+    return False
+
+
+def _lower_actquant(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
+    """Original and compressed quantizer of one node (docs/quantization.md, "Activation
+    quantization"): exact clipping in each network that quantizes, then the rounding as a
+    bounded perturbation. Supported: neither, one, or both with the same grid."""
+    qa, qc = b.graph.node(node.name).op, b.other.node(node.name).op
+    assert isinstance(qa, ActQuantOp) and isinstance(qc, ActQuantOp)
+    x = ins[0]
+    shape = b.shape(x)
+    if not qa.enabled and not qc.enabled:
+        return b.linear([x], lambda t: t, lambda t: t, node.name)
+    both = qa.enabled and qc.enabled
+    if both and (qa.lower, qa.upper) != (qc.lower, qc.upper):
+        raise UnsupportedModelError(
+            f"node '{node.name}': both networks quantize this activation, with different "
+            f"ranges ({qa.lower:.6g}..{qa.upper:.6g} and {qc.lower:.6g}..{qc.upper:.6g}); "
+            "the bounds tier supports one quantizing network, or the same range in both",
+            [UnsupportedNode(node.name, "ActQuantOp", node.source, "different ranges")])
+    q = qc if qc.enabled else qa
+    lo, hi = float(q.lower), float(q.upper)
+    if not lo < hi:
+        raise UnsupportedModelError(
+            f"node '{node.name}': activation range [{lo}, {hi}] is empty",
+            [UnsupportedNode(node.name, "ActQuantOp", node.source, "empty range")])
+    r_hi = b.relu(b.combination([x], (1.0,), node.name, -hi), node.name)
+    if lo <= 0.0 and _nonnegative(b.graph, node.inputs[0]) and \
+            _nonnegative(b.other, node.inputs[0]):
+        # x >= 0 >= lo in both networks: clipping below never happens (exactly), so
+        # clamp(x) = x - ReLU(x - hi) and no ReLU at lo is needed
+        if both:
+            clipped = b.combination([x, r_hi], (1.0, -1.0), node.name)
+        else:
+            sel = _select(b, [r_hi], node.name, shape, [0.0], [-1.0], qa.enabled, qc.enabled)
+            clipped = b.combination([x, sel], (1.0, 1.0), node.name)
+    else:
+        r_lo = b.relu(b.combination([x], (1.0,), node.name, -lo), node.name)
+        if both:
+            clipped = b.combination([r_lo, r_hi], (1.0, -1.0), node.name, lo)
+        else:
+            # the network that does not quantize: z = lo + ReLU(z - lo) - ReLU(lo - z)
+            r_neg = b.relu(b.combination([x], (-1.0,), node.name, lo), node.name)
+            sel = _select(b, [r_neg, r_hi], node.name, shape, [-1.0, 0.0], [0.0, -1.0],
+                          qa.enabled, qc.enabled)
+            clipped = b.combination([r_lo, sel], (1.0, 1.0), node.name, lo)
+    full = torch.ones(shape, dtype=torch.float64)
+    return b.add(PPerturb(inputs=(clipped,), shape=shape, source=node.name,
+                          delta_z=full * (qa.delta if qa.enabled else 0.0),
+                          delta_c=full * (qc.delta if qc.enabled else 0.0)))
+
+
+
 @dataclass(frozen=True)
 class LoweringEntry:
     """One registered lowering: the op type, the function and who registered it."""
@@ -397,7 +508,8 @@ def register_builtin_lowerings(registry: LoweringRegistry) -> None:
                         (LeakyReLUOp, _lower_leaky), (ClampOp, _lower_clamp),
                         (MaxPoolOp, _lower_maxpool), (FixedLinearOp, _lower_fixed),
                         (IndexOp, _lower_fixed), (CatOp, _lower_fixed),
-                        (LinearCombinationOp, _lower_combination)):
+                        (LinearCombinationOp, _lower_combination),
+                        (ActQuantOp, _lower_actquant)):
         registry.register(op_type, fn)
 
 

@@ -35,7 +35,7 @@ from torch.func import vjp, vmap
 
 from ...ir.ops import AffineOp
 
-__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PairNet", "Transpose",
+__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PairNet", "Transpose",
            "linear_transpose"]
 
 Transpose = Callable[[Tensor], tuple[Tensor, ...]]
@@ -95,6 +95,17 @@ class PReLU(PNode):
     @property
     def relaxed_inputs(self) -> tuple[int, ...]:
         return (self.inputs[0],)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PPerturb(PNode):
+    """A bounded perturbation: ``z_out = z + e_z`` and ``c_out = c + e_c`` with
+    ``|e_z| <= delta_z`` and ``|e_c| <= delta_c`` elementwise, for *any* such ``e`` (the
+    rounding of an activation quantizer: its exact value is not modelled, only its
+    size). ``delta_*`` are non-negative float64, broadcastable to ``shape``."""
+
+    delta_z: Tensor
+    delta_c: Tensor
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -39,7 +39,12 @@ The rules themselves:
 * ReLU: monotone on ``z`` and ``c``; ``d' = ReLU(z) - ReLU(c)`` lies between
   ``min(d, 0)`` and ``max(d, 0)`` and in ``[ReLU(l_z) - ReLU(u_c), ReLU(u_z) -
   ReLU(l_c)]``, and equals ``d`` where both are active; backward through the relaxation
-  of :mod:`.relax`.
+  of :mod:`.relax`;
+* bounded perturbation ``z + e_z``, ``c + e_c`` with ``|e_z| <= delta_z``, ``|e_c| <=
+  delta_c`` (an activation quantizer's rounding): ``z`` and ``c`` widened by their delta,
+  ``d = z - c`` by the sum; backward: the form passes through and its constant gains the
+  maximum over ``e`` of ``(L_z + L_d) e_z - L_d e_c``, i.e. ``<|L_z + L_d|, delta_z> +
+  <|L_d|, delta_c>``.
 """
 
 from __future__ import annotations
@@ -54,10 +59,10 @@ from torch import Tensor
 from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from .form import Form, dot, take
 from .interval import Magnitude, PairBounds, relu_interval
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU
 from .relax import ReluRelaxation, relax_relu, relu_backward
 
-__all__ = ["Rule", "InputRule", "AffineRule", "LinearRule", "ReLURule", "RULES",
+__all__ = ["Rule", "InputRule", "AffineRule", "LinearRule", "ReLURule", "PerturbRule", "RULES",
            "register_rule", "rules_for", "Backward", "SplitParams", "DenseMaps"]
 
 SplitParams = Mapping[int, Mapping[str, Tensor]]  # node -> {"theta", "alpha_z", "alpha_c"}
@@ -324,6 +329,40 @@ class ReLURule(Rule[PReLU]):
         out.const = out.const + const
 
 
+class PerturbRule(Rule[PPerturb]):
+    """``z + e_z`` and ``c + e_c`` for every ``|e_z| <= delta_z``, ``|e_c| <= delta_c``."""
+
+    kind = PPerturb
+
+    def interval(self, node: PPerturb, inputs: Sequence[PairBounds],
+                 earlier: Sequence[PairBounds]) -> PairBounds:
+        b, ez, ec = inputs[0], node.delta_z, node.delta_c
+        return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - (ez + ec),
+                          b.du + (ez + ec))
+
+    def magnitude(self, node: PPerturb, inputs: Sequence[Magnitude]) -> Magnitude:
+        return Magnitude(inputs[0].mz + node.delta_z, inputs[0].mc + node.delta_c)
+
+    def evaluate(self, node: PPerturb, zs: Sequence[Tensor], cs: Sequence[Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+        j = node.inputs[0]  # e = 0: one of the values the node allows
+        return zs[j], cs[j]
+
+    def backward(self, node: PPerturb, index: int, form: Form, ctx: Backward) -> None:
+        # z_out = z + e_z, d_out = d + e_z - e_c: the form passes through and gains
+        # max over e of (lz + ld) e_z - ld e_c = <|lz + ld|, delta_z> + <|ld|, delta_c>
+        lz, ld = form.coef.get("z"), form.coef.get("d")
+        const = form.const
+        lzd = lz if ld is None else (ld if lz is None else lz + ld)
+        if lzd is not None:
+            const = const + dot(lzd.abs(), node.delta_z.expand(node.shape))
+        if ld is not None:
+            const = const + dot(ld.abs(), node.delta_c.expand(node.shape))
+        out = ctx.take(node.inputs[0], const)
+        out.add("z", lz)
+        out.add("d", ld)
+
+
 RULES: dict[type[PNode], Rule[PNode]] = {}
 
 
@@ -341,6 +380,7 @@ register_rule(InputRule())
 register_rule(AffineRule())
 register_rule(LinearRule())
 register_rule(ReLURule())
+register_rule(PerturbRule())
 
 
 def _rule_of(node: PNode) -> Rule[PNode] | None:

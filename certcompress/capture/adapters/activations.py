@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ...ir.ops import ClampOp, IROp, LeakyReLUOp, ReLUOp
+from ..fakequant import ActivationQuantizer
 from .base import Adapter, Converted, Unsupported
 
 aten = torch.ops.aten
@@ -83,7 +84,18 @@ class LeakyReLUAdapter(Adapter):
                          (ctx.tensor_arg(a["input"]),))
 
 
+class ActivationQuantizerAdapter(Adapter):
+    """:class:`certcompress.capture.fakequant.ActivationQuantizer`: its ``ActQuantOp``."""
+
+    name = "activation_quantizer"
+
+    def _convert(self, node: fx.Node, ctx: Any) -> Converted:
+        m = ctx.module(node)
+        return Converted(m.op, (ctx.tensor_arg(node.args[0]),), module=str(node.target))
+
+
 def register(registry: Any) -> None:
+    registry.register_module(ActivationQuantizer, ActivationQuantizerAdapter())
     relu = ReLUAdapter()
     registry.register_module(nn.ReLU, relu)
     registry.register_function([F.relu, F.relu_, torch.relu, torch.relu_, aten.relu.default,

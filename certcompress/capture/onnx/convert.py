@@ -9,10 +9,14 @@ evaluated here with numpy as the ONNX specification defines them, never by runni
 the file. Every node outside the supported set is collected and one
 :class:`UnsupportedModelError` names them all (op type, node name, count).
 
-Activation quantization (``QuantizeLinear``/``DequantizeLinear`` applied to an
-input-dependent tensor, as ``onnxruntime.quantization.quantize_static`` writes) is
-refused: its rounding is not yet modelled by the bound tiers, and importing it as the
-identity would certify a function the file does not compute.
+Activation quantization (``QuantizeLinear`` -> ``DequantizeLinear`` applied to an
+input-dependent tensor, as ``onnxruntime.quantization.quantize_static`` and
+``certcompress.export_w8a8`` write) becomes an
+:class:`~certcompress.capture.fakequant.ActivationQuantizer` with the stored scale and
+zero point (per tensor, integer types), whose rounding and clipping the bound tiers model
+(docs/quantization.md, "Activation quantization"). An integer activation read by
+anything but a ``DequantizeLinear`` of the same grid, or per-axis activation
+quantization, is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from onnx import helper, numpy_helper
 from torch import fx, nn
 
 from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
+from ..fakequant import ActivationQuantizer, default_slack
 
 __all__ = ["SUPPORTED_OPS", "scan_ops", "to_module"]
 
@@ -54,6 +59,14 @@ BATCH = _Batch()
 _ACT_QDQ = ("activation quantization (QuantizeLinear/DequantizeLinear on an "
             "input-dependent tensor) is not certified yet: its rounding is not modelled by "
             "the bound tiers; import the float model instead")
+
+
+class _QTensor:
+    """The integer output of an activation ``QuantizeLinear``: waits for its
+    ``DequantizeLinear``."""
+
+    def __init__(self, x: fx.Node, scale: float, zero_point: int, dtype: np.dtype[Any]) -> None:
+        self.x, self.scale, self.zero_point, self.dtype = x, scale, zero_point, dtype
 
 
 class _Skip(Exception):
@@ -135,6 +148,7 @@ class _Builder:
         self.graph = fx.Graph()
         self.used: set[str] = set()
         self.values: dict[str, fx.Node | np.ndarray] = {}
+        self.qtensors: dict[str, _QTensor] = {}  # integer activations awaiting their DQ
         self.shapes: dict[str, tuple[int | None, ...]] = {}
         self.unknown: set[str] = set()
         self.offenders: list[UnsupportedNode] = []
@@ -257,6 +271,9 @@ class _Builder:
             raise _Refuse(why)
         a = _attrs(node)
         handler: Callable[[onnx.NodeProto, dict[str, Any]], Any] = getattr(self, "op_" + op)
+        if op != "DequantizeLinear" and any(i in self.qtensors for i in node.input if i):
+            raise _Refuse("reads an integer activation (QuantizeLinear output); only a "
+                          "DequantizeLinear of the same grid may")
         result = handler(node, a)
         if isinstance(result, (fx.Node, np.ndarray)):
             self.values[node.output[0]] = result
@@ -284,11 +301,39 @@ class _Builder:
                 raise _Refuse("Dropout in training mode")
         return self.values[node.input[0]]
 
-    def _activation_qdq(self, node: onnx.NodeProto) -> _Refuse:
-        self.values[node.output[0]] = self.values[node.input[0]]
-        return _Refuse(_ACT_QDQ, scan_on=True)
+    def _activation_qdq(self, node: onnx.NodeProto, why: str = _ACT_QDQ) -> _Refuse:
+        qt = self.qtensors.get(node.input[0])
+        self.values[node.output[0]] = qt.x if qt is not None else self.values[node.input[0]]
+        return _Refuse(why, scan_on=True)
 
-    def op_DequantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
+    def _per_tensor(self, node: onnx.NodeProto, a: dict[str, Any]
+                    ) -> tuple[float, int, np.dtype[Any]]:
+        scale = self.need_const(node, 1, "the scale")
+        zp = self.opt_const(node, 2, "the zero point")
+        if scale.size != 1 or (zp is not None and zp.size != 1) or a.get("block_size", 0):
+            raise self._activation_qdq(node, "per-axis or blocked activation quantization is "
+                                             "not supported (per-tensor only)")
+        dtype = np.dtype(np.uint8) if zp is None else zp.dtype
+        if "output_dtype" in a and a["output_dtype"] and zp is None:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(a["output_dtype"]))
+        s = float(scale.reshape(()))
+        if dtype.kind not in "iu" or dtype.itemsize > 2 or not (np.isfinite(s) and s > 0):
+            raise self._activation_qdq(node, f"activation quantization to {dtype} with scale "
+                                             f"{s} is not supported (integer types of 8 or 16 "
+                                             "bits, positive scale)")
+        return s, 0 if zp is None else int(zp.reshape(())), dtype
+
+    def op_DequantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> Any:
+        qt = self.qtensors.get(node.input[0])
+        if qt is not None:
+            s, z, dtype = self._per_tensor(node, a)
+            if (s, z, dtype) != (qt.scale, qt.zero_point, qt.dtype):
+                raise self._activation_qdq(node, "DequantizeLinear with another grid than its "
+                                                 "QuantizeLinear's is not supported")
+            info = np.iinfo(dtype)
+            q = ActivationQuantizer(s, z, int(info.min), int(info.max),
+                                    slack=default_slack(s, z, int(info.min), int(info.max)))
+            return self.add_module(node, q, qt.x)
         if not isinstance(self.values.get(node.input[0]), np.ndarray):
             raise self._activation_qdq(node)
         if a.get("block_size", 0):
@@ -301,8 +346,14 @@ class _Builder:
             axis %= x.ndim
         return _dequantize(x, scale, zp, axis)
 
-    def op_QuantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> np.ndarray:
-        if not isinstance(self.values.get(node.input[0]), np.ndarray):
+    def op_QuantizeLinear(self, node: onnx.NodeProto, a: dict[str, Any]) -> Any:
+        v = self.values.get(node.input[0])
+        if isinstance(v, fx.Node):
+            if a.get("saturate", 1) != 1:
+                raise self._activation_qdq(node, "non-saturating QuantizeLinear")
+            self.qtensors[node.output[0]] = _QTensor(v, *self._per_tensor(node, a))
+            return None
+        if not isinstance(v, np.ndarray):
             raise self._activation_qdq(node)
         if a.get("block_size", 0) or a.get("saturate", 1) != 1:
             raise _Refuse("blocked or non-saturating QuantizeLinear is not supported")

@@ -13,6 +13,7 @@ from ...bounds.propagation.engine import PropagationOptions
 from ...certificate import Certificate
 from ...domain import InputDomain
 from ...errors import ConfigurationError
+from .activations import fold_batchnorm, quantized_pair
 from .config import QuantConfig
 from .grid import quantization_grid
 
@@ -29,11 +30,25 @@ def _config(qcfg: object) -> QuantConfig:
                              f"{type(qcfg).__name__}")
 
 
+def _restricted(cfg: QuantConfig, folded: nn.Module) -> QuantConfig:
+    """``cfg`` without layers that BatchNorm folding removed."""
+    from dataclasses import replace
+
+    from .quantizers import affine_layers
+
+    keep = set(affine_layers(folded))
+    layers = dict(cfg.layers)
+    if set(layers) <= keep:
+        return cfg
+    return replace(cfg, layers={k: v for k, v in layers.items() if k in keep})
+
+
 def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | None = None,
              input_radius: float | None = None, reference_inputs: Tensor | None = None, *,
              search_steps: int = 20, search_restarts: int = 4, seed: int = 0,
              domain: InputDomain | None = None, methods: Sequence[str] | None = None,
-             arithmetic: str = "exact", propagation: PropagationOptions | None = None
+             arithmetic: str = "exact", propagation: PropagationOptions | None = None,
+             activations: int | None = None, calibration: Tensor | None = None
              ) -> tuple[nn.Module, Certificate]:
     """Quantize ``model`` as ``qcfg`` says and certify it.
 
@@ -45,9 +60,27 @@ def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
     ``methods`` are passed to :func:`certcompress.certify` (e.g. a box and
     ``("path-metric", "bounds")`` for the bound-propagation tier), and so are
     ``arithmetic`` (``"float32"``: the models as executed in float32) and ``propagation``.
+
+    ``activations`` (bits, 2-8): also quantize activations, per tensor, unsigned
+    (:mod:`~certcompress.compress.quantization.activations`): the model is first
+    BatchNorm-folded, quantizers go where onnxruntime's int8 kernels read or write 8-bit
+    tensors, with ranges from ``calibration`` (inputs; clipping outside them is
+    certified) or else from the bounds tier over ``domain`` (required then). The
+    certificate then compares the folded float model with the weight- and
+    activation-quantized one and covers both roundings and the clipping
+    (docs/quantization.md, "Activation quantization"); the returned model holds the
+    quantizers (an fx GraphModule).
     """
     cfg = _config(qcfg)
-    qmodel = quantization_grid(model, cfg).apply(model)
+    if activations is not None:
+        folded = fold_batchnorm(model)
+        cfg = _restricted(cfg, folded)
+        wq = quantization_grid(folded, cfg).apply(folded)
+        if domain is None and input_shape is None and calibration is not None:
+            input_shape = (1,) + tuple(calibration.shape[1:])
+        model, qmodel, _ = quantized_pair(folded, wq, activations, calibration, domain)
+    else:
+        qmodel = quantization_grid(model, cfg).apply(model)
     cert = certify(model, qmodel, input_shape, input_radius, reference_inputs=reference_inputs,
                    search_steps=search_steps, search_restarts=search_restarts, seed=seed,
                    domain=domain, methods=methods, arithmetic=arithmetic,
