@@ -131,7 +131,7 @@ def make():
 def test_quantize_command_activations(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import argparse
 
-    from certcompress.compress.quantization.cli import register
+    from certcompress.cli.quantize import register
 
     spec = tmp_path / "model.py"
     spec.write_text(MODEL_PY)
