@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound
 from ..domain import InputDomain
@@ -263,7 +264,7 @@ class BoundsTier(Tier):
 
 
 # ---------------------------------------------------------------------- registry
-class TierRegistry:
+class TierRegistry(Attributed):
     """Named tiers, in registration order. ``register(tier)`` adds one (a duplicate
     name is an error unless ``replace=True``), ``get(name)`` looks one up (an unknown
     name is a :class:`ConfigurationError` listing the known ones), ``names()`` lists
@@ -353,9 +354,9 @@ class TierRegistry:
     def add_plugin(self, plugin: Plugin, source: str) -> tuple[str, ...]:
         """Run ``plugin.register_tiers(self)``; the names it added (errors name it)."""
         before = set(self._tiers)
-        self._source = plugin.name
         try:
-            plugin.register_tiers(self)
+            with self.attributed_to(plugin.name):
+                plugin.register_tiers(self)
         except PluginError:
             raise
         except Exception as exc:
@@ -363,8 +364,6 @@ class TierRegistry:
                 del self._tiers[n], self._origin[n]
             raise PluginError(f"plugin '{plugin.name}' ({source}) failed in register_tiers: "
                               f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._source = "certcompress"
         return tuple(n for n in self._tiers if n not in before)
 
 

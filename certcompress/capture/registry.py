@@ -13,13 +13,13 @@ Every entry records which source (``certcompress`` or a plugin) registered it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from .._attribution import Attributed
 from ..errors import PluginError
 from .adapters.base import Adapter
 
@@ -61,7 +61,7 @@ def _key_name(key: object) -> str:
     return str(key)
 
 
-class AdapterRegistry:
+class AdapterRegistry(Attributed):
     """Maps module types, functions (including aten overloads) and method names to
     adapters."""
 
@@ -70,15 +70,6 @@ class AdapterRegistry:
         self._functions: dict[object, Registration] = {}
         self._methods: dict[str, Registration] = {}
         self._source = "certcompress"
-
-    @contextlib.contextmanager
-    def attributed_to(self, source: str) -> Iterator[None]:
-        """Registrations inside the block are recorded as coming from ``source``."""
-        old, self._source = self._source, source
-        try:
-            yield
-        finally:
-            self._source = old
 
     # ------------------------------------------------------------- registration
     def _check(self, adapter: Adapter, source: str, key: object) -> None:

@@ -30,16 +30,16 @@ builder) -> index``, see :class:`Builder`) and one ``registry.register(OpType, f
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._attribution import Attributed
 from ...capture.plugins import PluginManager, plugin_manager
 from ...errors import PluginError, RefusalKind, UnsupportedModelError, UnsupportedNode
 from ...ir.graph import Graph, IRNode
@@ -420,7 +420,7 @@ class LoweringEntry:
     source: str
 
 
-class LoweringRegistry:
+class LoweringRegistry(Attributed):
     """IR op type -> lowering function (looked up along the op type's MRO).
 
     A lowering is ``fn(node, op, inputs, builder) -> index``: it appends primitive nodes
@@ -436,15 +436,6 @@ class LoweringRegistry:
     def __init__(self) -> None:
         self._table: dict[type[IROp], LoweringEntry] = {}
         self._source = "certcompress"
-
-    @contextlib.contextmanager
-    def attributed_to(self, source: str) -> Iterator[None]:
-        """Registrations inside the block are recorded as coming from ``source``."""
-        old, self._source = self._source, source
-        try:
-            yield
-        finally:
-            self._source = old
 
     def register(self, op_type: type[IROp], fn: Lowering, *, replace: bool = False) -> None:
         """Lower every node whose op is an ``op_type`` (or a subclass without a lowering
