@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import certcompress as cc
 from certcompress.capture import default_registry
+from certcompress.capture.fakequant import ActivationQuantizer
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,14 @@ FACTORIES: dict[str, list[Case]] = {
     _SCALED_RELU: [
         Case(lambda: _load(_SCALED_RELU)(-1.5), (1, 2, 3), twin=lambda: [nn.ReLU(), _Scale(-1.5)]),
         Case(lambda: _load(_SCALED_RELU)(0.25), (1, 4), twin=lambda: [nn.ReLU(), _Scale(0.25)])],
+    # switched off (the original of a quantized pair) it is the identity; switched on, its
+    # rounding is no function of the input, so the magnitude map refuses it: the bounds of
+    # enabled quantizers are attacked in tests/quantization/test_q_activations.py
+    _qualname(ActivationQuantizer): [
+        Case(lambda: ActivationQuantizer(0.1, 0, 0, 255, enabled=False), (1, 6),
+             twin=lambda: [nn.Identity()]),
+        Case(lambda: ActivationQuantizer(0.05, 3, -128, 127, enabled=False), (1, 2, 3),
+             twin=lambda: [nn.Identity()])],
 }
 
 REGISTERED = sorted(key for kind, key, _, _ in default_registry().entries() if kind == "module")

@@ -50,6 +50,8 @@ def test_a_stopped_sweep_resumes_without_recomputing(zoo, local_pool, tmp_path, 
     store = tmp_path / "runs.sqlite"
     args = [str(HERE), str(zoo.models), str(zoo.mlp_weights), str(store)]
     tasks = resume_tasks(*args[1:3])
+    hold = zoo.dir / "slow_hold"  # the third task waits until the sweep is stopped
+    hold.write_text(str(zoo.calls("slow_calls.txt") + 2))
     with open(tmp_path / "sweep.log", "w") as log:
         proc = subprocess.Popen([sys.executable, str(script), *args], stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -65,6 +67,7 @@ def test_a_stopped_sweep_resumes_without_recomputing(zoo, local_pool, tmp_path, 
         finally:
             proc.kill()
             proc.wait()
+            hold.unlink()
     log_text = (tmp_path / "sweep.log").read_text()
     if sig == signal.SIGINT:  # stopped cleanly: the summary says how to resume
         assert "INTERRUPTED sweep 'resume'" in log_text, log_text
