@@ -63,11 +63,13 @@ def test_a_stopped_sweep_resumes_without_recomputing(zoo, local_pool, tmp_path, 
                                 f"storing 2 rows:\n{(tmp_path / 'sweep.log').read_text()}")
                 time.sleep(0.05)
             proc.send_signal(sig)
+            time.sleep(1.0)  # the signal is handled; then the held task may finish
+            hold.unlink()
             proc.wait(timeout=30)
         finally:
             proc.kill()
             proc.wait()
-            hold.unlink()
+            hold.unlink(missing_ok=True)
     log_text = (tmp_path / "sweep.log").read_text()
     if sig == signal.SIGINT:  # stopped cleanly: the summary says how to resume
         assert "INTERRUPTED sweep 'resume'" in log_text, log_text
