@@ -143,7 +143,10 @@ class LocalCertificate(JsonRecord):
             f"networks agree on the whole ball): "
             f"{sum(a and b for a, b in zip(self.decision_unchanged, self.original_robust))}/{n}",
         ]
-        if n:
+        if n and at.size != n:
+            lines.append(f"  WARNING: {n} certified points but {at.size} measured deviations "
+                         "(an inconsistent certificate file)")
+        if n and at.size == n:
             lines += [
                 f"  certified l1 deviation on the ball: median {np.median(dev):.4g}, max "
                 f"{dev.max():.4g}; measured at the points: median {np.median(at):.4g}, max "

@@ -168,6 +168,11 @@ SWEEP_SCRIPT = textwrap.dedent('''
     from certcompress.scale import LocalExecutor, sweep
 
     if __name__ == "__main__":
+        import signal
+
+        # Ctrl-C live, as in a terminal (a test runner's worker may start us with SIGINT
+        # ignored, which Python would keep)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         tasks = resume_tasks(sys.argv[2], sys.argv[3])
         sweep(tasks, LocalExecutor(workers=1), sys.argv[4], "resume", progress=False)
 ''')
