@@ -17,6 +17,7 @@ from torch import nn
 
 import certcompress as cc
 import certcompress.ir.ops as ops
+import certcompress_example as example  # installed by make install (the plugin tutorial)
 from certcompress.bounds.propagation.evaluate import pair_outputs
 from certcompress.bounds.propagation.lowering import (
     Builder,
@@ -35,8 +36,6 @@ from certcompress.errors import PluginError, RefusalKind, UnsupportedModelError
 from certcompress.ir.graph import IRNode
 from certcompress.ir.ops import IROp, ReLUOp
 from certcompress.measure import adversarial_deviation, float64_function
-
-example = pytest.importorskip("certcompress_example")
 
 REL, ABS = 1e-9, 1e-12  # the measurement tolerance of the bound tests
 

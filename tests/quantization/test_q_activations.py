@@ -6,6 +6,7 @@ file, the deviation never exceeds it."""
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -79,7 +80,6 @@ def test_calibrated_ranges_clip_and_stay_certified() -> None:
 
 
 def test_onnxruntime_runs_the_certified_arithmetic() -> None:
-    ort = pytest.importorskip("onnxruntime")
     from certcompress.compress.quantization import quantization_grid
     from certcompress.compress.quantization.activations import quantized_pair
     from certcompress.export.onnx_export import to_onnx
