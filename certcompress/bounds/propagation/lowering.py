@@ -500,18 +500,21 @@ def lowerings_for(manager: PluginManager) -> LoweringRegistry:
 
 
 _lock = threading.Lock()
-_cache: tuple[int, int, LoweringRegistry] | None = None
+# (manager, its plugins, their lowerings): held strongly, so that a manager or plugin freed
+# since cannot pass for the cached one by a reused id
+_cache: tuple[PluginManager, tuple[object, ...], LoweringRegistry] | None = None
 
 
 def default_lowerings() -> LoweringRegistry:
     """:func:`lowerings_for` the process-wide plugin manager (rebuilt when a plugin is
-    loaded or the manager replaced)."""
+    loaded or removed, or the manager replaced)."""
     global _cache
     manager = plugin_manager()
-    key = (id(manager), len(manager.plugins))
+    plugins = tuple(lp.plugin for lp in manager.plugins)
     with _lock:
-        if _cache is None or _cache[:2] != key:
-            _cache = (*key, lowerings_for(manager))
+        if _cache is None or _cache[0] is not manager or len(_cache[1]) != len(plugins) \
+                or any(a is not b for a, b in zip(_cache[1], plugins)):
+            _cache = (manager, plugins, lowerings_for(manager))
         return _cache[2]
 
 
