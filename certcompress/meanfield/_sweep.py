@@ -250,9 +250,12 @@ def _sweep_on_executor(
 # ----------------------------------------------------------------- the designed sweep
 DESIGN_AGREEMENT_COLUMNS: tuple[str, ...] = (
     "gap_estimate", "gap_estimate_closed_form", "gap_bound_paper", "kernel_measure",
-    "kl_radius", "w2_bound_head", "rademacher_mc", "rademacher_sqrt_kl")
+    "kl_radius", "w2_bound_head", "rademacher_mc", "rademacher_sqrt_kl",
+    "rademacher_tangent", "gap_estimate_tangent", "gap_estimate_optimistic",
+    "gap_estimate_stability")
 THEORY_COLUMNS = frozenset({"gap_estimate", "gap_estimate_closed_form", "rademacher_mc",
-                            "rademacher_sqrt_kl"})
+                            "rademacher_sqrt_kl", "rademacher_tangent", "gap_estimate_tangent",
+                            "gap_estimate_optimistic", "gap_estimate_stability"})
 """Estimates the theory defines only in scope (their agreement is over in-scope rows)."""
 """Estimates whose rank agreement with the measured gap the designed sweep reports."""
 
