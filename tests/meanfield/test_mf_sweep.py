@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from certcompress import cli
 from certcompress import errors as mf_errors
 from certcompress import meanfield as mf
 from certcompress.cli.meanfield import register
@@ -190,3 +191,25 @@ def test_sweep_with_seeds_reports_intervals_and_p_values():
         mf.sweep(**kwargs, seeds=[])
     with pytest.raises(mf_errors.ConfigurationError, match="not both"):
         mf.sweep(**kwargs, seed=3, seeds=[0])
+
+
+def test_cli_through_the_command_table_uses_the_shared_option_groups(tmp_path, capsys):
+    # --out and --executor/--workers/--address/--num-cpus come from cli/options.py
+    args = cli.build_parser("meanfield").parse_args(
+        ["meanfield", "sweep", "--out", "d", "--executor", "ray", "--address", "auto", "--num-cpus", "3"])
+    assert (args.out, args.executor, args.address, args.num_cpus, args.workers) == ("d", "ray", "auto", 3, None)
+    assert cli.build_parser("meanfield").parse_args(["meanfield", "design", "--out", "d"]).out == "d"
+    out = tmp_path / "o"
+    rc = cli.main(["meanfield", "sweep", "--depths", "2", "--scalings", "mean-field", "--widths", "6",
+                   "--ns", "30", "--steps", "5", "--record-every", "5", "--out", str(out),
+                   "--executor", "local", "--workers", "1", "--no-plots", "--no-progress"])
+    assert rc == 0 and (out / "meanfield_sweep.csv").is_file()
+    assert len(pd.read_csv(out / "meanfield_sweep.csv")) == 1
+    capsys.readouterr()
+    for argv, message in ((["--workers", "2"], "--workers is for --executor local"),
+                          (["--executor", "serial", "--address", "auto"], "--address and --num-cpus"),
+                          (["--executor", "threads"], "invalid choice")):
+        bad = tmp_path / "bad"
+        rc = cli.main(["meanfield", "sweep", "--out", str(bad), "--no-progress", *argv])
+        assert rc == 2 and message in capsys.readouterr().err
+        assert not bad.exists()  # nothing written
