@@ -35,8 +35,8 @@ def _groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _plain(table: pd.DataFrame) -> pd.DataFrame:
     """The same columns without ``attrs``: pandas deep-copies ``attrs`` on every slice
-    and groupby, and a designed sweep's attrs (trajectories) made that most of the
-    plotting time."""
+    and groupby, and a designed sweep's attrs hold every run's trajectory (measured on
+    the test design: plot_design 1.76 -> 1.40 CPU-s)."""
     return pd.DataFrame(table, copy=False)
 
 
