@@ -7,6 +7,7 @@ exit code: 0 on success, 2 for bad input (a one-line message on stderr, no trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -14,6 +15,19 @@ from pathlib import Path
 
 from .._io import atomic_write_text, check_outputs, model_input_files
 from ..errors import CertcompressError, ConfigurationError
+from ..meanfield._data import load_npz
+from ..meanfield._plots import plot_design, plot_sweep, plot_training
+from ..meanfield._sweep import (
+    AGREEMENT_COLUMNS,
+    DESIGN_OPTIONS,
+    RECOMMENDED_ESTIMATE,
+    SweepOptions,
+    designed_sweep,
+    spearman_agreement,
+    sweep,
+)
+from ..scale.executors import Executor, make_executor
+from .options import add_executor, add_output
 
 __all__ = ["register", "run_sweep", "run_design"]
 
@@ -51,12 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--activation", default="tanh")
     p.add_argument("--delta", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--executor", choices=["local", "ray", "serial"], default=None,
-                   help="run the configurations through certcompress.scale (a process pool, "
-                        "Ray, or serially with a resumable store); default: in this process")
+    add_executor(p, default=None,
+                 help="run the configurations through certcompress.scale (local: a process "
+                      "pool, ray, or serial with a resumable store); default: in this process")
     p.add_argument("--store", default=None,
                    help="with --executor: SQLite results file; a stopped sweep resumes from it")
-    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    add_output(p, None, "output directory (created if missing)", metavar="DIR", required=True)
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_sweep)
@@ -70,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S")
     q.add_argument("--task", default="odd-even", help="digits task")
     q.add_argument("--steps", type=int, default=150)
-    q.add_argument("--out", required=True, help="output directory (created if missing)")
+    add_output(q, None, "output directory (created if missing)", metavar="DIR", required=True)
     q.add_argument("--no-plots", action="store_true", help="write the CSV and JSON only")
     q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     q.set_defaults(func=run_design)
@@ -99,11 +113,29 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..meanfield._data import load_npz
-    from ..meanfield._plots import plot_sweep
-    from ..meanfield._sweep import AGREEMENT_COLUMNS, SweepOptions, spearman_agreement, sweep
+def _check_executor_flags(args: argparse.Namespace) -> None:
+    if args.executor != "ray" and (args.address or args.num_cpus):
+        raise ConfigurationError("--address and --num-cpus are for --executor ray")
+    if args.executor != "local" and args.workers:
+        raise ConfigurationError("--workers is for --executor local")
 
+
+def _executor(args: argparse.Namespace) -> Executor | None:
+    """The executor of ``--executor`` / ``--workers`` / ``--address`` / ``--num-cpus``
+    (the shared option group of cli/options.py), or None to run in this process; the
+    caller closes it."""
+    if args.executor != "ray" and (args.address or args.num_cpus):
+        raise ConfigurationError("--address and --num-cpus are for --executor ray")
+    if args.executor != "local" and args.workers:
+        raise ConfigurationError("--workers is for --executor local")
+    if args.executor is None:
+        return None
+    return make_executor(args.executor, address=args.address, workers=args.workers,
+                         num_cpus=args.num_cpus)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_executor_flags(args)
     out = Path(args.out)
     check_outputs([], model_input_files(args.data, args.store), directories=[out],
                   create_dirs=True)
@@ -125,9 +157,14 @@ def _run(args: argparse.Namespace) -> int:
                            head_width=args.head_width, beta=args.beta,
                            activation=args.activation, inits=tuple(args.inits),
                            delta=args.delta, task=args.task)
-    table = sweep(args.depths, scalings, alphas=args.alphas, widths=args.widths, ns=args.ns,
-                  data=data, options=options, seed=args.seed,  # type: ignore[arg-type]
-                  progress=not args.no_progress, executor=args.executor, store=args.store)
+    executor = _executor(args)
+    try:
+        table = sweep(args.depths, scalings, alphas=args.alphas, widths=args.widths, ns=args.ns,
+                      data=data, options=options, seed=args.seed,  # type: ignore[arg-type]
+                      progress=not args.no_progress, executor=executor, store=args.store)
+    finally:
+        if executor is not None:
+            executor.close()
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_write_text(out / "meanfield_sweep.csv", table.to_csv(index=False))
     agreement = {c: spearman_agreement(table, c).__dict__ for c in AGREEMENT_COLUMNS}
@@ -156,11 +193,6 @@ def run_design(args: argparse.Namespace) -> int:
 
 
 def _run_design(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from ..meanfield._plots import plot_design, plot_training
-    from ..meanfield._sweep import DESIGN_OPTIONS, RECOMMENDED_ESTIMATE, designed_sweep
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"--out: '{out}' exists and is not a directory")

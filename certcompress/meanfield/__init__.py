@@ -42,7 +42,7 @@ from ._estimate import (
     PhaseRate,
     estimate,
 )
-from ._gram import GramPair, gram_matrices
+from ._gram import GramPair, gram_matrices, gram_traces
 from ._kl import KLEstimate, gaussian_kl, knn_kl
 from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
 from ._plots import plot_design, plot_sweep, plot_training
@@ -109,6 +109,7 @@ __all__ = [
     "exact_w2",
     "gaussian_kl",
     "gram_matrices",
+    "gram_traces",
     "knn_kl",
     "load_digits_task",
     "magnitude_prune",

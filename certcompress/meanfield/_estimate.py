@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigurationError
 from ._audit import audit, laziness, with_laziness
 from ._data import as_features, as_targets
-from ._gram import gram_matrices, lambda_min
+from ._gram import gram_matrices, gram_traces, lambda_min
 from ._kl import KLEstimate, gaussian_kl, knn_kl
 from ._model import Particles, ScaledResNet, particles_from_state
 from ._paper import paper_bounds
@@ -82,7 +82,11 @@ class EstimateOptions:
 
 @dataclass(frozen=True)
 class GramPoint:
-    """lambda_min of G2 and of G1 + G2 at one checkpoint (training step, flow time, loss)."""
+    """lambda_min of G2 and of G1 + G2 at one checkpoint (training step, flow time, loss),
+    and the trajectory KL estimate there [E]: ``kl_gaussian`` (bias-corrected Gaussian fit),
+    ``kl_knn`` (k-NN, its bias calibrated on resampled initialisations of the same size:
+    about 0 on untrained particles) and ``kl_radius`` (the larger of the two per part:
+    head + mean over blocks, as the final ``kl_radius``), all in nats."""
 
     step: int
     time: float
@@ -90,6 +94,8 @@ class GramPoint:
     lambda_min_G2: float
     lambda_min_G12: float
     kl_gaussian: float = math.nan
+    kl_knn: float = math.nan
+    kl_radius: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,21 @@ class MeanFieldEstimate:
     rademacher_sqrt_kl [E]: beta sigma_a sqrt(2 r / n), the small-radius form of the
         DV Rademacher bound at the estimated radius r (in scope only; here r is not small
         against 1, so it is an estimate of the rate, not a bound).
+    Tangent complexity [D for the tangent class, E for the network] (docs/meanfield.md,
+        "Tangent complexity"): jacobian_trace_head = max over Gram checkpoints of
+        tr(G2)/n, jacobian_trace_residual = sum over blocks of the max of tr(G1^(l))/n;
+        rademacher_tangent_head = beta W2_head sqrt(jacobian_trace_head) / sqrt(n),
+        rademacher_tangent_residual = sum_l beta W2_l sqrt(M tr(G1^(l))/(n m_res)) / sqrt(n),
+        rademacher_tangent (their sum: the Rademacher complexity of the linearised class
+        whose per-layer particle movement is at most the measured one);
+        gap_estimate_tangent = 2 Lip rademacher_tangent + confidence_term;
+        gap_estimate_optimistic = sqrt(train_loss) rho + rho^2 with
+        rho = rademacher_tangent + sqrt(B log(1/delta) / n) (the optimistic-rate form for the
+        1-smooth squared loss, universal constant and log factors set to 1);
+        gap_estimate_stability = (4 beta^2/n) int_0^T (tr G(t)/n) L(t) dt (the uniform-
+        stability bound of gradient descent with the squared gradient norm of the loss,
+        2 l_i beta^2 G_ii, in place of Lip^2; convexity assumed, not checked). All four are
+        computed in and out of scope (they do not rest on the mean-field limit).
     Per-phase decay [M, D]: phase_rates (one :class:`PhaseRate` per interval between
         Gram checkpoints), decay_rate_late_measured / decay_rate_late_predicted (the last
         phase); trainable ("all" or "head": the frozen-features ablation).
@@ -246,6 +267,14 @@ class MeanFieldEstimate:
     decay_rate_late_measured: float = math.nan
     decay_rate_late_predicted: float = math.nan
     rademacher_sqrt_kl: float | None = None
+    jacobian_trace_head: float = math.nan
+    jacobian_trace_residual: float = math.nan
+    rademacher_tangent_head: float = math.nan
+    rademacher_tangent_residual: float = math.nan
+    rademacher_tangent: float = math.nan
+    gap_estimate_tangent: float = math.nan
+    gap_estimate_optimistic: float = math.nan
+    gap_estimate_stability: float = math.nan
     trajectory: tuple[GramPoint, ...] = ()
     phase_rates: tuple[PhaseRate, ...] = ()
     w2_bound_per_layer: tuple[float, ...] = ()
@@ -325,14 +354,21 @@ def _kl_pair(samples: np.ndarray, std: np.ndarray, opts: EstimateOptions, seed: 
     return g, k
 
 
-def _kl_floor(p: Particles, res_std: np.ndarray, head_std: np.ndarray) -> float:
-    """Bias-corrected diagonal Gaussian-fit KL: head + mean over blocks (nats, no bootstrap)."""
+def _kl_trajectory(p: Particles, res_std: np.ndarray, head_std: np.ndarray,
+                   opts: EstimateOptions, seed: int) -> tuple[float, float, float]:
+    """(Gaussian floor, k-NN, radius) of one checkpoint's particles: head + mean over
+    blocks; NaN with fewer than 3 particles."""
     if p.head.shape[0] < 3 or p.residual.shape[1] < 3:
-        return math.nan
-    head = gaussian_kl(p.head, head_std, covariance="diagonal", bootstrap=0).value
-    res = [gaussian_kl(p.residual[i], res_std, covariance="diagonal", bootstrap=0).value
-           for i in range(p.residual.shape[0])]
-    return float(head + np.mean(res))
+        return math.nan, math.nan, math.nan
+    parts = [p.head] + [p.residual[i] for i in range(p.residual.shape[0])]
+    stds = [head_std] + [res_std] * p.residual.shape[0]
+    g = np.array([gaussian_kl(x, sd, covariance="diagonal", bootstrap=0).value
+                  for x, sd in zip(parts, stds, strict=True)])
+    k = np.array([knn_kl(x, sd, k=min(opts.knn_k, x.shape[0] - 1), repeats=opts.knn_repeats,
+                         seed=seed + i).value for i, (x, sd) in enumerate(zip(parts, stds, strict=True))])
+    both = np.maximum(g, k)
+    return (float(g[0] + g[1:].mean()), float(k[0] + k[1:].mean()),
+            float(both[0] + both[1:].mean()))
 
 
 def _phase_rates(traj: list[GramPoint], beta2: float, n: int, head_only: bool) -> list[PhaseRate]:
@@ -420,13 +456,22 @@ def estimate(
     bar = tqdm(chosen, desc="gram", disable=not progress_enabled(progress), leave=False)
     res_std0 = work.prior.residual_std(cfg.d)
     head_std0 = work.prior.head_std(cfg.d)
+    tr1_max = np.zeros(cfg.depth)
+    tr2_max = 0.0
+    head_only = getattr(run, "trainable", "all") == "head"
+    trace_drive: list[float] = []  # tr(G)/n of the Gram matrix that drives the run
     for ck in bar:
         _load(work, ck.state)
         gp = gram_matrices(work, Xt, method=opts.gram_method)
+        tr1, tr2 = gram_traces(work, Xt)
+        tr1_max = np.maximum(tr1_max, tr1)
+        tr2_max = max(tr2_max, tr2)
+        trace_drive.append(tr2 if head_only else float(tr1.sum()) + tr2)
         if G2_init is None:
             G2_init = gp.G2
         traj.append(GramPoint(ck.step, ck.time, ck.loss, lambda_min(gp.G2), lambda_min(gp.G1 + gp.G2),
-                              _kl_floor(particles_from_state(dict(ck.state)), res_std0, head_std0)))
+                              *_kl_trajectory(particles_from_state(dict(ck.state)), res_std0,
+                                              head_std0, opts, seed)))
     bar.close()
     assert G2_init is not None
     lam2 = np.array([p.lambda_min_G2 for p in traj])
@@ -451,7 +496,6 @@ def estimate(
         mean_l12 = float(np.sum(np.diff(times) * 0.5 * (lam12[1:] + lam12[:-1])) / span)
     else:
         fitted = mean_l2 = mean_l12 = math.nan
-    head_only = getattr(run, "trainable", "all") == "head"
     phases = _phase_rates(traj, beta2, n, head_only)
     _load(work, run.checkpoints[-1].state)
 
@@ -504,6 +548,22 @@ def estimate(
             notes.append(f"the gap estimate {gap:.3g} is vacuous: the clipped loss lies in "
                          f"[0, {B:.3g}], so no gap exceeds {B:.3g}")
     kernel = _kernel_measure(G2_init, ytr, opts.eig_floor)
+    # tangent complexity: movement per layer x Lipschitz constant of f in that layer's
+    # particles, over sqrt(n) (docs/meanfield.md, "Tangent complexity")
+    m_res = work.lr_multipliers()["res_u"]
+    rt_head = cfg.beta * w2_head * math.sqrt(tr2_max) / math.sqrt(n)
+    rt_res = float(sum(cfg.beta * w * math.sqrt(cfg.width * t / m_res)
+                       for w, t in zip(w2_layers, tr1_max, strict=True))) / math.sqrt(n)
+    rt = rt_head + rt_res
+    tr_c_pre = _losses(f_tr.numpy(), ytr, Y)[0]
+    rho = rt + math.sqrt(B * math.log(1.0 / delta) / n)
+    gap_tan = 2.0 * lip * rt + conf
+    gap_opt = math.sqrt(tr_c_pre) * rho + rho * rho
+    # stability: (4 beta^2 / n) int_0^T (tr G(t) / n) L(t) dt, per-step losses, the trace
+    # interpolated between Gram checkpoints (docs/meanfield.md, "Tangent complexity")
+    step_times = run.lr * np.arange(len(run.losses))
+    trace_t = np.interp(step_times, times, np.asarray(trace_drive))
+    gap_stab = 4.0 * beta2 / n * float(np.trapezoid(trace_t * np.asarray(run.losses), step_times))
 
     # ---- the paper's quantities [D] and the theorem's conditions on this run
     pb = paper_bounds(work.embed_input(Xt).detach().numpy(), ytr, beta=cfg.beta,
@@ -560,6 +620,10 @@ def estimate(
         decay_rate_late_predicted=phases[-1].predicted if phases else math.nan,
         rademacher_sqrt_kl=(cfg.beta * work.prior.sigma_a * math.sqrt(2.0 * max(radius, 0.0) / n)
                             if in_scope else None),
+        jacobian_trace_head=tr2_max, jacobian_trace_residual=float(tr1_max.sum()),
+        rademacher_tangent_head=rt_head, rademacher_tangent_residual=rt_res,
+        rademacher_tangent=rt, gap_estimate_tangent=gap_tan, gap_estimate_optimistic=gap_opt,
+        gap_estimate_stability=gap_stab,
         trajectory=tuple(traj), phase_rates=tuple(phases), w2_bound_per_layer=w2_layers,
         kl_gaussian_per_layer=tuple(kl_g), kl_knn_per_layer=tuple(kl_k), notes=tuple(notes),
     )

@@ -33,7 +33,7 @@ from ..errors import ConfigurationError
 from ._model import ScaledResNet
 from ._types import GramMethod
 
-__all__ = ["GramPair", "gram_matrices", "per_sample_jacobians", "lambda_min"]
+__all__ = ["GramPair", "gram_matrices", "gram_traces", "per_sample_jacobians", "lambda_min"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,3 +153,45 @@ def gram_matrices(
     if method == "jacobian":
         return _gram_jacobian(net64, Xt, chunk_size)
     raise ConfigurationError(f"unknown Gram method '{method}'; use 'structured' or 'jacobian'")
+
+
+def gram_traces(net: ScaledResNet, X: object) -> tuple[np.ndarray, float]:
+    """Per-sample mean of the diagonals of the Gram matrices: ``(t1, t2)`` with
+    ``t1[l] = mean_i G1^(l)_ii`` (the part of G1 from block l, so ``sum(t1) = tr(G1)/n``)
+    and ``t2 = tr(G2)/n`` (closed form, as the ``"structured"`` method; O(n) memory).
+
+    With the per-sample Jacobians, ``|J1_l(x_i)|^2 = (beta^2 / m_res) G1^(l)_ii`` and
+    ``|J2(x_i)|^2 = (beta^2 / K) G2_ii``: the squared Lipschitz constants of f in the
+    particles of block l and of the head, used by the tangent Rademacher term
+    (docs/meanfield.md, "Tangent complexity").
+    """
+    if not isinstance(net, ScaledResNet):
+        raise ConfigurationError(f"gram_traces needs a ScaledResNet, got {type(net).__name__}")
+    net64 = _as_float64(net)
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64) if not isinstance(X, Tensor) else X,
+                         dtype=torch.float64)
+    net64.embed_input(Xt)
+    cfg = net64.config
+    act = net64.act
+    s_res, s_head = _scales(net64)
+    with torch.enable_grad():
+        f, states = net64.forward_states(Xt)
+        grads = torch.autograd.grad(f.sum(), states[1:])
+    c_over_m = net64.residual_multiplier / cfg.width
+    t1 = np.zeros(cfg.depth)
+    with torch.no_grad():
+        for layer in range(cfg.depth):
+            z = states[layer].detach()
+            g = grads[layer].detach()
+            h = z @ net64.res_w[layer].T + net64.res_bias[layer]
+            S = act.fn(h)
+            P = (g @ net64.res_u[layer].T) * act.derivative(h)
+            diag = (g * g).sum(1) * (S * S).sum(1) + ((z * z).sum(1) + 1.0) * (P * P).sum(1)
+            t1[layer] = float(diag.mean()) * c_over_m**2 * s_res
+        z = states[-1].detach()
+        H = z @ net64.head_w.T
+        S = act.fn(H)
+        P = act.derivative(H) * net64.head_a
+        diag2 = (S * S).sum(1) + (z * z).sum(1) * (P * P).sum(1)
+        t2 = float(diag2.mean()) * (cfg.beta / cfg.head_width) ** 2 * s_head
+    return t1, t2

@@ -33,6 +33,13 @@ def _groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def _plain(table: pd.DataFrame) -> pd.DataFrame:
+    """The same columns without ``attrs``: pandas deep-copies ``attrs`` on every slice
+    and groupby, and a designed sweep's attrs hold every run's trajectory (measured on
+    the test design: plot_design 1.76 -> 1.40 CPU-s)."""
+    return pd.DataFrame(table, copy=False)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
@@ -63,6 +70,7 @@ def plot_sweep(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Pa
     need = {"depth", "scaling", "measured_gap", "gap_estimate", "lambda_min_G2_init"}
     if missing := need - set(table.columns):
         raise ConfigurationError(f"plot_sweep: the table lacks columns {sorted(missing)}")
+    table = _plain(table)
     out = Path(out_dir)
     paths = []
 
@@ -127,6 +135,7 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
             "lambda_min_G2_init", "lambda_min_G2_final", "Lambda_G2", "loss_bound"}
     if missing := need - set(table.columns):
         raise ConfigurationError(f"plot_design: the table lacks columns {sorted(missing)}")
+    table = _plain(table)
     out = Path(out_dir)
     paths = []
     bound = float(pd.to_numeric(table["loss_bound"], errors="coerce").max())
@@ -214,7 +223,9 @@ def plot_training(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple
     - training_loss_envelope.png: the training loss [M] against the predicted envelope
       L(t_k) exp(-(2 beta^2/n) int_{t_k}^t lambda_min(G2)) restarted at every phase [D]
       (gradient flow stays below it; gradient descent with a finite step nearly so);
-    - training_kl.png: the Gaussian-fit KL radius (head + mean block) over training [E];
+    - training_kl.png: the trajectory KL radius (head + mean block; per part the larger of
+      the bias-corrected Gaussian fit and the k-NN estimate calibrated on resampled
+      initialisations, so about 0 at t = 0) over training [E];
     - training_phase_rates.png: per-phase measured decay rate against the predicted
       (2 beta^2/n) mean lambda_min (G1+G2; G2 for head-only runs), with the line
       measured = predicted (gradient flow lies above it).
@@ -262,11 +273,13 @@ def plot_training(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple
     ax.set_prop_cycle(color=colours)
     for tr in trs:
         cks = tr["checkpoints"]
-        ax.plot([c["time"] for c in cks], [c["kl_gaussian"] for c in cks], "-o", ms=3,  # type: ignore[attr-defined]
+        key = "kl_radius" if all("kl_radius" in c for c in cks) else "kl_gaussian"  # type: ignore[attr-defined]
+        ax.plot([c["time"] for c in cks], [c[key] for c in cks], "-o", ms=3,  # type: ignore[attr-defined]
                 label=str(tr["design"]))
     ax.set_xlabel("flow time t")
     ax.set_ylabel("nats")
-    ax.set_title("KL radius over training: Gaussian-fit floor, head + mean block [E]", fontsize=9)
+    ax.set_title("KL radius over training: max(Gaussian floor, k-NN calibrated on resampled "
+                 "initialisations), head + mean block [E]", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
     paths.append(_save(fig, out / "training_kl.png"))
 

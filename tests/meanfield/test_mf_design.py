@@ -128,7 +128,7 @@ def test_recommendation_compares_scalings_on_matched_configurations():
         for sc, gap, ok in (("mean-field", 0.30 + 0.01 * seed, True), ("sqrt", 0.40 + 0.01 * seed, False)):
             rows.append({"scaling": sc, "in_scope": ok, "regime": "mean-field" if ok else "SDE",
                          "conditions_met": False, "train_loss": 0.01, "test_loss": gap + 0.01,
-                         "measured_gap": gap, "gap_estimate": 5.0 if ok else np.nan, "seed": seed,
+                         "measured_gap": gap, mf.RECOMMENDED_ESTIMATE: 5.0 if ok else np.nan, "seed": seed,
                          "n_train": 100, "noise": 0.2, "depth": 16, "alpha": 1.0,
                          "init": "mean-field", "beta": 1.0, "trainable": "all", "width": 32})
     rows.append({**rows[0], "depth": 4, "scaling": "mean-field"})  # unmatched: left out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_magnitude_prune_zeroes_the_smallest_weights_globally():
     k = round(0.3 * old.numel())
     assert int((new == 0).sum()) == k
     assert float(old[new == 0].abs().max()) <= float(old[new != 0].abs().min())
-    torch.testing.assert_close(pruned.res_bias, net.res_bias)  # biases kept
+    assert torch.equal(pruned.res_bias, net.res_bias)  # biases kept, exactly
     assert not torch.equal(net.res_u, pruned.res_u)  # a copy was changed, not the input
     with pytest.raises(ConfigurationError, match="fraction"):
         mf.magnitude_prune(1.0)
@@ -114,7 +115,7 @@ def test_round_to_grid_puts_every_value_on_a_symmetric_grid_with_zero():
         p, r = p_.detach(), r_.detach()
         step = float(p.abs().max()) / 7
         k = r / step
-        torch.testing.assert_close(k, torch.round(k), atol=1e-9, rtol=0)
+        assert float((k - torch.round(k)).abs().max()) <= 1e-9  # on the grid
         assert float(k.abs().max()) <= 7 + 1e-9
         assert float((r - p).abs().max()) <= step / 2 + 1e-12
     with pytest.raises(ConfigurationError, match="bits"):
@@ -137,3 +138,44 @@ def test_compression_effect_table(digits, runs):
     with pytest.raises(ConfigurationError, match="must return a ScaledResNet"):
         mf.compression_effect(runs["mean-field"], d.X_train, d.y_train, d.X_test, d.y_test,
                               {"bad": lambda m: torch.nn.Linear(2, 2)}, options=FAST)
+
+
+def test_tangent_and_stability_estimates_by_hand(digits, runs):
+    d = digits
+    run = runs["mean-field"]
+    est = mf.estimate(run, d.X_train, d.y_train, d.X_test, d.y_test, 0.05, options=FAST)
+    n, beta = d.n_train, est.beta
+    net = copy.deepcopy(run.model).to(torch.float64)
+    X = torch.as_tensor(d.X_train, dtype=torch.float64)
+    traces = []
+    for ck in run.checkpoints:  # 4 checkpoints, all used by FAST
+        keys = net.load_state_dict({k: v.to(torch.float64) for k, v in ck.state.items()}, strict=False)
+        assert not keys.unexpected_keys and set(keys.missing_keys) <= {"embed"}  # a fixed buffer
+        traces.append(mf.gram_traces(net, X))
+    t1 = np.max([t[0] for t in traces], axis=0)
+    t2 = max(t[1] for t in traces)
+    m_res = net.lr_multipliers()["res_u"]
+    assert m_res == est.depth * est.width  # mean-field: L * M
+    assert est.jacobian_trace_head == pytest.approx(t2) and est.jacobian_trace_residual == pytest.approx(t1.sum())
+    head = beta * est.w2_bound_head * math.sqrt(t2) / math.sqrt(n)
+    res = sum(beta * w * math.sqrt(est.width * t / m_res) for w, t in zip(est.w2_bound_per_layer, t1, strict=True)) / math.sqrt(n)
+    assert est.rademacher_tangent_head == pytest.approx(head)
+    assert est.rademacher_tangent_residual == pytest.approx(res)
+    assert est.rademacher_tangent == pytest.approx(head + res)
+    assert est.gap_estimate_tangent == pytest.approx(2 * 2 * (head + res) + est.confidence_term)
+    rho = head + res + math.sqrt(2 * math.log(1 / 0.05) / n)
+    assert est.gap_estimate_optimistic == pytest.approx(math.sqrt(est.train_loss) * rho + rho**2)
+    # stability: (4 beta^2 / n) int (tr(G1 + G2)/n) L dt, trace interpolated between checkpoints
+    times = [ck.time for ck in run.checkpoints]
+    tr = [t[0].sum() + t[1] for t in traces]
+    steps = np.arange(len(run.losses))
+    integrand = np.interp(run.lr * steps, times, tr) * np.asarray(run.losses)
+    integral = float(np.sum(0.5 * (integrand[1:] + integrand[:-1]))) * run.lr
+    assert est.gap_estimate_stability == pytest.approx(4 * beta**2 / n * integral)
+    # the trajectory KL: untrained particles read about 0 (k-NN calibrated on resampled
+    # initialisations, Gaussian fit bias-corrected); trained ones are further out
+    first, last = est.trajectory[0], est.trajectory[-1]
+    assert abs(first.kl_gaussian) < 1.0 and abs(first.kl_knn) < 3.0
+    for p in est.trajectory:  # per part the larger of the two, so at least either sum
+        assert p.kl_radius >= max(p.kl_gaussian, p.kl_knn) - 1e-12
+    assert last.kl_radius > first.kl_radius

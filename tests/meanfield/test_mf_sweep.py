@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from certcompress import cli
 from certcompress import errors as mf_errors
 from certcompress import meanfield as mf
 from certcompress.cli.meanfield import register
@@ -165,3 +166,50 @@ def test_sweep_reads_an_npz_path(tmp_path):
     t = mf.sweep(depths=[2], scalings=["mean-field"], widths=[4], data=str(path),
                  options=OPTS, progress=False)
     assert len(t) == 1 and t["n_train"].iloc[0] == 30 and t["n_test"].iloc[0] == 10
+
+
+def test_sweep_with_seeds_reports_intervals_and_p_values():
+    kwargs = dict(depths=[2], scalings=["mean-field", "none"], alphas=[0.5, 2.0], widths=[6],
+                  ns=[30], data="digits", options=OPTS, progress=False)
+    t = mf.sweep(**kwargs, seeds=[0, 1])
+    assert len(t) == 8 and sorted(set(t["seed"])) == [0, 1] and t.attrs["seeds"] == [0, 1]
+    one = mf.sweep(**kwargs, seed=1)  # the seed-1 rows are the single-seed sweep's rows
+    pd.testing.assert_frame_equal(t[t["seed"] == 1].drop(columns=list(_TIMING)).reset_index(drop=True),
+                                  one.drop(columns=list(_TIMING)).reset_index(drop=True))
+    by = t.attrs["by_config"]
+    assert set(by) == set(t["config"]) and all(e["n_seeds"] == 2 for e in by.values())
+    for name, e in by.items():
+        gaps = t.loc[t["config"] == name, "measured_gap"].to_numpy(dtype=float)
+        assert e["measured_gap"]["mean"] == pytest.approx(gaps.mean())
+        # 95% Student-t half-width with 1 degree of freedom: 12.706 * s / sqrt(2)
+        assert e["measured_gap"]["ci95"] == pytest.approx(12.7062047 * gaps.std(ddof=1) / math.sqrt(2))
+    means = t.attrs["spearman_means"]
+    assert means["gap_estimate_tangent"]["n_points"] == 2  # in-scope configurations only
+    assert means["kernel_measure"]["n_points"] == 4
+    assert set(t.attrs["spearman"]["gap_estimate"]) >= {"rho", "pvalue", "n_configs"}
+    with pytest.raises(mf_errors.ConfigurationError, match="seeds"):
+        mf.sweep(**kwargs, seeds=[])
+    with pytest.raises(mf_errors.ConfigurationError, match="not both"):
+        mf.sweep(**kwargs, seed=3, seeds=[0])
+
+
+def test_cli_through_the_command_table_uses_the_shared_option_groups(tmp_path, capsys):
+    # --out and --executor/--workers/--address/--num-cpus come from cli/options.py
+    args = cli.build_parser("meanfield").parse_args(
+        ["meanfield", "sweep", "--out", "d", "--executor", "ray", "--address", "auto", "--num-cpus", "3"])
+    assert (args.out, args.executor, args.address, args.num_cpus, args.workers) == ("d", "ray", "auto", 3, None)
+    assert cli.build_parser("meanfield").parse_args(["meanfield", "design", "--out", "d"]).out == "d"
+    out = tmp_path / "o"
+    rc = cli.main(["meanfield", "sweep", "--depths", "2", "--scalings", "mean-field", "--widths", "6",
+                   "--ns", "30", "--steps", "5", "--record-every", "5", "--out", str(out),
+                   "--executor", "local", "--workers", "1", "--no-plots", "--no-progress"])
+    assert rc == 0 and (out / "meanfield_sweep.csv").is_file()
+    assert len(pd.read_csv(out / "meanfield_sweep.csv")) == 1
+    capsys.readouterr()
+    for argv, message in ((["--workers", "2"], "--workers is for --executor local"),
+                          (["--executor", "serial", "--address", "auto"], "--address and --num-cpus"),
+                          (["--executor", "threads"], "invalid choice")):
+        bad = tmp_path / "bad"
+        rc = cli.main(["meanfield", "sweep", "--out", str(bad), "--no-progress", *argv])
+        assert rc == 2 and message in capsys.readouterr().err
+        assert not bad.exists()  # nothing written
