@@ -126,7 +126,10 @@ class BabDetails(TierDetails):
     ``proven_fraction``: the domain's volume fraction whose leaves are closed;
     ``search_bound``: the max over the leaves (None when no run covered the domain);
     ``one_pass_bound``: the bound of one pass over the whole box; ``found``: the largest
-    deviation seen (a lower bound of the true worst case)."""
+    deviation seen (a lower bound of the true worst case). A verified
+    :func:`~certcompress.equivalence.verify_equivalence` result converted to a
+    certificate (:meth:`~certcompress.equivalence.EquivalenceResult.certificate`) states
+    its run here too, with ``norm`` and ``epsilon``."""
 
     status: str
     regions: int
@@ -137,8 +140,14 @@ class BabDetails(TierDetails):
     attempts: int
     target: float
     search_bound: float | None = None
-    one_pass_bound: float
+    #: None when the entry comes from ``verify_equivalence`` (no one-pass bound computed)
+    one_pass_bound: float | None = None
     found: float | None = None
+    #: the norm the search bounded: "l1" for the tier; "inf" or "l1" for a verified
+    #: ``verify_equivalence`` result, whose ``epsilon`` is then the proven tolerance
+    #: (``found`` is in that norm)
+    norm: str = "l1"
+    epsilon: float | None = None
     time_budget: float | None = None
     max_regions: int
     method: str
