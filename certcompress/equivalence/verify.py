@@ -227,6 +227,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     try:
         res = run_search(bounder, prop, lower, upper, cfg,
                          None if pool is None else pool.map, update)
+        if bar is not None:  # the final state (a search proven in its first round too)
+            bar.n = 100.0 if res["status"] == "verified" else \
+                100.0 * float(res["proven_fraction"])
+            bar.set_postfix_str(f"{res['status']}, {res['regions']} regions", refresh=True)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
