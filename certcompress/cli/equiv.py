@@ -135,6 +135,13 @@ def _domains(args: argparse.Namespace, model: nn.Module) -> tuple[InputDomain, .
             raise ConfigurationError(f"--radius must be a finite number > 0, got {r!r}")
         return (InputDomain.box(-r, r, shape=shape, description=f"box [-{r:g}, {r:g}] "
                                 "for every feature (--radius)"),)
+    parts = args.domain.split(":")
+    try:
+        empty = len(parts) == 2 and float(parts[0]) > float(parts[1])
+    except ValueError:
+        empty = False  # parse_domain names the malformed bound
+    if empty:
+        raise ConfigurationError(f"--domain {args.domain} is empty: LO > HI")
     return (parse_domain(args.domain, shape),)
 
 
