@@ -285,11 +285,11 @@ def _certificate(res: EquivalenceResult, model: nn.Module | Graph,
     bound`` (l_inf, rounded up). Like ``certify``, the certificate measures the output
     scale on samples of the domain and runs a PGD search there; a deviation above the
     bound raises :class:`SoundnessError` instead of returning a wrong certificate."""
-    if res.status != "verified":
-        return f"the result is {res.status}, not verified"
-    if res.property != "epsilon" or res.bound is None or res.norm is None:
+    if res.property != "epsilon":
         return ("a top-1 result bounds no deviation; verify property='epsilon' for a "
                 "certificate")
+    if res.status != "verified" or res.bound is None or res.norm is None:
+        return f"the result is {res.status}, not verified"
     if not (isinstance(model, nn.Module) and isinstance(compressed, nn.Module)):
         return ("the models were given as traced graphs; a certificate records the modules' "
                 "parameter digests: pass the nn.Module models")
