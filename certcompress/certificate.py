@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 import os
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 from ._frozen import FrozenMap, freeze
 from ._io import JsonRecord, parse_json, read_text_file
@@ -313,6 +313,45 @@ _PM_FIELDS = ("factor", "path_metric", "path_metric_exact", "method", "path_norm
               "path_norm_compressed", "sign_changes", "changed_parameters", "float_slack_rel",
               "float_slack_abs")
 
+_T = TypeVar("_T")
+
+
+class _PathMetricAttr(Generic[_T]):
+    """A read-only attribute of :class:`Certificate` derived from the path-metric tier's
+    details (``by_method["path-metric"].details``): the details field ``key`` (by
+    default the attribute's own name), or, when the tier did not run, ``absent(cert)``
+    (None when not given). Schemas 1 and 2 stored these numbers at the top level; schema
+    3 keeps them only in the tier's details, and this descriptor keeps the old names."""
+
+    def __init__(self, key: str | None = None, *, doc: str,
+                 absent: Callable[[Certificate], _T] | None = None) -> None:
+        self._key = key or ""
+        self._name = ""
+        self._absent = absent
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._key = self._key or name
+
+    @overload
+    def __get__(self, cert: None, owner: type | None = None) -> _PathMetricAttr[_T]: ...
+
+    @overload
+    def __get__(self, cert: Certificate, owner: type | None = None) -> _T: ...
+
+    def __get__(self, cert: Certificate | None,
+                owner: type | None = None) -> _T | _PathMetricAttr[_T]:
+        if cert is None:
+            return self
+        d = cert.path_metric_details
+        if d is not None:
+            return cast(_T, getattr(d, self._key))
+        return cast(_T, None) if self._absent is None else self._absent(cert)
+
+    def __set__(self, cert: Certificate, value: object) -> None:
+        raise AttributeError(f"Certificate.{self._name} is read-only: it is derived from "
+                             "by_method['path-metric'].details")
 
 
 @dataclass(frozen=True)
@@ -359,66 +398,28 @@ class Certificate(JsonRecord):
         d = None if t is None else t.details
         return d if isinstance(d, PathMetricDetails) else None
 
-    @property
-    def factor(self) -> float:
-        """``max(radius, 1)``: the path-metric tier's factor (as it recorded it)."""
-        d = self.path_metric_details
-        return max(float(self.radius), 1.0) if d is None else d.factor
-
-    @property
-    def path_metric(self) -> float | None:
-        """An upper bound of (or, when ``path_metric_exact``, the) path-metric
-        ``||Phi(theta) - Phi(theta')||_1`` (None when the path-metric tier did not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.path_metric
-
-    @property
-    def path_metric_exact(self) -> bool | None:
-        """Whether ``path_metric`` is the path-metric itself (None: tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.path_metric_exact
-
-    @property
-    def method(self) -> str | None:
-        """How the path-metric was computed (None: tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.computation
-
-    @property
-    def path_norm_original(self) -> float | None:
-        """The original's l1 path-norm (None: path-metric tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.path_norm_original
-
-    @property
-    def path_norm_compressed(self) -> float | None:
-        """The compressed model's l1 path-norm (None: path-metric tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.path_norm_compressed
-
-    @property
-    def sign_changes(self) -> int | None:
-        """Parameters whose sign changed (None: path-metric tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.sign_changes
-
-    @property
-    def changed_parameters(self) -> int | None:
-        """Parameters that differ (None: path-metric tier not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.changed_parameters
-
-    @property
-    def float_slack_rel(self) -> float | None:
-        """The path-metric's relative float64 rounding slack (included; None: not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.float_slack_rel
-
-    @property
-    def float_slack_abs(self) -> float | None:
-        """The path-metric's absolute float64 rounding slack (included; None: not run)."""
-        d = self.path_metric_details
-        return None if d is None else d.float_slack_abs
+    factor = _PathMetricAttr[float](
+        doc="``max(radius, 1)``: the path-metric tier's factor (as it recorded it).",
+        absent=lambda cert: max(float(cert.radius), 1.0))
+    path_metric = _PathMetricAttr[float | None](
+        doc="An upper bound of (or, when ``path_metric_exact``, the) path-metric "
+            "``||Phi(theta) - Phi(theta')||_1`` (None when the path-metric tier did not run).")
+    path_metric_exact = _PathMetricAttr[bool | None](
+        doc="Whether ``path_metric`` is the path-metric itself (None: tier not run).")
+    method = _PathMetricAttr[str | None](
+        "computation", doc="How the path-metric was computed (None: tier not run).")
+    path_norm_original = _PathMetricAttr[float | None](
+        doc="The original's l1 path-norm (None: path-metric tier not run).")
+    path_norm_compressed = _PathMetricAttr[float | None](
+        doc="The compressed model's l1 path-norm (None: path-metric tier not run).")
+    sign_changes = _PathMetricAttr[int | None](
+        doc="Parameters whose sign changed (None: path-metric tier not run).")
+    changed_parameters = _PathMetricAttr[int | None](
+        doc="Parameters that differ (None: path-metric tier not run).")
+    float_slack_rel = _PathMetricAttr[float | None](
+        doc="The path-metric's relative float64 rounding slack (included; None: not run).")
+    float_slack_abs = _PathMetricAttr[float | None](
+        doc="The path-metric's absolute float64 rounding slack (included; None: not run).")
 
     @property
     def bound_method(self) -> str:

@@ -6,6 +6,7 @@ code (tests/fixtures/certificates, never regenerated) still load."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -142,3 +143,23 @@ def test_reports_and_the_store_take_their_certificate_columns_from_to_row() -> N
            "nonzero_parameters", "accuracy"}
     assert set(REPORT_COLUMNS) - own <= set(ROW_COLUMNS)
     assert "measured_max" not in ROW_COLUMNS and "deviation_max" in ROW_COLUMNS
+
+
+@pytest.mark.parametrize("path", OLD, ids=lambda p: p.name)
+def test_path_metric_attributes_are_read_from_the_tier_details(path: Path) -> None:
+    cert = Certificate.load(path)
+    pm = cert.path_metric_details
+    without = dataclasses.replace(cert, by_method={k: v for k, v in cert.by_method.items()
+                                                   if k != "path-metric"})
+    assert without.path_metric_details is None
+    assert without.factor == max(cert.radius, 1.0) and isinstance(without.factor, float)
+    for name in (*PM_FIELDS, "method"):
+        if name != "factor":
+            assert getattr(without, name) is None, name
+        if pm is not None:
+            key = "computation" if name == "method" else name
+            assert getattr(cert, name) == pm[key] and type(getattr(cert, name)) is type(pm[key])
+        # documented, and read-only even past the frozen dataclass's own guard
+        assert getattr(Certificate, name).__doc__
+        with pytest.raises(AttributeError, match=name):
+            object.__setattr__(cert, name, 0)

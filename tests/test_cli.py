@@ -22,8 +22,10 @@ from torch import nn
 
 import certcompress as cc
 from certcompress import cli
+from certcompress.bounds.propagation.lowering import default_lowerings
 from certcompress.capture import PluginManager
 from certcompress.capture import plugins as plugins_module
+from certcompress.cli import tiers as tiers_cli
 
 SHAPE = (1, 1, 6, 6)
 RADIUS = 1.5
@@ -418,6 +420,86 @@ def test_adapters_lists_the_registry(capsys: pytest.CaptureFixture[str],
         assert any(line.split() == [kind, key, adapter, source] for line in out.splitlines())
     assert f"{len(pm.registry.entries())} adapters" in out
     assert "plugins: none loaded" in out and "certcompress.plugins" in out
+    # the bound-propagation lowerings, each with its function and who registered it
+    builtin = default_lowerings().entries()
+    for e in builtin:
+        assert [e.op_type.__name__, f"{e.fn.__module__}.{e.fn.__qualname__}", e.source] in \
+            [line.split() for line in out.splitlines()], e
+    assert f"\n{len(builtin)} lowerings\n" in out and "ScaledReLUOp" not in out
+    # a plugin's lowering is listed under its name
+    assert cli.main(["adapters", "--plugin", "certcompress_example:ExamplePlugin"]) == 0
+    out = capsys.readouterr().out
+    assert ["ScaledReLUOp", "certcompress_example.lowering.lower_scaled_relu",
+            "certcompress-example"] in [line.split() for line in out.splitlines()]
+    assert f"\n{len(builtin) + 1} lowerings\n" in out
+
+
+TIER_PLUGIN_PY = textwrap.dedent('''
+    from certcompress import Plugin
+    from certcompress.bounds.tiers import Tier, TierBound
+
+    class ZeroTier(Tier):
+        name = "zero-test"
+        summary = "a test tier that never runs"
+
+        def _bound(self, pair, domain, options):
+            raise AssertionError("not run by the listing")
+
+    class QuietTier(ZeroTier):
+        name = "quiet-test"
+        summary = ""
+        default_with_domain = True
+
+    class TierPlugin(Plugin):
+        name = "tier-test-plugin"
+
+        def register_tiers(self, registry):
+            registry.register(ZeroTier())
+            registry.register(QuietTier())
+''')
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    """The tier listing's rows by name: [default, source, description]."""
+    lines = out.split("\n\n")[0].splitlines()
+    assert lines[0].split() == ["NAME", "DEFAULT", "SOURCE", "DESCRIPTION"]
+    rows = {}
+    for line in lines[1:]:
+        name, rest = line.split(None, 1)
+        default = "with --domain" if rest.startswith("with --domain") else rest.split()[0]
+        source, text = rest[len(default):].split(None, 1)
+        rows[name] = [default, source, text.strip()]
+    return rows
+
+
+def test_tiers_lists_the_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugins_module, "_manager", PluginManager(load_entry_points=False))
+    assert cli.main(["tiers"]) == 0
+    out = capsys.readouterr().out
+    registry = cc.tier_registry()
+    rows = _table(out)
+    assert list(rows) == list(registry.names()) == ["path-metric", "bounds", "bab"]
+    assert rows["path-metric"] == ["always", "certcompress", registry.get("path-metric").summary]
+    assert rows["bounds"] == ["with --domain", "certcompress", registry.get("bounds").summary]
+    assert rows["bab"] == ["no", "certcompress", registry.get("bab").summary]
+    assert "\n3 tiers\n" in out and "scope of every tier: worst case" in out
+    assert "certify runs: path-metric (no --domain); path-metric, bounds (with --domain)" in out
+    # a plugin's tiers: attributed to it, a default only when it says so
+    (tmp_path / "cctiertest.py").write_text(TIER_PLUGIN_PY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert cli.main(["tiers", "--plugin", "cctiertest:TierPlugin"]) == 0
+        out = capsys.readouterr().out
+        rows = _table(out)
+        assert rows["zero-test"] == ["no", "tier-test-plugin", "a test tier that never runs"]
+        assert rows["quiet-test"] == ["with --domain", "tier-test-plugin", "(no summary)"]
+        assert [r[0] for r in tiers_cli.tier_rows(cc.tier_registry())] == list(rows)
+        assert "path-metric, bounds, quiet-test (with --domain)" in out
+        assert cli.main(["tiers", "--plugin", "cctiertest:Nothing"]) == 2
+        assert "has no attribute 'Nothing'" in _one_line_error(capsys.readouterr().err)
+    finally:
+        sys.modules.pop("cctiertest", None)
 
 
 # ------------------------------------------------------------------ the parser

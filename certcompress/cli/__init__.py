@@ -69,12 +69,13 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "zoo": "certcompress.cli.zoo",
     "results": "certcompress.cli.zoo",
     "equiv": "certcompress.cli.equiv",
+    "tiers": "certcompress.cli.tiers",
 }
 _OPTIONAL_DEFAULTS = dict(_OPTIONAL_COMMANDS)  # the table as shipped (tests may replace it)
 _HELP: dict[str, str] = {
     "inspect": "trace a model: graph, support verdict, path-norm",
     "certify": "certify max ||f(x) - f'(x)||_1 over an input domain for two models",
-    "adapters": "list the registered adapters and the loaded plugins",
+    "adapters": "list the registered adapters, lowerings and the loaded plugins",
     "demo": "run the end-to-end example on scikit-learn digits",
     "prune": "prune a model (a sparsity, or the sparsest plan within a budget) and certify it",
     "certify-plan": "certify a pruning plan file (JSON or YAML)",
@@ -87,6 +88,7 @@ _HELP: dict[str, str] = {
     "zoo": "certify a zoo of models and plans from a manifest, resumably",
     "results": "list, show or export the results store of sweeps",
     "equiv": "prove or refute that a compressed model stays within epsilon of the original",
+    "tiers": "list the registered certification tiers (what --method takes)",
 }
 
 

@@ -1,5 +1,6 @@
 """The core commands: ``inspect``, ``certify`` and ``adapters`` (a thin layer over
-:func:`certcompress.api.trace`, :func:`certcompress.api.certify` and the adapter registry)."""
+:func:`certcompress.api.trace`, :func:`certcompress.api.certify`, the adapter registry and
+the bound-propagation lowering registry)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..api import certify, check_trace, path_norm, trace
 from ..bounds.cost import estimate_costs
+from ..bounds.propagation.lowering import LoweringEntry, default_lowerings
 from ..capture import ENTRY_POINT_GROUP, plugin_manager
 from ..errors import ConfigurationError, UnsupportedModelError
 from ..loading import load_model, load_module, load_reference_inputs
@@ -132,7 +134,12 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ adapters
 def _register_adapters(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("adapters", parents=[common_parent()],
-                              help="list the registered adapters and the loaded plugins")
+                              help="list the registered adapters, lowerings and the loaded "
+                                   "plugins",
+                              description="List the adapters (PyTorch module, function or "
+                                          "method -> IR op), the bound-propagation lowerings "
+                                          "(IR op kind -> primitives) and the loaded plugins, "
+                                          "each with who registered it.")
     p.set_defaults(func=_cmd_adapters)
 
 
@@ -144,6 +151,13 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
     for kind, key, adapter, source in rows:
         print(f"{kind:<{widths[0]}}  {key:<{widths[1]}}  {adapter:<{widths[2]}}  {source}")
     print(f"\n{len(rows) - 1} adapters")
+    lowerings = [("OP", "LOWERING", "SOURCE"), *(_lowering_row(e) for e in
+                                                default_lowerings().entries())]
+    lw = [max(len(r[i]) for r in lowerings) for i in range(2)]
+    print("\nbound-propagation lowerings (IR op kind -> primitive nodes):")
+    for op, fn, source in lowerings:
+        print(f"{op:<{lw[0]}}  {fn:<{lw[1]}}  {source}")
+    print(f"\n{len(lowerings) - 1} lowerings")
     if not pm.plugins:
         print(f"plugins: none loaded (install one that declares the entry-point group "
               f"'{ENTRY_POINT_GROUP}', or name one with --plugin package.module:Attr)")
@@ -153,3 +167,9 @@ def _cmd_adapters(args: argparse.Namespace) -> int:
             prefixes = ", ".join(lp.plugin.model_prefixes) or "none"
             print(f"  {lp.plugin.name}  (model prefixes: {prefixes})  from {lp.source}")
     return EXIT_OK
+
+
+def _lowering_row(entry: LoweringEntry) -> tuple[str, str, str]:
+    fn = entry.fn
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return (entry.op_type.__name__, f"{getattr(fn, '__module__', '?')}.{name}", entry.source)

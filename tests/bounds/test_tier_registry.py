@@ -1,12 +1,14 @@
 """The tier registry and the Tier template method, through the example tier of
 docs/adding-a-tier.md: its code is taken from the doc, saved as one module, loaded as a
-plugin, and certified with (so the doc's example runs as written)."""
+plugin, and certified with (so the doc's example runs as written), its certificates saved
+and loaded back with the tier's typed details."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
 import math
 import re
 import sys
@@ -18,13 +20,19 @@ import torch
 from torch import nn
 
 import certcompress as cc
+import certcompress.certificate as certificate_mod
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.tiers import GraphPair, Tier, TierBound, TierRegistry, tier_registry
 from certcompress.capture import plugins as plugins_mod
 from certcompress.capture.plugins import Plugin, PluginManager
-from certcompress.certificate import WORST_CASE
+from certcompress.certificate import WORST_CASE, TierDetails
 from certcompress.cli.domain_options import add_domain_arguments
-from certcompress.errors import ConfigurationError, NumericalRangeError, PluginError
+from certcompress.errors import (
+    CertificateError,
+    ConfigurationError,
+    NumericalRangeError,
+    PluginError,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adding-a-tier.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
@@ -33,10 +41,13 @@ BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.
 @pytest.fixture
 def opnorm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginManager:
     """The doc's tier module saved as certcompress_opnorm.py, importable, and a fresh
-    process-wide plugin manager (restored, with the registry, after the test)."""
+    process-wide plugin manager (restored, with the registry and the registered details
+    types, after the test); the working directory is ``tmp_path``."""
     (tmp_path / "certcompress_opnorm.py").write_text(BLOCKS[0], encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "certcompress_opnorm", raising=False)
+    monkeypatch.setattr(certificate_mod, "_DETAILS", dict(certificate_mod._DETAILS))
+    monkeypatch.chdir(tmp_path)
     pm = PluginManager(load_entry_points=False)
     monkeypatch.setattr(plugins_mod, "_manager", pm)
     return pm
@@ -57,6 +68,25 @@ def test_the_doc_example_runs_and_the_summary_shows_the_tier(opnorm: PluginManag
     assert re.search(r"tier operator-norm\s+\S+\s+\(upper bound", text)
     assert "('path-metric', 'bounds', 'bab', 'operator-norm')" in text
     assert tier_registry().origin("operator-norm") == "operator-norm-tier"
+    # the certificate it saved loads back with the tier's typed details
+    assert "OperatorNormDetails 2" in text
+    saved = Path("opnorm-certificate.json")
+    back = cc.Certificate.load(saved)
+    details = back.by_method["operator-norm"].details
+    assert type(details).__name__ == "OperatorNormDetails" and isinstance(details, TierDetails)
+    assert certificate_mod.details_type("operator-norm") is type(details)
+    assert details.layers == 2 and details.linf_bound > 0  # type: ignore[attr-defined]
+    assert details["float_slack_rel"] == 2.0 ** -53
+    assert back.to_dict() == json.loads(saved.read_text())
+    # typed means validated: a file whose details miss a field, add one or change a type
+    raw = json.loads(saved.read_text())
+    for edit, message in ((lambda d: d.pop("layers"), "missing field.*layers"),
+                          (lambda d: d.update(extra=1), "unknown field.*extra"),
+                          (lambda d: d.update(layers="2"), "field 'layers' must be int")):
+        bad = json.loads(json.dumps(raw))
+        edit(bad["by_method"]["operator-norm"]["details"])
+        with pytest.raises(CertificateError, match=message):
+            cc.Certificate.from_dict(bad)
 
 
 def test_the_example_tier_is_sound_and_recorded(opnorm: PluginManager) -> None:

@@ -17,7 +17,7 @@ IR op                  primitives
 ``CatOp``              one ``PLinear``
 ``ActQuantOp``         clipping exactly (``lo + ReLU(z - lo) - ReLU(lo - z)`` in a
                        network that does not quantize, ``lo + ReLU(z - lo) -
-                       ReLU(z - hi)`` in one that does: a ``PAffine`` selects), then a
+                       ReLU(z - hi)`` in one that does: a ``PSelect`` selects), then a
                        ``PPerturb`` of ``|e| <= scale / 2 + slack`` (the rounding)
 =====================  ==========================================================
 
@@ -46,7 +46,6 @@ from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
     ActQuantOp,
     AffineOp,
-    AffineParams,
     CatOp,
     ClampOp,
     FixedLinearOp,
@@ -57,7 +56,7 @@ from ...ir.ops import (
     MaxPoolOp,
     ReLUOp,
 )
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
 
 __all__ = ["lower_pair", "LoweringRegistry", "LoweringEntry", "Lowering", "Builder",
            "default_lowerings", "lowerings_for", "register_builtin_lowerings",
@@ -307,41 +306,17 @@ def _pad_group(t: Tensor, width: int) -> Tensor:
 
 
 # ------------------------------------------------------------ activation quantization
-@dataclass(frozen=True)
-class _SelectOp(AffineOp):
-    """``sum_i w[i] x[i]`` over ``k`` stacked tensors ``x`` (bilinear in ``w`` and ``x``):
-    lets the two networks of a pair take different branches (lowering only)."""
-
-    k: int = 2
-
-    def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        w = weight.reshape((self.k,) + (1,) * (x.dim() - 1))
-        y = (x * w).sum(0)
-        return y if bias is None else y + bias
-
-    def out_channels(self, params: AffineParams) -> int:  # pragma: no cover - unused
-        return 1
-
-    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:  # pragma: no cover
-        return weight * a
-
-    def describe(self) -> str:
-        return "Select"
-
-
 def _select(b: Builder, ins: list[int], source: str, shape: tuple[int, ...],
             keep: list[float], clip: list[float], clip_a: bool, clip_c: bool) -> int:
     """``sum_i w_i ins[i]`` with ``w = clip`` in a network that clips, ``keep`` in one
-    that does not (a ``PAffine``: the two networks' weights differ)."""
-    k = len(ins)
+    that does not (a ``PSelect`` over the stacked inputs: the two networks' weights
+    differ)."""
     stacked = b.linear(ins, lambda *us: torch.stack(list(us)),
                        lambda *us: torch.stack(list(us)), source)
     wk = torch.tensor(keep, dtype=torch.float64)
     wc = torch.tensor(clip, dtype=torch.float64)
-    zeros = torch.zeros(shape, dtype=torch.float64)
-    return b.add(PAffine(inputs=(stacked,), shape=shape, source=source, op=_SelectOp(k),
-                         in_shape=b.shape(stacked), w=wc if clip_a else wk,
-                         wc=wc if clip_c else wk, bias=zeros, bias_c=zeros))
+    return b.add(PSelect(inputs=(stacked,), shape=shape, source=source,
+                         w=wc if clip_a else wk, wc=wc if clip_c else wk))
 
 
 def _nonnegative(graph: Graph, name: str) -> bool:
@@ -525,18 +500,21 @@ def lowerings_for(manager: PluginManager) -> LoweringRegistry:
 
 
 _lock = threading.Lock()
-_cache: tuple[int, int, LoweringRegistry] | None = None
+# (manager, its plugins, their lowerings): held strongly, so that a manager or plugin freed
+# since cannot pass for the cached one by a reused id
+_cache: tuple[PluginManager, tuple[object, ...], LoweringRegistry] | None = None
 
 
 def default_lowerings() -> LoweringRegistry:
     """:func:`lowerings_for` the process-wide plugin manager (rebuilt when a plugin is
-    loaded or the manager replaced)."""
+    loaded or removed, or the manager replaced)."""
     global _cache
     manager = plugin_manager()
-    key = (id(manager), len(manager.plugins))
+    plugins = tuple(lp.plugin for lp in manager.plugins)
     with _lock:
-        if _cache is None or _cache[:2] != key:
-            _cache = (*key, lowerings_for(manager))
+        if _cache is None or _cache[0] is not manager or len(_cache[1]) != len(plugins) \
+                or any(a is not b for a, b in zip(_cache[1], plugins)):
+            _cache = (manager, plugins, lowerings_for(manager))
         return _cache[2]
 
 

@@ -1,7 +1,7 @@
 """The primitive pair network the bound propagation runs on.
 
 The IR graph of the original network and that of the compressed one (same structure,
-other parameters) are lowered into one list of primitive nodes of three kinds, each
+other parameters) are lowered into one list of primitive nodes of these kinds, each
 acting on the *per-problem* tensor shape (the traced input shape, batch included):
 
 ``PAffine``
@@ -11,10 +11,16 @@ acting on the *per-problem* tensor shape (the traced input shape, batch included
     a fixed linear map plus a constant, identical in both networks (index maps,
     average pooling, sums, concatenation, the window gathers of max-pooling);
 ``PReLU``
-    ``max(., 0)`` element-wise.
+    ``max(., 0)`` element-wise;
+``PSelect``
+    ``sum_i w_i x_i`` over ``k`` stacked tensors, with other weights ``w`` in each
+    network (so that the two networks can take different branches: an activation
+    quantizer that clips in one network only);
+``PPerturb``
+    ``x + e`` for any ``e`` of bounded size (an activation quantizer's rounding).
 
 Every piecewise-linear IR op is rewritten exactly into these (``lowering.py``), so bound
-propagation needs rules for three node kinds only (``rules.py``: one rule class per
+propagation needs rules for these node kinds only (``rules.py``: one rule class per
 kind, owning its interval, magnitude, relaxation, evaluation and backward rules).
 
 Tensors handed to a node carry one leading dimension: *problems* (one input box per
@@ -35,8 +41,8 @@ from torch.func import vjp, vmap
 
 from ...ir.ops import AffineOp
 
-__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PairNet", "Transpose",
-           "linear_transpose"]
+__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
+           "Transpose", "linear_transpose"]
 
 Transpose = Callable[[Tensor], tuple[Tensor, ...]]
 
@@ -106,6 +112,59 @@ class PPerturb(PNode):
 
     delta_z: Tensor
     delta_c: Tensor
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PSelect(PNode):
+    """``y = sum_i w[i] x[i]`` over the ``k`` tensors stacked on the first dimension of
+    its one input (per-problem shape ``(k, *shape)``), with weights ``w`` in the original
+    network and ``wc`` in the compressed one (float64, shape ``(k,)``): it lets the two
+    networks of a pair take different branches. Derived: ``dw = w - wc``, the absolute
+    weights, and ``changed`` (whether the two networks' weights differ)."""
+
+    w: Tensor
+    wc: Tensor
+    dw: Tensor = field(init=False, repr=False)
+    w_abs: Tensor = field(init=False, repr=False)
+    wc_abs: Tensor = field(init=False, repr=False)
+    dw_abs: Tensor = field(init=False, repr=False)
+    changed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.w.shape != self.wc.shape or self.w.dim() != 1:
+            raise ValueError(f"PSelect at '{self.source}': w and wc must be vectors of the "
+                             f"same length, got shapes {tuple(self.w.shape)} and "
+                             f"{tuple(self.wc.shape)}")
+        dw = self.w - self.wc
+        setattr_ = object.__setattr__
+        setattr_(self, "dw", dw)
+        setattr_(self, "w_abs", self.w.abs())
+        setattr_(self, "wc_abs", self.wc.abs())
+        setattr_(self, "dw_abs", dw.abs())
+        setattr_(self, "changed", bool(dw.any()))
+
+    @property
+    def k(self) -> int:
+        """The number of stacked tensors selected from."""
+        return int(self.w.shape[0])
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The per-problem input shape, ``(k, *shape)``."""
+        return (self.k,) + tuple(self.shape)
+
+    def _weights(self, weight: Tensor, dims: int) -> Tensor:
+        return weight.reshape((1, self.k) + (1,) * (dims - 2))
+
+    def apply(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``sum_i weight[i] x[:, i]`` for each problem or row on dimension 0 of ``x``
+        (``(P, k, *shape)`` -> ``(P, *shape)``)."""
+        return (x * self._weights(weight, x.dim())).sum(1)
+
+    def transpose(self, rows: Tensor, weight: Tensor) -> Tensor:
+        """The transposed map: ``rows`` ``(R, *shape)`` -> ``(R, k, *shape)``, ``weight[i]
+        rows`` in slot ``i``."""
+        return rows.unsqueeze(1) * self._weights(weight, rows.dim() + 1)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -33,6 +33,9 @@ The rules themselves:
   intersected (the ReluDiff idea: ``d`` is propagated, not recomputed from ``z`` and
   ``c``); backward ``L_z -> W^T L_z + (W - W')^T L_d`` and ``L_d -> W'^T L_d`` (exact;
   transposes are vector-Jacobian products);
+* select ``sum_i w_i x_i`` over ``k`` stacked tensors, weights ``w`` in the original and
+  ``w'`` in the compressed network: the affine rule without a bias (its weights are a
+  vector over the stacked dimension; backward ``w_i L`` into slot ``i``);
 * fixed linear map ``L``: ``L m + const`` and ``|L| r``; ``d`` without the constant; a
   max-pooling level is intersected with its group's envelope; backward ``L^T`` on both,
   the constant on ``z`` only;
@@ -59,11 +62,12 @@ from torch import Tensor
 from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from .form import Form, dot, take
 from .interval import Magnitude, PairBounds, relu_interval
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU
+from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
 from .relax import ReluRelaxation, relax_relu, relu_backward
 
-__all__ = ["Rule", "InputRule", "AffineRule", "LinearRule", "ReLURule", "PerturbRule", "RULES",
-           "register_rule", "rules_for", "Backward", "SplitParams", "DenseMaps"]
+__all__ = ["Rule", "InputRule", "AffineRule", "SelectRule", "LinearRule", "ReLURule",
+           "PerturbRule", "RULES", "register_rule", "rules_for", "Backward", "SplitParams",
+           "DenseMaps"]
 
 SplitParams = Mapping[int, Mapping[str, Tensor]]  # node -> {"theta", "alpha_z", "alpha_c"}
 DenseMaps = tuple[Tensor, Tensor, Tensor, Tensor]  # (W, b, W', b'), (out, in) matrices
@@ -99,6 +103,35 @@ def _dense(fn_apply: Callable[[Tensor], Tensor], in_shape: tuple[int, ...],
     eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + in_shape)
     out = fn_apply(eye)
     return out.reshape(n_in, -1).T.contiguous()
+
+
+def _two_weight_interval(node: PAffine | PSelect, b: PairBounds,
+                         bias: tuple[Tensor, Tensor, Tensor] | None) -> PairBounds:
+    """Interval bounds at a node that applies the weights ``w`` in the original network
+    and ``w'`` in the compressed one (an affine or a select node), plus the biases
+    ``(b, b', b - b')`` when given, from the bounds ``b`` at its input: center/radius form
+    on ``z`` and ``c``, and on ``d`` both exact difference forms, intersected."""
+
+    def plus(t: Tensor, c: Tensor | None) -> Tensor:
+        return t if c is None else t + c
+
+    bz, bc, db = (None, None, None) if bias is None else bias
+    mz, rz = _mid_rad(b.zl, b.zu)
+    mc, rc = _mid_rad(b.cl, b.cu)
+    md, rd = _mid_rad(b.dl, b.du)
+    ez, ec = plus(node.apply(mz, node.w), bz), plus(node.apply(mc, node.wc), bc)
+    fz, fc = node.apply(rz, node.w_abs), node.apply(rc, node.wc_abs)
+    if not node.changed:
+        ed, fd = node.apply(md, node.w), node.apply(rd, node.w_abs)
+        return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc, ed - fd, ed + fd)
+    # d' = W' d + dW z + db
+    e1 = plus(node.apply(md, node.wc) + node.apply(mz, node.dw), db)
+    f1 = node.apply(rd, node.wc_abs) + node.apply(rz, node.dw_abs)
+    # d' = W d + dW c + db
+    e2 = plus(node.apply(md, node.w) + node.apply(mc, node.dw), db)
+    f2 = node.apply(rd, node.w_abs) + node.apply(rc, node.dw_abs)
+    return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc,
+                      torch.maximum(e1 - f1, e2 - f2), torch.minimum(e1 + f1, e2 + f2))
 
 
 class Rule(Generic[N]):
@@ -179,23 +212,7 @@ class AffineRule(Rule[PAffine]):
 
     def interval(self, node: PAffine, inputs: Sequence[PairBounds],
                  earlier: Sequence[PairBounds]) -> PairBounds:
-        b = inputs[0]
-        mz, rz = _mid_rad(b.zl, b.zu)
-        mc, rc = _mid_rad(b.cl, b.cu)
-        md, rd = _mid_rad(b.dl, b.du)
-        ez, ec = node.apply(mz, node.w) + node.bias, node.apply(mc, node.wc) + node.bias_c
-        fz, fc = node.apply(rz, node.w_abs), node.apply(rc, node.wc_abs)
-        if not node.changed:
-            ed, fd = node.apply(md, node.w), node.apply(rd, node.w_abs)
-            return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc, ed - fd, ed + fd)
-        # d' = W' d + dW z + db
-        e1 = node.apply(md, node.wc) + node.apply(mz, node.dw) + node.dbias
-        f1 = node.apply(rd, node.wc_abs) + node.apply(rz, node.dw_abs)
-        # d' = W d + dW c + db
-        e2 = node.apply(md, node.w) + node.apply(mc, node.dw) + node.dbias
-        f2 = node.apply(rd, node.w_abs) + node.apply(rc, node.dw_abs)
-        return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc,
-                          torch.maximum(e1 - f1, e2 - f2), torch.minimum(e1 + f1, e2 + f2))
+        return _two_weight_interval(node, inputs[0], (node.bias, node.bias_c, node.dbias))
 
     def magnitude(self, node: PAffine, inputs: Sequence[Magnitude]) -> Magnitude:
         m = inputs[0]
@@ -226,6 +243,44 @@ class AffineRule(Rule[PAffine]):
         w = _dense(lambda e: node.apply(e, node.w), node.in_shape, n_in)
         wc = _dense(lambda e: node.apply(e, node.wc), node.in_shape, n_in)
         return w, node.bias.reshape(-1).clone(), wc, node.bias_c.reshape(-1).clone()
+
+
+class SelectRule(Rule[PSelect]):
+    """``sum_i w_i x_i`` in the original, ``sum_i w'_i x_i`` in the compressed network,
+    over the ``k`` tensors stacked in its input (no bias)."""
+
+    kind = PSelect
+
+    def interval(self, node: PSelect, inputs: Sequence[PairBounds],
+                 earlier: Sequence[PairBounds]) -> PairBounds:
+        return _two_weight_interval(node, inputs[0], None)
+
+    def magnitude(self, node: PSelect, inputs: Sequence[Magnitude]) -> Magnitude:
+        m = inputs[0]
+        return Magnitude(node.apply(m.mz, node.w_abs), node.apply(m.mc, node.wc_abs))
+
+    def evaluate(self, node: PSelect, zs: Sequence[Tensor], cs: Sequence[Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+        j = node.inputs[0]
+        return node.apply(zs[j], node.w), node.apply(cs[j], node.wc)
+
+    def backward(self, node: PSelect, index: int, form: Form, ctx: Backward) -> None:
+        out = ctx.take(node.inputs[0], form.const)
+        lz, ld = form.coef.get("z"), form.coef.get("d")
+        if lz is not None:
+            out.add("z", node.transpose(lz, node.w))
+        if ld is not None:
+            if node.changed:
+                out.add("d", node.transpose(ld, node.wc))
+                out.add("z", node.transpose(ld, node.dw))
+            else:
+                out.add("d", node.transpose(ld, node.w))
+
+    def dense(self, node: PSelect, n_in: int) -> DenseMaps:
+        w = _dense(lambda e: node.apply(e, node.w), node.in_shape, n_in)
+        wc = _dense(lambda e: node.apply(e, node.wc), node.in_shape, n_in)
+        zeros = torch.zeros(node.numel, dtype=torch.float64)
+        return w, zeros, wc, zeros.clone()
 
 
 class LinearRule(Rule[PLinear]):
@@ -378,6 +433,7 @@ def register_rule(rule: Rule[N]) -> None:
 
 register_rule(InputRule())
 register_rule(AffineRule())
+register_rule(SelectRule())
 register_rule(LinearRule())
 register_rule(ReLURule())
 register_rule(PerturbRule())
