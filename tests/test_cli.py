@@ -479,10 +479,11 @@ def test_tiers_lists_the_registry(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     registry = cc.tier_registry()
     rows = _table(out)
-    assert list(rows) == list(registry.names()) == ["path-metric", "bounds"]
+    assert list(rows) == list(registry.names()) == ["path-metric", "bounds", "bab"]
     assert rows["path-metric"] == ["always", "certcompress", registry.get("path-metric").summary]
     assert rows["bounds"] == ["with --domain", "certcompress", registry.get("bounds").summary]
-    assert "\n2 tiers\n" in out and "scope of every tier: worst case" in out
+    assert rows["bab"] == ["no", "certcompress", registry.get("bab").summary]
+    assert "\n3 tiers\n" in out and "scope of every tier: worst case" in out
     assert "certify runs: path-metric (no --domain); path-metric, bounds (with --domain)" in out
     # a plugin's tiers: attributed to it, a default only when it says so
     (tmp_path / "cctiertest.py").write_text(TIER_PLUGIN_PY)

@@ -1,21 +1,30 @@
 """``certcompress equiv``: equivalence verification from the shell (a thin layer over
 :func:`certcompress.equivalence.verify_equivalence`).
 
-    certcompress equiv ORIGINAL COMPRESSED (--domain LO:HI | --vnnlib SPEC)
+    certcompress equiv ORIGINAL COMPRESSED (--domain LO:HI | --radius R | --vnnlib SPEC)
                        [--input-shape 1 5] [--epsilon 0.05 --norm inf | --property top1
                        [--confidence 0.9]] [--timeout 60] [--max-regions N]
+                       [--optimize-steps K] [--split-candidates K] [--intermediate MODE]
+                       [--batch N] [--chunk N] [--seed S]
                        [--executor serial|local|ray] [--workers N] [--out result.json]
+                       [--certificate certificate.json]
+
+ORIGINAL and COMPRESSED are model specs (``model.py:make``, ``FILE.onnx``, ...; the
+shared model options). The options come from the shared groups of
+:mod:`certcompress.cli.options` (model, plugin, input shape, domain, output, executor);
+the search options are those of ``verify_equivalence``.
 
 Exit status: 0 verified, 3 falsified, 4 unknown (budget reached); 2 on a usage error.
 With several VNN-LIB boxes each is verified in turn; the verdict is falsified if one
-is, verified if all are, unknown otherwise.
+is, verified if all are, unknown otherwise. ``--out`` (the JSON result) and
+``--certificate`` (a verified epsilon result as a certificate, one box only) are written
+atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,88 +32,117 @@ from typing import Any
 from torch import nn
 
 from .._io import atomic_write_text
-from ..capture import plugin_manager
 from ..domain import InputDomain
 from ..equivalence.result import EquivalenceResult
 from ..equivalence.verify import NORMS, PROPERTIES, verify_equivalence
 from ..equivalence.vnnlib import read_vnnlib
 from ..errors import ConfigurationError
 from ..loading import load_module
+from .domain_options import add_domain_group, parse_domain
+from .options import (
+    add_executor,
+    add_input_shape,
+    add_model,
+    add_output,
+    check_output,
+    common_parent,
+    input_shape,
+    load_plugins,
+)
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "EXIT_CODES"]
 
 EXIT_CODES = {"verified": 0, "falsified": 3, "unknown": 4}
+INTERMEDIATE = ("crown", "forward", "both")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "equiv", help="prove or refute that COMPRESSED stays within epsilon of ORIGINAL "
-                      "(or keeps its decisions) on an input box",
+        "equiv", parents=[common_parent()],
+        help="prove or refute that COMPRESSED stays within epsilon of ORIGINAL "
+             "(or keeps its decisions) on an input box",
         description="Equivalence verification by branch-and-bound over input splitting. "
-                    "Exit 0: verified, 3: falsified (a counterexample is written), 4: "
-                    "unknown (timeout or region budget).")
-    p.add_argument("original", metavar="ORIGINAL", help="model spec (model.py:make, ...)")
-    p.add_argument("compressed", metavar="COMPRESSED", help="model spec of the compressed "
-                                                             "model (same architecture)")
-    p.add_argument("--weights", metavar="W", help="state dict of ORIGINAL")
-    p.add_argument("--compressed-weights", metavar="W", help="state dict of COMPRESSED")
-    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MOD:ATTR",
-                   help="load a plugin by name first (repeatable)")
-    p.add_argument("--input-shape", nargs="+", type=int, metavar="N",
-                   help="input shape, batch first (default: (1, number of VNN-LIB inputs) or "
-                        "the plugin's)")
-    dom = p.add_mutually_exclusive_group(required=True)
-    dom.add_argument("--domain", metavar="LO:HI",
-                     help="the box LO <= x <= HI for every feature (write --domain=-1:1 when LO is negative)")
-    dom.add_argument("--vnnlib", metavar="SPEC", help="input box(es) from a VNN-LIB file")
-    p.add_argument("--epsilon", type=float, help="largest allowed deviation (property "
-                                                 "epsilon)")
-    p.add_argument("--norm", choices=NORMS, default="inf",
-                   help="deviation norm: inf (per output, default) or l1")
-    p.add_argument("--property", choices=PROPERTIES, default=None,
-                   help="epsilon (default with --epsilon) or top1 (argmax never changes)")
-    p.add_argument("--confidence", type=float,
-                   help="top1 only where the original's softmax confidence >= this, in "
-                        "(0.5, 1)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
-    p.add_argument("--max-regions", type=int, default=200_000, help="region budget")
-    p.add_argument("--executor", choices=("serial", "local", "ray"), default="serial",
-                   help="where each round's regions are bounded (default serial)")
-    p.add_argument("--workers", type=int, help="processes for --executor local / CPUs for ray")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", metavar="FILE", help="write the JSON result here (atomically)")
+                    "Exit 0: verified, 3: falsified (a counterexample is printed and "
+                    "written), 4: unknown (timeout or region budget).")
+    add_model(p, "original", "ORIGINAL", "model spec of the original model (model.py:make, "
+              "pkg.mod:make, FILE.onnx, ...)", weights_help="state dict of ORIGINAL")
+    add_model(p, "compressed", "COMPRESSED", "model spec of the compressed model (same "
+              "input and output shapes)", weights="--compressed-weights",
+              weights_help="state dict of COMPRESSED")
+    add_input_shape(p)
+    add_domain_group(p, data=False)
+    p.add_argument("--vnnlib", metavar="SPEC",
+                   help="input box(es) from a VNN-LIB file (replaces --domain/--radius; "
+                        "default input shape (1, number of inputs))")
+    prop = p.add_argument_group("property")
+    prop.add_argument("--epsilon", type=float,
+                      help="largest allowed deviation (property epsilon)")
+    prop.add_argument("--norm", choices=NORMS, default="inf",
+                      help="deviation norm: inf (per output, default) or l1")
+    prop.add_argument("--property", choices=PROPERTIES, default=None,
+                      help="epsilon (default with --epsilon) or top1 (argmax never changes)")
+    prop.add_argument("--confidence", type=float,
+                      help="top1 only where the original's softmax confidence >= this, in "
+                           "(0.5, 1)")
+    s = p.add_argument_group("search")
+    s.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds per box (default 60)")
+    s.add_argument("--max-regions", type=int, default=200_000, metavar="N",
+                   help="region budget per box (default 200000)")
+    s.add_argument("--optimize-steps", type=int, default=0, metavar="K",
+                   help="gradient steps on the ReLU slopes per bound (alpha-CROWN style; "
+                        "tighter, each costs about one back-substitution; default 0)")
+    s.add_argument("--split-candidates", type=int, default=1, metavar="K",
+                   help="strong branching above 1: bound both halves for the K most "
+                        "sensitive dimensions and split where the worse half is best "
+                        "(default 1)")
+    s.add_argument("--intermediate", choices=INTERMEDIATE, default="crown",
+                   help="pre-activation bounds per region: crown (back-substitution, "
+                        "default), forward (cheapest) or both")
+    s.add_argument("--batch", type=int, default=256, metavar="N",
+                   help="regions per round (default 256)")
+    s.add_argument("--chunk", type=int, default=128, metavar="N",
+                   help="regions per task handed to a worker (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor(p, ("serial", "local", "ray"), "serial",
+                 "where each round's regions are bounded: serial (this process, default), "
+                 "local (a process pool of --workers) or ray (a local Ray instance with "
+                 "--workers CPUs); the verdict does not depend on it", ray=False)
+    add_output(p, None, "write the JSON result here (atomically)")
+    add_output(p, None, "verified epsilon result (one box): write it as a certificate "
+                        "here (atomically; export embeds it)", flag="--certificate")
     p.set_defaults(func=run)
 
 
-def _domain_arg(text: str, shape: tuple[int, ...]) -> InputDomain:
-    parts = text.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        lo, hi = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ConfigurationError(f"--domain must be LO:HI with two numbers, e.g. -1:1; got "
-                                 f"{text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ConfigurationError(f"--domain bounds must be finite, got {text!r}")
-    if lo > hi:
-        raise ConfigurationError(f"--domain is empty: {lo:g} > {hi:g}")
-    return InputDomain.box(lo, hi, shape=shape, description=f"box [{lo:g}, {hi:g}] (--domain)")
-
-
-def _shape(args: argparse.Namespace, model: nn.Module, n_vnnlib: int | None
-           ) -> tuple[int, ...]:
-    if args.input_shape:
-        if any(s <= 0 for s in args.input_shape):
+def _domains(args: argparse.Namespace, model: nn.Module) -> tuple[InputDomain, ...]:
+    given = [f for f, v in (("--domain", args.domain), ("--radius", args.radius),
+                            ("--vnnlib", args.vnnlib)) if v is not None]
+    if len(given) != 1:
+        raise ConfigurationError("give the input box with exactly one of --domain LO:HI, "
+                                 "--radius R or --vnnlib SPEC" + (f" (got {', '.join(given)})"
+                                                                  if given else ""))
+    if args.vnnlib is not None:
+        vn = read_vnnlib(args.vnnlib)
+        shape = tuple(args.input_shape) if args.input_shape else (1, vn.n_inputs)
+        if any(s <= 0 for s in shape):
             raise ConfigurationError("--input-shape must be positive integers")
-        return tuple(args.input_shape)
-    if n_vnnlib is not None:
-        return (1, n_vnnlib)
-    spec = plugin_manager().input_spec(model)
-    if spec is None:
-        raise ConfigurationError("--input-shape is required (no plugin knows the model's "
-                                 "input); pass it batch first, e.g. --input-shape 1 5")
-    return spec.input_shape
+        return vn.domains(shape)
+    shape = input_shape(model, args.input_shape, args.original)
+    if args.radius is not None:
+        r = float(args.radius)
+        if not (r > 0 and r < float("inf")):
+            raise ConfigurationError(f"--radius must be a finite number > 0, got {r!r}")
+        return (InputDomain.box(-r, r, shape=shape, description=f"box [-{r:g}, {r:g}] "
+                                "for every feature (--radius)"),)
+    parts = args.domain.split(":")
+    try:
+        empty = len(parts) == 2 and float(parts[0]) > float(parts[1])
+    except ValueError:
+        empty = False  # parse_domain names the malformed bound
+    if empty:
+        raise ConfigurationError(f"--domain {args.domain} is empty: LO > HI")
+    return (parse_domain(args.domain, shape),)
 
 
 def _combined(results: Sequence[EquivalenceResult]) -> str:
@@ -115,27 +153,30 @@ def _combined(results: Sequence[EquivalenceResult]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    pm = plugin_manager()
-    for spec in args.plugin:
-        if not any(lp.source == f"explicit: {spec}" for lp in pm.plugins):
-            pm.load_path(spec)
-    vn = read_vnnlib(args.vnnlib) if args.vnnlib else None
-    if args.out:
-        parent = Path(args.out).parent if str(Path(args.out).parent) else Path(".")
-        if not parent.is_dir():
-            raise ConfigurationError(f"cannot write '{args.out}': directory '{parent}' does "
-                                     "not exist; create it first")
+    out = Path(args.out) if args.out else None
+    cert_out = Path(args.certificate) if args.certificate else None
+    check_output(out, args.original, args.compressed, args.weights, args.compressed_weights,
+                 args.vnnlib, others=[cert_out] if cert_out is not None else [])
+    if args.workers is not None and args.workers < 1:
+        raise ConfigurationError(f"--workers must be >= 1, got {args.workers}")
+    load_plugins(args.plugin)
     original = load_module(args.original, args.weights, needed_by="equiv")
     compressed = load_module(args.compressed, args.compressed_weights, needed_by="equiv")
-    shape = _shape(args, original, None if vn is None else vn.n_inputs)
-    domains = vn.domains(shape) if vn is not None else (_domain_arg(args.domain, shape),)
+    domains = _domains(args, original)
+    if cert_out is not None and len(domains) > 1:
+        raise ConfigurationError(f"--certificate needs one box; the VNN-LIB spec has "
+                                 f"{len(domains)}")
     results = []
     for k, dom in enumerate(domains):
         r = verify_equivalence(original, compressed, dom, epsilon=args.epsilon, norm=args.norm,
                                property=args.property, confidence=args.confidence,
                                timeout=args.timeout, max_regions=args.max_regions,
                                executor=None if args.executor == "serial" else args.executor,
-                               workers=args.workers, progress=not args.no_progress)
+                               workers=args.workers, batch=args.batch, chunk=args.chunk,
+                               seed=args.seed, intermediate=args.intermediate,
+                               split_candidates=args.split_candidates,
+                               optimize_steps=args.optimize_steps,
+                               progress=not args.no_progress)
         prefix = f"box {k + 1}/{len(domains)}: " if len(domains) > 1 else ""
         print(prefix + r.summary())
         if r.counterexample is not None:
@@ -144,10 +185,16 @@ def run(args: argparse.Namespace) -> int:
         if r.status == "falsified":
             break
     status = _combined(results)
-    if args.out:
+    if out is not None:
         data: dict[str, Any] = (results[0].to_dict() if len(domains) == 1 else
                                 {"status": status, "boxes": len(domains),
                                  "results": [r.to_dict() for r in results]})
-        atomic_write_text(args.out, json.dumps(data, indent=2) + "\n")
-        print(f"result written to {args.out}")
+        atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+        print(f"result written to {out}")
+    if cert_out is not None:
+        if status == "verified":
+            written = results[0].certificate().save(cert_out)
+            print(f"certificate written to {written}")
+        else:
+            print(f"no certificate written: the result is {status}")
     return EXIT_CODES[status]

@@ -4,12 +4,14 @@ optionally only where the original is confident), or find an input where they do
 by branch-and-bound over input splitting with a differential single pass per region.
 
 See :func:`verify_equivalence` and :class:`EquivalenceResult`; input boxes can be read
-from VNN-LIB files (:func:`read_vnnlib`).
+from VNN-LIB files (:func:`read_vnnlib`). The same search tightens a worst-case bound as
+the ``bab`` certification tier (:class:`BabOptions`, :mod:`.tier`).
 """
 
 from .result import EquivalenceResult
+from .tier import BabDetails, BabOptions, BabTier
 from .verify import NORMS, PROPERTIES, verify_equivalence
 from .vnnlib import VnnlibSpec, parse_vnnlib, read_vnnlib
 
 __all__ = ["EquivalenceResult", "verify_equivalence", "NORMS", "PROPERTIES", "VnnlibSpec",
-           "parse_vnnlib", "read_vnnlib"]
+           "parse_vnnlib", "read_vnnlib", "BabOptions", "BabDetails", "BabTier"]

@@ -6,11 +6,14 @@ import builtins
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text
+from ..certificate import Certificate
+from ..errors import ConfigurationError
 
 __all__ = ["EquivalenceResult", "STATUSES"]
 
@@ -37,7 +40,10 @@ class EquivalenceResult:
     certified bound over the leaf regions (the best certified worst case over the
     domain); ``found``: the largest deviation seen at any evaluated input (a lower bound
     of the true worst case). ``regions``: regions bounded; ``proven_fraction``: the
-    fraction of the domain's volume proven. ``details``: search statistics."""
+    fraction of the domain's volume proven. ``details``: search statistics.
+
+    A verified epsilon result of two ``nn.Module`` models is also a certificate:
+    :meth:`certificate` (not part of the JSON result)."""
 
     status: str
     property: str
@@ -53,6 +59,24 @@ class EquivalenceResult:
     counterexample: tuple[float, ...] | None = None
     input_shape: tuple[int, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    #: the Certificate of a verified epsilon result (or the function that builds it on
+    #: first use), or why there is none
+    as_certificate: Certificate | Callable[[], Certificate] | str | None = field(
+        default=None, repr=False, compare=False)
+
+    def certificate(self) -> Certificate:
+        """The verified result as a :class:`~certcompress.certificate.Certificate`
+        (its tier ``bab`` in ``by_method``): ``cc.export_onnx(compressed, path,
+        certificate=res.certificate(), original=model)`` embeds it and ``verify_onnx``
+        checks the deviation on samples and a search in the domain. Raises
+        :class:`ConfigurationError` saying why when there is none (not verified, a top-1
+        property, traced graphs instead of modules)."""
+        if callable(self.as_certificate):  # built once, on first use
+            object.__setattr__(self, "as_certificate", self.as_certificate())
+        if isinstance(self.as_certificate, Certificate):
+            return self.as_certificate
+        why = self.as_certificate or f"the result is {self.status}, not verified"
+        raise ConfigurationError(f"no certificate: {why}")
 
     @builtins.property
     def verified(self) -> bool:

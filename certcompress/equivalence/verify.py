@@ -3,28 +3,41 @@ the original (or keeps its decisions) on an input box, by branch-and-bound."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._version import provenance
+from ..bounds.baseline import operator_norm_baseline
+from ..bounds.numerics import float_slack
 from ..bounds.propagation.lowering import lower_pair
 from ..capture import plugin_manager
 from ..capture import trace as _trace
+from ..certificate import WORST_CASE, Certificate, Measurements, MethodBound
+from ..digest import parameter_digest
 from ..domain import InputDomain
-from ..errors import ConfigurationError
+from ..errors import SOUNDNESS_CAUSES, ConfigurationError, SoundnessError
 from ..interop import plain_module
 from ..ir.graph import Graph
+from ..measure import adversarial_deviation, float64_function
 from .parallel import EXECUTORS, Pool
 from .properties import ConfidenceProperty, EpsilonProperty, Property, Top1Property
 from .result import EquivalenceResult
 from .search import Bounder, SearchConfig, run_search
+from .tier import TIER_NAME, BabDetails
 
 __all__ = ["verify_equivalence", "NORMS", "PROPERTIES"]
 
 NORMS = ("inf", "l1")
+_ROUND_UP = 2.0 ** -48
+#: the adversarial search a certificate of a verified result runs in the domain
+CERT_SEARCH_STEPS, CERT_SEARCH_RESTARTS, CERT_SCALE_SAMPLES = 20, 4, 32
 PROPERTIES = ("epsilon", "top1")
 
 
@@ -137,7 +150,9 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
-    with a float64-checked ``counterexample`` in the domain, or ``"unknown"``).
+    with a float64-checked ``counterexample`` in the domain, or ``"unknown"``). A
+    verified epsilon result of two modules is also a certificate: ``res.certificate()``
+    (tier ``bab``; export embeds it, ``verify_onnx`` re-checks it on samples).
     """
     prop_name = property or ("epsilon" if epsilon is not None or confidence is None
                              else "top1")
@@ -212,6 +227,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     try:
         res = run_search(bounder, prop, lower, upper, cfg,
                          None if pool is None else pool.map, update)
+        if bar is not None:  # the final state (a search proven in its first round too)
+            bar.n = 100.0 if res["status"] == "verified" else \
+                100.0 * float(res["proven_fraction"])
+            bar.set_postfix_str(f"{res['status']}, {res['regions']} regions", refresh=True)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -222,7 +241,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     if isinstance(prop, EpsilonProperty):
         cands = [res["bound_proven"]]
         if res["open"] and res["status"] != "falsified":
-            cands.append(res["score_open"] + prop.epsilon)
+            # the search keeps score = bound - epsilon: adding epsilon back may round
+            # down by a few ulps of the bound, so round outward
+            cands.append(math.nextafter((res["score_open"] + prop.epsilon)
+                                        * (1.0 + _ROUND_UP), math.inf))
         bound = max(cands)
         if res["status"] == "falsified" or not math.isfinite(bound):
             bound = None if res["status"] == "falsified" else bound
@@ -243,6 +265,98 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                  "workers": None if pool is None else pool.workers,
                  "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
                  "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
+    result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,
+                                                         dom, m, seed, intermediate))
     if out is not None:
         result.save(out)
     return result
+
+
+def _certificate(res: EquivalenceResult, model: nn.Module | Graph,
+                 compressed: nn.Module | Graph, g1: Graph, g2: Graph, dom: InputDomain,
+                 m: int, seed: int, intermediate: str
+                 ) -> Callable[[], Certificate] | str:
+    """A verified epsilon result as a Certificate (tier ``bab``; built on first use by
+    :meth:`EquivalenceResult.certificate`, if the models are unchanged), or why there is
+    none.
+
+    The claim ``||f - f'||_norm <= bound`` on the domain gives per-output bounds
+    ``|f_o - f'_o| <= bound`` (either norm) and the l1 bound ``bound`` (l1) or ``m *
+    bound`` (l_inf, rounded up). Like ``certify``, the certificate measures the output
+    scale on samples of the domain and runs a PGD search there; a deviation above the
+    bound raises :class:`SoundnessError` instead of returning a wrong certificate."""
+    if res.property != "epsilon":
+        return ("a top-1 result bounds no deviation; verify property='epsilon' for a "
+                "certificate")
+    if res.status != "verified" or res.bound is None or res.norm is None:
+        return f"the result is {res.status}, not verified"
+    if not (isinstance(model, nn.Module) and isinstance(compressed, nn.Module)):
+        return ("the models were given as traced graphs; a certificate records the modules' "
+                "parameter digests: pass the nn.Module models")
+    digests = parameter_digest(model), parameter_digest(compressed)
+    return functools.partial(_build_certificate, res, model, compressed, digests, g1, g2,
+                             dom, m, seed, intermediate)
+
+
+def _build_certificate(res: EquivalenceResult, model: nn.Module, compressed: nn.Module,
+                       digests: tuple[str, str], g1: Graph, g2: Graph, dom: InputDomain,
+                       m: int, seed: int, intermediate: str) -> Certificate:
+    if (parameter_digest(model), parameter_digest(compressed)) != digests:
+        raise ConfigurationError("no certificate: a model's parameters changed after "
+                                 "verify_equivalence ran; verify the models again")
+    assert res.bound is not None and res.norm is not None and res.epsilon is not None
+    b = max(float(res.bound), 0.0)
+    l1 = b if res.norm == "l1" else \
+        math.nextafter(m * b * (1.0 + float_slack(1, 1)), math.inf) if b > 0 else 0.0
+    t0 = time.perf_counter()
+    f, fc = float64_function(model), float64_function(compressed)
+    lo, hi = dom.lower_tensor(), dom.upper_tensor()
+    x = torch.cat([(lo + hi) * 0.5, dom.sample(CERT_SCALE_SAMPLES - 1,
+                                               torch.Generator().manual_seed(seed))
+                   .reshape((-1,) + tuple(lo.shape[1:]))])
+    with torch.no_grad():
+        fx = f(x)
+        scale = float(fx.abs().sum(1).max())
+        dev = float((fx - fc(x)).abs().sum(1).max())
+    adv = adversarial_deviation(f, fc, dom.shape, lo[0], hi[0], steps=CERT_SEARCH_STEPS,
+                                restarts=CERT_SEARCH_RESTARTS, seed=seed, time_budget=30.0)
+    with torch.no_grad():
+        at = float(f(adv.argmax.double()).abs().sum())
+    for measured, where, size in ((dev, "a sample of the domain", scale),
+                                  (adv.max_deviation, "the adversarial search", at)):
+        if measured > l1 + 1e-9 * (l1 + size):
+            raise SoundnessError(f"measured l1 deviation {measured:.17g} from {where} "
+                                 f"exceeds the verified bound {l1:.17g}. {SOUNDNESS_CAUSES}")
+    seconds = res.seconds + time.perf_counter() - t0
+    details = BabDetails(
+        status="closed", regions=res.regions, rounds=int(res.details.get("rounds", 0)),
+        seconds=res.seconds, proven_fraction=1.0, open_regions=0, attempts=1,
+        target=float(res.epsilon or b), search_bound=b, one_pass_bound=None,
+        found=res.found, time_budget=None, max_regions=res.regions,
+        method=str(res.details.get("method", "")),
+        intermediate=intermediate,
+        rounding_margin_rel=float(res.details.get("rounding_margin_rel") or 0.0),
+        domain=dom.describe(), norm=res.norm, epsilon=res.epsilon,
+        float_slack_rel=float(res.details.get("rounding_margin_rel") or 0.0))
+    tier = MethodBound(method=TIER_NAME, bound=l1, per_output=(b,) * m, scope=WORST_CASE,
+                       seconds=seconds, exact=False, vacuous=bool(l1 > scale),
+                       details=details)
+    base = operator_norm_baseline(g1, g2)
+    meas = Measurements(output_scale=scale, adversarial_max=adv.max_deviation,
+                        adversarial_steps=adv.steps, adversarial_restarts=adv.restarts,
+                        adversarial_seconds=adv.seconds,
+                        adversarial_budget_exhausted=adv.budget_exhausted,
+                        output_scale_source=f"max over {CERT_SCALE_SAMPLES} points sampled "
+                                            "in the domain (no reference data)")
+    how = (f"verify_equivalence proved ||f(x) - f'(x)||_{res.norm} <= {res.epsilon:g} on "
+           f"the whole domain ({res.regions} regions, {res.seconds:.3g} s; largest bound over "
+           f"the leaf regions {b:.6g})")
+    if res.norm == "inf":
+        how += f"; the l1 bound is {m} outputs x that l_inf bound"
+    return Certificate(
+        bound=l1, per_output=(b,) * m, input_shape=tuple(dom.shape), radius=dom.radius,
+        original_digest=digests[0], compressed_digest=digests[1],
+        baseline_linf=base.bound_linf, baseline_note=base.note, measurements=meas,
+        vacuous=bool(l1 > scale), domain=dom.describe(), model_name=g1.model_name,
+        working_dtype=g1.working_dtype, **provenance(), by_method={TIER_NAME: tier},
+        input_domain=dom, notes=(how,), arithmetic="exact")

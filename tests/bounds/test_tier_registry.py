@@ -66,7 +66,7 @@ def test_the_doc_example_runs_and_the_summary_shows_the_tier(opnorm: PluginManag
         exec(compile(BLOCKS[1], str(DOC), "exec"), {})  # the doc's usage block, as written
     text = out.getvalue()
     assert re.search(r"tier operator-norm\s+\S+\s+\(upper bound", text)
-    assert "('path-metric', 'bounds', 'operator-norm')" in text
+    assert "('path-metric', 'bounds', 'bab', 'operator-norm')" in text
     assert tier_registry().origin("operator-norm") == "operator-norm-tier"
     # the certificate it saved loads back with the tier's typed details
     assert "OperatorNormDetails 2" in text
@@ -130,7 +130,7 @@ def test_registry_errors_and_lookup(opnorm: PluginManager) -> None:
     assert reg.defaults(with_domain=False) == ("path-metric",)
     assert reg.defaults(with_domain=True) == ("path-metric", "bounds")
     cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
-    assert reg.names() == ("path-metric", "bounds", "operator-norm")
+    assert reg.names() == ("path-metric", "bounds", "bab", "operator-norm")
     # a plugin that is no longer loaded takes its tier with it
     plugins_mod._manager = PluginManager(load_entry_points=False)
     assert "operator-norm" not in tier_registry()
@@ -147,7 +147,7 @@ def test_a_failing_plugin_is_named(opnorm: PluginManager) -> None:
     with pytest.raises(PluginError, match="'broken-tiers'.*register_tiers: RuntimeError: boom"):
         tier_registry()
     opnorm.plugins.clear()
-    assert tier_registry().names() == ("path-metric", "bounds")
+    assert tier_registry().names() == ("path-metric", "bounds", "bab")
 
 
 class _Fixed(Tier):
