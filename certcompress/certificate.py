@@ -31,12 +31,13 @@ from typing import Any, Generic, TypeVar, cast, overload
 from ._frozen import FrozenMap, freeze
 from ._io import JsonRecord, parse_json, read_text_file
 from ._schema import field_name, validate
+from .capture.plugins import plugin_manager
 from .domain import InputDomain
 from .errors import CertificateError, ConfigurationError
 
 __all__ = ["BoundsDetails", "Certificate", "Measurements", "MethodBound", "PathMetricDetails",
            "ROW_COLUMNS", "SCHEMA", "SCHEMAS_READ", "TierDetails", "WORST_CASE",
-           "details_type", "register_details"]
+           "add_details_hook", "details_type", "register_details"]
 
 SCHEMA = "certcompress.certificate/3"
 SCHEMAS_READ = ("certcompress.certificate/1", "certcompress.certificate/2", SCHEMA)
@@ -193,6 +194,32 @@ def details_type(method: str) -> type[TierDetails] | None:
     return _DETAILS.get(method)
 
 
+_DETAILS_HOOKS: list[Callable[[], None]] = []
+
+
+def add_details_hook(hook: Callable[[], None]) -> None:
+    """Register ``hook`` (no arguments), called when a certificate being loaded names a
+    tier whose details class is not registered yet: it makes pending registrations take
+    effect. The tier registry (:mod:`certcompress.bounds.tiers`, a higher layer) installs
+    one that runs the loaded plugins' ``register_tiers`` hooks, where tiers call
+    :func:`register_details`. Adding the same hook twice keeps one."""
+    if hook not in _DETAILS_HOOKS:
+        _DETAILS_HOOKS.append(hook)
+
+
+def _ensure_details(method: str) -> None:
+    """Before tier ``method``'s details are read from a file: when it has no details
+    class yet, load the installed plugins (entry points; a plugin with a tier imports
+    the tier registry's module, which installs its hook) and run the hooks, so that a
+    certificate loaded before any ``certify`` or ``tier_registry()`` still gets the
+    plugin tier's typed details."""
+    if method in _DETAILS:
+        return
+    plugin_manager()
+    for hook in tuple(_DETAILS_HOOKS):
+        hook()
+
+
 def _details(method: str, data: Mapping[str, Any]) -> Mapping[str, Any]:
     cls = _DETAILS.get(method)
     if cls is None:
@@ -261,6 +288,7 @@ class MethodBound:
         details = data.get("details") or {}
         if not isinstance(details, dict):
             raise CertificateError("by_method field 'details' must be a JSON object")
+        _ensure_details(str(data["method"]))
         try:
             return cls(method=str(data["method"]), bound=float(b),
                        per_output=tuple(float(v) for v in data["per_output"]),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._frozen import FrozenMap, freeze
 from .._io import JsonRecord, parse_json
 from .._schema import validate
 from .._version import provenance
@@ -93,9 +95,13 @@ class LocalCertificate(JsonRecord):
     compressed_digest: str = ""
     scope: str = ""
     working_dtype: str = "float64"
-    versions: dict[str, str] = field(default_factory=dict)
+    #: the versions that determined the result (read-only; ``provenance()``)
+    versions: Mapping[str, str] = field(default_factory=FrozenMap)
     created_utc: str = ""
     schema: str = LOCAL_SCHEMA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "versions", freeze(self.versions))
 
     # ------------------------------------------------------------ derived
     @property
@@ -164,6 +170,7 @@ class LocalCertificate(JsonRecord):
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
+        d["versions"] = dict(self.versions)
         return d
 
     @classmethod

@@ -27,6 +27,7 @@ distribution shift, is not covered.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._frozen import FrozenMap, freeze
 from .._io import JsonRecord
 from .._version import provenance
 from ..domain import InputDomain
@@ -137,9 +139,13 @@ class StatisticalCertificate(JsonRecord):
     original_digest: str = ""
     compressed_digest: str = ""
     working_dtype: str = "float64"
-    versions: dict[str, str] = field(default_factory=dict)
+    #: the versions that determined the result (read-only; ``provenance()``)
+    versions: Mapping[str, str] = field(default_factory=FrozenMap)
     created_utc: str = ""
     schema: str = STATISTICAL_SCHEMA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "versions", freeze(self.versions))
 
     def summary(self) -> str:
         conf = 1.0 - self.delta
@@ -172,7 +178,7 @@ class StatisticalCertificate(JsonRecord):
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "versions": dict(self.versions)}
 
 
 

@@ -46,7 +46,7 @@ import torch
 
 from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
-from ..certificate import WORST_CASE, MethodBound
+from ..certificate import WORST_CASE, MethodBound, add_details_hook
 from ..domain import InputDomain
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
@@ -301,6 +301,17 @@ def tier_registry() -> TierRegistry:
             _registry = _SyncedRegistry()
         _registry.sync()
         return _registry
+
+
+def _run_plugin_tier_hooks() -> None:
+    """Sync the registry with the loaded plugins (running their ``register_tiers``,
+    where plugin tiers register their typed details)."""
+    tier_registry()
+
+
+# a certificate loaded before the registry was first used still gets the details types
+# that plugin tiers register in their hook (certcompress.certificate calls this)
+add_details_hook(_run_plugin_tier_hooks)
 
 
 def check_methods(methods: object) -> tuple[str, ...]:

@@ -8,6 +8,8 @@ YAML, for ``certcompress zoo certify manifest.yaml``.
     defaults:                         # optional; every model may override these
       input_shape: [1, 3, 64, 64]     # batch first
       radius: 1.0                     # ||x||_inf <= radius (null: the plugin's default)
+      # domain: [0, 1]                # or the box LO <= x <= HI ("0:1"), replacing radius
+      # methods: [path-metric, bounds]  # the certification tiers (default: certify's)
       search_steps: 20
       search_restarts: 4
       seed: 0
@@ -25,13 +27,25 @@ YAML, for ``certcompress zoo certify manifest.yaml``.
       - quantization: configs/mixed.json       # a QuantConfig file
       - compressed: {model: small.py:make, weights: small.pt}
 
+``domain`` and ``methods`` are ``certcompress certify --domain LO:HI --method NAME``:
+``domain`` is the box ``LO <= x <= HI`` of every feature of the model's input shape,
+written ``[LO, HI]`` or ``"LO:HI"`` (quoted: YAML reads an unquoted ``1:2`` as the
+number 62), and replaces ``radius``; a model entry that sets either of the two replaces
+the defaults' choice, and one place may not set both. ``methods`` is a tier name or a
+list of them (the tier registry's, with the manifest's plugins loaded); without it the
+tiers are ``certify``'s defaults (path-metric, plus bounds over a domain). The box is the
+same as ``--domain``'s, so such a task has the same key as one given ``--domain`` on the
+command line. ``zoo certify --radius/--domain/--method`` replace them in every task.
+
 Every (model, plan) pair is one :class:`~certcompress.scale.tasks.CertifyTask`. Errors
 name the file and the field (``zoo.yaml: models[1].input_shape must be ...``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -41,14 +55,15 @@ from typing import Any
 from .._io import read_text_file
 from .._schema import check_plain_json, validate
 from ..errors import ConfigurationError
-from . import _check
+from . import _check, _plans
 from .refs import DataRef, ModelRef
 from .tasks import CertifyTask
 
 __all__ = ["Manifest", "load_manifest", "parse_manifest"]
 
 _TOP = ("sweep", "plugins", "defaults", "models", "plans")
-_DEFAULTS = ("input_shape", "radius", "search_steps", "search_restarts", "seed")
+_DEFAULTS = ("input_shape", "radius", "domain", "methods", "search_steps", "search_restarts",
+             "seed")
 _MODEL = ("model", "name", "weights", "init_seed", "reference_data", "plans", *_DEFAULTS)
 _PLAN = ("pruning", "quantization", "compressed")
 
@@ -141,10 +156,59 @@ class _Parser:
                                      f"{exc}") from None
 
 
-def _settings(defaults: Mapping[str, Any], m: Mapping[str, Any], where: str, name: str
-              ) -> dict[str, Any]:
-    """The domain and search settings of one model, checked under the field they come
-    from (the model's entry or ``defaults``)."""
+def _box_bounds(v: object, where: str) -> tuple[float, float]:
+    """``[LO, HI]`` or ``"LO:HI"`` (as ``--domain`` takes it): finite, ``LO <= HI``."""
+    form = (f"{where} must be the box [LO, HI] (or the quoted string 'LO:HI', as --domain "
+            "takes it) with finite numbers LO <= HI, e.g. [0, 1]")
+    if isinstance(v, str):
+        if v.strip().lower() == "data":
+            raise ConfigurationError(f"{where}: 'data' (the box of reference data) is for "
+                                     "'certcompress certify --domain data'; give the box "
+                                     "[LO, HI] here")
+        parts: list[Any] = v.split(":")
+        try:
+            parts = [float(p) for p in parts]
+        except ValueError:
+            raise ConfigurationError(f"{form}; got {v!r}") from None
+    elif isinstance(v, list):
+        parts = v
+    elif isinstance(v, int) and not isinstance(v, bool):
+        raise ConfigurationError(f"{form}; got the number {v} (YAML reads an unquoted LO:HI "
+                                 "such as 1:2 as a base-60 number: write [1, 2] or '1:2')")
+    else:
+        raise ConfigurationError(f"{form}; got {type(v).__name__} {v!r}")
+    if len(parts) != 2 or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                  and math.isfinite(p) for p in parts) or parts[0] > parts[1]:
+        raise ConfigurationError(f"{form}; got {v!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def _box(bounds: tuple[float, float], shape: tuple[int, ...]) -> Any:
+    """The box over every feature, as ``certcompress certify --domain LO:HI`` makes it
+    (same description, so the task has the same key)."""
+    # certcompress.domain imports torch: only when a manifest gives a domain (as _plans)
+    domain_mod = importlib.import_module("certcompress.domain")
+    lo, hi = bounds
+    return domain_mod.InputDomain.box(lo, hi, shape=shape, description=f"box [{lo:g}, "
+                                      f"{hi:g}] for every feature (--domain)")
+
+
+def _load_plugins(plugins: tuple[str, ...]) -> None:
+    """Load the manifest's plugins here too (they may add tiers that ``methods`` names),
+    as ``--plugin`` is loaded before ``--method`` is checked."""
+    if not plugins:
+        return
+    # certcompress.capture imports torch: only when a manifest names methods (as _plans)
+    manager = importlib.import_module("certcompress.capture").plugin_manager()
+    for spec in plugins:
+        if not any(lp.source == f"explicit: {spec}" for lp in manager.plugins):
+            manager.load_path(spec)
+
+
+def _settings(defaults: Mapping[str, Any], m: Mapping[str, Any], where: str, name: str,
+              plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The domain, tier and search settings of one model, checked under the field they
+    come from (the model's entry or ``defaults``)."""
     def get(k: str) -> tuple[Any, str]:
         if k in m:
             return m[k], f"{where}.{k}"
@@ -155,8 +219,25 @@ def _settings(defaults: Mapping[str, Any], m: Mapping[str, Any], where: str, nam
         raise ConfigurationError(f"{where}.input_shape is missing (and not in defaults): "
                                  "the input shape, batch first, e.g. [1, 3, 64, 64]")
     out: dict[str, Any] = {"input_shape": _check.shape(shape, w)}
-    r, w = get("radius")
-    out["radius"] = _check.radius(r, w)
+    # radius or domain: the model's choice when it makes one, else the defaults'
+    src, at = (m, f"{where}.") if "radius" in m or "domain" in m else \
+        (defaults, f"{name}: defaults.")
+    if src.get("radius") is not None and src.get("domain") is not None:
+        raise ConfigurationError(f"{at}radius and {at}domain are both given: give either "
+                                 "the ball's radius or the box domain, not both")
+    out["radius"] = _check.radius(src.get("radius"), f"{at}radius")
+    if src.get("domain") is not None:
+        out["domain"] = _box(_box_bounds(src["domain"], f"{at}domain"), out["input_shape"])
+    methods, w = get("methods")
+    if methods is not None:
+        if isinstance(methods, str):
+            methods = [methods]
+        names = _check.names(methods, w)
+        if not names:
+            raise ConfigurationError(f"{w} is empty: name at least one tier (e.g. "
+                                     "path-metric), or leave it out for certify's defaults")
+        _load_plugins(plugins)
+        out["methods"] = _plans.methods_spec(names, w)
     for k, default, minimum in (("search_steps", 20, 0), ("search_restarts", 4, 1),
                                 ("seed", 0, None)):
         v, w = get(k)
@@ -189,7 +270,7 @@ def parse_manifest(data: object, *, base: str | os.PathLike[str] = ".",
         plans = parser.plans(m["plans"], f"{where}.plans") if "plans" in m else shared
         if not plans:
             raise ConfigurationError(f"{where} has no plans: give 'plans' for it or at the top")
-        settings = _settings(defaults, m, where, name)
+        settings = _settings(defaults, m, where, name, plugins)
         ref = parser.model(m, where, plugins)
         reference = (DataRef(parser.path(m["reference_data"], f"{where}.reference_data"))
                      if m.get("reference_data") is not None else None)

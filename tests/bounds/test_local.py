@@ -11,6 +11,7 @@ engine's margin.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import _soundness as sh
 import numpy as np
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from certcompress._frozen import FrozenMap
 from certcompress.bounds.local import LocalCertificate, certify_local
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.errors import ConfigurationError
@@ -196,3 +198,23 @@ def test_interval_option_is_sound_and_no_tighter():
     assert "interval" in ibp.method and "sum of per-output" in ibp.method
     assert sum(ibp.decision_unchanged) <= sum(crown.decision_unchanged)
     _check(net, comp, pts, 0.2, None, 11)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "certificates"
+
+
+def test_versions_are_read_only_and_an_older_file_loads():
+    """The provenance mapping is frozen like the certificate's (hashable, no item
+    assignment), the JSON form a plain object; a file written before still loads."""
+    net, comp, pts = _tiny(seed=7)
+    cert = certify_local(net, comp, pts.numpy(), 0.1, progress=False)
+    assert isinstance(cert.versions, FrozenMap) and cert.versions["certcompress"]
+    with pytest.raises(TypeError):
+        cert.versions["torch"] = "edited"  # type: ignore[index]
+    assert hash(cert) == hash(LocalCertificate.from_json(cert.to_json()))
+    assert type(cert.to_dict()["versions"]) is dict
+    text = (FIXTURES / "local1.json").read_text()
+    old = LocalCertificate.from_json(text)
+    assert isinstance(old.versions, FrozenMap)
+    assert old.versions == json.loads(text)["versions"] and old.n_points == 2
+    assert json.loads(old.to_json()) == json.loads(text)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from certcompress._frozen import FrozenMap
 from certcompress.bounds.statistical import (
     StatisticalCertificate,
     certify_statistical,
@@ -136,6 +137,11 @@ def test_certificate_values_and_text(tmp_path):
     assert data["schema"] == c.schema and isinstance(StatisticalCertificate(**data),
                                                      StatisticalCertificate)
     c.save(tmp_path / "s.json")
+    # the provenance mapping is frozen like the certificate's; the JSON form a plain object
+    assert isinstance(c.versions, FrozenMap) and type(data["versions"]) is dict
+    with pytest.raises(TypeError):
+        c.versions["torch"] = "edited"  # type: ignore[index]
+    assert hash(StatisticalCertificate(**data)) == hash(c)
     few = certify_statistical(f, g, x[:10], quantile=0.95)
     assert few.quantile_bound is None and "unavailable" in few.summary()
 

@@ -10,7 +10,9 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -270,3 +272,59 @@ def test_local_and_statistical_share_the_vocabulary() -> None:
     with pytest.raises(ConfigurationError, match=r"1 sample\(s\) lie outside the domain \(first "
                                                  r"indices \[1\]\)"):
         cc.certify_statistical(net, comp, torch.cat([x[:1], x[1:2] + 2.0]), domain=box)
+
+
+_LOAD_IN_FRESH_PROCESS = """
+import sys
+import certcompress as cc
+if sys.argv[2]:
+    cc.load_plugin(sys.argv[2])  # named, as with --plugin; no certify, no tier_registry()
+back = cc.Certificate.load(sys.argv[1])
+details = back.by_method["operator-norm"].details
+print(type(details).__name__, type(details).__mro__[1].__name__, details["layers"])
+print("certcompress.bounds.tiers" in sys.modules)
+"""
+
+
+def test_a_fresh_process_loads_a_plugin_tier_certificate_typed(
+        opnorm: PluginManager, tmp_path: Path) -> None:
+    """The details class that a plugin tier registers in its register_tiers hook is in
+    force when a certificate is loaded first thing in a new process: with the plugin
+    named (load_plugin) and with it installed (an entry point), before any certify or
+    tier_registry() call."""
+    cc.load_plugin("certcompress_opnorm:OperatorNormPlugin")
+    dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 8))
+    comp = _net(0)
+    with torch.no_grad():
+        comp[1].weight.mul_(0.8)
+    cert = cc.certify(_net(0), comp, domain=dom, methods=("path-metric", "operator-norm"),
+                      search_steps=0)
+    saved = cert.save(tmp_path / "opnorm.json")
+    # an installed distribution declaring the plugin's entry point (importlib.metadata
+    # finds a .dist-info folder on sys.path)
+    dist = tmp_path / "site" / "certcompress_opnorm-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: certcompress-opnorm\n"
+                                   "Version: 0.1\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[certcompress.plugins]\noperator-norm-tier = certcompress_opnorm:OperatorNormPlugin\n",
+        encoding="utf-8")
+    repo = str(Path(cc.__file__).resolve().parents[1])
+    for where, named in ((str(tmp_path), "certcompress_opnorm:OperatorNormPlugin"),
+                         (f"{tmp_path}{os.pathsep}{dist.parent}", "")):
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([where, repo, os.environ.get("PYTHONPATH", "")]))
+        run = subprocess.run([sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(saved), named],
+                             cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["OperatorNormDetails", "TierDetails",
+                                      str(cert.by_method["operator-norm"].details["layers"]),
+                                      "True"], (named or "entry point", run.stdout, run.stderr)
+    # without the plugin (neither named nor installed) the file still loads, untyped
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(saved), ""],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["FrozenMap", "Mapping"], run.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 
 import pandas as pd
@@ -12,7 +13,9 @@ import pytest
 from scale_zoo import CNN_SHAPE
 
 from certcompress import cli as main_cli
-from certcompress.cli.zoo import register
+from certcompress.capture import plugins as plugins_mod
+from certcompress.capture.plugins import PluginManager
+from certcompress.cli.zoo import _with_domain, register
 from certcompress.compress.pruning import PruningPlan
 from certcompress.errors import ConfigurationError
 from certcompress.loading import load_model
@@ -216,3 +219,126 @@ def test_certify_task_domain_validation_and_key(zoo):
         replace(task, radius=None, domain=InputDomain.box(0.0, 1.0, shape=(1, 36)))
     with pytest.raises(ConfigurationError, match="unknown certification method"):
         replace(task, methods=("exact",))
+
+
+# ------------------------------------------------------------------ domain / methods
+def _one_task(zoo, text=ONE_TASK, name="one.yaml"):
+    path = zoo.dir / name
+    path.write_text(text)
+    return path
+
+
+def test_manifest_defaults_keep_the_radius_and_the_default_tiers(zoo):
+    for task in load_manifest(_zoo_files(zoo)).tasks:
+        assert task.domain is None and task.methods is None and task.radius is not None
+
+
+def test_manifest_domain_and_methods_are_those_of_the_command_line(zoo, tmp_path, capsys):
+    searched = ONE_TASK.replace("search_steps: 0", "search_steps: 5")
+    boxed = searched.replace("radius: 0.5,", "domain: [0, 1], methods: [bounds],")
+    task, = load_manifest(_one_task(zoo, boxed)).tasks
+    assert task.radius is None and task.methods == ("bounds",)
+    box = json.loads(task.domain)
+    assert box["lower"] == [0.0] and box["upper"] == [1.0] and box["shape"] == [1, 1, 6, 6]
+    # the same task as the radius manifest given --domain 0:1 --method bounds
+    ball, = load_manifest(_one_task(zoo, searched, "ball.yaml")).tasks
+    args = argparse.Namespace(domain="0:1", radius=None, method=["bounds"], arithmetic="exact")
+    assert _with_domain([ball], args)[0].key == task.key
+    # the quoted 'LO:HI' form is the same box
+    quoted = boxed.replace("domain: [0, 1]", "domain: '0:1'")
+    assert load_manifest(_one_task(zoo, quoted, "q.yaml")).tasks[0].key == task.key
+    # end to end: the row has the box and the tier; --domain/--method then skip it
+    store = tmp_path / "runs.sqlite"
+    common = ["--executor", "serial", "--store", str(store), "--no-progress"]
+    assert main_cli.main(["zoo", "certify", str(zoo.dir / "one.yaml"), *common]) == 0, \
+        capsys.readouterr()
+    row = results.load(store, "boxed").iloc[0]
+    assert row["status"] == "ok" and row["methods"] == "bounds"
+    assert "box [0, 1]" in row["domain"]
+    assert row["certified_bound"] >= row["adversarial_max"] > 0  # one-sided
+    assert main_cli.main(["zoo", "certify", str(zoo.dir / "ball.yaml"), *common,
+                          "--domain", "0:1", "--method", "bounds"]) == 0
+    assert "0 succeeded, 0 failed, 1 skipped" in capsys.readouterr().out
+
+
+def test_a_model_entry_replaces_the_defaults_domain_choice(zoo):
+    text = textwrap.dedent("""
+        defaults: {input_shape: [1, 1, 6, 6], domain: "-1:1", methods: path-metric}
+        models:
+          - {model: models.py:make_cnn, weights: cnn.pt}
+          - {model: models.py:make_cnn, weights: cnn.pt, radius: 0.25}
+          - {model: models.py:make_cnn, weights: cnn.pt, domain: [0, 0.5],
+             methods: [path-metric, bounds]}
+        plans:
+          - pruning: {scope: global, criterion: magnitude, sparsity: 0.5}
+    """)
+    a, b, c = load_manifest(_one_task(zoo, text, "mix.yaml")).tasks
+    assert json.loads(a.domain)["lower"] == [-1.0] and a.radius is None
+    assert b.domain is None and b.radius == 0.25  # the model's radius replaces the box
+    assert json.loads(c.domain)["upper"] == [0.5] and c.radius is None
+    assert a.methods == b.methods == ("path-metric",)
+    assert c.methods == ("path-metric", "bounds")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("radius: 0.5, domain: [0, 1],",
+     r"one.yaml: defaults.radius and one.yaml: defaults.domain are both given"),
+    ("domain: 1:2,", r"one.yaml: defaults.domain must be the box \[LO, HI\].*got the "
+                     r"number 62 \(YAML reads an unquoted LO:HI"),
+    ("domain: [1, 0],", r"defaults.domain must be the box \[LO, HI\] .* LO <= HI.*got \[1, 0\]"),
+    ("domain: [0, .inf],", r"field 'defaults.domain\[1\]' is inf"),
+    ("domain: '-inf:1',", r"defaults.domain must be the box .*finite.*got '-inf:1'"),
+    ("domain: '0:x',", r"defaults.domain must be the box .*got '0:x'"),
+    ("domain: [0, 1, 2],", r"defaults.domain must be the box"),
+    ("domain: {lower: 0},", r"defaults.domain must be the box .*got dict"),
+    ("domain: data,", r"defaults.domain: 'data' .* is for 'certcompress certify --domain "
+                      r"data'"),
+    ("methods: [exact],", r"one.yaml: defaults.methods: unknown certification method\(s\) "
+                          r"\['exact'\]; choose from path-metric, bounds"),
+    ("methods: 3,", r"defaults.methods must be a list of non-empty strings"),
+    ("methods: [],", r"defaults.methods is empty"),
+])
+def test_manifest_domain_and_methods_errors_name_the_field(zoo, edit, message):
+    text = ONE_TASK.replace("radius: 0.5,", edit)
+    with pytest.raises(ConfigurationError, match=message):
+        load_manifest(_one_task(zoo, text))
+
+
+def test_manifest_model_level_errors_name_the_model(zoo):
+    text = ONE_TASK.replace("weights: cnn.pt}", "weights: cnn.pt, radius: 1, domain: [0, 1]}")
+    with pytest.raises(ConfigurationError, match=r"one.yaml: models\[0\].radius and "
+                                                 r"one.yaml: models\[0\].domain are both"):
+        load_manifest(_one_task(zoo, text))
+    text = ONE_TASK.replace("weights: cnn.pt}", "weights: cnn.pt, methods: [nope]}")
+    with pytest.raises(ConfigurationError, match=r"models\[0\].methods: unknown certification"):
+        load_manifest(_one_task(zoo, text))
+
+
+PLUGIN_TIER = textwrap.dedent('''
+    from certcompress import Plugin
+    from certcompress.bounds.tiers import PathMetricTier
+
+
+    class ZooTier(PathMetricTier):
+        name = "zoo-path-metric"
+
+
+    class ZooTierPlugin(Plugin):
+        name = "zoo-tier"
+
+        def register_tiers(self, registry):
+            registry.register(ZooTier())
+''')
+
+
+def test_manifest_methods_may_name_a_tier_of_its_plugins(zoo, monkeypatch):
+    (zoo.dir / "cczootier.py").write_text(PLUGIN_TIER)
+    monkeypatch.syspath_prepend(str(zoo.dir))
+    monkeypatch.delitem(sys.modules, "cczootier", raising=False)
+    monkeypatch.setattr(plugins_mod, "_manager", PluginManager(load_entry_points=False))
+    text = ONE_TASK.replace("radius: 0.5,", "radius: 0.5, methods: [zoo-path-metric],")
+    with pytest.raises(ConfigurationError, match="unknown certification method"):
+        load_manifest(_one_task(zoo, text))  # the tier's plugin not named
+    task, = load_manifest(_one_task(zoo, "plugins: [cczootier:ZooTierPlugin]\n" + text)).tasks
+    assert task.methods == ("zoo-path-metric",)
+    assert task.model.plugins == ("cczootier:ZooTierPlugin",)
