@@ -165,9 +165,9 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     :class:`SoundnessError` instead of returning a wrong certificate. Without
     ``reference_inputs`` the output scale is sampled in ``D`` (the trace check's probes of
     the original, whose outputs are already computed: its centre, and on small models
-    corners and random points; plus up to 31 random points within a multiply-add budget,
-    :data:`SCALE_MACS`; ``output_scale_source`` says how many), so every certificate says
-    whether it is vacuous. ``cert.notes`` explains
+    corners and random points; plus 1 to 31 random points, as many as a multiply-add
+    budget allows, :data:`SCALE_MACS`; ``output_scale_source`` says how many), so every
+    certificate says whether it is vacuous. ``cert.notes`` explains
     surprising results (an exactly-zero bound, a vacuous one).
 
     ``arithmetic``: ``"exact"`` (default) certifies the models evaluated exactly;
@@ -320,15 +320,19 @@ def _assemble(traced: TracedPair, pair: GraphPair, dom: InputDomain,
 
 _SCALE_SAMPLES = 32
 #: the random points sampled for the output scale (besides the trace check's probes,
-#: whose outputs are reused) cost together at most about this many multiply-adds: a
-#: small CNN gets all ``_SCALE_SAMPLES - 1``, resnet18 at 224x224 (1.8e9 per input) none
+#: whose outputs are reused) cost together at most about this many multiply-adds, but
+#: there is always one: a small CNN gets all ``_SCALE_SAMPLES - 1``, resnet18 at 224x224
+#: (1.8e9 per input) one. The check probes a large model only at the domain's centre,
+#: and for a ball that is ``x = 0``, whose output (the biases' alone) is no measure of
+#: the outputs' size: one random point is (resnet18, random weights: 21.7 at the centre,
+#: about 2e3 at random points)
 SCALE_MACS = 10 ** 9
 
 
 def scale_sample_count(macs: int) -> int:
     """Random points sampled for the output scale of a model of ``macs`` multiply-adds
-    per input (0 to ``_SCALE_SAMPLES - 1``)."""
-    return max(0, min(_SCALE_SAMPLES - 1, SCALE_MACS // max(1, macs)))
+    per input (1 to ``_SCALE_SAMPLES - 1``)."""
+    return max(1, min(_SCALE_SAMPLES - 1, SCALE_MACS // max(1, macs)))
 
 
 def _sampled_output_scale(fns: _Float64Pair, dom: InputDomain, seed: int,

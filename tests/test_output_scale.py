@@ -56,11 +56,13 @@ def test_the_probes_and_the_random_points_give_the_scale() -> None:
     assert again.measurements.output_scale == cert.measurements.output_scale  # deterministic
 
 
-def test_a_large_model_samples_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above the budget no random point is drawn, and neither model is wrapped as a float64
-    function at all: the scale is the probes' (here the centre, reused)."""
+def test_a_large_model_samples_one_random_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the budget one random point is drawn, evaluated by the original alone (the
+    compressed model is not wrapped as a float64 function at all); the probes' outputs
+    (here the check's) count without being evaluated again."""
     net, comp = _pair()
     monkeypatch.setattr(api, "SCALE_MACS", 0)
+    assert api.scale_sample_count(10 ** 12) == 1
     built: list[nn.Module] = []
 
     def counting(model: nn.Module) -> object:
@@ -68,14 +70,16 @@ def test_a_large_model_samples_nothing_more(monkeypatch: pytest.MonkeyPatch) -> 
         return float64_function(model)
 
     monkeypatch.setattr(api, "float64_function", counting)
-    cert = cc.certify(net, comp, SHAPE, 1.0, methods="path-metric", search_steps=0)
-    assert built == []
-    pair = trace_pair(net, comp, SHAPE, api.resolve_domain(net, SHAPE, 1.0, None))
-    samples = pair.checks[0].samples  # type: ignore[union-attr]
+    cert = cc.certify(net, comp, SHAPE, 1.0, methods="path-metric", search_steps=0, seed=3)
+    assert built == [net]
+    dom = api.resolve_domain(net, SHAPE, 1.0, None)
+    samples = trace_pair(net, comp, SHAPE, dom).checks[0].samples  # type: ignore[union-attr]
     assert samples is not None
-    assert cert.measurements.output_scale == pytest.approx(_l1_max(net, samples.inputs),
-                                                           rel=1e-12)
-    assert "and 0 random point(s)" in cert.measurements.output_scale_source
+    rand = dom.sample(1, torch.Generator().manual_seed(3))
+    want = max(_l1_max(net, samples.inputs), _l1_max(net, rand))
+    assert cert.measurements.output_scale == pytest.approx(want, rel=1e-12)
+    assert cert.measurements.output_scale_source.endswith(
+        "trace-check probe(s) (their outputs reused) and 1 random point(s) (no reference data)")
     assert cert.vacuous == (cert.bound > cert.measurements.output_scale)
 
 
