@@ -12,11 +12,14 @@ structure is identical, conversion, BatchNorm folding; the trace checks excluded
 ``checks`` (the two trace checks: graph vs a float64 copy of each module on probes of the
 domain, each module run twice on the centre), ``tier`` (the path-metric: parameter scan
 and difference pass), ``measurement`` (the output scale: the original's trace-check
-probes reused, plus random points within ``SCALE_MACS``) and ``rest`` (resolving the
+probes reused, plus random points within ``api.SCALE_MACS``, at least one: one forward
+pass of each resnet) and ``rest`` (resolving the
 domain, assembling the certificate, waiting for the SHA-256 digests computed in a worker
 thread meanwhile). Each is reported as wall seconds over the forward pass's wall seconds
 and, less sensitive to other load on the machine, CPU seconds (this process, all
-threads) over the forward pass's CPU seconds.
+threads, the digest worker's included) over the forward pass's CPU seconds. On a loaded
+machine, ``--threads 1`` gives the steadiest ratios (two OpenMP threads contending with
+other processes make single forward passes vary several-fold).
 
 Also: ``two_traces_and_digests`` (what certify did before ``trace_pair``) against
 ``trace_pair`` alone, in the same run.
