@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from .bounds.pathnorm import path_magnitude_scores as _graph_scores
 from .bounds.propagation.engine import PropagationOptions
 from .bounds.tiers import GraphPair, TierRegistry, tier_registry
 from .capture import trace as _trace
-from .capture.check import RTOL, TraceCheckReport, as_box, numeric_check
+from .capture.check import RTOL, ProbeOutputs, TraceCheckReport, as_box, graph_macs, numeric_check
 from .capture.pair import TracedPair, trace_pair
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
 from .domain import InputDomain
@@ -162,8 +163,11 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     ``seed=0`` still work) finds the worst deviation it can (the certificate records the
     steps and seconds spent); a measured value above any tier's bound raises
     :class:`SoundnessError` instead of returning a wrong certificate. Without
-    ``reference_inputs`` the output scale is sampled in ``D`` (the centre and 31 random
-    points), so every certificate says whether it is vacuous. ``cert.notes`` explains
+    ``reference_inputs`` the output scale is sampled in ``D`` (the trace check's probes of
+    the original, whose outputs are already computed: its centre, and on small models
+    corners and random points; plus 1 to 31 random points, as many as a multiply-add
+    budget allows, :data:`SCALE_MACS`; ``output_scale_source`` says how many), so every
+    certificate says whether it is vacuous. ``cert.notes`` explains
     surprising results (an exactly-zero bound, a vacuous one).
 
     ``arithmetic``: ``"exact"`` (default) certifies the models evaluated exactly;
@@ -185,9 +189,10 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     tiers = _run_tiers(registry, names, pair, dom, propagation)
     if arith == "float32":
         tiers = _with_float32(model, compressed, dom, tiers)
-    fns = float64_function(model), float64_function(compressed)
-    measurements = _measure(fns, model, compressed, dom, tiers, reference_inputs, opts, arith)
-    tiers = _with_costs(registry, tiers, measurements, fns[0], dom)
+    fns = _Float64Pair(model, compressed)
+    measurements = _measure(fns, model, compressed, dom, tiers, reference_inputs, opts, arith,
+                            traced)
+    tiers = _with_costs(registry, tiers, measurements, fns, dom)
     return _assemble(traced, pair, dom, tiers, measurements, arith,
                      domain_given=domain is not None)
 
@@ -217,16 +222,32 @@ def _with_float32(model: nn.Module, compressed: nn.Module, dom: InputDomain,
     return {k: with_float32(t, err) for k, t in tiers.items()}
 
 
-def _measure(fns: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
-             model: nn.Module, compressed: nn.Module, dom: InputDomain,
+class _Float64Pair:
+    """Both models as float64 functions (:func:`float64_function`), each built on first
+    use: a certificate without reference data, search or costly tier never needs them
+    (its output scale comes from the trace check's probes)."""
+
+    def __init__(self, model: nn.Module, compressed: nn.Module) -> None:
+        self._models = model, compressed
+
+    @cached_property
+    def original(self) -> Callable[[Tensor], Tensor]:
+        return float64_function(self._models[0])
+
+    @cached_property
+    def compressed(self) -> Callable[[Tensor], Tensor]:
+        return float64_function(self._models[1])
+
+
+def _measure(fns: _Float64Pair, model: nn.Module, compressed: nn.Module, dom: InputDomain,
              tiers: dict[str, MethodBound], reference_inputs: Tensor | None,
-             opts: SearchOptions, arith: str) -> Measurements:
+             opts: SearchOptions, arith: str, traced: TracedPair) -> Measurements:
     """The reference deviation, the output scale and the adversarial search (``fns``: both
     models in float64), each checked against every tier's bound (a violation raises
     :class:`SoundnessError`)."""
-    f, fc = fns
     meas: dict[str, object] = {}
     if reference_inputs is not None:
+        f, fc = fns.original, fns.compressed
         x = check_reference_inputs(reference_inputs, dom.shape)
         dev, scale = deviations(f, fc, x)
         inside = dom.contains(x)
@@ -241,10 +262,13 @@ def _measure(fns: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
         meas["output_scale_source"] = f"max over {int(x.shape[0])} reference inputs"
         reference_inputs = x
     else:  # the scale check: the output scale sampled in the domain
-        meas.update(output_scale=_sampled_output_scale(f, dom, opts.seed),
-                    output_scale_source=f"max over {_SCALE_SAMPLES} points sampled in the "
-                                        "domain (no reference data)")
+        check = traced.checks[0]
+        sampled, source = _sampled_output_scale(
+            fns, dom, opts.seed, None if check is None else check.samples,
+            graph_macs(traced.graph) // max(1, dom.shape[0]))
+        meas.update(output_scale=sampled, output_scale_source=source)
     if opts.steps > 0:
+        f, fc = fns.original, fns.compressed
         starts = None if reference_inputs is None else reference_inputs[:opts.restarts]
         adv = adversarial_deviation(f, fc, dom.shape, dom.lower_tensor()[0],
                                     dom.upper_tensor()[0], steps=opts.steps,
@@ -263,11 +287,11 @@ def _measure(fns: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
 
 
 def _with_costs(registry: TierRegistry, tiers: dict[str, MethodBound], m: Measurements,
-                f: Callable[[Tensor], Tensor], dom: InputDomain) -> dict[str, MethodBound]:
-    """The tiers' vacuous flags and their cost in float64 forward passes of ``f`` (timed
-    when a tier that reports its cost ran)."""
+                fns: _Float64Pair, dom: InputDomain) -> dict[str, MethodBound]:
+    """The tiers' vacuous flags and their cost in float64 forward passes of the original
+    (timed when a tier that reports its cost ran)."""
     costly = any(registry.get(k).measure_cost for k in tiers)
-    fwd = _forward_seconds(f, dom) if costly else None
+    fwd = _forward_seconds(fns.original, dom) if costly else None
     return {k: t.with_measurements(m.output_scale, fwd) for k, t in tiers.items()}
 
 
@@ -295,18 +319,49 @@ def _assemble(traced: TracedPair, pair: GraphPair, dom: InputDomain,
 
 
 _SCALE_SAMPLES = 32
+#: the random points sampled for the output scale (besides the trace check's probes,
+#: whose outputs are reused) cost together at most about this many multiply-adds, but
+#: there is always one: a small CNN gets all ``_SCALE_SAMPLES - 1``, resnet18 at 224x224
+#: (1.8e9 per input) one. The check probes a large model only at the domain's centre,
+#: and for a ball that is ``x = 0``, whose output (the biases' alone) is no measure of
+#: the outputs' size: one random point is (resnet18, random weights: 21.7 at the centre,
+#: about 2e3 at random points)
+SCALE_MACS = 10 ** 9
 
 
-def _sampled_output_scale(f: Callable[[Tensor], Tensor], dom: InputDomain, seed: int) -> float:
-    """``max ||f(x)||_1`` over the domain's centre and ``_SCALE_SAMPLES - 1`` random
-    points in it: the output scale a bound is compared with when no reference data is
-    given (a lower estimate of the true maximum, so "vacuous" is never overstated)."""
-    x = dom.sample(_SCALE_SAMPLES - 1, torch.Generator().manual_seed(seed))
+def scale_sample_count(macs: int) -> int:
+    """Random points sampled for the output scale of a model of ``macs`` multiply-adds
+    per input (1 to ``_SCALE_SAMPLES - 1``)."""
+    return max(1, min(_SCALE_SAMPLES - 1, SCALE_MACS // max(1, macs)))
+
+
+def _sampled_output_scale(fns: _Float64Pair, dom: InputDomain, seed: int,
+                          probes: ProbeOutputs | None, macs: int) -> tuple[float, str]:
+    """``max ||f(x)||_1`` over points of the domain, and where they come from: the trace
+    check's probes of the original (``probes``: its centre, on small models also corners
+    and random points; their float64 outputs are already computed; without them the
+    centre is evaluated here) and :func:`scale_sample_count` random points (seeded by
+    ``seed``; a model of ``macs`` multiply-adds per input). The output scale a bound is
+    compared with when no reference data is given: a lower estimate of the true maximum,
+    deterministic for a given seed."""
+    k = scale_sample_count(macs)
     lo, hi = dom.lower_tensor(), dom.upper_tensor()
-    x = torch.cat([(lo + hi) / 2, x.reshape((-1,) + tuple(lo.shape[1:]))])
-    with torch.no_grad():
-        return float(torch.cat([f(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
-                     .abs().sum(1).max())
+    per = (-1,) + tuple(lo.shape[1:])
+    parts, x = [], dom.sample(k, torch.Generator().manual_seed(seed)).reshape(per)
+    if probes is not None and probes.outputs.numel():
+        parts.append(probes.outputs.abs().sum(1))
+        known = f"{probes.outputs.shape[0]} trace-check probe(s) (their outputs reused)"
+    else:
+        x = torch.cat([((lo + hi) / 2).reshape(per), x])
+        known = f"the centre ({lo.shape[0]} row(s))"
+    if x.shape[0]:
+        f = fns.original
+        with torch.no_grad():
+            parts.append(torch.cat([f(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
+                         .abs().sum(1))
+    values = torch.cat(parts)
+    return float(values.max()), (f"max over {values.shape[0]} point(s) in the domain: "
+                                 f"{known} and {k} random point(s) (no reference data)")
 
 
 def _notes(bound: float, changed: int, m: Measurements, vacuous: bool | None) -> tuple[str, ...]:

@@ -94,12 +94,16 @@ def _scan(a: Mapping[str, AffineParams], b: Mapping[str, AffineParams]
     a_dom = b_dom = True
     parts: dict[str, list[torch.Tensor | None]] = {}
     for k, ta, tb in _tensor_pairs(a, b):
-        conflicts += int(opposite_signs(ta, tb).sum())
-        changed += int((ta != tb).sum())
+        conflicts += int(torch.count_nonzero(opposite_signs(ta, tb)))
+        changed += int(torch.count_nonzero(ta != tb))
         ma, mb = ta.abs(), tb.abs()
         diff = ma - mb
-        a_dom = a_dom and not bool((diff < 0).any())
-        b_dom = b_dom and not bool((diff > 0).any())
+        if diff.numel():
+            low, high = (float(v) for v in torch.aminmax(diff))  # one read, not two
+            if math.isnan(low) or math.isnan(high):  # NaN: compare every element
+                low, high = -float((diff < 0).any()), float((diff > 0).any())
+            a_dom = a_dom and not low < 0
+            b_dom = b_dom and not high > 0
         if conflicts == 0:
             parts.setdefault(k, []).extend((torch.minimum(ma, mb), diff.abs_()))
     cmp = _Comparison(conflicts, changed, a_dom, b_dom)

@@ -26,7 +26,7 @@ import math
 import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from ..errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from ..ir.graph import ForwardInterpreter, Graph
 from ..measure import flatten_output
 
-__all__ = ["TraceCheckReport", "RTOL", "hook_refusals", "inplace_refusals",
+__all__ = ["TraceCheckReport", "ProbeOutputs", "RTOL", "hook_refusals", "inplace_refusals",
            "numeric_check", "raise_if_failed", "probe_count", "graph_macs"]
 
 #: the graph and the module must agree to this, relative to the largest output magnitude
@@ -268,6 +268,18 @@ def inplace_refusals(gm: fx.GraphModule, adapter_safe: Callable[[fx.Node], bool 
 
 # ------------------------------------------------------------------ numeric check
 @dataclass(frozen=True)
+class ProbeOutputs:
+    """The probes a numeric check evaluated, stacked along the batch dimension
+    (``inputs``: ``(probes * batch, *input_shape[1:])``, every row a point of the checked
+    box), and the module's float64 outputs on them, flattened per row (``outputs``:
+    ``(probes * batch, n)``). Points with their outputs, already paid for: ``certify``
+    reuses them as output-scale samples."""
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+
+
+@dataclass(frozen=True)
 class TraceCheckReport:
     """What :func:`numeric_check` (and ``cc.check_trace``) found.
 
@@ -286,6 +298,8 @@ class TraceCheckReport:
     reasons: tuple[str, ...]
     seconds: float
     output_scale: float = 0.0
+    #: the probes and the module's outputs on them (None when the module failed on them)
+    samples: ProbeOutputs | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         head = (f"trace check of {self.model_name} (input {self.input_shape}): "
@@ -458,7 +472,7 @@ def numeric_check(model: nn.Module, graph: Graph, lower: torch.Tensor, upper: to
                            f"({attrs0.get(k)!r} -> {attrs1.get(k)!r})")
     return TraceCheckReport(graph.model_name, shape, int(x.shape[0] // shape[0]),
                             abs_err, rel_err, RTOL, not reasons, tuple(reasons),
-                            time.perf_counter() - t0, scale)
+                            time.perf_counter() - t0, scale, ProbeOutputs(x, y_eager))
 
 
 def raise_if_failed(report: TraceCheckReport) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..digest import model_state, state_digest
 from ..ir.graph import Graph
+from .check import TraceCheckReport
 from .registry import AdapterRegistry
 from .tracer import trace_captured
 
@@ -42,13 +43,16 @@ _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 class TracedPair:
     """The graphs of the original (``graph``) and of the compressed model (``other``),
     ``reused``: whether ``other`` was built on the original's fx capture (else ``why``
-    says what differed), and the two parameter digests (:meth:`digests`)."""
+    says what differed), the two parameter digests (:meth:`digests`) and the two trace
+    check reports (``checks``: original, compressed; their probe outputs are reusable
+    samples of each model in the domain)."""
 
     graph: Graph
     other: Graph
     reused: bool
     why: str
     _digests: Future[tuple[str, str]]
+    checks: tuple[TraceCheckReport | None, TraceCheckReport | None] = (None, None)
 
     def digests(self) -> tuple[str, str]:
         """``(original digest, compressed digest)``; waits for the worker thread."""
@@ -148,9 +152,7 @@ def trace_pair(model: nn.Module, compressed: nn.Module, input_shape: Sequence[in
     graph, captured = trace_captured(model, input_shape, registry=registry, domain=domain)
     why = structure_difference(model, compressed) if captured.how == "torch.fx" \
         else f"the original was captured with {captured.how}"
-    if why is None:
-        other, _ = trace_captured(compressed, input_shape, registry=registry, domain=domain,
-                                  reuse=captured)
-    else:
-        other, _ = trace_captured(compressed, input_shape, registry=registry, domain=domain)
-    return TracedPair(graph, other, why is None, why or "", digests)
+    other, checked = trace_captured(compressed, input_shape, registry=registry, domain=domain,
+                                    reuse=captured if why is None else None)
+    return TracedPair(graph, other, why is None, why or "", digests,
+                      (captured.check, checked.check))

@@ -43,7 +43,14 @@ from ..ir.graph import Graph, IRNode
 from ..ir.ops import AffineParams, IROp
 from ..ir.passes import fold_batchnorm
 from .adapters.base import Converted, MultiOutput, Unsupported
-from .check import as_box, hook_refusals, inplace_refusals, numeric_check, raise_if_failed
+from .check import (
+    TraceCheckReport,
+    as_box,
+    hook_refusals,
+    inplace_refusals,
+    numeric_check,
+    raise_if_failed,
+)
 from .registry import AdapterRegistry
 
 __all__ = ["Captured", "trace", "trace_captured", "ConvertContext", "check_eval_mode"]
@@ -284,13 +291,15 @@ class ConvertContext:
 class Captured:
     """What capturing a module produced, for reuse by a module of the same structure
     (:func:`certcompress.capture.pair.trace_pair`): the fx graph module, how it was
-    captured, its notes, and every needed node's meta value (shapes; None when the meta
-    pass could not run)."""
+    captured, its notes, every needed node's meta value (shapes; None when the meta
+    pass could not run), and the report of the module's trace check (None when it did
+    not run), whose probe outputs :func:`certcompress.certify` reuses."""
 
     gm: fx.GraphModule
     how: str
     notes: tuple[str, ...]
     shapes: Mapping[fx.Node, Any] | None
+    check: TraceCheckReport | None = None
 
 
 def trace(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int], *,
@@ -362,10 +371,12 @@ def trace_captured(model: nn.Module | torch.export.ExportedProgram, input_shape:
                   input_shape=shape, model_name=name or type(model).__name__, capture=how,
                   notes=notes)
     graph = fold_batchnorm(graph) if fold_bn else graph
+    report = None
     if check and isinstance(model, nn.Module) and device.type != "meta":
         lower, upper = as_box(domain, shape)
-        raise_if_failed(numeric_check(model, graph, lower, upper))
-    return graph, Captured(gm, how, notes, converter.shapes)
+        report = numeric_check(model, graph, lower, upper)
+        raise_if_failed(report)
+    return graph, Captured(gm, how, notes, converter.shapes, report)
 
 
 def _rebind(captured: Captured, model: nn.Module
