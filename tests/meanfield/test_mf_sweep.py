@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 
 import numpy as np
@@ -93,7 +94,13 @@ def test_cli_sweep_writes_csv_json_and_plots(tmp_path, capsys):
     table = pd.read_csv(out / "meanfield_sweep.csv")
     assert len(table) == 2 and list(table.columns) == list(mf.SWEEP_COLUMNS)
     assert (out / "spearman.json").is_file() and (out / "gap.png").is_file()
-    assert "2 configurations (1 in scope)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 runs = 2 configurations x 1 seeds; in scope: 1 runs, 1 configurations" in printed
+    assert "recommended depth scaling: mean-field (estimated risk" in printed
+    assert "out of scope, not ranked: none" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recommendation"]["scaling"] == "mean-field"
+    assert set(summary["spearman_means"]["kernel_measure"]) >= {"rho", "pvalue", "n_points"}
 
 
 @pytest.mark.parametrize(
