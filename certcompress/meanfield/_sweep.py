@@ -8,9 +8,10 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -170,9 +171,9 @@ docs/meanfield.md, "Tangent complexity", for the values and the selection)."""
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 """Seeds of the default sweep (the designed one)."""
 
-GRID_DEFAULTS: dict[str, tuple[object, ...]] = {
+GRID_DEFAULTS: Mapping[str, tuple[object, ...]] = MappingProxyType({
     "depths": (4, 8, 16, 32), "scalings": ("mean-field", "sqrt", "none"),
-    "alphas": (1.0,), "widths": (128,)}
+    "alphas": (1.0,), "widths": (128,)})
 """What :func:`sweep` fills in for a grid argument left out when another one is given."""
 
 
