@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="The designed sweep, as 'certcompress meanfield sweep' without grid "
                     "options, writing design.csv, design.json and PNG plots to --out.")
     _add_sweep_options(q, grid=False)
-    q.set_defaults(func=run_sweep, csv_name="design.csv", json_name="design.json",
+    q.set_defaults(func=run_sweep, csv_name="design.csv", json_name="design.json", beta=None,
                    depths=None, scalings=None, alphas=None, widths=None, ns=None, inits=None,
                    executor=None, store=None, address=None, num_cpus=None, workers=None)
 
@@ -95,10 +95,11 @@ def _add_sweep_options(p: argparse.ArgumentParser, grid: bool = True) -> None:
                    help="checkpoint interval (default: 25 design, 50 grid)")
     p.add_argument("--lr", type=float, default=None, help="step size before 1/beta^2 (default 0.5)")
     p.add_argument("--head-width", type=int, default=None)
-    p.add_argument("--beta", type=float, default=None,
-                   help="grid: head scale (default 1; a design point sets its own)")
     p.add_argument("--activation", default=None, help="default tanh")
     p.add_argument("--delta", type=float, default=None, help="confidence (default 0.05)")
+    if grid:
+        p.add_argument("--beta", type=float, default=None,
+                       help="grid: head scale (default 1; a design point sets its own)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="seeds (default: 0 1 2 for the design, 0 for a grid)")
     if grid:
