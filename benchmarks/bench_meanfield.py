@@ -2,9 +2,11 @@
 
 1. Time of ``mf.estimate`` for n=500, L=16, M=256 (d=64, K=256, digits odd-even, default
    EstimateOptions: 12 checkpoints) as a multiple of one full-batch training step.
-2. Wall time of a sweep over depths x scalings (mean-field sqrt none); by default the
-   default sweep (depths 4 8 16 32, M=128, n=500, 300 steps), the same as
-   ``certcompress meanfield sweep``; ``--depths/--width/--n/--steps`` shrink it.
+2. Wall and CPU time of the default sweep, ``mf.sweep()`` (the designed n x label-noise
+   sweep with seeds 0 1 2), the same as ``certcompress meanfield sweep``, with its rank
+   agreement and recommendation; ``--grid`` times a grid over depths x scalings
+   (mean-field sqrt none) instead, ``--depths/--width/--n/--steps`` (defaults: depths
+   4 8 16 32, M=128, n=500, 300 steps: the grid ``sweep(depths=...)`` fills in).
 3. The two Gram implementations at n=100, L=16, M=256 (closed form vs torch.func
    per-sample Jacobians), as a ratio.
 
@@ -13,7 +15,8 @@ Timings on a shared machine vary with its load: the load average is recorded.
 
     python benchmarks/bench_meanfield.py            # both parts
     python benchmarks/bench_meanfield.py --no-sweep # estimate ratio only (~1 min)
-    python benchmarks/bench_meanfield.py --depths 4 8 16 --n 300 --steps 150 --width 64
+    python benchmarks/bench_meanfield.py --design 0 1 2  # the default sweep only
+    python benchmarks/bench_meanfield.py --grid --depths 4 8 16 --n 300 --steps 150 --width 64
 """
 
 from __future__ import annotations
@@ -89,10 +92,11 @@ def bench_sweep(depths: list[int], width: int, n: int, steps: int) -> dict[str, 
 
 
 def bench_design(seeds: list[int]) -> dict[str, object]:
-    """The default designed sweep (issue 18 benchmark): wall and CPU time, rank agreement."""
+    """The default sweep (the designed one; issue 18 benchmark): wall and CPU time, rank
+    agreement, recommendation."""
     load = os.getloadavg()
     w0, c0 = time.perf_counter(), time.process_time()
-    table = mf.designed_sweep(seeds=seeds, progress=False)
+    table = mf.sweep(seeds=seeds, progress=False)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     a = table.attrs
     return {"seeds": seeds, "runs": len(table), "wall_seconds": wall, "cpu_seconds": cpu,
@@ -113,14 +117,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--grid", action="store_true",
+                        help="part 2 times the grid of --depths/--width/--n/--steps instead "
+                             "of the default sweep")
     parser.add_argument("--design", type=int, nargs="*", default=None, metavar="SEED",
-                        help="only the default designed sweep with these seeds (default 0 1 2)")
+                        help="only the default sweep with these seeds (default 0 1 2)")
     args = parser.parse_args()
     if args.design is not None:
-        seeds = args.design or [0, 1, 2]
+        seeds = args.design or list(mf.DEFAULT_SEEDS)
         res = bench_design(seeds)
         sp = res["spearman_means"][mf.RECOMMENDED_ESTIMATE]  # type: ignore[index]
-        print(f"designed sweep, seeds {seeds}: {res['runs']} runs, {res['wall_seconds']:.0f} s wall, "
+        print(f"default sweep, seeds {seeds}: {res['runs']} runs, {res['wall_seconds']:.0f} s wall, "
               f"{res['cpu_seconds']:.0f} CPU-s (load {res['load_before'][0]:.1f}); Spearman "  # type: ignore[index]
               f"{mf.RECOMMENDED_ESTIMATE} over {sp['n_points']} in-scope design means = "
               f"{sp['rho']:.3f} (p = {sp['pvalue']:.2g}); gap span {res['gap_span']:.1f}x")
@@ -144,7 +151,14 @@ def main() -> None:
         result["gram"] = g
         print(f"Gram matrices (n=100, L=16, M=256): closed form {g['structured_s']:.2f} s, "
               f"torch.func Jacobians {g['jacobian_s']:.2f} s: {g['ratio']:.0f}x")
-    if not args.no_sweep:
+    if not args.no_sweep and not args.grid:
+        d = bench_design(list(mf.DEFAULT_SEEDS))
+        result["sweep"] = d
+        sp = d["spearman_means"][mf.RECOMMENDED_ESTIMATE]  # type: ignore[index]
+        print(f"default sweep ({d['runs']} runs): {d['wall_seconds']:.0f} s wall, "
+              f"{d['cpu_seconds']:.0f} CPU-s on {env['cpus']} cores; Spearman "
+              f"{mf.RECOMMENDED_ESTIMATE} = {sp['rho']:.3f} (p = {sp['pvalue']:.2g})")
+    if not args.no_sweep and args.grid:
         s = bench_sweep(args.depths, args.width, args.n, args.steps)
         result["sweep"] = s
         print(f"sweep ({s['configurations']} configurations, depths {args.depths}, M={args.width}, "

@@ -10,6 +10,9 @@ says "out of scope" where the theory does not apply. See docs/meanfield.md.
     run = mf.train(net, X_train, y_train, steps=300, record_every=25)
     est = mf.estimate(run, X_train, y_train, X_test, y_test, delta=0.05)
     print(est.summary())
+
+    table = mf.sweep()  # the default: n x label noise + variants, seeds 0 1 2 (~100 s)
+    print(table.attrs["recommendation"]["scaling"], table.attrs["spearman_means"])
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
 from ._plots import plot_design, plot_sweep, plot_training
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._sweep import (
+    DEFAULT_SEEDS,
     DESIGN_OPTIONS,
+    GRID_DEFAULTS,
     RECOMMENDED_ESTIMATE,
     SWEEP_COLUMNS,
     DesignPoint,
@@ -65,7 +70,9 @@ from ._train import Checkpoint, TrainRun, train
 from ._transport import exact_w2, w2_coupling_bound
 
 __all__ = [
+    "DEFAULT_SEEDS",
     "DESIGN_OPTIONS",
+    "GRID_DEFAULTS",
     "RECOMMENDED_ESTIMATE",
     "DesignPoint",
     "default_design",

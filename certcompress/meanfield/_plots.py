@@ -127,7 +127,7 @@ def plot_sweep(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Pa
 
 
 def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
-    """Plots of a :func:`designed_sweep` table: design_estimate_vs_gap.png (each estimate
+    """Plots of a :func:`sweep` design table (the default sweep): design_estimate_vs_gap.png (each estimate
     against the measured gap, mean and 95% interval over seeds per design point, the
     loss range marked) and design_lambda.png (lambda_min(G2) at init and final beside
     the [D] lower bound Lambda_G2, per design point)."""
@@ -193,7 +193,7 @@ def _trajectories(table: pd.DataFrame) -> list[dict[str, object]]:
     traj = table.attrs.get("trajectories")
     if not isinstance(traj, dict) or not traj:
         raise ConfigurationError("plot_training: the table has no attrs['trajectories']; pass "
-                                 "the table returned by mf.designed_sweep (a CSV read back "
+                                 "the table returned by mf.sweep() (a CSV read back "
                                  "loses them)")
     first_seed = min(int(v["seed"]) for v in traj.values())
     return [v for v in traj.values() if int(v["seed"]) == first_seed]
@@ -216,7 +216,7 @@ def _envelope(tr: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_training(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
-    """Plots along training of a :func:`designed_sweep` table (first seed, one line or
+    """Plots along training of a :func:`sweep` table (first seed, one line or
     panel per design point), from ``table.attrs["trajectories"]``:
 
     - training_lambda.png: lambda_min(G1+G2) and lambda_min(G2) against flow time [M];

@@ -1,4 +1,5 @@
-"""sweep(): train and estimate over a grid of depth, scaling, alpha, width and n."""
+"""sweep(): train and estimate over a design (default: n x label noise plus network variants,
+with seeds) or a grid of depth, scaling, alpha, width and n; one code path for both."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -24,20 +26,18 @@ from ._batch import TrainJob, train_many
 from ._data import DataSplit, as_features, as_targets, load_digits_task, load_npz, split_arrays
 from ._estimate import ESTIMATE_COLUMNS, EstimateOptions, estimate
 from ._model import ScaledResNet
-from ._train import progress_enabled, train
+from ._train import TrainRun, progress_enabled, train
 
-__all__ = ["SweepOptions", "SpearmanResult", "sweep", "spearman_agreement", "resolve_data",
-           "ci95", "design_means", "THEORY_COLUMNS",
-           "SWEEP_COLUMNS", "AGREEMENT_COLUMNS"]
+__all__ = ["SweepOptions", "SpearmanResult", "sweep", "designed_sweep", "spearman_agreement",
+           "resolve_data", "ci95", "design_means", "THEORY_COLUMNS", "SWEEP_COLUMNS",
+           "AGREEMENT_COLUMNS", "DEFAULT_SEEDS", "GRID_DEFAULTS", "DesignPoint",
+           "default_design", "DESIGN_OPTIONS", "RECOMMENDED_ESTIMATE", "flip_labels",
+           "recommend_scaling"]
 
 SweepData = str | DataSplit | tuple[object, object] | tuple[object, object, object, object]
 
 SWEEP_COLUMNS: tuple[str, ...] = ("config", "data", "seed", "lr", "steps_requested",
                                   "train_seconds") + ESTIMATE_COLUMNS + ("notes",)
-AGREEMENT_COLUMNS: tuple[str, ...] = ("gap_estimate", "gap_estimate_closed_form",
-                                      "kernel_measure", "kl_radius", "w2_bound_residual",
-                                      "rademacher_tangent", "gap_estimate_tangent",
-                                      "gap_estimate_optimistic", "gap_estimate_stability")
 
 
 @dataclass(frozen=True)
@@ -149,103 +149,144 @@ def spearman_agreement(table: pd.DataFrame, column: str = "gap_estimate") -> Spe
     return SpearmanResult(column, float(res.statistic), float(res.pvalue), k, note)
 
 
+
+AGREEMENT_COLUMNS: tuple[str, ...] = (
+    "gap_estimate", "gap_estimate_closed_form", "gap_bound_paper", "kernel_measure",
+    "kl_radius", "w2_bound_head", "w2_bound_residual", "rademacher_mc", "rademacher_sqrt_kl",
+    "rademacher_tangent", "gap_estimate_tangent", "gap_estimate_optimistic",
+    "gap_estimate_stability")
+"""Estimates whose rank agreement with the measured gap a sweep reports."""
+DESIGN_AGREEMENT_COLUMNS = AGREEMENT_COLUMNS  # the name the designed sweep used
+THEORY_COLUMNS = frozenset({"gap_estimate", "gap_estimate_closed_form", "rademacher_mc",
+                            "rademacher_sqrt_kl", "rademacher_tangent", "gap_estimate_tangent",
+                            "gap_estimate_optimistic", "gap_estimate_stability"})
+"""Estimates the theory defines only in scope (their agreement is over in-scope rows)."""
+
+RECOMMENDED_ESTIMATE = "gap_estimate_optimistic"
+"""The estimate a sweep ranks in-scope configurations by: the gap-level
+estimate with the highest Spearman over the in-scope design means on seeds 0-2 of the
+default design (selected there, reported on the held-out seeds 3-5; see
+docs/meanfield.md, "Tangent complexity", for the values and the selection)."""
+
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+"""Seeds of the default sweep (the designed one)."""
+
+GRID_DEFAULTS: Mapping[str, tuple[object, ...]] = MappingProxyType({
+    "depths": (4, 8, 16, 32), "scalings": ("mean-field", "sqrt", "none"),
+    "alphas": (1.0,), "widths": (128,)})
+"""What :func:`sweep` fills in for a grid argument left out when another one is given."""
+
+
 def sweep(
-    depths: Sequence[int] = (4, 8, 16, 32),
-    scalings: Sequence[str | float] = ("mean-field", "sqrt", "none"),
+    depths: Sequence[int] | None = None,
+    scalings: Sequence[str | float] | None = None,
     *,
-    alphas: Sequence[float] = (1.0,),
-    widths: Sequence[int] = (128,),
+    alphas: Sequence[float] | None = None,
+    widths: Sequence[int] | None = None,
     ns: Sequence[int] | None = None,
+    design: Sequence[DesignPoint] | None = None,
     data: SweepData = "digits",
     options: SweepOptions | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
     progress: bool = True,
     executor: object | None = None,
     store: str | os.PathLike[str] | None = None,
-    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Train a ScaledResNet for every grid point and tabulate :func:`estimate`.
+    """Train and estimate over a design (the default) or a grid, for one or more seeds.
 
-    Returns a DataFrame with one row per configuration and the columns
-    ``SWEEP_COLUMNS`` (out-of-scope estimates are NaN and ``scope`` says why). The
-    Spearman agreement of each estimate in ``AGREEMENT_COLUMNS`` with the measured gap
-    is in ``table.attrs["spearman"]`` (column -> dict). ``ns`` defaults to 500 for
-    digits and to every training sample for arrays. ``seed`` seeds the data split,
-    the initial particles and the estimators. A progress bar shows on a terminal.
+    **Default** (no grid argument): the designed sweep, :func:`default_design` on digits
+    with ``seeds`` (0, 1, 2) and :data:`DESIGN_OPTIONS` (150 steps, light estimators):
+    n in {50, 100, 400} x label noise {0, 0.2, 0.4} (noise on the training labels only)
+    plus depth, alpha, scaling and init variants, the frozen-features ablation and the
+    lazy comparison, so the measured gaps really differ (54 runs, about 100 s on 2
+    cores). ``design`` runs other :class:`DesignPoint` s the same way. All runs train
+    together (:func:`train_many`: particles batched across runs of the same shape), so a
+    point agrees to rounding with the same point run in another design. ``seed`` (one
+    int) runs the design for that seed alone. Columns ``design``, ``noise``, then
+    ``SWEEP_COLUMNS``; ``config`` is the design point's name.
 
-    ``executor`` (None: run here, one configuration after another) runs the grid
-    through :mod:`certcompress.scale` instead: ``"local"`` (a process pool),
-    ``"ray"``, ``"serial"`` or an executor object; one task per configuration, the same
-    rows and columns. ``store`` is then the SQLite results file (a sweep that stops
-    resumes from it; default a temporary one). With an executor ``data`` must be
-    ``"digits"``, ``"digits:<task>"`` or an ``.npz`` path (workers read data by name).
+    **Grid** (any of ``depths``, ``scalings``, ``alphas``, ``widths``, ``ns`` given): one
+    run per point of ns x widths x ``options.inits`` x alphas x scalings x depths, the
+    arguments left out taken from :data:`GRID_DEFAULTS` (depths 4 8 16 32, scalings
+    mean-field sqrt none, alpha 1, width 128) and ``options`` from :class:`SweepOptions`
+    (300 steps); ``ns`` defaults to 500 for digits and to every training sample for
+    arrays; ``data`` may also be a DataSplit, arrays or an ``.npz`` path. Each run trains
+    on its own (:func:`train`), so a point gives the same row alone. Columns
+    ``SWEEP_COLUMNS`` (out-of-scope estimates are NaN and ``scope`` says why).
+    ``executor`` (None: here) runs a grid through :mod:`certcompress.scale` instead
+    (``"local"``, ``"ray"``, ``"serial"`` or an executor object; the same rows and
+    columns; ``store`` the SQLite results file a stopped sweep resumes from; data by
+    name or ``.npz`` path). ``seed`` (default 0) or ``seeds`` (a row per point and seed).
 
-    ``seeds`` (instead of ``seed``) runs the grid once per seed (a row per configuration
-    and seed) and adds, over seeds, ``table.attrs["by_config"]`` (per configuration: mean
-    and 95% Student-t interval of the measured gap and of every estimate),
-    ``"spearman_means"`` (rank agreement over the per-configuration means, with
-    p-values; in-scope configurations for the theory estimates) and ``"seeds"``;
-    ``"spearman"`` is then over all rows.
+    Both give, in ``table.attrs`` (one summary for both): ``"spearman"``
+    (estimate column in :data:`AGREEMENT_COLUMNS` -> rho, p-value, number of points, over
+    all rows; in-scope rows for the theory estimates), ``"spearman_means"`` (the same over
+    the per-configuration means across seeds, in-scope configurations for the theory
+    estimates: the headline figure), ``"spearman_per_seed"``, ``"ratio"``
+    (min/median/max of estimate / measured gap over in-scope rows), ``"by_config"`` (per
+    configuration: mean and 95% Student-t interval over seeds of the measured gap and
+    every estimate), ``"recommendation"`` (:func:`recommend_scaling`: a depth scaling
+    with its estimated risk, measured gap, regime and conditions met), ``"best_estimate"``,
+    ``"gap_span"``, ``"in_scope"`` / ``"n_rows"`` / ``"in_scope_designs"``, ``"seeds"``
+    and ``"trajectories"`` (per row: flow time, loss, lambda_min(G2), lambda_min(G1+G2)
+    and the Gaussian-fit KL at the Gram checkpoints, the per-step losses and the
+    per-phase decay rates; not with an executor). The same arguments and seeds give the
+    same table.
     """
-    opts = options or SweepOptions()
+    grid_args = {"depths": depths, "scalings": scalings, "alphas": alphas, "widths": widths, "ns": ns}
+    given = [k for k, v in grid_args.items() if v is not None]
+    if seed is not None and seeds is not None:
+        raise ConfigurationError("sweep: pass seed= or seeds=, not both")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+        raise ConfigurationError(f"sweep: seed must be an integer, got {seed!r}")
     if seeds is not None:
         seeds_t = tuple(seeds)
         if not seeds_t or any(isinstance(s, bool) or not isinstance(s, int | np.integer) for s in seeds_t):
             raise ConfigurationError(f"sweep: seeds must be a non-empty list of integers, got {list(seeds)}")
-        if seed != 0:
-            raise ConfigurationError("sweep: pass seed= or seeds=, not both")
-        tables = [sweep(depths, scalings, alphas=alphas, widths=widths, ns=ns, data=data,
-                        options=opts, seed=int(s), progress=progress, executor=executor,
-                        store=store) for s in seeds_t]
-        table = pd.concat(tables, ignore_index=True)
-        _attach_seed_summary(table, tuple(int(s) for s in seeds_t))
-        return table
+    if not given:
+        if executor is not None or store is not None:
+            raise ConfigurationError(
+                "sweep: executor= and store= run a grid; the designed sweep trains its runs "
+                "batched in this process. Pass a grid (depths=..., scalings=...) to use an executor")
+        points = tuple(default_design() if design is None else design)
+        run_seeds = (tuple(int(s) for s in seeds) if seeds is not None
+                     else DEFAULT_SEEDS if seed is None else (int(seed),))
+        return _run_design(points, run_seeds, data, options or DESIGN_OPTIONS, progress)
+    if design is not None:
+        raise ConfigurationError(f"sweep: pass design= or a grid ({', '.join(given)}), not both")
+    opts = options or SweepOptions()
+    run_seeds = (tuple(int(s) for s in seeds) if seeds is not None else (0 if seed is None else int(seed),))
+    depths_t = _positive_ints("depths", depths if depths is not None else GRID_DEFAULTS["depths"])  # type: ignore[arg-type]
+    widths_t = _positive_ints("widths", widths if widths is not None else GRID_DEFAULTS["widths"])  # type: ignore[arg-type]
+    ns_t = None if ns is None else _positive_ints("ns", ns)
+    scalings_t = tuple(scalings if scalings is not None else GRID_DEFAULTS["scalings"])  # type: ignore[arg-type]
+    alphas_t = tuple(alphas if alphas is not None else GRID_DEFAULTS["alphas"])  # type: ignore[arg-type]
+    if not scalings_t:
+        raise ConfigurationError("sweep: scalings must not be empty")
+    if not alphas_t or any(not (isinstance(a, int | float) and a > 0) for a in alphas_t):
+        raise ConfigurationError(f"sweep: alphas must be numbers > 0, got {list(alphas_t)}")
     if executor is not None:
-        return _sweep_on_executor(depths, scalings, alphas, widths, ns, data, opts, seed,
-                                  progress, executor, store)
+        tables = [_sweep_on_executor(depths_t, scalings_t, alphas_t, widths_t, ns_t, data, opts,  # type: ignore[arg-type]
+                                     s, progress, executor, store) for s in run_seeds]
+        table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        _summarize(table)
+        table.attrs["seeds"] = list(run_seeds)
+        return table
     if store is not None:
         raise ConfigurationError("sweep: store= is for runs with an executor; pass executor= "
                                  "('local', 'ray' or 'serial') too")
-    depths_t = _positive_ints("depths", depths)
-    widths_t = _positive_ints("widths", widths)
-    ns_t = None if ns is None else _positive_ints("ns", ns)
-    if not scalings:
-        raise ConfigurationError("sweep: scalings must not be empty")
-    if not alphas or any(not (isinstance(a, int | float) and a > 0) for a in alphas):
-        raise ConfigurationError(f"sweep: alphas must be numbers > 0, got {list(alphas)}")
-    split = resolve_data(data, None if ns_t is None else max(ns_t), opts, seed)
-    ns_t = ns_t or (split.n_train,)
-    grid = list(itertools.product(ns_t, widths_t, opts.inits, tuple(alphas), tuple(scalings), depths_t))
-    # check every configuration before any training starts
-    p = split.input_dim
-    d = opts.hidden_dim or p
-    for _n, M, init, alpha, sc, L in grid:
-        ScaledResNet(d, L, M, opts.head_width or M, sc, alpha, opts.beta,  # type: ignore[arg-type]
-                     activation=opts.activation, init=init, input_dim=p, seed=seed)  # type: ignore[arg-type]
-    rows = []
-    with _single_threaded():  # small matrices: one BLAS thread is fastest (see there)
-        bar = tqdm(grid, desc="meanfield sweep", disable=not progress_enabled(progress))
-        for n, M, init, alpha, sc, L in bar:
-            label = f"L={L} {sc} a={alpha:g} M={M} n={n}" + ("" if init == "mean-field" else f" {init}")
-            bar.set_postfix_str(label)
-            net = ScaledResNet(d, L, M, opts.head_width or M, sc, alpha, opts.beta,  # type: ignore[arg-type]
-                               activation=opts.activation, init=init, input_dim=p, seed=seed)  # type: ignore[arg-type]
-            Xtr, ytr = split.X_train[:n], split.y_train[:n]
-            t0 = time.perf_counter()
-            run = train(net, Xtr, ytr, steps=opts.steps, record_every=opts.record_every, lr=opts.lr)
-            train_seconds = time.perf_counter() - t0
-            est = estimate(run, Xtr, ytr, split.X_test, split.y_test, opts.delta,
-                           options=opts.estimate, seed=seed)
-            rows.append({"config": label, "data": split.name, "seed": seed, "lr": opts.lr,
-                         "steps_requested": opts.steps, "train_seconds": train_seconds,
-                         **est.as_row(), "notes": "; ".join(est.notes)})
-        bar.close()
-    table = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
-    for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr", "rademacher_sqrt_kl",
-                "gap_estimate", "gap_estimate_closed_form", "train_error", "test_error"):
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table.attrs["spearman"] = {c: spearman_agreement(table, c).__dict__ for c in AGREEMENT_COLUMNS}
-    return table
+    n_max = None if ns_t is None else max(ns_t)
+    with _single_threaded():
+        splits = {s: resolve_data(data, n_max, opts, s) for s in run_seeds}
+    ns_run = ns_t or (splits[run_seeds[0]].n_train,)
+    points = tuple(
+        DesignPoint(f"L={L} {sc} a={alpha:g} M={M} n={n}" + ("" if init == "mean-field" else f" {init}"),
+                    n, 0.0, L, scaling=sc, alpha=float(alpha), init=init, width=M, beta=opts.beta)  # type: ignore[arg-type]
+        for n, M, init, alpha, sc, L in itertools.product(ns_run, widths_t, opts.inits, alphas_t,
+                                                            scalings_t, depths_t))
+    table = _run_points(points, splits, opts, progress, batched=False)
+    return table.drop(columns=["design", "noise"])
 
 
 def _sweep_on_executor(
@@ -271,28 +312,12 @@ def _sweep_on_executor(
     return table
 
 
-# ----------------------------------------------------------------- the designed sweep
-DESIGN_AGREEMENT_COLUMNS: tuple[str, ...] = (
-    "gap_estimate", "gap_estimate_closed_form", "gap_bound_paper", "kernel_measure",
-    "kl_radius", "w2_bound_head", "rademacher_mc", "rademacher_sqrt_kl",
-    "rademacher_tangent", "gap_estimate_tangent", "gap_estimate_optimistic",
-    "gap_estimate_stability")
-THEORY_COLUMNS = frozenset({"gap_estimate", "gap_estimate_closed_form", "rademacher_mc",
-                            "rademacher_sqrt_kl", "rademacher_tangent", "gap_estimate_tangent",
-                            "gap_estimate_optimistic", "gap_estimate_stability"})
-"""Estimates the theory defines only in scope (their agreement is over in-scope rows)."""
-"""Estimates whose rank agreement with the measured gap the designed sweep reports."""
-
-RECOMMENDED_ESTIMATE = "gap_estimate_optimistic"
-"""The estimate the designed sweep ranks in-scope configurations by: the gap-level
-estimate with the highest Spearman over the in-scope design means on seeds 0-2 of the
-default design (selected there, reported on the held-out seeds 3-5; see
-docs/meanfield.md, "Tangent complexity", for the values and the selection)."""
 
 
+# ----------------------------------------------------------------- the design
 @dataclass(frozen=True)
 class DesignPoint:
-    """One configuration of :func:`designed_sweep`: n, label-noise fraction, network.
+    """One point of a :func:`sweep` design: n, label-noise fraction, network.
 
     ``beta``: the head scale; ``trainable``: ``"all"`` or ``"head"`` (the
     frozen-features ablation: only the head particles train).
@@ -336,7 +361,8 @@ DESIGN_OPTIONS = SweepOptions(
     steps=150, record_every=25, lr=0.5, task="odd-even", n_test=500,
     estimate=EstimateOptions(max_checkpoints=4, knn_repeats=2, bootstrap=4, mc_particles=512,
                              mc_signs=16, hermite_order=8))
-"""Defaults of :func:`designed_sweep`: short training and light estimators (fast)."""
+"""Options of a :func:`sweep` design (the default sweep): short training and light
+estimators (fast); a grid defaults to ``SweepOptions()``."""
 
 
 def flip_labels(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -352,9 +378,10 @@ def flip_labels(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def _spearman_ci(table: pd.DataFrame, column: str) -> dict[str, object]:
+    """:func:`spearman_agreement` as a dict (``n_points`` and its older name ``n_configs``)."""
     res = spearman_agreement(table, column)
     return {"column": column, "rho": res.rho, "pvalue": res.pvalue, "n_points": res.n_configs,
-            "note": res.note}
+            "n_configs": res.n_configs, "note": res.note}
 
 
 @contextmanager
@@ -376,75 +403,80 @@ def _single_threaded() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+
 def designed_sweep(
     design: Sequence[DesignPoint] | None = None,
     *,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     data: str = "digits",
     options: SweepOptions | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train and estimate every design point for every seed (one row each).
+    """:func:`sweep` with a design: ``sweep(design=design, seeds=seeds, ...)`` (the
+    default of :func:`sweep`; kept under this name for existing callers)."""
+    return sweep(design=default_design() if design is None else design, seeds=seeds,
+                 data=data, options=options, progress=progress)
 
-    The default design (:func:`default_design`) varies n and label noise (on the
-    training labels only; the test labels stay clean), so the measured gaps really
-    differ, plus depth, alpha, scaling and init variants, the frozen-features ablation
-    and the lazy comparison. ``seeds`` seed the data split, the label flips, the
-    particles and the estimators: the same design and seeds give the same table. All runs
-    are trained together (:func:`train_many`: particles batched across configurations
-    and seeds of the same shape), single-threaded; a point run inside another design is
-    batched with other runs and agrees to rounding, which a chaotic run (standard init at
-    this step size) can amplify to about 1e-3 over 150 steps. Columns: ``design``, ``noise``, then
-    those of :func:`sweep`.
 
-    ``table.attrs``: ``"spearman"`` (estimate column -> rho, p-value, number of points
-    over all rows: in-scope rows for the theory estimates), ``"spearman_means"`` (the
-    same over the per-design means across seeds, in-scope designs only: the headline
-    figure), ``"spearman_per_seed"`` (column -> one rho/p per seed),
-    ``"ratio"`` (column -> min/median/max of estimate / measured gap over in-scope
-    rows), ``"in_scope"`` / ``"n_rows"``, ``"by_config"`` (per design point: mean and
-    95% t-interval over seeds of the measured gap and each estimate),
-    ``"recommendation"`` (:func:`recommend_scaling`) and ``"trajectories"`` (per row:
-    flow time, loss, lambda_min(G2), lambda_min(G1+G2) and the Gaussian-fit KL at the
-    Gram checkpoints, the per-step loss curve and the per-phase decay rates).
-    """
-    opts = options or DESIGN_OPTIONS
-    points = tuple(design) if design is not None else default_design()
+def _run_design(points: tuple[DesignPoint, ...], seeds: tuple[int, ...], data: SweepData,
+                opts: SweepOptions, progress: bool) -> pd.DataFrame:
+    """The design branch of :func:`sweep`: check the points, split once per seed, run batched."""
     if not points:
-        raise ConfigurationError("designed_sweep: the design is empty")
+        raise ConfigurationError("sweep: the design is empty")
     for pt in points:
+        if not isinstance(pt, DesignPoint):
+            raise ConfigurationError(f"sweep: design must hold DesignPoint objects, got {type(pt).__name__}")
         if pt.trainable not in ("all", "head"):
-            raise ConfigurationError(f"designed_sweep: {pt.name}: trainable must be 'all' or "
+            raise ConfigurationError(f"sweep: design point {pt.name}: trainable must be 'all' or "
                                      f"'head', got {pt.trainable!r}")
-    seeds_t = tuple(int(s) for s in seeds)
-    if not seeds_t:
-        raise ConfigurationError("designed_sweep: seeds must not be empty")
-    # the split (and its standardisation) must not depend on which points are run, so
-    # that a design point gives the same row alone or in a larger design
-    n_max = max(400, max(p.n for p in points))
+    names = [pt.name for pt in points]
+    if len(set(names)) != len(names):
+        raise ConfigurationError("sweep: design point names must be unique (they key the summary)")
+    # the digits split (and its standardisation) must not depend on which points are run,
+    # so that a design point gives the same row alone or in a larger design
+    n_max = max(p.n for p in points)
+    if isinstance(data, str) and (data == "digits" or data.startswith("digits:")):
+        n_max = max(400, n_max)
     with _single_threaded():
-        splits = {seed: resolve_data(data, n_max, opts, seed) for seed in seeds_t}
+        splits = {s: resolve_data(data, n_max, opts, s) for s in seeds}
+    return _run_points(points, splits, opts, progress, batched=True)
+
+
+def _run_points(points: tuple[DesignPoint, ...], splits: dict[int, DataSplit], opts: SweepOptions,
+                progress: bool, *, batched: bool) -> pd.DataFrame:
+    """Train and estimate every point for every seed (a row each, seed-major) and attach
+    the summary: the one code path of :func:`sweep`. ``batched``: train every run together
+    (:func:`train_many`); else each on its own (:func:`train`), so a row does not depend
+    on the other points."""
+    keys = [(s, p) for s in splits for p in points]
+    with _single_threaded():
         jobs: list[TrainJob] = []
-        keys = [(s, p) for s in seeds_t for p in points]
-        for seed, pt in keys:
+        for seed, pt in keys:  # every network is built (and checked) before any training
             split = splits[seed]
             p_in = split.input_dim
-            d = opts.hidden_dim or p_in
-            K = opts.head_width or pt.width
-            net = ScaledResNet(d, pt.depth, pt.width, K, pt.scaling, pt.alpha, pt.beta,  # type: ignore[arg-type]
-                               activation=opts.activation, init=pt.init, input_dim=p_in, seed=seed)  # type: ignore[arg-type]
+            net = ScaledResNet(opts.hidden_dim or p_in, pt.depth, pt.width, opts.head_width or pt.width,
+                               pt.scaling, pt.alpha, pt.beta, activation=opts.activation,  # type: ignore[arg-type]
+                               init=pt.init, input_dim=p_in, seed=seed)  # type: ignore[arg-type]
             jobs.append(TrainJob(net, split.X_train[:pt.n],
                                  flip_labels(split.y_train[:pt.n], pt.noise, seed + 7919),
                                  pt.trainable))
         t0 = time.perf_counter()
-        runs = train_many(jobs, steps=opts.steps, record_every=opts.record_every, lr=opts.lr)
+        runs: list[TrainRun | None] = (
+            list(train_many(jobs, steps=opts.steps, record_every=opts.record_every, lr=opts.lr))
+            if batched else [None] * len(jobs))
         train_total = time.perf_counter() - t0
         rows = []
         trajectories: dict[str, object] = {}
-        bar = tqdm(list(zip(keys, jobs, runs, strict=True)), desc="meanfield design",
+        bar = tqdm(list(zip(keys, jobs, runs, strict=True)), desc="meanfield sweep",
                    disable=not progress_enabled(progress))
-        for (seed, pt), job, run in bar:
+        for (seed, pt), job, maybe_run in bar:
+            bar.set_postfix_str(pt.name)
             split = splits[seed]
+            run = maybe_run
+            if run is None:
+                run = (train(job.net, job.X, job.y, steps=opts.steps, record_every=opts.record_every,
+                             lr=opts.lr) if job.trainable == "all" else
+                       train_many([job], steps=opts.steps, record_every=opts.record_every, lr=opts.lr)[0])
             est = estimate(run, job.X, job.y, split.X_test, split.y_test, opts.delta,
                            options=opts.estimate, seed=seed)
             rows.append({"design": pt.name, "noise": pt.noise, "config": pt.name, "data": split.name,
@@ -462,9 +494,10 @@ def designed_sweep(
     for col in ("rademacher_closed_form", "rademacher_mc", "rademacher_mc_stderr", "rademacher_sqrt_kl",
                 "gap_estimate", "gap_estimate_closed_form", "train_error", "test_error"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
-    _attach_design_summary(table)
+    _summarize(table)
+    table.attrs["seeds"] = list(splits)
     table.attrs["trajectories"] = trajectories
-    table.attrs["train_seconds_total"] = train_total
+    table.attrs["train_seconds_total"] = train_total if batched else float(table["train_seconds"].sum())
     return table
 
 
@@ -475,8 +508,8 @@ def ci95(v: np.ndarray) -> float:
     return float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
-def design_means(table: pd.DataFrame, columns: Sequence[str], by: str = "design") -> pd.DataFrame:
-    """Per-design (``by``) means over seeds of ``columns`` plus ``in_scope`` (every seed in scope)."""
+def design_means(table: pd.DataFrame, columns: Sequence[str], by: str = "config") -> pd.DataFrame:
+    """Per-configuration (``by``) means over seeds of ``columns`` plus ``in_scope`` (every seed in scope)."""
     num = table[[by, *columns]].copy()
     for c in columns:
         num[c] = pd.to_numeric(num[c], errors="coerce")
@@ -486,38 +519,17 @@ def design_means(table: pd.DataFrame, columns: Sequence[str], by: str = "design"
     return means
 
 
-def _attach_seed_summary(table: pd.DataFrame, seeds: tuple[int, ...]) -> None:
-    """attrs of :func:`sweep` with ``seeds``: agreement over rows and over per-configuration
-    means (p-values), and per configuration the mean and 95% t-interval over seeds."""
-    cols = [c for c in AGREEMENT_COLUMNS if c in table.columns]
-    in_scope = table["in_scope"].astype(bool)
-    table.attrs["seeds"] = list(seeds)
-    table.attrs["spearman"] = {
-        c: spearman_agreement(table[in_scope] if c in THEORY_COLUMNS else table, c).__dict__
-        for c in cols}
-    means = design_means(table, ["measured_gap", *cols], by="config")
-    table.attrs["spearman_means"] = {
-        c: _spearman_ci(means[means["in_scope"]] if c in THEORY_COLUMNS else means, c) for c in cols}
-    by: dict[str, dict[str, object]] = {}
-    for name, sub in table.groupby("config", sort=False):
-        entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
-                                    "regime": str(sub["regime"].iloc[0])}
-        for col in ("measured_gap", "train_loss", "test_loss", *cols):
-            v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
-            v = v[np.isfinite(v)]
-            if v.size:
-                entry[col] = {"mean": float(v.mean()), "ci95": ci95(v)}
-        by[str(name)] = entry
-    table.attrs["by_config"] = by
 
-
-def _attach_design_summary(table: pd.DataFrame) -> None:
+def _summarize(table: pd.DataFrame) -> None:
+    """The ``attrs`` summary of a :func:`sweep` table (design or grid, one or more seeds),
+    per configuration (the ``config`` column) over seeds."""
     in_scope = table["in_scope"].astype(bool)
     table.attrs["n_rows"] = int(len(table))
     table.attrs["in_scope"] = int(in_scope.sum())
+    cols = [c for c in AGREEMENT_COLUMNS if c in table.columns]
     sp, sp_means, sp_seed, ratio = {}, {}, {}, {}
-    means = design_means(table, ["measured_gap", *DESIGN_AGREEMENT_COLUMNS])
-    for col in DESIGN_AGREEMENT_COLUMNS:
+    means = design_means(table, ["measured_gap", *cols])
+    for col in cols:
         theory = col in THEORY_COLUMNS
         sub = table[in_scope] if theory else table
         sp[col] = _spearman_ci(sub, col)
@@ -532,7 +544,7 @@ def _attach_design_summary(table: pd.DataFrame) -> None:
                       if r.size else {})
     table.attrs["spearman"] = sp
     table.attrs["spearman_means"] = sp_means
-    ranked = [c for c in DESIGN_AGREEMENT_COLUMNS if math.isfinite(float(sp_means[c]["rho"]))]  # type: ignore[arg-type]
+    ranked = [c for c in cols if math.isfinite(float(sp_means[c]["rho"]))]  # type: ignore[arg-type]
     best = max(ranked, key=lambda c: float(sp_means[c]["rho"]), default=None)  # type: ignore[arg-type]
     table.attrs["best_estimate"] = {
         "column": best, **({} if best is None else sp_means[best]),
@@ -545,10 +557,10 @@ def _attach_design_summary(table: pd.DataFrame) -> None:
     table.attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
     table.attrs["in_scope_designs"] = int(means["in_scope"].sum())
     by: dict[str, dict[str, object]] = {}
-    for name, sub in table.groupby("design", sort=False):
+    for name, sub in table.groupby("config", sort=False):
         entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
                                     "regime": str(sub["regime"].iloc[0])}
-        for col in ("measured_gap", *DESIGN_AGREEMENT_COLUMNS, "train_loss", "test_loss",
+        for col in ("measured_gap", *cols, "train_loss", "test_loss",
                     "rademacher_closed_form", "kl_gaussian_head", "kl_knn_head",
                     "kl_gaussian_residual", "kl_knn_residual", "w2_bound_residual",
                     "Lambda_s", "Lambda_G2", "kl_bound_paper", "rademacher_paper",
@@ -564,24 +576,47 @@ def _attach_design_summary(table: pd.DataFrame) -> None:
     table.attrs["recommendation"] = recommend_scaling(table)
 
 
+
 def recommend_scaling(table: pd.DataFrame) -> dict[str, object]:
     """The depth scaling with the smallest estimated risk (train loss + the recommended
-    estimate) among in-scope rows, with the evidence; {} when nothing is in scope."""
+    estimate) among in-scope rows, with the evidence per in-scope scaling:
+    ``estimated_risk``, ``measured_gap`` and ``test_loss`` (means over its in-scope rows,
+    each with ``*_ci95``: the 95% Student-t half-width over seeds of the per-seed means;
+    NaN with one seed), ``conditions_met`` (the fraction of its rows meeting the theorem's
+    conditions), ``regimes`` (the audit's labels) and ``rows``; ``{"scaling": None, ...}``
+    when nothing is in scope."""
     ok = table["in_scope"].astype(bool)
     if not ok.any():
         return {"scaling": None, "reason": "no configuration is in the theorem's scope"}
     sub = table[ok].copy()
-    sub["estimated_risk"] = sub["train_loss"] + pd.to_numeric(sub[RECOMMENDED_ESTIMATE], errors="coerce")
-    agg = sub.groupby("scaling").agg(estimated_risk=("estimated_risk", "mean"),
-                                     measured_gap=("measured_gap", "mean"),
-                                     test_loss=("test_loss", "mean"),
-                                     conditions_met=("conditions_met", "mean"),
-                                     rows=("estimated_risk", "size"))
-    best = str(agg["estimated_risk"].idxmin())
+    sub["scaling"] = sub["scaling"].astype(str)
+    sub["estimated_risk"] = (pd.to_numeric(sub["train_loss"], errors="coerce")
+                             + pd.to_numeric(sub[RECOMMENDED_ESTIMATE], errors="coerce"))
+    for col in ("measured_gap", "test_loss"):
+        sub[col] = pd.to_numeric(sub[col], errors="coerce")
+    sub["conditions_met"] = sub["conditions_met"].astype(bool).astype(float)
+    seed_col = "seed" if "seed" in sub.columns else None
+    evidence: dict[str, dict[str, object]] = {}
+    for sc, g in sub.groupby("scaling", sort=True):
+        entry: dict[str, object] = {}
+        for col in ("estimated_risk", "measured_gap", "test_loss"):
+            entry[col] = float(g[col].mean())
+            per_seed = (g.groupby(seed_col)[col].mean() if seed_col else g[col]).to_numpy(dtype=np.float64)
+            entry[f"{col}_ci95"] = ci95(per_seed[np.isfinite(per_seed)])
+        entry["conditions_met"] = float(g["conditions_met"].mean())
+        entry["regimes"] = sorted(set(g["regime"].astype(str))) if "regime" in g.columns else []
+        entry["rows"] = int(len(g))
+        evidence[str(sc)] = entry
+    risks = {k: float(v["estimated_risk"]) for k, v in evidence.items()  # type: ignore[arg-type]
+             if math.isfinite(float(v["estimated_risk"]))}  # type: ignore[arg-type]
+    if not risks:
+        return {"scaling": None, "estimate": RECOMMENDED_ESTIMATE, "evidence": evidence,
+                "reason": f"no in-scope row has a finite {RECOMMENDED_ESTIMATE}"}
+    best = min(risks, key=risks.__getitem__)
     # scalings with no in-scope configuration at all
-    out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)) - set(sub["scaling"].astype(str)))
+    out_scope = sorted(set(table.loc[~ok, "scaling"].astype(str)) - set(sub["scaling"]))
     return {"scaling": best, "estimate": RECOMMENDED_ESTIMATE,
-            "evidence": {str(k): {c: float(v) for c, v in row.items()} for k, row in agg.iterrows()},
+            "evidence": evidence,
             "matched": _matched_scalings(table, best),
             "out_of_scope_scalings": out_scope,
             "reason": (f"smallest mean train loss + {RECOMMENDED_ESTIMATE} among in-scope "

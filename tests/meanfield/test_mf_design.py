@@ -24,7 +24,7 @@ TIMING = ["train_seconds", "estimate_seconds"]
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return mf.designed_sweep(TINY, seeds=(0, 1), options=OPTS, progress=False)
+    return mf.sweep(design=TINY, seeds=(0, 1), options=OPTS, progress=False)
 
 
 def test_designed_sweep_rows_attrs_and_vacuous_flags(table):
@@ -80,7 +80,7 @@ def test_trajectories_and_phase_rates(table):
 
 
 def test_same_seeds_give_the_same_table(table):
-    again = mf.designed_sweep(TINY[:2], seeds=(0,), options=OPTS, progress=False)
+    again = mf.designed_sweep(TINY[:2], seeds=(0,), options=OPTS, progress=False)  # the alias
     assert again.attrs["trajectories"]["n=30 q=0|0"] == table.attrs["trajectories"]["n=30 q=0|0"]
     first = table[(table["seed"] == 0) & table["design"].isin([p.name for p in TINY[:2]])]
     pd.testing.assert_frame_equal(first.drop(columns=TIMING).reset_index(drop=True),

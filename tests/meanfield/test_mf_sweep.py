@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 import math
 
 import numpy as np
@@ -14,6 +16,7 @@ from certcompress import cli
 from certcompress import errors as mf_errors
 from certcompress import meanfield as mf
 from certcompress.cli.meanfield import register
+from certcompress.meanfield import _sweep as mf_sweep
 
 OPTS = mf.SweepOptions(steps=25, record_every=5, task="3-vs-8", n_test=120,
                        estimate=mf.EstimateOptions(max_checkpoints=3, knn_repeats=2, bootstrap=4,
@@ -93,7 +96,13 @@ def test_cli_sweep_writes_csv_json_and_plots(tmp_path, capsys):
     table = pd.read_csv(out / "meanfield_sweep.csv")
     assert len(table) == 2 and list(table.columns) == list(mf.SWEEP_COLUMNS)
     assert (out / "spearman.json").is_file() and (out / "gap.png").is_file()
-    assert "2 configurations (1 in scope)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 runs = 2 configurations x 1 seeds; in scope: 1 runs, 1 configurations" in printed
+    assert "recommended depth scaling: mean-field (estimated risk" in printed
+    assert "out of scope, not ranked: none" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recommendation"]["scaling"] == "mean-field"
+    assert set(summary["spearman_means"]["kernel_measure"]) >= {"rho", "pvalue", "n_points"}
 
 
 @pytest.mark.parametrize(
@@ -213,3 +222,89 @@ def test_cli_through_the_command_table_uses_the_shared_option_groups(tmp_path, c
         rc = cli.main(["meanfield", "sweep", "--out", str(bad), "--no-progress", *argv])
         assert rc == 2 and message in capsys.readouterr().err
         assert not bad.exists()  # nothing written
+
+
+def test_default_sweep_is_the_designed_sweep_with_three_seeds(monkeypatch):
+    # the defaults, shrunk only in what each run costs: the same code path and design
+    # (run through sweep() with no grid argument), two design points to keep it short
+    seen: dict[str, object] = {}
+    real = mf_sweep._run_design
+
+    def spy(points, seeds, data, opts, progress):
+        seen.update(points=points, seeds=seeds, data=data, opts=opts)
+        return real(points[:2], seeds, data,
+                    dataclasses.replace(opts, steps=10, record_every=5, n_test=60), progress)
+
+    monkeypatch.setattr(mf_sweep, "_run_design", spy)
+    t = mf.sweep(progress=False)
+    assert seen["points"] == mf.default_design() and seen["seeds"] == (0, 1, 2)
+    assert seen["opts"] == mf.DESIGN_OPTIONS and seen["data"] == "digits"
+    assert list(t.columns[:2]) == ["design", "noise"] and len(t) == 6
+    assert t.attrs["seeds"] == [0, 1, 2]
+    assert set(t.attrs["by_config"]["n=50 noise=0"]["measured_gap"]) == {"mean", "ci95"}
+    assert {"rho", "pvalue", "n_points"} <= set(t.attrs["spearman_means"]["kernel_measure"])
+    ev = t.attrs["recommendation"]["evidence"]["mean-field"]
+    assert {"estimated_risk", "estimated_risk_ci95", "measured_gap", "measured_gap_ci95",
+            "regimes", "conditions_met", "rows"} <= set(ev)
+    assert ev["rows"] == int(t["in_scope"].astype(bool).sum())
+    # what the default design must be: gaps that differ (n x label noise) plus variants
+    pts = seen["points"]
+    assert {(p.n, p.noise) for p in pts} >= {(n, q) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)}
+
+
+def test_grid_arguments_select_the_grid_and_fill_in_the_rest():
+    t = mf.sweep(depths=[2], widths=[6], ns=[30], options=OPTS, progress=False)
+    assert list(t.columns) == list(mf.SWEEP_COLUMNS)
+    assert list(t["scaling"]) == list(mf.GRID_DEFAULTS["scalings"])
+    assert (t["alpha"] == 1.0).all() and (t["seed"] == 0).all() and t.attrs["seeds"] == [0]
+    assert t.attrs["recommendation"]["scaling"] == "mean-field"
+    with pytest.raises(mf_errors.ConfigurationError, match="not both"):
+        mf.sweep(depths=[2], design=mf.default_design()[:1], progress=False)
+    with pytest.raises(mf_errors.ConfigurationError, match="executor"):
+        mf.sweep(executor="serial", progress=False)
+
+
+def test_the_design_runs_alone_for_one_seed():
+    pts = (mf.DesignPoint("a", 30, 0.0, 2, width=6), mf.DesignPoint("b", 30, 0.4, 2, width=6))
+    opts = dataclasses.replace(mf.DESIGN_OPTIONS, steps=10, record_every=5, n_test=60)
+    t = mf.sweep(design=pts, seed=2, options=opts, progress=False)
+    assert list(t["design"]) == ["a", "b"] and (t["seed"] == 2).all()
+    with pytest.raises(mf_errors.ConfigurationError, match="unique"):
+        mf.sweep(design=pts[:1] * 2, options=opts, progress=False)
+
+
+def _small_design(monkeypatch) -> None:
+    """The default design path with two points and short runs (the CLI's own code path)."""
+    real = mf_sweep._run_design
+
+    def small(points, seeds, data, opts, progress):
+        return real(points[:2], seeds, data,
+                    dataclasses.replace(opts, steps=10, record_every=5, n_test=60), progress)
+
+    monkeypatch.setattr(mf_sweep, "_run_design", small)
+
+
+def test_cli_default_sweep_and_design_alias_run_the_design(tmp_path, capsys, monkeypatch):
+    _small_design(monkeypatch)
+    out = tmp_path / "default"
+    assert cli.main(["meanfield", "sweep", "--out", str(out), "--no-progress", "--seeds", "0", "1"]) == 0
+    table = pd.read_csv(out / "meanfield_sweep.csv")
+    assert list(table.columns[:2]) == ["design", "noise"] and sorted(set(table["seed"])) == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and "recommendation" in summary and "by_config" in summary
+    assert (out / "spearman.json").is_file() and (out / "design_estimate_vs_gap.png").is_file()
+    printed = capsys.readouterr().out
+    assert "4 runs = 2 configurations x 2 seeds" in printed
+    assert "over 2 configuration means: rho = " in printed and ", p = " in printed
+    alias = tmp_path / "alias"
+    assert cli.main(["meanfield", "design", "--out", str(alias), "--no-progress", "--no-plots",
+                     "--seeds", "0"]) == 0
+    assert (alias / "design.csv").is_file() and (alias / "design.json").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    for argv, message in ((["--executor", "serial"], "--executor and --store run a grid"),
+                          (["--beta", "4"], "--beta is for a grid"),
+                          (["--seed", "1", "--seeds", "2"], "not both")):
+        assert cli.main(["meanfield", "sweep", "--out", str(bad), "--no-progress", *argv]) == 2
+        assert message in capsys.readouterr().err
+        assert not bad.exists()
