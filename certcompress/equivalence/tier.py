@@ -88,9 +88,9 @@ class BabOptions(PropagationOptions):
     ``certify(..., propagation=BabOptions(time_budget=30))``.
 
     ``time_budget``: seconds of search (None: until ``max_regions``, deterministic; under
-    a time budget the regions searched depend on the machine's speed, so
-    ``verify_onnx(recertify=True)``, which recomputes with the default options, may get
-    another bound). ``max_regions``: regions bounded at most. ``batch``: regions per round.
+    a time budget the regions searched depend on the machine's speed;
+    ``verify_onnx(recertify=True)`` proves the stated bound rather than recomputing it,
+    :meth:`BabTier.recheck`). ``max_regions``: regions bounded at most. ``batch``: regions per round.
     ``split_candidates``: above 1, strong branching (see
     :func:`~certcompress.equivalence.verify_equivalence`). ``optimize_steps``: gradient
     steps on the ReLU slopes per bound. ``region_intermediate``: how each region's
