@@ -356,8 +356,8 @@ class BabTier(Tier):
             one, zero = with_float32(one, float32), with_float32(zero, float32)
         # proving |d| <= the stated bound less the (rounded-up) rounding error, rounded
         # down, proves the stated bound for the models as executed
-        l1_target = _down(stated.bound - zero.bound)
-        per_target = [_down(s - z) for s, z in zip(stated.per_output, zero.per_output)]
+        l1_target = _less(stated.bound, zero.bound)
+        per_target = [_less(s, z) for s, z in zip(stated.per_output, zero.per_output)]
         problems: list[str] = []
         if l1_target < 0 or min(per_target) < 0:
             problems.append(f"{name} bound states {stated.bound:.10g}, less than the "
@@ -384,7 +384,7 @@ class BabTier(Tier):
                             stated, name, problems)
         if not l1_ok and all(per_ok):
             l1_ok = at_least(l1_target, _up_sum(per_proven))
-        if not l1_ok:
+        if not l1_ok and not problems:
             l1_ok = self._prove(bounder, EpsilonProperty(m, l1_target, "l1",
                                                          opts.sign_vectors_up_to),
                                 lower, upper, opts, f"{name} bound", stated.bound, problems)
@@ -432,16 +432,22 @@ class BabTier(Tier):
         else:
             found = "" if res["found"] is None else \
                 f"; largest deviation found {float(res['found']):.10g} ({norm})"
+            less = "" if prop.epsilon == stated else \
+                f", {prop.epsilon:.10g} without the float32 rounding error"
             problems.append(f"{what} states {stated:.10g}, not proven: a search with it as "
-                            f"the target ({norm}, {prop.epsilon:.10g} before the rounding "
-                            f"error) left {int(res['open'])} of {int(res['regions'])} "
+                            f"the target ({norm}{less}) left {int(res['open'])} of "
+                            f"{int(res['regions'])} "
                             f"regions open (proven fraction "
                             f"{float(res['proven_fraction']):.4g}){found}")
         return False
 
 
-def _down(v: float) -> float:
-    return math.nextafter(v, -math.inf) if v > 0 else v
+def _less(v: float, err: float) -> float:
+    """``v - err`` rounded down (``v`` itself when ``err`` is 0)."""
+    if err == 0:
+        return v
+    d = v - err
+    return math.nextafter(d, -math.inf) if d > 0 else d
 
 
 def _up_sum(values: list[float]) -> float:

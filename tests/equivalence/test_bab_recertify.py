@@ -22,6 +22,7 @@ from torch import nn
 import certcompress as cc
 from certcompress.bounds.tiers import GraphPair, tier_registry
 from certcompress.domain import InputDomain
+from certcompress.equivalence import tier as bab_tier
 from certcompress.equivalence.tier import BabOptions
 from certcompress.export import VerificationFailed
 from certcompress.export.metadata import KEY_CERTIFICATE, merge_props, props_of, seal
@@ -153,3 +154,23 @@ def test_float32_certificate_with_bab(tmp_path: Path) -> None:
                                  by_method={**cert.by_method, "bab": forged_tier})
     ok, detail, _ = recertify(forged, net, model)
     assert not ok and "tier 'bab' bound" in detail and "float32 rounding error" in detail
+
+
+def test_a_bound_the_budget_cannot_prove_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not proven within the re-check's region budget is a problem (never accepted on
+    trust), whatever the truth of the stated bound: here a budget of 4 regions, far too
+    few to close a box whose one pass is more than twice the stated bound."""
+    net, comp = _perturbed_pair(3)
+    dom = InputDomain.box(-2.0, 2.0, shape=(1, 3))
+    cert = cc.certify(net, comp, domain=dom, methods=("bab",), search_steps=0,
+                      propagation=OPTS)
+    bab = cert.by_method["bab"]
+    monkeypatch.setattr(bab_tier, "RECHECK_MIN_REGIONS", 1)
+    stated = dataclasses.replace(bab, details=dataclasses.replace(bab.details, regions=1))
+    assert tier_registry().get("bab").stated_options(stated).max_regions == 4
+    pair = GraphPair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    _, problems = tier_registry().get("bab").recheck(pair, dom, stated)
+    assert len(problems) == 1 and "tier 'bab' bound" in problems[0]
+    assert "not proven" in problems[0] and "regions open" in problems[0], problems
+    # with the stated budget (4 x its regions) the same bound is proven
+    assert tier_registry().get("bab").recheck(pair, dom, bab)[1] == []
