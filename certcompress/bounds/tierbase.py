@@ -5,6 +5,11 @@ registry and its documentation are in :mod:`certcompress.bounds.tiers` (which
 re-exports these); a tier defined below that module (one it registers itself, such as
 :mod:`certcompress.equivalence.tier`) subclasses :class:`Tier` from here, so the
 registration does not make an import cycle. docs/adding-a-tier.md.
+
+:meth:`Tier.recheck` is how ``verify_onnx(recertify=True)`` re-checks a bound a
+certificate states for the tier: by default it recomputes the bound (with the options the
+certificate records) and requires equality within ``RECERTIFY_RTOL``; a tier whose bound
+depends on a budget (``bab``) overrides it with a one-sided proof of the stated bound.
 """
 
 from __future__ import annotations
@@ -21,9 +26,46 @@ from ..domain import InputDomain
 from ..errors import ConfigurationError, NumericalRangeError
 from ..ir.graph import Graph
 from .actquant import quantizer_nodes
+from .arithmetic import Float32Error, with_float32
 from .pathmetric import PathMetric, graph_path_metric
+from .propagation.engine import PropagationOptions
 
-__all__ = ["GraphPair", "TierBound", "Tier"]
+__all__ = ["GraphPair", "TierBound", "Tier", "RECERTIFY_RTOL", "compare_values"]
+
+#: relative tolerance of re-checking a stated bound against a recomputed one (far above
+#: float64 reordering, far below any meaningful edit); plus an absolute ``1e-12``
+RECERTIFY_RTOL = 1e-9
+RECERTIFY_ATOL = 1e-12
+
+
+def differs(stated: float, recomputed: float) -> bool:
+    """Whether two values differ by more than the recertification tolerance."""
+    return abs(stated - recomputed) > RECERTIFY_RTOL * max(abs(stated), abs(recomputed)) \
+        + RECERTIFY_ATOL
+
+
+def at_least(stated: float, recomputed: float) -> bool:
+    """Whether ``stated`` is at least ``recomputed`` up to the recertification tolerance
+    (the one-sided form of :func:`differs`)."""
+    return stated >= recomputed or not differs(stated, recomputed)
+
+
+def compare_values(what: str, stated: float | tuple[float, ...],
+                   recomputed: float | tuple[float, ...], problems: list[str]) -> None:
+    """Append to ``problems`` where ``stated`` and ``recomputed`` (scalars or equally long
+    tuples) differ beyond the recertification tolerance, naming the first difference."""
+    s = (stated,) if isinstance(stated, float | int) else tuple(stated)
+    r = (recomputed,) if isinstance(recomputed, float | int) else tuple(recomputed)
+    if len(s) != len(r):
+        problems.append(f"{what}: {len(s)} values stated, {len(r)} recomputed")
+        return
+    bad = [i for i, (a, b) in enumerate(zip(s, r)) if differs(float(a), float(b))]
+    if bad:
+        i = bad[0]
+        where = "" if len(s) == 1 else f"[{i}] ({len(bad)} of {len(s)} differ)"
+        side = "SMALLER than" if s[i] < r[i] else "larger than"
+        problems.append(f"{what}{where} states {s[i]:.10g}, {side} the recomputed "
+                        f"{r[i]:.10g}")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -103,6 +145,37 @@ class Tier(ABC):
         options, e.g. ``PropagationOptions``, can be offered to every tier)."""
         ok = self.options_type is not None and isinstance(options, self.options_type)
         return options if ok else None
+
+    def stated_options(self, stated: MethodBound) -> Any:
+        """The options to recompute ``stated`` (this tier's entry of a certificate) with:
+        for :class:`PropagationOptions` tiers the ``intermediate`` mode it records, else
+        None (the defaults). Override when a tier records other options."""
+        if self.options_type is PropagationOptions:
+            return PropagationOptions(intermediate=stated.details.get("intermediate",
+                                                                      "crown"))
+        return None
+
+    def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,
+                float32: Float32Error | None = None) -> tuple[MethodBound, list[str]]:
+        """Re-check ``stated``, this tier's entry of a certificate, for ``pair`` over
+        ``domain`` (``verify_onnx(recertify=True)``); ``float32``: the models' float32
+        rounding error when the certificate states float32 arithmetic (added to the
+        recomputed bound by :func:`~.arithmetic.with_float32`). Returns ``(value,
+        problems)``: the bound the certificate may rely on for this tier and what is
+        wrong with the stated one (empty: accepted).
+
+        The default (a template step a tier may override): recompute with
+        :meth:`stated_options` and require the stated l1 and per-output bounds to equal
+        the recomputed ones within ``RECERTIFY_RTOL`` both ways (a smaller stated bound
+        is false, a larger or merely different one is not what these weights give)."""
+        tier = self.bound(pair, domain, self.stated_options(stated))
+        if float32 is not None:
+            tier = with_float32(tier, float32)
+        problems: list[str] = []
+        compare_values(f"tier '{self.name}' bound", stated.bound, tier.bound, problems)
+        compare_values(f"tier '{self.name}' per-output bound", stated.per_output,
+                       tier.per_output, problems)
+        return tier, problems
 
     def bound(self, pair: GraphPair, domain: InputDomain, options: Any = None) -> MethodBound:
         """This tier's :class:`MethodBound` for ``pair`` over ``domain``: inputs checked,

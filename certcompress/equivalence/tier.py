@@ -22,12 +22,28 @@ Not a default tier (it costs up to ``time_budget`` seconds per certificate): nam
 ``methods=``. Its typed details (:class:`BabDetails`) say how far it got: regions,
 seconds, proven fraction (the volume fraction of the domain whose leaves are closed),
 the one-pass and the search bound. docs/adding-a-tier.md describes tiers in general.
+
+Re-checking a stated bound (``verify_onnx(recertify=True)``, :meth:`BabTier.recheck`):
+the search's bound depends on its budget (and, under a time budget, on the machine), so
+it is not recomputed and compared; it is proven, one-sidedly. A stated l1 bound at
+least the one-pass bound stands (that pass is sound over the whole box); a smaller one
+must be proven by a search whose target is the stated bound (an epsilon-verification
+in l1 at epsilon = the stated bound: every leaf's bound at most it), with no time budget
+and a region budget of ``RECHECK_REGION_FACTOR`` times the stated regions (at least
+``RECHECK_MIN_REGIONS``): deterministic. A stated per-output bound stands when it is at
+least the one-pass per-output bound, or at least the accepted l1 bound (``|d_o| <=
+||d||_1``); the others are proven together by one search in l_inf at the smallest of
+them. A deviation above a stated bound found by the probes or the search is named in
+the problem. With float32 arithmetic the models' rounding error (what
+:func:`~certcompress.bounds.arithmetic.with_float32` adds) is taken off the stated
+bounds, rounded down, before they are proven.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..bounds.arithmetic import Float32Error, with_float32
 from ..bounds.numerics import float_slack
 from ..bounds.propagation.engine import (
     PropagationOptions,
@@ -44,19 +61,24 @@ from ..bounds.propagation.engine import (
 )
 from ..bounds.propagation.lowering import lower_pair
 from ..bounds.propagation.primitives import PairNet
-from ..bounds.tierbase import GraphPair, Tier, TierBound
-from ..certificate import TierDetails, register_details
+from ..bounds.tierbase import GraphPair, Tier, TierBound, at_least
+from ..certificate import WORST_CASE, MethodBound, TierDetails, register_details
 from ..domain import InputDomain
 from ..errors import ConfigurationError
 from .properties import EpsilonProperty
 from .search import Bounder, SearchConfig, run_search
 
-__all__ = ["BabOptions", "BabDetails", "BabTier", "TIER_NAME"]
+__all__ = ["BabOptions", "BabDetails", "BabTier", "TIER_NAME", "RECHECK_REGION_FACTOR",
+           "RECHECK_MIN_REGIONS"]
 
 TIER_NAME = "bab"
 _INTERMEDIATE = ("crown", "forward", "both")
 #: relative outward rounding of ``score + target`` (the search stores ``bound - target``)
 _ROUND_UP = 2.0 ** -48
+#: a stated bound is re-checked by a search of at most this many times its stated regions
+RECHECK_REGION_FACTOR = 4
+#: ... and at least this many regions
+RECHECK_MIN_REGIONS = 2048
 
 
 @dataclass(frozen=True)
@@ -66,9 +88,9 @@ class BabOptions(PropagationOptions):
     ``certify(..., propagation=BabOptions(time_budget=30))``.
 
     ``time_budget``: seconds of search (None: until ``max_regions``, deterministic; under
-    a time budget the regions searched depend on the machine's speed, so
-    ``verify_onnx(recertify=True)``, which recomputes with the default options, may get
-    another bound). ``max_regions``: regions bounded at most. ``batch``: regions per round.
+    a time budget the regions searched depend on the machine's speed;
+    ``verify_onnx(recertify=True)`` proves the stated bound rather than recomputing it,
+    :meth:`BabTier.recheck`). ``max_regions``: regions bounded at most. ``batch``: regions per round.
     ``split_candidates``: above 1, strong branching (see
     :func:`~certcompress.equivalence.verify_equivalence`). ``optimize_steps``: gradient
     steps on the ReLU slopes per bound. ``region_intermediate``: how each region's
@@ -290,3 +312,143 @@ class BabTier(Tier):
             target = max(found * (1.0 + opts.tolerance), target * 2.0)
         return {**out, "regions": regions, "rounds": rounds, "attempts": attempts,
                 "seconds": time.perf_counter() - t0, "target": target, "found": found}
+
+    # ------------------------------------------------------------------ re-checking
+    def stated_options(self, stated: MethodBound) -> BabOptions:
+        """Options to re-check ``stated``: the one-pass ``intermediate`` and the regions'
+        intermediate mode and slope steps it records (defaults where it records none),
+        no time budget and a region budget of ``RECHECK_REGION_FACTOR`` times its
+        regions (at least ``RECHECK_MIN_REGIONS``): deterministic."""
+        d = stated.details
+        inter = d.get("intermediate")
+        method = str(d.get("method") or "")
+        region = next((m for m in _INTERMEDIATE if f"{m} intermediate" in method), "crown")
+        if inter in _INTERMEDIATE and "intermediate" not in method:
+            region = str(inter)
+        steps = re.search(r"(\d+) slope-optimization steps", method)
+        regions = d.get("regions")
+        regions = regions if isinstance(regions, int) and not isinstance(regions, bool) \
+            else 0
+        return BabOptions(intermediate=inter if inter in ("crown", "interval") else "crown",
+                          time_budget=None, region_intermediate=region,
+                          optimize_steps=int(steps.group(1)) if steps else 0,
+                          max_regions=max(RECHECK_REGION_FACTOR * regions,
+                                          RECHECK_MIN_REGIONS))
+
+    def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,
+                float32: Float32Error | None = None) -> tuple[MethodBound, list[str]]:
+        """Prove the stated bounds one-sidedly (module doc); returns ``(stated, problems)``
+        (the stated bounds are what the certificate relies on once they are proven)."""
+        name = f"tier '{self.name}'"
+        opts = self.stated_options(stated)
+        lowered = lower_pair(pair.original, pair.compressed)
+        m = lowered.output_size
+        if len(stated.per_output) != m:
+            return stated, [f"{name} per-output bound: {len(stated.per_output)} values "
+                            f"stated, the models have {m} outputs"]
+        one_l1, one_per, _ = _one_pass(lowered, domain, opts)
+        one = MethodBound(method=f"{self.name} one pass", bound=one_l1,
+                          per_output=tuple(float(v) for v in one_per), scope=WORST_CASE,
+                          seconds=0.0, exact=False)
+        zero = MethodBound(method=f"{self.name} one pass", bound=0.0, per_output=(0.0,) * m,
+                           scope=WORST_CASE, seconds=0.0, exact=False)
+        if float32 is not None:  # as stated: the bounds plus the float32 rounding error
+            one, zero = with_float32(one, float32), with_float32(zero, float32)
+        # proving |d| <= the stated bound less the (rounded-up) rounding error, rounded
+        # down, proves the stated bound for the models as executed
+        l1_target = _less(stated.bound, zero.bound)
+        per_target = [_less(s, z) for s, z in zip(stated.per_output, zero.per_output)]
+        problems: list[str] = []
+        if l1_target < 0 or min(per_target) < 0:
+            problems.append(f"{name} bound states {stated.bound:.10g}, less than the "
+                            f"float32 rounding error {zero.bound:.10g} alone")
+            return stated, problems
+        lower = domain.lower_tensor().reshape(-1)
+        upper = domain.upper_tensor().reshape(-1)
+        bounder = Bounder(lowered, intermediate=opts.region_intermediate,
+                          optimize=opts.optimize_steps)
+        found = _probe(bounder, lower, upper, opts.seed)
+        if found > l1_target:
+            less = "" if float32 is None else \
+                f" ({l1_target:.10g} without the float32 rounding error)"
+            problems.append(f"{name} bound states {stated.bound:.10g}{less}, SMALLER than "
+                            f"a deviation found in the domain: {found:.10g} (l1, float64)")
+            return stated, problems
+        l1_ok = at_least(stated.bound, one.bound)
+        per_ok = [at_least(s, o) for s, o in zip(stated.per_output, one.per_output)]
+        # a bound on each output proves an l1 bound of their sum: the accepted ones
+        per_proven = list(one_per.tolist())
+        norm = stated.details.get("norm", "l1")
+        if norm == "inf" and not all(per_ok):  # verify_equivalence in l_inf: outputs first
+            self._prove_per(bounder, m, lower, upper, opts, per_target, per_ok, per_proven,
+                            stated, name, problems)
+        if not l1_ok and all(per_ok):
+            l1_ok = at_least(l1_target, _up_sum(per_proven))
+        if not l1_ok and not problems:
+            l1_ok = self._prove(bounder, EpsilonProperty(m, l1_target, "l1",
+                                                         opts.sign_vectors_up_to),
+                                lower, upper, opts, f"{name} bound", stated.bound, problems)
+        if l1_ok:  # |d_o| <= ||d||_1
+            per_ok = [ok or at_least(p, l1_target) for ok, p in zip(per_ok, per_target)]
+        if not all(per_ok) and not problems:
+            self._prove_per(bounder, m, lower, upper, opts, per_target, per_ok, per_proven,
+                            stated, name, problems)
+        return stated, problems
+
+    def _prove_per(self, bounder: Bounder, m: int, lower: Tensor, upper: Tensor,
+                   opts: BabOptions, per_target: list[float], per_ok: list[bool],
+                   per_proven: list[float], stated: MethodBound, name: str,
+                   problems: list[str]) -> None:
+        """Prove the per-output bounds not yet accepted: one l_inf search at the smallest
+        of them; updates ``per_ok`` and ``per_proven``."""
+        todo = [o for o in range(m) if not per_ok[o]]
+        eps = min(per_target[o] for o in todo)
+        o = min(todo, key=lambda i: per_target[i])
+        if self._prove(bounder, EpsilonProperty(m, eps, "inf"), lower, upper, opts,
+                       f"{name} per-output bound[{o}]", stated.per_output[o], problems):
+            for i in todo:
+                per_ok[i] = True
+                per_proven[i] = eps
+
+    @staticmethod
+    def _prove(bounder: Bounder, prop: EpsilonProperty, lower: Tensor, upper: Tensor,
+               opts: BabOptions, what: str, stated: float, problems: list[str]) -> bool:
+        """Whether the search proves ``prop`` within ``opts.max_regions`` regions (no time
+        budget); a problem naming why not otherwise."""
+        cfg = SearchConfig(timeout=math.inf, max_regions=opts.max_regions, batch=opts.batch,
+                           seed=opts.seed, strong_dims=opts.split_candidates)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # many small products: one thread is faster (verify.py)
+        try:
+            res = run_search(bounder, prop, lower, upper, cfg)
+        finally:
+            torch.set_num_threads(threads)
+        if res["status"] == "verified":
+            return True
+        norm = "l_inf" if prop.norm == "inf" else "l1"
+        if res["status"] == "falsified":
+            problems.append(f"{what} states {stated:.10g}, SMALLER than a deviation found "
+                            f"in the domain: {float(res['found']):.10g} ({norm})")
+        else:
+            found = "" if res["found"] is None else \
+                f"; largest deviation found {float(res['found']):.10g} ({norm})"
+            less = "" if prop.epsilon == stated else \
+                f", {prop.epsilon:.10g} without the float32 rounding error"
+            problems.append(f"{what} states {stated:.10g}, not proven: a search with it as "
+                            f"the target ({norm}{less}) left {int(res['open'])} of "
+                            f"{int(res['regions'])} "
+                            f"regions open (proven fraction "
+                            f"{float(res['proven_fraction']):.4g}){found}")
+        return False
+
+
+def _less(v: float, err: float) -> float:
+    """``v - err`` rounded down (``v`` itself when ``err`` is 0)."""
+    if err == 0:
+        return v
+    d = v - err
+    return math.nextafter(d, -math.inf) if d > 0 else d
+
+
+def _up_sum(values: list[float]) -> float:
+    return _round_up_sum(torch.tensor(values, dtype=torch.float64))

@@ -6,17 +6,23 @@ compressed network is rebuilt as the original's architecture (the ``original`` m
 the verifier trusts) holding the file's own weights (every initializer by name, and
 the weights onnxruntime computes from ``DequantizeLinear`` nodes), and each tier the
 certificate states (:mod:`certcompress.bounds.tiers`) is computed again, in float64 as
-the certificate states, over the certificate's domain:
+the certificate states, over the certificate's domain, by the tier's own
+:meth:`~certcompress.bounds.tierbase.Tier.recheck`:
 
 - ``path-metric``: ``max(radius, 1) * path-metric`` of the two traced graphs;
 - ``bounds``: differential bound propagation over the domain's box, with the
-  ``intermediate`` mode the tier records.
+  ``intermediate`` mode the tier records;
+- ``bab``: its bound depends on the search's budget, so it is not recomputed but
+  proven: a stated bound at least the one-pass bound stands, a smaller one must be
+  proven by a branch-and-bound run with the stated bound as its target (a deterministic
+  region budget, :meth:`~certcompress.equivalence.tier.BabTier.recheck`).
 
-A stated bound (a tier's l1 bound and its per-output bounds, the certificate's bound and
-per-output bounds, the path-metric) must equal the recomputed one within a relative
+A recomputed bound (a tier's l1 bound and its per-output bounds, the certificate's bound
+and per-output bounds, the path-metric) must equal the stated one within a relative
 ``RECERTIFY_RTOL`` (1e-9, far above float64 reordering, far below any meaningful edit)
 plus ``1e-12``: a smaller stated bound is a false certificate; a larger or merely
-different one is not what this file's weights give. The file's weights must also have
+different one is not what this file's weights give. The certificate's bound must be the
+minimum over its worst-case tiers of the values each tier's check accepted. The file's weights must also have
 the certificate's compressed parameter digest, and what the certificate derives from its
 own numbers must follow (radius and domain, the factor ``max(radius, 1)``, ``vacuous``
 against the measured output scale). The measurements themselves (deviations on the
@@ -36,8 +42,8 @@ import onnx
 import torch
 from torch import nn
 
-from ..bounds.arithmetic import float32_error, with_float32
-from ..bounds.propagation.engine import PropagationOptions
+from ..bounds.arithmetic import float32_error
+from ..bounds.tierbase import RECERTIFY_RTOL, compare_values, differs
 from ..bounds.tiers import GraphPair, tier_registry
 from ..capture import trace
 from ..certificate import WORST_CASE, Certificate
@@ -46,10 +52,6 @@ from ..domain import InputDomain
 from .qdq import dequantized_weights
 
 __all__ = ["recertify", "RECERTIFY_RTOL"]
-
-RECERTIFY_RTOL = 1e-9
-_ATOL = 1e-12
-
 
 def file_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The weights the runtime computes with, by name: initializers, and the outputs of
@@ -85,43 +87,22 @@ def rebuild(original: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Module
     return rebuilt
 
 
-def _differs(stated: float, recomputed: float) -> bool:
-    return abs(stated - recomputed) > RECERTIFY_RTOL * max(abs(stated), abs(recomputed)) \
-        + _ATOL
-
-
-def _compare(what: str, stated: float | tuple[float, ...],
-             recomputed: float | tuple[float, ...], problems: list[str]) -> None:
-    s = (stated,) if isinstance(stated, float | int) else tuple(stated)
-    r = (recomputed,) if isinstance(recomputed, float | int) else tuple(recomputed)
-    if len(s) != len(r):
-        problems.append(f"{what}: {len(s)} values stated, {len(r)} recomputed")
-        return
-    bad = [i for i, (a, b) in enumerate(zip(s, r)) if _differs(float(a), float(b))]
-    if bad:
-        i = bad[0]
-        where = "" if len(s) == 1 else f"[{i}] ({len(bad)} of {len(s)} differ)"
-        side = "SMALLER than" if s[i] < r[i] else "larger than"
-        problems.append(f"{what}{where} states {s[i]:.10g}, {side} the recomputed "
-                        f"{r[i]:.10g}")
-
-
 def _consistency(cert: Certificate, problems: list[str]) -> None:
     """What the certificate derives from its own numbers must follow from them."""
-    if cert.input_domain is not None and _differs(cert.input_domain.radius, cert.radius):
+    if cert.input_domain is not None and differs(cert.input_domain.radius, cert.radius):
         problems.append(f"the radius {cert.radius:.10g} is not the domain's "
                         f"{cert.input_domain.radius:.10g}")
     if cert.input_domain is not None and \
             tuple(cert.input_domain.shape) != tuple(cert.input_shape):
         problems.append(f"the input shape {tuple(cert.input_shape)} is not the domain's "
                         f"{tuple(cert.input_domain.shape)}")
-    _compare("factor max(radius, 1)", cert.factor, max(cert.radius, 1.0), problems)
+    compare_values("factor max(radius, 1)", cert.factor, max(cert.radius, 1.0), problems)
     pm = cert.path_metric_details
     if pm is not None:
-        _compare("path-metric tier bound factor x path-metric",
-                 cert.by_method["path-metric"].details.get("bound_exact",
-                                                           cert.by_method["path-metric"].bound),
-                 pm.factor * pm.path_metric, problems)
+        pm_tier = cert.by_method["path-metric"]
+        compare_values("path-metric tier bound factor x path-metric",
+                       pm_tier.details.get("bound_exact", pm_tier.bound),
+                       pm.factor * pm.path_metric, problems)
     scale = cert.measurements.output_scale
     if scale is not None and cert.vacuous != (cert.bound > scale):
         problems.append(f"'vacuous' is {cert.vacuous}, but the bound {cert.bound:.6g} is "
@@ -160,32 +141,23 @@ def recertify(cert: Certificate, original: nn.Module, model: onnx.ModelProto,
             problems.append(f"tier '{name}' is not one certcompress computes (not in the tier "
                             f"registry: {', '.join(registry.names())})")
             continue
-        tier_ = registry.get(name)
-        options = None
-        if tier_.options_type is PropagationOptions:  # as stated: crown or interval
-            options = PropagationOptions(intermediate=stated.details.get("intermediate",
-                                                                         "crown"))
-        tier = tier_.bound(pair, domain, options)
-        if err is not None:
-            tier = with_float32(tier, err)
+        tier, tier_problems = registry.get(name).recheck(pair, domain, stated, err)
         tiers[name] = tier
-        _compare(f"tier '{name}' bound", stated.bound, tier.bound, problems)
-        _compare(f"tier '{name}' per-output bound", stated.per_output, tier.per_output,
-                 problems)
+        problems.extend(tier_problems)
     if cert.path_metric is not None:  # the path-metric tier ran: its value, recomputed
-        _compare("path-metric", cert.path_metric, pair.path_metric.value, problems)
+        compare_values("path-metric", cert.path_metric, pair.path_metric.value, problems)
     same = [t for t in tiers.values() if t.sound and t.scope == WORST_CASE]
     if not same:
         problems.append("the certificate states no worst-case tier to recompute")
         return False, "; ".join(problems), float("nan")
     bound = min(t.bound for t in same)
     per = tuple(min(vs) for vs in zip(*(t.per_output for t in same)))
-    _compare("certified bound", cert.bound, bound, problems)
-    _compare("certified per-output bound", cert.per_output, per, problems)
+    compare_values("certified bound", cert.bound, bound, problems)
+    compare_values("certified per-output bound", cert.per_output, per, problems)
     names = ", ".join(sorted(tiers))
     if problems:
         return False, f"recomputed from the original and the file's weights ({names}): " \
                       + "; ".join(problems), bound
-    return True, (f"tiers {names} recomputed from the original and the file's weights in "
-                  f"float64 ({cert.arithmetic} arithmetic): bound {bound:.6g} equals the stated {cert.bound:.6g} (relative "
-                  f"{RECERTIFY_RTOL:g})"), bound
+    return True, (f"tiers {names} re-checked from the original and the file's weights in "
+                  f"float64 ({cert.arithmetic} arithmetic): bound {bound:.6g} equals the "
+                  f"stated {cert.bound:.6g} (relative {RECERTIFY_RTOL:g})"), bound
