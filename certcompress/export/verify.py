@@ -41,6 +41,10 @@ Checks, in order (each is ``passed``, ``failed`` or ``skipped`` in the report):
     (``original`` given) ``||f(x) - ort(x)||_1 <= bound + tol`` on the inputs inside the
     certificate's domain and on the worst input a gradient-ascent search finds there.
 
+A W8A8 file (:func:`certcompress.export.w8a8.export_w8a8`, activation quantization) is
+checked by :mod:`.verify_w8a8` instead: its certificate against the file's own int8
+arithmetic in onnxruntime, on samples and a search of the certificate's domain.
+
 Tolerance model (:class:`Tolerance`). The certificate bounds the deviation of the
 compressed network in exact arithmetic; onnxruntime computes in float32. With ``f``
 (original) and ``f'`` (compressed) evaluated in float64, the triangle inequality gives
@@ -96,6 +100,7 @@ from .results import (
     VerificationReport,
 )
 from .signing import PublicKey
+from .verify_w8a8 import is_w8a8, verify_w8a8
 
 __all__ = ["verify_onnx", "NOT_AUTHENTICATED"]
 
@@ -148,6 +153,10 @@ def _verify_file(path: Path, shown: str, *, original: nn.Module | None, inputs: 
     if search_steps < 0 or search_restarts < 1:
         raise ConfigurationError("search_steps must be >= 0 and search_restarts >= 1")
     model = load_onnx_file(path, shown)
+    if is_w8a8(model):  # a W8A8 file: its certificate against its own int8 arithmetic
+        return verify_w8a8(path, shown, model, original=original, inputs=inputs,
+                           tolerance=tolerance, search_steps=search_steps,
+                           search_restarts=search_restarts, seed=seed)
     emb = read_embedded(model, f"'{shown}'")
     cert = emb.certificate
     run = _Run()

@@ -5,6 +5,7 @@ deviates from the float model by more than the bound."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,36 @@ def test_onnxruntime_quantize_static_model_is_certified_against_its_float_model(
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     with pytest.raises(cc.ConfigurationError, match="cannot align"):
         float_twin(imported, other, x_cal[:4])
+
+
+def test_verify_onnx_checks_a_w8a8_file_against_its_own_int8_arithmetic(
+        tmp_path: Path) -> None:
+    net = _net()
+    x_cal = torch.rand(64, 1, 8, 8)
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    out = tmp_path / "w8a8.onnx"
+    res = cc.export_w8a8(net, out, calibration=x_cal, domain=dom, search_steps=2,
+                         search_restarts=1)
+    assert res.certificate is not None
+    report = cc.verify_onnx(out, original=net, search_steps=5, search_restarts=2)
+    assert report.passed
+    bound = next(c for c in report.checks if c.name == "bound")
+    assert bound.status == "passed" and bound.measured is not None
+    assert 0.0 < bound.measured <= res.certificate.bound + report.numerical_tolerance
+    assert report.inputs >= 2 * 256
+    # a certificate whose bound was lowered below what the file's arithmetic does fails
+    proto = onnx.load(str(out))
+    forged = replace(res.certificate, bound=bound.measured / 4)
+    for p in proto.metadata_props:
+        if p.key == "certcompress.w8a8.certificate":
+            p.value = forged.to_json(indent=None)
+    bad = tmp_path / "forged.onnx"
+    onnx.save_model(proto, str(bad))
+    with pytest.raises(cc.VerificationError, match="check 'bound' failed"):
+        cc.verify_onnx(bad, original=net, search_steps=0)
+    # another original model is refused by the binding check
+    other = _net()
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)
+    with pytest.raises(cc.VerificationError, match="check 'binding' failed"):
+        cc.verify_onnx(out, original=other, search_steps=0)

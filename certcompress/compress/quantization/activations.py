@@ -214,7 +214,13 @@ def set_ranges(model: nn.Module, plan: ActivationPlan, ranges: dict[str, tuple[f
         grids[name] = grids[src]
     for name, m in qs.items():
         scale, zp, qmin, qmax = grids[name]
-        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, default_slack(scale, zp, qmin, qmax))
+        slack = default_slack(scale, zp, qmin, qmax)
+        if name in plan.shares:
+            # its input is a max-pooling of values on this very grid (the source
+            # quantizer's outputs), so it returns its input exactly: no rounding, no
+            # clipping (delta = scale / 2 + slack = 0)
+            slack = -0.5 * scale
+        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, slack)
 
 
 def bounds_ranges(original: nn.Module, compressed: nn.Module, domain: InputDomain
