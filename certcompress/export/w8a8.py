@@ -29,12 +29,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from .._io import atomic_path
 from .._version import __version__
@@ -43,10 +42,9 @@ from ..bounds.propagation.engine import PropagationOptions
 from ..certificate import Certificate
 from ..compress.quantization import QuantConfig, quantization_grid
 from ..compress.quantization.activations import (
+    add_kernel_slack,
     fold_batchnorm,
-    is_relu,
     quantized_pair,
-    quantizers_of,
 )
 from ..domain import InputDomain
 from ..errors import ConfigurationError, VerificationError
@@ -81,39 +79,6 @@ class W8A8Export:
     activation_type: str = "uint8"
     quantized_weights: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _bias_slack(comp: nn.Module, grid: Any) -> None:
-    """Add the int32 bias rounding of each int8 convolution / linear kernel
-    (``scale_in * scale_w[c] * (1/2 + 2^-10)``, max over channels) to the slack of the
-    quantizer that reads its output (directly or through one ReLU): a perturbation
-    before a 1-Lipschitz ReLU and clamp moves the quantizer's output by at most as much."""
-    assert isinstance(comp, fx.GraphModule)
-    qs = quantizers_of(comp)
-    weights = {g.parameter_name: g for g in as_grids(grid)}
-    for node in comp.graph.nodes:
-        if node.op != "call_module" or f"{node.target}.weight" not in weights:
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and str(src.target) in qs):
-            continue
-        if getattr(comp.get_submodule(str(node.target)), "bias", None) is None:
-            continue
-        s_in = qs[str(src.target)].op.scale
-        s_w = float(weights[f"{node.target}.weight"].scale.max())
-        eps = s_in * s_w * (0.5 + 2.0 ** -10)
-        users = list(node.users)
-        if len(users) == 1 and is_relu(users[0], comp):
-            users = list(users[0].users)
-        for u in users:
-            if u.op == "call_module" and str(u.target) in qs:
-                q = qs[str(u.target)]
-                q.op = replace(q.op, slack=q.op.slack + eps)
-            else:
-                raise VerificationError(
-                    f"check 'w8a8-bias' failed: the output of '{node.target}' reaches "
-                    f"'{u.name}' without an activation quantizer, so its int8 kernel's bias "
-                    "rounding would not be covered")
 
 
 def _constants_to_initializers(proto: onnx.ModelProto) -> None:
@@ -159,7 +124,7 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
     cfg = QuantConfig.uniform(folded, 8, "per-channel")
     grid = quantization_grid(folded, cfg)
     orig, qmodel, _ = quantized_pair(folded, grid.apply(folded), 8, x_cal, None)
-    _bias_slack(qmodel, grid)
+    add_kernel_slack(qmodel, {g.parameter_name: float(g.scale.max()) for g in as_grids(grid)})
     cert: Certificate | None = None
     if certify:
         dom = domain if domain is not None else InputDomain.box(

@@ -37,7 +37,8 @@ from ...errors import ConfigurationError
 from ...ir.ops import ActQuantOp
 
 __all__ = ["ActivationPlan", "is_relu", "insert_quantizers", "activation_ranges", "set_ranges",
-           "fold_batchnorm", "quantizers_of", "ACT_SLACK_REL", "ACT_SLACK_RANGE"]
+           "fold_batchnorm", "quantizers_of", "add_kernel_slack", "ACT_SLACK_REL",
+           "ACT_SLACK_RANGE"]
 
 
 _RELU = (nn.ReLU, F.relu, torch.relu)
@@ -261,6 +262,44 @@ def quantized_pair(model: nn.Module, qmodel_weights: nn.Module, bits: int,
     set_ranges(comp, plan, ranges, bits, enabled=True)
     return orig, comp, plan
 
+
+
+def add_kernel_slack(comp: nn.Module, weight_scales: dict[str, float]) -> None:
+    """Add the int32 bias rounding of each int8 convolution / linear kernel to the slack
+    of the quantizer that reads its output (in place).
+
+    ``weight_scales``: qualified weight name (``conv1.weight``) -> its largest weight
+    scale. A layer whose input is an activation quantizer (scale ``s_in``) and that has a
+    bias runs in onnxruntime as an int8 kernel with the bias rounded to
+    ``s_in * s_w[c]``: a perturbation of at most ``s_in * max_c s_w[c] * (1/2 + 2^-10)``
+    before a 1-Lipschitz ReLU and clamp, so the quantizer reading the output (directly or
+    through one ReLU) moves by at most as much. A layer whose output reaches no quantizer
+    (the logits) stays a float kernel: no bias rounding (float32 rounding only, which the
+    certificate does not cover)."""
+    if not isinstance(comp, fx.GraphModule):
+        raise ConfigurationError("add_kernel_slack needs the fx GraphModule of "
+                                 "insert_quantizers")
+    qs = quantizers_of(comp)
+    for node in comp.graph.nodes:
+        s_w = weight_scales.get(f"{node.target}.weight") if node.op == "call_module" else None
+        if s_w is None:
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and str(src.target) in qs):
+            continue
+        if getattr(comp.get_submodule(str(node.target)), "bias", None) is None:
+            continue
+        eps = qs[str(src.target)].op.scale * float(s_w) * (0.5 + 2.0 ** -10)
+        users = list(node.users)
+        if len(users) == 1 and is_relu(users[0], comp):
+            users = list(users[0].users)
+        readers = [qs[str(u.target)] for u in users
+                   if u.op == "call_module" and str(u.target) in qs]
+        if len(readers) != len(users):
+            continue  # a float kernel (its output is not requantized)
+        for q in readers:
+            q.op = ActQuantOp(q.op.scale, q.op.zero_point, q.op.qmin, q.op.qmax, q.op.enabled,
+                              q.op.slack + eps)
 
 
 def _affine_in_order(gm: nn.Module) -> list[tuple[str, nn.Module]]:
