@@ -203,14 +203,17 @@ def _grid(lo: float, hi: float, bits: int) -> tuple[float, int, int, int]:
 
 
 def set_ranges(model: nn.Module, plan: ActivationPlan, ranges: dict[str, tuple[float, float]],
-               bits: int, enabled: bool = True) -> None:
-    """Give every quantizer of ``model`` its grid from ``ranges`` (in place)."""
+               bits: int | dict[str, int], enabled: bool = True) -> None:
+    """Give every quantizer of ``model`` its grid from ``ranges`` (in place); ``bits``:
+    one width for all, or one per quantizer name (a max-pooling quantizer takes its
+    source's grid)."""
     qs = quantizers_of(model)
     missing = sorted(set(qs) - set(ranges))
     if missing:
         raise ConfigurationError(f"no activation range for quantizer(s) {missing} (never "
                                  "reached by the calibration inputs?)")
-    grids = {name: _grid(*ranges[name], bits) for name in qs}
+    width = bits if isinstance(bits, dict) else dict.fromkeys(qs, bits)
+    grids = {name: _grid(*ranges[name], width[name]) for name in qs if name not in plan.shares}
     for name, src in plan.shares.items():
         grids[name] = grids[src]
     for name, m in qs.items():
