@@ -92,7 +92,8 @@ def register(subparsers: Any) -> None:
                    help="also quantize biases (per tensor) to B bits; default: float biases")
     p.add_argument("--activations", type=int, metavar="B",
                    help="also quantize activations to B bits (2-8, per tensor, unsigned; "
-                        "needs --bits; ranges from --reference-data, else from the bounds "
+                        "with --bits; with --budget each activation's width in B-4..B is "
+                        "chosen too; ranges from --reference-data, else from the bounds "
                         "tier over the domain); the model is BatchNorm-folded first and the "
                         "certificate covers weight and activation rounding")
     p.add_argument("--export", metavar="FILE.onnx",
@@ -146,9 +147,26 @@ def run(args: argparse.Namespace) -> int:
               "seed": args.seed}
     if domain is None:  # the ball of the plugin's radius or --radius, stated explicitly
         tiers["input_radius"] = radius
-    if args.activations is not None:
+    if args.activations is not None and args.budget is not None:
+        if args.arithmetic != "exact":
+            raise ConfigurationError("--activations certifies exact arithmetic plus the "
+                                     "quantizers' stated slack; drop --arithmetic")
+        model = fold_batchnorm(model)
+        al = choose_bitwidths(model, args.budget, domain=certified, activations=args.activations,
+                              candidates=args.candidates, granularity=args.granularity,
+                              bias_bits=args.bias_bits, reference_inputs=ref,
+                              calibration=ref if args.reference_data else None,
+                              certifier="bounds", **search)
+        qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
+        print(al.summary().splitlines()[0])
+        print("activation widths: " + ", ".join(f"{n} {b} bits"
+                                                for n, b in al.activation_bits.items()))
+        print(f"{len(quantizers_of(qmodel))} activation quantizers (at most "
+              f"{args.activations} bits)")
+    elif args.activations is not None:
         if args.bits is None:
-            raise ConfigurationError("--activations needs --bits (a uniform weight width)")
+            raise ConfigurationError("--activations needs --bits (a uniform weight width) or "
+                                     "--budget (weight and activation widths chosen)")
         if args.arithmetic != "exact":
             raise ConfigurationError("--activations certifies exact arithmetic plus the "
                                      "quantizers' stated slack; drop --arithmetic")

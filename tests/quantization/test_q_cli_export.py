@@ -90,3 +90,29 @@ def test_quantize_command_refuses_export_inside_out(tmp_path: Path,
     assert rc == 2
     assert "--export" in capsys.readouterr().err
     assert not any(out.iterdir())  # refused before any work
+
+
+def test_quantize_command_budget_with_activations_exports(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    model, spec, weights = _model(tmp_path)
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 4, 4))
+    _, c8 = cc.quantize(model, cc.QuantConfig.uniform(fold_batchnorm(model), 8), domain=dom,
+                        activations=8, search_steps=0)
+    budget = 3.0 * c8.bound
+    out, onnx_path = tmp_path / "out", tmp_path / "model_int8.onnx"
+    rc = cli.main(["quantize", f"{spec}:make", "--weights", str(weights), "--input-shape",
+                   "1", "1", "4", "4", "--domain", "0:1", "--budget", repr(budget),
+                   "--candidates", "6", "8", "--activations", "8", "--search-steps", "3",
+                   "--export", str(onnx_path), "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "activation widths:" in text and f"wrote {onnx_path}" in text
+    cert = cc.Certificate.load(out / "certificate.json")
+    assert cert.bound <= budget
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.rand(256, 1, 4, 4)
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = fold_batchnorm(model).double()(x.double()).numpy()
+    dev = float(np.abs(y - ref).sum(1).max())
+    assert dev <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())
