@@ -99,7 +99,8 @@ def _constants_to_initializers(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(keep)
 
 
-def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: Tensor,
+def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *,
+                calibration: Tensor | None = None,
                 domain: InputDomain | None = None, certify: bool = True,
                 input_shape: tuple[int, ...] | None = None, search_steps: int = 10,
                 search_restarts: int = 2, seed: int = 0,
@@ -107,29 +108,48 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
                 propagation: PropagationOptions | None = None) -> W8A8Export:
     """Write ``model`` as a certified W8A8 QDQ ONNX file at ``path`` (module docstring).
 
-    ``calibration``: float32 inputs (batch first) giving the activation ranges.
-    ``domain`` (default: the box spanned by ``calibration``) is the certificate's input
-    domain; ``methods`` the tiers (default: both; ``("path-metric",)`` is the cheap one
+    ``calibration``: float32 inputs (batch first) giving the activation ranges (values
+    outside are clipped, and the clipping is certified). Without it the ranges come from
+    the bounds tier over ``domain`` (required then): they cover every value the
+    weight-quantized network reaches there, so nothing is clipped but what activation
+    rounding upstream pushes past them (certified too). ``domain`` (default: the box
+    spanned by ``calibration``) is the certificate's input domain; ``methods`` the tiers (default: both; ``("path-metric",)`` is the cheap one
     for large models) and ``propagation`` the bounds tier's options (e.g.
     ``PropagationOptions(intermediate="interval")``, cheaper). The certificate (None with ``certify=False``) covers
     :data:`COVERS`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(calibration, Tensor) or calibration.dim() < 2 or len(calibration) < 1:
-        raise ConfigurationError("calibration must be a float tensor of inputs, batch first")
-    x_cal = calibration.detach().to(torch.float32).cpu()
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(x_cal.shape[1:])
+    x_cal: Tensor | None = None
+    if calibration is not None:
+        if not isinstance(calibration, Tensor) or calibration.dim() < 2 or len(calibration) < 1:
+            raise ConfigurationError("calibration must be a float tensor of inputs, batch first")
+        x_cal = calibration.detach().to(torch.float32).cpu()
+    elif not isinstance(domain, InputDomain):
+        raise ConfigurationError("export_w8a8 needs calibration= (inputs giving the activation "
+                                 "ranges) or domain= (ranges from the bounds tier over it)")
+    if input_shape is not None:
+        shape = tuple(input_shape)
+    elif x_cal is not None:
+        shape = (1,) + tuple(x_cal.shape[1:])
+    else:
+        assert domain is not None
+        shape = tuple(domain.shape)
     folded = fold_batchnorm(model)
     cfg = QuantConfig.uniform(folded, 8, "per-channel")
     grid = quantization_grid(folded, cfg)
-    orig, qmodel, _ = quantized_pair(folded, grid.apply(folded), 8, x_cal, None)
+    orig, qmodel, _ = quantized_pair(folded, grid.apply(folded), 8, x_cal,
+                                     domain if x_cal is None else None)
     add_kernel_slack(qmodel, {g.parameter_name: float(g.scale.max()) for g in as_grids(grid)})
     cert: Certificate | None = None
     if certify:
-        dom = domain if domain is not None else InputDomain.box(
-            x_cal.amin(0, keepdim=True), x_cal.amax(0, keepdim=True), shape=shape,
-            description="the box spanned by the calibration inputs")
+        if domain is not None:
+            dom = domain
+        else:
+            assert x_cal is not None
+            dom = InputDomain.box(x_cal.amin(0, keepdim=True), x_cal.amax(0, keepdim=True),
+                                  shape=shape,
+                                  description="the box spanned by the calibration inputs")
         cert = certify_pair(orig, qmodel, domain=dom, methods=methods, propagation=propagation,
                             search_steps=search_steps, search_restarts=search_restarts,
                             seed=seed)
