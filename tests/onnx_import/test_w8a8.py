@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import _soundness as S
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
+from certcompress.compress.quantization.activations import quantizers_of
 from certcompress.export.qdq import dequantized_weights
 from certcompress.export.w8a8 import COVERS, fold_batchnorm
 
@@ -181,3 +183,41 @@ def test_verify_onnx_checks_a_w8a8_file_against_its_own_int8_arithmetic(
         other[0].weight.mul_(1.01)
     with pytest.raises(cc.VerificationError, match="check 'binding' failed"):
         cc.verify_onnx(out, original=other, search_steps=0)
+
+
+def _digits_cnn() -> nn.Module:
+    from certcompress.demo.digits import DigitsCNN, load_digits, train_classifier
+
+    d = load_digits()
+    return train_classifier(DigitsCNN(channels=4), d.x_train[:400], d.y_train[:400], epochs=3,
+                            progress=False)
+
+
+def test_digits_cnn_w8a8_with_bounds_tier_ranges_is_sound_in_torch_and_onnxruntime(
+        tmp_path: Path) -> None:
+    """Ranges from the bounds tier over [0, 1]^64 (no calibration): the certificate is
+    attacked one-sidedly (tests/_soundness.py, float64 PGD on the fake-quant model) and
+    measured on onnxruntime's int8 arithmetic on the exported file."""
+    cnn = _digits_cnn()
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    out = tmp_path / "digits_w8a8.onnx"
+    res = cc.export_w8a8(cnn, out, domain=dom, search_steps=10, search_restarts=2)
+    cert = res.certificate
+    assert cert is not None and cert.input_domain is not None
+    # the max-pooling quantizer shares its input's grid and is exact (no rounding term)
+    qs = quantizers_of(res.quantized)
+    assert any(q.op.delta == 0.0 for q in qs.values())
+    found = S.attack_models(res.folded, res.quantized, dom, dom.shape, seed=0, steps=30)
+    S.assert_sound(found, cert.bound, what="digits CNN W8A8 (torch, float64)")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    lo, hi = S.box(dom, dom.shape)
+    x = torch.cat([S.points(lo, hi, torch.Generator().manual_seed(1), 512, 256),
+                   found.x.reshape(-1, 1, 8, 8).double()])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = res.folded.double()(x).numpy()
+    dev_ort = float(np.abs(y - ref).sum(1).max())
+    assert dev_ort <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())
+    S.record("digits CNN W8A8 (bounds-tier ranges) vs onnxruntime", cert.bound, dev_ort)
+    report = cc.verify_onnx(out, original=cnn, search_steps=5, search_restarts=2)
+    assert report.passed

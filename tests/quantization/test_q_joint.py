@@ -4,18 +4,13 @@ result is attacked one-sidedly (tests/_soundness.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import _soundness as S
 import pytest
 import torch
 from torch import nn
 
 import certcompress as cc
 from certcompress.compress.quantization.activations import quantizers_of
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import _soundness as S  # noqa: E402
 
 DOM = cc.InputDomain.box(0.0, 1.0, shape=(1, 3))
 
