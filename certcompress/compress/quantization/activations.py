@@ -7,7 +7,10 @@ from calibration data or from the bounds tier over the domain (docs/quantization
 kernels read or write 8-bit tensors: the network input, every ReLU, every addition of
 two branches, every pooling output, and every affine layer's output that no ReLU
 follows and that is not a network output (the logits stay float). A max-pooling's
-quantizer reuses the grid of its input's (so onnxruntime runs it in int8).
+quantizer reuses the grid of its input's (so onnxruntime runs it in int8); its input is
+then a maximum of values on that very grid, which it returns exactly, so its rounding
+bound is 0 (``slack = -scale / 2``) rather than a rounding the certificate would pay
+for twice.
 
 Ranges. ``calibration``: the min/max of each quantizer's input over the batch (with 0
 included); values outside are clipped, and the certificate covers the clipping
