@@ -221,3 +221,25 @@ def test_digits_cnn_w8a8_with_bounds_tier_ranges_is_sound_in_torch_and_onnxrunti
     S.record("digits CNN W8A8 (bounds-tier ranges) vs onnxruntime", cert.bound, dev_ort)
     report = cc.verify_onnx(out, original=cnn, search_steps=5, search_restarts=2)
     assert report.passed
+
+
+def test_onnxruntime_qdq_of_a_residual_cnn_is_certified_against_its_float_model(
+        tmp_path: Path) -> None:
+    """onnxruntime drops the ReLU after a residual addition whose quantizer range starts at
+    0; float_twin restores it (where the float model has one after the same addition)."""
+    from certcompress.compress.quantization.activations import float_twin
+
+    cnn = _digits_cnn()
+    x_cal = torch.rand(32, 1, 8, 8)
+    qpath = _ort_quantize_static(cnn, tmp_path / "ort_qdq.onnx", x_cal)
+    twin, aligned = float_twin(cc.load_onnx(qpath), cnn, x_cal[:8])
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    cert = cc.certify(twin, aligned, domain=dom, search_steps=5, search_restarts=1)
+    sess = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
+    lo, hi = S.box(dom, dom.shape)
+    x = S.points(lo, hi, torch.Generator().manual_seed(3), 512, 256)
+    y = sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = fold_batchnorm(cnn).double()(x).numpy()
+    dev = float(np.abs(ref - y).sum(1).max())
+    assert 0.0 < dev <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())

@@ -316,16 +316,17 @@ def _affine_in_order(gm: nn.Module) -> list[tuple[str, nn.Module]]:
             if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
 
 
-def _relu_after(gm: nn.Module) -> list[bool]:
-    """For each affine layer of ``gm`` (execution order): is its only user a ReLU?"""
+def _relu_after(gm: nn.Module, kind: str = "affine") -> list[bool]:
+    """For each affine layer (``kind="affine"``) or addition of two branches
+    (``kind="add"``) of ``gm`` (execution order): is its only user a ReLU?"""
     g = gm if isinstance(gm, fx.GraphModule) else fx.symbolic_trace(gm)
     mods = dict(g.named_modules())
     return [len(n.users) == 1 and _kind(next(iter(n.users)), mods) == "relu"
-            for n in g.graph.nodes
-            if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+            for n in g.graph.nodes if _kind(n, mods) == kind]
 
 
-def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule:
+def _restore_relus(gm: fx.GraphModule, relu_after: list[bool], kind: str = "affine"
+                   ) -> fx.GraphModule:
     """``gm`` (a copy) with ``torch.relu`` between affine layer ``i`` and the quantizer
     reading it, wherever the float model has a ReLU after layer ``i``, ``gm`` has none
     and the quantizer's range starts at 0 (zero point = qmin): there
@@ -334,8 +335,9 @@ def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule
     gm = copy.deepcopy(gm)
     qs = quantizers_of(gm)
     mods = dict(gm.named_modules())
-    affine = [n for n in gm.graph.nodes
-              if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+    affine = [n for n in gm.graph.nodes if _kind(n, mods) == kind]
+    if len(affine) != len(relu_after):
+        return gm  # no correspondence: the twin check decides
     for i, node in enumerate(affine):
         if i >= len(relu_after) or not relu_after[i] or len(node.users) != 1:
             continue
@@ -375,6 +377,7 @@ def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
                                  "a QDQ file)")
     folded = fold_batchnorm(original)
     aligned = _restore_relus(quantized, _relu_after(folded))
+    aligned = _restore_relus(aligned, _relu_after(folded, "add"), "add")
     src, dst = _affine_in_order(folded), _affine_in_order(aligned)
     if len(src) != len(dst):
         raise ConfigurationError(f"cannot align the float model with the quantized one: "
