@@ -325,8 +325,8 @@ def _relu_after(gm: nn.Module, kind: str = "affine") -> list[bool]:
             for n in g.graph.nodes if _kind(n, mods) == kind]
 
 
-def _restore_relus(gm: fx.GraphModule, relu_after: list[bool], kind: str = "affine"
-                   ) -> fx.GraphModule:
+def _restore_relus(gm: fx.GraphModule, relu_after: list[bool] | set[str],
+                   kind: str = "affine") -> fx.GraphModule:
     """``gm`` (a copy) with ``torch.relu`` between affine layer ``i`` and the quantizer
     reading it, wherever the float model has a ReLU after layer ``i``, ``gm`` has none
     and the quantizer's range starts at 0 (zero point = qmin): there
@@ -336,10 +336,14 @@ def _restore_relus(gm: fx.GraphModule, relu_after: list[bool], kind: str = "affi
     qs = quantizers_of(gm)
     mods = dict(gm.named_modules())
     affine = [n for n in gm.graph.nodes if _kind(n, mods) == kind]
-    if len(affine) != len(relu_after):
+    if isinstance(relu_after, set):  # the affine modules (by name) to restore after
+        want = [str(n.target) in relu_after for n in affine]
+    elif len(affine) != len(relu_after):
         return gm  # no correspondence: the twin check decides
+    else:
+        want = list(relu_after)
     for i, node in enumerate(affine):
-        if i >= len(relu_after) or not relu_after[i] or len(node.users) != 1:
+        if not want[i] or len(node.users) != 1:
             continue
         user = next(iter(node.users))
         q = qs.get(str(user.target)) if user.op == "call_module" else None
@@ -351,6 +355,34 @@ def _restore_relus(gm: fx.GraphModule, relu_after: list[bool], kind: str = "affi
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _match_layers(src: list[tuple[str, nn.Module]], dst: list[tuple[str, nn.Module]]
+                  ) -> list[tuple[str, str]]:
+    """Pair the affine layers of the float model (``src``) with the quantized graph's
+    (``dst``), both in execution order: each source layer takes the first unpaired
+    destination layer with the same weight shape (exporters may run a residual block's
+    shortcut convolution before or after the main branch). The twin check confirms it."""
+    if len(src) != len(dst):
+        raise ConfigurationError(f"cannot align the float model with the quantized one: "
+                                 f"{len(src)} affine layers vs {len(dst)}")
+    def shape_of(m: nn.Module) -> tuple[int, ...]:
+        w = m.weight
+        assert isinstance(w, Tensor)
+        return tuple(w.shape)
+
+    free = list(dst)
+    pairs = []
+    for sname, s in src:
+        shape = shape_of(s)
+        hit = next((i for i, (_, d) in enumerate(free) if shape_of(d) == shape), None)
+        if hit is None:
+            raise ConfigurationError(
+                f"cannot align '{sname}' (weight {shape}) with '{free[0][0]}' (weight "
+                f"{shape_of(free[0][1])}): no layer of the quantized graph left with that "
+                "weight shape")
+        pairs.append((sname, free.pop(hit)[0]))
+    return pairs
 
 
 def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
@@ -376,20 +408,20 @@ def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
         raise ConfigurationError("quantized must be an fx GraphModule (e.g. cc.load_onnx of "
                                  "a QDQ file)")
     folded = fold_batchnorm(original)
-    aligned = _restore_relus(quantized, _relu_after(folded))
+    src = _affine_in_order(folded)
+    pairs = _match_layers(src, _affine_in_order(quantized))
+    relu_src = dict(zip([n for n, _ in src], _relu_after(folded)))
+    aligned = _restore_relus(quantized, {d for s, d in pairs if relu_src[s]})
     aligned = _restore_relus(aligned, _relu_after(folded, "add"), "add")
-    src, dst = _affine_in_order(folded), _affine_in_order(aligned)
-    if len(src) != len(dst):
-        raise ConfigurationError(f"cannot align the float model with the quantized one: "
-                                 f"{len(src)} affine layers vs {len(dst)}")
     twin = copy.deepcopy(aligned)
     for m in quantizers_of(twin).values():
         m.op = ActQuantOp(m.op.scale, m.op.zero_point, m.op.qmin, m.op.qmax, False,
                           m.op.slack)
     tmods = dict(twin.named_modules())
     with torch.no_grad():
-        for (sname, s), (dname, _) in zip(src, dst):
-            d = tmods[dname]
+        smods = dict(src)
+        for sname, dname in pairs:
+            s, d = smods[sname], tmods[dname]
             sw = s.weight
             dw = d.weight
             assert isinstance(sw, Tensor) and isinstance(dw, Tensor)
