@@ -4,12 +4,15 @@ certcompress's ``export_w8a8``, on resnet18 at 224x224 and the digits CNN.
 
 For each: latency at batch 1 and 8 in onnxruntime (2 intra-op threads, best of N),
 file size, top-1 agreement with the float model on held-out inputs, and the certified
-bound (certcompress: weight AND activation rounding, see certcompress/export/w8a8.py;
-the digits CNN over [0, 1]^64 with both tiers, resnet18 with the path-metric tier when
-``--certify-resnet``; onnxruntime's file through the importer, which refuses activation
-QDQ). The float file is the BatchNorm-folded model exported like certcompress's (exact
-initializers), so both quantizers start from the same graph. Latency ratios are from
-the same run. Usage::
+bound (certcompress: weight and activation rounding, see certcompress/export/w8a8.py;
+the digits CNN over [0, 1]^64 with activation ranges from the bounds tier over that box
+(nothing clipped) and both tiers (CROWN intermediates), resnet18 with calibrated ranges
+and the path-metric tier when ``--certify-resnet``; onnxruntime's file through the
+importer and ``float_twin``, certified against the float model with the same tiers).
+The float file is the BatchNorm-folded model exported like certcompress's (exact
+initializers), so both quantizers start from the same graph. Latencies are measured
+first (files exported without certification; the certified export writes the same
+graph), then the certificates. Latency ratios are from the same run. Usage::
 
     python benchmarks/bench_int8.py [--skip-resnet] [--certify-resnet] [--repeat N]
 """
@@ -29,8 +32,10 @@ import onnxruntime as ort
 import torch
 from _common import write_results
 
+from certcompress.api import certify as certify_pair
 from certcompress.capture.onnx import load_onnx
-from certcompress.errors import UnsupportedModelError
+from certcompress.compress.quantization.activations import float_twin
+from certcompress.errors import ConfigurationError, UnsupportedModelError
 from certcompress.export.w8a8 import export_w8a8, fold_batchnorm
 
 
@@ -87,7 +92,8 @@ def _ort_qdq(src: Path, dst: Path, x_cal: np.ndarray) -> None:
 
 def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch.Tensor,
            repeat: int, certify: bool, domain: Any = None,
-           methods: tuple[str, ...] | None = None, propagation: Any = None) -> dict[str, Any]:
+           methods: tuple[str, ...] | None = None, propagation: Any = None,
+           bounds_ranges: bool = False) -> dict[str, Any]:
     shape = (1,) + tuple(x_cal.shape[1:])
     out: dict[str, Any] = {"input_shape": list(shape)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,11 +101,8 @@ def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch
         float_path, ort_path, cc_path = t / "float.onnx", t / "ort_qdq.onnx", t / "cc.onnx"
         _float_onnx(fold_batchnorm(model), shape, float_path)
         _ort_qdq(float_path, ort_path, x_cal.numpy())
-        t0 = time.perf_counter()
-        res = export_w8a8(model, cc_path, calibration=x_cal, certify=certify, domain=domain,
-                          methods=methods, propagation=propagation, search_steps=2,
-                          search_restarts=1)
-        out["certcompress_export_seconds"] = time.perf_counter() - t0
+        cal = None if bounds_ranges else x_cal
+        export_w8a8(model, cc_path, calibration=cal, certify=False, domain=domain)
         xt = x_test.numpy()
         with torch.no_grad():
             ref = model(x_test).numpy().argmax(1)
@@ -117,16 +120,46 @@ def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch
             for b in (1, 8):
                 out[label][f"speedup_b{b}"] = (out["float"][f"latency_b{b}_ms"]
                                                / out[label][f"latency_b{b}_ms"])
+        t0 = time.perf_counter()
+        res = export_w8a8(model, t / "cc_cert.onnx", calibration=cal, certify=certify,
+                          domain=domain, methods=methods, propagation=propagation,
+                          search_steps=10, search_restarts=2)
+        out["certcompress_export_seconds"] = time.perf_counter() - t0
+        out["certcompress_w8a8"]["activation_ranges"] = (
+            "bounds tier over the domain" if bounds_ranges else "calibration (clipping "
+            "certified)")
         cert = res.certificate
         out["certcompress_w8a8"]["certified_bound"] = None if cert is None else cert.bound
         out["certcompress_w8a8"]["bound_vacuous"] = None if cert is None else cert.vacuous
         out["certcompress_w8a8"]["bound_covers"] = res.covers
-        try:
-            load_onnx(ort_path)
-            out["ort_qdq"]["certified_bound"] = "imported (not certified here)"
-        except UnsupportedModelError as exc:
-            out["ort_qdq"]["certified_bound"] = ("none: importer refuses activation QDQ ("
-                                                 + str(exc).splitlines()[0] + ")")
+        if cert is not None:
+            out["certcompress_w8a8"]["adversarial_max"] = cert.measurements.adversarial_max
+            out["certcompress_w8a8"]["output_scale"] = cert.measurements.output_scale
+            out["certcompress_w8a8"]["bound_by_tier"] = {k: v.bound for k, v
+                                                         in cert.by_method.items()}
+            # the file's own int8 arithmetic (onnxruntime) against the float model
+            sess = _session(cc_path)
+            with torch.no_grad():
+                fx = fold_batchnorm(model).double()(x_test.double()).numpy()
+            y = sess.run(None, {sess.get_inputs()[0].name: xt})[0].astype(np.float64)
+            out["certcompress_w8a8"]["ort_deviation_max_test"] = float(
+                np.abs(fx - y).sum(1).max())
+        if cert is None:
+            out["ort_qdq"]["certified_bound"] = None
+        else:
+            try:
+                imported = load_onnx(ort_path)
+                twin, aligned = float_twin(imported, model, x_cal[:4])
+                t0 = time.perf_counter()
+                c2 = certify_pair(twin, aligned, domain=cert.input_domain, methods=methods,
+                                  propagation=propagation, search_steps=10,
+                                  search_restarts=2)
+                out["ort_qdq"]["certify_seconds"] = time.perf_counter() - t0
+                out["ort_qdq"]["certified_bound"] = c2.bound
+                out["ort_qdq"]["bound_vacuous"] = c2.vacuous
+                out["ort_qdq"]["adversarial_max"] = c2.measurements.adversarial_max
+            except (UnsupportedModelError, ConfigurationError) as exc:
+                out["ort_qdq"]["certified_bound"] = "none: " + str(exc).splitlines()[0]
     print(f"== {name}")
     for label in ("float", "ort_qdq", "certcompress_w8a8"):
         r = out[label]
@@ -134,9 +167,14 @@ def _bench(name: str, model: torch.nn.Module, x_cal: torch.Tensor, x_test: torch
             f"  speed-up b1 {r['speedup_b1']:.2f}x b8 {r['speedup_b8']:.2f}x"
         print(f"  {label:18s} b1 {r['latency_b1_ms']:8.2f} ms  b8 {r['latency_b8_ms']:8.2f} ms"
               f"  {r['size_bytes'] / 1e6:7.2f} MB  top1-agree {r['top1_agreement']:.3f}{sp}")
-    print(f"  certified bound (certcompress, weight and activation rounding): "
-          f"{out['certcompress_w8a8']['certified_bound']} (vacuous: "
-          f"{out['certcompress_w8a8']['bound_vacuous']})")
+    c = out["certcompress_w8a8"]
+    print(f"  certified bound (certcompress, weight and activation rounding, ranges from "
+          f"{c['activation_ranges']}): {c['certified_bound']} (vacuous: "
+          f"{c['bound_vacuous']}; PGD found {c.get('adversarial_max')}, onnxruntime on the "
+          f"test inputs {c.get('ort_deviation_max_test')}, output scale "
+          f"{c.get('output_scale')})")
+    print(f"  certified bound (onnxruntime's QDQ file, imported): "
+          f"{out['ort_qdq']['certified_bound']}")
     return out
 
 
@@ -173,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     dom = InputDomain.box(0.0, 1.0, shape=(1,) + tuple(d.x_train.shape[1:]))
     results["digits_cnn"] = _bench("digits CNN (1x8x8)", cnn, d.x_train[:256], d.x_test,
                                    args.repeat * 10, certify=True, domain=dom,
-                                   propagation=PropagationOptions(intermediate="interval"))
+                                   propagation=PropagationOptions(intermediate="crown"),
+                                   bounds_ranges=True)
     if not args.skip_resnet:
         import torchvision
 

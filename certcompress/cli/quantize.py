@@ -9,6 +9,10 @@ reader, or a run killed at any point, sees the old complete set or the new one):
 ``quantized_state_dict.pt`` (tensors only), ``quant_grid.json`` (scales; codes are
 recovered bit-exactly from the state dict), ``quant_config.json``, ``certificate.json``
 and ``bits.csv``. Whether ``--out`` can be written is checked before any work.
+``--export FILE.onnx`` also writes the model as ONNX (:func:`export_onnx`: the
+certificate embedded; the weights and, with ``--activations``, the activations in the
+QDQ layout onnxruntime runs with int8 kernels), verified against onnxruntime before it is
+kept.
 
 The certificate covers ``--radius`` or the box ``--domain LO:HI`` with the tiers of
 ``--method`` (the shared option groups of :mod:`certcompress.cli.options`). With
@@ -38,6 +42,7 @@ from ..compress.quantization.quantizers import GRANULARITIES, WEIGHT_BITS
 from ..compress.quantization.report import bits_table
 from ..domain import InputDomain
 from ..errors import ConfigurationError
+from ..export.onnx_export import export_onnx
 from ..loading import load_model, load_reference_inputs
 from ..resolve import resolve_domain
 from .domain_options import default_methods
@@ -87,9 +92,15 @@ def register(subparsers: Any) -> None:
                    help="also quantize biases (per tensor) to B bits; default: float biases")
     p.add_argument("--activations", type=int, metavar="B",
                    help="also quantize activations to B bits (2-8, per tensor, unsigned; "
-                        "needs --bits; ranges from --reference-data, else from the bounds "
+                        "with --bits; with --budget each activation's width in B-4..B is "
+                        "chosen too; ranges from --reference-data, else from the bounds "
                         "tier over the domain); the model is BatchNorm-folded first and the "
                         "certificate covers weight and activation rounding")
+    p.add_argument("--export", metavar="FILE.onnx",
+                   help="also write the quantized model as ONNX with the certificate embedded "
+                        "(cc.export_onnx: int8 weights in QDQ form; with --activations the "
+                        "activations too, which onnxruntime runs with int8 kernels), "
+                        "verified against onnxruntime before it is kept")
     add_search(p)
     add_output(p, "out/quantize", "output directory (default out/quantize)", metavar="DIR")
     p.set_defaults(func=run)
@@ -109,8 +120,12 @@ def run(args: argparse.Namespace) -> int:
     if args.search_steps < 0 or args.search_restarts < 1:
         raise ConfigurationError("--search-steps must be >= 0 and --search-restarts >= 1")
     out = Path(args.out)
-    check_outputs([], model_input_files(args.model, args.weights, args.reference_data),
+    check_outputs([args.export], model_input_files(args.model, args.weights,
+                                                   args.reference_data),
                   directories=[out], create_dirs=True)
+    if args.export is not None and Path(args.export).resolve().parent == out.resolve():
+        raise ConfigurationError(f"--export '{args.export}' is inside --out '{out}', which "
+                                 f"holds only {', '.join(OUTPUT_FILES)}; write it elsewhere")
     check_replaceable_dir(out, OUTPUT_FILES)
     model, shape = _load(args)
     given = load_reference_inputs(args.reference_data, shape) if args.reference_data else None
@@ -132,9 +147,26 @@ def run(args: argparse.Namespace) -> int:
               "seed": args.seed}
     if domain is None:  # the ball of the plugin's radius or --radius, stated explicitly
         tiers["input_radius"] = radius
-    if args.activations is not None:
+    if args.activations is not None and args.budget is not None:
+        if args.arithmetic != "exact":
+            raise ConfigurationError("--activations certifies exact arithmetic plus the "
+                                     "quantizers' stated slack; drop --arithmetic")
+        model = fold_batchnorm(model)
+        al = choose_bitwidths(model, args.budget, domain=certified, activations=args.activations,
+                              candidates=args.candidates, granularity=args.granularity,
+                              bias_bits=args.bias_bits, reference_inputs=ref,
+                              calibration=ref if args.reference_data else None,
+                              certifier="bounds", **search)
+        qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
+        print(al.summary().splitlines()[0])
+        print("activation widths: " + ", ".join(f"{n} {b} bits"
+                                                for n, b in al.activation_bits.items()))
+        print(f"{len(quantizers_of(qmodel))} activation quantizers (at most "
+              f"{args.activations} bits)")
+    elif args.activations is not None:
         if args.bits is None:
-            raise ConfigurationError("--activations needs --bits (a uniform weight width)")
+            raise ConfigurationError("--activations needs --bits (a uniform weight width) or "
+                                     "--budget (weight and activation widths chosen)")
         if args.arithmetic != "exact":
             raise ConfigurationError("--activations certifies exact arithmetic plus the "
                                      "quantizers' stated slack; drop --arithmetic")
@@ -203,4 +235,11 @@ def run(args: argparse.Namespace) -> int:
         f"{n} ({(out / n).stat().st_size:,} bytes)" for n in OUTPUT_FILES))
     print("quantized_state_dict.pt holds float tensors whose values lie on the quantization "
           "grid, so its size on disk is the float size")
+    if args.export is not None:
+        report = export_onnx(qmodel, args.export, certificate=cert, grids=grid, original=model,
+                             reference_inputs=ref[:64], **search)
+        print(f"wrote {args.export} ({Path(args.export).stat().st_size:,} bytes): "
+              f"{'weights and activations' if args.activations else 'weights'} in QDQ form, "
+              f"certificate embedded; verified against onnxruntime ("
+              f"{sum(c.status == 'passed' for c in report.checks)} checks passed)")
     return 0

@@ -29,12 +29,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from .._io import atomic_path
 from .._version import __version__
@@ -43,10 +42,9 @@ from ..bounds.propagation.engine import PropagationOptions
 from ..certificate import Certificate
 from ..compress.quantization import QuantConfig, quantization_grid
 from ..compress.quantization.activations import (
+    add_kernel_slack,
     fold_batchnorm,
-    is_relu,
     quantized_pair,
-    quantizers_of,
 )
 from ..domain import InputDomain
 from ..errors import ConfigurationError, VerificationError
@@ -83,39 +81,6 @@ class W8A8Export:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _bias_slack(comp: nn.Module, grid: Any) -> None:
-    """Add the int32 bias rounding of each int8 convolution / linear kernel
-    (``scale_in * scale_w[c] * (1/2 + 2^-10)``, max over channels) to the slack of the
-    quantizer that reads its output (directly or through one ReLU): a perturbation
-    before a 1-Lipschitz ReLU and clamp moves the quantizer's output by at most as much."""
-    assert isinstance(comp, fx.GraphModule)
-    qs = quantizers_of(comp)
-    weights = {g.parameter_name: g for g in as_grids(grid)}
-    for node in comp.graph.nodes:
-        if node.op != "call_module" or f"{node.target}.weight" not in weights:
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and str(src.target) in qs):
-            continue
-        if getattr(comp.get_submodule(str(node.target)), "bias", None) is None:
-            continue
-        s_in = qs[str(src.target)].op.scale
-        s_w = float(weights[f"{node.target}.weight"].scale.max())
-        eps = s_in * s_w * (0.5 + 2.0 ** -10)
-        users = list(node.users)
-        if len(users) == 1 and is_relu(users[0], comp):
-            users = list(users[0].users)
-        for u in users:
-            if u.op == "call_module" and str(u.target) in qs:
-                q = qs[str(u.target)]
-                q.op = replace(q.op, slack=q.op.slack + eps)
-            else:
-                raise VerificationError(
-                    f"check 'w8a8-bias' failed: the output of '{node.target}' reaches "
-                    f"'{u.name}' without an activation quantizer, so its int8 kernel's bias "
-                    "rounding would not be covered")
-
-
 def _constants_to_initializers(proto: onnx.ModelProto) -> None:
     """Turn every ``Constant`` node holding a tensor into an initializer (the scales and
     zero points of the QDQ pairs: tools look for them as initializers)."""
@@ -134,7 +99,8 @@ def _constants_to_initializers(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(keep)
 
 
-def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: Tensor,
+def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *,
+                calibration: Tensor | None = None,
                 domain: InputDomain | None = None, certify: bool = True,
                 input_shape: tuple[int, ...] | None = None, search_steps: int = 10,
                 search_restarts: int = 2, seed: int = 0,
@@ -142,29 +108,48 @@ def export_w8a8(model: nn.Module, path: str | os.PathLike[str], *, calibration: 
                 propagation: PropagationOptions | None = None) -> W8A8Export:
     """Write ``model`` as a certified W8A8 QDQ ONNX file at ``path`` (module docstring).
 
-    ``calibration``: float32 inputs (batch first) giving the activation ranges.
-    ``domain`` (default: the box spanned by ``calibration``) is the certificate's input
-    domain; ``methods`` the tiers (default: both; ``("path-metric",)`` is the cheap one
+    ``calibration``: float32 inputs (batch first) giving the activation ranges (values
+    outside are clipped, and the clipping is certified). Without it the ranges come from
+    the bounds tier over ``domain`` (required then): they cover every value the
+    weight-quantized network reaches there, so nothing is clipped but what activation
+    rounding upstream pushes past them (certified too). ``domain`` (default: the box
+    spanned by ``calibration``) is the certificate's input domain; ``methods`` the tiers (default: both; ``("path-metric",)`` is the cheap one
     for large models) and ``propagation`` the bounds tier's options (e.g.
     ``PropagationOptions(intermediate="interval")``, cheaper). The certificate (None with ``certify=False``) covers
     :data:`COVERS`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(calibration, Tensor) or calibration.dim() < 2 or len(calibration) < 1:
-        raise ConfigurationError("calibration must be a float tensor of inputs, batch first")
-    x_cal = calibration.detach().to(torch.float32).cpu()
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(x_cal.shape[1:])
+    x_cal: Tensor | None = None
+    if calibration is not None:
+        if not isinstance(calibration, Tensor) or calibration.dim() < 2 or len(calibration) < 1:
+            raise ConfigurationError("calibration must be a float tensor of inputs, batch first")
+        x_cal = calibration.detach().to(torch.float32).cpu()
+    elif not isinstance(domain, InputDomain):
+        raise ConfigurationError("export_w8a8 needs calibration= (inputs giving the activation "
+                                 "ranges) or domain= (ranges from the bounds tier over it)")
+    if input_shape is not None:
+        shape = tuple(input_shape)
+    elif x_cal is not None:
+        shape = (1,) + tuple(x_cal.shape[1:])
+    else:
+        assert domain is not None
+        shape = tuple(domain.shape)
     folded = fold_batchnorm(model)
     cfg = QuantConfig.uniform(folded, 8, "per-channel")
     grid = quantization_grid(folded, cfg)
-    orig, qmodel, _ = quantized_pair(folded, grid.apply(folded), 8, x_cal, None)
-    _bias_slack(qmodel, grid)
+    orig, qmodel, _ = quantized_pair(folded, grid.apply(folded), 8, x_cal,
+                                     domain if x_cal is None else None)
+    add_kernel_slack(qmodel, {g.parameter_name: float(g.scale.max()) for g in as_grids(grid)})
     cert: Certificate | None = None
     if certify:
-        dom = domain if domain is not None else InputDomain.box(
-            x_cal.amin(0, keepdim=True), x_cal.amax(0, keepdim=True), shape=shape,
-            description="the box spanned by the calibration inputs")
+        if domain is not None:
+            dom = domain
+        else:
+            assert x_cal is not None
+            dom = InputDomain.box(x_cal.amin(0, keepdim=True), x_cal.amax(0, keepdim=True),
+                                  shape=shape,
+                                  description="the box spanned by the calibration inputs")
         cert = certify_pair(orig, qmodel, domain=dom, methods=methods, propagation=propagation,
                             search_steps=search_steps, search_restarts=search_restarts,
                             seed=seed)

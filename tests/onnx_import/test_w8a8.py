@@ -5,8 +5,10 @@ deviates from the float model by more than the bound."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import _soundness as S
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 import certcompress as cc
+from certcompress.compress.quantization.activations import quantizers_of
 from certcompress.export.qdq import dequantized_weights
 from certcompress.export.w8a8 import COVERS, fold_batchnorm
 
@@ -147,3 +150,96 @@ def test_onnxruntime_quantize_static_model_is_certified_against_its_float_model(
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
     with pytest.raises(cc.ConfigurationError, match="cannot align"):
         float_twin(imported, other, x_cal[:4])
+
+
+def test_verify_onnx_checks_a_w8a8_file_against_its_own_int8_arithmetic(
+        tmp_path: Path) -> None:
+    net = _net()
+    x_cal = torch.rand(64, 1, 8, 8)
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    out = tmp_path / "w8a8.onnx"
+    res = cc.export_w8a8(net, out, calibration=x_cal, domain=dom, search_steps=2,
+                         search_restarts=1)
+    assert res.certificate is not None
+    report = cc.verify_onnx(out, original=net, search_steps=5, search_restarts=2)
+    assert report.passed
+    bound = next(c for c in report.checks if c.name == "bound")
+    assert bound.status == "passed" and bound.measured is not None
+    assert 0.0 < bound.measured <= res.certificate.bound + report.numerical_tolerance
+    assert report.inputs >= 2 * 256
+    # a certificate whose bound was lowered below what the file's arithmetic does fails
+    proto = onnx.load(str(out))
+    forged = replace(res.certificate, bound=bound.measured / 4)
+    for p in proto.metadata_props:
+        if p.key == "certcompress.w8a8.certificate":
+            p.value = forged.to_json(indent=None)
+    bad = tmp_path / "forged.onnx"
+    onnx.save_model(proto, str(bad))
+    with pytest.raises(cc.VerificationError, match="check 'bound' failed"):
+        cc.verify_onnx(bad, original=net, search_steps=0)
+    # another original model is refused by the binding check
+    other = _net()
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)
+    with pytest.raises(cc.VerificationError, match="check 'binding' failed"):
+        cc.verify_onnx(out, original=other, search_steps=0)
+
+
+def _digits_cnn() -> nn.Module:
+    from certcompress.demo.digits import DigitsCNN, load_digits, train_classifier
+
+    d = load_digits()
+    return train_classifier(DigitsCNN(channels=4), d.x_train[:400], d.y_train[:400], epochs=3,
+                            progress=False)
+
+
+def test_digits_cnn_w8a8_with_bounds_tier_ranges_is_sound_in_torch_and_onnxruntime(
+        tmp_path: Path) -> None:
+    """Ranges from the bounds tier over [0, 1]^64 (no calibration): the certificate is
+    attacked one-sidedly (tests/_soundness.py, float64 PGD on the fake-quant model) and
+    measured on onnxruntime's int8 arithmetic on the exported file."""
+    cnn = _digits_cnn()
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    out = tmp_path / "digits_w8a8.onnx"
+    res = cc.export_w8a8(cnn, out, domain=dom, search_steps=10, search_restarts=2)
+    cert = res.certificate
+    assert cert is not None and cert.input_domain is not None
+    # the max-pooling quantizer shares its input's grid and is exact (no rounding term)
+    qs = quantizers_of(res.quantized)
+    assert any(q.op.delta == 0.0 for q in qs.values())
+    found = S.attack_models(res.folded, res.quantized, dom, dom.shape, seed=0, steps=30)
+    S.assert_sound(found, cert.bound, what="digits CNN W8A8 (torch, float64)")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    lo, hi = S.box(dom, dom.shape)
+    x = torch.cat([S.points(lo, hi, torch.Generator().manual_seed(1), 512, 256),
+                   found.x.reshape(-1, 1, 8, 8).double()])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = res.folded.double()(x).numpy()
+    dev_ort = float(np.abs(y - ref).sum(1).max())
+    assert dev_ort <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())
+    S.record("digits CNN W8A8 (bounds-tier ranges) vs onnxruntime", cert.bound, dev_ort)
+    report = cc.verify_onnx(out, original=cnn, search_steps=5, search_restarts=2)
+    assert report.passed
+
+
+def test_onnxruntime_qdq_of_a_residual_cnn_is_certified_against_its_float_model(
+        tmp_path: Path) -> None:
+    """onnxruntime drops the ReLU after a residual addition whose quantizer range starts at
+    0; float_twin restores it (where the float model has one after the same addition)."""
+    from certcompress.compress.quantization.activations import float_twin
+
+    cnn = _digits_cnn()
+    x_cal = torch.rand(32, 1, 8, 8)
+    qpath = _ort_quantize_static(cnn, tmp_path / "ort_qdq.onnx", x_cal)
+    twin, aligned = float_twin(cc.load_onnx(qpath), cnn, x_cal[:8])
+    dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))
+    cert = cc.certify(twin, aligned, domain=dom, search_steps=5, search_restarts=1)
+    sess = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
+    lo, hi = S.box(dom, dom.shape)
+    x = S.points(lo, hi, torch.Generator().manual_seed(3), 512, 256)
+    y = sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0].astype(np.float64)
+    with torch.no_grad():
+        ref = fold_batchnorm(cnn).double()(x).numpy()
+    dev = float(np.abs(ref - y).sum(1).max())
+    assert 0.0 < dev <= cert.bound + 1e-5 * float(np.abs(ref).sum(1).max())

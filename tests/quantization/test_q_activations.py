@@ -148,7 +148,7 @@ def test_quantize_command_activations(tmp_path, capsys) -> None:  # type: ignore
     assert "activation quantizers (6 bits)" in text and "certified bound:" in text
     cert = cc.Certificate.load(tmp_path / "out" / "certificate.json")
     assert any(n.startswith("activation grids: act_quant_0: scale") for n in cert.notes)
-    bad = parser.parse_args([*base, "--budget", "1", "--activations", "6", "--out",
+    bad = parser.parse_args([*base, "--avg-bits", "4", "--activations", "6", "--out",
                              str(tmp_path / "o2")])
     with pytest.raises(ConfigurationError, match="--activations needs --bits"):
         bad.func(bad)

@@ -7,7 +7,10 @@ from calibration data or from the bounds tier over the domain (docs/quantization
 kernels read or write 8-bit tensors: the network input, every ReLU, every addition of
 two branches, every pooling output, and every affine layer's output that no ReLU
 follows and that is not a network output (the logits stay float). A max-pooling's
-quantizer reuses the grid of its input's (so onnxruntime runs it in int8).
+quantizer reuses the grid of its input's (so onnxruntime runs it in int8); its input is
+then a maximum of values on that very grid, which it returns exactly, so its rounding
+bound is 0 (``slack = -scale / 2``) rather than a rounding the certificate would pay
+for twice.
 
 Ranges. ``calibration``: the min/max of each quantizer's input over the batch (with 0
 included); values outside are clipped, and the certificate covers the clipping
@@ -37,7 +40,8 @@ from ...errors import ConfigurationError
 from ...ir.ops import ActQuantOp
 
 __all__ = ["ActivationPlan", "is_relu", "insert_quantizers", "activation_ranges", "set_ranges",
-           "fold_batchnorm", "quantizers_of", "ACT_SLACK_REL", "ACT_SLACK_RANGE"]
+           "fold_batchnorm", "quantizers_of", "add_kernel_slack", "ACT_SLACK_REL",
+           "ACT_SLACK_RANGE"]
 
 
 _RELU = (nn.ReLU, F.relu, torch.relu)
@@ -202,19 +206,28 @@ def _grid(lo: float, hi: float, bits: int) -> tuple[float, int, int, int]:
 
 
 def set_ranges(model: nn.Module, plan: ActivationPlan, ranges: dict[str, tuple[float, float]],
-               bits: int, enabled: bool = True) -> None:
-    """Give every quantizer of ``model`` its grid from ``ranges`` (in place)."""
+               bits: int | dict[str, int], enabled: bool = True) -> None:
+    """Give every quantizer of ``model`` its grid from ``ranges`` (in place); ``bits``:
+    one width for all, or one per quantizer name (a max-pooling quantizer takes its
+    source's grid)."""
     qs = quantizers_of(model)
     missing = sorted(set(qs) - set(ranges))
     if missing:
         raise ConfigurationError(f"no activation range for quantizer(s) {missing} (never "
                                  "reached by the calibration inputs?)")
-    grids = {name: _grid(*ranges[name], bits) for name in qs}
+    width = bits if isinstance(bits, dict) else dict.fromkeys(qs, bits)
+    grids = {name: _grid(*ranges[name], width[name]) for name in qs if name not in plan.shares}
     for name, src in plan.shares.items():
         grids[name] = grids[src]
     for name, m in qs.items():
         scale, zp, qmin, qmax = grids[name]
-        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, default_slack(scale, zp, qmin, qmax))
+        slack = default_slack(scale, zp, qmin, qmax)
+        if name in plan.shares:
+            # its input is a max-pooling of values on this very grid (the source
+            # quantizer's outputs), so it returns its input exactly: no rounding, no
+            # clipping (delta = scale / 2 + slack = 0)
+            slack = -0.5 * scale
+        m.op = ActQuantOp(scale, zp, qmin, qmax, enabled, slack)
 
 
 def bounds_ranges(original: nn.Module, compressed: nn.Module, domain: InputDomain
@@ -257,6 +270,44 @@ def quantized_pair(model: nn.Module, qmodel_weights: nn.Module, bits: int,
 
 
 
+def add_kernel_slack(comp: nn.Module, weight_scales: dict[str, float]) -> None:
+    """Add the int32 bias rounding of each int8 convolution / linear kernel to the slack
+    of the quantizer that reads its output (in place).
+
+    ``weight_scales``: qualified weight name (``conv1.weight``) -> its largest weight
+    scale. A layer whose input is an activation quantizer (scale ``s_in``) and that has a
+    bias runs in onnxruntime as an int8 kernel with the bias rounded to
+    ``s_in * s_w[c]``: a perturbation of at most ``s_in * max_c s_w[c] * (1/2 + 2^-10)``
+    before a 1-Lipschitz ReLU and clamp, so the quantizer reading the output (directly or
+    through one ReLU) moves by at most as much. A layer whose output reaches no quantizer
+    (the logits) stays a float kernel: no bias rounding (float32 rounding only, which the
+    certificate does not cover)."""
+    if not isinstance(comp, fx.GraphModule):
+        raise ConfigurationError("add_kernel_slack needs the fx GraphModule of "
+                                 "insert_quantizers")
+    qs = quantizers_of(comp)
+    for node in comp.graph.nodes:
+        s_w = weight_scales.get(f"{node.target}.weight") if node.op == "call_module" else None
+        if s_w is None:
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and str(src.target) in qs):
+            continue
+        if getattr(comp.get_submodule(str(node.target)), "bias", None) is None:
+            continue
+        eps = qs[str(src.target)].op.scale * float(s_w) * (0.5 + 2.0 ** -10)
+        users = list(node.users)
+        if len(users) == 1 and is_relu(users[0], comp):
+            users = list(users[0].users)
+        readers = [qs[str(u.target)] for u in users
+                   if u.op == "call_module" and str(u.target) in qs]
+        if len(readers) != len(users):
+            continue  # a float kernel (its output is not requantized)
+        for q in readers:
+            q.op = ActQuantOp(q.op.scale, q.op.zero_point, q.op.qmin, q.op.qmax, q.op.enabled,
+                              q.op.slack + eps)
+
+
 def _affine_in_order(gm: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Linear/Conv modules of ``gm`` in execution order (fx trace)."""
     g = gm if isinstance(gm, fx.GraphModule) else fx.symbolic_trace(gm)
@@ -265,16 +316,17 @@ def _affine_in_order(gm: nn.Module) -> list[tuple[str, nn.Module]]:
             if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
 
 
-def _relu_after(gm: nn.Module) -> list[bool]:
-    """For each affine layer of ``gm`` (execution order): is its only user a ReLU?"""
+def _relu_after(gm: nn.Module, kind: str = "affine") -> list[bool]:
+    """For each affine layer (``kind="affine"``) or addition of two branches
+    (``kind="add"``) of ``gm`` (execution order): is its only user a ReLU?"""
     g = gm if isinstance(gm, fx.GraphModule) else fx.symbolic_trace(gm)
     mods = dict(g.named_modules())
     return [len(n.users) == 1 and _kind(next(iter(n.users)), mods) == "relu"
-            for n in g.graph.nodes
-            if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+            for n in g.graph.nodes if _kind(n, mods) == kind]
 
 
-def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule:
+def _restore_relus(gm: fx.GraphModule, relu_after: list[bool] | set[str],
+                   kind: str = "affine") -> fx.GraphModule:
     """``gm`` (a copy) with ``torch.relu`` between affine layer ``i`` and the quantizer
     reading it, wherever the float model has a ReLU after layer ``i``, ``gm`` has none
     and the quantizer's range starts at 0 (zero point = qmin): there
@@ -283,10 +335,15 @@ def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule
     gm = copy.deepcopy(gm)
     qs = quantizers_of(gm)
     mods = dict(gm.named_modules())
-    affine = [n for n in gm.graph.nodes
-              if n.op == "call_module" and isinstance(mods[str(n.target)], _AFFINE)]
+    affine = [n for n in gm.graph.nodes if _kind(n, mods) == kind]
+    if isinstance(relu_after, set):  # the affine modules (by name) to restore after
+        want = [str(n.target) in relu_after for n in affine]
+    elif len(affine) != len(relu_after):
+        return gm  # no correspondence: the twin check decides
+    else:
+        want = list(relu_after)
     for i, node in enumerate(affine):
-        if i >= len(relu_after) or not relu_after[i] or len(node.users) != 1:
+        if not want[i] or len(node.users) != 1:
             continue
         user = next(iter(node.users))
         q = qs.get(str(user.target)) if user.op == "call_module" else None
@@ -298,6 +355,34 @@ def _restore_relus(gm: fx.GraphModule, relu_after: list[bool]) -> fx.GraphModule
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _match_layers(src: list[tuple[str, nn.Module]], dst: list[tuple[str, nn.Module]]
+                  ) -> list[tuple[str, str]]:
+    """Pair the affine layers of the float model (``src``) with the quantized graph's
+    (``dst``), both in execution order: each source layer takes the first unpaired
+    destination layer with the same weight shape (exporters may run a residual block's
+    shortcut convolution before or after the main branch). The twin check confirms it."""
+    if len(src) != len(dst):
+        raise ConfigurationError(f"cannot align the float model with the quantized one: "
+                                 f"{len(src)} affine layers vs {len(dst)}")
+    def shape_of(m: nn.Module) -> tuple[int, ...]:
+        w = m.weight
+        assert isinstance(w, Tensor)
+        return tuple(w.shape)
+
+    free = list(dst)
+    pairs = []
+    for sname, s in src:
+        shape = shape_of(s)
+        hit = next((i for i, (_, d) in enumerate(free) if shape_of(d) == shape), None)
+        if hit is None:
+            raise ConfigurationError(
+                f"cannot align '{sname}' (weight {shape}) with '{free[0][0]}' (weight "
+                f"{shape_of(free[0][1])}): no layer of the quantized graph left with that "
+                "weight shape")
+        pairs.append((sname, free.pop(hit)[0]))
+    return pairs
 
 
 def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
@@ -323,19 +408,20 @@ def float_twin(quantized: nn.Module, original: nn.Module, example: Tensor,
         raise ConfigurationError("quantized must be an fx GraphModule (e.g. cc.load_onnx of "
                                  "a QDQ file)")
     folded = fold_batchnorm(original)
-    aligned = _restore_relus(quantized, _relu_after(folded))
-    src, dst = _affine_in_order(folded), _affine_in_order(aligned)
-    if len(src) != len(dst):
-        raise ConfigurationError(f"cannot align the float model with the quantized one: "
-                                 f"{len(src)} affine layers vs {len(dst)}")
+    src = _affine_in_order(folded)
+    pairs = _match_layers(src, _affine_in_order(quantized))
+    relu_src = dict(zip([n for n, _ in src], _relu_after(folded)))
+    aligned = _restore_relus(quantized, {d for s, d in pairs if relu_src[s]})
+    aligned = _restore_relus(aligned, _relu_after(folded, "add"), "add")
     twin = copy.deepcopy(aligned)
     for m in quantizers_of(twin).values():
         m.op = ActQuantOp(m.op.scale, m.op.zero_point, m.op.qmin, m.op.qmax, False,
                           m.op.slack)
     tmods = dict(twin.named_modules())
     with torch.no_grad():
-        for (sname, s), (dname, _) in zip(src, dst):
-            d = tmods[dname]
+        smods = dict(src)
+        for sname, dname in pairs:
+            s, d = smods[sname], tmods[dname]
             sw = s.weight
             dw = d.weight
             assert isinstance(sw, Tensor) and isinstance(dw, Tensor)

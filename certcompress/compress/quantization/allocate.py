@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -39,8 +40,10 @@ from ...errors import ConfigurationError
 from ._choice import solve_choice
 from ._engine import quant_domain
 from ._problem import PREDICTION_TOLERANCE, Problem
+from .activations import fold_batchnorm
 from .config import QuantConfig, check_bits, check_granularity
 from .grid import quantization_grid
+from .joint import descend_jointly
 from .quantizers import affine_layers
 from .sensitivity import SensitivityTable, check_candidates, table_from_problem
 
@@ -82,6 +85,13 @@ class BitAllocation:
     seconds: float
     sensitivity: SensitivityTable
     history: tuple[AllocationStep, ...]
+    #: activation quantizer -> bits (``activations=``; empty otherwise): ``model`` and the
+    #: certificate's original (``original``) are then BatchNorm-folded fx GraphModules
+    activation_bits: Mapping[str, int] = field(default_factory=dict)
+    #: the :class:`~certcompress.equivalence.EquivalenceResult` that proved the result
+    #: (``certifier="equivalence"``), else None
+    equivalence: Any = field(default=None, compare=False)
+    original: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def bound(self) -> float:
@@ -153,7 +163,10 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
                      reference_inputs: Tensor | None = None, search_steps: int = 0,
                      search_restarts: int = 4, seed: int = 0, method: str = "auto",
                      max_iterations: int = 12, certifier: str = "path-metric",
-                     domain: InputDomain | None = None) -> BitAllocation:
+                     domain: InputDomain | None = None, activations: int | None = None,
+                     activation_candidates: Iterable[int] | None = None,
+                     calibration: Tensor | None = None, epsilon: float | None = None,
+                     timeout: float = 30.0) -> BitAllocation:
     """Choose per-layer bit widths with a certificate (see the module docstring).
 
     ``budget``: the certified bound (l1 output deviation over ``||x||_inf <= r``) to
@@ -173,8 +186,27 @@ def choose_bitwidths(model: nn.Module, budget: float | None = None, *,
     the certificate (the smaller of the path-metric and bounds tiers) stays within the
     budget, until no single step does; the result is locally minimal for that
     certificate. About one bounds-tier certification per tried step.
+
+    ``activations=B`` (bits, 2-8; needs ``domain``; budget form): activation quantizers
+    too (:mod:`.activations`: the model is BatchNorm-folded, ranges from ``calibration``
+    or the bounds tier over the domain), each a decision variable with widths
+    ``activation_candidates`` (default ``B-4..B``) alongside the weight widths; the
+    greedy descent of :mod:`.joint` with ``certifier`` (``"bounds"`` when
+    ``"path-metric"`` is asked: the path-metric tier alone is vacuous for activation
+    rounding on boxes). ``certifier="equivalence"`` (needs ``domain`` and ``epsilon``,
+    the l1 budget; ``budget`` defaults to it): the narrowest widths proven
+    ``epsilon``-equivalent by :func:`certcompress.equivalence.verify_equivalence`
+    (``timeout`` seconds per try; an unknown verdict counts as not proven), same descent.
     """
     t0 = time.perf_counter()
+    if certifier == "equivalence" or activations is not None:
+        return _choose_jointly(model, budget, avg_bits, candidates, granularity, layers,
+                               bias_bits, reference_inputs, search_steps, search_restarts,
+                               seed, method, max_iterations, certifier, domain, activations,
+                               activation_candidates, calibration, epsilon, timeout, t0)
+    if epsilon is not None:
+        raise ConfigurationError("epsilon= is the budget of certifier='equivalence'; with "
+                                 f"certifier={certifier!r} pass budget=")
     registry = tier_registry()
     worst = [t.name for t in registry if t.scope == WORST_CASE]
     if not isinstance(certifier, str) or certifier not in worst:
@@ -302,6 +334,71 @@ def _descend_with_bounds(model: nn.Module, problem: Problem, run: _Run, budget: 
         weights=int(sum(numel)), locally_minimal=True, method=f"greedy descent ({tier} tier)",
         iterations=tries, passes=MappingProxyType(dict(problem.ev.counts)),
         seconds=time.perf_counter() - t0, sensitivity=run.sensitivity, history=())
+
+
+def _choose_jointly(model: nn.Module, budget: float | None, avg_bits: float | None,
+                    candidates: Iterable[int], granularity: str, layers: Iterable[str] | None,
+                    bias_bits: int | None, reference_inputs: Tensor | None, search_steps: int,
+                    search_restarts: int, seed: int, method: str, max_iterations: int,
+                    certifier: str, domain: InputDomain | None, activations: int | None,
+                    activation_candidates: Iterable[int] | None, calibration: Tensor | None,
+                    epsilon: float | None, timeout: float, t0: float) -> BitAllocation:
+    """choose_bitwidths with activations and/or the equivalence certifier (:mod:`.joint`)."""
+    if certifier == "equivalence":
+        if epsilon is None or isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) \
+                or not math.isfinite(epsilon) or epsilon <= 0:
+            raise ConfigurationError(f"certifier='equivalence' needs epsilon > 0 (the budget "
+                                     f"on the l1 deviation), got {epsilon!r}")
+        if budget is not None and budget != epsilon:
+            raise ConfigurationError(f"budget={budget!r} and epsilon={epsilon!r} differ; with "
+                                     "certifier='equivalence' give epsilon only")
+        budget = float(epsilon)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    else:
+        worst = [t.name for t in tier_registry() if t.scope == WORST_CASE]
+        if certifier not in worst:
+            raise ConfigurationError(f"certifier must be a worst-case tier "
+                                     f"({', '.join(map(repr, worst))}) or 'equivalence', got "
+                                     f"{certifier!r}")
+        if certifier == "path-metric":
+            certifier = "bounds"
+    if domain is None:
+        raise ConfigurationError(f"{'activations=' if activations is not None else certifier}"
+                                 " needs domain=InputDomain.box(...): the certificate is over "
+                                 "a box of inputs")
+    if budget is None or avg_bits is not None:
+        raise ConfigurationError("activations= and certifier='equivalence' support the budget "
+                                 "form only (budget= or epsilon=), not avg_bits=")
+    cands = check_candidates(candidates)
+    _check_goal(budget, None, cands)
+    check_granularity(granularity, "granularity")
+    if bias_bits is not None:
+        check_bits(bias_bits, "bias_bits")
+    folded = fold_batchnorm(model)
+    names = list(affine_layers(folded)) if layers is None else list(layers)
+    QuantConfig.from_bits(dict.fromkeys(names, cands[0]), granularity).validate(folded)
+    problem = Problem(folded, quant_domain(folded, domain.shape, domain.radius), names, cands,
+                      granularity, bias_bits)
+    run = _Run(problem, method, max_iterations)
+    res = descend_jointly(model, budget=float(budget), domain=domain, candidates=cands,
+                          granularity=granularity, bias_bits=bias_bits, layers=names,
+                          activations=activations, activation_candidates=None
+                          if activation_candidates is None else list(activation_candidates),
+                          calibration=calibration, certifier=certifier, timeout=float(timeout),
+                          reference_inputs=reference_inputs, search_steps=search_steps,
+                          search_restarts=search_restarts, seed=seed)
+    bits = res.config.bits
+    total = sum(int(problem.numel[i]) * bits[n] for i, n in enumerate(problem.layers))
+    return BitAllocation(
+        config=res.config, certificate=res.certificate, model=res.model, budget=float(budget),
+        avg_bits_budget=None, candidates=tuple(cands), total_bits=total,
+        weights=int(problem.numel.sum()), locally_minimal=res.locally_minimal,
+        method=f"greedy descent ({certifier}{', activations' if activations else ''})",
+        iterations=res.tries, passes=MappingProxyType(dict(problem.ev.counts)),
+        seconds=time.perf_counter() - t0, sensitivity=run.sensitivity, history=(),
+        activation_bits=MappingProxyType(dict(res.activation_bits)),
+        equivalence=res.equivalence, original=res.original)
 
 
 class _Run:

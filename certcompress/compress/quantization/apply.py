@@ -13,7 +13,7 @@ from ...bounds.propagation.engine import PropagationOptions
 from ...certificate import Certificate
 from ...domain import InputDomain
 from ...errors import ConfigurationError
-from .activations import fold_batchnorm, quantized_pair
+from .activations import add_kernel_slack, fold_batchnorm, quantized_pair
 from .config import QuantConfig
 from .grid import quantization_grid
 
@@ -68,17 +68,22 @@ def quantize(model: nn.Module, qcfg: QuantConfig, input_shape: Sequence[int] | N
     certified) or else from the bounds tier over ``domain`` (required then). The
     certificate then compares the folded float model with the weight- and
     activation-quantized one and covers both roundings and the clipping
-    (docs/quantization.md, "Activation quantization"); the returned model holds the
-    quantizers (an fx GraphModule).
+    (docs/quantization.md, "Activation quantization") and the int32 bias rounding of the
+    int8 kernels onnxruntime runs (:func:`~.activations.add_kernel_slack`); the returned
+    model holds the quantizers (an fx GraphModule; ``cc.export_onnx`` with the weight
+    grid writes it as QDQ that onnxruntime runs with int8 kernels).
     """
     cfg = _config(qcfg)
     if activations is not None:
         folded = fold_batchnorm(model)
         cfg = _restricted(cfg, folded)
-        wq = quantization_grid(folded, cfg).apply(folded)
+        grid = quantization_grid(folded, cfg)
+        wq = grid.apply(folded)
         if domain is None and input_shape is None and calibration is not None:
             input_shape = (1,) + tuple(calibration.shape[1:])
         model, qmodel, _ = quantized_pair(folded, wq, activations, calibration, domain)
+        add_kernel_slack(qmodel, {q.param: float(q.scale.max())
+                                  for q in grid.tensors.values()})
     else:
         qmodel = quantization_grid(model, cfg).apply(model)
     cert = certify(model, qmodel, input_shape, input_radius, reference_inputs=reference_inputs,
