@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import cached_property
 
 import torch
@@ -27,6 +28,7 @@ from .capture.check import RTOL, ProbeOutputs, TraceCheckReport, as_box, graph_m
 from .capture.pair import TracedPair, trace_pair
 from .certificate import WORST_CASE, Certificate, Measurements, MethodBound
 from .domain import InputDomain
+from .equivalence.tier import BabOptions
 from .errors import (
     SOUNDNESS_CAUSES,
     ConfigurationError,
@@ -137,8 +139,8 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
             reference_inputs: Tensor | None = None, search: SearchOptions | None = None,
             propagation: PropagationOptions | None = None, arithmetic: str = "exact",
             search_steps: int | None = None, search_restarts: int | None = None,
-            seed: int | None = None, search_time: float | None | object = _UNSET
-            ) -> Certificate:
+            seed: int | None = None, search_time: float | None | object = _UNSET,
+            time_budget: float | None = None) -> Certificate:
     """Certify ``max_{x in D} ||f(x) - f'(x)||_1 <= bound`` over an input domain ``D``.
 
     ``D`` is ``domain`` (an :class:`InputDomain` box, e.g.
@@ -154,7 +156,10 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     propagation over the box, tuned by ``propagation``; tighter, costs more). Default:
     path-metric alone without a ``domain``; with one, also every tier registered as a
     default for domains (``bounds``). Each tier's bound is in ``cert.by_method``;
-    ``cert.bound`` is the smallest of the worst-case tiers.
+    ``cert.bound`` is the smallest of the worst-case tiers. ``"bab"`` (opt-in) tightens
+    the bound by branch-and-bound over the domain's box (docs/equivalence.md);
+    ``time_budget`` (seconds) caps its search, shorthand for
+    ``propagation=BabOptions(time_budget=...)``.
 
     ``reference_inputs`` (a batch) gives the measured deviation, the output scale and the
     ``vacuous`` flags. A PGD search inside ``D`` (``search``, a :class:`SearchOptions`:
@@ -186,6 +191,12 @@ def certify(model: nn.Module, compressed: nn.Module, input_shape: Sequence[int] 
     dom = resolve_domain(model, input_shape, input_radius, domain)
     traced = trace_pair(model, compressed, dom.shape, dom)
     pair = GraphPair(traced.graph, traced.other, radius=dom.radius)
+    if time_budget is not None:
+        if "bab" not in names:
+            raise ConfigurationError(f"time_budget={time_budget!r} caps the 'bab' tier's search, "
+                                     f"but methods {tuple(names)} do not include 'bab': add it "
+                                     f"(methods=(..., 'bab')) or drop time_budget")
+        propagation = replace(BabOptions.of(propagation), time_budget=time_budget)
     tiers = _run_tiers(registry, names, pair, dom, propagation)
     if arith == "float32":
         tiers = _with_float32(model, compressed, dom, tiers)

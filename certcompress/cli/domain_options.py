@@ -27,6 +27,7 @@ from ..bounds.propagation.engine import PropagationOptions
 from ..bounds.tiers import tier_registry
 from ..capture import plugin_manager
 from ..domain import InputDomain
+from ..equivalence.tier import BabOptions
 from ..errors import ConfigurationError
 from ..resolve import input_spec_for
 
@@ -84,6 +85,9 @@ def _method_arguments(g: Any, propagation: bool) -> None:
         g.add_argument("--propagation", choices=("crown", "interval"), default="crown",
                        help="bounds tier: back-substitution at every ReLU (crown, default) "
                             "or interval bounds there (interval: faster, looser)")
+        g.add_argument("--bab-time", type=float, default=None, metavar="SECONDS",
+                       help="bab tier (--method bab): seconds of branch-and-bound search "
+                            "(default 10)")
     add_arithmetic_argument(g)
 
 
@@ -143,6 +147,12 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
         domain = parse_domain(args.domain, shape, reference)
     methods = tuple(args.method) if getattr(args, "method", None) else None
     propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"))
+    bab_time = getattr(args, "bab_time", None)
+    if bab_time is not None:
+        if "bab" not in (methods or ()):
+            raise ConfigurationError("--bab-time caps the bab tier's search: add --method bab "
+                                     "or drop --bab-time")
+        propagation = BabOptions(intermediate=propagation.intermediate, time_budget=bab_time)
     return {"domain": domain, "methods": methods, "propagation": propagation,
             "arithmetic": getattr(args, "arithmetic", "exact")}
 

@@ -5,6 +5,8 @@ its typed details survive a certificate's JSON round trip."""
 
 from __future__ import annotations
 
+import argparse
+
 import _soundness as sh
 import pytest
 import torch
@@ -14,6 +16,7 @@ import certcompress as cc
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.tiers import GraphPair, tier_registry
 from certcompress.certificate import details_type
+from certcompress.cli.domain_options import add_method_group, certify_kwargs
 from certcompress.domain import InputDomain
 from certcompress.equivalence.tier import BabDetails, BabOptions, BabTier
 from certcompress.errors import ConfigurationError
@@ -136,3 +139,30 @@ def test_bab_details_reject_bad_fields() -> None:
 def test_bab_options_bad_input(kw: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         BabOptions(**kw)  # type: ignore[arg-type]
+
+
+def test_certify_time_budget_reaches_the_bab_tier() -> None:
+    net = mlp(2, 10, 2, 2, 8)
+    comp = compress(net, "round")
+    dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
+    cert = cc.certify(net, comp, domain=dom, methods=("path-metric", "bab"), time_budget=3.0,
+                      propagation=PropagationOptions(intermediate="interval"))
+    d = cert.by_method["bab"].details
+    assert d["time_budget"] == 3.0 and d["intermediate"] == "interval"
+    assert d["seconds"] <= 3.0 + 2.0  # one round may finish after the budget
+    found = sh.attack_models(net, comp, dom, dom.shape, seed=3)
+    sh.assert_sound(found, cert.by_method["bab"].bound, what="bab with time_budget")
+    with pytest.raises(ConfigurationError, match="do not include 'bab'"):
+        cc.certify(net, comp, domain=dom, time_budget=3.0)
+    # the CLI mirror: --bab-time with --method bab
+    kw = certify_kwargs(_parsed(["--method", "bab", "--bab-time", "2"]), (1, 2))
+    assert isinstance(kw["propagation"], BabOptions)
+    assert kw["propagation"].time_budget == 2.0
+    with pytest.raises(ConfigurationError, match="--method bab"):
+        certify_kwargs(_parsed(["--bab-time", "2"]), (1, 2))
+
+
+def _parsed(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_method_group(parser)
+    return parser.parse_args(argv)
