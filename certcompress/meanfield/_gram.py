@@ -107,31 +107,58 @@ def _gram_jacobian(net: ScaledResNet, X: Tensor, chunk_size: int) -> GramPair:
     return GramPair(out[0], out[1])
 
 
-def _gram_structured(net: ScaledResNet, X: Tensor) -> GramPair:
-    cfg = net.config
+_Factors = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _factors(net: ScaledResNet, X: Tensor) -> tuple[list[_Factors], tuple[Tensor, Tensor, Tensor]]:
+    """The closed form's per-sample factors: for each residual block ``(z, g, S, P)``
+    (block input, df/d(block output), activations, back-propagated pre-activation
+    gradients) and for the head ``(z, S, P)``; G1 and G2 (and their diagonals) are sums
+    of their Gram products."""
     act = net.act
-    s_res, s_head = _scales(net)
     with torch.enable_grad():
         f, states = net.forward_states(X)
         grads = torch.autograd.grad(f.sum(), states[1:])  # g_{l+1} = df_i / dz_{l+1,i}
-    n = X.shape[0]
-    G1 = torch.zeros(n, n, dtype=torch.float64)
-    c_over_m = net.residual_multiplier / cfg.width
+    blocks = []
     with torch.no_grad():
-        for layer in range(cfg.depth):
+        for layer in range(net.config.depth):
             z = states[layer].detach()
             g = grads[layer].detach()
             h = z @ net.res_w[layer].T + net.res_bias[layer]
-            S = act.fn(h)
-            P = (g @ net.res_u[layer].T) * act.derivative(h)
-            G1 += ((g @ g.T) * (S @ S.T) + (z @ z.T + 1.0) * (P @ P.T))
-        G1 *= c_over_m**2 * s_res
+            blocks.append((z, g, act.fn(h), (g @ net.res_u[layer].T) * act.derivative(h)))
         z = states[-1].detach()
         H = z @ net.head_w.T
-        S = act.fn(H)
-        P = act.derivative(H) * net.head_a
-        G2 = (S @ S.T + (z @ z.T) * (P @ P.T)) * ((cfg.beta / cfg.head_width) ** 2 * s_head)
-    return GramPair(G1.numpy(), G2.numpy())
+        head = (z, act.fn(H), act.derivative(H) * net.head_a)
+    return blocks, head
+
+
+def _block_scale(net: ScaledResNet) -> tuple[float, float]:
+    """The factors multiplying G1 and G2's Gram products."""
+    cfg = net.config
+    s_res, s_head = _scales(net)
+    return ((net.residual_multiplier / cfg.width) ** 2 * s_res,
+            (cfg.beta / cfg.head_width) ** 2 * s_head)
+
+
+def _gram_structured(net: ScaledResNet, X: Tensor) -> GramPair:
+    blocks, (z2, S2, P2) = _factors(net, X)
+    k1, k2 = _block_scale(net)
+    n = X.shape[0]
+    G1 = torch.zeros(n, n, dtype=torch.float64)
+    for z, g, S, P in blocks:
+        G1 += ((g @ g.T) * (S @ S.T) + (z @ z.T + 1.0) * (P @ P.T))
+    G2 = (S2 @ S2.T + (z2 @ z2.T) * (P2 @ P2.T)) * k2
+    return GramPair((G1 * k1).numpy(), G2.numpy())
+
+
+def _float64_inputs(net: ScaledResNet, X: object, who: str) -> tuple[ScaledResNet, Tensor]:
+    if not isinstance(net, ScaledResNet):
+        raise ConfigurationError(f"{who} needs a ScaledResNet, got {type(net).__name__}")
+    net64 = _as_float64(net)
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64) if not isinstance(X, Tensor) else X,
+                         dtype=torch.float64)
+    net64.embed_input(Xt)
+    return net64, Xt
 
 
 def gram_matrices(
@@ -142,12 +169,7 @@ def gram_matrices(
     Computed in float64 (a float64 copy is used when ``net`` is float32). ``method``:
     ``"structured"`` (closed form, default) or ``"jacobian"`` (torch.func).
     """
-    if not isinstance(net, ScaledResNet):
-        raise ConfigurationError(f"gram_matrices needs a ScaledResNet, got {type(net).__name__}")
-    net64 = _as_float64(net)
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64) if not isinstance(X, Tensor) else X,
-                         dtype=torch.float64)
-    net64.embed_input(Xt)
+    net64, Xt = _float64_inputs(net, X, "gram_matrices")
     if method == "structured":
         return _gram_structured(net64, Xt)
     if method == "jacobian":
@@ -165,33 +187,11 @@ def gram_traces(net: ScaledResNet, X: object) -> tuple[np.ndarray, float]:
     particles of block l and of the head, used by the tangent Rademacher term
     (docs/meanfield.md, "Tangent complexity").
     """
-    if not isinstance(net, ScaledResNet):
-        raise ConfigurationError(f"gram_traces needs a ScaledResNet, got {type(net).__name__}")
-    net64 = _as_float64(net)
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64) if not isinstance(X, Tensor) else X,
-                         dtype=torch.float64)
-    net64.embed_input(Xt)
-    cfg = net64.config
-    act = net64.act
-    s_res, s_head = _scales(net64)
-    with torch.enable_grad():
-        f, states = net64.forward_states(Xt)
-        grads = torch.autograd.grad(f.sum(), states[1:])
-    c_over_m = net64.residual_multiplier / cfg.width
-    t1 = np.zeros(cfg.depth)
-    with torch.no_grad():
-        for layer in range(cfg.depth):
-            z = states[layer].detach()
-            g = grads[layer].detach()
-            h = z @ net64.res_w[layer].T + net64.res_bias[layer]
-            S = act.fn(h)
-            P = (g @ net64.res_u[layer].T) * act.derivative(h)
-            diag = (g * g).sum(1) * (S * S).sum(1) + ((z * z).sum(1) + 1.0) * (P * P).sum(1)
-            t1[layer] = float(diag.mean()) * c_over_m**2 * s_res
-        z = states[-1].detach()
-        H = z @ net64.head_w.T
-        S = act.fn(H)
-        P = act.derivative(H) * net64.head_a
-        diag2 = (S * S).sum(1) + (z * z).sum(1) * (P * P).sum(1)
-        t2 = float(diag2.mean()) * (cfg.beta / cfg.head_width) ** 2 * s_head
+    net64, Xt = _float64_inputs(net, X, "gram_traces")
+    blocks, (z2, S2, P2) = _factors(net64, Xt)
+    k1, k2 = _block_scale(net64)
+    t1 = np.array([float(((g * g).sum(1) * (S * S).sum(1)
+                          + ((z * z).sum(1) + 1.0) * (P * P).sum(1)).mean()) * k1
+                   for z, g, S, P in blocks])
+    t2 = float(((S2 * S2).sum(1) + (z2 * z2).sum(1) * (P2 * P2).sum(1)).mean()) * k2
     return t1, t2
