@@ -325,7 +325,7 @@ def test_inspect_exported_archive(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["inspect", str(p), "--input-shape", "2", "5"]) == 0
     capsys.readouterr()
     assert cli.main(["inspect", str(p), "--input-shape", "1", "5"]) == 2
-    assert "was exported for input shape (2, 5), not (1, 5)" in _one_line_error(
+    assert "declares input shape (2, 5), not (1, 5)" in _one_line_error(
         capsys.readouterr().err)
     assert cli.main(["inspect", str(p), "--weights", str(tmp_path / "w.pt")]) == 2
     assert "carries its own weights" in _one_line_error(capsys.readouterr().err)

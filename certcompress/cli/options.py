@@ -26,6 +26,7 @@ import torch
 
 from .._io import check_outputs, model_input_files
 from ..capture import plugin_manager
+from ..capture.onnx import is_onnx_spec
 from ..errors import ConfigurationError
 from ..loading import exported_input_shape
 from ..resolve import input_spec_for
@@ -137,15 +138,19 @@ def load_plugins(specs: Sequence[str]) -> None:
 
 
 def input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[int, ...]:
+    """``--input-shape``, else the shape a file declares (an exported program's example, an
+    ONNX file's graph input, batch 1 where dynamic), else a plugin's input spec."""
     exported = (exported_input_shape(model)
                 if isinstance(model, torch.export.ExportedProgram) else None)
+    if exported is None and is_onnx_spec(spec):  # load_onnx records the declared input
+        exported = tuple(getattr(model, "input_shape", ())) or None
     if given:
         if any(s <= 0 for s in given):
             raise ConfigurationError(f"--input-shape must be positive integers, got "
                                      f"{' '.join(map(str, given))}")
         if exported is not None and tuple(given) != exported:
             raise ConfigurationError(
-                f"'{spec}' was exported for input shape {exported}, not {tuple(given)}; omit "
+                f"'{spec}' declares input shape {exported}, not {tuple(given)}; omit "
                 "--input-shape or export the model again with an example of that shape")
         return tuple(given)
     if exported is not None:

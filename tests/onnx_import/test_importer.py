@@ -345,3 +345,12 @@ def test_cli_certify_accepts_onnx_files(tmp_path: Path) -> None:
     assert cert.bound > 0.0
     assert cert.measurements.adversarial_max is not None
     assert cert.measurements.adversarial_max <= cert.bound
+    # the file declares its input shape: --input-shape may be left out, and a different
+    # one is refused with both shapes named
+    out2 = tmp_path / "cert2.json"
+    assert main(["certify", *paths, "--domain", "0:1", "--search-steps", "2",
+                 "--out", str(out2)]) == 0
+    assert tuple(cc.Certificate.from_json(out2.read_text()).input_shape) == (1, 16)
+    assert main(["certify", *paths, "--input-shape", "1", "8", "--domain", "0:1",
+                 "--out", str(tmp_path / "cert3.json")]) != 0
+    assert not (tmp_path / "cert3.json").exists()
