@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._vnnlib import VnnlibBoxes, read_boxes
 from .errors import ConfigurationError
 
 __all__ = ["InputSpec", "InputDomain", "normalized_radius"]
@@ -129,6 +131,39 @@ class InputDomain:
         desc = description or (f"box [{lv[0]:.6g}, {uv[0]:.6g}] for every feature"
                                if not ls else f"box with per-feature bounds (shape {ls})")
         return cls(lv, uv, ls, shape_t, desc)
+
+    @classmethod
+    def from_vnnlib(cls, path: str | os.PathLike[str], shape: Sequence[int] | None = None
+                    ) -> InputDomain:
+        """The input box of the VNN-LIB file ``path`` (its ``X_i`` bounds, in order), of
+        ``shape`` (batch first; default ``(1, n_inputs)``; any shape with ``n_inputs``
+        features, e.g. ``(1, 1, 1, 5)`` for a model that takes that). Output assertions
+        are ignored. A file whose inputs form several boxes (a disjunction) is refused:
+        :func:`certcompress.read_vnnlib` gives them all."""
+        spec = read_boxes(path)
+        if len(spec.boxes) != 1:
+            raise ConfigurationError(
+                f"{spec.source}: its input constraints form {len(spec.boxes)} boxes (a "
+                "disjunction); InputDomain.from_vnnlib reads one. Use "
+                "certcompress.read_vnnlib(path).domains(shape) and verify each box")
+        return cls.from_vnnlib_boxes(spec, shape)[0]
+
+    @classmethod
+    def from_vnnlib_boxes(cls, spec: VnnlibBoxes, shape: Sequence[int] | None = None
+                          ) -> tuple[InputDomain, ...]:
+        """Every box of a parsed VNN-LIB file as an input domain of ``shape`` (default
+        ``(1, n_inputs)``)."""
+        sh = tuple(int(s) for s in shape) if shape is not None else (1, spec.n_inputs)
+        n = math.prod(sh[1:])
+        if n != spec.n_inputs:
+            raise ConfigurationError(f"{spec.source or 'the VNN-LIB spec'} declares "
+                                     f"{spec.n_inputs} inputs, the model's input shape {sh} "
+                                     f"has {n} features")
+        where = f" of {spec.source}" if spec.source else ""
+        return tuple(cls.box(torch.tensor(lo, dtype=torch.float64).reshape(sh),
+                             torch.tensor(hi, dtype=torch.float64).reshape(sh), shape=sh,
+                             description=f"VNN-LIB box {k + 1}/{len(spec.boxes)}{where}")
+                     for k, (lo, hi) in enumerate(spec.boxes))
 
     @classmethod
     def from_data(cls, x: torch.Tensor | np.ndarray, *, per_feature: bool = True,

@@ -49,6 +49,30 @@ def test_vnnlib_disjunction_and_flipped_constants(tmp_path: Path) -> None:
     assert spec.boxes == (((0.0,), (1.0,)), ((2.0,), (3.0,)))
 
 
+def test_input_domain_from_vnnlib(tmp_path: Path) -> None:
+    """``InputDomain.from_vnnlib``: the file's single box, in the model's input shape;
+    output assertions ignored; several boxes or a wrong feature count refused by name."""
+    p = tmp_path / "p.vnnlib"
+    p.write_text(VALID)
+    dom = InputDomain.from_vnnlib(p)
+    assert dom.shape == (1, 2)
+    assert dom.lower_tensor().tolist() == [[-0.5, 0.1]]
+    assert dom.upper_tensor().tolist() == [[0.5, 0.2]]
+    assert dom == read_vnnlib(p).domains()[0]
+    four = cc.InputDomain.from_vnnlib(p, shape=(1, 1, 1, 2))  # e.g. an ONNX model's input
+    assert four.shape == (1, 1, 1, 2)
+    assert four.lower_tensor().reshape(-1).tolist() == [-0.5, 0.1]
+    with pytest.raises(ConfigurationError, match="declares 2 inputs"):
+        InputDomain.from_vnnlib(p, shape=(1, 3))
+    d = tmp_path / "d.vnnlib"
+    d.write_text("(declare-const X_0 Real)\n"
+                 "(assert (or (and (<= 0 X_0) (>= 1 X_0)) (and (>= X_0 2) (<= X_0 3))))")
+    with pytest.raises(ConfigurationError, match="2 boxes"):
+        InputDomain.from_vnnlib(d)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        InputDomain.from_vnnlib(tmp_path / "missing.vnnlib")
+
+
 @pytest.mark.parametrize("text, match", [
     ("", "empty VNN-LIB"),
     ("(declare-const X_0 Real)\n(assert (<= X_0 1)", "unclosed"),
