@@ -489,6 +489,8 @@ class ChainState:
             layer = self.chain.layers[j]
             if layer.kind == "relu":
                 sl = None if slopes is None else slopes.get(j)
+                cz: Tensor | None
+                cd: Tensor | None
                 if sl is None and variant == "choose" and ld is not None:
                     cz, cd, c0 = self._choose_backward(j, lz, ld, prob)
                 elif sl is None and variant == "ramp" and ld is not None:
