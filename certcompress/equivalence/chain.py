@@ -471,8 +471,10 @@ class ChainState:
         row of two whole passes, the default relaxation and the difference-structured one
         (:meth:`_ramp_backward` at every ReLU); ``"default"``, the split picked per neuron
         by its value over the box, no ramp."""
-        if slopes is not None or self.relaxation == "default" or ld is None:
+        if slopes is not None or self.relaxation == "default":
             return self._backsubstitute(k, lz, ld, prob, slopes, "default")
+        if ld is None:  # one network: the same relaxation in every variant
+            return self._backsubstitute(k, lz, ld, prob, None, "choose")
         if self.relaxation in ("choose", "ramp"):
             return self._backsubstitute(k, lz, ld, prob, None, self.relaxation)
         v0, x0 = self._backsubstitute(k, lz, ld, prob, None, "default")
@@ -491,7 +493,7 @@ class ChainState:
                 sl = None if slopes is None else slopes.get(j)
                 cz: Tensor | None
                 cd: Tensor | None
-                if sl is None and variant == "choose" and ld is not None:
+                if sl is None and variant == "choose" and (ld is not None or lz is not None):
                     cz, cd, c0 = self._choose_backward(j, lz, ld, prob)
                 elif sl is None and variant == "ramp" and ld is not None:
                     cz, cd, c0 = self._ramp_backward(j, lz, ld, prob)
@@ -541,55 +543,71 @@ class ChainState:
         return cz + neg * kz - pos * kc, cd + pos * kc, c0
 
     def _pack(self, j: int) -> Tensor:
-        """``(P, 11, n)``: the relaxation data of ReLU layer ``j`` that
-        :meth:`_choose_backward` reads, stacked so that a row batch gathers it at once."""
+        """``(9, P, n)``: per neuron of ReLU layer ``j``, the coefficients of
+        :meth:`_choose_backward`'s bound, by the sign of the row's coefficients (``ld``
+        positive / negative, ``lz`` positive / negative): ``pz, nz`` (on ``z`` per unit of
+        ``ld``), ``pd, nd`` (on ``d``), ``pk, nk`` (constant), ``az, alz, bz`` (``lz r``: chord
+        and tangent of ``ReLU(z)``). Components first, so a row batch gathers each
+        contiguously."""
         t = self._packs.get(j)
         if t is None:
             rl = self.relax[j]
             kz, kc = ramp_slopes(rl.bounds)
-            unstable = (rl.unstable_z | rl.unstable_c).to(torch.float64)
-            t = torch.stack([rl.az, rl.bz, rl.alz, rl.ac, rl.su, rl.bu, rl.sl, rl.bl, kz, kc,
-                             unstable], 1)
+            u = rl.unstable_z | rl.unstable_c
+
+            def pick(a: Tensor, b: Tensor) -> Tensor:
+                return torch.where(u, a, b)
+
+            zero = torch.zeros_like(rl.az)
+            # unstable: ld (r - rc) by the chords of max(d, 0) (ld > 0) / min(d, 0)
+            # (ld < 0), or the ramps -kc c = -kc (z - d) / kz z where they apply (kz, kc
+            # are 0 elsewhere); both stable: r = az z, rc = ac (z - d) exactly
+            diff = rl.az - rl.ac
+            t = torch.stack([pick(-kc, diff), pick(kz, diff), pick(rl.su + kc, rl.ac),
+                             pick(rl.sl, rl.ac), pick(rl.bu, zero), pick(rl.bl, zero),
+                             rl.az, rl.alz, rl.bz])
             self._packs[j] = t
         return t
 
-    def _choose_backward(self, j: int, lz: Tensor | None, ld: Tensor, prob: Tensor
-                         ) -> tuple[Tensor, Tensor, Tensor]:
+    def _choose_backward(self, j: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor
+                         ) -> tuple[Tensor | None, Tensor | None, Tensor]:
         """The ReLU pair at layer ``j`` in one pass, the relaxation chosen per neuron by
         its stability: where both ReLUs are stable the joint relaxation (``theta = 0``,
         exact: ``lz r + ld (r - rc)`` is linear there); where either can switch the
         difference through its own chords (``theta = 1``) with, where the difference has
         one sign and the switching ReLU is mostly active, the ramp of :func:`ramp_slopes`
         in place of the chords' constant ``0``. This is :meth:`_ramp_backward` fused into
-        a few elementwise products (the same bound). Every candidate bounds the form above
-        for every ``(z, d)`` in the node's input bounds, neuron by neuron, so any
-        per-neuron choice is a valid bound (docs/bounds.md).
+        a few elementwise products on precomputed per-neuron tables (:meth:`_pack`; the
+        same bound). Every candidate bounds the form above for every ``(z, d)`` in the
+        node's input bounds, neuron by neuron, so any per-neuron choice is a valid bound
+        (docs/bounds.md).
 
         Measured on the 6x50 ACAS-like pairs (benchmarks/bench_equivalence.py): within
-        1% of the smaller of the two whole passes (``"min2"``) and about twice as fast;
+        1% of the smaller of the two whole passes (``"min2"``) and 2-3x as fast;
         picking ``theta`` per neuron by the candidates' values over the node's input box
         (as :func:`relu_backward` does) was 5-8x looser on small regions, since the box
         value ignores that the difference's chords stay correlated across layers."""
-        az, bz, alz, ac, su, bu, sl, bl, kz, kc, unstable = self._pack(j)[prob].unbind(1)
+        pack = self._pack(j)
+        if prob.shape[0] != pack.shape[1] or not bool((prob[1:] > prob[:-1]).all()):
+            # one gather per component along the rows (contiguous; much faster than one
+            # index_select of the stack along its middle dimension)
+            parts = [t.index_select(0, prob) for t in pack.unbind(0)]
+        else:
+            parts = list(pack.unbind(0))
+        pz, nz, pd, nd, pk, nk, az, alz, bz = parts
+        if ld is None:  # the original network alone (DeepPoly/CROWN)
+            assert lz is not None
+            mp, mn = lz.clamp(min=0), lz.clamp(max=0)
+            return mp * az + mn * alz, None, (mp * bz).sum(1)
         sp, sn = ld.clamp(min=0), ld.clamp(max=0)
-        # theta = 1: ld (r - rc) through the chords of max(d, 0) / min(d, 0), or the ramps
-        # (kz, kc are 0 where they do not apply); lz r relaxed on its own
-        cd1 = sp * (su + kc) + sn * sl
-        k1 = sp * bu + sn * bl
-        cz1 = sn * kz - sp * kc
+        cz = sp * pz + sn * nz
+        cd = sp * pd + sn * nd
+        k = sp * pk + sn * nk
         if lz is not None:
             mp, mn = lz.clamp(min=0), lz.clamp(max=0)
-            cz1 = cz1 + mp * az + mn * alz
-            k1 = k1 + mp * bz
-            m0 = lz + ld
-        else:
-            m0 = ld
-        # both stable: r = az z, rc = ac c = ac (z - d) exactly
-        pick = unstable > 0
-        cz = torch.where(pick, cz1, m0 * az - ld * ac)
-        cd = torch.where(pick, cd1, ld * ac)
-        c0 = (k1 * unstable).sum(1)
-        return cz, cd, c0
+            cz = cz + mp * az + mn * alz
+            k = k + mp * bz
+        return cz, cd, k.sum(1)
 
     def optimized_backsubstitute(self, k: int, lz: Tensor | None, ld: Tensor | None,
                                  prob: Tensor, steps: int, lr: float = 0.25
