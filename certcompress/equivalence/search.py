@@ -74,18 +74,20 @@ Job = tuple[Tensor, Tensor, Tensor | None, Tensor | None, int, Pre | None]
 
 def bound_chunk(chain: ChainPair, lower: Tensor, upper: Tensor, cz: Tensor | None,
                 cd: Tensor | None, r: int, prior: Pre | None = None,
-                intermediate: str = "crown", optimize: int = 0) -> tuple[Tensor, Tensor, Pre]:
+                intermediate: str = "crown", optimize: int = 0, relaxation: str = "choose"
+                ) -> tuple[Tensor, Tensor, Pre]:
     """Upper bounds ``(P, r)`` of the rows and their input coefficients ``(P, r, n)``
     for the regions ``lower``/``upper`` (``(P, n)``), one chain pass (a worker's task).
     ``intermediate``: see :class:`~.chain.ChainState` (the compressed network's own
     pre-activation bounds come from ``c = z - d``, not from rows of their own). ``prior``:
     the parents' layer bounds (valid on these sub-boxes, intersected); the layer bounds
     are returned for the children. ``optimize``: gradient steps on the output rows' ReLU
-    slopes (:meth:`~.chain.ChainState.optimized_backsubstitute`; 0: default slopes)."""
+    slopes (:meth:`~.chain.ChainState.optimized_backsubstitute`; 0: default slopes).
+    ``relaxation``: of the ReLU pairs (:data:`~.chain.RELAXATIONS`)."""
     with torch.no_grad():
         P = lower.shape[0]
         state = ChainState(chain, lower, upper, intermediate=intermediate,
-                           quantities=("z", "d"), prior=prior)
+                           quantities=("z", "d"), prior=prior, relaxation=relaxation)
         prob = torch.arange(P).repeat_interleave(r)
         ub, lx = state.upper_bounds(cz, cd, prob, optimize=optimize)
     return ub.reshape(P, r), lx.reshape(P, r, -1), state.pre_bounds()
@@ -95,10 +97,12 @@ class Bounder:
     """Bounds rows of the pair's outputs over many regions at once."""
 
     def __init__(self, pair: PairNet, options: PropagationOptions | None = None,
-                 intermediate: str = "crown", optimize: int = 0) -> None:
+                 intermediate: str = "crown", optimize: int = 0, relaxation: str = "choose"
+                 ) -> None:
         self.pair = pair
         self.intermediate = intermediate
         self.optimize = optimize
+        self.relaxation = relaxation
         self.chain = chain_from_pair(pair)
         self.options = options or PropagationOptions(intermediate="interval")
         self.input_shape = tuple(pair.input_shape)
@@ -114,7 +118,7 @@ class Bounder:
               r: int, prior: Pre | None = None) -> Result:
         if self.chain is not None:
             return bound_chunk(self.chain, lower, upper, cz, cd, r, prior, self.intermediate,
-                               self.optimize)
+                               self.optimize, self.relaxation)
         P = lower.shape[0]
         shape = (P,) + self.input_shape
         state = propagate(self.pair, lower.reshape(shape), upper.reshape(shape), self.options)
