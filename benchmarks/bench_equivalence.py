@@ -1,18 +1,28 @@
 """Equivalence-verification benchmark (issue 15): branch-and-bound with the differential
 single pass, on instances of the class of the ACAS-Xu-vs-float16 benchmark of NeuroDiff.
 
-* ACAS-like: 5-input MLPs with 6 hidden layers of 50 ReLUs, trained in this run (seconds)
-  to fit a smooth 5-D function (a lookup-table stand-in), paired with the same network
-  with its weights cast to float16 (kept as float64 values). Regions as wide as an
-  operational envelope: the full range of three inputs, narrow ranges of the other two.
+* ACAS-like, two families of 5-input MLPs with 6 hidden layers of 50 ReLUs, trained in
+  this run and paired with the same network with its weights cast to float16 (kept as
+  float64 values), over regions as wide as an operational envelope (the full range of
+  three inputs, narrow ranges of the other two):
+  - ``smooth``: fitted to a smooth 5-D function (seconds of training; easy: the root
+    single-pass bound is ~4x epsilon = 0.05);
+  - ``table``: fitted to a 5-D lookup table (random values on an 8^5 grid, multilinear
+    interpolation, as the ACAS-Xu networks fit their score tables); sharper, so larger
+    weights and many more switching ReLUs (the root bound is ~60x epsilon = 0.05, the
+    interval bound ~600x), closer to the public networks.
   Verified / falsified / unknown counts, median and total seconds at epsilon 0.05 and
-  0.01 (l_inf, per output), and the single-pass bound (the root region) against the
-  bounds tier of ``certify`` (``certcompress.bounds.tiers.bounds_tier``).
+  0.01 (l_inf, per output), after (``verify_equivalence``) and, with ``--before``, with
+  the configuration before this round (the smaller of two whole back-substitution passes
+  per row, ``relaxation="min2"``, and the split on the worst row alone,
+  ``split="worst"``; the same search otherwise); the single-pass bound (the root region)
+  against the bounds tier of ``certify`` (``certcompress.bounds.tiers.bounds_tier``).
 * digits: a 64-100-100-10 MLP on scikit-learn's digits against its float16 cast, over
-  +-3/255 boxes around test images (clipped to [0, 1]): single-pass l_inf bound against
-  the bounds tier, and top-1 equivalence on each box.
-* parallel: one hard instance on the serial search and with ``executor="local"`` (2
-  workers).
+  +-3/255 boxes around test images (clipped to [0, 1]): single-pass l_inf bound (this
+  relaxation, the two-pass one, the pre-part-1 one) against the bounds tier, and top-1
+  equivalence on each box.
+* parallel: one table instance on the serial search and with ``executor="local"`` (2
+  workers), with the load average.
 
 Writes benchmarks/results/equivalence.json. Run:
 ``.venv/bin/python benchmarks/bench_equivalence.py`` (``--quick`` for a smaller run).
@@ -22,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
+import os
 import statistics
 import time
 from typing import Any
@@ -38,6 +50,7 @@ from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainState, chain_from_pair
 from certcompress.equivalence.properties import EpsilonProperty
+from certcompress.equivalence.search import Bounder, SearchConfig, run_search
 
 LO = torch.tensor([-0.33, -0.5, -0.5, -0.5, -0.5], dtype=torch.float64)
 HI = torch.tensor([0.68, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
@@ -71,6 +84,43 @@ def acas_like(seed: int, steps: int) -> nn.Module:
     return net.double().eval()
 
 
+def acas_table(seed: int, steps: int, grid: int = 8) -> nn.Module:
+    """A 6x50 ReLU MLP fitted to a 5-D lookup table: random scores on a ``grid``^5 grid
+    over the input box, multilinear interpolation between the grid points."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn((grid,) * 5 + (5,), generator=g)
+    corners = torch.tensor(list(itertools.product((0, 1), repeat=5)))
+    lo, hi = LO.float(), HI.float()
+
+    def target(x: torch.Tensor) -> torch.Tensor:
+        u = (x - lo) / (hi - lo) * (grid - 1)
+        i0 = u.floor().clamp(0, grid - 2).long()
+        f = u - i0
+        out = torch.zeros(x.shape[0], 5)
+        for c in corners:
+            w = torch.where(c.bool(), f, 1 - f).prod(1, keepdim=True)
+            out = out + w * table[tuple((i0 + c).T)]
+        return out
+
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    d = 5
+    for _ in range(6):
+        layers += [nn.Linear(d, 50), nn.ReLU()]
+        d = 50
+    net = nn.Sequential(*layers, nn.Linear(50, 5))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        x = lo + (hi - lo) * torch.rand(2048, 5, generator=g)
+        loss = ((net(x) - target(x)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.double().eval()
+
+
 def float16_copy(net: nn.Module) -> nn.Module:
     out = copy.deepcopy(net)
     with torch.no_grad():
@@ -96,11 +146,12 @@ def acas_regions(seed: int, n: int) -> list[InputDomain]:
     return out
 
 
-def single_pass(net: nn.Module, comp: nn.Module, dom: InputDomain, ramp: bool = True,
-                optimize: int = 0) -> tuple[float, float]:
-    """(l_inf bound of the equivalence single pass, seconds). ``ramp=False``: the
-    relaxation before issue 15 part 1 (per-neuron split picked by its concrete value);
-    ``optimize``: slope-optimization steps on the output rows."""
+def single_pass(net: nn.Module, comp: nn.Module, dom: InputDomain,
+                relaxation: str = "choose", optimize: int = 0) -> tuple[float, float]:
+    """(l_inf bound of the equivalence single pass, seconds). ``relaxation``: of the ReLU
+    pairs (``"choose"``: per neuron, one pass; ``"min2"``: the smaller of two whole
+    passes, before this round; ``"default"``: before issue 15 part 1); ``optimize``:
+    slope-optimization steps on the output rows."""
     pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
     chain = chain_from_pair(pair)
     assert chain is not None
@@ -109,9 +160,26 @@ def single_pass(net: nn.Module, comp: nn.Module, dom: InputDomain, ramp: bool = 
     lo, hi = dom.lower_tensor().reshape(1, -1), dom.upper_tensor().reshape(1, -1)
     _, cd, r = prop.rows(torch.zeros(1, pair.output_size, dtype=torch.float64))
     state = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
-                       ramp=ramp)
+                       relaxation=relaxation)
     ub = state.upper_bounds(None, cd, torch.zeros(r, dtype=torch.long), optimize=optimize)[0]
     return float(ub.amax().clamp(min=0)), time.perf_counter() - t0
+
+
+def verify_before(net: nn.Module, comp: nn.Module, dom: InputDomain, eps: float,
+                  timeout: float) -> dict[str, Any]:
+    """The search with the configuration before this round: the two-pass relaxation and
+    the worst-row split (same search, same budget); ``verify_equivalence``'s keys."""
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    prop = EpsilonProperty(pair.output_size, eps, "inf")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run_search(Bounder(pair, relaxation="min2"), prop,
+                         dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1),
+                         SearchConfig(timeout=timeout, split="worst"))
+    finally:
+        torch.set_num_threads(threads)
+    return res
 
 
 def tier_bound(net: nn.Module, comp: nn.Module, dom: InputDomain, intermediate: str
@@ -130,86 +198,101 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "median_s": statistics.median(secs), "total_s": sum(secs), "max_s": max(secs)}
 
 
+def run_family(instances: list[tuple[str, nn.Module, nn.Module, InputDomain]], eps: float,
+               args: argparse.Namespace, before: bool) -> dict[str, Any]:
+    rows = []
+    for name, net, comp, dom in instances:
+        if before:
+            r = verify_before(net, comp, dom, eps, args.timeout)
+            rows.append({"instance": name, "status": r["status"], "seconds": r["seconds"],
+                         "regions": r["regions"], "found": r["found"]})
+        else:
+            v = cc.verify_equivalence(net, comp, dom, epsilon=eps, timeout=args.timeout,
+                                      split_candidates=args.split_candidates,
+                                      optimize_steps=args.optimize)
+            rows.append({"instance": name, "status": v.status, "seconds": v.seconds,
+                         "regions": v.regions, "bound": v.bound, "found": v.found})
+    return {"summary": summarize(rows), "instances": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--nets", type=int, default=5)
-    ap.add_argument("--regions", type=int, default=6, help="regions per network")
+    ap.add_argument("--nets", type=int, default=2, help="smooth-family networks")
+    ap.add_argument("--regions", type=int, default=6, help="regions per smooth network")
+    ap.add_argument("--table-nets", type=int, default=1, help="table-family networks")
+    ap.add_argument("--table-regions", type=int, default=3,
+                    help="regions per table network")
+    ap.add_argument("--table-steps", type=int, default=3000)
+    ap.add_argument("--before", action="store_true",
+                    help="also run the configuration before this round (two-pass "
+                         "relaxation, worst-row split) on the same instances")
     ap.add_argument("--split-candidates", type=int, default=1,
                     help="strong branching over this many dimensions (1: off)")
     ap.add_argument("--optimize", type=int, default=0,
                     help="slope-optimization steps per region")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--parallel-epsilon", type=float, default=0.002,
-                    help="epsilon of the parallel run (hard: close to the deviation)")
+    ap.add_argument("--parallel-epsilon", type=float, default=0.05,
+                    help="epsilon of the parallel run (on the first table instance)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    n_nets, n_regions, steps = (2, 3, 400) if args.quick else (args.nets, args.regions, 1500)
-    n_tier = 2 if args.quick else 5
-    payload: dict[str, Any] = {"acas_like": {}, "digits": {}}
+    n_nets, n_regions, steps = (1, 3, 400) if args.quick else (args.nets, args.regions, 1500)
+    t_nets, t_regions, t_steps = ((1, 1, 1000) if args.quick else
+                                  (args.table_nets, args.table_regions, args.table_steps))
+    payload: dict[str, Any] = {"acas_like": {}, "digits": {},
+                               "load_average_start": os.getloadavg()}
 
     # ------------------------------------------------------------------ ACAS-like
-    instances = []
+    families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDomain]]] = {
+        "smooth": [], "table": []}
     for s in range(n_nets):
         net = acas_like(s, steps)
         comp = float16_copy(net)
         for k, dom in enumerate(acas_regions(s, n_regions)):
-            instances.append((f"net{s}/region{k}", net, comp, dom))
-    print(f"ACAS-like: {len(instances)} instances (6x50 ReLU MLPs vs float16)")
-    sp_rows = []
-    for name, net, comp, dom in instances[:n_tier]:
-        ours, t_ours = single_pass(net, comp, dom)
-        before, _ = single_pass(net, comp, dom, ramp=False)
-        opt, t_opt = single_pass(net, comp, dom, optimize=20)
-        crown, t_crown = tier_bound(net, comp, dom, "crown")
-        sp_rows.append({"instance": name, "single_pass": ours, "single_pass_s": t_ours,
-                        "single_pass_before": before, "single_pass_opt20": opt,
-                        "single_pass_opt20_s": t_opt,
-                        "bounds_tier": crown, "bounds_tier_s": t_crown,
-                        "ratio_tier_over_single": crown / ours if ours > 0 else None})
-        print(f"  single pass {name}: {ours:.4g} ({t_ours:.2f} s; before {before:.4g}, "
-              f"20 opt steps {opt:.4g}) bounds tier {crown:.4g} ({t_crown:.2f} s)")
-    # the single pass over boxes of radius r around the first region's centre, before
-    # and after, against the sampled deviation (how fast the bound closes on the truth)
-    name, net, comp, dom = instances[0]
-    lo0, hi0 = dom.lower_tensor(), dom.upper_tensor()
-    centre = (lo0 + hi0) * 0.5
-    rad_rows = []
-    for rad in (0.1, 0.03, 0.01, 0.001):
-        small = InputDomain.box(centre - rad, centre + rad, shape=dom.shape)
-        xs = (centre - rad) + 2 * rad * torch.rand((20000,) + tuple(centre.shape[1:]),
-                                                   dtype=torch.float64)
-        with torch.no_grad():
-            sampled = float((net(xs) - comp(xs)).abs().max())
-        rad_rows.append({"radius": rad, "sampled": sampled,
-                         "single_pass": single_pass(net, comp, small)[0],
-                         "single_pass_before": single_pass(net, comp, small, ramp=False)[0]})
-        print(f"  radius {rad}: {rad_rows[-1]}")
-    payload["acas_like"]["single_pass_by_radius"] = rad_rows
-    payload["acas_like"]["single_pass"] = sp_rows
-    for eps in (0.05, 0.01):
-        rows = []
-        for name, net, comp, dom in instances:
-            r = cc.verify_equivalence(net, comp, dom, epsilon=eps, timeout=args.timeout,
-                                      split_candidates=args.split_candidates,
-                                      optimize_steps=args.optimize)
-            rows.append({"instance": name, "status": r.status, "seconds": r.seconds,
-                         "regions": r.regions, "bound": r.bound, "found": r.found})
-        summ = summarize(rows)
-        print(f"  eps={eps}: {summ}")
-        payload["acas_like"][f"eps={eps}"] = {"summary": summ, "instances": rows}
+            families["smooth"].append((f"smooth{s}/region{k}", net, comp, dom))
+    for s in range(t_nets):
+        net = acas_table(s, t_steps)
+        comp = float16_copy(net)
+        for k, dom in enumerate(acas_regions(s, t_regions)):
+            families["table"].append((f"table{s}/region{k}", net, comp, dom))
+    for fam, instances in families.items():
+        print(f"ACAS-like {fam}: {len(instances)} instances (6x50 ReLU MLPs vs float16)")
+        out: dict[str, Any] = {}
+        sp_rows = []
+        for name, net, comp, dom in instances[:2]:
+            ours, t_ours = single_pass(net, comp, dom)
+            two, t_two = single_pass(net, comp, dom, relaxation="min2")
+            base, _ = single_pass(net, comp, dom, relaxation="default")
+            ib, t_ib = tier_bound(net, comp, dom, "interval")
+            crown, t_crown = tier_bound(net, comp, dom, "crown")
+            sp_rows.append({"instance": name, "single_pass": ours, "single_pass_s": t_ours,
+                            "single_pass_min2": two, "single_pass_min2_s": t_two,
+                            "single_pass_default": base, "bounds_tier_crown": crown,
+                            "bounds_tier_crown_s": t_crown, "bounds_tier_interval": ib})
+            print(f"  single pass {name}: {ours:.4g} ({t_ours:.2f} s; two passes {two:.4g} "
+                  f"({t_two:.2f} s), pre-part-1 {base:.4g}) bounds tier crown {crown:.4g}, "
+                  f"interval {ib:.4g}")
+        out["single_pass"] = sp_rows
+        for eps in (0.05, 0.01):
+            for before in ((False, True) if args.before else (False,)):
+                key = f"eps={eps}" + (" before" if before else "")
+                out[key] = run_family(instances, eps, args, before)
+                print(f"  {fam} {key}: {out[key]['summary']}", flush=True)
+        payload["acas_like"][fam] = out
 
     # ------------------------------------------------------------------ parallel
-    name, net, comp, dom = instances[0]
+    name, net, comp, dom = (families["table"] or families["smooth"])[0]
     kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
                           "batch": 256, "chunk": 64}
+    load0 = os.getloadavg()
     ser = cc.verify_equivalence(net, comp, dom, **kw)
     loc = cc.verify_equivalence(net, comp, dom, executor="local", workers=args.workers, **kw)
     par = {"instance": name, "epsilon": args.parallel_epsilon, "serial_s": ser.seconds,
            "local2_s": loc.seconds, "serial_status": ser.status, "local_status": loc.status,
            "regions": ser.regions, "same_regions": ser.regions == loc.regions,
-           "speedup": ser.seconds / loc.seconds}
+           "speedup": ser.seconds / loc.seconds, "load_average_before": load0,
+           "load_average_after": os.getloadavg()}
     print(f"  parallel: {par}")
     payload["parallel"] = par
 
@@ -235,12 +318,14 @@ def main() -> None:
         x = data.x_test[i:i + 1].double()
         dom = InputDomain.box((x - 3 / 255).clamp(0, 1), (x + 3 / 255).clamp(0, 1), shape=shape)
         ours, t_ours = single_pass(mlp, comp, dom)
-        before, _ = single_pass(mlp, comp, dom, ramp=False)
+        two, t_two = single_pass(mlp, comp, dom, relaxation="min2")
+        before, _ = single_pass(mlp, comp, dom, relaxation="default")
         opt, t_opt = single_pass(mlp, comp, dom, optimize=20)
         crown, t_crown = tier_bound(mlp, comp, dom, "crown")
         top1 = cc.verify_equivalence(mlp, comp, dom, property="top1",
                                      timeout=min(args.timeout, 60.0))
         rows.append({"point": i, "single_pass": ours, "single_pass_s": t_ours,
+                     "single_pass_min2": two, "single_pass_min2_s": t_two,
                      "single_pass_before": before, "single_pass_opt20": opt,
                      "single_pass_opt20_s": t_opt,
                      "bounds_tier": crown, "bounds_tier_s": t_crown, "top1": top1.status,
@@ -251,13 +336,20 @@ def main() -> None:
                          "median_single_pass": statistics.median(r["single_pass"] for r in rows),
                          "median_single_pass_before": statistics.median(
                              r["single_pass_before"] for r in rows),
+                         "median_single_pass_min2": statistics.median(
+                             r["single_pass_min2"] for r in rows),
+                         "median_single_pass_min2_s": statistics.median(
+                             r["single_pass_min2_s"] for r in rows),
                          "median_single_pass_opt20": statistics.median(
                              r["single_pass_opt20"] for r in rows),
                          "median_single_pass_s": statistics.median(r["single_pass_s"]
                                                                    for r in rows),
                          "top1_verified": sum(r["top1"] == "verified" for r in rows)}
     print(f"digits 64-100-100-10 (acc {acc:.3f}) vs float16, +-3/255: median single pass "
-          f"{payload['digits']['median_single_pass']:.3g} (before "
+          f"{payload['digits']['median_single_pass']:.4g} in "
+          f"{payload['digits']['median_single_pass_s']:.3f} s (two passes "
+          f"{payload['digits']['median_single_pass_min2']:.4g} in "
+          f"{payload['digits']['median_single_pass_min2_s']:.3f} s, pre-part-1 "
           f"{payload['digits']['median_single_pass_before']:.3g}, 20 opt steps "
           f"{payload['digits']['median_single_pass_opt20']:.3g}), bounds tier / single pass "
           f"{payload['digits']['median_tier_over_single']:.2f}x, top-1 verified "

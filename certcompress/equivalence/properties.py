@@ -26,12 +26,15 @@ class Judgement:
     """Per region (``(P,)`` each): ``verified``; ``score`` (how far from proven, larger is
     worse; the search works on the worst region first); ``worst`` (the index of the row
     whose input coefficients choose the split); ``bound`` (the certified bound of the
-    property's quantity, or None for decision properties)."""
+    property's quantity, or None for decision properties); ``excess`` (``(P, r)``, >= 0:
+    how far each row's bound is above what proving the region needs, the weights of the
+    smear split heuristic; None: split on the ``worst`` row alone)."""
 
     verified: Tensor
     score: Tensor
     worst: Tensor
     bound: Tensor | None
+    excess: Tensor | None = None
 
 
 class Property:
@@ -99,7 +102,10 @@ class EpsilonProperty(Property):
             per = torch.maximum(ub[:, :self.m], ub[:, self.m:]).clamp(min=0.0)
             bound = _round_up(per.sum(1), self.m)
         worst = ub.argmax(1)
-        return Judgement(bound <= self.epsilon, bound - self.epsilon, worst, bound)
+        # per output (inf) or per sign vector (l1): each row alone must stay below epsilon
+        excess = (ub - self.epsilon).clamp(min=0.0) if self.norm == "inf" or self.signs \
+            else None
+        return Judgement(bound <= self.epsilon, bound - self.epsilon, worst, bound, excess)
 
     def deviation(self, f: Tensor, fc: Tensor) -> Tensor:
         d = (f - fc).abs()
@@ -136,7 +142,8 @@ class Top1Property(Property):
 
     def judge(self, ub: Tensor, centre_f: Tensor) -> Judgement:
         score = ub.amax(1)
-        return Judgement(score < 0, score, ub.argmax(1), None)
+        # every row (a margin of another class over the predicted one) must be < 0
+        return Judgement(score < 0, score, ub.argmax(1), None, ub.clamp(min=0.0))
 
     def violation(self, f: Tensor, fc: Tensor, cls: Tensor | None = None) -> Tensor:
         i = f.argmax(1)

@@ -10,9 +10,11 @@ steps on the worst ones. A violation, re-checked in float64 on the lowered pair 
 inside the domain, ends the search ("falsified"); an empty frontier proves the
 property ("verified"); the region or time budget ends it with "unknown".
 
-The split dimension of a region maximizes ``|coefficient of x_i| * width_i`` of the
-worst bounded form (its sensitivity to that input times the input's range; the widest
-normalized dimension when the pass gives no coefficients).
+The split dimension of a region maximizes ``|coefficient of x_i| * width_i`` (a form's
+sensitivity to that input times the input's range) summed over the bounded forms, each
+weighted by how far its bound is above what proving the region needs (smear over the
+unproven outputs; ``split="worst"``: the worst form alone; the widest normalized
+dimension when the pass gives no coefficients).
 
 Parallel: the rounds are the same whatever runs them; only the bounding of a round's
 regions is handed out, in fixed chunks of ``chunk`` regions, so the verdict and the
@@ -35,7 +37,7 @@ from ..bounds.propagation.engine import PropagationOptions, output_upper_bounds,
 from ..bounds.propagation.evaluate import pair_outputs
 from ..bounds.propagation.primitives import PairNet
 from .chain import ChainPair, ChainState, chain_from_pair
-from .properties import ConfidenceProperty, Property, Top1Property
+from .properties import ConfidenceProperty, Judgement, Property, Top1Property
 
 __all__ = ["SearchConfig", "Bounder", "run_search", "bound_chunk"]
 
@@ -59,6 +61,10 @@ class SearchConfig:
     # split candidates per region (the most sensitive dimensions): above 1, strong
     # branching bounds both halves for each and splits where the worse half is best
     strong_dims: int = 1
+    # split heuristic (see _Search._sensitivity): "smear" (rows weighted by their excess)
+    # or "worst" (the worst row only); measured on the ACAS-like benchmark, smear needs
+    # up to 70x fewer regions on hard instances
+    split: str = "smear"
 
 
 Pre = list[Tensor | None]
@@ -68,18 +74,20 @@ Job = tuple[Tensor, Tensor, Tensor | None, Tensor | None, int, Pre | None]
 
 def bound_chunk(chain: ChainPair, lower: Tensor, upper: Tensor, cz: Tensor | None,
                 cd: Tensor | None, r: int, prior: Pre | None = None,
-                intermediate: str = "crown", optimize: int = 0) -> tuple[Tensor, Tensor, Pre]:
+                intermediate: str = "crown", optimize: int = 0, relaxation: str = "choose"
+                ) -> tuple[Tensor, Tensor, Pre]:
     """Upper bounds ``(P, r)`` of the rows and their input coefficients ``(P, r, n)``
     for the regions ``lower``/``upper`` (``(P, n)``), one chain pass (a worker's task).
     ``intermediate``: see :class:`~.chain.ChainState` (the compressed network's own
     pre-activation bounds come from ``c = z - d``, not from rows of their own). ``prior``:
     the parents' layer bounds (valid on these sub-boxes, intersected); the layer bounds
     are returned for the children. ``optimize``: gradient steps on the output rows' ReLU
-    slopes (:meth:`~.chain.ChainState.optimized_backsubstitute`; 0: default slopes)."""
+    slopes (:meth:`~.chain.ChainState.optimized_backsubstitute`; 0: default slopes).
+    ``relaxation``: of the ReLU pairs (:data:`~.chain.RELAXATIONS`)."""
     with torch.no_grad():
         P = lower.shape[0]
         state = ChainState(chain, lower, upper, intermediate=intermediate,
-                           quantities=("z", "d"), prior=prior)
+                           quantities=("z", "d"), prior=prior, relaxation=relaxation)
         prob = torch.arange(P).repeat_interleave(r)
         ub, lx = state.upper_bounds(cz, cd, prob, optimize=optimize)
     return ub.reshape(P, r), lx.reshape(P, r, -1), state.pre_bounds()
@@ -89,10 +97,12 @@ class Bounder:
     """Bounds rows of the pair's outputs over many regions at once."""
 
     def __init__(self, pair: PairNet, options: PropagationOptions | None = None,
-                 intermediate: str = "crown", optimize: int = 0) -> None:
+                 intermediate: str = "crown", optimize: int = 0, relaxation: str = "choose"
+                 ) -> None:
         self.pair = pair
         self.intermediate = intermediate
         self.optimize = optimize
+        self.relaxation = relaxation
         self.chain = chain_from_pair(pair)
         self.options = options or PropagationOptions(intermediate="interval")
         self.input_shape = tuple(pair.input_shape)
@@ -108,7 +118,7 @@ class Bounder:
               r: int, prior: Pre | None = None) -> Result:
         if self.chain is not None:
             return bound_chunk(self.chain, lower, upper, cz, cd, r, prior, self.intermediate,
-                               self.optimize)
+                               self.optimize, self.relaxation)
         P = lower.shape[0]
         shape = (P,) + self.input_shape
         state = propagate(self.pair, lower.reshape(shape), upper.reshape(shape), self.options)
@@ -295,6 +305,7 @@ class _Search:
         order = torch.argsort(j.score, descending=True)
         if self._attack(lo[order], hi[order], centre_f[order]):
             return True
+        sens_all = None if lx is None else self._sensitivity(j, lx, hi - lo)
         for p in range(P):
             vol = self._volume(lo[p], hi[p])
             if bool(j.verified[p]):
@@ -307,11 +318,8 @@ class _Search:
             if float(width.max()) <= self.cfg.min_width:
                 self.stuck.append(reg)
                 continue
-            if lx is not None:
-                sens = lx[p, int(j.worst[p])].abs() * (hi[p] - lo[p])
-                if float(sens.max()) <= 0:
-                    sens = width
-            else:
+            sens = width if sens_all is None else sens_all[p]
+            if float(sens.max()) <= 0:
                 sens = width
             # candidates for the split: splittable dimensions, most sensitive first
             sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
@@ -320,6 +328,24 @@ class _Search:
             reg.split_dim = reg.candidates[0]
             self._push(reg)
         return False
+
+    def _sensitivity(self, j: Judgement, lx: Tensor, width: Tensor) -> Tensor:
+        """``(P, n)``: the split score of each input dimension of each region, ``|input
+        coefficient| * width`` of the bounded rows; ``"smear"`` sums it over the rows
+        weighted by how far each is above what proving needs (``j.excess``), so a
+        dimension that several unproven outputs depend on wins; ``"worst"`` (or a
+        property without row weights) reads the worst row alone."""
+        P = lx.shape[0]
+        if self.cfg.split == "smear" and j.excess is not None:
+            ex = j.excess
+            # a proven-looking region still open (rounding): weigh its worst row
+            none = ex.sum(1) <= 0
+            if bool(none.any()):
+                top = torch.zeros_like(ex)
+                top[torch.arange(P), j.worst] = 1.0
+                ex = torch.where(none[:, None], top, ex)
+            return torch.einsum("pr,prn->pn", ex, lx.abs()) * width
+        return lx[torch.arange(P), j.worst].abs() * width
 
     @staticmethod
     def _halves(reg: _Region, d: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
