@@ -508,3 +508,52 @@ def test_eval_dropout_in_export_graphs_is_identity() -> None:
                                                 "aten.alpha_dropout.default"]
     x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(g.run(x), model(x).flatten(1), rtol=0, atol=0)
+
+
+def test_register_when_imported_waits_for_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter for a library's class is registered once the library is imported (a
+    model holding one cannot exist before), attributed to the plugin that asked."""
+    import sys
+    import types
+
+    from certcompress.capture.registry import AdapterRegistry
+
+    class LibModule(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x
+
+    calls: list[str] = []
+
+    def hook(reg: AdapterRegistry) -> None:
+        calls.append(reg._source)
+        reg.register_module(LibModule, OffsetReLUAdapter())
+
+    reg = AdapterRegistry()
+    name = "certcompress_test_not_imported_lib"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with reg.attributed_to("some-plugin"):
+        reg.register_when_imported(name, hook)
+    assert reg.for_module(LibModule()) is None and calls == []
+    assert not any("LibModule" in row[1] for row in reg.entries())
+    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    found = reg.for_module(LibModule())
+    assert found is not None and found.source == "some-plugin"
+    assert calls == ["some-plugin"]
+    reg.for_module(LibModule())
+    assert calls == ["some-plugin"]  # once
+    with pytest.raises(cc.errors.PluginError, match="module name and a callable"):
+        reg.register_when_imported("", hook)
+
+
+def test_plugin_start_does_not_import_torchvision() -> None:
+    """Loading the installed plugins (every command does) leaves torchvision unimported:
+    an ONNX or a plain torch model never pays for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom certcompress.capture import plugin_manager\n"
+            "pm = plugin_manager()\nassert any(p.plugin.name == 'certcompress-torchvision' "
+            "for p in pm.plugins)\nprint('torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

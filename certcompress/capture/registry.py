@@ -13,6 +13,7 @@ Every entry records which source (``certcompress`` or a plugin) registered it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ class AdapterRegistry(Attributed):
         self._functions: dict[object, Registration] = {}
         self._methods: dict[str, Registration] = {}
         self._source = "certcompress"
+        # (module name, hook, source): registrations that wait for a library's import
+        self._pending: list[tuple[str, Callable[[AdapterRegistry], None], str]] = []
 
     # ------------------------------------------------------------- registration
     def _check(self, adapter: Adapter, source: str, key: object) -> None:
@@ -110,6 +113,37 @@ class AdapterRegistry(Attributed):
             self._check(adapter, src, name)
             self._put(self._methods, name, Registration(adapter, src), replace)
 
+    def register_when_imported(self, module_name: str,
+                               hook: Callable[[AdapterRegistry], None]) -> None:
+        """Run ``hook(self)`` once ``module_name`` has been imported: at once if it is,
+        else before the first lookup or listing after its import. For adapters of a heavy
+        library's classes: a model holding one cannot exist before the library is
+        imported, so registering them earlier only costs start-up time. The hook's
+        registrations are attributed to whoever registers now."""
+        if not isinstance(module_name, str) or not module_name or not callable(hook):
+            raise PluginError(f"{self._source}: register_when_imported needs a module name "
+                              f"and a callable, got {module_name!r}, {hook!r}")
+        self._pending.append((module_name, hook, self._source))
+        self._sync()
+
+    def _sync(self) -> None:
+        """Run the waiting hooks whose library is now imported."""
+        if not self._pending:
+            return
+        ready = [p for p in self._pending if p[0] in sys.modules]
+        if not ready:
+            return
+        self._pending = [p for p in self._pending if p[0] not in sys.modules]
+        for _, hook, source in ready:
+            with self.attributed_to(source):
+                try:
+                    hook(self)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"{source}: registering adapters once its library was "
+                                      f"imported failed: {type(exc).__name__}: {exc}") from exc
+
     @staticmethod
     def _put(table: dict[Any, Registration], key: object, reg: Registration,
              replace: bool) -> None:
@@ -141,6 +175,7 @@ class AdapterRegistry(Attributed):
         return None if sub is None else (sub, base)
 
     def _nearest(self, t: type) -> tuple[type, Registration | None]:
+        self._sync()
         for cls in t.__mro__:
             reg = self._modules.get(cls)
             if reg is not None:
@@ -156,6 +191,7 @@ class AdapterRegistry(Attributed):
         return None if any(issubclass(t, d) and issubclass(d, sub) for d in declared) else sub
 
     def for_function(self, target: object) -> Registration | None:
+        self._sync()
         try:
             return self._functions.get(target)
         except TypeError:  # unhashable target
@@ -170,6 +206,7 @@ class AdapterRegistry(Attributed):
     # ------------------------------------------------------------------ listing
     def entries(self) -> list[tuple[str, str, str, str]]:
         """Rows ``(kind, key, adapter, source)`` for docs and ``certcompress adapters``."""
+        self._sync()
         rows = [("module", _key_name(k), r.adapter.name, r.source) for k, r in self._modules.items()]
         rows += [("function", _key_name(k), r.adapter.name, r.source)
                  for k, r in self._functions.items()]
@@ -177,6 +214,7 @@ class AdapterRegistry(Attributed):
         return sorted(rows)
 
     def module_type_names(self) -> list[str]:
+        self._sync()
         return sorted(k.__name__ for k in self._modules)
 
     def copy(self) -> AdapterRegistry:
@@ -184,5 +222,6 @@ class AdapterRegistry(Attributed):
         new._modules = dict(self._modules)
         new._functions = dict(self._functions)
         new._methods = dict(self._methods)
+        new._pending = list(self._pending)
         new._source = self._source
         return new

@@ -11,8 +11,9 @@ One adapter is registered: ``torchvision.ops.StochasticDepth`` and
 Swin...). Everything else in these families traces with the built-in adapters
 (ResNet's residual ``+=``, MobileNetV2's ReLU6, adaptive average pooling, Dropout).
 
-torchvision is imported lazily: when a ``torchvision:`` spec is resolved, and when the
-adapters are registered (the first trace), never when certcompress starts.
+torchvision is imported lazily: when a ``torchvision:`` spec is resolved; the adapter is
+registered once torchvision has been imported (by the user, or by resolving a spec), never
+when certcompress starts.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class StochasticDepthAdapter(Adapter):
                          (ctx.tensor_arg(node.args[0]),))
 
 
+def _register_stochastic_depth(registry) -> None:  # type: ignore[no-untyped-def]
+    from torchvision.ops import StochasticDepth, stochastic_depth  # heavy: imported already
+
+    adapter = StochasticDepthAdapter()
+    registry.register_module(StochasticDepth, adapter)
+    registry.register_function([stochastic_depth], adapter)
+
+
 class TorchvisionPlugin(Plugin):
     """Model specs ``torchvision:NAME`` and the ImageNet input spec of four families."""
 
@@ -68,12 +77,10 @@ class TorchvisionPlugin(Plugin):
     model_prefixes = (_PREFIX,)
 
     def register_adapters(self, registry) -> None:  # type: ignore[no-untyped-def]
-        """Eval-mode stochastic depth as the identity."""
-        from torchvision.ops import StochasticDepth, stochastic_depth  # heavy: first trace only
-
-        adapter = StochasticDepthAdapter()
-        registry.register_module(StochasticDepth, adapter)
-        registry.register_function([stochastic_depth], adapter)
+        """Eval-mode stochastic depth as the identity, registered once torchvision is
+        imported (a model holding its modules cannot exist before; importing it here
+        would add about 2 s to every command, ONNX models included)."""
+        registry.register_when_imported("torchvision", _register_stochastic_depth)
 
     def resolve_model(self, spec: str) -> nn.Module | None:
         """Build ``torchvision:NAME`` with random weights, in eval mode.
