@@ -36,6 +36,7 @@ import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,22 +67,7 @@ def acas_like(seed: int, steps: int) -> nn.Module:
         quad = torch.einsum("ni,kij,nj->nk", x, c, x)
         return torch.sin(x @ a.T) + 0.5 * torch.cos(x @ b.T) + quad
 
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    d = 5
-    for _ in range(6):
-        layers += [nn.Linear(d, 50), nn.ReLU()]
-        d = 50
-    net = nn.Sequential(*layers, nn.Linear(50, 5))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    lo, hi = LO.float(), HI.float()
-    for _ in range(steps):
-        x = lo + (hi - lo) * torch.rand(2048, 5, generator=g)
-        loss = ((net(x) - target(x)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.double().eval()
+    return _fit(target, seed, steps, g, cosine=False)
 
 
 def acas_table(seed: int, steps: int, grid: int = 8) -> nn.Module:
@@ -102,6 +88,13 @@ def acas_table(seed: int, steps: int, grid: int = 8) -> nn.Module:
             out = out + w * table[tuple((i0 + c).T)]
         return out
 
+    return _fit(target, seed, steps, g, cosine=True)
+
+
+def _fit(target: Callable[[torch.Tensor], torch.Tensor], seed: int, steps: int,
+         g: torch.Generator, *, cosine: bool) -> nn.Module:
+    """A 6x50 ReLU MLP (5 inputs, 5 outputs) fitted to ``target`` on uniform points of the
+    box by Adam (cosine-annealed when ``cosine``); float64, eval mode."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     d = 5
@@ -110,14 +103,16 @@ def acas_table(seed: int, steps: int, grid: int = 8) -> nn.Module:
         d = 50
     net = nn.Sequential(*layers, nn.Linear(50, 5))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
+    lo, hi = LO.float(), HI.float()
     for _ in range(steps):
         x = lo + (hi - lo) * torch.rand(2048, 5, generator=g)
         loss = ((net(x) - target(x)) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
     return net.double().eval()
 
 

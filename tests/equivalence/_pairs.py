@@ -59,3 +59,15 @@ def outputs(net: nn.Module, comp: nn.Module, x: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return net(x.double()), comp(x.double())
+
+
+def build(p: dict) -> tuple[nn.Module, nn.Module, InputDomain]:
+    """A hypothesis-drawn pair (``arch``, ``n_in``, ``kind``, ``seed``, ``half``, ``depth``)
+    and a box of half-width ``half`` around a fixed centre."""
+    n = p["n_in"]
+    net = (mlp(n, 8, p["depth"], 3, p["seed"]) if p["arch"] == "mlp"
+           else cnn(n, 3, 3, p["seed"]))
+    comp = compress(net, p["kind"])
+    c = torch.linspace(-0.3, 0.4, n, dtype=torch.float64)[None]
+    dom = InputDomain.box(c - p["half"], c + p["half"], shape=(1, n))
+    return net, comp, dom

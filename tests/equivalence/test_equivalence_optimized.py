@@ -7,7 +7,7 @@ relaxation, and the search with either option never verifies where the grid viol
 from __future__ import annotations
 
 import torch
-from _pairs import cnn, compress, grid, mlp, outputs
+from _pairs import build, compress, grid, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +22,6 @@ pairs = st.fixed_dictionaries({
     "kind": st.sampled_from(["prune", "round", "float16"]), "seed": st.integers(0, 10_000),
     "half": st.sampled_from([0.25, 1.0, 2.0]), "depth": st.integers(1, 3),
 })
-
-
-def build(p: dict) -> tuple[torch.nn.Module, torch.nn.Module, InputDomain]:
-    n = p["n_in"]
-    net = (mlp(n, 8, p["depth"], 3, p["seed"]) if p["arch"] == "mlp"
-           else cnn(n, 3, 3, p["seed"]))
-    comp = compress(net, p["kind"])
-    c = torch.linspace(-0.3, 0.4, n, dtype=torch.float64)[None]
-    dom = InputDomain.box(c - p["half"], c + p["half"], shape=(1, n))
-    return net, comp, dom
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
