@@ -69,6 +69,7 @@ _OPTIONAL_COMMANDS: dict[str, str] = {
     "zoo": "certcompress.cli.zoo",
     "results": "certcompress.cli.zoo",
     "equiv": "certcompress.cli.equiv",
+    "equiv-batch": "certcompress.cli.equiv_batch",
     "tiers": "certcompress.cli.tiers",
 }
 _OPTIONAL_DEFAULTS = dict(_OPTIONAL_COMMANDS)  # the table as shipped (tests may replace it)
@@ -88,6 +89,7 @@ _HELP: dict[str, str] = {
     "zoo": "certify a zoo of models and plans from a manifest, resumably",
     "results": "list, show or export the results store of sweeps",
     "equiv": "prove or refute that a compressed model stays within epsilon of the original",
+    "equiv-batch": "equivalence verification of every instance of a CSV file, in one process",
     "tiers": "list the registered certification tiers (what --method takes)",
 }
 

@@ -50,7 +50,8 @@ from .options import (
     load_plugins,
 )
 
-__all__ = ["register", "run", "EXIT_CODES"]
+__all__ = ["register", "run", "EXIT_CODES", "add_search_options", "verify_with",
+           "combined_status"]
 
 EXIT_CODES = {"verified": 0, "falsified": 3, "unknown": 4}
 INTERMEDIATE = ("crown", "forward", "both")
@@ -74,6 +75,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--vnnlib", metavar="SPEC",
                    help="input box(es) from a VNN-LIB file (replaces --domain/--radius; "
                         "default input shape (1, number of inputs))")
+    add_search_options(p)
+    add_executor(p, ("serial", "local", "ray"), "serial",
+                 "where each round's regions are bounded: serial (this process, default), "
+                 "local (a process pool of --workers) or ray (a local Ray instance with "
+                 "--workers CPUs); the verdict does not depend on it", ray=False)
+    add_output(p, None, "write the JSON result here (atomically)")
+    add_output(p, None, "verified epsilon result (one box): write it as a certificate "
+                        "here (atomically; export embeds it)", flag="--certificate")
+    p.set_defaults(func=run)
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """The property and search option groups of ``equiv`` (shared with ``equiv-batch``)."""
     prop = p.add_argument_group("property")
     prop.add_argument("--epsilon", type=float,
                       help="largest allowed deviation (property epsilon)")
@@ -105,14 +119,6 @@ def register(subparsers: Any) -> None:
                    help="regions per task handed to a worker (default 128)")
     s.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_executor(p, ("serial", "local", "ray"), "serial",
-                 "where each round's regions are bounded: serial (this process, default), "
-                 "local (a process pool of --workers) or ray (a local Ray instance with "
-                 "--workers CPUs); the verdict does not depend on it", ray=False)
-    add_output(p, None, "write the JSON result here (atomically)")
-    add_output(p, None, "verified epsilon result (one box): write it as a certificate "
-                        "here (atomically; export embeds it)", flag="--certificate")
-    p.set_defaults(func=run)
 
 
 def _domains(args: argparse.Namespace, model: nn.Module) -> tuple[InputDomain, ...]:
@@ -145,11 +151,27 @@ def _domains(args: argparse.Namespace, model: nn.Module) -> tuple[InputDomain, .
     return (parse_domain(args.domain, shape),)
 
 
-def _combined(results: Sequence[EquivalenceResult]) -> str:
+def combined_status(results: Sequence[EquivalenceResult]) -> str:
     statuses = [r.status for r in results]
     if "falsified" in statuses:
         return "falsified"
     return "verified" if all(s == "verified" for s in statuses) else "unknown"
+
+
+def verify_with(args: argparse.Namespace, original: nn.Module, compressed: nn.Module,
+                dom: InputDomain, timeout: float | None = None) -> EquivalenceResult:
+    """:func:`verify_equivalence` with the options of :func:`add_search_options` and the
+    executor group (``timeout`` overrides ``--timeout``)."""
+    return verify_equivalence(original, compressed, dom, epsilon=args.epsilon, norm=args.norm,
+                              property=args.property, confidence=args.confidence,
+                              timeout=args.timeout if timeout is None else timeout,
+                              max_regions=args.max_regions,
+                              executor=None if args.executor == "serial" else args.executor,
+                              workers=args.workers, batch=args.batch, chunk=args.chunk,
+                              seed=args.seed, intermediate=args.intermediate,
+                              split_candidates=args.split_candidates,
+                              optimize_steps=args.optimize_steps,
+                              progress=not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,15 +190,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"{len(domains)}")
     results = []
     for k, dom in enumerate(domains):
-        r = verify_equivalence(original, compressed, dom, epsilon=args.epsilon, norm=args.norm,
-                               property=args.property, confidence=args.confidence,
-                               timeout=args.timeout, max_regions=args.max_regions,
-                               executor=None if args.executor == "serial" else args.executor,
-                               workers=args.workers, batch=args.batch, chunk=args.chunk,
-                               seed=args.seed, intermediate=args.intermediate,
-                               split_candidates=args.split_candidates,
-                               optimize_steps=args.optimize_steps,
-                               progress=not args.no_progress)
+        r = verify_with(args, original, compressed, dom)
         prefix = f"box {k + 1}/{len(domains)}: " if len(domains) > 1 else ""
         print(prefix + r.summary())
         if r.counterexample is not None:
@@ -184,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(r)
         if r.status == "falsified":
             break
-    status = _combined(results)
+    status = combined_status(results)
     if out is not None:
         data: dict[str, Any] = (results[0].to_dict() if len(domains) == 1 else
                                 {"status": status, "boxes": len(domains),

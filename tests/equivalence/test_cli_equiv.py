@@ -163,3 +163,47 @@ def test_help_shows_the_shared_groups(capsys: pytest.CaptureFixture[str]) -> Non
                  "--domain", "--vnnlib", "--executor", "--workers", "--out", "--certificate",
                  "--optimize-steps", "--split-candidates", "--intermediate", "--max-regions"):
         assert flag in text, flag
+
+
+def test_equiv_batch_runs_every_instance_in_one_process(
+        files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``equiv-batch``: lines ORIGINAL,COMPRESSED,SPEC[,TIMEOUT] relative to the CSV's
+    folder, one result row per instance (written atomically), the combined exit status;
+    malformed lines named before any work."""
+    folder = Path(files["A"]).parent
+    out = tmp_path / "res.csv"
+    # absolute paths work from anywhere; a missing spec is named before any work
+    inst = tmp_path / "instances.csv"
+    inst.write_text(f"# a comment\n{files['A']},{files['B']},{files['spec']}\n\n"
+                    f"{files['A']},{files['A']},missing.vnnlib,30\n")
+    assert cli.main(["equiv-batch", str(inst), "--epsilon", "0.05", "--no-progress",
+                     "--out", str(out)]) == 2
+    assert "line 4" in capsys.readouterr().err and not out.exists()
+    # relative paths are taken from the CSV's own folder
+    inst2 = folder / "instances.csv"
+    inst2.write_text("A.onnx,B.onnx,spec.vnnlib\nA.onnx,A.onnx,two.vnnlib,30\n")
+    rc = cli.main(["equiv-batch", str(inst2), "--epsilon", "0.05", "--no-progress",
+                   "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap
+    rows = out.read_text().splitlines()
+    assert rows[0] == "original,compressed,vnnlib,status,bound,found,regions,seconds"
+    assert len(rows) == 3 and all(",verified," in r for r in rows[1:])
+    first = rows[1].split(",")
+    assert float(first[5]) <= float(first[4]) <= 0.05  # found <= bound <= epsilon
+    same = rows[2].split(",")  # a model against itself: deviation 0, bound its float slack
+    assert float(same[5]) == 0.0 and 0.0 <= float(same[4]) <= 1e-8
+    assert "2 instances" in cap.out and "2 verified" in cap.out
+    # the same as equiv on the first instance
+    single = cli.main(["equiv", files["A"], files["B"], "--vnnlib", files["spec"],
+                       "--epsilon", "0.05", "--no-progress"])
+    capsys.readouterr()
+    assert single == 0
+    # malformed lines: every one named, nothing written
+    bad = tmp_path / "bad.csv"
+    bad.write_text("A.onnx,B.onnx\nA.onnx,B.onnx,spec.vnnlib,-3\n")
+    out2 = tmp_path / "never.csv"
+    assert cli.main(["equiv-batch", str(bad), "--epsilon", "0.05", "--out", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert "line 1" in err and "line 2" in err and "TIMEOUT" in err
+    assert not out2.exists()
