@@ -47,7 +47,9 @@ The rules themselves:
   delta_c`` (an activation quantizer's rounding): ``z`` and ``c`` widened by their delta,
   ``d = z - c`` by the sum; backward: the form passes through and its constant gains the
   maximum over ``e`` of ``(L_z + L_d) e_z - L_d e_c``, i.e. ``<|L_z + L_d|, delta_z> +
-  <|L_d|, delta_c>``.
+  <|L_d|, delta_c>``; with ``near_zero`` (a quantizer whose grid contains 0) ``delta`` is
+  per element and per input box, ``min(delta, max(|l|, |u|) + near_zero)`` from the
+  input's bounds (docs/quantization.md, "Per-element rounding bound").
 """
 
 from __future__ import annotations
@@ -63,8 +65,14 @@ from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from .form import Form, dot, take
 from .interval import Magnitude, PairBounds, relu_interval
 from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
-from .relax import (PerturbRelaxation, Relaxation, ReluRelaxation, perturb_deltas, relax_relu,
-                    relu_backward)
+from .relax import (
+    PerturbRelaxation,
+    Relaxation,
+    ReluRelaxation,
+    perturb_deltas,
+    relax_relu,
+    relu_backward,
+)
 
 __all__ = ["Rule", "InputRule", "AffineRule", "SelectRule", "LinearRule", "ReLURule",
            "PerturbRule", "RULES", "register_rule", "rules_for", "Backward", "SplitParams",
