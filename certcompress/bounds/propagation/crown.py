@@ -28,14 +28,14 @@ from torch import Tensor
 from .form import Form, concretize
 from .interval import PairBounds
 from .primitives import PairNet
-from .relax import ReluRelaxation
+from .relax import Relaxation
 from .rules import Backward, SplitParams, rules_for
 
 __all__ = ["Form", "backsubstitute", "concretize", "SplitParams"]
 
 
 def backsubstitute(pair: PairNet, start: Mapping[int, Form],
-                   relax: Mapping[int, ReluRelaxation], lower: Tensor, upper: Tensor,
+                   relax: Mapping[int, Relaxation], lower: Tensor, upper: Tensor,
                    prob: Tensor | None, params: SplitParams | None = None,
                    bounds: Sequence[PairBounds] | None = None) -> Tensor:
     """Upper bounds ``(R,)`` of the forms ``start`` (at one or more nodes, the same rows)

@@ -44,7 +44,7 @@ from .crown import backsubstitute
 from .form import Form
 from .interval import Magnitude, PairBounds, input_bounds, make_consistent, widen
 from .primitives import PairNet
-from .relax import ReluRelaxation
+from .relax import Relaxation
 from .rules import rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
@@ -92,7 +92,7 @@ class PairState:
     upper: Tensor
     bounds: list[PairBounds]
     magnitudes: list[Magnitude]
-    relax: dict[int, ReluRelaxation]
+    relax: dict[int, Relaxation]
     eta: float
     options: PropagationOptions
     stats: dict[str, float] = field(default_factory=dict)

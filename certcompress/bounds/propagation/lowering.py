@@ -382,7 +382,17 @@ def _lower_actquant(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     full = torch.ones(shape, dtype=torch.float64)
     return b.add(PPerturb(inputs=(clipped,), shape=shape, source=node.name,
                           delta_z=full * (qa.delta if qa.enabled else 0.0),
-                          delta_c=full * (qc.delta if qc.enabled else 0.0)))
+                          delta_c=full * (qc.delta if qc.enabled else 0.0),
+                          near_zero_z=_near_zero(qa), near_zero_c=_near_zero(qc)))
+
+
+def _near_zero(q: ActQuantOp) -> Tensor | None:
+    """The margin of the per-element rounding bound ``|e| <= |clamp(x)| + 2 max(slack,
+    0)`` of an enabled quantizer with an integer zero point (docs/quantization.md,
+    "Per-element rounding bound"); None otherwise (``delta`` alone)."""
+    if not q.enabled or not float(q.zero_point).is_integer():
+        return None
+    return torch.tensor(2.0 * max(float(q.slack), 0.0), dtype=torch.float64)
 
 
 

@@ -108,10 +108,21 @@ class PPerturb(PNode):
     """A bounded perturbation: ``z_out = z + e_z`` and ``c_out = c + e_c`` with
     ``|e_z| <= delta_z`` and ``|e_c| <= delta_c`` elementwise, for *any* such ``e`` (the
     rounding of an activation quantizer: its exact value is not modelled, only its
-    size). ``delta_*`` are non-negative float64, broadcastable to ``shape``."""
+    size). ``delta_*`` are non-negative float64, broadcastable to ``shape``.
+
+    ``near_zero_z`` / ``near_zero_c`` (optional, non-negative, broadcastable): where
+    given, the rounding is also at most the size of the node's input plus this margin,
+    ``|e_z| <= |x_z| + near_zero_z`` with ``x_z`` the input's value in the original
+    network (``c`` alike). True for a quantizer whose grid contains 0: the nearest grid
+    point is never farther than 0 is (docs/quantization.md, "Per-element rounding
+    bound"). The rules then use ``min(delta, max(|l|, |u|) + near_zero)`` per element
+    and per input box, from the input's bounds ``[l, u]`` (0 where the input is 0: the
+    quantizer of a dead ReLU rounds nothing)."""
 
     delta_z: Tensor
     delta_c: Tensor
+    near_zero_z: Tensor | None = None
+    near_zero_c: Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -34,7 +34,8 @@ from torch import Tensor
 
 from .interval import PairBounds
 
-__all__ = ["ReluRelaxation", "relax_relu", "single_relu", "relu_backward"]
+__all__ = ["ReluRelaxation", "PerturbRelaxation", "Relaxation", "relax_relu",
+           "perturb_deltas", "single_relu", "relu_backward"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,33 @@ class ReluRelaxation:
     bounds: PairBounds
     unstable_z: Tensor
     unstable_c: Tensor
+
+
+@dataclass(frozen=True)
+class PerturbRelaxation:
+    """Per-element rounding bounds of a ``PPerturb`` node for each input box (each
+    ``(P, *shape)``): ``|e_z| <= dz``, ``|e_c| <= dc``."""
+
+    dz: Tensor
+    dc: Tensor
+
+
+#: what a node's rule hands back-substitution: a ReLU's relaxation or a perturbation's
+#: per-element bounds
+Relaxation = ReluRelaxation | PerturbRelaxation
+
+
+def perturb_deltas(delta: Tensor, near_zero: Tensor | None, lo: Tensor, hi: Tensor
+                   ) -> Tensor:
+    """``min(delta, max(|lo|, |hi|) + near_zero)`` elementwise (``(P, *shape)``), or
+    ``delta`` broadcast to ``lo``'s shape without ``near_zero``: the rounding bound of a
+    quantizer whose grid contains 0, given bounds ``[lo, hi]`` of its input
+    (docs/quantization.md, "Per-element rounding bound")."""
+    full = delta.expand(lo.shape)
+    if near_zero is None:
+        return full
+    size = torch.maximum(lo.abs(), hi.abs()) + near_zero
+    return torch.minimum(full, size.clamp(min=0.0))
 
 
 def single_relu(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

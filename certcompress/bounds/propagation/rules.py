@@ -47,7 +47,9 @@ The rules themselves:
   delta_c`` (an activation quantizer's rounding): ``z`` and ``c`` widened by their delta,
   ``d = z - c`` by the sum; backward: the form passes through and its constant gains the
   maximum over ``e`` of ``(L_z + L_d) e_z - L_d e_c``, i.e. ``<|L_z + L_d|, delta_z> +
-  <|L_d|, delta_c>``.
+  <|L_d|, delta_c>``; with ``near_zero`` (a quantizer whose grid contains 0) ``delta`` is
+  per element and per input box, ``min(delta, max(|l|, |u|) + near_zero)`` from the
+  input's bounds (docs/quantization.md, "Per-element rounding bound").
 """
 
 from __future__ import annotations
@@ -63,7 +65,14 @@ from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from .form import Form, dot, take
 from .interval import Magnitude, PairBounds, relu_interval
 from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
-from .relax import ReluRelaxation, relax_relu, relu_backward
+from .relax import (
+    PerturbRelaxation,
+    Relaxation,
+    ReluRelaxation,
+    perturb_deltas,
+    relax_relu,
+    relu_backward,
+)
 
 __all__ = ["Rule", "InputRule", "AffineRule", "SelectRule", "LinearRule", "ReLURule",
            "PerturbRule", "RULES", "register_rule", "rules_for", "Backward", "SplitParams",
@@ -82,7 +91,7 @@ class Backward:
     problem ``prob[r]`` (None: one box) and optional per-row split parameters."""
 
     pending: dict[int, Form]
-    relax: Mapping[int, ReluRelaxation]
+    relax: Mapping[int, Relaxation]
     lower: Tensor
     upper: Tensor
     prob: Tensor | None
@@ -157,7 +166,7 @@ class Rule(Generic[N]):
         """``|z|`` and ``|c|`` bounds from the same sums on absolute values."""
         raise self._missing("magnitude rule")
 
-    def relaxation(self, node: N, earlier: Sequence[PairBounds]) -> ReluRelaxation | None:
+    def relaxation(self, node: N, earlier: Sequence[PairBounds]) -> Relaxation | None:
         """The node's relaxation from its inputs' (final) bounds; None when exact."""
         return None
 
@@ -374,8 +383,10 @@ class ReLURule(Rule[PReLU]):
     def backward(self, node: PReLU, index: int, form: Form, ctx: Backward) -> None:
         out = ctx.take(node.inputs[0], form.const)
         p = None if ctx.params is None else ctx.params.get(index)
+        relaxation = ctx.relax[index]
+        assert isinstance(relaxation, ReluRelaxation)
         cz, cd, const = relu_backward(
-            ctx.relax[index], form.coef.get("z"), form.coef.get("d"), ctx.prob,
+            relaxation, form.coef.get("z"), form.coef.get("d"), ctx.prob,
             None if p is None else p.get("theta"),
             None if p is None else p.get("alpha_z"),
             None if p is None else p.get("alpha_c"))
@@ -385,18 +396,33 @@ class ReLURule(Rule[PReLU]):
 
 
 class PerturbRule(Rule[PPerturb]):
-    """``z + e_z`` and ``c + e_c`` for every ``|e_z| <= delta_z``, ``|e_c| <= delta_c``."""
+    """``z + e_z`` and ``c + e_c`` for every ``|e_z| <= delta_z``, ``|e_c| <= delta_c``;
+    with ``near_zero_*`` given, the bounds are per element and per input box,
+    ``min(delta, max(|l|, |u|) + near_zero)`` from the input's bounds ``[l, u]`` in that
+    network (:func:`.relax.perturb_deltas`)."""
 
     kind = PPerturb
 
+    @staticmethod
+    def _deltas(node: PPerturb, b: PairBounds) -> tuple[Tensor, Tensor]:
+        return (perturb_deltas(node.delta_z, node.near_zero_z, b.zl, b.zu),
+                perturb_deltas(node.delta_c, node.near_zero_c, b.cl, b.cu))
+
     def interval(self, node: PPerturb, inputs: Sequence[PairBounds],
                  earlier: Sequence[PairBounds]) -> PairBounds:
-        b, ez, ec = inputs[0], node.delta_z, node.delta_c
+        b = inputs[0]
+        ez, ec = self._deltas(node, b)
         return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - (ez + ec),
                           b.du + (ez + ec))
 
     def magnitude(self, node: PPerturb, inputs: Sequence[Magnitude]) -> Magnitude:
         return Magnitude(inputs[0].mz + node.delta_z, inputs[0].mc + node.delta_c)
+
+    def relaxation(self, node: PPerturb, earlier: Sequence[PairBounds]
+                   ) -> PerturbRelaxation | None:
+        if node.near_zero_z is None and node.near_zero_c is None:
+            return None
+        return PerturbRelaxation(*self._deltas(node, earlier[node.inputs[0]]))
 
     def evaluate(self, node: PPerturb, zs: Sequence[Tensor], cs: Sequence[Tensor]
                  ) -> tuple[Tensor, Tensor]:
@@ -408,11 +434,18 @@ class PerturbRule(Rule[PPerturb]):
         # max over e of (lz + ld) e_z - ld e_c = <|lz + ld|, delta_z> + <|ld|, delta_c>
         lz, ld = form.coef.get("z"), form.coef.get("d")
         const = form.const
+        r = ctx.relax.get(index)
+        if r is None:
+            dz, dc = node.delta_z.expand(node.shape), node.delta_c.expand(node.shape)
+        else:
+            assert isinstance(r, PerturbRelaxation)
+            dz = r.dz if ctx.prob is None else r.dz[ctx.prob]
+            dc = r.dc if ctx.prob is None else r.dc[ctx.prob]
         lzd = lz if ld is None else (ld if lz is None else lz + ld)
         if lzd is not None:
-            const = const + dot(lzd.abs(), node.delta_z.expand(node.shape))
+            const = const + dot(lzd.abs(), dz)
         if ld is not None:
-            const = const + dot(ld.abs(), node.delta_c.expand(node.shape))
+            const = const + dot(ld.abs(), dc)
         out = ctx.take(node.inputs[0], const)
         out.add("z", lz)
         out.add("d", ld)
