@@ -15,8 +15,8 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
+from ._io import read_text_file
 from .errors import ConfigurationError
 
 __all__ = ["VnnlibBoxes", "parse_boxes", "read_boxes"]
@@ -184,11 +184,4 @@ def parse_boxes(text: str, source: str = "") -> VnnlibBoxes:
 
 def read_boxes(path: str | os.PathLike[str]) -> VnnlibBoxes:
     """Read a VNN-LIB file (see :func:`parse_boxes`)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigurationError(f"VNN-LIB file '{p}' does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read VNN-LIB file '{p}': {exc}") from None
-    return parse_boxes(text, str(p))
+    return parse_boxes(read_text_file(path, "VNN-LIB file", ConfigurationError), str(path))

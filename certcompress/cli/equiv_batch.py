@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, read_text_file
 from ..equivalence.result import EquivalenceResult
 from ..equivalence.vnnlib import read_vnnlib
 from ..errors import ConfigurationError
@@ -67,12 +67,7 @@ def _resolve(folder: Path, spec: str) -> str:
 def read_instances(path: str | Path) -> list[Instance]:
     """Parse an instances file; every malformed line is named in one error."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigurationError(f"instances file '{p}' does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read instances file '{p}': {exc}") from None
+    text = read_text_file(p, "instances file", ConfigurationError)
     folder = p.parent
     out: list[Instance] = []
     bad: list[str] = []
