@@ -45,9 +45,10 @@ def differs(stated: float, recomputed: float) -> bool:
 
 
 def at_least(stated: float, recomputed: float) -> bool:
-    """Whether ``stated`` is at least ``recomputed`` up to the recertification tolerance
-    (the one-sided form of :func:`differs`)."""
-    return stated >= recomputed or not differs(stated, recomputed)
+    """Whether ``stated`` is at least ``recomputed`` (a sound bound), with no tolerance:
+    a one-sided claim below a recomputed bound must be proven, however close it is
+    (False for NaN)."""
+    return bool(stated >= recomputed)
 
 
 def compare_values(what: str, stated: float | tuple[float, ...],

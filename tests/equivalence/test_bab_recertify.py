@@ -174,3 +174,25 @@ def test_a_bound_the_budget_cannot_prove_is_refused(monkeypatch: pytest.MonkeyPa
     assert "not proven" in problems[0] and "regions open" in problems[0], problems
     # with the stated budget (4 x its regions) the same bound is proven
     assert tier_registry().get("bab").recheck(pair, dom, bab)[1] == []
+
+
+@pytest.mark.parametrize("shortfall", [5e-10, 2e-9])
+def test_recheck_refuses_a_per_output_bound_just_below_the_truth(shortfall: float) -> None:
+    """No tolerance in the unsafe direction: the compressed model adds exactly 1.0 to
+    output 0 everywhere, and a stated per-output bound a hair below 1 is refused (found
+    by a hostile review: a relative tolerance of 1e-9 used to accept 1 - 5e-10)."""
+    torch.manual_seed(0)
+    orig = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    comp = copy.deepcopy(orig)
+    with torch.no_grad():
+        comp[2].bias[0] += 1.0
+    dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
+    cert = cc.certify(orig, comp, domain=dom, methods=("bab",), search_steps=0,
+                      propagation=BabOptions(time_budget=None, max_regions=50, batch=8))
+    honest = cert.by_method["bab"]
+    pair = GraphPair(cc.trace(orig, dom.shape), cc.trace(comp, dom.shape))
+    tier = tier_registry().get("bab")
+    assert tier.recheck(pair, dom, honest)[1] == []
+    forged = dataclasses.replace(honest, per_output=(1.0 - shortfall, honest.per_output[1]))
+    problems = tier.recheck(pair, dom, forged)[1]
+    assert problems and "SMALLER than a deviation found" in " ".join(problems)
