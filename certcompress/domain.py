@@ -30,6 +30,22 @@ def normalized_radius(mean: Sequence[float], std: Sequence[float], low: float = 
     return max(max(abs(low - m), abs(high - m)) / s for m, s in zip(mean, std))
 
 
+#: the attribute under which a model loader records the input shape its file declares
+#: (:func:`certcompress.load_onnx`: the graph input, batch 1 where it is dynamic)
+DECLARED_SHAPE_ATTR = "input_shape"
+
+
+def declared_input_shape(model: object) -> tuple[int, ...] | None:
+    """The input shape a loader recorded on ``model`` (a ``torch.fx.GraphModule`` built
+    from a file that declares it, e.g. by ``load_onnx``), or None."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    shape = getattr(model, DECLARED_SHAPE_ATTR, None)
+    if not isinstance(shape, tuple) or not shape or \
+            not all(isinstance(s, int) and s > 0 for s in shape):
+        return None
+    return shape
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model expects as input, as a plugin knows it.

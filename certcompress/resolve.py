@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .capture.plugins import plugin_manager
-from .domain import InputDomain, InputSpec
+from .domain import InputDomain, InputSpec, declared_input_shape
 from .errors import ConfigurationError
 from .ir.graph import Graph
 
@@ -45,7 +45,8 @@ def _name(model: object, label: str | None) -> str:
 
 def resolve_shape(model: object, input_shape: Sequence[int] | None = None, *,
                   purpose: str = "", label: str | None = None) -> tuple[int, ...]:
-    """``input_shape`` as a tuple of positive ints; without one, a traced graph's shape or
+    """``input_shape`` as a tuple of positive ints; without one, a traced graph's shape, the
+    shape a loaded file declares (:func:`~certcompress.domain.declared_input_shape`) or
     the shape an installed plugin knows for ``model``. ``purpose`` and ``label`` word the
     error ("input_shape is required for <purpose> of <label>")."""
     if input_shape is not None:
@@ -60,6 +61,9 @@ def resolve_shape(model: object, input_shape: Sequence[int] | None = None, *,
         return shape
     if isinstance(model, Graph):
         return tuple(model.input_shape)
+    declared = declared_input_shape(model)  # e.g. an ONNX file's graph input
+    if declared is not None:
+        return declared
     spec = input_spec_for(model)
     if spec is None:
         what = f"{purpose} of " if purpose else ""

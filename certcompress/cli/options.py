@@ -26,7 +26,7 @@ import torch
 
 from .._io import check_outputs, model_input_files
 from ..capture import plugin_manager
-from ..capture.onnx import is_onnx_spec
+from ..domain import declared_input_shape
 from ..errors import ConfigurationError
 from ..loading import exported_input_shape
 from ..resolve import input_spec_for
@@ -142,8 +142,8 @@ def input_shape(model: Any, given: Sequence[int] | None, spec: str) -> tuple[int
     ONNX file's graph input, batch 1 where dynamic), else a plugin's input spec."""
     exported = (exported_input_shape(model)
                 if isinstance(model, torch.export.ExportedProgram) else None)
-    if exported is None and is_onnx_spec(spec):  # load_onnx records the declared input
-        exported = tuple(getattr(model, "input_shape", ())) or None
+    if exported is None:  # e.g. an ONNX file's graph input
+        exported = declared_input_shape(model)
     if given:
         if any(s <= 0 for s in given):
             raise ConfigurationError(f"--input-shape must be positive integers, got "

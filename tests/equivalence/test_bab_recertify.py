@@ -28,8 +28,6 @@ from certcompress.export import VerificationFailed
 from certcompress.export.metadata import KEY_CERTIFICATE, merge_props, props_of, seal
 from certcompress.export.recertify import recertify
 
-pytest.importorskip("onnxruntime")
-
 # a region budget, no time budget: deterministic, nothing depends on the machine's speed
 OPTS = BabOptions(time_budget=None, max_regions=300, batch=32)
 

@@ -354,3 +354,25 @@ def test_cli_certify_accepts_onnx_files(tmp_path: Path) -> None:
     assert main(["certify", *paths, "--input-shape", "1", "8", "--domain", "0:1",
                  "--out", str(tmp_path / "cert3.json")]) != 0
     assert not (tmp_path / "cert3.json").exists()
+
+
+def test_declared_input_shape_serves_the_python_api(tmp_path: Path) -> None:
+    """``load_onnx`` records the file's input shape; ``certify`` without ``input_shape``
+    resolves it from there (as the CLI does), and plain modules declare none."""
+    from certcompress.domain import declared_input_shape
+
+    w = RNG.standard_normal((16, 10)).astype(np.float32)
+    paths = []
+    for i, scale in enumerate((1.0, 1.01)):
+        inits = [numpy_helper.from_array(w * np.float32(scale), "w")]
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                 helper.make_node("Gemm", ["r", "w"], ["y"], name="gemm")]
+        paths.append(_save(tmp_path, nodes, inits, [1, 16], name=f"d{i}.onnx"))
+    a, b = load_onnx(paths[0]), load_onnx(paths[1])
+    assert declared_input_shape(a) == (1, 16)
+    assert declared_input_shape(torch.nn.Linear(16, 10)) is None
+    assert declared_input_shape(torch.fx.symbolic_trace(torch.nn.Linear(16, 10))) is None
+    cert = cc.certify(a, b, input_radius=1.0, search_steps=4)
+    assert tuple(cert.input_shape) == (1, 16)
+    assert cert.measurements.adversarial_max is not None
+    assert cert.measurements.adversarial_max <= cert.bound

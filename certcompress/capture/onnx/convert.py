@@ -32,6 +32,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import fx, nn
 
+from ...domain import DECLARED_SHAPE_ATTR
 from ...errors import RefusalKind, UnsupportedModelError, UnsupportedNode
 from ..fakequant import ActivationQuantizer, default_slack
 
@@ -835,7 +836,7 @@ def to_module(model: onnx.ModelProto, name: str) -> fx.GraphModule:
     ``source`` attributes; raises :class:`UnsupportedModelError` naming every node the
     importer does not convert."""
     gm, input_name, input_shape = _Builder(model, name).run()
-    setattr(gm, "input_shape", input_shape)  # noqa: B010 - not a declared attribute
+    setattr(gm, DECLARED_SHAPE_ATTR, input_shape)  # read by domain.declared_input_shape
     setattr(gm, "input_name", input_name)  # noqa: B010
     setattr(gm, "source", name)  # noqa: B010
     return gm.eval()
