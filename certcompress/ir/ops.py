@@ -402,16 +402,10 @@ class MaxPoolOp(IROp):
 
 
 @dataclass(frozen=True)
-class FixedLinearOp(IROp):
-    """A fixed linear map with non-negative weights (average pooling, adaptive average
-    pooling with uneven windows, mean, nearest/bilinear interpolation).
+class _SelfMagnitudeOp(IROp):
+    """A one-input map ``fn`` that is its own magnitude map (non-negative weights or a
+    pure index map); ``name(args_repr)`` describes it."""
 
-    ``fn(x)`` is both the real function and the magnitude map: for non-negative weights
-    the absolute-weight map is the map itself. The adapter that builds one vouches that
-    the weights are non-negative (bicubic interpolation, for instance, is refused).
-    """
-
-    kind: ClassVar[NodeKind] = NodeKind.POOLING
     name: str
     fn: Callable[[Tensor], Tensor] = field(compare=False)
     args_repr: str = ""
@@ -426,6 +420,19 @@ class FixedLinearOp(IROp):
 
     def describe(self) -> str:
         return f"{self.name}({self.args_repr})"
+
+
+@dataclass(frozen=True)
+class FixedLinearOp(_SelfMagnitudeOp):
+    """A fixed linear map with non-negative weights (average pooling, adaptive average
+    pooling with uneven windows, mean, nearest/bilinear interpolation).
+
+    ``fn(x)`` is both the real function and the magnitude map: for non-negative weights
+    the absolute-weight map is the map itself. The adapter that builds one vouches that
+    the weights are non-negative (bicubic interpolation, for instance, is refused).
+    """
+
+    kind: ClassVar[NodeKind] = NodeKind.POOLING
 
 
 # ---------------------------------------------------------------------------- wiring
@@ -463,7 +470,7 @@ class LinearCombinationOp(IROp):
 
 
 @dataclass(frozen=True)
-class IndexOp(IROp):
+class IndexOp(_SelfMagnitudeOp):
     """A pure index map: each output element is a copy of one input element, or absent.
 
     flatten, view, reshape, permute, transpose, getitem slicing, squeeze, unsqueeze,
@@ -472,20 +479,6 @@ class IndexOp(IROp):
     """
 
     kind: ClassVar[NodeKind] = NodeKind.WIRING
-    name: str
-    fn: Callable[[Tensor], Tensor] = field(compare=False)
-    args_repr: str = ""
-
-    def forward(self, inputs: Sequence[Tensor], params: AffineParams | None) -> Tensor:
-        return self.fn(inputs[0])
-
-    def magnitude(
-        self, inputs: Sequence[Tensor], params: AffineParams | None, constants: bool
-    ) -> Tensor:
-        return self.fn(inputs[0])
-
-    def describe(self) -> str:
-        return f"{self.name}({self.args_repr})"
 
 
 @dataclass(frozen=True)
