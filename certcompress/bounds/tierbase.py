@@ -54,17 +54,22 @@ def at_least(stated: float, recomputed: float) -> bool:
 def compare_values(what: str, stated: float | tuple[float, ...],
                    recomputed: float | tuple[float, ...], problems: list[str]) -> None:
     """Append to ``problems`` where ``stated`` and ``recomputed`` (scalars or equally long
-    tuples) differ beyond the recertification tolerance, naming the first difference."""
+    tuples of upper bounds) disagree, naming the first disagreement: a stated value
+    below the recomputed one by any amount (the unsafe direction has no tolerance; NaN
+    never passes), or above it beyond the recertification tolerance (not what these
+    weights give)."""
     s = (stated,) if isinstance(stated, float | int) else tuple(stated)
     r = (recomputed,) if isinstance(recomputed, float | int) else tuple(recomputed)
     if len(s) != len(r):
         problems.append(f"{what}: {len(s)} values stated, {len(r)} recomputed")
         return
-    bad = [i for i, (a, b) in enumerate(zip(s, r)) if differs(float(a), float(b))]
+    bad = [i for i, (a, b) in enumerate(zip(s, r))
+           if not at_least(float(a), float(b)) or differs(float(a), float(b))]
     if bad:
         i = bad[0]
         where = "" if len(s) == 1 else f"[{i}] ({len(bad)} of {len(s)} differ)"
-        side = "SMALLER than" if s[i] < r[i] else "larger than"
+        side = "larger than" if s[i] > r[i] else "SMALLER than" if s[i] < r[i] else \
+            "not comparable with"
         problems.append(f"{what}{where} states {s[i]:.10g}, {side} the recomputed "
                         f"{r[i]:.10g}")
 
@@ -166,9 +171,10 @@ class Tier(ABC):
         wrong with the stated one (empty: accepted).
 
         The default (a template step a tier may override): recompute with
-        :meth:`stated_options` and require the stated l1 and per-output bounds to equal
-        the recomputed ones within ``RECERTIFY_RTOL`` both ways (a smaller stated bound
-        is false, a larger or merely different one is not what these weights give)."""
+        :meth:`stated_options` and require the stated l1 and per-output bounds to be at
+        least the recomputed ones, with no tolerance (a smaller stated bound is not
+        proven), and at most ``RECERTIFY_RTOL`` above them (a larger one is not what
+        these weights give): :func:`compare_values`."""
         tier = self.bound(pair, domain, self.stated_options(stated))
         if float32 is not None:
             tier = with_float32(tier, float32)
