@@ -640,11 +640,13 @@ def seed_bootstrap_spearman(table: pd.DataFrame, columns: Sequence[str], *,
     return out
 
 
-def gap_groups(table: pd.DataFrame) -> dict[str, dict[str, object]]:
+def gap_groups(table: pd.DataFrame, *, in_scope_only: bool = True) -> dict[str, dict[str, object]]:
     """Whether configurations trained on the same data differ in measured gap.
 
     Configurations with equal ``n_train`` and ``noise`` (where the table has a noise
-    column) see the same split and label flips per seed. For each such group of two or
+    column) see the same split and label flips per seed; ``in_scope_only``: only the
+    configurations in scope on every seed (those ``spearman_means`` ranks the theory
+    estimates over). For each such group of two or
     more configurations with the same two or more seeds: a two-way analysis of variance
     of the per-run gap (configuration + seed as a block, no interaction), ``F`` and
     ``pvalue`` for "the configurations' mean gaps are equal", the ``configs``, their
@@ -655,6 +657,9 @@ def gap_groups(table: pd.DataFrame) -> dict[str, dict[str, object]]:
     keys = [k for k in ("n_train", "noise") if k in table.columns]
     if not keys or "seed" not in table.columns:
         return {}
+    if in_scope_only:
+        ok = table.groupby("config")["in_scope"].transform(lambda v: bool(v.astype(bool).all()))
+        table = table[ok.astype(bool)]
     out: dict[str, dict[str, object]] = {}
     for key, grp in table.groupby(keys, sort=True):
         piv = (grp.assign(_g=pd.to_numeric(grp["measured_gap"], errors="coerce"))
@@ -669,7 +674,11 @@ def gap_groups(table: pd.DataFrame) -> dict[str, dict[str, object]]:
         resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
         ss_res = float((resid**2).sum())
         df1, df2 = k - 1, (k - 1) * (s - 1)
-        F = (ss_conf / df1) / (ss_res / df2) if ss_res > 0 else math.inf
+        tiny = 1e-12 * float(((x - grand) ** 2).sum()) + 1e-300  # rounding of equal values
+        if ss_conf <= tiny:
+            F = 0.0
+        else:
+            F = (ss_conf / df1) / (ss_res / df2) if ss_res > tiny else math.inf
         label = " ".join(f"{name}={v:g}" for name, v in zip(keys, key if isinstance(key, tuple) else (key,),
                                                             strict=True))
         out[label] = {"configs": [str(c) for c in piv.index],
