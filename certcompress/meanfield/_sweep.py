@@ -535,9 +535,14 @@ def design_means(table: pd.DataFrame, columns: Sequence[str], by: str = "config"
 def _summarize(table: pd.DataFrame) -> None:
     """The ``attrs`` summary of a :func:`sweep` table (design or grid, one or more seeds),
     per configuration (the ``config`` column) over seeds."""
+    # the summary is built aside and attached at the end: pandas deep-copies attrs into
+    # every slice, and the slices below would copy the growing summary each time
+    kept = dict(table.attrs)
+    table.attrs = {}
+    attrs: dict[str, object] = {}
     in_scope = table["in_scope"].astype(bool)
-    table.attrs["n_rows"] = int(len(table))
-    table.attrs["in_scope"] = int(in_scope.sum())
+    attrs["n_rows"] = int(len(table))
+    attrs["in_scope"] = int(in_scope.sum())
     cols = [c for c in AGREEMENT_COLUMNS if c in table.columns]
     sp, sp_means, sp_seed, ratio = {}, {}, {}, {}
     means = design_means(table, ["measured_gap", *cols])
@@ -554,22 +559,22 @@ def _summarize(table: pd.DataFrame) -> None:
         r = r[np.isfinite(r)]
         ratio[col] = ({"min": float(r.min()), "median": float(np.median(r)), "max": float(r.max())}
                       if r.size else {})
-    table.attrs["spearman"] = sp
-    table.attrs["spearman_means"] = sp_means
+    attrs["spearman"] = sp
+    attrs["spearman_means"] = sp_means
     ranked = [c for c in cols if math.isfinite(float(sp_means[c]["rho"]))]  # type: ignore[arg-type]
     best = max(ranked, key=lambda c: float(sp_means[c]["rho"]), default=None)  # type: ignore[arg-type]
-    table.attrs["best_estimate"] = {
+    attrs["best_estimate"] = {
         "column": best, **({} if best is None else sp_means[best]),
         "note": "the estimate with the highest Spearman over per-design means on THIS table; "
                 "selected after the fact, so confirm it on other seeds before relying on it"}
-    table.attrs["spearman_per_seed"] = sp_seed
-    table.attrs["spearman_means_bootstrap"] = seed_bootstrap_spearman(table, cols)
-    table.attrs["gap_groups"] = gap_groups(table)
-    table.attrs["ratio"] = ratio
+    attrs["spearman_per_seed"] = sp_seed
+    attrs["spearman_means_bootstrap"] = seed_bootstrap_spearman(table, cols)
+    attrs["gap_groups"] = gap_groups(table)
+    attrs["ratio"] = ratio
     gaps = means.loc[means["in_scope"], "measured_gap"].to_numpy(dtype=np.float64)
     gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
-    table.attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
-    table.attrs["in_scope_designs"] = int(means["in_scope"].sum())
+    attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
+    attrs["in_scope_designs"] = int(means["in_scope"].sum())
     by: dict[str, dict[str, object]] = {}
     for name, sub in table.groupby("config", sort=False):
         entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
@@ -579,15 +584,16 @@ def _summarize(table: pd.DataFrame) -> None:
                     "kl_gaussian_residual", "kl_knn_residual", "w2_bound_residual",
                     "Lambda_s", "Lambda_G2", "kl_bound_paper", "rademacher_paper",
                     "lambda_min_G2_init", "lambda_min_G2_final", "lambda_min_G12_final",
-                    "move_head", "move_residual", "gram_change",
+                    "move_head", "move_residual", "gram_change", "loo_loss", "loo_loss_limit",
                     "decay_rate_late_measured", "decay_rate_late_predicted"):
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
             if v.size:
                 entry[col] = {"mean": float(v.mean()), "ci95": ci95(v)}
         by[str(name)] = entry
-    table.attrs["by_config"] = by
-    table.attrs["recommendation"] = recommend_scaling(table)
+    attrs["by_config"] = by
+    attrs["recommendation"] = recommend_scaling(table)
+    table.attrs = {**kept, **attrs}
 
 
 
