@@ -130,7 +130,7 @@ def bench_design(seeds: list[int]) -> dict[str, object]:
             "spearman_means_bootstrap": a["spearman_means_bootstrap"],
             "spearman_means_grid": _subset_agreement(table, grid),
             "spearman_means_before_n200": _subset_agreement(table, _BEFORE),
-            "gap_groups": a["gap_groups"],
+            "gap_groups": a["gap_groups"], "by_config": a["by_config"],
             "ratio": a["ratio"], "best_estimate": a["best_estimate"],
             "recommendation": a["recommendation"]}
 
