@@ -202,10 +202,10 @@ def sweep(
 
     **Default** (no grid argument): the designed sweep, :func:`default_design` on digits
     with ``seeds`` (0, 1, 2) and :data:`DESIGN_OPTIONS` (150 steps, light estimators):
-    n in {50, 100, 400} x label noise {0, 0.2, 0.4} (noise on the training labels only)
-    plus depth, alpha, scaling and init variants, the frozen-features ablation and the
-    lazy comparison, so the measured gaps really differ (54 runs, about 100 s on 2
-    cores). ``design`` runs other :class:`DesignPoint` s the same way. All runs train
+    n in {50, 100, 200, 400} x label noise {0, 0.2, 0.4} (noise on the training labels
+    only) plus depth, alpha, scaling and init variants, the frozen-features ablation and
+    the lazy comparison, so the measured gaps really differ (63 runs, about 36 CPU-s,
+    single-threaded). ``design`` runs other :class:`DesignPoint` s the same way. All runs train
     together (:func:`train_many`: particles batched across runs of the same shape), so a
     point agrees to rounding with the same point run in another design. ``seed`` (one
     int) runs the design for that seed alone. Columns ``design``, ``noise``, then
@@ -231,7 +231,8 @@ def sweep(
     estimates: the headline figure), ``"spearman_per_seed"``, ``"ratio"``
     (min/median/max of estimate / measured gap over in-scope rows), ``"by_config"`` (per
     configuration: mean and 95% Student-t interval over seeds of the measured gap and
-    every estimate), ``"recommendation"`` (:func:`recommend_scaling`: a depth scaling
+    every estimate), ``"spearman_means_bootstrap"`` (:func:`seed_bootstrap_spearman`),
+    ``"gap_groups"`` (:func:`gap_groups`), ``"recommendation"`` (:func:`recommend_scaling`: a depth scaling
     with its estimated risk, measured gap, regime and conditions met), ``"best_estimate"``,
     ``"gap_span"``, ``"in_scope"`` / ``"n_rows"`` / ``"in_scope_designs"``, ``"seeds"``
     and ``"trajectories"`` (per row: flow time, loss, lambda_min(G2), lambda_min(G1+G2)
