@@ -91,18 +91,46 @@ def bench_sweep(depths: list[int], width: int, n: int, steps: int) -> dict[str, 
             "spearman_gap_estimate": table.attrs["spearman"]["gap_estimate"]["rho"]}
 
 
+# the design before the n = 200 cells were added (where the estimates were selected, seeds 0-2)
+_BEFORE = tuple(f"n={n} noise={q:g}" for n in (50, 100, 400) for q in mf.DESIGN_NOISES) + (
+    "L=16", "alpha=0.25", "alpha=4", "scaling=sqrt L=16", "scaling=none L=16", "init=standard",
+    "init=paired", "head-only", "lazy: standard init, beta=10")
+
+
+def _subset_agreement(table: Any, names: tuple[str, ...]) -> dict[str, object]:
+    """Spearman over per-configuration means (in-scope configurations) restricted to ``names``."""
+    cols = [c for c in mf.AGREEMENT_COLUMNS if c in mf.THEORY_COLUMNS]
+    means = mf.design_means(table, ["measured_gap", *cols])
+    sub = means[means.index.isin(names) & means["in_scope"]]
+    out: dict[str, object] = {}
+    for col in cols:
+        r = mf.spearman_agreement(sub, col)
+        ratio = (sub[col] / sub["measured_gap"]).to_numpy()
+        out[col] = {"rho": r.rho, "pvalue": r.pvalue, "n_points": r.n_configs,
+                    "ratio_median": float(statistics.median(ratio)) if len(ratio) else None,
+                    "ratio_min": float(ratio.min()) if len(ratio) else None,
+                    "ratio_max": float(ratio.max()) if len(ratio) else None}
+    return out
+
+
 def bench_design(seeds: list[int]) -> dict[str, object]:
     """The default sweep (the designed one; issue 18 benchmark): wall and CPU time, rank
-    agreement, recommendation."""
+    agreement (whole design, the n x noise grid, the design before the n = 200 cells),
+    its seed-bootstrap interval, the gap groups, recommendation."""
     load = os.getloadavg()
     w0, c0 = time.perf_counter(), time.process_time()
     table = mf.sweep(seeds=seeds, progress=False)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     a = table.attrs
+    grid = tuple(f"n={n} noise={q:g}" for n in mf.DESIGN_NS for q in mf.DESIGN_NOISES)
     return {"seeds": seeds, "runs": len(table), "wall_seconds": wall, "cpu_seconds": cpu,
             "load_before": load, "load_after": os.getloadavg(),
             "in_scope_designs": a["in_scope_designs"], "gap_span": a["gap_span"],
             "spearman_means": a["spearman_means"], "spearman_rows": a["spearman"],
+            "spearman_means_bootstrap": a["spearman_means_bootstrap"],
+            "spearman_means_grid": _subset_agreement(table, grid),
+            "spearman_means_before_n200": _subset_agreement(table, _BEFORE),
+            "gap_groups": a["gap_groups"], "by_config": a["by_config"],
             "ratio": a["ratio"], "best_estimate": a["best_estimate"],
             "recommendation": a["recommendation"]}
 
@@ -127,10 +155,16 @@ def main() -> None:
         seeds = args.design or list(mf.DEFAULT_SEEDS)
         res = bench_design(seeds)
         sp = res["spearman_means"][mf.RECOMMENDED_ESTIMATE]  # type: ignore[index]
+        bs = res["spearman_means_bootstrap"].get(mf.RECOMMENDED_ESTIMATE, {})  # type: ignore[attr-defined]
         print(f"default sweep, seeds {seeds}: {res['runs']} runs, {res['wall_seconds']:.0f} s wall, "
               f"{res['cpu_seconds']:.0f} CPU-s (load {res['load_before'][0]:.1f}); Spearman "  # type: ignore[index]
               f"{mf.RECOMMENDED_ESTIMATE} over {sp['n_points']} in-scope design means = "
-              f"{sp['rho']:.3f} (p = {sp['pvalue']:.2g}); gap span {res['gap_span']:.1f}x")
+              f"{sp['rho']:.3f} (p = {sp['pvalue']:.2g}; seed bootstrap 95% "
+              f"{bs.get('lo', float('nan')):.2f}-{bs.get('hi', float('nan')):.2f}); gap span "
+              f"{res['gap_span']:.1f}x")
+        for part in ("spearman_means_grid", "spearman_means_before_n200"):
+            g = res[part][mf.RECOMMENDED_ESTIMATE]  # type: ignore[index]
+            print(f"  {part}: {g['rho']:.3f} (p = {g['pvalue']:.2g}, {g['n_points']} configurations)")
         out = Path(__file__).resolve().parent / "results"
         out.mkdir(exist_ok=True)
         path = atomic_write_text(out / "meanfield_design.json",

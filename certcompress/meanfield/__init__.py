@@ -11,7 +11,7 @@ says "out of scope" where the theory does not apply. See docs/meanfield.md.
     est = mf.estimate(run, X_train, y_train, X_test, y_test, delta=0.05)
     print(est.summary())
 
-    table = mf.sweep()  # the default: n x label noise + variants, seeds 0 1 2 (~100 s)
+    table = mf.sweep()  # the default: n x label noise + variants, seeds 0 1 2 (~1 min)
     print(table.attrs["recommendation"]["scaling"], table.attrs["spearman_means"])
 """
 
@@ -47,22 +47,30 @@ from ._estimate import (
 )
 from ._gram import GramPair, gram_matrices, gram_traces
 from ._kl import KLEstimate, gaussian_kl, knn_kl
+from ._loo import flow_ridge, kernel_ridge_loo
 from ._model import Particles, PriorSpec, ResNetConfig, ScaledResNet
 from ._plots import plot_design, plot_sweep, plot_training
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._sweep import (
+    AGREEMENT_COLUMNS,
     DEFAULT_SEEDS,
+    DESIGN_NOISES,
+    DESIGN_NS,
     DESIGN_OPTIONS,
     GRID_DEFAULTS,
     RECOMMENDED_ESTIMATE,
     SWEEP_COLUMNS,
+    THEORY_COLUMNS,
     DesignPoint,
     SpearmanResult,
     SweepOptions,
     default_design,
+    design_means,
     designed_sweep,
     flip_labels,
+    gap_groups,
     recommend_scaling,
+    seed_bootstrap_spearman,
     spearman_agreement,
     sweep,
 )
@@ -70,7 +78,12 @@ from ._train import Checkpoint, TrainRun, train
 from ._transport import exact_w2, w2_coupling_bound
 
 __all__ = [
+    "AGREEMENT_COLUMNS",
+    "THEORY_COLUMNS",
+    "design_means",
     "DEFAULT_SEEDS",
+    "DESIGN_NS",
+    "DESIGN_NOISES",
     "DESIGN_OPTIONS",
     "GRID_DEFAULTS",
     "RECOMMENDED_ESTIMATE",
@@ -79,6 +92,10 @@ __all__ = [
     "designed_sweep",
     "flip_labels",
     "recommend_scaling",
+    "seed_bootstrap_spearman",
+    "gap_groups",
+    "kernel_ridge_loo",
+    "flow_ridge",
     "plot_design",
     "plot_training",
     "PhaseRate",

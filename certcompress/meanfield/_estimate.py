@@ -21,8 +21,9 @@ from ._audit import audit, laziness, with_laziness
 from ._data import as_features, as_targets
 from ._gram import gram_matrices, gram_traces, lambda_min
 from ._kl import KLEstimate, gaussian_kl, knn_kl
+from ._loo import flow_ridge, kernel_ridge_loo
 from ._model import Particles, ScaledResNet, particles_from_state
-from ._paper import paper_bounds
+from ._paper import limit_head_grams, paper_bounds
 from ._rademacher import rademacher_closed_form, rademacher_monte_carlo
 from ._train import TrainRun, data_fingerprint, progress_enabled
 from ._transport import w2_coupling_bound
@@ -173,6 +174,15 @@ class MeanFieldEstimate:
         stability bound of gradient descent with the squared gradient norm of the loss,
         2 l_i beta^2 G_ii, in place of Lip^2; convexity assumed, not checked). All four are
         computed in and out of scope (they do not rest on the mean-field limit).
+    Leave-one-out [D for kernel ridge, E for the network] (docs/meanfield.md,
+        "Leave-one-out estimate"): loo_ridge = n / (beta^2 t) (gradient flow for the
+        run's flow time t as a ridge); loo_loss = the exact leave-one-out clipped loss of
+        kernel ridge regression with the network's tangent kernel AT INITIALISATION
+        (G1 + G2; G2 for a head-only run), offset f_0; gap_estimate_loo = loo_loss -
+        train_loss; loo_loss_limit and gap_estimate_loo_limit: the same with the
+        limiting head Gram matrix G2inf at mean-field initialisation (Hermite series at
+        hermite_order, offset 0), which depends on the data, labels, beta and t only.
+        Computed in and out of scope; NaN when t = 0.
     Per-phase decay [M, D]: phase_rates (one :class:`PhaseRate` per interval between
         Gram checkpoints), decay_rate_late_measured / decay_rate_late_predicted (the last
         phase); trainable ("all" or "head": the frozen-features ablation).
@@ -275,6 +285,11 @@ class MeanFieldEstimate:
     gap_estimate_tangent: float = math.nan
     gap_estimate_optimistic: float = math.nan
     gap_estimate_stability: float = math.nan
+    loo_ridge: float = math.nan
+    loo_loss: float = math.nan
+    loo_loss_limit: float = math.nan
+    gap_estimate_loo: float = math.nan
+    gap_estimate_loo_limit: float = math.nan
     trajectory: tuple[GramPoint, ...] = ()
     phase_rates: tuple[PhaseRate, ...] = ()
     w2_bound_per_layer: tuple[float, ...] = ()
@@ -322,6 +337,9 @@ class MeanFieldEstimate:
             f"  [E] gap estimate {fmt(self.gap_estimate)} (closed form {fmt(self.gap_estimate_closed_form)})"
             + (f" VACUOUS (the loss lies in [0, {self.loss_bound:.3g}])" if self.gap_estimate_vacuous else "")
             + f", kernel measure {self.kernel_measure:.4g}",
+            f"  [E] leave-one-out (kernel ridge, ridge n/(beta^2 t) = {self.loo_ridge:.4g}): gap estimate "
+            f"{self.gap_estimate_loo:.4g} with the tangent kernel at init (LOO loss {self.loo_loss:.4g}), "
+            f"{self.gap_estimate_loo_limit:.4g} with the limit's head kernel",
             f"  [M] MEASURED gap {self.measured_gap:.4g} (train {self.train_loss:.4g}, test {self.test_loss:.4g})",
         ])
 
@@ -460,6 +478,8 @@ def estimate(
     tr2_max = 0.0
     head_only = getattr(run, "trainable", "all") == "head"
     trace_drive: list[float] = []  # tr(G)/n of the Gram matrix that drives the run
+    G_drive_init: np.ndarray | None = None  # the driving Gram matrix at initialisation
+    f0_train: np.ndarray | None = None
     for ck in bar:
         _load(work, ck.state)
         gp = gram_matrices(work, Xt, method=opts.gram_method)
@@ -469,6 +489,9 @@ def estimate(
         trace_drive.append(tr2 if head_only else float(tr1.sum()) + tr2)
         if G2_init is None:
             G2_init = gp.G2
+            G_drive_init = gp.G2 if head_only else gp.G1 + gp.G2
+            with torch.no_grad():
+                f0_train = work(Xt).numpy()
         traj.append(GramPoint(ck.step, ck.time, ck.loss, lambda_min(gp.G2), lambda_min(gp.G1 + gp.G2),
                               *_kl_trajectory(particles_from_state(dict(ck.state)), res_std0,
                                               head_std0, opts, seed)))
@@ -564,6 +587,18 @@ def estimate(
     step_times = run.lr * np.arange(len(run.losses))
     trace_t = np.interp(step_times, times, np.asarray(trace_drive))
     gap_stab = 4.0 * beta2 / n * float(np.trapezoid(trace_t * np.asarray(run.losses), step_times))
+    # leave-one-out: kernel ridge with a kernel fixed before training (the network's
+    # tangent kernel at initialisation; the limit's head Gram matrix), ridge n/(beta^2 t)
+    # (docs/meanfield.md, "Leave-one-out estimate")
+    t_end = float(run.checkpoints[-1].time)
+    loo = loo_lim = ridge = math.nan
+    if t_end > 0 and math.isfinite(t_end) and G_drive_init is not None and np.all(np.isfinite(G_drive_init)):
+        ridge = flow_ridge(n, cfg.beta, t_end)
+        loo = kernel_ridge_loo(G_drive_init, ytr, ridge, offset=f0_train, clip=Y)
+        G2_lim = limit_head_grams(work.embed_input(Xt).detach().numpy(), activation=work.act,
+                                  sigma_w=work.prior.sigma_head_w, sigma_a=work.prior.sigma_a,
+                                  order=opts.hermite_order)[1]
+        loo_lim = kernel_ridge_loo(G2_lim, ytr, ridge, clip=Y)
 
     # ---- the paper's quantities [D] and the theorem's conditions on this run
     pb = paper_bounds(work.embed_input(Xt).detach().numpy(), ytr, beta=cfg.beta,
@@ -623,7 +658,8 @@ def estimate(
         jacobian_trace_head=tr2_max, jacobian_trace_residual=float(tr1_max.sum()),
         rademacher_tangent_head=rt_head, rademacher_tangent_residual=rt_res,
         rademacher_tangent=rt, gap_estimate_tangent=gap_tan, gap_estimate_optimistic=gap_opt,
-        gap_estimate_stability=gap_stab,
+        gap_estimate_stability=gap_stab, loo_ridge=ridge, loo_loss=loo, loo_loss_limit=loo_lim,
+        gap_estimate_loo=loo - tr_c, gap_estimate_loo_limit=loo_lim - tr_c,
         trajectory=tuple(traj), phase_rates=tuple(phases), w2_bound_per_layer=w2_layers,
         kl_gaussian_per_layer=tuple(kl_g), kl_knn_per_layer=tuple(kl_k), notes=tuple(notes),
     )

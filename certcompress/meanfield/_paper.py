@@ -49,8 +49,8 @@ from ..errors import ConfigurationError
 from ._activations import ActivationSpec, get_activation
 from ._rademacher import rademacher_closed_form
 
-__all__ = ["PaperBounds", "hermite_coefficients", "limit_gram_lower_bound", "kl_bound",
-           "paper_bounds"]
+__all__ = ["PaperBounds", "hermite_coefficients", "limit_head_grams", "limit_gram_lower_bound",
+           "kl_bound", "paper_bounds"]
 
 
 def hermite_coefficients(act: ActivationSpec | str, r: np.ndarray, order: int, *,
@@ -88,18 +88,19 @@ def _min_eig(A: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(0.5 * (A + A.T))[0])
 
 
-def limit_gram_lower_bound(Z: np.ndarray, *, activation: ActivationSpec | str = "tanh",
-                           sigma_w: float, sigma_a: float, order: int = 10) -> tuple[float, float]:
-    """(Lambda_s, Lambda_G2): lower bounds on lambda_min of K_s and of G2inf on features Z.
+def limit_head_grams(Z: np.ndarray, *, activation: ActivationSpec | str = "tanh",
+                     sigma_w: float, sigma_a: float, order: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(K_s, G2inf) truncated at Hermite order R: the limiting random-features kernel and
+    the limiting head Gram matrix on features Z (n, d) (module docstring, item 1).
 
-    Z: (n, d) features z_i (for the limit at mean-field initialisation, z_0 = E x).
-    ``order``: Hermite truncation R (the bound increases with R toward the limit).
+    Each is a sum of PSD terms, so the truncation lies below the limit in the PSD order
+    (lambda_min of it is a lower bound; :func:`limit_gram_lower_bound`).
     """
     Zm = np.asarray(Z, dtype=np.float64)
     if Zm.ndim != 2 or Zm.shape[0] < 1:
-        raise ConfigurationError(f"limit_gram_lower_bound: Z must have shape (n, d), got {Zm.shape}")
+        raise ConfigurationError(f"limit_head_grams: Z must have shape (n, d), got {Zm.shape}")
     if not (sigma_w > 0 and sigma_a > 0) or order < 0:
-        raise ConfigurationError("limit_gram_lower_bound: need sigma_w, sigma_a > 0 and order >= 0")
+        raise ConfigurationError("limit_head_grams: need sigma_w, sigma_a > 0 and order >= 0")
     norms = np.linalg.norm(Zm, axis=1)
     safe = np.where(norms > 0, norms, 1.0)
     U = Zm / safe[:, None]
@@ -111,7 +112,18 @@ def limit_gram_lower_bound(Z: np.ndarray, *, activation: ActivationSpec | str = 
     r = sigma_w * norms
     Ks = _series(hermite_coefficients(activation, r, order), C)
     Kd = _series(hermite_coefficients(activation, r, order, derivative=True), C)
-    G2 = Ks + sigma_a**2 * (Zm @ Zm.T) * Kd
+    return Ks, Ks + sigma_a**2 * (Zm @ Zm.T) * Kd
+
+
+def limit_gram_lower_bound(Z: np.ndarray, *, activation: ActivationSpec | str = "tanh",
+                           sigma_w: float, sigma_a: float, order: int = 10) -> tuple[float, float]:
+    """(Lambda_s, Lambda_G2): lower bounds on lambda_min of K_s and of G2inf on features Z.
+
+    Z: (n, d) features z_i (for the limit at mean-field initialisation, z_0 = E x).
+    ``order``: Hermite truncation R (the bound increases with R toward the limit).
+    """
+    Ks, G2 = limit_head_grams(Z, activation=activation, sigma_w=sigma_w, sigma_a=sigma_a,
+                              order=order)
     return _min_eig(Ks), _min_eig(G2)
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_path
 from ..errors import ConfigurationError
-from ._sweep import THEORY_COLUMNS, ci95, design_means, spearman_agreement
+from ._sweep import RECOMMENDED_ESTIMATE, THEORY_COLUMNS, ci95, design_means, spearman_agreement
 
 __all__ = ["plot_sweep", "plot_design", "plot_training"]
 
@@ -127,8 +127,8 @@ def plot_sweep(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Pa
 
 
 def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[Path, ...]:
-    """Plots of a :func:`sweep` design table (the default sweep): design_estimate_vs_gap.png (each estimate
-    against the measured gap, mean and 95% interval over seeds per design point, the
+    """Plots of a :func:`sweep` design table (the default sweep): design_estimate_vs_gap.png (each estimate,
+    the recommended one first on linear axes with y = x, against the measured gap, mean and 95% interval over seeds per design point, the
     loss range marked) and design_lambda.png (lambda_min(G2) at init and final beside
     the [D] lower bound Lambda_G2, per design point)."""
     need = {"design", "measured_gap", "gap_estimate", "kernel_measure", "gap_bound_paper",
@@ -148,7 +148,8 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
         half = ci95(v)
         return float(v.mean()), 0.0 if math.isnan(half) else half
 
-    panels = [c for c in ("gap_estimate", "rademacher_sqrt_kl", "kernel_measure", "gap_bound_paper")
+    panels = [c for c in dict.fromkeys((RECOMMENDED_ESTIMATE, "gap_estimate", "rademacher_sqrt_kl",
+                                        "kernel_measure", "gap_bound_paper"))
               if c in table.columns]
     means = design_means(table, ["measured_gap", *panels])
     fig = Figure(figsize=(4.7 * len(panels), 4.5))
@@ -168,7 +169,12 @@ def plot_design(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> tuple[P
                      fontsize=9)
         ax.set_xlabel("measured gap (test - train loss)")
         ax.set_ylabel(col)
-        ax.set_yscale("log")
+        if col == RECOMMENDED_ESTIMATE:  # at the level of the gap: linear, with y = x
+            lo, hi = ax.get_xlim()
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls=":", label="estimate = gap")
+            ax.legend(fontsize=7)
+        else:
+            ax.set_yscale("log")
     paths.append(_save(fig, out / "design_estimate_vs_gap.png"))
 
     fig = Figure(figsize=(10, 4.5))

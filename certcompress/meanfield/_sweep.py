@@ -16,7 +16,8 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import f as f_dist
+from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as student_t
 from tqdm.auto import tqdm
 
@@ -32,7 +33,8 @@ __all__ = ["SweepOptions", "SpearmanResult", "sweep", "designed_sweep", "spearma
            "resolve_data", "ci95", "design_means", "THEORY_COLUMNS", "SWEEP_COLUMNS",
            "AGREEMENT_COLUMNS", "DEFAULT_SEEDS", "GRID_DEFAULTS", "DesignPoint",
            "default_design", "DESIGN_OPTIONS", "RECOMMENDED_ESTIMATE", "flip_labels",
-           "recommend_scaling"]
+           "recommend_scaling", "seed_bootstrap_spearman", "gap_groups", "DESIGN_NS",
+           "DESIGN_NOISES", "BOOTSTRAP_REPS"]
 
 SweepData = str | DataSplit | tuple[object, object] | tuple[object, object, object, object]
 
@@ -154,19 +156,22 @@ AGREEMENT_COLUMNS: tuple[str, ...] = (
     "gap_estimate", "gap_estimate_closed_form", "gap_bound_paper", "kernel_measure",
     "kl_radius", "w2_bound_head", "w2_bound_residual", "rademacher_mc", "rademacher_sqrt_kl",
     "rademacher_tangent", "gap_estimate_tangent", "gap_estimate_optimistic",
-    "gap_estimate_stability")
+    "gap_estimate_stability", "gap_estimate_loo", "gap_estimate_loo_limit")
 """Estimates whose rank agreement with the measured gap a sweep reports."""
 DESIGN_AGREEMENT_COLUMNS = AGREEMENT_COLUMNS  # the name the designed sweep used
 THEORY_COLUMNS = frozenset({"gap_estimate", "gap_estimate_closed_form", "rademacher_mc",
                             "rademacher_sqrt_kl", "rademacher_tangent", "gap_estimate_tangent",
-                            "gap_estimate_optimistic", "gap_estimate_stability"})
+                            "gap_estimate_optimistic", "gap_estimate_stability",
+                            "gap_estimate_loo", "gap_estimate_loo_limit"})
 """Estimates the theory defines only in scope (their agreement is over in-scope rows)."""
 
-RECOMMENDED_ESTIMATE = "gap_estimate_optimistic"
-"""The estimate a sweep ranks in-scope configurations by: the gap-level
-estimate with the highest Spearman over the in-scope design means on seeds 0-2 of the
-default design (selected there, reported on the held-out seeds 3-5; see
-docs/meanfield.md, "Tangent complexity", for the values and the selection)."""
+RECOMMENDED_ESTIMATE = "gap_estimate_loo"
+"""The estimate a sweep ranks in-scope configurations by: the leave-one-out loss of
+kernel ridge with the network's tangent kernel at initialisation, minus the train loss.
+Chosen on seeds 0-2 of the default design only, among the gap-level estimates that
+depend on the network (``gap_estimate_loo_limit`` ranked higher there but is the same
+for every network on the same data, so it cannot rank scalings); reported unchanged on
+the held-out seeds 3-5 (docs/meanfield.md, "Leave-one-out estimate")."""
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 """Seeds of the default sweep (the designed one)."""
@@ -197,10 +202,10 @@ def sweep(
 
     **Default** (no grid argument): the designed sweep, :func:`default_design` on digits
     with ``seeds`` (0, 1, 2) and :data:`DESIGN_OPTIONS` (150 steps, light estimators):
-    n in {50, 100, 400} x label noise {0, 0.2, 0.4} (noise on the training labels only)
-    plus depth, alpha, scaling and init variants, the frozen-features ablation and the
-    lazy comparison, so the measured gaps really differ (54 runs, about 100 s on 2
-    cores). ``design`` runs other :class:`DesignPoint` s the same way. All runs train
+    n in {50, 100, 200, 400} x label noise {0, 0.2, 0.4} (noise on the training labels
+    only) plus depth, alpha, scaling and init variants, the frozen-features ablation and
+    the lazy comparison, so the measured gaps really differ (63 runs, about 36 CPU-s,
+    single-threaded). ``design`` runs other :class:`DesignPoint` s the same way. All runs train
     together (:func:`train_many`: particles batched across runs of the same shape), so a
     point agrees to rounding with the same point run in another design. ``seed`` (one
     int) runs the design for that seed alone. Columns ``design``, ``noise``, then
@@ -226,7 +231,8 @@ def sweep(
     estimates: the headline figure), ``"spearman_per_seed"``, ``"ratio"``
     (min/median/max of estimate / measured gap over in-scope rows), ``"by_config"`` (per
     configuration: mean and 95% Student-t interval over seeds of the measured gap and
-    every estimate), ``"recommendation"`` (:func:`recommend_scaling`: a depth scaling
+    every estimate), ``"spearman_means_bootstrap"`` (:func:`seed_bootstrap_spearman`),
+    ``"gap_groups"`` (:func:`gap_groups`), ``"recommendation"`` (:func:`recommend_scaling`: a depth scaling
     with its estimated risk, measured gap, regime and conditions met), ``"best_estimate"``,
     ``"gap_span"``, ``"in_scope"`` / ``"n_rows"`` / ``"in_scope_designs"``, ``"seeds"``
     and ``"trajectories"`` (per row: flow time, loss, lambda_min(G2), lambda_min(G1+G2)
@@ -335,13 +341,20 @@ class DesignPoint:
     trainable: str = "all"
 
 
+DESIGN_NS: tuple[int, ...] = (50, 100, 200, 400)
+"""Training-set sizes of the n x label-noise grid of :func:`default_design`."""
+DESIGN_NOISES: tuple[float, ...] = (0.0, 0.2, 0.4)
+"""Label-noise fractions of that grid."""
+
+
 def default_design() -> tuple[DesignPoint, ...]:
-    """n in {50, 100, 400} x label noise {0, 0.2, 0.4} at L = 4 (mean-field scaling),
-    plus depth (L = 16), alpha (0.25, 4), scaling (sqrt, none) and init (standard,
-    paired) variants at n = 100, noise 0.2, and two comparison rows at the same n and
-    noise: the frozen-features ablation (``head-only``: only the head trains) and the
-    lazy comparison (``lazy: standard init, beta=10``): 18 configurations whose gaps differ."""
-    pts = [DesignPoint(f"n={n} noise={q:g}", n, q, 4) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)]
+    """n in {50, 100, 200, 400} x label noise {0, 0.2, 0.4} at L = 4 (mean-field
+    scaling; the 12 cells named ``n=<n> noise=<q>``), plus depth (L = 16), alpha (0.25,
+    4), scaling (sqrt, none) and init (standard, paired) variants at n = 100, noise 0.2,
+    and two comparison rows at the same n and noise: the frozen-features ablation
+    (``head-only``: only the head trains) and the lazy comparison (``lazy: standard init,
+    beta=10``): 21 configurations whose gaps differ."""
+    pts = [DesignPoint(f"n={n} noise={q:g}", n, q, 4) for n in DESIGN_NS for q in DESIGN_NOISES]
     base = {"n": 100, "noise": 0.2}
     pts += [
         DesignPoint("L=16", depth=16, **base),  # type: ignore[arg-type]
@@ -523,9 +536,14 @@ def design_means(table: pd.DataFrame, columns: Sequence[str], by: str = "config"
 def _summarize(table: pd.DataFrame) -> None:
     """The ``attrs`` summary of a :func:`sweep` table (design or grid, one or more seeds),
     per configuration (the ``config`` column) over seeds."""
+    # the summary is built aside and attached at the end: pandas deep-copies attrs into
+    # every slice, and the slices below would copy the growing summary each time
+    kept = dict(table.attrs)
+    table.attrs = {}
+    attrs: dict[str, object] = {}
     in_scope = table["in_scope"].astype(bool)
-    table.attrs["n_rows"] = int(len(table))
-    table.attrs["in_scope"] = int(in_scope.sum())
+    attrs["n_rows"] = int(len(table))
+    attrs["in_scope"] = int(in_scope.sum())
     cols = [c for c in AGREEMENT_COLUMNS if c in table.columns]
     sp, sp_means, sp_seed, ratio = {}, {}, {}, {}
     means = design_means(table, ["measured_gap", *cols])
@@ -542,20 +560,22 @@ def _summarize(table: pd.DataFrame) -> None:
         r = r[np.isfinite(r)]
         ratio[col] = ({"min": float(r.min()), "median": float(np.median(r)), "max": float(r.max())}
                       if r.size else {})
-    table.attrs["spearman"] = sp
-    table.attrs["spearman_means"] = sp_means
+    attrs["spearman"] = sp
+    attrs["spearman_means"] = sp_means
     ranked = [c for c in cols if math.isfinite(float(sp_means[c]["rho"]))]  # type: ignore[arg-type]
     best = max(ranked, key=lambda c: float(sp_means[c]["rho"]), default=None)  # type: ignore[arg-type]
-    table.attrs["best_estimate"] = {
+    attrs["best_estimate"] = {
         "column": best, **({} if best is None else sp_means[best]),
         "note": "the estimate with the highest Spearman over per-design means on THIS table; "
                 "selected after the fact, so confirm it on other seeds before relying on it"}
-    table.attrs["spearman_per_seed"] = sp_seed
-    table.attrs["ratio"] = ratio
+    attrs["spearman_per_seed"] = sp_seed
+    attrs["spearman_means_bootstrap"] = seed_bootstrap_spearman(table, cols)
+    attrs["gap_groups"] = gap_groups(table)
+    attrs["ratio"] = ratio
     gaps = means.loc[means["in_scope"], "measured_gap"].to_numpy(dtype=np.float64)
     gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
-    table.attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
-    table.attrs["in_scope_designs"] = int(means["in_scope"].sum())
+    attrs["gap_span"] = float(gaps.max() / gaps.min()) if gaps.size else math.nan
+    attrs["in_scope_designs"] = int(means["in_scope"].sum())
     by: dict[str, dict[str, object]] = {}
     for name, sub in table.groupby("config", sort=False):
         entry: dict[str, object] = {"n_seeds": int(len(sub)), "in_scope": bool(sub["in_scope"].all()),
@@ -565,16 +585,114 @@ def _summarize(table: pd.DataFrame) -> None:
                     "kl_gaussian_residual", "kl_knn_residual", "w2_bound_residual",
                     "Lambda_s", "Lambda_G2", "kl_bound_paper", "rademacher_paper",
                     "lambda_min_G2_init", "lambda_min_G2_final", "lambda_min_G12_final",
-                    "move_head", "move_residual", "gram_change",
+                    "move_head", "move_residual", "gram_change", "loo_loss", "loo_loss_limit",
                     "decay_rate_late_measured", "decay_rate_late_predicted"):
             v = pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
             if v.size:
                 entry[col] = {"mean": float(v.mean()), "ci95": ci95(v)}
         by[str(name)] = entry
-    table.attrs["by_config"] = by
-    table.attrs["recommendation"] = recommend_scaling(table)
+    attrs["by_config"] = by
+    attrs["recommendation"] = recommend_scaling(table)
+    table.attrs = {**kept, **attrs}
 
+
+
+BOOTSTRAP_REPS = 2000
+"""Seed resamples of :func:`seed_bootstrap_spearman`."""
+
+
+def seed_bootstrap_spearman(table: pd.DataFrame, columns: Sequence[str], *,
+                            reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Seed-bootstrap interval of the Spearman over per-configuration means.
+
+    Each resample draws the table's seeds with replacement (a whole seed at a time: every
+    configuration of a seed shares its split and label flips), takes each
+    configuration's mean of the estimate and of the measured gap over the drawn seeds,
+    and computes Spearman over the configurations (in-scope ones for the
+    :data:`THEORY_COLUMNS`, as ``spearman_means``). Returns per column ``lo`` and ``hi``
+    (the 2.5% and 97.5% quantiles), ``median`` and ``reps`` (resamples where both
+    vary); ``{}`` with fewer than 2 seeds. The same table gives the same interval.
+    """
+    if "seed" not in table.columns or table["seed"].nunique() < 2:
+        return {}
+    seeds = np.array(sorted(table["seed"].unique()))
+    draws = np.random.default_rng(seed).integers(0, seeds.size, size=(reps, seeds.size))
+    counts = np.stack([np.bincount(d, minlength=seeds.size) for d in draws]).astype(np.float64)
+    in_scope = table.groupby("config", sort=False)["in_scope"].apply(lambda v: bool(v.astype(bool).all()))
+    out: dict[str, dict[str, float]] = {}
+    for col in columns:
+        keep = in_scope[in_scope].index if col in THEORY_COLUMNS else in_scope.index
+        arrays = []
+        for c in (col, "measured_gap"):
+            piv = (table.assign(_v=pd.to_numeric(table[c], errors="coerce"))
+                   .pivot_table(index="config", columns="seed", values="_v", aggfunc="mean")
+                   .reindex(index=keep, columns=seeds))
+            arrays.append(piv.to_numpy(dtype=np.float64))
+        est, gap = arrays
+        ok = np.isfinite(est).all(1) & np.isfinite(gap).all(1)
+        if ok.sum() < 3:
+            continue
+        w = counts / counts.sum(1, keepdims=True)  # (reps, seeds)
+        m_est, m_gap = est[ok] @ w.T, gap[ok] @ w.T  # (configs, reps)
+        r_est, r_gap = rankdata(m_est, axis=0), rankdata(m_gap, axis=0)
+        r_est -= r_est.mean(0)
+        r_gap -= r_gap.mean(0)
+        den = np.sqrt((r_est**2).sum(0) * (r_gap**2).sum(0))
+        valid = den > 0
+        rho = (r_est * r_gap).sum(0)[valid] / den[valid]
+        if rho.size:
+            out[col] = {"lo": float(np.quantile(rho, 0.025)), "median": float(np.median(rho)),
+                        "hi": float(np.quantile(rho, 0.975)), "reps": int(rho.size)}
+    return out
+
+
+def gap_groups(table: pd.DataFrame, *, in_scope_only: bool = True) -> dict[str, dict[str, object]]:
+    """Whether configurations trained on the same data differ in measured gap.
+
+    Configurations with equal ``n_train`` and ``noise`` (where the table has a noise
+    column) see the same split and label flips per seed; ``in_scope_only``: only the
+    configurations in scope on every seed (those ``spearman_means`` ranks the theory
+    estimates over). For each such group of two or
+    more configurations with the same two or more seeds: a two-way analysis of variance
+    of the per-run gap (configuration + seed as a block, no interaction), ``F`` and
+    ``pvalue`` for "the configurations' mean gaps are equal", the ``configs``, their
+    ``gap_means`` and the ``seeds`` used. A large p-value says the gaps of the group are
+    not distinguishable with these seeds: an estimate's ordering *within* the group then
+    cannot be checked by this table.
+    """
+    keys = [k for k in ("n_train", "noise") if k in table.columns]
+    if not keys or "seed" not in table.columns:
+        return {}
+    if in_scope_only:
+        ok = table.groupby("config")["in_scope"].transform(lambda v: bool(v.astype(bool).all()))
+        table = table[ok.astype(bool)]
+    out: dict[str, dict[str, object]] = {}
+    for key, grp in table.groupby(keys, sort=True):
+        piv = (grp.assign(_g=pd.to_numeric(grp["measured_gap"], errors="coerce"))
+               .pivot_table(index="config", columns="seed", values="_g", aggfunc="mean"))
+        piv = piv.dropna(axis=1, how="any")
+        k, s = piv.shape
+        if k < 2 or s < 2:
+            continue
+        x = piv.to_numpy(dtype=np.float64)
+        grand = x.mean()
+        ss_conf = s * float(((x.mean(1) - grand) ** 2).sum())
+        resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
+        ss_res = float((resid**2).sum())
+        df1, df2 = k - 1, (k - 1) * (s - 1)
+        tiny = 1e-12 * float(((x - grand) ** 2).sum()) + 1e-300  # rounding of equal values
+        if ss_conf <= tiny:
+            F = 0.0
+        else:
+            F = (ss_conf / df1) / (ss_res / df2) if ss_res > tiny else math.inf
+        label = " ".join(f"{name}={v:g}" for name, v in zip(keys, key if isinstance(key, tuple) else (key,),
+                                                            strict=True))
+        out[label] = {"configs": [str(c) for c in piv.index],
+                      "gap_means": [float(v) for v in x.mean(1)],
+                      "seeds": [int(c) for c in piv.columns], "F": float(F),
+                      "pvalue": float(f_dist.sf(F, df1, df2)) if math.isfinite(F) else 0.0}
+    return out
 
 
 def recommend_scaling(table: pd.DataFrame) -> dict[str, object]:

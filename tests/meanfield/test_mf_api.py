@@ -24,6 +24,8 @@ def _render() -> str:
             lines.append(f"dataclass {name}({fields})")
         elif isinstance(obj, type):
             lines.append(f"class {name}{inspect.signature(obj)}")
+        elif isinstance(obj, frozenset | set):  # sorted: a set's order follows string hashing
+            lines.append(f"{name}: {type(obj).__name__} = {sorted(obj)!r}")
         elif callable(obj):
             lines.append(f"def {name}{inspect.signature(obj)}")
         else:

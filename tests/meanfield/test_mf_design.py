@@ -50,6 +50,15 @@ def test_designed_sweep_rows_attrs_and_vacuous_flags(table):
     r = table.attrs["ratio"]["gap_estimate"]
     assert 0 < r["min"] <= r["median"] <= r["max"]
     assert table.attrs["best_estimate"]["column"] in means
+    # tie-aware evaluation: seed-bootstrap interval of the Spearman over means, and
+    # whether configurations on the same data (n=30, noise 0.2) differ in gap
+    boot = table.attrs["spearman_means_bootstrap"][mf.RECOMMENDED_ESTIMATE]
+    assert -1 <= boot["lo"] <= boot["median"] <= boot["hi"] <= 1
+    assert boot == mf.seed_bootstrap_spearman(table, [mf.RECOMMENDED_ESTIMATE])[mf.RECOMMENDED_ESTIMATE]
+    assert table.attrs["gap_groups"] == mf.gap_groups(table)
+    for grp in table.attrs["gap_groups"].values():
+        assert 0 <= grp["pvalue"] <= 1 and len(grp["configs"]) >= 2
+    assert means[mf.RECOMMENDED_ESTIMATE]["n_points"] == table.attrs["in_scope_designs"]
 
 
 def test_ablation_and_lazy_rows_sit_in_the_same_table(table):
@@ -98,7 +107,9 @@ def test_label_noise_flips_exactly_that_fraction_and_is_seeded():
 
 def test_default_design_varies_n_noise_and_the_network():
     pts = mf.default_design()
-    assert {(p.n, p.noise) for p in pts} >= {(n, q) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)}
+    cells = {(n, q) for n in (50, 100, 200, 400) for q in (0.0, 0.2, 0.4)}
+    assert {(p.n, p.noise) for p in pts} >= cells and len(cells) == len(mf.DESIGN_NS) * len(mf.DESIGN_NOISES)
+    assert {p.name for p in pts} >= {f"n={n} noise={q:g}" for n, q in cells}
     assert {p.depth for p in pts} >= {4, 16} and {p.init for p in pts} >= {"standard", "paired"}
     assert {str(p.scaling) for p in pts} == {"mean-field", "sqrt", "none"}
     assert {p.trainable for p in pts} == {"all", "head"}

@@ -249,7 +249,7 @@ def test_default_sweep_is_the_designed_sweep_with_three_seeds(monkeypatch):
     assert ev["rows"] == int(t["in_scope"].astype(bool).sum())
     # what the default design must be: gaps that differ (n x label noise) plus variants
     pts = seen["points"]
-    assert {(p.n, p.noise) for p in pts} >= {(n, q) for n in (50, 100, 400) for q in (0.0, 0.2, 0.4)}
+    assert {(p.n, p.noise) for p in pts} >= {(n, q) for n in (50, 100, 200, 400) for q in (0.0, 0.2, 0.4)}
 
 
 def test_grid_arguments_select_the_grid_and_fill_in_the_rest():
