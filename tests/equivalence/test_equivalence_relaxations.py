@@ -156,6 +156,47 @@ def test_padded_layout_gives_the_row_layouts_bounds(p: dict, boxes: int, chunk: 
         assert bool(((a - b).abs() <= 1e-9 * (1 + b.abs())).all()), (a - b).abs().max()
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=pairs)
+def test_parent_bounds_reused_in_children_contain_the_grid(p: dict) -> None:
+    """Children bounded with their parent's layer bounds as ``prior`` (the search's
+    ``reuse_bounds``): every layer's bounds contain the child's grid values and are never
+    wider than the child's bounds without the prior."""
+    net, comp, dom = build(p)
+    n = p["n_in"]
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    chain = chain_from_pair(pair)
+    assert chain is not None
+    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    parent = ChainState(chain, lo0[None], hi0[None], intermediate="crown",
+                        quantities=("z", "d")).pre_bounds()
+    lo, hi = sub_boxes(lo0, hi0, 3)
+    lo, hi = lo[1:], hi[1:]
+    prior = [None if t is None else t.expand(2, -1, -1) for t in parent]
+    with_prior = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
+                            prior=prior).pre_bounds()
+    alone = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d")).pre_bounds()
+    for q in range(2):
+        qd = InputDomain.box(lo[q][None], hi[q][None], shape=dom.shape)
+        x = grid(qd, n)
+        for k, (zv, cv) in enumerate(layer_values(chain, x)):
+            pb, pa = with_prior[k], alone[k]
+            if pb is None:
+                continue
+            assert pa is not None
+            dv = zv - cv
+            for v, (a, b) in ((zv, (0, 1)), (cv, (2, 3)), (dv, (4, 5))):
+                tol = 1e-9 * (1 + v.abs().amax(0))
+                assert bool((v.amin(0) >= pb[q, a] - tol).all()), (k, a)
+                assert bool((v.amax(0) <= pb[q, b] + tol).all()), (k, b)
+        # the prior's first affine layer is intersected before anything depends on it
+        first = next(k for k, t in enumerate(with_prior) if t is not None)
+        pb, pa = with_prior[first], alone[first]
+        assert pb is not None and pa is not None
+        assert bool((pb[q, 1::2] <= pa[q, 1::2] + 1e-12).all())
+        assert bool((pb[q, 0::2] >= pa[q, 0::2] - 1e-12).all())
+
+
 def test_unknown_layout_is_rejected() -> None:
     net = mlp(2, 4, 1, 2, 0)
     dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
