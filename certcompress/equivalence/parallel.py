@@ -35,6 +35,11 @@ def _init(chain: ChainPair, mode: str, optimize: int = 0) -> None:
     _OPTIMIZE = optimize
 
 
+def _ready() -> None:
+    """A no-op task: submitting one per worker starts the workers (each imports torch and
+    the package, seconds) while the search bounds its root region."""
+
+
 def _work(job: Job) -> tuple[Tensor, Tensor, Pre]:
     assert _CHAIN is not None
     return bound_chunk(_CHAIN, *job, intermediate=_MODE, optimize=_OPTIMIZE)
@@ -62,6 +67,9 @@ class Pool:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
                                              initargs=(chain, intermediate, optimize))
+            # the pool starts its processes on demand: start them all now
+            for _ in range(self.workers):
+                self._pool.submit(_ready)
         elif kind == "ray":
             try:
                 import ray

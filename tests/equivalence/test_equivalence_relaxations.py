@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.domain import InputDomain
-from certcompress.equivalence.chain import RELAXATIONS, ChainState, chain_from_pair
+from certcompress.equivalence.chain import LAYOUTS, RELAXATIONS, ChainState, chain_from_pair
 from certcompress.equivalence.properties import EpsilonProperty, Top1Property
 from certcompress.equivalence.search import Bounder, SearchConfig, run_search
 
@@ -55,9 +55,9 @@ def layer_values(chain, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tenso
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=pairs, relaxation=st.sampled_from(("choose",) * 3 + RELAXATIONS),
-       boxes=st.sampled_from([1, 3]))
+       boxes=st.sampled_from([1, 3]), layout=st.sampled_from(LAYOUTS))
 def test_every_relaxation_bounds_layers_and_rows_on_a_dense_grid(
-        p: dict, relaxation: str, boxes: int) -> None:
+        p: dict, relaxation: str, boxes: int, layout: str) -> None:
     net, comp, dom = build(p)
     n = p["n_in"]
     pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
@@ -66,7 +66,7 @@ def test_every_relaxation_bounds_layers_and_rows_on_a_dense_grid(
     lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
     lo, hi = (lo0[None], hi0[None]) if boxes == 1 else sub_boxes(lo0, hi0, boxes)
     state = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
-                       relaxation=relaxation)
+                       relaxation=relaxation, layout=layout)
     m = pair.output_size
     eye = torch.eye(m, dtype=torch.float64)
     zero = torch.zeros_like(eye)
@@ -127,6 +127,89 @@ def test_choose_is_the_fused_ramp_pass(p: dict) -> None:
         got[rel] = st_.upper_bounds(None, cd, prob)[0]
     scale = 1 + got["ramp"].abs()
     assert bool(((got["choose"] - got["ramp"]).abs() <= 1e-9 * scale).all()), got
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=pairs, boxes=st.sampled_from([2, 5]), chunk=st.sampled_from([8, 1 << 15]),
+       quantities=st.sampled_from([("z", "d"), ("z", "c", "d")]))
+def test_padded_layout_gives_the_row_layouts_bounds(p: dict, boxes: int, chunk: int,
+                                                    quantities: tuple[str, ...]) -> None:
+    """The per-problem padded rows (grouped by count, padding discarded, small chunks
+    splitting the groups) give every layer the bounds of the flat row list."""
+    net, comp, dom = build(p)
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    chain = chain_from_pair(pair)
+    assert chain is not None
+    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    lo, hi = sub_boxes(lo0, hi0, boxes)
+    pres = {}
+    for layout in LAYOUTS:
+        st_ = ChainState(chain, lo, hi, intermediate="crown", quantities=quantities,
+                         layout=layout, chunk_rows=chunk)
+        pres[layout] = (st_.pre_bounds(), st_.rows)
+    assert pres["padded"][1] == pres["rows"][1]
+    for a, b in zip(pres["padded"][0], pres["rows"][0]):
+        if a is None:
+            assert b is None
+            continue
+        assert b is not None
+        assert bool(((a - b).abs() <= 1e-9 * (1 + b.abs())).all()), (a - b).abs().max()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=pairs)
+def test_parent_bounds_reused_in_children_contain_the_grid(p: dict) -> None:
+    """Children bounded with their parent's layer bounds as ``prior`` (the search's
+    ``reuse_bounds``): every layer's bounds contain the child's grid values and are never
+    wider than the child's bounds without the prior."""
+    net, comp, dom = build(p)
+    n = p["n_in"]
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    chain = chain_from_pair(pair)
+    assert chain is not None
+    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    parent = ChainState(chain, lo0[None], hi0[None], intermediate="crown",
+                        quantities=("z", "d")).pre_bounds()
+    lo, hi = sub_boxes(lo0, hi0, 3)
+    lo, hi = lo[1:], hi[1:]
+    prior = [None if t is None else t.expand(2, -1, -1) for t in parent]
+    with_prior = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
+                            prior=prior).pre_bounds()
+    alone = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d")).pre_bounds()
+    for q in range(2):
+        qd = InputDomain.box(lo[q][None], hi[q][None], shape=dom.shape)
+        x = grid(qd, n)
+        for k, (zv, cv) in enumerate(layer_values(chain, x)):
+            pb, pa = with_prior[k], alone[k]
+            if pb is None:
+                continue
+            assert pa is not None
+            dv = zv - cv
+            for v, (a, b) in ((zv, (0, 1)), (cv, (2, 3)), (dv, (4, 5))):
+                tol = 1e-9 * (1 + v.abs().amax(0))
+                assert bool((v.amin(0) >= pb[q, a] - tol).all()), (k, a)
+                assert bool((v.amax(0) <= pb[q, b] + tol).all()), (k, b)
+        # the prior's first affine layer is intersected before anything depends on it
+        first = next(k for k, t in enumerate(with_prior) if t is not None)
+        pb, pa = with_prior[first], alone[first]
+        assert pb is not None and pa is not None
+        assert bool((pb[q, 1::2] <= pa[q, 1::2] + 1e-12).all())
+        assert bool((pb[q, 0::2] >= pa[q, 0::2] - 1e-12).all())
+
+
+def test_unknown_layout_is_rejected() -> None:
+    net = mlp(2, 4, 1, 2, 0)
+    dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(compress(net, "round"), dom.shape))
+    chain = chain_from_pair(pair)
+    assert chain is not None
+    lo, hi = dom.lower_tensor().reshape(1, -1), dom.upper_tensor().reshape(1, -1)
+    try:
+        ChainState(chain, lo, hi, layout="dense")
+    except ValueError as e:
+        assert "layout" in str(e) and "padded" in str(e)
+    else:
+        raise AssertionError("unknown layout accepted")
 
 
 def test_unknown_relaxation_is_rejected() -> None:
