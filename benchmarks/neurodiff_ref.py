@@ -213,10 +213,13 @@ def _const(f: Tensor, mask: Tensor, value: Tensor) -> None:
 
 
 def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules: bool,
-              n_vars: int = 0, heuristic: bool = True) -> DiffBound:
+              n_vars: int = 0, heuristic: bool = True,
+              trace: list[dict[str, Tensor]] | None = None) -> DiffBound:
     """One forward pass: ``neurodiff_rules`` False is ReluDiff, True NeuroDiff's relaxations
     with at most ``n_vars`` intermediate variables (``heuristic``: the artifact's
-    half-the-previous-width limit)."""
+    half-the-previous-width limit). ``trace``, if given, receives per affine layer the
+    concrete pre-activation bounds ``{"z": (low, up), "c": ..., "d": ...}`` (``d`` = compressed
+    minus original), for tests and diagnosis."""
     _check(net, net_c, lo, hi)
     lo, hi = lo.double(), hi.double()
     n_in = lo.shape[0]
@@ -249,6 +252,9 @@ def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules
         bz = fm.bounds(nzl, nzu)
         bcb = fm.bounds(ncl, ncu)
         bd = fm.bounds(ndl, ndu)
+        if trace is not None:
+            trace.append({"z": torch.stack([bz[0], bz[3]]), "c": torch.stack([bcb[0], bcb[3]]),
+                          "d": torch.stack([bd[0], bd[3]])})
         if li == len(net) - 1:
             return DiffBound(bd[0], bd[3], fm.used, tuple(case9))
         z_in, z_act = bz[3] <= 0, (bz[3] > 0) & (bz[0] >= 0)
