@@ -214,12 +214,15 @@ def _const(f: Tensor, mask: Tensor, value: Tensor) -> None:
 
 def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules: bool,
               n_vars: int = 0, heuristic: bool = True,
-              trace: list[dict[str, Tensor]] | None = None) -> DiffBound:
+              trace: list[dict[str, Tensor]] | None = None,
+              reludiff_for: frozenset[str] = frozenset()) -> DiffBound:
     """One forward pass: ``neurodiff_rules`` False is ReluDiff, True NeuroDiff's relaxations
     with at most ``n_vars`` intermediate variables (``heuristic``: the artifact's
     half-the-previous-width limit). ``trace``, if given, receives per affine layer the
     concrete pre-activation bounds ``{"z": (low, up), "c": ..., "d": ...}`` (``d`` = compressed
-    minus original), for tests and diagnosis."""
+    minus original), for tests and diagnosis. ``reludiff_for`` (ablation, with
+    ``neurodiff_rules``): use ReluDiff's rule instead for ``"single"`` (the ReLU of one
+    network), ``"case6"``, ``"case8"``, ``"case9"``."""
     _check(net, net_c, lo, hi)
     lo, hi = lo.double(), hi.double()
     n_in = lo.shape[0]
@@ -261,8 +264,9 @@ def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules
         z_un = ~z_in & ~z_act
         c_in, c_act = bcb[3] <= 0, (bcb[3] > 0) & (bcb[0] >= 0)
         c_un = ~c_in & ~c_act
-        rzl, rzu = _relax_single(nzl, nzu, bz, neurodiff_rules)
-        rcl, rcu = _relax_single(ncl, ncu, bcb, neurodiff_rules)
+        single = neurodiff_rules and "single" not in reludiff_for
+        rzl, rzu = _relax_single(nzl, nzu, bz, single)
+        rcl, rcu = _relax_single(ncl, ncu, bcb, single)
         d_low, d_lows_up, d_ups_low, d_up = bd
         ldl, ldu = ndl.clone(), ndu.clone()
         # 1: both inactive
@@ -289,17 +293,17 @@ def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules
         # 6: n active, n' unstable
         m = z_act & c_un
         _const(ldu, m, torch.maximum(-bz[0], d_up))
-        if not neurodiff_rules:
+        if not neurodiff_rules or "case6" in reludiff_for:
             _const(ldl, m, torch.maximum(-bz[3], d_low))
         # 8: n unstable, n' active
         m = z_un & c_act
         _const(ldl, m, torch.minimum(bcb[0], d_low))
-        if not neurodiff_rules:
+        if not neurodiff_rules or "case8" in reludiff_for:
             _const(ldu, m, torch.minimum(bcb[3], d_up))
         # 9: both unstable
         m9 = z_un & c_un
         case9.append(int(m9.sum()))
-        if neurodiff_rules:
+        if neurodiff_rules and "case9" not in reludiff_for:
             zero_u = m9 & (d_up < 0)
             ldu[zero_u] = 0
             ch_u = m9 & ~(d_up < 0) & (d_ups_low < 0)
@@ -321,6 +325,7 @@ def diff_pass(net: Pair, net_c: Pair, lo: Tensor, hi: Tensor, *, neurodiff_rules
                     made += 1
             prev_layer_vars = made
         else:
+            prev_layer_vars = 0
             lowc = torch.where(d_low >= 0, torch.zeros_like(d_low),
                                torch.maximum(d_low, -bz[3]))
             upc = torch.where(d_up <= 0, torch.zeros_like(d_up), d_up)
