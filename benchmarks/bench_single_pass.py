@@ -107,6 +107,7 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
         rd = reludiff(net_l, comp_l, lo.reshape(-1), hi.reshape(-1))
         t_rd = time.perf_counter() - t0
         ours, t_ours = single_pass(mlp, comp, dom)
+        opt5, t_opt5 = single_pass(mlp, comp, dom, optimize=5)
         opt, t_opt = single_pass(mlp, comp, dom, optimize=20)
         crown, t_crown = tier_bound(mlp, comp, dom, "crown")
         found = found_linf(mlp, comp, lo, hi, seed=i)
@@ -115,10 +116,12 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
                "neurodiff_ref_pass2": float(nd.second.bound.max()),
                "neurodiff_vars": nd.second.vars, "case9_per_layer": list(nd.first.case9),
                "neurodiff_ref_s": t_nd, "reludiff_ref": float(rd.bound.max()),
-               "reludiff_ref_s": t_rd, "ours": ours, "ours_s": t_ours, "ours_opt20": opt,
+               "reludiff_ref_s": t_rd, "ours": ours, "ours_s": t_ours, "ours_opt5": opt5,
+               "ours_opt5_s": t_opt5, "ours_opt20": opt,
                "ours_opt20_s": t_opt, "bounds_tier_crown": crown, "bounds_tier_s": t_crown,
                "found": found}
-        for k in ("neurodiff_ref", "reludiff_ref", "ours", "ours_opt20", "bounds_tier_crown"):
+        for k in ("neurodiff_ref", "reludiff_ref", "ours", "ours_opt5", "ours_opt20",
+                  "bounds_tier_crown"):
             if row[k] < found:
                 raise AssertionError(f"{name} box {i}: {k} = {row[k]!r} is below the found "
                                      f"deviation {found!r}: unsound")
@@ -139,20 +142,25 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
     summary = {
         "boxes": len(rows),
         "ours_over_neurodiff_ref": ratio_stats("ours", "neurodiff_ref"),
+        "ours_opt5_over_neurodiff_ref": ratio_stats("ours_opt5", "neurodiff_ref"),
         "ours_opt20_over_neurodiff_ref": ratio_stats("ours_opt20", "neurodiff_ref"),
+        "reludiff_ref_over_neurodiff_ref": ratio_stats("reludiff_ref", "neurodiff_ref"),
         "ours_over_reludiff_ref": ratio_stats("ours", "reludiff_ref"),
         "crown_tier_over_neurodiff_ref": ratio_stats("bounds_tier_crown", "neurodiff_ref"),
         "neurodiff_ref_over_found": ratio_stats("neurodiff_ref", "found"),
         "ours_over_found": ratio_stats("ours", "found"),
         "median_bound": {k: med(k) for k in ("found", "neurodiff_ref", "neurodiff_ref_pass1",
                                              "neurodiff_ref_pass2", "reludiff_ref", "ours",
-                                             "ours_opt20", "bounds_tier_crown")},
+                                             "ours_opt5", "ours_opt20", "bounds_tier_crown")},
         "median_seconds": {k: med(k) for k in ("neurodiff_ref_s", "reludiff_ref_s", "ours_s",
-                                               "ours_opt20_s", "bounds_tier_s")},
+                                               "ours_opt5_s", "ours_opt20_s",
+                                               "bounds_tier_s")},
     }
     s = summary["ours_over_neurodiff_ref"]
     print(f"{name}: ours / NeuroDiff-ref median {s['median']:.3f} (min {s['min']:.3f}, max "
-          f"{s['max']:.3f}, looser on {s['looser_boxes']}/{len(rows)}); opt20 / ND-ref "
+          f"{s['max']:.3f}, looser on {s['looser_boxes']}/{len(rows)}); opt5 / ND-ref "
+          f"median {summary['ours_opt5_over_neurodiff_ref']['median']:.3f} (looser on "
+          f"{summary['ours_opt5_over_neurodiff_ref']['looser_boxes']}), opt20 / ND-ref "
           f"median {summary['ours_opt20_over_neurodiff_ref']['median']:.3f}", flush=True)
     return {"summary": summary, "boxes": rows}
 
