@@ -27,12 +27,14 @@ from .engine import PairState, _rows_per_chunk, _split_outputs, output_upper_bou
 from .form import Form
 from .relax import ReluRelaxation
 
-__all__ = ["SlopeResult", "optimized_output_upper_bounds", "project_slopes",
-           "OPTIMIZE_CHUNK_DIVISOR"]
+__all__ = ["SlopeResult", "optimized_output_upper_bounds", "optimized_largest_row",
+           "project_slopes", "OPTIMIZE_CHUNK_DIVISOR", "LARGEST_ROW_BATCH"]
 
 #: the optimizer's row chunks are this many times smaller than the default pass's (the
 #: gradient keeps every intermediate form of the chunk alive)
 OPTIMIZE_CHUNK_DIVISOR = 16
+#: :func:`optimized_largest_row` optimizes this many rows at a time
+LARGEST_ROW_BATCH = 16
 
 
 @dataclass
@@ -173,3 +175,28 @@ def optimized_output_upper_bounds(state: PairState, coef: dict[str, Tensor],
     with torch.no_grad():
         optimized = output_upper_bounds(state, coef, prob, params=slopes)
     return SlopeResult(torch.minimum(default, optimized), default, slopes, steps)
+
+
+def optimized_largest_row(state: PairState, coef: dict[str, Tensor], steps: int,
+                          lr: float = 0.1, prob: Tensor | None = None) -> tuple[float, int]:
+    """The largest of the rows' upper bounds, with optimized slopes where that matters:
+    ``(value, rows optimized)``. Rows are optimized ``LARGEST_ROW_BATCH`` at a time in
+    decreasing order of their default bound, until the next row's default bound is at
+    most the largest bound reached; every other row keeps its default bound (an upper
+    bound of its form), so the value is the maximum over all rows of a sound bound."""
+    with torch.no_grad():
+        default = output_upper_bounds(state, coef, prob)
+    if steps <= 0 or not _free_nodes(state):
+        return float(default.max()), 0
+    order = torch.argsort(default, descending=True, stable=True)
+    reached = float("-inf")
+    done = 0
+    while done < order.numel() and float(default[order[done]]) > reached:
+        pick = order[done:done + LARGEST_ROW_BATCH]
+        sub = {q: t[pick] for q, t in coef.items()}
+        res = optimized_output_upper_bounds(state, sub, steps, lr,
+                                            None if prob is None else prob[pick])
+        reached = max(reached, float(res.bound.max()))
+        done += int(pick.numel())
+    rest = float(default[order[done]]) if done < order.numel() else float("-inf")
+    return max(reached, rest), done
