@@ -34,6 +34,7 @@ from certcompress.bounds.propagation.optimize import (
 from certcompress.bounds.propagation.relax import ReluRelaxation
 from certcompress.bounds.tiers import bounds_tier, tier_registry
 from certcompress.cli.domain_options import add_method_group, certify_kwargs
+from certcompress.equivalence.tier import BabOptions
 from certcompress.errors import ConfigurationError
 
 COMPRESSIONS = st.one_of(
@@ -232,3 +233,8 @@ def test_cli_slope_steps() -> None:
     kw = certify_kwargs(args, (1, 2))
     assert kw["propagation"] == PropagationOptions(slope_steps=9, slope_lr=0.3)
     assert certify_kwargs(p.parse_args([]), (1, 2))["propagation"] == PropagationOptions()
+    bab = certify_kwargs(p.parse_args(["--method", "bab", "--bab-time", "2", "--slope-steps",
+                                       "4"]), (1, 2))["propagation"]
+    assert isinstance(bab, BabOptions) and (bab.slope_steps, bab.time_budget) == (4, 2.0)
+    with pytest.raises(ConfigurationError, match="slope_steps"):
+        certify_kwargs(p.parse_args(["--slope-steps", "-2"]), (1, 2))
