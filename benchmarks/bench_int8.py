@@ -15,6 +15,7 @@ first (files exported without certification; the certified export writes the sam
 graph), then the certificates. Latency ratios are from the same run. Usage::
 
     python benchmarks/bench_int8.py [--skip-resnet] [--certify-resnet] [--repeat N]
+        [--slope-steps N]
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--certify-resnet", action="store_true",
                     help="also certify resnet18's weights (slow on 2 cores)")
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--slope-steps", type=int, default=0,
+                    help="bounds tier: optimized ReLU slopes (PropagationOptions.slope_steps)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     from certcompress.demo.digits import DigitsCNN, load_digits, train_classifier
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     dom = InputDomain.box(0.0, 1.0, shape=(1,) + tuple(d.x_train.shape[1:]))
     results["digits_cnn"] = _bench("digits CNN (1x8x8)", cnn, d.x_train[:256], d.x_test,
                                    args.repeat * 10, certify=True, domain=dom,
-                                   propagation=PropagationOptions(intermediate="crown"),
+                                   propagation=PropagationOptions(
+                                       intermediate="crown", slope_steps=args.slope_steps),
                                    bounds_ranges=True)
     if not args.skip_resnet:
         import torchvision

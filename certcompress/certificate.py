@@ -162,7 +162,9 @@ class PathMetricDetails(TierDetails):
 @dataclass(frozen=True, kw_only=True, eq=False)
 class BoundsDetails(TierDetails):
     """The bound-propagation tier's run: the intermediate-bound mode, the size of the
-    lowered pair, the back-substitution rows, and the float64 outward rounding margin."""
+    lowered pair, the back-substitution rows, and the float64 outward rounding margin;
+    with optimized ReLU slopes (``PropagationOptions.slope_steps``) the steps, their
+    learning rate and how many output rows were optimized (absent otherwise)."""
 
     intermediate: str
     primitive_nodes: int
@@ -173,6 +175,9 @@ class BoundsDetails(TierDetails):
     rounding_margin_rel: float
     rounding: str
     domain: str
+    slope_steps: int | None = None
+    slope_lr: float | None = None
+    slope_rows: int | None = None
 
 
 _DETAILS: dict[str, type[TierDetails]] = {"path-metric": PathMetricDetails,

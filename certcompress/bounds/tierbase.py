@@ -154,11 +154,14 @@ class Tier(ABC):
 
     def stated_options(self, stated: MethodBound) -> Any:
         """The options to recompute ``stated`` (this tier's entry of a certificate) with:
-        for :class:`PropagationOptions` tiers the ``intermediate`` mode it records, else
-        None (the defaults). Override when a tier records other options."""
+        for :class:`PropagationOptions` tiers the ``intermediate`` mode and the
+        optimized-slope settings (``slope_steps``, ``slope_lr``) it records, else None (the
+        defaults). Override when a tier records other options."""
         if self.options_type is PropagationOptions:
-            return PropagationOptions(intermediate=stated.details.get("intermediate",
-                                                                      "crown"))
+            d = stated.details
+            return PropagationOptions(intermediate=d.get("intermediate", "crown"),
+                                      slope_steps=int(d.get("slope_steps") or 0),
+                                      slope_lr=float(d.get("slope_lr") or 0.1))
         return None
 
     def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,

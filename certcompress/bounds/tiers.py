@@ -55,12 +55,14 @@ from .numerics import float_slack
 from .pathmetric import PathMetric
 from .propagation.engine import (
     ROUNDING_NOTE,
+    PairState,
     PropagationOptions,
     output_bounds,
     output_upper_bounds,
     propagate,
 )
 from .propagation.lowering import lower_pair
+from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -116,7 +118,7 @@ class BoundsTier(Tier):
         state = propagate(lowered, lower, upper, opts)
         m = lowered.output_size
         eye = torch.eye(m, dtype=torch.float64)
-        ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
+        ub, slope_rows = _output_rows(state, torch.cat([eye, -eye]), opts)
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
         per = torch.minimum(crown, interval)
@@ -135,7 +137,8 @@ class BoundsTier(Tier):
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                                  dtype=torch.float64)
             sign_rows = int(signs.shape[0])
-            best = float(output_upper_bounds(state, {"d": signs}).max())
+            top, rows = _largest_row(state, signs, opts)
+            best, slope_rows = float(top), slope_rows + rows
             l1 = min(l1, max(best, 0.0))
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
@@ -146,7 +149,37 @@ class BoundsTier(Tier):
                      + sign_rows,
                      "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
                      "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
-                     "rounding": ROUNDING_NOTE, "domain": domain.describe()})
+                     "rounding": ROUNDING_NOTE, "domain": domain.describe(),
+                     **_slope_details(opts, slope_rows)})
+
+
+def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions
+                 ) -> tuple[torch.Tensor, int]:
+    """Upper bounds of ``<rows[r], f - f'>`` (default relaxation, or with optimized
+    slopes when ``opts.slope_steps > 0``) and how many rows had their slopes optimized."""
+    if opts.slope_steps <= 0:
+        return output_upper_bounds(state, {"d": rows}), 0
+    res = optimized_output_upper_bounds(state, {"d": rows}, opts.slope_steps, opts.slope_lr)
+    return res.bound, rows.shape[0] if res.steps else 0
+
+
+def _largest_row(state: PairState, rows: torch.Tensor, opts: PropagationOptions
+                 ) -> tuple[float, int]:
+    """The largest upper bound over ``rows``; with ``opts.slope_steps`` the rows'
+    slopes are optimized from the largest default bound down until the rest cannot
+    exceed the largest bound reached (:func:`optimized_largest_row`)."""
+    if opts.slope_steps <= 0:
+        return float(output_upper_bounds(state, {"d": rows}).max()), 0
+    return optimized_largest_row(state, {"d": rows}, opts.slope_steps, opts.slope_lr)
+
+
+def _slope_details(opts: PropagationOptions, rows: int) -> dict[str, Any]:
+    """The optimized-slope settings a certificate records (none with the default
+    relaxation, so certificates made without them read as before)."""
+    if opts.slope_steps <= 0:
+        return {}
+    return {"slope_steps": opts.slope_steps, "slope_lr": float(opts.slope_lr),
+            "slope_rows": rows}
 
 
 # ---------------------------------------------------------------------- registry

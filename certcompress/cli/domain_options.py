@@ -85,6 +85,12 @@ def _method_arguments(g: Any, propagation: bool) -> None:
         g.add_argument("--propagation", choices=("crown", "interval"), default="crown",
                        help="bounds tier: back-substitution at every ReLU (crown, default) "
                             "or interval bounds there (interval: faster, looser)")
+        g.add_argument("--slope-steps", type=int, default=0, metavar="N",
+                       help="bounds tier: N projected gradient steps on the ReLU slopes of "
+                            "the output rows (alpha-CROWN; never looser, costs about N "
+                            "back-substitutions of those rows; default 0: CROWN's slopes)")
+        g.add_argument("--slope-lr", type=float, default=0.1, metavar="LR",
+                       help="bounds tier: the step size of --slope-steps (default 0.1)")
         g.add_argument("--bab-time", type=float, default=None, metavar="SECONDS",
                        help="bab tier (--method bab): seconds of branch-and-bound search "
                             "(default 10)")
@@ -146,13 +152,17 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
             raise ConfigurationError("pass either --domain or --radius, not both")
         domain = parse_domain(args.domain, shape, reference)
     methods = tuple(args.method) if getattr(args, "method", None) else None
-    propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"))
+    propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"),
+                                     slope_steps=getattr(args, "slope_steps", 0),
+                                     slope_lr=getattr(args, "slope_lr", 0.1))
     bab_time = getattr(args, "bab_time", None)
     if bab_time is not None:
         if "bab" not in (methods or ()):
             raise ConfigurationError("--bab-time caps the bab tier's search: add --method bab "
                                      "or drop --bab-time")
-        propagation = BabOptions(intermediate=propagation.intermediate, time_budget=bab_time)
+        propagation = BabOptions(intermediate=propagation.intermediate, time_budget=bab_time,
+                                 slope_steps=propagation.slope_steps,
+                                 slope_lr=propagation.slope_lr)
     return {"domain": domain, "methods": methods, "propagation": propagation,
             "arithmetic": getattr(args, "arithmetic", "exact")}
 

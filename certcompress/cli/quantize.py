@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         qcfg, qmodel, cert, sens = al.config, al.model, al.certificate, al.sensitivity
         print(al.summary().splitlines()[0])
         if (args.arithmetic != "exact" or tiers["propagation"].intermediate != "crown"
+                or tiers["propagation"].slope_steps > 0
                 or set(methods) != set(cert.by_method)
                 or (domain is not None and not with_bounds)):
             # the allocation certified other tiers, another domain (the ball of the box's

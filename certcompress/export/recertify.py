@@ -11,7 +11,8 @@ the certificate states, over the certificate's domain, by the tier's own
 
 - ``path-metric``: ``max(radius, 1) * path-metric`` of the two traced graphs;
 - ``bounds``: differential bound propagation over the domain's box, with the
-  ``intermediate`` mode the tier records;
+  ``intermediate`` mode and the optimized-slope settings (``slope_steps``, ``slope_lr``)
+  the tier records;
 - ``bab``: its bound depends on the search's budget, so it is not recomputed but
   proven: a stated bound at least the one-pass bound stands, a smaller one must be
   proven by a branch-and-bound run with the stated bound as its target (a deterministic

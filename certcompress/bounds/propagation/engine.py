@@ -30,6 +30,7 @@ of at most ``K`` terms loses at most ``K eta0`` absolutely. Hence (docs/bounds.m
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from .form import Form
 from .interval import Magnitude, PairBounds, input_bounds, make_consistent, widen
 from .primitives import PairNet
 from .relax import Relaxation
-from .rules import rules_for
+from .rules import SplitParams, rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
            "rounding_eta", "ROUNDING_NOTE"]
@@ -67,12 +68,18 @@ class PropagationOptions:
     per tensor (memory). ``sign_vectors_up_to``: the l1 bound also maximizes
     ``<s, f - f'>`` over all sign vectors ``s`` when the output has at most this many
     coordinates (``2^m`` rows; otherwise the sum of per-output bounds).
+    ``slope_steps``: projected gradient (Adam, step ``slope_lr``) steps on the ReLU
+    slopes of the final output rows, per row (alpha-CROWN for the pair,
+    :mod:`.optimize`; 0: the default relaxation; the ``bounds`` tier uses it, other
+    callers of :func:`output_upper_bounds` do not). Never looser than 0 steps.
     """
 
     intermediate: Literal["crown", "interval"] = "crown"
     max_rows: int = 200_000
     chunk_elements: int = 1 << 22
     sign_vectors_up_to: int = 10
+    slope_steps: int = 0
+    slope_lr: float = 0.1
 
     def __post_init__(self) -> None:
         if self.intermediate not in ("crown", "interval"):
@@ -81,6 +88,14 @@ class PropagationOptions:
         if self.max_rows < 0 or self.chunk_elements < 1 or self.sign_vectors_up_to < 0:
             raise ConfigurationError("max_rows, sign_vectors_up_to must be >= 0 and "
                                      "chunk_elements >= 1")
+        if isinstance(self.slope_steps, bool) or not isinstance(self.slope_steps, int) \
+                or self.slope_steps < 0:
+            raise ConfigurationError(f"slope_steps must be an integer >= 0 (0: the default "
+                                     f"ReLU slopes), got {self.slope_steps!r}")
+        lr = self.slope_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
+                or not (math.isfinite(lr) and lr > 0):
+            raise ConfigurationError(f"slope_lr must be a finite number > 0, got {lr!r}")
 
 
 @dataclass
@@ -275,6 +290,12 @@ def _flat_outputs(pair: PairNet, per_node: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(t.shape[0], -1) for t in per_node], dim=1)
 
 
+def _param_rows(params: SplitParams | None, sl: slice) -> SplitParams | None:
+    if params is None:
+        return None
+    return {i: {k: t[sl] for k, t in p.items()} for i, p in params.items()}
+
+
 def output_bounds(state: PairState) -> PairBounds:
     """Interval bounds on the flattened outputs, ``(P, m)`` each."""
     bs = [state.bounds[j] for j in state.pair.outputs]
@@ -289,11 +310,14 @@ def output_magnitudes(state: PairState) -> tuple[Tensor, Tensor]:
 
 
 def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
-                        prob: Tensor | None = None) -> Tensor:
+                        prob: Tensor | None = None, params: SplitParams | None = None
+                        ) -> Tensor:
     """Upper bounds ``(R,)`` of ``sum_q <coef[q][r], q_out>`` over the box of row ``r``'s
     problem (``coef[q]`` is ``(R, m)`` over the flattened output; ``q`` in ``z`` (the
     original's output) and ``d`` (original minus compressed); the compressed output is
-    ``z - d``), rounding margin included."""
+    ``z - d``), rounding margin included. ``params``: per-row ReLU split and slopes
+    (``(R, *shape)`` each, in their valid ranges; :mod:`.optimize`), else the default
+    relaxation."""
     R = next(iter(coef.values())).shape[0]
     chunk = _rows_per_chunk(state.pair, state.options)
     mz, mc = output_magnitudes(state)
@@ -314,6 +338,6 @@ def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
                                                                  dtype=torch.float64)))
                     f.add(q, part)
             ub = backsubstitute(state.pair, forms, state.relax, state.lower, state.upper, p,
-                                bounds=state.bounds)
+                                params=_param_rows(params, sl), bounds=state.bounds)
             result[sl] = ub + state.eta * margin + state.form_floor(p, ub.shape[0])
     return result
