@@ -55,10 +55,14 @@ from .numerics import float_slack
 from .pathmetric import PathMetric
 from .propagation.engine import (
     ROUNDING_NOTE,
+    PairState,
     PropagationOptions,
+    capped_row_max,
     output_bounds,
     output_upper_bounds,
     propagate,
+    rows_per_chunk,
+    sign_vector_order,
 )
 from .propagation.lowering import lower_pair
 from .tierbase import GraphPair, Tier, TierBound
@@ -135,7 +139,7 @@ class BoundsTier(Tier):
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                                  dtype=torch.float64)
             sign_rows = int(signs.shape[0])
-            best = float(output_upper_bounds(state, {"d": signs}).max())
+            best = _sign_vector_max(state, signs, ub[:m], ub[m:], l1)
             l1 = min(l1, max(best, 0.0))
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
@@ -317,6 +321,20 @@ add_details_hook(_run_plugin_tier_hooks)
 def check_methods(methods: object) -> tuple[str, ...]:
     """Validated method names from the registry (a string or a sequence of them)."""
     return tier_registry().check(methods)
+
+
+def _sign_vector_max(state: PairState, signs: torch.Tensor, plus: torch.Tensor,
+                     minus: torch.Tensor, l1: float) -> float:
+    """``max_s`` of the upper bounds of ``<s, f - f'>`` over the sign vectors, or, once one
+    of them reaches ``l1`` (the bound it would tighten), that one: ``min(l1, .)`` is the
+    same either way (``capped_row_max``). Likely largest first (``sign_vector_order``)."""
+    order = sign_vector_order(signs, plus, minus)
+    rows = signs[order]
+    prob = torch.zeros(rows.shape[0], dtype=torch.int64)
+    cap = torch.tensor([l1], dtype=torch.float64)
+    best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows[idx]}), prob,
+                          cap, rows_per_chunk(state.pair, state.options))
+    return float(best[0])
 
 
 # ---------------------------------------------------------------------- functions

@@ -30,8 +30,9 @@ of at most ``K`` terms loses at most ``K eta0`` absolutely. Hence (docs/bounds.m
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,7 +49,7 @@ from .relax import Relaxation
 from .rules import rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
-           "rounding_eta", "ROUNDING_NOTE"]
+           "capped_row_max", "sign_vector_order", "rows_per_chunk", "rounding_eta", "ROUNDING_NOTE"]
 
 ROUNDING_NOTE = ("float64 round-to-nearest; every interval and linear bound pushed outward "
                  "by eta x its magnitude (the same sum on absolute values)")
@@ -151,6 +152,11 @@ def _add_magnitude(state: PairState, mag: Magnitude) -> None:
 def _rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
     widest = max(node.numel for node in pair.nodes)
     return max(8, options.chunk_elements // (2 * widest))
+
+
+def rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
+    """How many back-substitution rows go through the pair at once (memory bound)."""
+    return _rows_per_chunk(pair, options)
 
 
 def _onehot_rows(shape: Sequence[int], flat: Tensor, sign: Tensor) -> Tensor:
@@ -317,3 +323,38 @@ def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
                                 bounds=state.bounds)
             result[sl] = ub + state.eta * margin + state.form_floor(p, ub.shape[0])
     return result
+
+
+def sign_vector_order(signs: Tensor, plus: Tensor, minus: Tensor) -> Tensor:
+    """An order of the sign vectors ``signs`` ``(S, m)`` for :func:`capped_row_max`, the
+    likely largest bound of ``<s, f - f'>`` first: by ``sum_j`` of the per-output upper
+    bound on the side ``s_j`` picks (``plus[j]`` for ``+1``, ``minus[j]`` for ``-1``),
+    descending. Only the speed depends on it, never the result."""
+    diff = torch.nan_to_num(plus - minus, nan=0.0, posinf=1e300, neginf=-1e300)
+    score = (signs.to(diff.dtype) * diff.reshape(1, -1)).sum(1)
+    return torch.argsort(score, descending=True, stable=True)
+
+
+def capped_row_max(ub_rows: Callable[[Tensor], Tensor], prob: Tensor, cap: Tensor,
+                   chunk: int) -> Tensor:
+    """``max`` over rows ``r`` of problem ``p`` of ``ub_rows(r)``, per problem, for a caller
+    that only needs ``min(cap[p], max)``: rows are evaluated in their order, ``chunk`` at
+    a time (``ub_rows(idx)`` gives the values ``(len(idx),)`` of the rows ``idx``), and a
+    problem whose running maximum has reached ``cap[p]`` gets no more rows. The result
+    ``best[p]`` is the full maximum, or a value ``>= cap[p]`` that is one of the rows'
+    values (so ``min(cap, best)`` equals ``min(cap, max)`` exactly). A problem with no
+    rows gets ``-inf``. ``prob`` ``(R,)`` gives each row's problem, ``cap`` ``(P,)``."""
+    P, R = cap.shape[0], prob.shape[0]
+    best = torch.full((P,), -math.inf, dtype=torch.float64, device=cap.device)
+    active = torch.ones(P, dtype=torch.bool, device=cap.device)
+    for s in range(0, R, max(1, chunk)):
+        idx = torch.arange(s, min(R, s + chunk), device=prob.device)
+        idx = idx[active[prob[idx]]]
+        if idx.numel() == 0:
+            if not bool(active.any()):
+                break
+            continue
+        v = ub_rows(idx).to(torch.float64)
+        best = best.scatter_reduce(0, prob[idx], v, "amax")
+        active = active & ~(best >= cap) & ~torch.isnan(best)
+    return best
