@@ -119,7 +119,7 @@ class BoundsTier(Tier):
         upper = domain.upper_tensor().unsqueeze(0)
         state = propagate(lowered, lower, upper, opts)
         m = lowered.output_size
-        eye = torch.eye(m, dtype=torch.float64)
+        eye = torch.eye(m, dtype=torch.float64, device=lower.device)
         ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
@@ -137,7 +137,7 @@ class BoundsTier(Tier):
         sign_rows = 0
         if 0 < m <= opts.sign_vectors_up_to:
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                                 dtype=torch.float64)
+                                 dtype=torch.float64, device=lower.device)
             sign_rows = int(signs.shape[0])
             best = _sign_vector_max(state, signs, ub[:m], ub[m:], l1)
             l1 = min(l1, max(best, 0.0))
@@ -330,8 +330,8 @@ def _sign_vector_max(state: PairState, signs: torch.Tensor, plus: torch.Tensor,
     same either way (``capped_row_max``). Likely largest first (``sign_vector_order``)."""
     order = sign_vector_order(signs, plus, minus)
     rows = signs[order]
-    prob = torch.zeros(rows.shape[0], dtype=torch.int64)
-    cap = torch.tensor([l1], dtype=torch.float64)
+    prob = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    cap = torch.tensor([l1], dtype=torch.float64, device=rows.device)
     best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows[idx]}), prob,
                           cap, rows_per_chunk(state.pair, state.options))
     return float(best[0])

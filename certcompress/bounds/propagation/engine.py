@@ -163,8 +163,8 @@ def _onehot_rows(shape: Sequence[int], flat: Tensor, sign: Tensor) -> Tensor:
     n = 1
     for s in shape:
         n *= s
-    t = torch.zeros((flat.numel(), n), dtype=torch.float64)
-    t[torch.arange(flat.numel()), flat] = sign
+    t = torch.zeros((flat.numel(), n), dtype=torch.float64, device=flat.device)
+    t[torch.arange(flat.numel(), device=flat.device), flat] = sign
     return t.reshape((flat.numel(),) + tuple(shape))
 
 
@@ -197,14 +197,15 @@ def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
             continue
         probs = idx[:, 0].repeat_interleave(2)
         flats = idx[:, 1].repeat_interleave(2)
-        signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(idx.shape[0])
-        ub = torch.empty(n_rows, dtype=torch.float64)
+        signs = torch.tensor([1.0, -1.0], dtype=torch.float64,
+                             device=idx.device).repeat(idx.shape[0])
+        ub = torch.empty(n_rows, dtype=torch.float64, device=idx.device)
         for s in range(0, n_rows, chunk):
             sl = slice(s, s + chunk)
             lam = _onehot_rows(node.shape, flats[sl], signs[sl])
             prob = None if P == 1 else probs[sl]
             form = Form({k: lam * v for k, v in as_form[q].items()},
-                        torch.zeros(lam.shape[0], dtype=torch.float64))
+                        torch.zeros(lam.shape[0], dtype=torch.float64, device=lam.device))
             ub[sl] = backsubstitute(state.pair, {i: form}, state.relax, state.lower,
                                     state.upper, prob, bounds=state.bounds)
         rows_done += n_rows
@@ -304,20 +305,21 @@ def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
     chunk = _rows_per_chunk(state.pair, state.options)
     mz, mc = output_magnitudes(state)
     mags = {"z": mz, "d": mz + mc}
-    result = torch.empty(R, dtype=torch.float64)
+    result = torch.empty(R, dtype=torch.float64, device=state.lower.device)
     with torch.no_grad():
         for s in range(0, R, chunk):
             sl = slice(s, s + chunk)
             p = None if prob is None else prob[sl]
             forms: dict[int, Form] = {}
-            margin = torch.zeros(min(R, s + chunk) - s, dtype=torch.float64)
+            margin = torch.zeros(min(R, s + chunk) - s, dtype=torch.float64,
+                                 device=state.lower.device)
             for q, t in coef.items():
                 rows = t[sl].to(torch.float64)
                 m = mags[q] if p is None else mags[q][p]
                 margin = margin + (rows.abs() * m).sum(1)
                 for j, part in _split_outputs(state.pair, rows).items():
-                    f = forms.setdefault(j, Form({}, torch.zeros(rows.shape[0],
-                                                                 dtype=torch.float64)))
+                    f = forms.setdefault(j, Form({}, torch.zeros(
+                        rows.shape[0], dtype=torch.float64, device=rows.device)))
                     f.add(q, part)
             ub = backsubstitute(state.pair, forms, state.relax, state.lower, state.upper, p,
                                 bounds=state.bounds)
