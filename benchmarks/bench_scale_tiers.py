@@ -8,6 +8,8 @@ Cases, each run in a fresh subprocess (so that its peak RSS is its own):
 * ``bounds-<intermediate>-<box>``: the bounds tier (``certcompress.bounds.tiers.bounds_tier``)
   with ``PropagationOptions(intermediate="interval" | "crown")`` over the box ``small``
   (+-1/255 around a random point in [-1, 1]) or ``wide`` ([-1, 1]^3072);
+* ``bounds-interval-<box>-nosign``: the same with ``sign_vectors_up_to=0`` (the l1 bound
+  is the sum of the per-output bounds: no 2^10 sign-vector rows);
 * ``local-crown``: ``cc.certify_local`` (CROWN intermediate bounds) at one point,
   eps = 1/255, inside [-1, 1].
 
@@ -40,7 +42,8 @@ from typing import Any
 from _common import RESULTS, write_results  # type: ignore[import-not-found]
 
 CASES = ("bounds-interval-small", "bounds-interval-wide", "bounds-crown-small",
-         "bounds-crown-wide", "local-crown")
+         "bounds-crown-wide", "local-crown", "bounds-interval-small-nosign",
+         "bounds-interval-wide-nosign")
 TARGET_S = {"bounds": 20.0, "local": 10.0}
 TARGET_MB = {"bounds": 1024.0, "local": None}
 SIZE = 32
@@ -80,7 +83,8 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
     baseline = _peak_mb()
     out: dict[str, Any] = {"case": case, "threads": threads, "device": device}
     if case.startswith("bounds-"):
-        _, inter, box = case.split("-")
+        _, inter, box = case.split("-")[:3]
+        signs = 0 if case.endswith("-nosign") else PropagationOptions().sign_vectors_up_to
         if box == "small":
             lo, hi = (point - EPS).clamp(-1, 1), (point + EPS).clamp(-1, 1)
             dom = InputDomain.box(lo, hi, shape=shape)
@@ -89,7 +93,9 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         g, g2 = cc.trace(model, shape), cc.trace(comp, shape)
         t1 = time.perf_counter()
-        mb = bounds_tier(g, g2, dom, PropagationOptions(intermediate=inter))  # type: ignore[arg-type]
+        opts = PropagationOptions(intermediate=inter,  # type: ignore[arg-type]
+                                  sign_vectors_up_to=signs)
+        mb = bounds_tier(g, g2, dom, opts)
         t2 = time.perf_counter()
         out.update(seconds=t2 - t0, trace_seconds=t1 - t0, tier_seconds=t2 - t1,
                    bound_l1=mb.bound, per_output_max=max(mb.per_output),
