@@ -46,7 +46,8 @@ def test_capped_row_max_equals_min_of_full_max() -> None:
         cap = torch.randn(P, generator=gen, dtype=torch.float64)
         calls: list[int] = []
 
-        def rows(idx: torch.Tensor) -> torch.Tensor:
+        def rows(idx: torch.Tensor, vals: torch.Tensor = vals,
+                 calls: list[int] = calls) -> torch.Tensor:
             calls.append(idx.numel())
             return vals[idx]
 
