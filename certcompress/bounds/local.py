@@ -44,6 +44,7 @@ from .._version import provenance
 from ..domain import InputDomain
 from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
+from .propagation.engine import capped_row_max, rows_per_chunk, sign_vector_order
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,6 +247,31 @@ def _ub(state: PairState, coef: dict[str, Tensor], prob: Tensor) -> Tensor:
     return output_upper_bounds(state, coef, prob)
 
 
+def _sign_vector_l1(runs: _Runs, l1: Tensor, dl: Tensor, du: Tensor, m: int,
+                    rel: float) -> Tensor:
+    """``min(l1, max_s ub_pair(s), max_s ub_sep(s))`` per point over the ``2^m`` sign
+    vectors ``s`` (``<s, f - f'>`` bounded on the pair, and as ``f`` alone plus ``-f'``
+    alone). Each maximum stops early once it reaches the bound it would tighten
+    (``capped_row_max``: the minimum is the same), the likely largest rows first."""
+    P = l1.shape[0]
+    s = _sign_rows(m)
+    S = s.shape[0]
+    srows = torch.cat([s[sign_vector_order(s, du[p], -dl[p])] for p in range(P)])
+    sprob = torch.arange(P).repeat_interleave(S)
+    chunk = rows_per_chunk(runs.pair.pair, runs.pair.options)
+    l1_pair = capped_row_max(lambda i: _ub(runs.pair, {"d": srows[i]}, sprob[i]), sprob,
+                             l1, chunk)
+    cap = torch.minimum(l1, l1_pair)
+
+    def sep(i: Tensor) -> Tensor:
+        uo = _ub(runs.orig, {"z": srows[i]}, sprob[i])
+        uc = _ub(runs.comp, {"z": -srows[i]}, sprob[i])
+        return _up(uo + uc, uo.abs() + uc.abs(), rel)
+
+    l1_sep = capped_row_max(sep, sprob, cap, chunk)
+    return torch.minimum(cap, l1_sep)
+
+
 def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
            ) -> dict[str, Tensor]:
     """Every per-point bound of one batch of ``P`` boxes (see the module doc)."""
@@ -276,15 +302,7 @@ def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
     dev_abs = torch.maximum(du, -dl).clamp(min=0.0)
     l1 = _up(dev_abs.sum(1), dev_abs.sum(1), rel)
     if sign_vectors:
-        s = _sign_rows(m)
-        S = s.shape[0]
-        srows = s.repeat(P, 1)
-        sprob = torch.arange(P).repeat_interleave(S)
-        l1_pair = _ub(runs.pair, {"d": srows}, sprob).reshape(P, S).max(1).values
-        uo = _ub(runs.orig, {"z": srows}, sprob).reshape(P, S)
-        uc = _ub(runs.comp, {"z": -srows}, sprob).reshape(P, S)
-        l1_sep = _up(uo + uc, uo.abs() + uc.abs(), rel).max(1).values
-        l1 = torch.minimum(l1, torch.minimum(l1_pair, l1_sep))
+        l1 = _sign_vector_l1(runs, l1, dl, du, m, rel)
 
     # decision forms: lower bounds of f'_c - f'_j and f_c - f_j, j != c
     others = torch.tensor([j for _ in range(P) for j in range(m - 1)], dtype=torch.int64)

@@ -57,9 +57,12 @@ from .propagation.engine import (
     ROUNDING_NOTE,
     PairState,
     PropagationOptions,
+    capped_row_max,
     output_bounds,
     output_upper_bounds,
     propagate,
+    rows_per_chunk,
+    sign_vector_order,
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
@@ -117,7 +120,7 @@ class BoundsTier(Tier):
         upper = domain.upper_tensor().unsqueeze(0)
         state = propagate(lowered, lower, upper, opts)
         m = lowered.output_size
-        eye = torch.eye(m, dtype=torch.float64)
+        eye = torch.eye(m, dtype=torch.float64, device=lower.device)
         ub, slope_rows = _output_rows(state, torch.cat([eye, -eye]), opts)
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
@@ -135,10 +138,13 @@ class BoundsTier(Tier):
         sign_rows = 0
         if 0 < m <= opts.sign_vectors_up_to:
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                                 dtype=torch.float64)
+                                 dtype=torch.float64, device=lower.device)
             sign_rows = int(signs.shape[0])
-            top, rows = _largest_row(state, signs, opts)
-            best, slope_rows = float(top), slope_rows + rows
+            if opts.slope_steps <= 0:
+                best = _sign_vector_max(state, signs, ub[:m], ub[m:], l1)
+            else:
+                top, rows = _largest_row(state, signs, opts)
+                best, slope_rows = float(top), slope_rows + rows
             l1 = min(l1, max(best, 0.0))
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
@@ -350,6 +356,20 @@ add_details_hook(_run_plugin_tier_hooks)
 def check_methods(methods: object) -> tuple[str, ...]:
     """Validated method names from the registry (a string or a sequence of them)."""
     return tier_registry().check(methods)
+
+
+def _sign_vector_max(state: PairState, signs: torch.Tensor, plus: torch.Tensor,
+                     minus: torch.Tensor, l1: float) -> float:
+    """``max_s`` of the upper bounds of ``<s, f - f'>`` over the sign vectors, or, once one
+    of them reaches ``l1`` (the bound it would tighten), that one: ``min(l1, .)`` is the
+    same either way (``capped_row_max``). Likely largest first (``sign_vector_order``)."""
+    order = sign_vector_order(signs, plus, minus)
+    rows = signs[order]
+    prob = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    cap = torch.tensor([l1], dtype=torch.float64, device=rows.device)
+    best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows[idx]}), prob,
+                          cap, rows_per_chunk(state.pair, state.options))
+    return float(best[0])
 
 
 # ---------------------------------------------------------------------- functions

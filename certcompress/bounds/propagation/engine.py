@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +49,7 @@ from .relax import Relaxation
 from .rules import SplitParams, rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
-           "rounding_eta", "ROUNDING_NOTE"]
+           "capped_row_max", "sign_vector_order", "rows_per_chunk", "rounding_eta", "ROUNDING_NOTE"]
 
 ROUNDING_NOTE = ("float64 round-to-nearest; every interval and linear bound pushed outward "
                  "by eta x its magnitude (the same sum on absolute values)")
@@ -168,12 +168,17 @@ def _rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
     return max(8, options.chunk_elements // (2 * widest))
 
 
+def rows_per_chunk(pair: PairNet, options: PropagationOptions) -> int:
+    """How many back-substitution rows go through the pair at once (memory bound)."""
+    return _rows_per_chunk(pair, options)
+
+
 def _onehot_rows(shape: Sequence[int], flat: Tensor, sign: Tensor) -> Tensor:
     n = 1
     for s in shape:
         n *= s
-    t = torch.zeros((flat.numel(), n), dtype=torch.float64)
-    t[torch.arange(flat.numel()), flat] = sign
+    t = torch.zeros((flat.numel(), n), dtype=torch.float64, device=flat.device)
+    t[torch.arange(flat.numel(), device=flat.device), flat] = sign
     return t.reshape((flat.numel(),) + tuple(shape))
 
 
@@ -206,14 +211,15 @@ def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
             continue
         probs = idx[:, 0].repeat_interleave(2)
         flats = idx[:, 1].repeat_interleave(2)
-        signs = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(idx.shape[0])
-        ub = torch.empty(n_rows, dtype=torch.float64)
+        signs = torch.tensor([1.0, -1.0], dtype=torch.float64,
+                             device=idx.device).repeat(idx.shape[0])
+        ub = torch.empty(n_rows, dtype=torch.float64, device=idx.device)
         for s in range(0, n_rows, chunk):
             sl = slice(s, s + chunk)
             lam = _onehot_rows(node.shape, flats[sl], signs[sl])
             prob = None if P == 1 else probs[sl]
             form = Form({k: lam * v for k, v in as_form[q].items()},
-                        torch.zeros(lam.shape[0], dtype=torch.float64))
+                        torch.zeros(lam.shape[0], dtype=torch.float64, device=lam.device))
             ub[sl] = backsubstitute(state.pair, {i: form}, state.relax, state.lower,
                                     state.upper, prob, bounds=state.bounds)
         rows_done += n_rows
@@ -322,22 +328,58 @@ def output_upper_bounds(state: PairState, coef: dict[str, Tensor],
     chunk = _rows_per_chunk(state.pair, state.options)
     mz, mc = output_magnitudes(state)
     mags = {"z": mz, "d": mz + mc}
-    result = torch.empty(R, dtype=torch.float64)
+    result = torch.empty(R, dtype=torch.float64, device=state.lower.device)
     with torch.no_grad():
         for s in range(0, R, chunk):
             sl = slice(s, s + chunk)
             p = None if prob is None else prob[sl]
             forms: dict[int, Form] = {}
-            margin = torch.zeros(min(R, s + chunk) - s, dtype=torch.float64)
+            margin = torch.zeros(min(R, s + chunk) - s, dtype=torch.float64,
+                                 device=state.lower.device)
             for q, t in coef.items():
                 rows = t[sl].to(torch.float64)
                 m = mags[q] if p is None else mags[q][p]
                 margin = margin + (rows.abs() * m).sum(1)
                 for j, part in _split_outputs(state.pair, rows).items():
-                    f = forms.setdefault(j, Form({}, torch.zeros(rows.shape[0],
-                                                                 dtype=torch.float64)))
+                    f = forms.setdefault(j, Form({}, torch.zeros(
+                        rows.shape[0], dtype=torch.float64, device=rows.device)))
                     f.add(q, part)
             ub = backsubstitute(state.pair, forms, state.relax, state.lower, state.upper, p,
                                 params=_param_rows(params, sl), bounds=state.bounds)
             result[sl] = ub + state.eta * margin + state.form_floor(p, ub.shape[0])
     return result
+
+
+def sign_vector_order(signs: Tensor, plus: Tensor, minus: Tensor) -> Tensor:
+    """An order of the sign vectors ``signs`` ``(S, m)`` for :func:`capped_row_max`, the
+    likely largest bound of ``<s, f - f'>`` first: by ``sum_j`` of the per-output upper
+    bound on the side ``s_j`` picks (``plus[j]`` for ``+1``, ``minus[j]`` for ``-1``),
+    descending. Only the speed depends on it, never the result."""
+    diff = torch.nan_to_num(plus - minus, nan=0.0, posinf=1e300, neginf=-1e300)
+    score = (signs.to(diff.dtype) * diff.reshape(1, -1)).sum(1)
+    return torch.argsort(score, descending=True, stable=True)
+
+
+def capped_row_max(ub_rows: Callable[[Tensor], Tensor], prob: Tensor, cap: Tensor,
+                   chunk: int) -> Tensor:
+    """``max`` over rows ``r`` of problem ``p`` of ``ub_rows(r)``, per problem, for a caller
+    that only needs ``min(cap[p], max)``: rows are evaluated in their order, ``chunk`` at
+    a time (``ub_rows(idx)`` gives the values ``(len(idx),)`` of the rows ``idx``), and a
+    problem whose running maximum has reached ``cap[p]`` gets no more rows. The result
+    ``best[p]`` is the full maximum, or a value ``>= cap[p]`` that is one of the rows'
+    values (so ``min(cap, best)`` equals ``min(cap, max)`` exactly). A problem with no
+    rows gets ``-inf``. ``prob`` ``(R,)`` gives each row's problem, ``cap`` ``(P,)``."""
+    P, R = cap.shape[0], prob.shape[0]
+    best = torch.full((P,), -math.inf, dtype=torch.float64, device=cap.device)
+    active = torch.ones(P, dtype=torch.bool, device=cap.device)
+    for s in range(0, R, max(1, chunk)):
+        idx = torch.arange(s, min(R, s + chunk), device=prob.device)
+        idx = idx[active[prob[idx]]]
+        if idx.numel() == 0:
+            if not bool(active.any()):
+                break
+            continue
+        v = ub_rows(idx).to(torch.float64)
+        best = best.scatter_reduce(0, prob[idx], v, "amax")
+        active = active & ~(best >= cap) & ~torch.isnan(best)
+    return best

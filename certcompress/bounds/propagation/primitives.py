@@ -182,8 +182,9 @@ class PSelect(PNode):
 class PAffine(PNode):
     """A parametric node. ``w`` is the original's weight, ``wc`` the compressed one's
     (float64, the op's layout); ``bias``/``bias_c`` are the biases broadcast to the
-    output shape (zeros when the op has none). Derived: ``dw = w - wc``, the absolute
-    weights, and the three transposed maps ``t_w``, ``t_wc``, ``t_dw``."""
+    output shape (zeros when the op has none). Derived: ``dw = w - wc`` (a zero view when
+    the weights are equal), the three transposed maps ``t_w``, ``t_wc``, ``t_dw``, and
+    the absolute weights (properties, computed where used)."""
 
     op: AffineOp
     in_shape: tuple[int, ...]
@@ -193,25 +194,46 @@ class PAffine(PNode):
     bias_c: Tensor
     dw: Tensor = field(init=False, repr=False)
     dbias: Tensor = field(init=False, repr=False)
-    w_abs: Tensor = field(init=False, repr=False)
-    wc_abs: Tensor = field(init=False, repr=False)
-    dw_abs: Tensor = field(init=False, repr=False)
     changed: bool = field(init=False)
     t_w: Transpose = field(init=False, repr=False)
     t_wc: Transpose = field(init=False, repr=False)
     t_dw: Transpose = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        dw = self.w - self.wc
+        same = self.wc is self.w or (self.wc.shape == self.w.shape
+                                      and bool(torch.equal(self.wc, self.w)))
+        # equal weights (a network paired with itself): dw is a zero view, no copy
+        dw = (torch.zeros((), dtype=self.w.dtype).expand(self.w.shape) if same
+              else self.w - self.wc)
         setattr_ = object.__setattr__
         setattr_(self, "dw", dw)
         setattr_(self, "dbias", self.bias - self.bias_c)
-        setattr_(self, "w_abs", self.w.abs())
-        setattr_(self, "wc_abs", self.wc.abs())
-        setattr_(self, "dw_abs", dw.abs())
-        setattr_(self, "changed", bool(dw.any()) or bool(self.dbias.any()))
+        setattr_(self, "changed", (not same and bool(dw.any())) or bool(self.dbias.any()))
+        if same:  # one transposed map, and the zero map for dw (nothing held for it)
+            t_w = linear_transpose(self._map(self.w), [self.in_shape])
+            for name, t in (("t_w", t_w), ("t_wc", t_w), ("t_dw", self._zero_transpose)):
+                setattr_(self, name, t)
+            return
         for name, weight in (("t_w", self.w), ("t_wc", self.wc), ("t_dw", dw)):
             setattr_(self, name, linear_transpose(self._map(weight), [self.in_shape]))
+
+    def _zero_transpose(self, rows: Tensor) -> tuple[Tensor, ...]:
+        return (torch.zeros((rows.shape[0],) + tuple(self.in_shape), dtype=rows.dtype,
+                            device=rows.device),)
+
+    # the absolute weights are computed where used, not stored: three fewer float64
+    # copies of every weight tensor (memory at scale, docs/bounds.md "Cost at scale")
+    @property
+    def w_abs(self) -> Tensor:
+        return self.w.abs()
+
+    @property
+    def wc_abs(self) -> Tensor:
+        return self.w_abs if self.wc is self.w else self.wc.abs()
+
+    @property
+    def dw_abs(self) -> Tensor:
+        return self.dw.abs()
 
     def _map(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
         op = self.op

@@ -1,0 +1,193 @@
+"""Bound tiers at scale (issue 15, part 2): torchvision resnet18 at 1x3x32x32.
+
+The pair: resnet18 (random init pinned by seed 0, ``num_classes=10``, eval mode) and its
+twin with every weight tensor of dimension >= 2 pruned 30% by magnitude (per tensor).
+
+Cases, each run in a fresh subprocess (so that its peak RSS is its own):
+
+* ``bounds-<intermediate>-<box>``: the bounds tier (``certcompress.bounds.tiers.bounds_tier``)
+  with ``PropagationOptions(intermediate="interval" | "crown")`` over the box ``small``
+  (+-1/255 around a random point in [-1, 1]) or ``wide`` ([-1, 1]^3072);
+* ``bounds-interval-<box>-nosign``: the same with ``sign_vectors_up_to=0`` (the l1 bound
+  is the sum of the per-output bounds: no 2^10 sign-vector rows);
+* ``local-crown``: ``cc.certify_local`` (CROWN intermediate bounds) at one point,
+  eps = 1/255, inside [-1, 1].
+
+Reported per case: wall time of the call (tracing and lowering included: what a user
+waits for), peak RSS of the process (``ru_maxrss``; it includes ~0.7 GB for importing
+torch, torchvision and certcompress, reported as ``baseline_mb``) and the increase over
+that baseline, each against the issue's targets (a bounds-tier pass <= 20 s and <= 1 GB,
+a local certificate <= 10 s per point), the device, the torch thread count and the
+1-minute load average before and after (the machine may be shared: other processes
+inflate every figure). A case that does not finish within ``--timeout`` seconds is
+recorded as a timeout (its peak RSS is then unknown).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_scale_tiers.py [--threads 1 2]
+[--cases ...] [--timeout 300] [--tag after]``; results in
+``benchmarks/results/scale_tiers.json`` (merged by tag and case, so that a "before" and an
+"after" run sit side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import RESULTS, write_results  # type: ignore[import-not-found]
+
+CASES = ("bounds-interval-small", "bounds-interval-wide", "bounds-crown-small",
+         "bounds-crown-wide", "local-crown", "bounds-interval-small-nosign",
+         "bounds-interval-wide-nosign")
+TARGET_S = {"bounds": 20.0, "local": 10.0}
+TARGET_MB = {"bounds": 1024.0, "local": None}
+SIZE = 32
+SPARSITY = 0.3
+EPS = 1.0 / 255
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _run_case(case: str, threads: int) -> dict[str, Any]:
+    """One case in this process (the child): returns its figures."""
+    import torch
+    import torchvision  # optional benchmark dependency
+
+    torch.set_num_threads(threads)
+    import certcompress as cc
+    from certcompress.bounds.propagation.engine import PropagationOptions
+    from certcompress.bounds.tiers import bounds_tier
+    from certcompress.domain import InputDomain
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    comp = torchvision.models.resnet18(num_classes=10).eval()
+    comp.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in comp.parameters():
+            if p.dim() >= 2:
+                k = int(SPARSITY * p.numel())
+                cut = p.abs().flatten().kthvalue(k).values
+                p[p.abs() <= cut] = 0.0
+    shape = (1, 3, SIZE, SIZE)
+    gen = torch.Generator().manual_seed(1)
+    point = (torch.rand(shape, generator=gen) * 2 - 1).double()
+    device = "cpu"
+    baseline = _peak_mb()
+    out: dict[str, Any] = {"case": case, "threads": threads, "device": device}
+    if case.startswith("bounds-"):
+        _, inter, box = case.split("-")[:3]
+        signs = 0 if case.endswith("-nosign") else PropagationOptions().sign_vectors_up_to
+        if box == "small":
+            lo, hi = (point - EPS).clamp(-1, 1), (point + EPS).clamp(-1, 1)
+            dom = InputDomain.box(lo, hi, shape=shape)
+        else:
+            dom = InputDomain.box(-1.0, 1.0, shape=shape)
+        t0 = time.perf_counter()
+        g, g2 = cc.trace(model, shape), cc.trace(comp, shape)
+        t1 = time.perf_counter()
+        opts = PropagationOptions(intermediate=inter,  # type: ignore[arg-type]
+                                  sign_vectors_up_to=signs)
+        mb = bounds_tier(g, g2, dom, opts)
+        t2 = time.perf_counter()
+        out.update(seconds=t2 - t0, trace_seconds=t1 - t0, tier_seconds=t2 - t1,
+                   bound_l1=mb.bound, per_output_max=max(mb.per_output),
+                   details={k: v for k, v in mb.details.items()
+                            if isinstance(v, (int, float, bool, str))})
+        with torch.no_grad():
+            f = (model.double()(point) - comp.double()(point)).abs().sum()
+        out["found_at_point_l1"] = float(f)
+    else:
+        dom = InputDomain.box(-1.0, 1.0, shape=shape)
+        t0 = time.perf_counter()
+        lc = cc.certify_local(model, comp, point, EPS, domain=dom, progress=False)
+        out.update(seconds=time.perf_counter() - t0, bound_l1=lc.deviation_bound[0],
+                   found_at_point_l1=lc.deviation_at_point[0],
+                   decision_unchanged=lc.decision_unchanged[0])
+    out["baseline_mb"] = baseline
+    out["peak_mb"] = _peak_mb()
+    out["increase_mb"] = out["peak_mb"] - baseline
+    return out
+
+
+def _verdict(fig: dict[str, Any]) -> dict[str, Any]:
+    kind = "bounds" if fig["case"].startswith("bounds-") else "local"
+    v: dict[str, Any] = {"target_seconds": TARGET_S[kind],
+                         "time_pass": bool(fig.get("seconds") is not None
+                                           and fig["seconds"] <= TARGET_S[kind])}
+    if TARGET_MB[kind] is not None:
+        v["target_mb"] = TARGET_MB[kind]
+        v["memory_pass"] = bool(fig.get("peak_mb") is not None
+                                and fig["peak_mb"] <= TARGET_MB[kind])
+    return v
+
+
+def _spawn(case: str, threads: int, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", case, "--threads", str(threads)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        return {"case": case, "threads": threads, "seconds": None, "peak_mb": None,
+                "status": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"case": case, "threads": threads, "seconds": None, "peak_mb": None,
+                "status": f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    fig["status"] = "ok"
+    fig["process_seconds"] = time.perf_counter() - t0
+    return fig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--tag", default="after", help="the key the figures are stored under")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_run_case(args.child, args.threads[0])))
+        return
+    path = RESULTS / "scale_tiers.json"
+    old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    runs: dict[str, Any] = dict(old.get("runs", {}))
+    rows = []
+    load_before = os.getloadavg()[0]
+    for case in args.cases:
+        for th in args.threads:
+            fig = _spawn(case, th, args.timeout)
+            fig.update(_verdict(fig))
+            fig["load_average_1min"] = os.getloadavg()[0]
+            rows.append(fig)
+            sec = "timeout" if fig.get("seconds") is None else f"{fig['seconds']:.1f} s"
+            mb = "?" if fig.get("peak_mb") is None else f"{fig['peak_mb']:.0f} MB"
+            print(f"{case:24s} threads={th} {sec:>10s} {mb:>8s} time_pass={fig['time_pass']} "
+                  f"memory_pass={fig.get('memory_pass', '-')} {fig['status'][:60]}", flush=True)
+    new = {(r["case"], r["threads"]) for r in rows}
+    kept = [r for r in runs.get(args.tag, {}).get("cases", [])
+            if (r["case"], r["threads"]) not in new]
+    runs[args.tag] = {"cases": kept + rows, "load_average_1min_before": load_before,
+                      "load_average_1min_after": os.getloadavg()[0], "device": "cpu",
+                      "uptime": subprocess.run(["uptime"], capture_output=True,
+                                               text=True).stdout.strip()}
+    write_results("scale_tiers", {
+        "model": "torchvision resnet18, num_classes=10, random init (seed 0), eval; twin: "
+                 f"{int(SPARSITY * 100)}% magnitude pruning per weight tensor",
+        "input_shape": [1, 3, SIZE, SIZE], "eps_small_box": EPS,
+        "targets": {"bounds_tier_seconds": 20.0, "bounds_tier_peak_mb": 1024.0,
+                    "local_certificate_seconds_per_point": 10.0},
+        "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
