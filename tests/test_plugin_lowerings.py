@@ -211,7 +211,9 @@ def test_every_core_op_kind_has_a_lowering() -> None:
     def subclasses(cls: type) -> list[type]:
         return [s for c in cls.__subclasses__() for s in [c, *subclasses(c)]]
 
-    core = [c for c in subclasses(IROp) if c.__module__.startswith("certcompress.")]
+    # private bases (``_SelfMagnitudeOp``) share code between op kinds and never occur
+    core = [c for c in subclasses(IROp) if c.__module__.startswith("certcompress.")
+            and not c.__name__.startswith("_")]
     assert ops.ReLUOp in core and ops.ConvOp in core
     reg = LoweringRegistry()
     register_builtin_lowerings(reg)
