@@ -253,8 +253,6 @@ def _fold(net: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------- onnxruntime
 def test_onnx_under_onnxruntime_no_tolerance(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = _mlp(3, [6, 16, 3], 1e5)
     comp = _compress(model, 3, "ulp")
     dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 6))
@@ -276,8 +274,6 @@ def test_onnx_under_onnxruntime_no_tolerance(tmp_path: Path) -> None:
 
 
 def test_onnx_cnn_float32_and_recertify(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = _cnn(5, 100.0)
     comp = _compress(model, 5, "prune")
     dom = cc.InputDomain.box(0.0, 1.0, shape=(1, 1, 8, 8))

@@ -206,8 +206,6 @@ def test_options_are_checked() -> None:
 
 # ------------------------------------------------------------------ the certificate
 def test_certificate_records_the_steps_and_recertifies(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     net, comp, dom = _wide_pair(5)
     net, comp = net.float(), comp.float()
     opts = PropagationOptions(slope_steps=7, slope_lr=0.2)
