@@ -54,17 +54,23 @@ def layer_values(chain, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tenso
     return out
 
 
+def _chain_pair(p: dict) -> tuple:
+    """The hypothesis pair ``p`` built, lowered and in chain form, with its box flat."""
+    net, comp, dom = build(p)
+    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
+    chain = chain_from_pair(pair)
+    assert chain is not None
+    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    return net, comp, dom, pair, chain, lo0, hi0
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=pairs, relaxation=st.sampled_from(("choose",) * 3 + RELAXATIONS),
        boxes=st.sampled_from([1, 3]), layout=st.sampled_from(LAYOUTS))
 def test_every_relaxation_bounds_layers_and_rows_on_a_dense_grid(
         p: dict, relaxation: str, boxes: int, layout: str) -> None:
-    net, comp, dom = build(p)
+    net, comp, dom, pair, chain, lo0, hi0 = _chain_pair(p)
     n = p["n_in"]
-    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
-    chain = chain_from_pair(pair)
-    assert chain is not None
-    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
     lo, hi = (lo0[None], hi0[None]) if boxes == 1 else sub_boxes(lo0, hi0, boxes)
     state = ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
                        relaxation=relaxation, layout=layout)
@@ -163,12 +169,8 @@ def test_parent_bounds_reused_in_children_contain_the_grid(p: dict) -> None:
     """Children bounded with their parent's layer bounds as ``prior`` (the search's
     ``reuse_bounds``): every layer's bounds contain the child's grid values and are never
     wider than the child's bounds without the prior."""
-    net, comp, dom = build(p)
+    net, comp, dom, pair, chain, lo0, hi0 = _chain_pair(p)
     n = p["n_in"]
-    pair = lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape))
-    chain = chain_from_pair(pair)
-    assert chain is not None
-    lo0, hi0 = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
     parent = ChainState(chain, lo0[None], hi0[None], intermediate="crown",
                         quantities=("z", "d")).pre_bounds()
     lo, hi = sub_boxes(lo0, hi0, 3)
