@@ -429,7 +429,9 @@ class _Converter:
         if shapes is None or any(n not in shapes for n in needed if n.op != "output"):
             shapes = self._meta_values(example, needed)
         self.shapes = shapes
-        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        # fake tensors only where the meta pass failed (building the mode imports
+        # torch._dynamo, seconds of a command's start-up)
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if shapes is None else None
         interp = fx.Interpreter(self.gm)
         depends: set[fx.Node] = set()
         failed: set[fx.Node] = set()
@@ -442,7 +444,8 @@ class _Converter:
                 output_node = node
                 break
             if node.op == "placeholder":
-                if shapes is not None:
+                if fake_mode is None:
+                    assert shapes is not None
                     value = shapes[node]
                 else:
                     with fake_mode:
@@ -461,7 +464,8 @@ class _Converter:
                 self.ctx.tensor_nodes.add(node)
                 continue
             try:
-                if shapes is not None:
+                if fake_mode is None:
+                    assert shapes is not None
                     value = shapes[node]
                 else:
                     with fake_mode:
@@ -677,13 +681,67 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.dtype == torch.float64 else t.to(torch.float64)
 
 
+#: element-wise functions whose meta output is the broadcast of their arguments: torch
+#: runs these on meta tensors through its Python references, whose first call imports
+#: torch._dynamo (about 2 s of a command's start-up; benchmarks/bench_cli_startup.py)
+_ELEMENTWISE_BINARY = frozenset({operator.add, operator.sub, operator.mul, torch.add,
+                                 torch.sub, torch.mul})
+_ELEMENTWISE_UNARY = frozenset({torch.relu, nn.functional.relu})
+
+
+def _meta_elementwise(node: fx.Node, interp: fx.Interpreter, modules: dict[str, nn.Module]
+                      ) -> torch.Tensor | None:
+    """The meta output of a plain element-wise node (ReLU, or add/sub/mul of meta tensors
+    and Python numbers, no keyword arguments) or of an ``nn.Linear`` (whose bias add
+    torch decomposes the same way): an empty meta tensor of the output's shape and
+    dtype. None for anything else (the node then runs, which also reports errors)."""
+    if node.kwargs:
+        return None
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if type(m) is nn.Linear and len(node.args) == 1:
+            x = interp.env.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            if (isinstance(x, torch.Tensor) and x.device.type == "meta" and x.dim() >= 1
+                    and x.shape[-1] == m.in_features and x.dtype == m.weight.dtype):
+                return torch.empty((*x.shape[:-1], m.out_features), dtype=x.dtype,
+                                   device="meta")
+            return None
+        if type(m) is not nn.ReLU:
+            return None
+        kind = "unary"
+    elif node.op == "call_function" and node.target in _ELEMENTWISE_UNARY:
+        kind = "unary"
+    elif node.op == "call_function" and node.target in _ELEMENTWISE_BINARY:
+        kind = "binary"
+    else:
+        return None
+    args: list[Any] = [interp.env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+    if len(args) != (1 if kind == "unary" else 2):
+        return None
+    if not all((isinstance(a, torch.Tensor) and a.device.type == "meta")
+               or (kind == "binary" and type(a) in (int, float)) for a in args):
+        return None
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not tensors:
+        return None
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        dtype = torch.result_type(*args) if kind == "binary" else tensors[0].dtype
+    except (RuntimeError, TypeError):
+        return None
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
 def _meta_shortcut(node: fx.Node, interp: fx.Interpreter, modules: dict[str, nn.Module]
                    ) -> torch.Tensor | None:
     """The output of an eval-mode BatchNorm on a meta tensor without running it: its
     shape and dtype are the input's. torch decomposes ``batch_norm`` on meta tensors
     into a dozen element-wise prims, a third of a ResNet's shape pass. Anything unusual
     (training mode, a channel mismatch, a non-meta input) returns None and runs the
-    module, which also reports the error."""
+    module, which also reports the error. Plain element-wise nodes: ``_meta_elementwise``."""
+    value = _meta_elementwise(node, interp, modules)
+    if value is not None:
+        return value
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
     m = modules.get(str(node.target))
