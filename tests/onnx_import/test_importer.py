@@ -376,3 +376,34 @@ def test_declared_input_shape_serves_the_python_api(tmp_path: Path) -> None:
     assert tuple(cert.input_shape) == (1, 16)
     assert cert.measurements.adversarial_max is not None
     assert cert.measurements.adversarial_max <= cert.bound
+
+
+def test_float16_weights_behind_casts_load_and_a_float16_graph_is_refused(
+        tmp_path: Path) -> None:
+    """The usual float16 truncation of a float32 model (float16 initializers cast to float)
+    loads with the float16 values exactly; a graph run in float16 end to end is refused
+    with the way to express its weights in a float32 graph."""
+    w = (RNG.standard_normal((4, 3)) * 0.3).astype(np.float16)
+    b = (RNG.standard_normal(3) * 0.3).astype(np.float16)
+    nodes = [helper.make_node("Cast", ["wh"], ["w"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["bh"], ["b"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])]
+    inits = [numpy_helper.from_array(w, "wh"), numpy_helper.from_array(b, "bh")]
+    model = _compare(_save(tmp_path, nodes, inits, [1, 4]), (1, 4))
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = x @ torch.from_numpy(w.astype(np.float64)) + torch.from_numpy(
+            b.astype(np.float64))
+        assert torch.equal(model.double()(x), want)
+    x16 = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])
+    y16 = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 3])
+    g = helper.make_graph(nodes[2:], "g", [x16], [y16],
+                          initializer=[numpy_helper.from_array(w, "w"),
+                                       numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    path = tmp_path / "half.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(UnsupportedModelError, match=r"float16, not float32.*Cast\(to=FLOAT\)"):
+        load_onnx(path)

@@ -223,8 +223,15 @@ class _Builder:
                 "one input tensor")
         inp = inputs[0]
         if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise UnsupportedModelError(f"ONNX model '{self.name}': input '{inp.name}' is not "
-                                        "float32")
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type) \
+                if inp.type.tensor_type.elem_type else "undefined"
+            raise UnsupportedModelError(
+                f"ONNX model '{self.name}': input '{inp.name}' is {dtype}, not float32. "
+                "certcompress certifies float32 graphs (and float64 or float32 arithmetic "
+                "on them); a model run in float16 or integer arithmetic end to end is not "
+                "modelled. To certify float16 weights, keep the weights' float16 values in "
+                "a float32 graph (store them as float32 initializers, or as float16 "
+                "initializers behind Cast(to=FLOAT) nodes)")
         dims = self.shapes.get(inp.name)
         if not dims:
             raise UnsupportedModelError(f"ONNX model '{self.name}': input '{inp.name}' has no "
