@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._shapes import broadcast_shapes
 from ._vnnlib import VnnlibBoxes, read_boxes
 from .errors import ConfigurationError
 
@@ -129,15 +130,15 @@ class InputDomain:
         lo, hi = _floats("lower", lower), _floats("upper", upper)
         shape_t = tuple(int(s) for s in shape)
         try:
-            torch.broadcast_shapes(lo.shape, hi.shape, shape_t)
-        except RuntimeError:
+            full = broadcast_shapes(lo.shape, hi.shape, shape_t)
+        except ValueError:
             raise ConfigurationError(f"bounds of shapes {tuple(lo.shape)} and "
                                      f"{tuple(hi.shape)} do not broadcast to shape "
                                      f"{shape_t}") from None
-        if tuple(torch.broadcast_shapes(lo.shape, hi.shape, shape_t)) != shape_t:
+        if full != shape_t:
             raise ConfigurationError(f"bounds of shapes {tuple(lo.shape)} and "
                                      f"{tuple(hi.shape)} are larger than shape {shape_t}")
-        common = torch.broadcast_shapes(lo.shape, hi.shape)
+        common = broadcast_shapes(lo.shape, hi.shape)
         lv, ls = _compact(lo.expand(common))
         uv, us = _compact(hi.expand(common))
         if ls != us:  # one is constant, the other is not: store both at the common shape

@@ -110,14 +110,16 @@ def test_the_elementwise_meta_shortcut_matches_running_the_node() -> None:
                        model.double()(x.double()).to(torch.float64))
 
 
-def test_tracing_an_mlp_does_not_import_dynamo() -> None:
-    """Tracing an ONNX-style MLP stays on the meta fast path without torch._dynamo (whose
-    import costs seconds of every command's start-up; benchmarks/bench_cli_startup.py)."""
+def test_tracing_an_mlp_imports_neither_dynamo_nor_sympy() -> None:
+    """Tracing an ONNX-style MLP and building its input box stay on the meta fast path,
+    without torch._dynamo or sympy (whose imports cost seconds of every command's
+    start-up; benchmarks/bench_cli_startup.py)."""
     code = ("import sys, torch, certcompress as cc\n"
             "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5, 8), "
             "torch.nn.ReLU(), torch.nn.Linear(8, 5))\n"
             "g = cc.trace(m.eval(), (1, 1, 1, 5))\n"
-            "print('torch._dynamo' in sys.modules)\n")
+            "d = cc.InputDomain.box(torch.zeros(5), torch.ones(5), shape=(1, 1, 1, 5))\n"
+            "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr

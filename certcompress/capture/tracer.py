@@ -32,6 +32,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.node import map_aggregate
 
+from .._shapes import broadcast_shapes
 from ..errors import (
     ConfigurationError,
     RefusalKind,
@@ -725,9 +726,9 @@ def _meta_elementwise(node: fx.Node, interp: fx.Interpreter, modules: dict[str, 
     if not tensors:
         return None
     try:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        shape = broadcast_shapes(*(t.shape for t in tensors))
         dtype = torch.result_type(*args) if kind == "binary" else tensors[0].dtype
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError, ValueError):
         return None
     return torch.empty(shape, dtype=dtype, device="meta")
 

@@ -1,0 +1,47 @@
+"""certcompress._shapes.broadcast_shapes agrees with torch.broadcast_shapes: the same
+shape where torch broadcasts, an error exactly where torch raises; InputDomain.box
+names bounds that do not fit its shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certcompress._shapes import broadcast_shapes
+from certcompress.domain import InputDomain
+from certcompress.errors import ConfigurationError
+
+_shape = st.lists(st.sampled_from([0, 1, 2, 3]), min_size=0, max_size=4).map(tuple)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_shape, min_size=1, max_size=4))
+def test_broadcast_shapes_matches_torch(shapes: list[tuple[int, ...]]) -> None:
+    try:
+        want = tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        with pytest.raises(ValueError, match="do not broadcast"):
+            broadcast_shapes(*shapes)
+        return
+    assert broadcast_shapes(*shapes) == want
+
+
+def test_broadcast_shapes_edge_cases() -> None:
+    assert broadcast_shapes() == ()
+    assert broadcast_shapes((2, 1), (3,)) == (2, 3)
+    assert broadcast_shapes(torch.Size([1, 5]), (4, 1)) == (4, 5)
+    with pytest.raises(ValueError, match=r"\(2,\), \(3,\)"):
+        broadcast_shapes((2,), (3,))
+    with pytest.raises(ValueError, match="negative"):
+        broadcast_shapes((-1,))
+
+
+def test_input_domain_box_names_bounds_that_do_not_fit_the_shape() -> None:
+    with pytest.raises(ConfigurationError, match=r"\(3,\) and \(\) do not broadcast to shape \(1, 5\)"):
+        InputDomain.box(torch.zeros(3), 1.0, shape=(1, 5))
+    with pytest.raises(ConfigurationError, match="larger than shape"):
+        InputDomain.box(torch.zeros(2, 5), 1.0, shape=(1, 5))
+    dom = InputDomain.box(torch.zeros(5), torch.ones(1, 5), shape=(1, 5))
+    assert tuple(dom.lower_tensor().shape) == (1, 5)
