@@ -164,7 +164,12 @@ class BoundsDetails(TierDetails):
     """The bound-propagation tier's run: the intermediate-bound mode, the size of the
     lowered pair, the back-substitution rows, and the float64 outward rounding margin;
     with optimized ReLU slopes (``PropagationOptions.slope_steps``) the steps, their
-    learning rate and how many output rows were optimized (absent otherwise)."""
+    learning rate and how many output rows were optimized (absent otherwise); with the
+    sign-vector l1 bound its row budget (``PropagationOptions.sign_rows``, absent: none),
+    the rows used, whether the search was exhaustive and how (``"all"`` sign vectors or
+    ``"branch-and-bound"``); with a CROWN row budget
+    (``PropagationOptions.crown_rows_per_node``) the budget and how many unstable neurons
+    kept their interval bounds because of it."""
 
     intermediate: str
     primitive_nodes: int
@@ -178,6 +183,12 @@ class BoundsDetails(TierDetails):
     slope_steps: int | None = None
     slope_lr: float | None = None
     slope_rows: int | None = None
+    sign_rows_budget: int | None = None
+    sign_rows_used: int | None = None
+    sign_exhaustive: bool | None = None
+    sign_search: str | None = None
+    crown_rows_per_node: int | None = None
+    interval_neurons: int | None = None
 
 
 _DETAILS: dict[str, type[TierDetails]] = {"path-metric": PathMetricDetails,

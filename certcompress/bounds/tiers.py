@@ -66,6 +66,7 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
+from .propagation.signs import sign_vector_search
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -135,16 +136,11 @@ class BoundsTier(Tier):
             raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
                                       f"per-output bound {float(per.max()):.3g}, {per.numel()} "
                                       "outputs); certify over a smaller domain")
-        sign_rows = 0
+        sign_rows, sign_info = 0, dict[str, Any]()
         if 0 < m <= opts.sign_vectors_up_to:
-            signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                                 dtype=torch.float64, device=lower.device)
-            sign_rows = int(signs.shape[0])
-            if opts.slope_steps <= 0:
-                best = _sign_vector_max(state, signs, ub[:m], ub[m:], l1)
-            else:
-                top, rows = _largest_row(state, signs, opts)
-                best, slope_rows = float(top), slope_rows + rows
+            best, sign_rows, rows, sign_info = _sign_vector_max(state, ub[:m], ub[m:], per,
+                                                                l1, opts)
+            slope_rows += rows
             l1 = min(l1, max(best, 0.0))
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
@@ -156,7 +152,8 @@ class BoundsTier(Tier):
                      "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
                      "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
                      "rounding": ROUNDING_NOTE, "domain": domain.describe(),
-                     **_slope_details(opts, slope_rows)})
+                     **_slope_details(opts, slope_rows), **sign_info,
+                     **_crown_budget_details(opts, state)})
 
 
 def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions
@@ -186,6 +183,16 @@ def _slope_details(opts: PropagationOptions, rows: int) -> dict[str, Any]:
         return {}
     return {"slope_steps": opts.slope_steps, "slope_lr": float(opts.slope_lr),
             "slope_rows": rows}
+
+
+def _crown_budget_details(opts: PropagationOptions, state: PairState) -> dict[str, Any]:
+    """The CROWN row budget a certificate records (none without one, so certificates
+    made without it read as before): the option and how many unstable neurons kept
+    their interval bounds because of it."""
+    if opts.crown_rows_per_node is None:
+        return {}
+    return {"crown_rows_per_node": opts.crown_rows_per_node,
+            "interval_neurons": int(state.stats.get("interval_neurons", 0))}
 
 
 # ---------------------------------------------------------------------- registry
@@ -358,18 +365,54 @@ def check_methods(methods: object) -> tuple[str, ...]:
     return tier_registry().check(methods)
 
 
-def _sign_vector_max(state: PairState, signs: torch.Tensor, plus: torch.Tensor,
-                     minus: torch.Tensor, l1: float) -> float:
-    """``max_s`` of the upper bounds of ``<s, f - f'>`` over the sign vectors, or, once one
-    of them reaches ``l1`` (the bound it would tighten), that one: ``min(l1, .)`` is the
-    same either way (``capped_row_max``). Likely largest first (``sign_vector_order``)."""
-    order = sign_vector_order(signs, plus, minus)
-    rows = signs[order]
-    prob = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
-    cap = torch.tensor([l1], dtype=torch.float64, device=rows.device)
-    best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows[idx]}), prob,
-                          cap, rows_per_chunk(state.pair, state.options))
-    return float(best[0])
+def _sign_vector_max(state: PairState, plus: torch.Tensor, minus: torch.Tensor,
+                     per: torch.Tensor, l1: float, opts: PropagationOptions
+                     ) -> tuple[float, int, int, dict[str, Any]]:
+    """A sound upper bound of ``max_s <s, f - f'>`` over the sign vectors ``s``, at most
+    ``l1`` where it reaches it; with the rows it used, the rows whose slopes were
+    optimized, and the details a certificate records (``sign_rows_budget``: the option,
+    restated by ``Tier.stated_options``; ``sign_rows_used``; ``sign_exhaustive``).
+
+    ``opts.sign_rows`` None or ``2^m <= opts.sign_rows``: every sign vector (exact; the
+    value certificates made before the budget existed state). Flat: likely largest first
+    (``sign_vector_order``), stopping once one reaches ``l1``, the bound it would
+    tighten (``capped_row_max``; ``min(l1, .)`` is the same either way); with
+    ``opts.slope_steps``, :func:`_largest_row`. Otherwise the best-first
+    branch-and-bound over partial sign vectors (:func:`sign_vector_search`) within
+    ``opts.sign_rows`` rows, each node's row bounded with the same relaxation as the
+    output rows (optimized slopes with ``opts.slope_steps``): sound, at most the sum of
+    the per-output bounds, and usually at least the flat maximum (it can be below it,
+    still sound, where a node's bound is below the flat bound of one of its completions:
+    :mod:`.propagation.signs`)."""
+    m = int(plus.shape[0])
+    budget = opts.sign_rows
+    info: dict[str, Any] = {} if budget is None else {"sign_rows_budget": budget}
+    if budget is None or 2 ** m <= budget:
+        signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
+                             dtype=torch.float64, device=plus.device)
+        info.update(sign_rows_used=2 ** m, sign_exhaustive=True, sign_search="all")
+        if opts.slope_steps > 0:
+            top, rows = _largest_row(state, signs, opts)
+            return float(top), 2 ** m, rows, info
+        order = sign_vector_order(signs, plus, minus)
+        rows_t = signs[order]
+        prob = torch.zeros(rows_t.shape[0], dtype=torch.int64, device=rows_t.device)
+        cap = torch.tensor([l1], dtype=torch.float64, device=rows_t.device)
+        best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows_t[idx]}),
+                              prob, cap, rows_per_chunk(state.pair, state.options))
+        return float(best[0]), 2 ** m, 0, info
+    slope_rows = 0
+
+    def node_rows(rows: torch.Tensor) -> torch.Tensor:
+        nonlocal slope_rows
+        ub, n = _output_rows(state, rows, opts)
+        slope_rows += n
+        return ub
+
+    res = sign_vector_search(node_rows, per, l1, budget)
+    info.update(sign_rows_used=res.rows, sign_exhaustive=res.exhaustive,
+                sign_search="branch-and-bound")
+    return res.value, res.rows, slope_rows, info
 
 
 # ---------------------------------------------------------------------- functions

@@ -72,6 +72,14 @@ class PropagationOptions:
     slopes of the final output rows, per row (alpha-CROWN for the pair,
     :mod:`.optimize`; 0: the default relaxation; the ``bounds`` tier uses it, other
     callers of :func:`output_upper_bounds` do not). Never looser than 0 steps.
+    ``sign_rows``: the row budget of the sign-vector l1 bound: all ``2^m`` sign vectors
+    when ``2^m <= sign_rows`` (exact), else a best-first branch-and-bound over partial
+    sign vectors (:mod:`.signs`) stopped after this many rows, with a sound bound between
+    the flat maximum and the sum of per-output bounds (:mod:`.signs`); None: every sign
+    vector. ``crown_rows_per_node``: with ``intermediate="crown"``, at most
+    this many neurons per ReLU input, quantity and input box get back-substitution rows
+    (the widest interval bounds first); the others keep their interval bounds (sound,
+    looser); None: every unstable neuron.
     """
 
     intermediate: Literal["crown", "interval"] = "crown"
@@ -80,6 +88,8 @@ class PropagationOptions:
     sign_vectors_up_to: int = 10
     slope_steps: int = 0
     slope_lr: float = 0.1
+    sign_rows: int | None = 192
+    crown_rows_per_node: int | None = None
 
     def __post_init__(self) -> None:
         if self.intermediate not in ("crown", "interval"):
@@ -96,6 +106,11 @@ class PropagationOptions:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
                 or not (math.isfinite(lr) and lr > 0):
             raise ConfigurationError(f"slope_lr must be a finite number > 0, got {lr!r}")
+        for name in ("sign_rows", "crown_rows_per_node"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigurationError(f"{name} must be an integer >= 0 or None (no "
+                                         f"budget), got {v!r}")
 
 
 @dataclass
@@ -182,6 +197,27 @@ def _onehot_rows(shape: Sequence[int], flat: Tensor, sign: Tensor) -> Tensor:
     return t.reshape((flat.numel(),) + tuple(shape))
 
 
+def _widest(state: PairState, need: Tensor, width: Tensor, budget: int) -> Tensor:
+    """``need`` (``(P, *shape)``) restricted to at most ``budget`` neurons per problem,
+    those with the widest intervals (``width``); the others keep their interval bounds,
+    which are sound (``PropagationOptions.crown_rows_per_node``). Counted in
+    ``state.stats["interval_neurons"]``."""
+    P = need.shape[0]
+    flat = need.reshape(P, -1)
+    if int(flat.sum(1).max()) <= budget:
+        return need
+    score = torch.where(flat, width.reshape(P, -1), torch.full_like(width.reshape(P, -1),
+                                                                     -math.inf))
+    keep = torch.zeros_like(flat)
+    if budget > 0:
+        top = score.topk(min(budget, flat.shape[1]), dim=1, sorted=False).indices
+        keep.scatter_(1, top, True)
+    keep &= flat
+    state.stats["interval_neurons"] = (state.stats.get("interval_neurons", 0)
+                                       + int(flat.sum()) - int(keep.sum()))
+    return keep.reshape(need.shape)
+
+
 def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
     """Back-substitution bounds at node ``i`` for its unstable neurons."""
     node = state.pair.nodes[i]
@@ -202,6 +238,8 @@ def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
             need = ~(zs & cs) & (highs["d"] > lows["d"])
         else:
             need = (lows[q] < 0) & (highs[q] > 0)
+        if state.options.crown_rows_per_node is not None:
+            need = _widest(state, need, highs[q] - lows[q], state.options.crown_rows_per_node)
         idx = need.reshape(P, -1).nonzero()
         n_rows = 2 * idx.shape[0]
         if n_rows == 0:
