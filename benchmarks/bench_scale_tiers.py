@@ -10,8 +10,20 @@ Cases, each run in a fresh subprocess (so that its peak RSS is its own):
   (+-1/255 around a random point in [-1, 1]) or ``wide`` ([-1, 1]^3072);
 * ``bounds-interval-<box>-nosign``: the same with ``sign_vectors_up_to=0`` (the l1 bound
   is the sum of the per-output bounds: no 2^10 sign-vector rows);
-* ``local-crown``: ``cc.certify_local`` (CROWN intermediate bounds) at one point,
-  eps = 1/255, inside [-1, 1].
+* ``bounds-interval-<box>-allsigns``: the same with ``sign_rows=None``: every one of the
+  2^10 sign vectors (the flat enumeration, what main did before the row budget); the
+  plain case uses the default ``sign_rows="auto"`` (about 200 rows of best-first
+  branch-and-bound over partial sign vectors for this pair);
+* ``local-crown``: ``cc.certify_local`` with its default options at one point,
+  eps = 1/255, inside [-1, 1] (for this pair: interval bounds at the ReLU inputs,
+  ``crown_rows_per_node=0``, and the automatic sign-row budget);
+  ``local-crown-full``: the same with ``PropagationOptions()`` (CROWN for every unstable
+  neuron, every sign vector: what main did);
+* ``local-small-budgets``: the CROWN row budget on a pair where the unbudgeted run
+  finishes: a random-init CNN (conv 3->16 and 16->32, stride 2, ReLU, linear to 10) at
+  3x32x32 and its 30%-pruned twin, ``certify_local`` at 2 points, eps = 1/255, with
+  ``crown_rows_per_node`` None, 256, 64, 16, 4 and 0 (``sign_rows=None``): bound, time,
+  ratio to the unbudgeted bound, and the deviation PGD finds on the same balls.
 
 Reported per case: wall time of the call (tracing and lowering included: what a user
 waits for), peak RSS of the process (``ru_maxrss``; it includes ~0.7 GB for importing
@@ -43,7 +55,13 @@ from _common import RESULTS, write_results  # type: ignore[import-not-found]
 
 CASES = ("bounds-interval-small", "bounds-interval-wide", "bounds-crown-small",
          "bounds-crown-wide", "local-crown", "bounds-interval-small-nosign",
-         "bounds-interval-wide-nosign")
+         "bounds-interval-wide-nosign", "bounds-interval-small-allsigns",
+         "bounds-interval-wide-allsigns", "local-crown-full", "local-small-budgets")
+#: run when ``--cases`` is not given (the others run past the targets by minutes)
+DEFAULT_CASES = ("bounds-interval-small", "bounds-interval-wide",
+                 "bounds-interval-small-nosign", "bounds-interval-wide-nosign",
+                 "local-crown", "local-small-budgets")
+CROWN_BUDGETS = (None, 256, 64, 16, 4, 0)
 TARGET_S = {"bounds": 20.0, "local": 10.0}
 TARGET_MB = {"bounds": 1024.0, "local": None}
 SIZE = 32
@@ -53,6 +71,67 @@ EPS = 1.0 / 255
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _small_budgets(threads: int) -> dict[str, Any]:
+    """The ``local-small-budgets`` case (module docstring)."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    import certcompress as cc
+    from certcompress.bounds.propagation.engine import PropagationOptions
+    from certcompress.measure import adversarial_deviation, float64_function
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval()
+    comp = _pruned_twin(model, nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 10)).eval())
+    gen = torch.Generator().manual_seed(1)
+    points = (torch.rand((2, 3, SIZE, SIZE), generator=gen) * 2 - 1).double()
+    dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 3, SIZE, SIZE))
+    f, g = float64_function(model), float64_function(comp)
+    found = []
+    for x in points:
+        lo, hi = (x - EPS).clamp(-1, 1).unsqueeze(0), (x + EPS).clamp(-1, 1).unsqueeze(0)
+        adv = adversarial_deviation(f, g, (1, 3, SIZE, SIZE), lo, hi, steps=40, restarts=4,
+                                    starts=x.unsqueeze(0))
+        found.append(float(adv.max_deviation))
+    rows = []
+    for budget in CROWN_BUDGETS:
+        opts = PropagationOptions(crown_rows_per_node=budget, sign_rows=None)
+        t0 = time.perf_counter()
+        lc = cc.certify_local(model, comp, points, EPS, domain=dom, progress=False,
+                              propagation=opts)
+        rows.append({"crown_rows_per_node": budget, "seconds": time.perf_counter() - t0,
+                     "bound_l1": list(lc.deviation_bound),
+                     "decision_unchanged": list(lc.decision_unchanged)})
+    full = rows[0]["bound_l1"]
+    for r in rows:
+        r["ratio_to_unbudgeted"] = [b / a for a, b in zip(full, r["bound_l1"])]
+        r["ratio_to_found"] = [b / max(v, 1e-300) for b, v in zip(r["bound_l1"], found)]
+    return {"case": "local-small-budgets", "threads": threads, "device": "cpu",
+            "pgd_found_l1": found, "budgets": rows,
+            "seconds": sum(r["seconds"] for r in rows)}
+
+
+def _pruned_twin(model: Any, twin: Any) -> Any:
+    """``twin`` loaded with ``model``'s weights, every weight tensor of dimension >= 2
+    pruned ``SPARSITY`` by magnitude (per tensor)."""
+    import torch
+
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in twin.parameters():
+            if p.dim() >= 2:
+                k = int(SPARSITY * p.numel())
+                cut = p.abs().flatten().kthvalue(k).values
+                p[p.abs() <= cut] = 0.0
+    return twin
 
 
 def _run_case(case: str, threads: int) -> dict[str, Any]:
@@ -66,16 +145,11 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
     from certcompress.bounds.tiers import bounds_tier
     from certcompress.domain import InputDomain
 
+    if case == "local-small-budgets":
+        return _small_budgets(threads)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
-    comp = torchvision.models.resnet18(num_classes=10).eval()
-    comp.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        for p in comp.parameters():
-            if p.dim() >= 2:
-                k = int(SPARSITY * p.numel())
-                cut = p.abs().flatten().kthvalue(k).values
-                p[p.abs() <= cut] = 0.0
+    comp = _pruned_twin(model, torchvision.models.resnet18(num_classes=10).eval())
     shape = (1, 3, SIZE, SIZE)
     gen = torch.Generator().manual_seed(1)
     point = (torch.rand(shape, generator=gen) * 2 - 1).double()
@@ -94,7 +168,8 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
         g, g2 = cc.trace(model, shape), cc.trace(comp, shape)
         t1 = time.perf_counter()
         opts = PropagationOptions(intermediate=inter,  # type: ignore[arg-type]
-                                  sign_vectors_up_to=signs)
+                                  sign_vectors_up_to=signs,
+                                  sign_rows=None if case.endswith("-allsigns") else "auto")
         mb = bounds_tier(g, g2, dom, opts)
         t2 = time.perf_counter()
         out.update(seconds=t2 - t0, trace_seconds=t1 - t0, tier_seconds=t2 - t1,
@@ -107,10 +182,12 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
     else:
         dom = InputDomain.box(-1.0, 1.0, shape=shape)
         t0 = time.perf_counter()
-        lc = cc.certify_local(model, comp, point, EPS, domain=dom, progress=False)
+        opts = PropagationOptions() if case == "local-crown-full" else None
+        lc = cc.certify_local(model, comp, point, EPS, domain=dom, progress=False,
+                              propagation=opts)
         out.update(seconds=time.perf_counter() - t0, bound_l1=lc.deviation_bound[0],
                    found_at_point_l1=lc.deviation_at_point[0],
-                   decision_unchanged=lc.decision_unchanged[0])
+                   decision_unchanged=lc.decision_unchanged[0], method=lc.method)
     out["baseline_mb"] = baseline
     out["peak_mb"] = _peak_mb()
     out["increase_mb"] = out["peak_mb"] - baseline
@@ -118,6 +195,8 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
 
 
 def _verdict(fig: dict[str, Any]) -> dict[str, Any]:
+    if fig["case"] == "local-small-budgets":
+        return {"time_pass": None}
     kind = "bounds" if fig["case"].startswith("bounds-") else "local"
     v: dict[str, Any] = {"target_seconds": TARGET_S[kind],
                          "time_pass": bool(fig.get("seconds") is not None
@@ -151,7 +230,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--tag", default="after", help="the key the figures are stored under")
     args = ap.parse_args()

@@ -27,6 +27,7 @@ wrong certificate.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from ..domain import InputDomain
 from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
 from .propagation.engine import capped_row_max, rows_per_chunk, sign_vector_order
+from .propagation.signs import resolve_sign_rows, sign_vector_search
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +56,12 @@ if TYPE_CHECKING:
 __all__ = ["LocalCertificate", "certify_local", "LOCAL_SCHEMA"]
 
 LOCAL_SCHEMA = "certcompress.local-certificate/1"
+#: without ``propagation``, a pair with more node elements than this gets interval
+#: bounds at every ReLU input (``crown_rows_per_node=0``): CROWN rows there cost about one
+#: back-substitution through the prefix each, and a few per node tighten little
+#: (docs/bounds.md, "Cost at scale"); smaller pairs (MLPs, the digits CNN) get CROWN
+#: bounds for every unstable neuron
+LOCAL_CROWN_ELEMENTS = 100_000
 
 
 
@@ -248,12 +256,37 @@ def _ub(state: PairState, coef: dict[str, Tensor], prob: Tensor) -> Tensor:
 
 
 def _sign_vector_l1(runs: _Runs, l1: Tensor, dl: Tensor, du: Tensor, m: int,
-                    rel: float) -> Tensor:
+                    rel: float, budget: int | None) -> tuple[Tensor, int, bool]:
     """``min(l1, max_s ub_pair(s), max_s ub_sep(s))`` per point over the ``2^m`` sign
     vectors ``s`` (``<s, f - f'>`` bounded on the pair, and as ``f`` alone plus ``-f'``
-    alone). Each maximum stops early once it reaches the bound it would tighten
-    (``capped_row_max``: the minimum is the same), the likely largest rows first."""
+    alone), with the rows used and whether every search was exhaustive. ``budget`` None
+    or at least ``2^m``: every sign vector, and each maximum stops early once it reaches
+    the bound it would tighten (``capped_row_max``: the minimum is the same), the likely
+    largest rows first. Otherwise, per point, the best-first branch-and-bound over partial
+    sign vectors (``sign_vector_search``, sound at any stop) within ``budget`` rows, for
+    the pair and then for the separate bound (each row of which costs two)."""
     P = l1.shape[0]
+    if budget is not None and 2 ** m > budget:
+        per = torch.maximum(du, -dl).clamp(min=0.0)
+        out = l1.clone()
+        rows, exhaustive = 0, True
+        def pair_rows(r: Tensor, p: int) -> Tensor:
+            return _ub(runs.pair, {"d": r}, torch.full((r.shape[0],), p))
+
+        def sep_rows(r: Tensor, p: int) -> Tensor:
+            pr = torch.full((r.shape[0],), p)
+            uo, uc = _ub(runs.orig, {"z": r}, pr), _ub(runs.comp, {"z": -r}, pr)
+            return _up(uo + uc, uo.abs() + uc.abs(), rel)
+
+        for p in range(P):
+            a = sign_vector_search(functools.partial(pair_rows, p=p), per[p], float(l1[p]),
+                                   budget)
+            b = sign_vector_search(functools.partial(sep_rows, p=p), per[p],
+                                   min(float(l1[p]), a.value), budget)
+            out[p] = min(float(l1[p]), a.value, b.value)
+            rows += a.rows + 2 * b.rows
+            exhaustive = exhaustive and a.exhaustive and b.exhaustive
+        return out, rows, exhaustive
     s = _sign_rows(m)
     S = s.shape[0]
     srows = torch.cat([s[sign_vector_order(s, du[p], -dl[p])] for p in range(P)])
@@ -269,11 +302,11 @@ def _sign_vector_l1(runs: _Runs, l1: Tensor, dl: Tensor, du: Tensor, m: int,
         return _up(uo + uc, uo.abs() + uc.abs(), rel)
 
     l1_sep = capped_row_max(sep, sprob, cap, chunk)
-    return torch.minimum(cap, l1_sep)
+    return torch.minimum(cap, l1_sep), 3 * S * P, True
 
 
-def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
-           ) -> dict[str, Tensor]:
+def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool,
+           sign_budget: int | None = None) -> dict[str, Tensor]:
     """Every per-point bound of one batch of ``P`` boxes (see the module doc)."""
     from .propagation.engine import output_bounds
 
@@ -301,8 +334,10 @@ def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
     dl, du = torch.maximum(dl_p, sep_l), torch.minimum(du_p, sep_u)
     dev_abs = torch.maximum(du, -dl).clamp(min=0.0)
     l1 = _up(dev_abs.sum(1), dev_abs.sum(1), rel)
+    sign_rows, sign_exhaustive = 0, True
     if sign_vectors:
-        l1 = _sign_vector_l1(runs, l1, dl, du, m, rel)
+        l1, sign_rows, sign_exhaustive = _sign_vector_l1(runs, l1, dl, du, m, rel,
+                                                         sign_budget)
 
     # decision forms: lower bounds of f'_c - f'_j and f_c - f_j, j != c
     others = torch.tensor([j for _ in range(P) for j in range(m - 1)], dtype=torch.int64)
@@ -327,6 +362,8 @@ def _batch(runs: _Runs, top: Tensor, m: int, sign_vectors: bool
         "l1": l1, "dl": dl, "du": du, "cl": cl, "cu": cu,
         "margin_c": margin_c.reshape(P, m - 1).min(1).values,
         "margin_o": margin_o.reshape(P, m - 1).min(1).values,
+        "sign_rows": torch.tensor([sign_rows]),
+        "sign_exhaustive": torch.tensor([sign_exhaustive]),
     }
 
 
@@ -345,8 +382,10 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     ``(1, *sample_shape)``, the vocabulary of :func:`certcompress.certify`).
 
     ``propagation`` (or its older name ``options``) tunes the propagation (default: CROWN
-    back-substitution at every ReLU; ``sign_vectors_up_to`` decides whether the l1 bound
-    also maximizes over all ``2^m`` sign vectors). ``batch_size`` boxes are propagated at
+    back-substitution at every ReLU, or interval bounds there for a pair with more than
+    ``LOCAL_CROWN_ELEMENTS`` node elements; ``sign_vectors_up_to`` decides whether the l1
+    bound also maximizes over the ``2^m`` sign vectors, ``sign_rows`` the row budget of
+    that maximum, ``"auto"`` counting the three runs each sign row costs). ``batch_size`` boxes are propagated at
     once. The decision needs a classifier output (at least two outputs).
     """
     from ..api import trace
@@ -393,7 +432,6 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
         idx = outside.reshape(-1)[:5].tolist()
         raise ConfigurationError(f"{outside.numel()} point(s) lie outside the domain box "
                                  f"(first indices {idx}); clip them or widen the domain")
-    opts = options or PropagationOptions()
     shape = (1,) + per
     t0 = time.perf_counter()
     # the trace check probes the box around all points' balls (inside the domain)
@@ -401,6 +439,9 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
            torch.minimum(hi_dom, x.double().amax(0) + eps_f).unsqueeze(0))
     g, g2 = trace(model, shape, domain=box), trace(compressed, shape, domain=box)
     pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
+    elements = sum(n.numel for n in pair.nodes)
+    opts = options or PropagationOptions(
+        crown_rows_per_node=0 if elements > LOCAL_CROWN_ELEMENTS else None)
     m = pair.output_size
     if m < 2:
         raise ConfigurationError("certify_local needs a classifier output (at least 2 "
@@ -411,6 +452,8 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     top = fx.argmax(1)
     at_point = (fx - fcx).abs().sum(1)
     sign_vectors = m <= opts.sign_vectors_up_to
+    # three runs per sign row (the pair, and each network alone for the separate bound)
+    sign_budget = resolve_sign_rows(opts.sign_rows, 3 * elements, m)
     out: dict[str, list[Tensor]] = {}
     from tqdm.auto import tqdm
 
@@ -423,7 +466,8 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
         hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1)
         runs = _Runs(propagate(pair, lo, hi, opts), propagate(alone_o, lo, hi, opts),
                      propagate(alone_c, lo, hi, opts))
-        for k, v in _batch(runs, top[s:s + batch_size], m, sign_vectors).items():
+        for k, v in _batch(runs, top[s:s + batch_size], m, sign_vectors,
+                           sign_budget).items():
             out.setdefault(k, []).append(v)
     res = {k: torch.cat(v) for k, v in out.items()}
     seconds = time.perf_counter() - t0
@@ -449,10 +493,22 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
              + ("" if dom.startswith("unbounded") else f" inside the {dom}")
              + "; exact-arithmetic outputs of the two models whose digests are recorded; "
              "worst case over that ball, nothing outside it")
-    method = (f"differential bound propagation ({opts.intermediate} intermediate bounds), "
-              "the tighter of: the pair (f, f') with the difference propagated, and each "
-              "network alone" + ("; l1 also over all 2^m sign vectors" if sign_vectors
-                                 else "; l1 as the sum of per-output bounds"))
+    if not sign_vectors:
+        l1_text = "; l1 as the sum of per-output bounds"
+    elif sign_budget is None or 2 ** m <= sign_budget:
+        l1_text = "; l1 also over all 2^m sign vectors"
+    else:
+        l1_text = (f"; l1 also by branch-and-bound over partial sign vectors, at most "
+                   f"{sign_budget} rows per point and search ("
+                   + ("exhaustive" if bool(res["sign_exhaustive"].all()) else "stopped by "
+                      "the budget on some points: sound, looser than exhaustive") + ")")
+    crown = opts.crown_rows_per_node
+    budget_text = ("" if opts.intermediate != "crown" or crown is None else
+                   f", at most {crown} back-substituted neurons per ReLU input and "
+                   "quantity, the others with interval bounds")
+    method = (f"differential bound propagation ({opts.intermediate} intermediate "
+              f"bounds{budget_text}), the tighter of: the pair (f, f') with the difference "
+              "propagated, and each network alone" + l1_text)
     rounding = (f"float64; engine margin eta = {eta:.3g} x magnitude on every bound, "
                 f"combinations widened by {_combine_rel(m):.3g} relative")
 

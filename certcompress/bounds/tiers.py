@@ -66,7 +66,7 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
-from .propagation.signs import sign_vector_search
+from .propagation.signs import resolve_sign_rows, sign_vector_search
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -373,19 +373,20 @@ def _sign_vector_max(state: PairState, plus: torch.Tensor, minus: torch.Tensor,
     optimized, and the details a certificate records (``sign_rows_budget``: the option,
     restated by ``Tier.stated_options``; ``sign_rows_used``; ``sign_exhaustive``).
 
-    ``opts.sign_rows`` None or ``2^m <= opts.sign_rows``: every sign vector (exact; the
+    The budget: ``opts.sign_rows`` resolved for this pair (``resolve_sign_rows``).
+    None or ``2^m <= budget``: every sign vector (exact; the
     value certificates made before the budget existed state). Flat: likely largest first
     (``sign_vector_order``), stopping once one reaches ``l1``, the bound it would
     tighten (``capped_row_max``; ``min(l1, .)`` is the same either way); with
     ``opts.slope_steps``, :func:`_largest_row`. Otherwise the best-first
     branch-and-bound over partial sign vectors (:func:`sign_vector_search`) within
-    ``opts.sign_rows`` rows, each node's row bounded with the same relaxation as the
+    the budget, each node's row bounded with the same relaxation as the
     output rows (optimized slopes with ``opts.slope_steps``): sound, at most the sum of
     the per-output bounds, and usually at least the flat maximum (it can be below it,
     still sound, where a node's bound is below the flat bound of one of its completions:
     :mod:`.propagation.signs`)."""
     m = int(plus.shape[0])
-    budget = opts.sign_rows
+    budget = resolve_sign_rows(opts.sign_rows, sum(n.numel for n in state.pair.nodes), m)
     info: dict[str, Any] = {} if budget is None else {"sign_rows_budget": budget}
     if budget is None or 2 ** m <= budget:
         signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),

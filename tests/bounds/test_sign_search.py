@@ -30,7 +30,13 @@ from certcompress.bounds.propagation.engine import (
     propagate,
 )
 from certcompress.bounds.propagation.lowering import lower_pair
-from certcompress.bounds.propagation.signs import block_rows, sign_vector_search
+from certcompress.bounds.propagation.signs import (
+    AUTO_SIGN_MIN,
+    AUTO_SIGN_WORK,
+    block_rows,
+    resolve_sign_rows,
+    sign_vector_search,
+)
 from certcompress.bounds.tiers import _round_up_sum, bounds_tier, tier_registry
 from certcompress.errors import ConfigurationError
 
@@ -231,6 +237,8 @@ def test_tier_records_the_sign_search() -> None:
     assert cut.details["sign_rows_budget"] == 10 and cut.details["sign_rows_used"] <= 10
     assert cut.bound <= float(sum(cut.per_output)) * (1 + 1e-12)
     assert cut.per_output == exact.per_output
+    auto = bounds_tier(g, g2, dom, PropagationOptions())  # a small pair: every row
+    assert auto.bound == exact.bound and "sign_rows_budget" not in auto.details
     free = bounds_tier(g, g2, dom, PropagationOptions(sign_rows=None))
     assert "sign_rows_budget" not in free.details and free.details["sign_search"] == "all"
     assert free.bound == exact.bound
@@ -251,7 +259,16 @@ def test_zero_crown_rows_is_the_interval_mode() -> None:
     assert 0 < one.details["interval_neurons"] < zero.details["interval_neurons"]
 
 
+def test_auto_sign_rows_follow_the_pair_size() -> None:
+    assert resolve_sign_rows("auto", 1194, 10) is None  # a 784-100-100-10 MLP: all 1024
+    assert resolve_sign_rows("auto", 252_426, 10) == AUTO_SIGN_WORK // 252_426  # resnet18
+    assert resolve_sign_rows("auto", 10 ** 9, 10) == AUTO_SIGN_MIN
+    assert resolve_sign_rows("auto", 10 ** 9, 5) is None  # 32 rows fit the minimum
+    assert resolve_sign_rows(7, 10, 10) == 7 and resolve_sign_rows(None, 10 ** 9, 10) is None
+
+
 @pytest.mark.parametrize("bad", [{"sign_rows": -1}, {"sign_rows": 2.5}, {"sign_rows": True},
+                                 {"sign_rows": "all"},
                                  {"crown_rows_per_node": -3}, {"crown_rows_per_node": "4"}])
 def test_budget_options_are_checked(bad: dict[str, object]) -> None:
     name = next(iter(bad))

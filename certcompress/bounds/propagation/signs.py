@@ -44,12 +44,30 @@ from torch import Tensor
 
 from ..numerics import float_slack
 
-__all__ = ["SignSearch", "sign_vector_search", "block_rows", "SIGN_BATCH", "SIGN_BLOCK"]
+__all__ = ["SignSearch", "sign_vector_search", "block_rows", "resolve_sign_rows", "SIGN_BATCH",
+           "SIGN_BLOCK", "AUTO_SIGN_WORK", "AUTO_SIGN_MIN"]
 
 #: nodes expanded per back-substitution call (2 rows each)
 SIGN_BATCH = 8
 #: the unfixed outputs' l1 bound comes from blocks of this many outputs
 SIGN_BLOCK = 5
+#: ``sign_rows="auto"``: about this many coefficients (rows times the pair's node
+#: elements) for the sign-vector search: 199 rows for torchvision resnet18 at 32x32
+#: (252,426 elements; about 7 s on one core), every sign vector for MLPs
+AUTO_SIGN_WORK = 3 << 24
+#: ``sign_rows="auto"`` never budgets fewer rows than this
+AUTO_SIGN_MIN = 64
+
+
+def resolve_sign_rows(option: int | str | None, elements: int, m: int) -> int | None:
+    """The row budget ``PropagationOptions.sign_rows`` gives for a pair with ``elements``
+    node elements and ``m`` outputs: ``"auto"``: ``max(AUTO_SIGN_MIN, AUTO_SIGN_WORK //
+    elements)``, None (every sign vector) where that is at least ``2^m``; an integer or
+    None as given. Deterministic, so a recorded budget recomputes the same bound."""
+    if option != "auto":
+        return option if isinstance(option, int) else None
+    rows = max(AUTO_SIGN_MIN, AUTO_SIGN_WORK // max(1, int(elements)))
+    return None if rows >= 2 ** m else rows
 
 
 @dataclass(frozen=True)
