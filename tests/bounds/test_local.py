@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from certcompress._frozen import FrozenMap
+from certcompress.bounds import local as local_module
 from certcompress.bounds.local import LocalCertificate, certify_local
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.errors import ConfigurationError
@@ -38,10 +39,11 @@ EPS = st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.6])
 
 
 def _check(net: nn.Module, comp: nn.Module, points: Tensor, eps: float,
-           dom: tuple[float, float] | None, seed: int) -> LocalCertificate:
+           dom: tuple[float, float] | None, seed: int,
+           options: PropagationOptions | None = None) -> LocalCertificate:
     lo_d, hi_d = dom if dom is not None else (None, None)
     cert = certify_local(net, comp, points, eps, domain_lower=lo_d, domain_upper=hi_d,
-                         progress=False, batch_size=2)
+                         progress=False, batch_size=2, propagation=options)
     f, fc = sh.f64(net), sh.f64(comp)
     gen = torch.Generator().manual_seed(seed)
     for i in range(points.shape[0]):
@@ -107,6 +109,47 @@ def test_local_sound_conv(blocks, comp, eps, seed):
     gen = torch.Generator().manual_seed(seed)
     pts = torch.rand((2,) + shape[1:], generator=gen)
     _check(net, c, pts, eps, (0.0, 1.0), seed)
+
+
+BUDGETS = st.sampled_from([PropagationOptions(sign_rows=0),
+                           PropagationOptions(sign_rows=9, crown_rows_per_node=1),
+                           PropagationOptions(sign_rows=30, crown_rows_per_node=0),
+                           PropagationOptions(crown_rows_per_node=3)])
+
+
+@settings(max_examples=10, deadline=None)
+@given(blocks=st.lists(st.sampled_from(["dense", "residual", "conv", "maxpool"]),
+                       max_size=2),
+       comp=COMPRESSIONS, eps=st.sampled_from([0.02, 0.1, 0.3]), seed=st.integers(0, 10_000),
+       n_out=st.integers(5, 8), options=BUDGETS)
+def test_local_sound_with_row_budgets(blocks, comp, eps, seed, n_out, options):
+    vector = [b for b in blocks if b in ("dense", "residual")]
+    if len(vector) == len(blocks):
+        net, shape = random_vector_net(vector, width=6, n_in=3, n_out=n_out, seed=seed)
+    else:
+        net, shape = random_conv_net(blocks, channels=2, size=4, n_out=n_out, seed=seed)
+    c = compress(net, comp[0], seed + 1, comp[1])
+    gen = torch.Generator().manual_seed(seed)
+    pts = torch.rand((2,) + shape[1:], generator=gen)
+    cert = _check(net, c, pts, eps, (0.0, 1.0), seed, options)
+    if isinstance(options.sign_rows, int) and 2 ** n_out > options.sign_rows:
+        assert "branch-and-bound" in cert.method and f"at most {options.sign_rows} rows" \
+            in cert.method
+    if options.crown_rows_per_node is not None:
+        assert f"at most {options.crown_rows_per_node} back-substituted" in cert.method
+
+
+def test_large_pairs_get_interval_bounds_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, comp, pts = _tiny(seed=3, sparsity=0.5)
+    full = certify_local(net, comp, pts, 0.2, progress=False)
+    assert "back-substituted" not in full.method
+    monkeypatch.setattr(local_module, "LOCAL_CROWN_ELEMENTS", 0)
+    big = certify_local(net, comp, pts, 0.2, progress=False)
+    zero = certify_local(net, comp, pts, 0.2, progress=False,
+                         propagation=PropagationOptions(crown_rows_per_node=0))
+    assert "at most 0 back-substituted" in big.method
+    assert big.deviation_bound == zero.deviation_bound
+    _check(net, comp, pts, 0.2, None, 3, PropagationOptions(crown_rows_per_node=0))
 
 
 def _tiny(seed: int = 0, sparsity: float = 0.3) -> tuple[nn.Module, nn.Module, Tensor]:
