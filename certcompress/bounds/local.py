@@ -62,6 +62,9 @@ LOCAL_SCHEMA = "certcompress.local-certificate/1"
 #: (docs/bounds.md, "Cost at scale"); smaller pairs (MLPs, the digits CNN) get CROWN
 #: bounds for every unstable neuron
 LOCAL_CROWN_ELEMENTS = 100_000
+#: ``sign_rows="auto"`` in a local certificate: a sign row's cost relative to the bounds
+#: tier's (:func:`~.propagation.signs.resolve_sign_rows`)
+LOCAL_SIGN_COST = 6
 
 
 
@@ -385,7 +388,8 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     back-substitution at every ReLU, or interval bounds there for a pair with more than
     ``LOCAL_CROWN_ELEMENTS`` node elements; ``sign_vectors_up_to`` decides whether the l1
     bound also maximizes over the ``2^m`` sign vectors, ``sign_rows`` the row budget of
-    that maximum, ``"auto"`` counting the three runs each sign row costs). ``batch_size`` boxes are propagated at
+    that maximum, ``"auto"`` counting the three runs each sign row costs, at half the
+    bounds tier's work: ``LOCAL_SIGN_COST``). ``batch_size`` boxes are propagated at
     once. The decision needs a classifier output (at least two outputs).
     """
     from ..api import trace
@@ -452,8 +456,10 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     top = fx.argmax(1)
     at_point = (fx - fcx).abs().sum(1)
     sign_vectors = m <= opts.sign_vectors_up_to
-    # three runs per sign row (the pair, and each network alone for the separate bound)
-    sign_budget = resolve_sign_rows(opts.sign_rows, 3 * elements, m)
+    # "auto": three runs per sign row (the pair, and each network alone for the separate
+    # bound), at half the bounds tier's work (the per-output and decision rows take the
+    # rest of a point's time): 33 rows for resnet18 at 32x32, every row for the digits CNN
+    sign_budget = resolve_sign_rows(opts.sign_rows, elements, m, cost=LOCAL_SIGN_COST)
     out: dict[str, list[Tensor]] = {}
     from tqdm.auto import tqdm
 

@@ -265,6 +265,9 @@ def test_auto_sign_rows_follow_the_pair_size() -> None:
     assert resolve_sign_rows("auto", 10 ** 9, 10) == AUTO_SIGN_MIN
     assert resolve_sign_rows("auto", 10 ** 9, 5) is None  # 32 rows fit the minimum
     assert resolve_sign_rows(7, 10, 10) == 7 and resolve_sign_rows(None, 10 ** 9, 10) is None
+    assert resolve_sign_rows("auto", 252_426, 10, cost=6) == AUTO_SIGN_WORK // (6 * 252_426)
+    assert resolve_sign_rows("auto", 8_010, 10, cost=6) is None  # the digits CNN: all rows
+    assert resolve_sign_rows("auto", 10 ** 9, 10, cost=6) == AUTO_SIGN_MIN // 6
 
 
 @pytest.mark.parametrize("bad", [{"sign_rows": -1}, {"sign_rows": 2.5}, {"sign_rows": True},

@@ -1,5 +1,5 @@
 """The sign-vector l1 bound by best-first branch-and-bound over partial sign vectors
-(docs/bounds.md, "The sign-vector l1 bound").
+(docs/bounds.md, "The sign-vector l1 bound and row budgets").
 
 The l1 deviation is ``||d||_1 = max_s <s, d>`` over the ``2^m`` sign vectors ``s``. The
 flat enumeration back-substitutes every ``s``; this search fixes the signs one output
@@ -59,14 +59,18 @@ AUTO_SIGN_WORK = 3 << 24
 AUTO_SIGN_MIN = 64
 
 
-def resolve_sign_rows(option: int | str | None, elements: int, m: int) -> int | None:
+def resolve_sign_rows(option: int | str | None, elements: int, m: int, cost: int = 1
+                      ) -> int | None:
     """The row budget ``PropagationOptions.sign_rows`` gives for a pair with ``elements``
-    node elements and ``m`` outputs: ``"auto"``: ``max(AUTO_SIGN_MIN, AUTO_SIGN_WORK //
-    elements)``, None (every sign vector) where that is at least ``2^m``; an integer or
-    None as given. Deterministic, so a recorded budget recomputes the same bound."""
+    node elements and ``m`` outputs: ``"auto"``: ``max(AUTO_SIGN_MIN // cost,
+    AUTO_SIGN_WORK // (cost * elements))`` (``cost``: the work of one row relative to one
+    back-substitution through the pair), None (every sign vector) where that is at least
+    ``2^m``; an integer or None as given. Deterministic, so a recorded budget recomputes
+    the same bound."""
     if option != "auto":
         return option if isinstance(option, int) else None
-    rows = max(AUTO_SIGN_MIN, AUTO_SIGN_WORK // max(1, int(elements)))
+    c = max(1, int(cost))
+    rows = max(AUTO_SIGN_MIN // c, AUTO_SIGN_WORK // (c * max(1, int(elements))))
     return None if rows >= 2 ** m else rows
 
 
