@@ -40,6 +40,7 @@ import itertools
 import math
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound, add_details_hook
 from ..domain import InputDomain
+from ..equivalence.chain import ChainState, chain_from_pair
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
@@ -66,6 +68,7 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
+from .propagation.primitives import PairNet
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -124,7 +127,10 @@ class BoundsTier(Tier):
         ub, slope_rows = _output_rows(state, torch.cat([eye, -eye]), opts)
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
-        per = torch.minimum(crown, interval)
+        engine_per = torch.minimum(crown, interval)
+        chain = _chain_state(lowered, domain, opts)
+        chain_per = None if chain is None else _chain_per_output(chain, m, opts)
+        per = engine_per if chain_per is None else torch.minimum(engine_per, chain_per)
         if not bool(torch.isfinite(per).all()):
             raise NumericalRangeError(
                 f"the bounds tier's output bounds overflow float64 (crown "
@@ -135,20 +141,28 @@ class BoundsTier(Tier):
             raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
                                       f"per-output bound {float(per.max()):.3g}, {per.numel()} "
                                       "outputs); certify over a smaller domain")
+        engine_l1 = _round_up_sum(engine_per)
+        chain_l1 = None if chain_per is None else _round_up_sum(chain_per)
         sign_rows = 0
         if 0 < m <= opts.sign_vectors_up_to:
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                                  dtype=torch.float64, device=lower.device)
             sign_rows = int(signs.shape[0])
             if opts.slope_steps <= 0:
-                best = _sign_vector_max(state, signs, ub[:m], ub[m:], l1)
+                best = _sign_vector_max(state, signs, ub[:m], ub[m:], engine_l1)
             else:
                 top, rows = _largest_row(state, signs, opts)
                 best, slope_rows = float(top), slope_rows + rows
-            l1 = min(l1, max(best, 0.0))
+            engine_l1 = min(engine_l1, max(best, 0.0))
+            if chain is not None and chain_l1 is not None:
+                chain_l1 = min(chain_l1, max(_chain_largest_row(chain, signs, opts), 0.0))
+        # both passes are sound: the smallest of the combined per-output sum and each
+        # pass's own l1 bound (docs/bounds.md, "Chain pairs")
+        l1 = min(l1, engine_l1, math.inf if chain_l1 is None else chain_l1)
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
-            float_slack_rel=float(state.eta),
+            float_slack_rel=float(state.eta) if chain is None else max(float(state.eta),
+                                                                       chain.chain.eta),
             details={"intermediate": opts.intermediate, "primitive_nodes": len(lowered.nodes),
                      "relu_nodes": lowered.relu_count,
                      "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m
@@ -156,7 +170,73 @@ class BoundsTier(Tier):
                      "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
                      "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
                      "rounding": ROUNDING_NOTE, "domain": domain.describe(),
-                     **_slope_details(opts, slope_rows)})
+                     **_slope_details(opts, slope_rows),
+                     "chain": opts.chain, "differential_single_pass": l1 < engine_l1,
+                     "engine_bound": engine_l1,
+                     **({} if chain_l1 is None else {"chain_bound": chain_l1})})
+
+    def stated_options(self, stated: MethodBound) -> PropagationOptions:
+        """The base class's options (``intermediate``, slopes) and whether chain pairs
+        were routed through the differential single pass (``chain`` in the details; a
+        certificate made before the routing records none: the engine alone), so that
+        ``verify_onnx(recertify=True)`` recomputes the stated bound."""
+        base = super().stated_options(stated)
+        assert isinstance(base, PropagationOptions)
+        return replace(base, chain=stated.details.get("chain") is True)
+
+
+def _chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
+                 ) -> ChainState | None:
+    """The differential single pass of a chain pair over the domain's box, with the
+    settings ``verify_equivalence`` bounds its root region with (relaxation
+    ``"choose"``, back-substituted intermediate bounds on ``z`` and ``d``), or None: the
+    routing is off (``opts.chain``), the pair is not a chain
+    (:func:`~certcompress.equivalence.chain.chain_from_pair`), or a layer is wider than
+    ``opts.max_rows`` allows the engine to back-substitute (the engine then keeps
+    interval bounds there; the chain pass has no such cap). With
+    ``intermediate="interval"`` the cheap symbolic forward bounds stand in for the
+    back-substituted ones. Its bounds carry the engine's outward rounding margins
+    (``rounding_eta`` relative, ``underflow_floor`` absolute, :mod:`.propagation.engine`)."""
+    if not opts.chain:
+        return None
+    chain = chain_from_pair(lowered)
+    if chain is None:
+        return None
+    widest = max((int(layer.w.shape[0]) for layer in chain.layers if layer.w is not None),
+                 default=0)
+    if 4 * widest > opts.max_rows:
+        return None
+    lo = domain.lower_tensor().reshape(1, -1).to(torch.float64)
+    hi = domain.upper_tensor().reshape(1, -1).to(torch.float64)
+    return ChainState(chain, lo, hi,
+                      intermediate="crown" if opts.intermediate == "crown" else "forward",
+                      quantities=("z", "d"), relaxation="choose")
+
+
+def _chain_rows(chain: ChainState, rows: torch.Tensor, opts: PropagationOptions
+                ) -> torch.Tensor:
+    """Upper bounds of ``<rows[r], f - f'>`` by the chain pass (with ``opts.slope_steps``
+    gradient steps on the rows' ReLU slopes, the chain's own step size)."""
+    prob = torch.zeros(rows.shape[0], dtype=torch.long)
+    with torch.no_grad():
+        return chain.upper_bounds(None, rows.cpu(), prob, optimize=opts.slope_steps)[0]
+
+
+def _chain_per_output(chain: ChainState, m: int, opts: PropagationOptions) -> torch.Tensor:
+    """Per-output bounds of ``|f_o - f'_o|`` by the chain pass."""
+    eye = torch.eye(m, dtype=torch.float64)
+    ub = _chain_rows(chain, torch.cat([eye, -eye]), opts)
+    return torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
+
+
+def _chain_largest_row(chain: ChainState, signs: torch.Tensor, opts: PropagationOptions
+                       ) -> float:
+    """The largest upper bound of ``<s, f - f'>`` over the sign vectors ``s`` by the chain
+    pass (a bound of ``||f - f'||_1``)."""
+    best = -math.inf
+    for s in range(0, signs.shape[0], 256):
+        best = max(best, float(_chain_rows(chain, signs[s:s + 256], opts).max()))
+    return best
 
 
 def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions

@@ -72,6 +72,11 @@ class PropagationOptions:
     slopes of the final output rows, per row (alpha-CROWN for the pair,
     :mod:`.optimize`; 0: the default relaxation; the ``bounds`` tier uses it, other
     callers of :func:`output_upper_bounds` do not). Never looser than 0 steps.
+    ``chain``: the ``bounds`` tier also bounds a *chain* pair (an MLP or plain CNN,
+    :func:`~certcompress.equivalence.chain.chain_from_pair`) with the differential
+    single pass of :mod:`certcompress.equivalence.chain` and states, per output and for
+    the l1 bound, the smaller of the two sound bounds (docs/bounds.md); False: this
+    engine alone (certificates made before the routing are re-checked that way).
     """
 
     intermediate: Literal["crown", "interval"] = "crown"
@@ -80,6 +85,7 @@ class PropagationOptions:
     sign_vectors_up_to: int = 10
     slope_steps: int = 0
     slope_lr: float = 0.1
+    chain: bool = True
 
     def __post_init__(self) -> None:
         if self.intermediate not in ("crown", "interval"):
@@ -96,6 +102,10 @@ class PropagationOptions:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
                 or not (math.isfinite(lr) and lr > 0):
             raise ConfigurationError(f"slope_lr must be a finite number > 0, got {lr!r}")
+        if not isinstance(self.chain, bool):
+            raise ConfigurationError(f"chain must be True or False (route chain pairs "
+                                     f"through the differential single pass), got "
+                                     f"{self.chain!r}")
 
 
 @dataclass
