@@ -23,7 +23,9 @@ tier names from the registry; docs/adding-a-tier.md shows a new tier end to end.
     difference, tightened by linear relaxations with back-substitution; per-output bounds
     ``max |f_o - f'_o|`` and an l1 bound that also maximizes ``<s, f - f'>`` over the
     sign vectors ``s`` when the output is small. Sound in float64 (outward margin
-    stated in the result).
+    stated in the result). A chain pair (MLP, plain CNN) also goes through the
+    differential single pass of :mod:`certcompress.equivalence.chain`; per output and
+    for the l1 bound the smaller bound is stated (``PropagationOptions.chain``).
 
 ``bab``
     branch-and-bound over the domain's box (:mod:`certcompress.equivalence.tier`): the
