@@ -130,8 +130,8 @@ class BoundsTier(Tier):
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
         engine_per = torch.minimum(crown, interval)
-        chain = _chain_state(lowered, domain, opts)
-        chain_per = None if chain is None else _chain_per_output(chain, m, opts)
+        chain = _chain_bounds(lowered, domain, opts)
+        chain_per = None if chain is None else chain[1]
         per = engine_per if chain_per is None else torch.minimum(engine_per, chain_per)
         if not bool(torch.isfinite(per).all()):
             raise NumericalRangeError(
@@ -144,7 +144,7 @@ class BoundsTier(Tier):
                                       f"per-output bound {float(per.max()):.3g}, {per.numel()} "
                                       "outputs); certify over a smaller domain")
         engine_l1 = _round_up_sum(engine_per)
-        chain_l1 = None if chain_per is None else _round_up_sum(chain_per)
+        chain_l1 = None if chain is None else chain[2]
         sign_rows = 0
         if 0 < m <= opts.sign_vectors_up_to:
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
@@ -156,15 +156,13 @@ class BoundsTier(Tier):
                 top, rows = _largest_row(state, signs, opts)
                 best, slope_rows = float(top), slope_rows + rows
             engine_l1 = min(engine_l1, max(best, 0.0))
-            if chain is not None and chain_l1 is not None:
-                chain_l1 = min(chain_l1, max(_chain_largest_row(chain, signs, opts), 0.0))
         # both passes are sound: the smallest of the combined per-output sum and each
         # pass's own l1 bound (docs/bounds.md, "Chain pairs")
         l1 = min(l1, engine_l1, math.inf if chain_l1 is None else chain_l1)
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
             float_slack_rel=float(state.eta) if chain is None else max(float(state.eta),
-                                                                       chain.chain.eta),
+                                                                       chain[0]),
             details={"intermediate": opts.intermediate, "primitive_nodes": len(lowered.nodes),
                      "relu_nodes": lowered.relu_count,
                      "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m
@@ -174,8 +172,9 @@ class BoundsTier(Tier):
                      "rounding": ROUNDING_NOTE, "domain": domain.describe(),
                      **_slope_details(opts, slope_rows),
                      "chain": opts.chain, "differential_single_pass": l1 < engine_l1,
-                     "engine_bound": engine_l1,
-                     **({} if chain_l1 is None else {"chain_bound": chain_l1})})
+                     **({"engine_bound": engine_l1} if math.isfinite(engine_l1) else {}),
+                     **({} if chain_l1 is None or not math.isfinite(chain_l1)
+                        else {"chain_bound": chain_l1})})
 
     def stated_options(self, stated: MethodBound) -> PropagationOptions:
         """The base class's options (``intermediate``, slopes) and whether chain pairs
@@ -215,6 +214,35 @@ def _chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
                       quantities=("z", "d"), relaxation="choose")
 
 
+def _chain_bounds(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
+                  ) -> tuple[float, torch.Tensor, float] | None:
+    """``(eta, per_output, l1)`` of the chain pass (:func:`_chain_state`), or None where it
+    does not apply or overflows float64 (an interval or bound that is not finite: the
+    engine's bound stands alone there). Per output: the bound of ``|f_o - f'_o|``, +inf
+    where not finite (so the minimum with the engine's ignores it); l1: the rounded-up
+    sum of those and, with at most ``opts.sign_vectors_up_to`` outputs, the largest
+    sign-vector row bound, whichever is smaller."""
+    try:
+        state = _chain_state(lowered, domain, opts)
+        if state is None:
+            return None
+        m = lowered.output_size
+        per = _chain_per_output(state, m, opts)
+        per = torch.where(torch.isfinite(per), per, torch.full_like(per, math.inf))
+        l1 = _round_up_sum(per) if bool(torch.isfinite(per).all()) else math.inf
+        if 0 < m <= opts.sign_vectors_up_to:
+            signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
+                                 dtype=torch.float64)
+            best = _chain_largest_row(state, signs, opts)
+            if math.isfinite(best):
+                l1 = min(l1, max(best, 0.0))
+    except NumericalRangeError:  # the chain pass's own intervals overflowed
+        return None
+    if not math.isfinite(l1) and not bool(torch.isfinite(per).any()):
+        return None
+    return float(state.chain.eta), per, l1
+
+
 def _chain_rows(chain: ChainState, rows: torch.Tensor, opts: PropagationOptions
                 ) -> torch.Tensor:
     """Upper bounds of ``<rows[r], f - f'>`` by the chain pass (with ``opts.slope_steps``
@@ -237,7 +265,10 @@ def _chain_largest_row(chain: ChainState, signs: torch.Tensor, opts: Propagation
     pass (a bound of ``||f - f'||_1``)."""
     best = -math.inf
     for s in range(0, signs.shape[0], 256):
-        best = max(best, float(_chain_rows(chain, signs[s:s + 256], opts).max()))
+        top = float(_chain_rows(chain, signs[s:s + 256], opts).max())
+        if not top <= math.inf:  # NaN: no bound from these rows
+            return math.inf
+        best = max(best, top)
     return best
 
 

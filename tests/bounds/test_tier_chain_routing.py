@@ -13,6 +13,7 @@ routing (no ``chain`` recorded: re-checked with the engine alone)."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import _soundness as sh
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds import tiers
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tierbase import GraphPair
@@ -34,7 +36,7 @@ from certcompress.bounds.tiers import (
 )
 from certcompress.certificate import MethodBound
 from certcompress.domain import InputDomain
-from certcompress.errors import ConfigurationError
+from certcompress.errors import ConfigurationError, NumericalRangeError
 
 
 # ------------------------------------------------------------------ pairs
@@ -180,6 +182,27 @@ def test_a_pair_that_is_no_chain_keeps_the_engine_bound() -> None:
     assert "chain_bound" not in mb.details and mb.details["differential_single_pass"] is False
     assert mb.bound == off.bound == mb.details["engine_bound"]
     sh.assert_sound(_found(net, comp, dom, 1), mb.bound, mb.per_output, "residual pair")
+
+
+@pytest.mark.parametrize("failure", ["nan", "inf", "raise"])
+def test_a_chain_pass_that_overflows_leaves_the_engine_bound(
+        monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    net = _mlp(4, 8, 2, 3, 2)
+    comp = _compress(net, "float16")
+    dom = _box(4, 0.3)
+    off = _tier(net, comp, dom, PropagationOptions(chain=False))
+
+    def broken(*args: object) -> torch.Tensor:
+        if failure == "raise":
+            raise NumericalRangeError("overflow in the chain pass (test)")
+        return torch.full((3,), math.nan if failure == "nan" else math.inf,
+                          dtype=torch.float64)
+
+    monkeypatch.setattr(tiers, "_chain_per_output", broken)
+    monkeypatch.setattr(tiers, "_chain_largest_row", lambda *a: math.nan)
+    mb = _tier(net, comp, dom, PropagationOptions())
+    assert (mb.bound, mb.per_output) == (off.bound, off.per_output)
+    assert "chain_bound" not in mb.details and mb.details["differential_single_pass"] is False
 
 
 def test_the_option_is_checked() -> None:
