@@ -342,7 +342,8 @@ def _sequential_layers(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
             not all(type(m) is nn.ReLU for m in relus):
         kinds = ", ".join(type(m).__name__ for m in mods)
         raise ValueError(f"write_nnet needs Linear, ReLU, Linear, ..., Linear; got {kinds}")
-    weights = [m.weight.detach().double() for m in linear]
+    layers = [m for m in linear if isinstance(m, nn.Linear)]
+    weights = [m.weight.detach().double() for m in layers]
     biases = [m.bias.detach().double() if m.bias is not None
-              else torch.zeros(m.out_features, dtype=torch.float64) for m in linear]
+              else torch.zeros(m.out_features, dtype=torch.float64) for m in layers]
     return weights, biases
