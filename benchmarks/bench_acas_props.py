@@ -237,6 +237,8 @@ def main() -> None:
         runs[f"nnet eps={eps}"] = batch(work, "instances_nnet", nnet_lines, eps, args.timeout)
     runs["nnet eps=0.05 threads=1"] = batch(work, "instances_nnet", nnet_lines, 0.05,
                                             args.timeout, threads=1)
+    runs["nnet eps=0.01 threads=1"] = batch(work, "instances_nnet", nnet_lines, 0.01,
+                                            args.timeout, threads=1)
     runs["onnx eps=0.05"] = batch(work, "instances_onnx", onnx_lines, 0.05, args.timeout)
     runs["onnx_cast eps=0.05"] = batch(work, "instances_cast", cast_lines, 0.05,
                                        args.timeout)
@@ -249,7 +251,7 @@ def main() -> None:
     single = []
     for line in nnet_lines[:args.single]:
         a, b, spec = line.split(",")
-        for eps in (0.05,):
+        for eps in (0.05, 0.01):
             res = work / "single.json"
             load0 = os.getloadavg()[0]
             rc, wall, text = cli(["equiv", str(work / a), str(work / b), "--vnnlib",
@@ -274,7 +276,8 @@ def main() -> None:
 
     # ------------------------------------------------------------------ extrapolation
     extra: dict[str, Any] = {}
-    for key in ("nnet eps=0.05", "nnet eps=0.01"):
+    for key in ("nnet eps=0.05", "nnet eps=0.01", "nnet eps=0.05 threads=1",
+                "nnet eps=0.01 threads=1"):
         rows = runs[key]["rows"]
         per_prop = {p: statistics.mean(r["seconds"] for r in rows if r["vnnlib"] == f"{p}.vnnlib")
                     for p in PROPS}
