@@ -139,6 +139,11 @@ def test_normalized_acas_boxes_match_the_published_properties(tmp_path: Path) ->
         assert got_hi == pytest.approx(want_hi, abs=2e-7), prop
     with pytest.raises(ValueError, match="empty box"):
         f.normalized_box([1.0] * 5, [0.0] * 5)
+    with pytest.raises(ValueError, match="needs 5 lower and upper values"):
+        f.normalized_box([0.0] * 4, [1.0] * 4)
+    flat = read_nnet(write_nnet(tmp_path / "flat.nnet", net, ranges=[1.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="non-positive input range"):
+        flat.normalized_box([0.0] * 5, [1.0] * 5)
 
 
 def _pair(tmp_path: Path) -> tuple[str, str, str]:
