@@ -11,7 +11,8 @@ Each against its float16 cast (weights cast to half and back to float64), over +
 boxes (clipped to [0, 1]) around test images. Per box: the NeuroDiff-reference bound
 (per-output minimum of its two unsplit passes, and each pass), the ReluDiff-reference
 bound, certcompress's single pass (``ChainState``, relaxation "choose", ``optimize`` 0
-and 20 -- ``single_pass`` of bench_equivalence.py), the bounds tier (CROWN), and the
+and 20 -- ``single_pass`` of bench_equivalence.py), the bounds tier (CROWN; since the chain routing, the smaller of its engine and the
+differential single pass, and the engine alone as ``bounds_tier_engine``), and the
 largest deviation found (random vertices + PGD), all as the l_inf bound (max over
 outputs of the per-output bound of ``|f - f'|``). Reports the median / min / max of
 ours / NeuroDiff-ref and the times.
@@ -33,8 +34,21 @@ from bench_equivalence import float16_copy, single_pass, tier_bound  # type: ign
 from neurodiff_ref import neurodiff, reludiff  # type: ignore[import-not-found]
 from torch import Tensor, nn
 
+import certcompress as cc
+from certcompress.bounds.propagation.engine import PropagationOptions
+from certcompress.bounds.tiers import bounds_tier
 from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
+
+
+def engine_tier_bound(net: nn.Module, comp: nn.Module, dom: InputDomain
+                      ) -> tuple[float, float]:
+    """The bounds tier without the chain routing (the engine alone, as before it): l_inf
+    bound and seconds."""
+    t0 = time.perf_counter()
+    mb = bounds_tier(cc.trace(net, dom.shape), cc.trace(comp, dom.shape), dom,
+                     PropagationOptions(chain=False))
+    return max(mb.per_output), time.perf_counter() - t0
 
 
 def train_mlp(x: Tensor, y: Tensor, n_in: int, epochs: int, seed: int = 0) -> nn.Module:
@@ -110,6 +124,7 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
         opt5, t_opt5 = single_pass(mlp, comp, dom, optimize=5)
         opt, t_opt = single_pass(mlp, comp, dom, optimize=20)
         crown, t_crown = tier_bound(mlp, comp, dom, "crown")
+        engine, t_engine = engine_tier_bound(mlp, comp, dom)
         found = found_linf(mlp, comp, lo, hi, seed=i)
         row = {"box": i, "neurodiff_ref": float(nd.bound.max()),
                "neurodiff_ref_pass1": float(nd.first.bound.max()),
@@ -119,9 +134,10 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
                "reludiff_ref_s": t_rd, "ours": ours, "ours_s": t_ours, "ours_opt5": opt5,
                "ours_opt5_s": t_opt5, "ours_opt20": opt,
                "ours_opt20_s": t_opt, "bounds_tier_crown": crown, "bounds_tier_s": t_crown,
+               "bounds_tier_engine": engine, "bounds_tier_engine_s": t_engine,
                "found": found}
         for k in ("neurodiff_ref", "reludiff_ref", "ours", "ours_opt5", "ours_opt20",
-                  "bounds_tier_crown"):
+                  "bounds_tier_crown", "bounds_tier_engine"):
             if row[k] < found:
                 raise AssertionError(f"{name} box {i}: {k} = {row[k]!r} is below the found "
                                      f"deviation {found!r}: unsound")
@@ -129,7 +145,8 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
         print(f"  {name} box {i}: found {found:.4g}  ND-ref {row['neurodiff_ref']:.4g} "
               f"(passes {row['neurodiff_ref_pass1']:.4g} / {row['neurodiff_ref_pass2']:.4g}, "
               f"{nd.second.vars} vars)  RD-ref {row['reludiff_ref']:.4g}  ours {ours:.4g}  "
-              f"ours-opt20 {opt:.4g}  crown tier {crown:.4g}", flush=True)
+              f"ours-opt20 {opt:.4g}  crown tier {crown:.4g} (engine alone {engine:.4g})",
+              flush=True)
 
     def ratio_stats(key: str, ref: str) -> dict[str, float]:
         r = [row[key] / row[ref] for row in rows]
@@ -147,21 +164,25 @@ def run_model(name: str, mlp: nn.Module, x_test: Tensor, shape: tuple[int, ...],
         "reludiff_ref_over_neurodiff_ref": ratio_stats("reludiff_ref", "neurodiff_ref"),
         "ours_over_reludiff_ref": ratio_stats("ours", "reludiff_ref"),
         "crown_tier_over_neurodiff_ref": ratio_stats("bounds_tier_crown", "neurodiff_ref"),
+        "engine_tier_over_neurodiff_ref": ratio_stats("bounds_tier_engine", "neurodiff_ref"),
         "neurodiff_ref_over_found": ratio_stats("neurodiff_ref", "found"),
         "ours_over_found": ratio_stats("ours", "found"),
         "median_bound": {k: med(k) for k in ("found", "neurodiff_ref", "neurodiff_ref_pass1",
                                              "neurodiff_ref_pass2", "reludiff_ref", "ours",
-                                             "ours_opt5", "ours_opt20", "bounds_tier_crown")},
+                                             "ours_opt5", "ours_opt20", "bounds_tier_crown",
+                                             "bounds_tier_engine")},
         "median_seconds": {k: med(k) for k in ("neurodiff_ref_s", "reludiff_ref_s", "ours_s",
                                                "ours_opt5_s", "ours_opt20_s",
-                                               "bounds_tier_s")},
+                                               "bounds_tier_s", "bounds_tier_engine_s")},
     }
     s = summary["ours_over_neurodiff_ref"]
     print(f"{name}: ours / NeuroDiff-ref median {s['median']:.3f} (min {s['min']:.3f}, max "
           f"{s['max']:.3f}, looser on {s['looser_boxes']}/{len(rows)}); opt5 / ND-ref "
           f"median {summary['ours_opt5_over_neurodiff_ref']['median']:.3f} (looser on "
           f"{summary['ours_opt5_over_neurodiff_ref']['looser_boxes']}), opt20 / ND-ref "
-          f"median {summary['ours_opt20_over_neurodiff_ref']['median']:.3f}", flush=True)
+          f"median {summary['ours_opt20_over_neurodiff_ref']['median']:.3f}; bounds tier / "
+          f"ND-ref median {summary['crown_tier_over_neurodiff_ref']['median']:.3f} (engine "
+          f"alone {summary['engine_tier_over_neurodiff_ref']['median']:.3f})", flush=True)
     return {"summary": summary, "boxes": rows}
 
 

@@ -164,12 +164,13 @@ class BoundsDetails(TierDetails):
     """The bound-propagation tier's run: the intermediate-bound mode, the size of the
     lowered pair, the back-substitution rows, and the float64 outward rounding margin;
     with optimized ReLU slopes (``PropagationOptions.slope_steps``) the steps, their
-    learning rate and how many output rows were optimized (absent otherwise); with the
-    sign-vector l1 bound its row budget (``PropagationOptions.sign_rows``, absent: none),
-    the rows used, whether the search was exhaustive and how (``"all"`` sign vectors or
-    ``"branch-and-bound"``); with a CROWN row budget
-    (``PropagationOptions.crown_rows_per_node``) the budget and how many unstable neurons
-    kept their interval bounds because of it."""
+    learning rate and how many output rows were optimized (absent otherwise); whether
+    chain pairs also went through the differential single pass, whether it gave the
+    stated bound, and both passes' l1 bounds; with the sign-vector l1 bound its row
+    budget (``PropagationOptions.sign_rows``, absent: none), the rows used, whether the
+    search was exhaustive and how (``"all"`` sign vectors or ``"branch-and-bound"``);
+    with a CROWN row budget (``PropagationOptions.crown_rows_per_node``) the budget and
+    how many unstable neurons kept their interval bounds because of it."""
 
     intermediate: str
     primitive_nodes: int
@@ -183,6 +184,15 @@ class BoundsDetails(TierDetails):
     slope_steps: int | None = None
     slope_lr: float | None = None
     slope_rows: int | None = None
+    #: whether chain pairs were routed through the differential single pass as well
+    #: (``PropagationOptions.chain``; absent in certificates made before the routing)
+    chain: bool | None = None
+    #: whether that pass gave the stated l1 bound (smaller than the engine's)
+    differential_single_pass: bool | None = None
+    #: the l1 bound of the differential single pass (absent: not a chain pair / off)
+    chain_bound: float | None = None
+    #: the l1 bound of the propagation engine alone
+    engine_bound: float | None = None
     sign_rows_budget: int | None = None
     sign_rows_used: int | None = None
     sign_exhaustive: bool | None = None

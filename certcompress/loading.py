@@ -20,6 +20,11 @@ Model specifications, tried in this order:
 ``FILE.onnx``
     An ONNX model, read as data and converted to standard torch modules
     (:func:`certcompress.capture.onnx.load_onnx`); it carries its own weights.
+``FILE.nnet``
+    A NNet file (Reluplex/ReluVal/ReluDiff format, e.g. the ACAS-Xu networks), read as
+    data (:func:`certcompress.capture.nnet.load_nnet`): a float64 ``nn.Sequential`` of
+    ``nn.Linear``/``nn.ReLU`` computing the network on *normalized* inputs and outputs
+    (the units of the VNN-LIB boxes of these networks); it carries its own weights.
 
 Weights are read only from state dicts, with ``torch.load(weights_only=True)``: a file
 that needs arbitrary unpickling (a whole pickled model) is refused, never executed.
@@ -52,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import plugin_manager
+from .capture.nnet import is_nnet_spec, load_nnet
 from .capture.onnx import is_onnx_spec, load_onnx
 from .errors import ConfigurationError, ModelLoadError
 
@@ -62,7 +68,7 @@ Model = nn.Module | torch.export.ExportedProgram
 
 SPEC_FORMS = ("PREFIX:NAME (a plugin's model, e.g. torchvision:resnet18)",
               "FILE.py:FACTORY", "package.module:FACTORY", "FILE.pt2 (a torch.export archive)",
-              "FILE.onnx (an ONNX model)")
+              "FILE.onnx (an ONNX model)", "FILE.nnet (a NNet model)")
 
 # Plugins certcompress knows by name, for the message when one is not installed.
 _KNOWN_PLUGINS = {"torchvision": "certcompress-torchvision", "smp": "certcompress-smp"}
@@ -106,6 +112,11 @@ def load_model(spec: str, weights: str | None = None) -> Model:
             raise ModelLoadError(f"weights '{weights}' cannot be loaded into the ONNX model "
                                  f"'{spec}': an ONNX file carries its own weights")
         return load_onnx(spec)
+    if is_nnet_spec(spec) and ":" not in spec:
+        if weights is not None:
+            raise ModelLoadError(f"weights '{weights}' cannot be loaded into the NNet model "
+                                 f"'{spec}': a .nnet file carries its own weights")
+        return load_nnet(spec)
     model = _resolve(spec)
     if isinstance(model, torch.export.ExportedProgram):
         if weights is not None:

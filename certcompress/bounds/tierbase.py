@@ -156,16 +156,16 @@ class Tier(ABC):
         """The options to recompute ``stated`` (this tier's entry of a certificate) with:
         for :class:`PropagationOptions` tiers the ``intermediate`` mode and the
         optimized-slope settings (``slope_steps``, ``slope_lr``) and the row budgets
-        (``sign_rows_budget``, ``crown_rows_per_node``; absent: no budget, as before they
-        existed) it records, else None (the defaults). Override when a tier records other
-        options."""
+        (``sign_rows_budget``, absent: ``"auto"``, which gives every sign vector wherever
+        the tier records no budget; ``crown_rows_per_node``, absent: none) it records, else
+        None (the defaults). Override when a tier records other options."""
         if self.options_type is PropagationOptions:
             d = stated.details
             sign_rows, crown_rows = d.get("sign_rows_budget"), d.get("crown_rows_per_node")
             return PropagationOptions(intermediate=d.get("intermediate", "crown"),
                                       slope_steps=int(d.get("slope_steps") or 0),
                                       slope_lr=float(d.get("slope_lr") or 0.1),
-                                      sign_rows=None if sign_rows is None else int(sign_rows),
+                                      sign_rows="auto" if sign_rows is None else int(sign_rows),
                                       crown_rows_per_node=None if crown_rows is None
                                       else int(crown_rows))
         return None

@@ -23,7 +23,9 @@ tier names from the registry; docs/adding-a-tier.md shows a new tier end to end.
     difference, tightened by linear relaxations with back-substitution; per-output bounds
     ``max |f_o - f'_o|`` and an l1 bound that also maximizes ``<s, f - f'>`` over the
     sign vectors ``s`` when the output is small. Sound in float64 (outward margin
-    stated in the result).
+    stated in the result). A chain pair (MLP, plain CNN) also goes through the
+    differential single pass of :mod:`certcompress.equivalence.chain`; per output and
+    for the l1 bound the smaller bound is stated (``PropagationOptions.chain``).
 
 ``bab``
     branch-and-bound over the domain's box (:mod:`certcompress.equivalence.tier`): the
@@ -40,6 +42,7 @@ import itertools
 import math
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,6 +51,7 @@ from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound, add_details_hook
 from ..domain import InputDomain
+from ..equivalence.chain import ChainState, chain_from_pair
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
@@ -66,6 +70,7 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
+from .propagation.primitives import PairNet
 from .propagation.signs import resolve_sign_rows, sign_vector_search
 from .tierbase import GraphPair, Tier, TierBound
 
@@ -125,7 +130,10 @@ class BoundsTier(Tier):
         ub, slope_rows = _output_rows(state, torch.cat([eye, -eye]), opts)
         crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
         interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
-        per = torch.minimum(crown, interval)
+        engine_per = torch.minimum(crown, interval)
+        chain = _chain_bounds(lowered, domain, opts)
+        chain_per = None if chain is None else chain[1]
+        per = engine_per if chain_per is None else torch.minimum(engine_per, chain_per)
         if not bool(torch.isfinite(per).all()):
             raise NumericalRangeError(
                 f"the bounds tier's output bounds overflow float64 (crown "
@@ -136,15 +144,21 @@ class BoundsTier(Tier):
             raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
                                       f"per-output bound {float(per.max()):.3g}, {per.numel()} "
                                       "outputs); certify over a smaller domain")
+        engine_l1 = _round_up_sum(engine_per)
+        chain_l1 = None if chain is None else chain[2]
         sign_rows, sign_info = 0, dict[str, Any]()
         if 0 < m <= opts.sign_vectors_up_to:
             best, sign_rows, rows, sign_info = _sign_vector_max(state, ub[:m], ub[m:], per,
-                                                                l1, opts)
+                                                                engine_l1, opts)
             slope_rows += rows
-            l1 = min(l1, max(best, 0.0))
+            engine_l1 = min(engine_l1, max(best, 0.0))
+        # both passes are sound: the smallest of the combined per-output sum and each
+        # pass's own l1 bound (docs/bounds.md, "Chain pairs")
+        l1 = min(l1, engine_l1, math.inf if chain_l1 is None else chain_l1)
         return TierBound(
             bound=l1, per_output=tuple(float(v) for v in per), exact=False,
-            float_slack_rel=float(state.eta),
+            float_slack_rel=float(state.eta) if chain is None else max(float(state.eta),
+                                                                       chain[0]),
             details={"intermediate": opts.intermediate, "primitive_nodes": len(lowered.nodes),
                      "relu_nodes": lowered.relu_count,
                      "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m
@@ -153,7 +167,106 @@ class BoundsTier(Tier):
                      "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
                      "rounding": ROUNDING_NOTE, "domain": domain.describe(),
                      **_slope_details(opts, slope_rows), **sign_info,
-                     **_crown_budget_details(opts, state)})
+                     **_crown_budget_details(opts, state),
+                     "chain": opts.chain, "differential_single_pass": l1 < engine_l1,
+                     **({"engine_bound": engine_l1} if math.isfinite(engine_l1) else {}),
+                     **({} if chain_l1 is None or not math.isfinite(chain_l1)
+                        else {"chain_bound": chain_l1})})
+
+    def stated_options(self, stated: MethodBound) -> PropagationOptions:
+        """The base class's options (``intermediate``, slopes) and whether chain pairs
+        were routed through the differential single pass (``chain`` in the details; a
+        certificate made before the routing records none: the engine alone), so that
+        ``verify_onnx(recertify=True)`` recomputes the stated bound."""
+        base = super().stated_options(stated)
+        assert isinstance(base, PropagationOptions)
+        return replace(base, chain=stated.details.get("chain") is True)
+
+
+def _chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
+                 ) -> ChainState | None:
+    """The differential single pass of a chain pair over the domain's box, with the
+    settings ``verify_equivalence`` bounds its root region with (relaxation
+    ``"choose"``, back-substituted intermediate bounds on ``z`` and ``d``), or None: the
+    routing is off (``opts.chain``), the pair is not a chain
+    (:func:`~certcompress.equivalence.chain.chain_from_pair`), or a layer is wider than
+    ``opts.max_rows`` allows the engine to back-substitute (the engine then keeps
+    interval bounds there; the chain pass has no such cap). With
+    ``intermediate="interval"`` the cheap symbolic forward bounds stand in for the
+    back-substituted ones. Its bounds carry the engine's outward rounding margins
+    (``rounding_eta`` relative, ``underflow_floor`` absolute, :mod:`.propagation.engine`)."""
+    if not opts.chain:
+        return None
+    chain = chain_from_pair(lowered)
+    if chain is None:
+        return None
+    widest = max((int(layer.w.shape[0]) for layer in chain.layers if layer.w is not None),
+                 default=0)
+    if 4 * widest > opts.max_rows:
+        return None
+    lo = domain.lower_tensor().reshape(1, -1).to(torch.float64)
+    hi = domain.upper_tensor().reshape(1, -1).to(torch.float64)
+    return ChainState(chain, lo, hi,
+                      intermediate="crown" if opts.intermediate == "crown" else "forward",
+                      quantities=("z", "d"), relaxation="choose")
+
+
+def _chain_bounds(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
+                  ) -> tuple[float, torch.Tensor, float] | None:
+    """``(eta, per_output, l1)`` of the chain pass (:func:`_chain_state`), or None where it
+    does not apply or overflows float64 (an interval or bound that is not finite: the
+    engine's bound stands alone there). Per output: the bound of ``|f_o - f'_o|``, +inf
+    where not finite (so the minimum with the engine's ignores it); l1: the rounded-up
+    sum of those and, with at most ``opts.sign_vectors_up_to`` outputs, the largest
+    sign-vector row bound, whichever is smaller."""
+    try:
+        state = _chain_state(lowered, domain, opts)
+        if state is None:
+            return None
+        m = lowered.output_size
+        per = _chain_per_output(state, m, opts)
+        per = torch.where(torch.isfinite(per), per, torch.full_like(per, math.inf))
+        l1 = _round_up_sum(per) if bool(torch.isfinite(per).all()) else math.inf
+        if 0 < m <= opts.sign_vectors_up_to:
+            signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
+                                 dtype=torch.float64)
+            best = _chain_largest_row(state, signs, opts)
+            if math.isfinite(best):
+                l1 = min(l1, max(best, 0.0))
+    except NumericalRangeError:  # the chain pass's own intervals overflowed
+        return None
+    if not math.isfinite(l1) and not bool(torch.isfinite(per).any()):
+        return None
+    return float(state.chain.eta), per, l1
+
+
+def _chain_rows(chain: ChainState, rows: torch.Tensor, opts: PropagationOptions
+                ) -> torch.Tensor:
+    """Upper bounds of ``<rows[r], f - f'>`` by the chain pass (with ``opts.slope_steps``
+    gradient steps on the rows' ReLU slopes, the chain's own step size)."""
+    prob = torch.zeros(rows.shape[0], dtype=torch.long)
+    with torch.no_grad():
+        return chain.upper_bounds(None, rows.cpu(), prob, optimize=opts.slope_steps)[0]
+
+
+def _chain_per_output(chain: ChainState, m: int, opts: PropagationOptions) -> torch.Tensor:
+    """Per-output bounds of ``|f_o - f'_o|`` by the chain pass."""
+    eye = torch.eye(m, dtype=torch.float64)
+    ub = _chain_rows(chain, torch.cat([eye, -eye]), opts)
+    return torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
+
+
+def _chain_largest_row(chain: ChainState, signs: torch.Tensor, opts: PropagationOptions
+                       ) -> float:
+    """The largest upper bound of ``<s, f - f'>`` over the sign vectors ``s`` by the chain
+    pass (a bound of ``||f - f'||_1``)."""
+    best = -math.inf
+    for s in range(0, signs.shape[0], 256):
+        top = float(_chain_rows(chain, signs[s:s + 256], opts).max())
+        if not top <= math.inf:  # NaN: no bound from these rows
+            return math.inf
+        best = max(best, top)
+    return best
 
 
 def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions
@@ -370,8 +483,9 @@ def _sign_vector_max(state: PairState, plus: torch.Tensor, minus: torch.Tensor,
                      ) -> tuple[float, int, int, dict[str, Any]]:
     """A sound upper bound of ``max_s <s, f - f'>`` over the sign vectors ``s``, at most
     ``l1`` where it reaches it; with the rows it used, the rows whose slopes were
-    optimized, and the details a certificate records (``sign_rows_budget``: the option,
-    restated by ``Tier.stated_options``; ``sign_rows_used``; ``sign_exhaustive``).
+    optimized, and the details a certificate records (``sign_rows_budget``: the resolved
+    budget, restated by ``Tier.stated_options``, absent where ``"auto"`` gives the same;
+    ``sign_rows_used``; ``sign_exhaustive``; ``sign_search``).
 
     The budget: ``opts.sign_rows`` resolved for this pair (``resolve_sign_rows``).
     None or ``2^m <= budget``: every sign vector (exact; the
@@ -386,9 +500,14 @@ def _sign_vector_max(state: PairState, plus: torch.Tensor, minus: torch.Tensor,
     still sound, where a node's bound is below the flat bound of one of its completions:
     :mod:`.propagation.signs`)."""
     m = int(plus.shape[0])
-    budget = resolve_sign_rows(opts.sign_rows, sum(n.numel for n in state.pair.nodes), m)
+    elements = sum(n.numel for n in state.pair.nodes)
+    budget = resolve_sign_rows(opts.sign_rows, elements, m)
     info: dict[str, Any] = {} if budget is None else {"sign_rows_budget": budget}
     if budget is None or 2 ** m <= budget:
+        # recorded only where "auto" (what a certificate without it restates) would not
+        # give every sign vector too
+        info = {} if resolve_sign_rows("auto", elements, m) is None else \
+            {"sign_rows_budget": 2 ** m}
         signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                              dtype=torch.float64, device=plus.device)
         info.update(sign_rows_used=2 ** m, sign_exhaustive=True, sign_search="all")

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._threads import one_thread
 from ..bounds.arithmetic import Float32Error, with_float32
 from ..bounds.numerics import float_slack
 from ..bounds.propagation.engine import (
@@ -241,12 +242,8 @@ class BabTier(Tier):
                           optimize=opts.optimize_steps)
         lower = domain.lower_tensor().reshape(-1)
         upper = domain.upper_tensor().reshape(-1)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # many small products: one thread is faster (verify.py)
-        try:
+        with one_thread():
             run = self._search(bounder, m, lower, upper, opts)
-        finally:
-            torch.set_num_threads(threads)
         search_bound = run["bound"]
         l1 = one_l1 if search_bound is None else min(one_l1, search_bound)
         per = torch.clamp(one_per, max=l1)
@@ -417,12 +414,8 @@ class BabTier(Tier):
         budget); a problem naming why not otherwise."""
         cfg = SearchConfig(timeout=math.inf, max_regions=opts.max_regions, batch=opts.batch,
                            seed=opts.seed, strong_dims=opts.split_candidates)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # many small products: one thread is faster (verify.py)
-        try:
+        with one_thread():
             res = run_search(bounder, prop, lower, upper, cfg)
-        finally:
-            torch.set_num_threads(threads)
         if res["status"] == "verified":
             return True
         norm = "l_inf" if prop.norm == "inf" else "l1"

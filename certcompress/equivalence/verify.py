@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._threads import one_thread
 from .._version import provenance
 from ..bounds.baseline import operator_norm_baseline
 from ..bounds.numerics import float_slack
@@ -39,6 +40,9 @@ _ROUND_UP = 2.0 ** -48
 #: the adversarial search a certificate of a verified result runs in the domain
 CERT_SEARCH_STEPS, CERT_SEARCH_RESTARTS, CERT_SCALE_SAMPLES = 20, 4, 32
 PROPERTIES = ("epsilon", "top1")
+#: pairs with at most this many parameters in all run on one torch thread from tracing to
+#: the certificate, not only in the search (benchmarks/bench_acas_props.py)
+SMALL_PAIR = 1_000_000
 
 
 def _graph(model: nn.Module | Graph, shape: tuple[int, ...], what: str) -> Graph:
@@ -68,6 +72,13 @@ def _output_shape(model: nn.Module | Graph, shape: tuple[int, ...], what: str
                                      f"model ({first}); give a domain of the model's input "
                                      "shape, batch first") from None
     return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+
+
+def _parameters(model: nn.Module | Graph) -> int:
+    if isinstance(model, Graph):
+        return sum(int(p.weight.numel()) for p in model.params.values())
+    return sum(int(p.numel()) for p in model.parameters()) if isinstance(model, nn.Module) \
+        else 0
 
 
 def _check(epsilon: float | None, norm: str, prop: str, confidence: float | None,
@@ -170,106 +181,105 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                  f"{split_candidates!r}")
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ConfigurationError(f"chunk must be an integer >= 1, got {chunk!r}")
-    dom = _domain(domain, model, input_shape)
-    shape = tuple(int(s) for s in dom.shape)
-    o1 = _output_shape(model, shape, "original")
-    o2 = _output_shape(compressed, shape, "compressed")
-    if o1 is not None and o2 is not None and o1 != o2:
-        raise ConfigurationError(f"the models' output shapes differ: {o1} (original) vs {o2} "
-                                 "(compressed); equivalence compares outputs of one shape")
-    g1 = _graph(model, shape, "original")
-    g2 = _graph(compressed, shape, "compressed")
-    pair = lower_pair(g1, g2)
-    m = pair.output_size
-    prop: Property
-    if prop_name == "epsilon":
-        assert epsilon is not None
-        prop = EpsilonProperty(m, float(epsilon), norm)
-    elif m < 2:
-        raise ConfigurationError(f"top-1 equivalence needs at least 2 outputs, the models "
-                                 f"have {m}")
-    elif confidence is not None:
-        prop = ConfidenceProperty(m, float(confidence))
-    else:
-        prop = Top1Property(m)
-    if intermediate not in ("crown", "forward", "both"):
-        raise ConfigurationError(f"intermediate must be 'crown', 'forward' or 'both', got "
-                                 f"{intermediate!r}")
-    bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
-    lower = dom.lower_tensor().reshape(-1)
-    upper = dom.upper_tensor().reshape(-1)
-    cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
-                       chunk=chunk, seed=seed, strong_dims=split_candidates)
-    pool: Pool | None = None
-    notes: list[str] = []
-    if executor in ("local", "ray"):
-        if bounder.chain is None:
-            notes.append(f"executor={executor!r} needs a chain network; ran serially")
+    # a small pair (an MLP such as ACAS-Xu's) runs on one thread throughout: tracing,
+    # lowering and the certificate's attack are small products too
+    with one_thread(_parameters(model) + _parameters(compressed) <= SMALL_PAIR):
+        dom = _domain(domain, model, input_shape)
+        shape = tuple(int(s) for s in dom.shape)
+        o1 = _output_shape(model, shape, "original")
+        o2 = _output_shape(compressed, shape, "compressed")
+        if o1 is not None and o2 is not None and o1 != o2:
+            raise ConfigurationError(f"the models' output shapes differ: {o1} (original) vs {o2} "
+                                     "(compressed); equivalence compares outputs of one shape")
+        g1 = _graph(model, shape, "original")
+        g2 = _graph(compressed, shape, "compressed")
+        pair = lower_pair(g1, g2)
+        m = pair.output_size
+        prop: Property
+        if prop_name == "epsilon":
+            assert epsilon is not None
+            prop = EpsilonProperty(m, float(epsilon), norm)
+        elif m < 2:
+            raise ConfigurationError(f"top-1 equivalence needs at least 2 outputs, the models "
+                                     f"have {m}")
+        elif confidence is not None:
+            prop = ConfidenceProperty(m, float(confidence))
         else:
-            pool = Pool(executor, bounder.chain, workers, intermediate, optimize_steps)
-    bar: Any = None
-    update = None
-    if progress:
-        from tqdm.auto import tqdm
+            prop = Top1Property(m)
+        if intermediate not in ("crown", "forward", "both"):
+            raise ConfigurationError(f"intermediate must be 'crown', 'forward' or 'both', got "
+                                     f"{intermediate!r}")
+        bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
+        lower = dom.lower_tensor().reshape(-1)
+        upper = dom.upper_tensor().reshape(-1)
+        cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
+                           chunk=chunk, seed=seed, strong_dims=split_candidates)
+        pool: Pool | None = None
+        notes: list[str] = []
+        if executor in ("local", "ray"):
+            if bounder.chain is None:
+                notes.append(f"executor={executor!r} needs a chain network; ran serially")
+            else:
+                pool = Pool(executor, bounder.chain, workers, intermediate, optimize_steps)
+        bar: Any = None
+        update = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=100.0, desc="equivalence", unit="% proven",
-                   bar_format="{l_bar}{bar}| {n:.1f}/100% proven [{elapsed}{postfix}]")
+            bar = tqdm(total=100.0, desc="equivalence", unit="% proven",
+                       bar_format="{l_bar}{bar}| {n:.1f}/100% proven [{elapsed}{postfix}]")
 
-        def update(s: dict[str, Any]) -> None:
-            bar.n = 100.0 * s["proven_fraction"]
-            rate = s["regions"] / max(s["seconds"], 1e-9)
-            bar.set_postfix_str(f"open {s['open']}, {s['regions']} regions, {rate:.0f}/s",
-                                refresh=True)
-    threads = torch.get_num_threads()
-    # the regions are bounded as many small matrix products: one thread is faster (and
-    # much faster on a busy machine, where extra threads wait for each other)
-    torch.set_num_threads(1)
-    try:
-        res = run_search(bounder, prop, lower, upper, cfg,
-                         None if pool is None else pool.map, update)
-        if bar is not None:  # the final state (a search proven in its first round too)
-            bar.n = 100.0 if res["status"] == "verified" else \
-                100.0 * float(res["proven_fraction"])
-            bar.set_postfix_str(f"{res['status']}, {res['regions']} regions", refresh=True)
-    finally:
-        torch.set_num_threads(threads)
-        if pool is not None:
-            pool.close()
-        if bar is not None:
-            bar.close()
-    bound: float | None = None
-    if isinstance(prop, EpsilonProperty):
-        cands = [res["bound_proven"]]
-        if res["open"] and res["status"] != "falsified":
-            # the search keeps score = bound - epsilon: adding epsilon back may round
-            # down by a few ulps of the bound, so round outward
-            cands.append(math.nextafter((res["score_open"] + prop.epsilon)
-                                        * (1.0 + _ROUND_UP), math.inf))
-        bound = max(cands)
-        if res["status"] == "falsified" or not math.isfinite(bound):
-            bound = None if res["status"] == "falsified" else bound
-    cex = res["counterexample"]
-    status = res["status"]
-    proven = 1.0 if status == "verified" else float(res["proven_fraction"])
-    result = EquivalenceResult(
-        status=status, property=prop.name, norm=norm if prop_name == "epsilon" else None,
-        epsilon=None if epsilon is None else float(epsilon),
-        confidence=None if confidence is None else float(confidence),
-        bound=bound, found=res["found"], regions=int(res["regions"]),
-        seconds=float(res["seconds"]), proven_fraction=proven,
-        open_regions=0 if status == "verified" else int(res["open"]),
-        counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
-        input_shape=shape,
-        details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
-                 "executor": executor or "serial",
-                 "workers": None if pool is None else pool.workers,
-                 "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
-                 "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
-    result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,
-                                                         dom, m, seed, intermediate))
-    if out is not None:
-        result.save(out)
-    return result
+            def update(s: dict[str, Any]) -> None:
+                bar.n = 100.0 * s["proven_fraction"]
+                rate = s["regions"] / max(s["seconds"], 1e-9)
+                bar.set_postfix_str(f"open {s['open']}, {s['regions']} regions, {rate:.0f}/s",
+                                    refresh=True)
+        try:
+            with one_thread():
+                res = run_search(bounder, prop, lower, upper, cfg,
+                                 None if pool is None else pool.map, update)
+            if bar is not None:  # the final state (a search proven in its first round too)
+                bar.n = 100.0 if res["status"] == "verified" else \
+                    100.0 * float(res["proven_fraction"])
+                bar.set_postfix_str(f"{res['status']}, {res['regions']} regions", refresh=True)
+        finally:
+            if pool is not None:
+                pool.close()
+            if bar is not None:
+                bar.close()
+        bound: float | None = None
+        if isinstance(prop, EpsilonProperty):
+            cands = [res["bound_proven"]]
+            if res["open"] and res["status"] != "falsified":
+                # the search keeps score = bound - epsilon: adding epsilon back may round
+                # down by a few ulps of the bound, so round outward
+                cands.append(math.nextafter((res["score_open"] + prop.epsilon)
+                                            * (1.0 + _ROUND_UP), math.inf))
+            bound = max(cands)
+            if res["status"] == "falsified" or not math.isfinite(bound):
+                bound = None if res["status"] == "falsified" else bound
+        cex = res["counterexample"]
+        status = res["status"]
+        proven = 1.0 if status == "verified" else float(res["proven_fraction"])
+        result = EquivalenceResult(
+            status=status, property=prop.name, norm=norm if prop_name == "epsilon" else None,
+            epsilon=None if epsilon is None else float(epsilon),
+            confidence=None if confidence is None else float(confidence),
+            bound=bound, found=res["found"], regions=int(res["regions"]),
+            seconds=float(res["seconds"]), proven_fraction=proven,
+            open_regions=0 if status == "verified" else int(res["open"]),
+            counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
+            input_shape=shape,
+            details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
+                     "executor": executor or "serial",
+                     "workers": None if pool is None else pool.workers,
+                     "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
+                     "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
+        result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,
+                                                             dom, m, seed, intermediate))
+        if out is not None:
+            result.save(out)
+        return result
 
 
 def _certificate(res: EquivalenceResult, model: nn.Module | Graph,

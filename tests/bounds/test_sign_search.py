@@ -21,6 +21,7 @@ from propagation_helpers import check_tier_sound, random_box
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds.propagation import signs as signs_module
 from certcompress.bounds.propagation.engine import (
     PairState,
     PropagationOptions,
@@ -296,11 +297,30 @@ def test_certificate_records_the_budgets_and_recertifies(tmp_path: Path) -> None
     report = cc.verify_onnx(path, original=net, search_steps=2, recertify=True)
     status = {c.name: c.status for c in report.checks}
     assert status["recertify"] == "passed", report
-    # a certificate without the fields (made before they existed) restates no budget
+    # a certificate without the fields (made before they existed, or where "auto" gave
+    # every sign vector) restates "auto" and no CROWN budget
     old = {k: v for k, v in tier.details.items()
            if k not in ("sign_rows_budget", "crown_rows_per_node", "interval_neurons")}
     bare = cc.certificate.MethodBound(method="bounds", bound=tier.bound,
                                       per_output=tier.per_output, scope=tier.scope,
                                       seconds=0.0, exact=False, details=old)
     restated = tier_registry().get("bounds").stated_options(bare)
-    assert (restated.sign_rows, restated.crown_rows_per_node) == (None, None)
+    assert (restated.sign_rows, restated.crown_rows_per_node) == ("auto", None)
+
+
+def test_every_sign_vector_on_a_budgeted_pair_is_restated(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Where "auto" would budget (here: forced by a tiny AUTO_SIGN_WORK), a bound computed
+    with every sign vector records 2^m rows, so recertification does not use "auto"."""
+    monkeypatch.setattr(signs_module, "AUTO_SIGN_WORK", 1)
+    net, comp, dom = _net("vector", 9, 8, 0.3, 2.0)
+    g, g2 = cc.trace(net, dom.shape), cc.trace(comp, dom.shape)
+    auto = bounds_tier(g, g2, dom, PropagationOptions())
+    assert auto.details["sign_search"] == "branch-and-bound"
+    assert auto.details["sign_rows_budget"] == AUTO_SIGN_MIN
+    every = bounds_tier(g, g2, dom, PropagationOptions(sign_rows=None))
+    assert every.details["sign_search"] == "all" and every.details["sign_rows_budget"] == 256
+    tier = tier_registry().get("bounds")
+    assert tier.stated_options(every).sign_rows == 256
+    assert tier.stated_options(auto).sign_rows == AUTO_SIGN_MIN
+    assert bounds_tier(g, g2, dom, tier.stated_options(every)).bound == every.bound

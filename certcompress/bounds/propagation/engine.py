@@ -72,14 +72,19 @@ class PropagationOptions:
     slopes of the final output rows, per row (alpha-CROWN for the pair,
     :mod:`.optimize`; 0: the default relaxation; the ``bounds`` tier uses it, other
     callers of :func:`output_upper_bounds` do not). Never looser than 0 steps.
+    ``chain``: the ``bounds`` tier also bounds a *chain* pair (an MLP or plain CNN,
+    :func:`~certcompress.equivalence.chain.chain_from_pair`) with the differential
+    single pass of :mod:`certcompress.equivalence.chain` and states, per output and for
+    the l1 bound, the smaller of the two sound bounds (docs/bounds.md); False: this
+    engine alone (certificates made before the routing are re-checked that way).
     ``sign_rows``: the row budget of the sign-vector l1 bound: all ``2^m`` sign vectors
     when ``2^m <= sign_rows`` (exact), else a best-first branch-and-bound over partial
     sign vectors (:mod:`.signs`) stopped after this many rows, with a sound bound at most
     the sum of per-output bounds, usually between it and the flat maximum; None: every
     sign vector; ``"auto"`` (default): by the pair's size
     (:func:`.signs.resolve_sign_rows`: every sign vector for MLPs, about 200 rows for
-    resnet18 at 32x32); certificates record the resolved budget. ``crown_rows_per_node``: with ``intermediate="crown"``, at most
-    this many neurons per ReLU input, quantity and input box get back-substitution rows
+    resnet18 at 32x32); certificates record the resolved budget.
+    ``crown_rows_per_node``: with ``intermediate="crown"``, at most this many neurons per ReLU input, quantity and input box get back-substitution rows
     (the widest interval bounds first); the others keep their interval bounds (sound,
     looser); None: every unstable neuron.
     """
@@ -90,6 +95,7 @@ class PropagationOptions:
     sign_vectors_up_to: int = 10
     slope_steps: int = 0
     slope_lr: float = 0.1
+    chain: bool = True
     sign_rows: int | Literal["auto"] | None = "auto"
     crown_rows_per_node: int | None = None
 
@@ -108,6 +114,10 @@ class PropagationOptions:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
                 or not (math.isfinite(lr) and lr > 0):
             raise ConfigurationError(f"slope_lr must be a finite number > 0, got {lr!r}")
+        if not isinstance(self.chain, bool):
+            raise ConfigurationError(f"chain must be True or False (route chain pairs "
+                                     f"through the differential single pass), got "
+                                     f"{self.chain!r}")
         for name in ("sign_rows", "crown_rows_per_node"):
             v = getattr(self, name)
             if name == "sign_rows" and v == "auto":

@@ -1,4 +1,4 @@
-"""certcompress._shapes.broadcast_shapes agrees with torch.broadcast_shapes: the same
+"""certcompress._shapes and _threads. broadcast_shapes agrees with torch.broadcast_shapes: the same
 shape where torch broadcasts, an error exactly where torch raises; InputDomain.box
 names bounds that do not fit its shape."""
 
@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certcompress._shapes import broadcast_shapes
+from certcompress._threads import one_thread
 from certcompress.domain import InputDomain
 from certcompress.errors import ConfigurationError
 
@@ -45,3 +46,16 @@ def test_input_domain_box_names_bounds_that_do_not_fit_the_shape() -> None:
         InputDomain.box(torch.zeros(2, 5), 1.0, shape=(1, 5))
     dom = InputDomain.box(torch.zeros(5), torch.ones(1, 5), shape=(1, 5))
     assert tuple(dom.lower_tensor().shape) == (1, 5)
+
+
+def test_one_thread_restores_the_thread_count_also_on_error() -> None:
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), one_thread():
+        raise KeyError("x")
+    assert torch.get_num_threads() == before
+    with one_thread(False):
+        assert torch.get_num_threads() == before
