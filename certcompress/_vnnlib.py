@@ -22,7 +22,8 @@ from .errors import ConfigurationError
 __all__ = ["VnnlibBoxes", "parse_boxes", "read_boxes"]
 
 SExpr = str | list["SExpr"]
-_VAR = re.compile(r"^([XY])_(\d+)$")
+# ASCII indices of at most 18 digits (int() refuses more than 4300 with a ValueError)
+_VAR = re.compile(r"^([XY])_([0-9]{1,18})$")
 
 
 @dataclass(frozen=True)

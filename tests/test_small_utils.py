@@ -4,6 +4,8 @@ names bounds that do not fit its shape."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -59,3 +61,58 @@ def test_one_thread_restores_the_thread_count_also_on_error() -> None:
     assert torch.get_num_threads() == before
     with one_thread(False):
         assert torch.get_num_threads() == before
+
+
+def _fresh_thread_count() -> int:
+    """The thread count a newly started thread gets: torch's process-wide setting (the
+    calling thread's own OpenMP count may differ)."""
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+def test_one_thread_restores_the_count_when_threads_overlap() -> None:
+    """Two threads in overlapping one_thread blocks (A enters, B enters, A leaves, B
+    leaves): B must not save the 1 that A set and restore it after A restored the real
+    count, which left the process (every later thread) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        start = _fresh_thread_count()
+        assert start == 2
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        inside_b: list[int] = []
+
+        def a() -> None:
+            with one_thread():
+                a_in.set()
+                b_in.wait(30)
+            a_out.set()
+
+        def b() -> None:
+            a_in.wait(30)
+            with one_thread():
+                b_in.set()
+                a_out.wait(30)
+                inside_b.append(torch.get_num_threads())
+
+        ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+        ta.start()
+        tb.start()
+        ta.join()
+        tb.join()
+        assert inside_b == [1]  # B's block still ran on one thread after A left
+        assert _fresh_thread_count() == start
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_thread_nests() -> None:
+    before = torch.get_num_threads()
+    with one_thread():
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # still inside the outer block
+    assert torch.get_num_threads() == before

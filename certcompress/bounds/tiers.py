@@ -51,7 +51,7 @@ from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound, add_details_hook
 from ..domain import InputDomain
-from ..equivalence.chain import ChainState, chain_from_pair
+from ..equivalence.chain_bounds import chain_bounds as _chain_bounds
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
@@ -70,7 +70,6 @@ from .propagation.engine import (
 )
 from .propagation.lowering import lower_pair
 from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
-from .propagation.primitives import PairNet
 from .propagation.signs import resolve_sign_rows, sign_vector_search
 from .tierbase import GraphPair, Tier, TierBound
 
@@ -181,92 +180,6 @@ class BoundsTier(Tier):
         base = super().stated_options(stated)
         assert isinstance(base, PropagationOptions)
         return replace(base, chain=stated.details.get("chain") is True)
-
-
-def _chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
-                 ) -> ChainState | None:
-    """The differential single pass of a chain pair over the domain's box, with the
-    settings ``verify_equivalence`` bounds its root region with (relaxation
-    ``"choose"``, back-substituted intermediate bounds on ``z`` and ``d``), or None: the
-    routing is off (``opts.chain``), the pair is not a chain
-    (:func:`~certcompress.equivalence.chain.chain_from_pair`), or a layer is wider than
-    ``opts.max_rows`` allows the engine to back-substitute (the engine then keeps
-    interval bounds there; the chain pass has no such cap). With
-    ``intermediate="interval"`` the cheap symbolic forward bounds stand in for the
-    back-substituted ones. Its bounds carry the engine's outward rounding margins
-    (``rounding_eta`` relative, ``underflow_floor`` absolute, :mod:`.propagation.engine`)."""
-    if not opts.chain:
-        return None
-    chain = chain_from_pair(lowered)
-    if chain is None:
-        return None
-    widest = max((int(layer.w.shape[0]) for layer in chain.layers if layer.w is not None),
-                 default=0)
-    if 4 * widest > opts.max_rows:
-        return None
-    lo = domain.lower_tensor().reshape(1, -1).to(torch.float64)
-    hi = domain.upper_tensor().reshape(1, -1).to(torch.float64)
-    return ChainState(chain, lo, hi,
-                      intermediate="crown" if opts.intermediate == "crown" else "forward",
-                      quantities=("z", "d"), relaxation="choose")
-
-
-def _chain_bounds(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
-                  ) -> tuple[float, torch.Tensor, float] | None:
-    """``(eta, per_output, l1)`` of the chain pass (:func:`_chain_state`), or None where it
-    does not apply or overflows float64 (an interval or bound that is not finite: the
-    engine's bound stands alone there). Per output: the bound of ``|f_o - f'_o|``, +inf
-    where not finite (so the minimum with the engine's ignores it); l1: the rounded-up
-    sum of those and, with at most ``opts.sign_vectors_up_to`` outputs, the largest
-    sign-vector row bound, whichever is smaller."""
-    try:
-        state = _chain_state(lowered, domain, opts)
-        if state is None:
-            return None
-        m = lowered.output_size
-        per = _chain_per_output(state, m, opts)
-        per = torch.where(torch.isfinite(per), per, torch.full_like(per, math.inf))
-        l1 = _round_up_sum(per) if bool(torch.isfinite(per).all()) else math.inf
-        if 0 < m <= opts.sign_vectors_up_to:
-            signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                                 dtype=torch.float64)
-            best = _chain_largest_row(state, signs, opts)
-            if math.isfinite(best):
-                l1 = min(l1, max(best, 0.0))
-    except NumericalRangeError:  # the chain pass's own intervals overflowed
-        return None
-    if not math.isfinite(l1) and not bool(torch.isfinite(per).any()):
-        return None
-    return float(state.chain.eta), per, l1
-
-
-def _chain_rows(chain: ChainState, rows: torch.Tensor, opts: PropagationOptions
-                ) -> torch.Tensor:
-    """Upper bounds of ``<rows[r], f - f'>`` by the chain pass (with ``opts.slope_steps``
-    gradient steps on the rows' ReLU slopes, the chain's own step size)."""
-    prob = torch.zeros(rows.shape[0], dtype=torch.long)
-    with torch.no_grad():
-        return chain.upper_bounds(None, rows.cpu(), prob, optimize=opts.slope_steps)[0]
-
-
-def _chain_per_output(chain: ChainState, m: int, opts: PropagationOptions) -> torch.Tensor:
-    """Per-output bounds of ``|f_o - f'_o|`` by the chain pass."""
-    eye = torch.eye(m, dtype=torch.float64)
-    ub = _chain_rows(chain, torch.cat([eye, -eye]), opts)
-    return torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
-
-
-def _chain_largest_row(chain: ChainState, signs: torch.Tensor, opts: PropagationOptions
-                       ) -> float:
-    """The largest upper bound of ``<s, f - f'>`` over the sign vectors ``s`` by the chain
-    pass (a bound of ``||f - f'||_1``)."""
-    best = -math.inf
-    for s in range(0, signs.shape[0], 256):
-        top = float(_chain_rows(chain, signs[s:s + 256], opts).max())
-        if not top <= math.inf:  # NaN: no bound from these rows
-            return math.inf
-        best = max(best, top)
-    return best
 
 
 def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions

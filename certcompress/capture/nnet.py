@@ -53,8 +53,14 @@ MAX_NNET_BYTES = 2**30
 MAX_NNET_PARAMETERS = 2**27
 
 _INT = re.compile(r"[+-]?[0-9]+")
-# a decimal number: no 'nan', 'inf', underscores, hex or other forms float() accepts
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: the most digits an integer field may have (Python's int() refuses strings of more
+#: than 4300 digits with a ValueError; no size in a file we can read needs 19)
+_INT_DIGITS = 18
+# a decimal number: no 'nan', 'inf', underscores, hex or other forms float() accepts.
+# The integer part and the fraction are separated by a required '.': a pattern in which
+# two digit runs can meet (``[0-9]+\.?[0-9]*``) backtracks quadratically on a long run
+# of digits that does not match, minutes for a 40 KB field of a hostile file
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def is_nnet_spec(spec: object) -> bool:
@@ -175,6 +181,9 @@ def _ints(src: _Lines, what: str, count: int | None) -> tuple[int, list[int]]:
     for f in fields:
         if not _INT.fullmatch(f):
             raise src.fail(line, f"{what}: '{f[:40]}' is not an integer")
+        if len(f.lstrip("+-").lstrip("0")) > _INT_DIGITS:
+            raise src.fail(line, f"{what}: '{f[:40]}...' ({len(f)} characters) is too large "
+                                 f"an integer (at most {_INT_DIGITS} digits)")
     return line, [int(f) for f in fields]
 
 

@@ -66,6 +66,7 @@ from ..bounds.tierbase import GraphPair, Tier, TierBound, at_least
 from ..certificate import WORST_CASE, MethodBound, TierDetails, register_details
 from ..domain import InputDomain
 from ..errors import ConfigurationError
+from .chain_bounds import chain_bounds
 from .properties import EpsilonProperty
 from .search import Bounder, SearchConfig, run_search
 
@@ -191,7 +192,10 @@ def _round_up_sum(values: Tensor) -> float:
 
 def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
               ) -> tuple[float, Tensor, float]:
-    """The ``bounds`` tier's computation over the whole box: ``(l1, per-output, eta)``."""
+    """The ``bounds`` tier's computation over the whole box: ``(l1, per-output, eta)``,
+    with a chain pair's differential single pass too (``opts.chain``;
+    :func:`~.chain_bounds.chain_bounds`): per output and for l1 the smaller sound bound,
+    so this tier is never looser than the ``bounds`` tier."""
     state = propagate(lowered, domain.lower_tensor().unsqueeze(0),
                       domain.upper_tensor().unsqueeze(0), opts)
     m = lowered.output_size
@@ -204,7 +208,16 @@ def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
         signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                              dtype=torch.float64)
         l1 = min(l1, max(float(output_upper_bounds(state, {"d": signs}).max()), 0.0))
-    return l1, per, float(state.eta)
+    eta = float(state.eta)
+    chain = chain_bounds(lowered, domain, opts)
+    if chain is not None:
+        chain_eta, chain_per, chain_l1 = chain
+        per = torch.minimum(per, chain_per)
+        l1 = min(l1, chain_l1)
+        if bool(torch.isfinite(per).all()):
+            l1 = min(l1, _round_up_sum(per))
+        eta = max(eta, chain_eta)
+    return l1, per, eta
 
 
 def _probe(bounder: Bounder, lower: Tensor, upper: Tensor, seed: int) -> float:

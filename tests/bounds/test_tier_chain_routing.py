@@ -24,18 +24,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import certcompress as cc
-from certcompress.bounds import tiers
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tierbase import GraphPair
-from certcompress.bounds.tiers import (
-    _chain_per_output,
-    _chain_state,
-    bounds_tier,
-    tier_registry,
-)
+from certcompress.bounds.tiers import bounds_tier, tier_registry
 from certcompress.certificate import MethodBound
 from certcompress.domain import InputDomain
+from certcompress.equivalence import chain_bounds
+from certcompress.equivalence.chain_bounds import chain_per_output as _chain_per_output
+from certcompress.equivalence.chain_bounds import chain_state as _chain_state
 from certcompress.errors import ConfigurationError, NumericalRangeError
 
 
@@ -198,8 +195,8 @@ def test_a_chain_pass_that_overflows_leaves_the_engine_bound(
         return torch.full((3,), math.nan if failure == "nan" else math.inf,
                           dtype=torch.float64)
 
-    monkeypatch.setattr(tiers, "_chain_per_output", broken)
-    monkeypatch.setattr(tiers, "_chain_largest_row", lambda *a: math.nan)
+    monkeypatch.setattr(chain_bounds, "chain_per_output", broken)
+    monkeypatch.setattr(chain_bounds, "chain_largest_row", lambda *a: math.nan)
     mb = _tier(net, comp, dom, PropagationOptions())
     assert (mb.bound, mb.per_output) == (off.bound, off.per_output)
     assert "chain_bound" not in mb.details and mb.details["differential_single_pass"] is False

@@ -82,6 +82,10 @@ def test_input_domain_from_vnnlib(tmp_path: Path) -> None:
     ("(declare-const X_0 Real)\n(assert (<= X_1 0))\n(assert (>= X_0 1))", "not declared"),
     ("(declare-const X_0 Int)", "malformed declaration"),
     ("(declare-const Z Real)", "neither X_i nor Y_j"),
+    # more digits than int() converts (4300): a ConfigurationError, not a ValueError
+    ("(declare-const X_" + "1" * 5000 + " Real)", "neither X_i nor Y_j"),
+    ("(declare-const X_0 Real)\n(assert (<= X_" + "1" * 5000 + " 1))",
+     "unsupported input constraint"),
     ("(declare-const X_1 Real)", "inputs must be X_0"),
     ("(declare-const X_0 Real)\n(assert (<= (* 2 X_0) 1))", "unsupported input constraint"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 Y_0))", "mixes"),

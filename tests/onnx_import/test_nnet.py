@@ -227,6 +227,9 @@ MALFORMED = [
     (_edit(3, "2,100000,1,100000,").replace("2,2,1,\n", "100000,100000,1,\n", 1), 4,
      "refused before reading"),
     (_edit(5, "zero,"), 5, "not an integer"),
+    # more digits than int() converts (4300): refused by the reader, not a ValueError
+    (_edit(3, "2,2,1," + "9" * 5000 + ","), 3, "too large an integer"),
+    (_edit(5, "1" * 19 + ","), 5, "too large an integer"),
     (_edit(6, "-10.0,"), 6, "expected 2 numbers, found 1"),
     (_edit(7, "10.0,nan,"), 7, "'nan' is not a number"),
     (_edit(8, "1.0,2.0,"), 8, "expected 3 numbers"),
@@ -257,6 +260,22 @@ def test_malformed_files_are_refused_naming_file_and_line(
         assert f"line {line}:" in msg, msg
     else:
         assert ", line " not in msg, msg
+
+
+def test_a_long_field_that_is_no_number_is_refused_in_linear_time(tmp_path: Path) -> None:
+    """A hostile file with a run of two million digits that ends in a letter: the number
+    pattern must not backtrack over every split of the run (quadratic: hours at this
+    size with the former ``[0-9]+\\.?[0-9]*``, which made this test hang)."""
+    path = tmp_path / "long.nnet"
+    path.write_text(_edit(11, "0.0," + "1" * 2_000_000 + "x,"))
+    with pytest.raises(ModelLoadError, match="line 11: layer 1 weight row 2 of 2: '1111"):
+        read_nnet(path)
+    path.write_text(_edit(11, "0.0,1." + "5" * 2_000_000 + "e-3,"))
+    w = read_nnet(path).weights[0]
+    assert float(w[1, 1]) == float("1." + "5" * 2_000_000 + "e-3")
+    # leading zeros do not count as digits of an integer field
+    path.write_text(_edit(3, "2,2,1," + "0" * 30 + "2,"))
+    assert read_nnet(path).layer_sizes == (2, 2, 1)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
