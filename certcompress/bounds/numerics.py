@@ -107,6 +107,13 @@ def float_slack(max_terms: int, depth: int) -> float:
     return float(math.nextafter(slack * 2.0, math.inf))  # doubled, rounded up
 
 
+def round_up_sum(values: Tensor) -> float:
+    """A float64 upper bound of the exact sum of non-negative ``values``."""
+    n = int(values.numel())
+    s = float(values.sum())
+    return math.nextafter(s * (1.0 + float_slack(max(n, 1), 1)), math.inf) if s > 0 else 0.0
+
+
 def opposite_signs(a: Tensor, b: Tensor) -> Tensor:
     """Where ``a`` and ``b`` are both non-zero with opposite signs. Compares signs, never
     the product ``a * b``, which underflows to zero for tiny values (1e-200 * -1e-200)."""

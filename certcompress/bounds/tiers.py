@@ -55,7 +55,7 @@ from ..equivalence.chain_bounds import chain_bounds as _chain_bounds
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, NumericalRangeError, PluginError
 from ..ir.graph import Graph
-from .numerics import float_slack
+from .numerics import round_up_sum
 from .pathmetric import PathMetric
 from .propagation.engine import (
     ROUNDING_NOTE,
@@ -103,12 +103,6 @@ class PathMetricTier(Tier):
                      "float_slack_abs": pm.float_slack_abs})
 
 
-def _round_up_sum(values: torch.Tensor) -> float:
-    """A float64 upper bound of the exact sum of non-negative ``values``."""
-    n = int(values.numel())
-    s = float(values.sum())
-    return math.nextafter(s * (1.0 + float_slack(max(n, 1), 1)), math.inf) if s > 0 else 0.0
-
 
 class BoundsTier(Tier):
     """Differential bound propagation of the pair over the domain's box."""
@@ -138,12 +132,12 @@ class BoundsTier(Tier):
                 f"the bounds tier's output bounds overflow float64 (crown "
                 f"{float(crown.max()):.3g}, interval {float(interval.max()):.3g}); certify "
                 "over a smaller domain or use the path-metric tier")
-        l1 = _round_up_sum(per)
+        l1 = round_up_sum(per)
         if not math.isfinite(l1):
             raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
                                       f"per-output bound {float(per.max()):.3g}, {per.numel()} "
                                       "outputs); certify over a smaller domain")
-        engine_l1 = _round_up_sum(engine_per)
+        engine_l1 = round_up_sum(engine_per)
         chain_l1 = None if chain is None else chain[2]
         sign_rows, sign_info = 0, dict[str, Any]()
         if 0 < m <= opts.sign_vectors_up_to:

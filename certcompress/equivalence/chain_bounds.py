@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..bounds.numerics import float_slack
+from ..bounds.numerics import round_up_sum
 from ..bounds.propagation.engine import PropagationOptions
 from ..bounds.propagation.primitives import PairNet
 from ..domain import InputDomain
@@ -20,12 +20,6 @@ from .chain import ChainState, chain_from_pair
 __all__ = ["chain_state", "chain_bounds", "chain_rows", "chain_per_output",
            "chain_largest_row"]
 
-
-def _round_up_sum(values: torch.Tensor) -> float:
-    """A float64 upper bound of the exact sum of non-negative ``values``."""
-    n = int(values.numel())
-    s = float(values.sum())
-    return math.nextafter(s * (1.0 + float_slack(max(n, 1), 1)), math.inf) if s > 0 else 0.0
 
 
 def chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
@@ -72,7 +66,7 @@ def chain_bounds(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
         m = lowered.output_size
         per = chain_per_output(state, m, opts)
         per = torch.where(torch.isfinite(per), per, torch.full_like(per, math.inf))
-        l1 = _round_up_sum(per) if bool(torch.isfinite(per).all()) else math.inf
+        l1 = round_up_sum(per) if bool(torch.isfinite(per).all()) else math.inf
         if 0 < m <= opts.sign_vectors_up_to:
             signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                                  dtype=torch.float64)

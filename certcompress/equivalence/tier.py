@@ -53,7 +53,7 @@ from torch import Tensor
 
 from .._threads import one_thread
 from ..bounds.arithmetic import Float32Error, with_float32
-from ..bounds.numerics import float_slack
+from ..bounds.numerics import round_up_sum
 from ..bounds.propagation.engine import (
     PropagationOptions,
     output_bounds,
@@ -184,11 +184,6 @@ class BabDetails(TierDetails):
 register_details(TIER_NAME, BabDetails)
 
 
-def _round_up_sum(values: Tensor) -> float:
-    n = int(values.numel())
-    s = float(values.sum())
-    return math.nextafter(s * (1.0 + float_slack(max(n, 1), 1)), math.inf) if s > 0 else 0.0
-
 
 def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
               ) -> tuple[float, Tensor, float]:
@@ -203,7 +198,7 @@ def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
     ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
     crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
     per = torch.minimum(crown, output_bounds(state).dev()[0].clamp(min=0.0))
-    l1 = _round_up_sum(per)
+    l1 = round_up_sum(per)
     if 0 < m <= opts.sign_vectors_up_to:
         signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
                              dtype=torch.float64)
@@ -215,7 +210,7 @@ def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
         per = torch.minimum(per, chain_per)
         l1 = min(l1, chain_l1)
         if bool(torch.isfinite(per).all()):
-            l1 = min(l1, _round_up_sum(per))
+            l1 = min(l1, round_up_sum(per))
         eta = max(eta, chain_eta)
     return l1, per, eta
 
@@ -457,4 +452,4 @@ def _less(v: float, err: float) -> float:
 
 
 def _up_sum(values: list[float]) -> float:
-    return _round_up_sum(torch.tensor(values, dtype=torch.float64))
+    return round_up_sum(torch.tensor(values, dtype=torch.float64))
