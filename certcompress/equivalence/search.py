@@ -17,8 +17,9 @@ unproven outputs; ``split="worst"``: the worst form alone; the widest normalized
 dimension when the pass gives no coefficients).
 
 Parallel: the rounds are the same whatever runs them; only the bounding of a round's
-regions is handed out, in fixed chunks of ``chunk`` regions, so the verdict and the
-proven regions do not depend on the number of workers.
+regions is handed out, in chunks whose sizes depend on the round's size and ``chunk``
+alone (:func:`chunk_size`), so the verdict and the proven regions do not depend on the
+number of workers.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..bounds.propagation.primitives import PairNet
 from .chain import ChainPair, ChainState, chain_from_pair
 from .properties import ConfidenceProperty, Judgement, Property, Top1Property
 
-__all__ = ["SearchConfig", "Bounder", "run_search", "bound_chunk"]
+__all__ = ["SearchConfig", "Bounder", "run_search", "bound_chunk", "chunk_size"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,19 @@ class SearchConfig:
     # or "worst" (the worst row only); measured on the ACAS-like benchmark, smear needs
     # up to 70x fewer regions on hard instances
     split: str = "smear"
+
+
+# a round is cut in at least SPLIT_ROUND chunks of at least MIN_CHUNK regions (at most
+# ``chunk``): the first rounds (2, 4, ... 128 regions) are otherwise one chunk each, which
+# one worker bounds while the others wait. A function of the round's size only, never of
+# the number of workers, so the chunks, and the verdict, are the same on every executor
+SPLIT_ROUND = 4
+MIN_CHUNK = 16
+
+
+def chunk_size(regions: int, chunk: int) -> int:
+    """Regions per chunk in a round of ``regions`` (see :data:`SPLIT_ROUND`)."""
+    return max(1, min(chunk, max(MIN_CHUNK, -(-regions // SPLIT_ROUND))))
 
 
 Pre = list[Tensor | None]
@@ -274,9 +288,10 @@ class _Search:
         centre_f = self._centre_outputs(lo, hi)
         cz, cd, r = self.prop.rows(centre_f)
         jobs = []
-        for s in range(0, P, self.cfg.chunk):
-            sl = slice(s, s + self.cfg.chunk)
-            rs = slice(s * r, min(P, s + self.cfg.chunk) * r)
+        size = chunk_size(P, self.cfg.chunk)
+        for s in range(0, P, size):
+            sl = slice(s, s + size)
+            rs = slice(s * r, min(P, s + size) * r)
             prior = None if pres is None or not self.cfg.reuse_bounds else \
                 _stack_pre(pres[sl])
             jobs.append((lo[sl], hi[sl], None if cz is None else cz[rs],
