@@ -214,10 +214,6 @@ class _Search:
         self.rounds = 0
 
     # ------------------------------------------------------------------ helpers
-    def _volume(self, lo: Tensor, hi: Tensor) -> float:
-        w = ((hi - lo) / self.scale)[self.active]
-        return float(w.prod()) if w.numel() else 1.0
-
     def _push(self, reg: _Region) -> None:
         self.tick += 1
         heapq.heappush(self.heap, (-reg.score, self.tick, reg))
@@ -302,8 +298,11 @@ class _Search:
             ubs.append(ub)
             lxs.append(lx)
             n = ub.shape[0]
-            child_pre += ([None] * n if pre is None else
-                          [[None if t is None else t[q] for t in pre] for q in range(n)])
+            if pre is None:
+                child_pre += [None] * n
+            else:  # per region views (unbind: one call per layer, not per region)
+                cols = [[None] * n if t is None else t.unbind(0) for t in pre]
+                child_pre += [list(q) for q in zip(*cols)] if cols else [[] for _ in range(n)]
         ub = torch.cat(ubs)
         lx = None if any(t is None for t in lxs) else torch.cat(lxs)  # type: ignore[arg-type]
         return ub, lx, child_pre, centre_f
@@ -323,25 +322,33 @@ class _Search:
         if self._attack(lo[order], hi[order], centre_f[order]):
             return True
         sens_all = None if lx is None else self._sensitivity(j, lx, hi - lo)
+        # per region, as whole-batch tensor operations (this runs in the caller while
+        # parallel workers wait for the next round)
+        width = (hi - lo) / self.scale
+        act = width[:, self.active]
+        vols = act.prod(1).tolist() if act.shape[1] else [1.0] * P
+        wide = (width.amax(1) > self.cfg.min_width).tolist()
+        sens = width if sens_all is None else \
+            torch.where(sens_all.amax(1, keepdim=True) <= 0, width, sens_all)
+        # candidates for the split: splittable dimensions, most sensitive first
+        sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
+        ks = (sens >= 0).sum(1).clamp(min=1, max=self.cfg.strong_dims).tolist()
+        top = torch.argsort(sens, dim=1, descending=True, stable=True)[
+            :, :self.cfg.strong_dims].tolist()
+        verified = j.verified.tolist()
+        scores = j.score.tolist()
+        bounds = None if j.bound is None else j.bound.tolist()
         for p in range(P):
-            vol = self._volume(lo[p], hi[p])
-            if bool(j.verified[p]):
-                self.proven_volume += vol
-                if j.bound is not None:
-                    self.bound = max(self.bound, float(j.bound[p]))
+            if verified[p]:
+                self.proven_volume += vols[p]
+                if bounds is not None:
+                    self.bound = max(self.bound, bounds[p])
                 continue
-            reg = _Region(lo[p], hi[p], float(j.score[p]), vol, depth[p], pre=child_pre[p])
-            width = (hi[p] - lo[p]) / self.scale
-            if float(width.max()) <= self.cfg.min_width:
+            reg = _Region(lo[p], hi[p], scores[p], vols[p], depth[p], pre=child_pre[p])
+            if not wide[p]:
                 self.stuck.append(reg)
                 continue
-            sens = width if sens_all is None else sens_all[p]
-            if float(sens.max()) <= 0:
-                sens = width
-            # candidates for the split: splittable dimensions, most sensitive first
-            sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
-            k = max(1, min(self.cfg.strong_dims, int((sens >= 0).sum())))
-            reg.candidates = [int(i) for i in torch.argsort(sens, descending=True)[:k]]
+            reg.candidates = top[p][:ks[p]]
             reg.split_dim = reg.candidates[0]
             self._push(reg)
         return False
