@@ -8,7 +8,9 @@ one process (or keeps one Ray task in flight) and the caller is the second. The 
 takes a round's chunks from the end, each helper from the front, one at a time, so
 neither waits while the other has chunks left; a helper gets chunks only once it has
 started (importing torch takes seconds, 2-7 s on a busy 2-core machine): until then the
-caller bounds every chunk itself, so the search never waits for a start-up. Measured
+caller bounds every chunk itself, so the search never waits for a start-up. The
+caller also runs the previous round's counterexample search (:mod:`.search`) while
+the helpers bound. Measured
 on the ACAS-like table pairs (docs/equivalence.md, "Parallel").
 """
 
@@ -18,7 +20,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -136,9 +138,11 @@ class Pool:
     def _local(self, job: Job) -> tuple[Tensor, Tensor, Pre]:
         return bound_chunk(self.chain, *job, intermediate=self.mode, optimize=self.optimize)
 
-    def map(self, jobs: list[Job]) -> Iterator[tuple[Tensor, Tensor, Pre]]:
+    def map(self, jobs: list[Job], side: Callable[[], object] | None = None
+            ) -> Iterator[tuple[Tensor, Tensor, Pre]]:
         """Bound every job; the results come back in the jobs' order (the bound of a
-        chunk does not depend on who computed it)."""
+        chunk does not depend on who computed it). ``side`` runs in the caller first,
+        while the started helpers take chunks."""
         results: list[tuple[Tensor, Tensor, Pre] | None] = [None] * len(jobs)
         lock = threading.Lock()
         span = [0, len(jobs)]  # jobs[span[0]:span[1]] are not taken yet
@@ -170,10 +174,12 @@ class Pool:
                     errors.append(e)
 
         threads = [threading.Thread(target=helper, args=(k,), daemon=True)
-                   for k in range(self.helpers if len(jobs) > 1 else 0)]
+                   for k in range(self.helpers if len(jobs) > 1 or side else 0)]
         for t in threads:
             t.start()
         try:
+            if side is not None:
+                side()
             while (i := take(False)) is not None:
                 results[i] = self._local(jobs[i])
                 self.chunks["caller"] += 1

@@ -6,7 +6,8 @@ bound is from proving the property). Each round takes up to ``batch`` regions (h
 many parents, each split in two), bounds all of them in one differential pass
 (:mod:`.chain` for chain networks, the general engine otherwise), and looks for a
 counterexample in each: its centre, random points, and a few projected sign-gradient
-steps on the worst ones. A violation, re-checked in float64 on the lowered pair and
+steps on the worst ones (while the next round is bounded, so a parallel worker does not
+wait for it). A violation, re-checked in float64 on the lowered pair and
 inside the domain, ends the search ("falsified"); an empty frontier proves the
 property ("verified"); the region or time budget ends it with "unknown".
 
@@ -24,6 +25,7 @@ number of workers.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -166,11 +168,15 @@ class _Region:
     halves: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
 
 
-BoundFn = Callable[[list[Job]], Iterator[Result]]
+# bounds a round's jobs, results in the jobs' order; ``side`` (when given) runs in the
+# calling process meanwhile (the previous round's counterexample search)
+BoundFn = Callable[[list[Job], Callable[[], object] | None], Iterator[Result]]
 
 
 def _serial_map(bounder: Bounder) -> BoundFn:
-    def run(jobs: list[Job]) -> Iterator[Result]:
+    def run(jobs: list[Job], side: Callable[[], object] | None = None) -> Iterator[Result]:
+        if side is not None:
+            side()
         for lo, hi, cz, cd, r, prior in jobs:
             yield bounder.bound(lo, hi, cz, cd, r, prior)
     return run
@@ -211,6 +217,8 @@ class _Search:
         self.found: float | None = None
         self.stuck: list[_Region] = []
         self.counterexample: Tensor | None = None
+        # the last judged batch's counterexample search, run alongside the next bounding
+        self.pending: Callable[[], object] | None = None
         self.rounds = 0
 
     # ------------------------------------------------------------------ helpers
@@ -294,7 +302,8 @@ class _Search:
                          None if cd is None else cd[rs], r, prior))
         ubs, lxs = [], []
         child_pre: list[Pre | None] = []
-        for ub, lx, pre in self.map(jobs):
+        side, self.pending = self.pending, None
+        for ub, lx, pre in self.map(jobs, side):
             ubs.append(ub)
             lxs.append(lx)
             n = ub.shape[0]
@@ -311,16 +320,20 @@ class _Search:
                   pres: list[Pre | None] | None = None,
                   bounded: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
                   ) -> bool:
-        """Bound (unless ``bounded`` already holds :meth:`_bound`'s result), judge and
-        attack a batch; push what stays open. True when falsified."""
+        """Bound (unless ``bounded`` already holds :meth:`_bound`'s result) and judge a
+        batch, push what stays open, and leave its counterexample search in
+        :attr:`pending`: the next bounding runs it alongside (in the calling process while
+        parallel workers bound), :meth:`run` runs the last one. True when falsified (by
+        the previous batch's search, run while this batch was bounded)."""
         P = lo.shape[0]
-        self.regions += P
         ub, lx, child_pre, centre_f = bounded if bounded is not None else \
             self._bound(lo, hi, pres)
+        if self.counterexample is not None:
+            return True
+        self.regions += P
         j = self.prop.judge(ub, centre_f)
         order = torch.argsort(j.score, descending=True)
-        if self._attack(lo[order], hi[order], centre_f[order]):
-            return True
+        self.pending = functools.partial(self._attack, lo[order], hi[order], centre_f[order])
         sens_all = None if lx is None else self._sensitivity(j, lx, hi - lo)
         # per region, as whole-batch tensor operations (this runs in the caller while
         # parallel workers wait for the next round)
@@ -425,13 +438,8 @@ class _Search:
         t0 = time.perf_counter()
         deadline = t0 + self.cfg.timeout
         lo0, hi0 = self.dom_lo[None], self.dom_hi[None]
-        status = "unknown"
-        if self._evaluate(lo0, hi0, [0]):
-            status = "falsified"
-        while status == "unknown":
-            if not self.heap:
-                status = "verified" if not self.stuck else "unknown"
-                break
+        self._evaluate(lo0, hi0, [0])
+        while self.counterexample is None and self.heap:
             if time.perf_counter() >= deadline or self.regions >= self.cfg.max_regions:
                 break
             npar = max(1, min(self.cfg.batch // 2, len(self.heap),
@@ -464,10 +472,14 @@ class _Search:
                                torch.cat([h[3] for h in hv]))
                 if self._evaluate(torch.stack(los), torch.stack(his), depth, pres,
                                   bounded):
-                    status = "falsified"
                     break
             if self.progress is not None:
                 self.progress(self.snapshot(time.perf_counter() - t0))
+        if self.counterexample is None and self.pending is not None:
+            side, self.pending = self.pending, None  # the last batch's search
+            side()
+        status = ("falsified" if self.counterexample is not None else
+                  "verified" if not self.heap and not self.stuck else "unknown")
         seconds = time.perf_counter() - t0
         out = self.snapshot(seconds)
         out["status"] = status

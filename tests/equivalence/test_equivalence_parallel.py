@@ -112,3 +112,35 @@ def test_one_worker_bounds_in_the_caller(
     one = cc.verify_equivalence(net, comp, dom, executor="local", workers=1, **kw)
     _same(serial, one)
     assert one.details["chunks"]["helpers"] == 0 and one.details["chunks"]["caller"] > 0
+
+
+def test_falsified_same_counterexample_on_every_executor(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A round's counterexample search runs while the next round is bounded (in the
+    caller, beside the workers): the same counterexample, regions and worst deviation
+    found on the serial and local executors."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    x = torch.rand(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    with torch.no_grad():
+        worst = float((net(x) - comp(x)).abs().amax())
+    kw = dict(epsilon=0.9 * worst, timeout=60, batch=16, chunk=4)
+    serial = cc.verify_equivalence(net, comp, dom, **kw)
+    local = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    assert serial.status == "falsified"
+    assert (serial.counterexample, serial.regions, serial.found) == \
+        (local.counterexample, local.regions, local.found)
+    assert serial.counterexample is not None
+    cex = torch.tensor(serial.counterexample, dtype=torch.float64)[None]
+    with torch.no_grad():
+        assert float((net(cex) - comp(cex)).abs().amax()) > kw["epsilon"]
+
+
+def test_last_rounds_counterexample_search_runs(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """The budget ends the search after the root region; its counterexample search, left
+    for the next round, still runs and falsifies (not "unknown")."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    res = cc.verify_equivalence(net, comp, dom, epsilon=1e-9, max_regions=1, timeout=60)
+    assert res.status == "falsified" and res.regions == 1
