@@ -144,3 +144,25 @@ def test_last_rounds_counterexample_search_runs(
     dom = InputDomain.box(-2, 2, shape=(1, 3))
     res = cc.verify_equivalence(net, comp, dom, epsilon=1e-9, max_regions=1, timeout=60)
     assert res.status == "falsified" and res.regions == 1
+
+
+def test_a_failing_chunk_fails_the_round(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A chunk that fails (here: regions of the wrong width) raises in the caller, whoever
+    bound it; the pool stays usable."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    jobs = _jobs(chain, lo, hi, 6)
+    a, b, cz, cd, r, prior = jobs[0]
+    bad = (a[:, :2], b[:, :2], cz, cd, r, prior)  # 2 input features, the chain has 3
+    with Pool("local", chain, workers=2) as pool:
+        deadline = time.monotonic() + 300
+        while not pool._started(0):
+            assert time.monotonic() < deadline, "the helper process did not start"
+            time.sleep(0.05)
+        with pytest.raises(RuntimeError):
+            list(pool.map([bad] + jobs[1:]))
+        assert len(list(pool.map(jobs))) == len(jobs)
