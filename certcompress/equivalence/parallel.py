@@ -5,8 +5,9 @@ are the same on every executor and any number of workers.
 
 ``workers`` counts the calling process: it bounds chunks too, so ``workers=2`` starts
 one process (or keeps one Ray task in flight) and the caller is the second. The caller
-takes a round's chunks from the end, each helper from the front, one at a time, so
-neither waits while the other has chunks left; a helper gets chunks only once it has
+and the helpers take a round's chunks in order, one at a time (the first hold the
+children of the worst regions, the costliest, so the lanes finish a round close
+together), so none waits while another has chunks left; a helper gets chunks only once it has
 started (importing torch takes seconds, 2-7 s on a busy 2-core machine): until then the
 caller bounds every chunk itself, so the search never waits for a start-up. The
 caller also runs the previous round's counterexample search (:mod:`.search`) while
@@ -148,15 +149,15 @@ class Pool:
         span = [0, len(jobs)]  # jobs[span[0]:span[1]] are not taken yet
         errors: list[BaseException] = []
 
-        def take(front: bool) -> int | None:
+        def take() -> int | None:
+            # in order: the first chunks hold the children of the worst regions, the
+            # costliest (more unstable neurons), so the cheap ones come last and the
+            # lanes finish a round close together
             with lock:
                 if span[0] >= span[1] or errors:
                     return None
-                if front:
-                    span[0] += 1
-                    return span[0] - 1
-                span[1] -= 1
-                return span[1]
+                span[0] += 1
+                return span[0] - 1
 
         def helper(k: int) -> None:
             try:
@@ -165,7 +166,7 @@ class Pool:
                         if span[0] >= span[1] or errors:
                             return
                     time.sleep(_POLL)
-                while (i := take(True)) is not None:
+                while (i := take()) is not None:
                     results[i] = self._remote(jobs[i])
                     with lock:
                         self.chunks["helpers"] += 1
@@ -180,7 +181,7 @@ class Pool:
         try:
             if side is not None:
                 side()
-            while (i := take(False)) is not None:
+            while (i := take()) is not None:
                 results[i] = self._local(jobs[i])
                 self.chunks["caller"] += 1
         finally:
