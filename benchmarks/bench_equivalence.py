@@ -21,8 +21,9 @@ single pass, on instances of the class of the ACAS-Xu-vs-float16 benchmark of Ne
   +-3/255 boxes around test images (clipped to [0, 1]): single-pass l_inf bound (this
   relaxation, the two-pass one, the pre-part-1 one) against the bounds tier, and top-1
   equivalence on each box.
-* parallel: one table instance on the serial search and with ``executor="local"`` (2
-  workers), with the load average.
+* parallel: one table instance on the serial search, with ``executor="local"`` and with
+  ``executor="ray"`` (``--workers`` 2, counting the calling process; Ray started with 2
+  CPUs), interleaved and repeated, with the load average around each run.
 
 Writes benchmarks/results/equivalence.json. Run:
 ``.venv/bin/python benchmarks/bench_equivalence.py`` (``--quick`` for a smaller run).
@@ -210,6 +211,54 @@ def run_family(instances: list[tuple[str, nn.Module, nn.Module, InputDomain]], e
     return {"summary": summarize(rows), "instances": rows}
 
 
+def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDomain]]],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """The first table instance on the serial search, ``executor="local"`` and (when Ray
+    is installed) ``executor="ray"`` in a Ray instance of ``--workers`` CPUs, interleaved
+    (serial, local, ray, serial, ...) ``--parallel-repeat`` times, with the load average
+    around each run (the machine may be shared: the ratios are of the medians)."""
+    name, net, comp, dom = (families["table"] or families["smooth"])[0]
+    kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
+                          "batch": 256, "chunk": 64}
+    arms: list[tuple[str, str | None]] = [("serial", None), ("local", "local")]
+    ray: Any = None
+    try:
+        import ray  # optional heavy dependency
+    except ImportError:
+        print("  parallel: Ray is not installed, no ray arm")
+    if ray is not None:
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+        arms.append(("ray", "ray"))
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(args.parallel_repeat):
+            for arm, executor in arms:
+                load0 = os.getloadavg()[0]
+                t = time.perf_counter()
+                res = (cc.verify_equivalence(net, comp, dom, **kw) if executor is None else
+                       cc.verify_equivalence(net, comp, dom, executor=executor,
+                                             workers=args.workers, **kw))
+                runs.append({"arm": arm, "status": res.status, "regions": res.regions,
+                             "bound": res.bound, "found": res.found, "seconds": res.seconds,
+                             "wall_s": time.perf_counter() - t,
+                             "chunks": res.details.get("chunks"),
+                             "load_average": (load0, os.getloadavg()[0])})
+                print(f"  parallel {arm}: {runs[-1]}", flush=True)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    med = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
+           for arm, _ in arms}
+    out = {"instance": name, "epsilon": args.parallel_epsilon, "workers": args.workers,
+           "runs": runs, "median_wall_s": med,
+           "same_verdict_and_regions": len({(r["status"], r["regions"], r["bound"])
+                                            for r in runs}) == 1,
+           "speedup": {arm: med["serial"] / med[arm] for arm in med if arm != "serial"}}
+    print(f"  parallel: medians {med}, speed-up {out['speedup']}, same verdict and regions "
+          f"{out['same_verdict_and_regions']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -230,6 +279,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parallel-epsilon", type=float, default=0.05,
                     help="epsilon of the parallel run (on the first table instance)")
+    ap.add_argument("--parallel-repeat", type=int, default=2,
+                    help="interleaved repeats of the parallel arms")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n_nets, n_regions, steps = (1, 3, 400) if args.quick else (args.nets, args.regions, 1500)
@@ -277,19 +328,7 @@ def main() -> None:
         payload["acas_like"][fam] = out
 
     # ------------------------------------------------------------------ parallel
-    name, net, comp, dom = (families["table"] or families["smooth"])[0]
-    kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
-                          "batch": 256, "chunk": 64}
-    load0 = os.getloadavg()
-    ser = cc.verify_equivalence(net, comp, dom, **kw)
-    loc = cc.verify_equivalence(net, comp, dom, executor="local", workers=args.workers, **kw)
-    par = {"instance": name, "epsilon": args.parallel_epsilon, "serial_s": ser.seconds,
-           "local2_s": loc.seconds, "serial_status": ser.status, "local_status": loc.status,
-           "regions": ser.regions, "same_regions": ser.regions == loc.regions,
-           "speedup": ser.seconds / loc.seconds, "load_average_before": load0,
-           "load_average_after": os.getloadavg()}
-    print(f"  parallel: {par}")
-    payload["parallel"] = par
+    payload["parallel"] = parallel(families, args)
 
     # ------------------------------------------------------------------ digits
     data = load_digits()

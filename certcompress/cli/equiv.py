@@ -78,8 +78,8 @@ def register(subparsers: Any) -> None:
     add_search_options(p)
     add_executor(p, ("serial", "local", "ray"), "serial",
                  "where each round's regions are bounded: serial (this process, default), "
-                 "local (a process pool of --workers) or ray (a local Ray instance with "
-                 "--workers CPUs); the verdict does not depend on it", ray=False)
+                 "local (--workers processes: this one and --workers - 1 helpers) or ray (a "
+                 "local Ray instance with --workers CPUs); the verdict does not depend on it", ray=False)
     add_output(p, None, "write the JSON result here (atomically)")
     add_output(p, None, "verified epsilon result (one box): write it as a certificate "
                         "here (atomically; export embeds it)", flag="--certificate")

@@ -6,7 +6,8 @@ bound is from proving the property). Each round takes up to ``batch`` regions (h
 many parents, each split in two), bounds all of them in one differential pass
 (:mod:`.chain` for chain networks, the general engine otherwise), and looks for a
 counterexample in each: its centre, random points, and a few projected sign-gradient
-steps on the worst ones. A violation, re-checked in float64 on the lowered pair and
+steps on the worst ones (while the next round is bounded, so a parallel worker does not
+wait for it). A violation, re-checked in float64 on the lowered pair and
 inside the domain, ends the search ("falsified"); an empty frontier proves the
 property ("verified"); the region or time budget ends it with "unknown".
 
@@ -17,12 +18,14 @@ unproven outputs; ``split="worst"``: the worst form alone; the widest normalized
 dimension when the pass gives no coefficients).
 
 Parallel: the rounds are the same whatever runs them; only the bounding of a round's
-regions is handed out, in fixed chunks of ``chunk`` regions, so the verdict and the
-proven regions do not depend on the number of workers.
+regions is handed out, in chunks whose sizes depend on the round's size and ``chunk``
+alone (:func:`chunk_size`), so the verdict and the proven regions do not depend on the
+number of workers.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -39,7 +42,7 @@ from ..bounds.propagation.primitives import PairNet
 from .chain import ChainPair, ChainState, chain_from_pair
 from .properties import ConfidenceProperty, Judgement, Property, Top1Property
 
-__all__ = ["SearchConfig", "Bounder", "run_search", "bound_chunk"]
+__all__ = ["SearchConfig", "Bounder", "run_search", "bound_chunk", "chunk_size"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,19 @@ class SearchConfig:
     # or "worst" (the worst row only); measured on the ACAS-like benchmark, smear needs
     # up to 70x fewer regions on hard instances
     split: str = "smear"
+
+
+# a round is cut in at least SPLIT_ROUND chunks of at least MIN_CHUNK regions (at most
+# ``chunk``): the first rounds (2, 4, ... 128 regions) are otherwise one chunk each, which
+# one worker bounds while the others wait. A function of the round's size only, never of
+# the number of workers, so the chunks, and the verdict, are the same on every executor
+SPLIT_ROUND = 4
+MIN_CHUNK = 16
+
+
+def chunk_size(regions: int, chunk: int) -> int:
+    """Regions per chunk in a round of ``regions`` (see :data:`SPLIT_ROUND`)."""
+    return max(1, min(chunk, max(MIN_CHUNK, -(-regions // SPLIT_ROUND))))
 
 
 Pre = list[Tensor | None]
@@ -152,11 +168,15 @@ class _Region:
     halves: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
 
 
-BoundFn = Callable[[list[Job]], Iterator[Result]]
+# bounds a round's jobs, results in the jobs' order; ``side`` (when given) runs in the
+# calling process meanwhile (the previous round's counterexample search)
+BoundFn = Callable[[list[Job], Callable[[], object] | None], Iterator[Result]]
 
 
 def _serial_map(bounder: Bounder) -> BoundFn:
-    def run(jobs: list[Job]) -> Iterator[Result]:
+    def run(jobs: list[Job], side: Callable[[], object] | None = None) -> Iterator[Result]:
+        if side is not None:
+            side()
         for lo, hi, cz, cd, r, prior in jobs:
             yield bounder.bound(lo, hi, cz, cd, r, prior)
     return run
@@ -197,13 +217,11 @@ class _Search:
         self.found: float | None = None
         self.stuck: list[_Region] = []
         self.counterexample: Tensor | None = None
+        # the last judged batch's counterexample search, run alongside the next bounding
+        self.pending: Callable[[], object] | None = None
         self.rounds = 0
 
     # ------------------------------------------------------------------ helpers
-    def _volume(self, lo: Tensor, hi: Tensor) -> float:
-        w = ((hi - lo) / self.scale)[self.active]
-        return float(w.prod()) if w.numel() else 1.0
-
     def _push(self, reg: _Region) -> None:
         self.tick += 1
         heapq.heappush(self.heap, (-reg.score, self.tick, reg))
@@ -274,21 +292,26 @@ class _Search:
         centre_f = self._centre_outputs(lo, hi)
         cz, cd, r = self.prop.rows(centre_f)
         jobs = []
-        for s in range(0, P, self.cfg.chunk):
-            sl = slice(s, s + self.cfg.chunk)
-            rs = slice(s * r, min(P, s + self.cfg.chunk) * r)
+        size = chunk_size(P, self.cfg.chunk)
+        for s in range(0, P, size):
+            sl = slice(s, s + size)
+            rs = slice(s * r, min(P, s + size) * r)
             prior = None if pres is None or not self.cfg.reuse_bounds else \
                 _stack_pre(pres[sl])
             jobs.append((lo[sl], hi[sl], None if cz is None else cz[rs],
                          None if cd is None else cd[rs], r, prior))
         ubs, lxs = [], []
         child_pre: list[Pre | None] = []
-        for ub, lx, pre in self.map(jobs):
+        side, self.pending = self.pending, None
+        for ub, lx, pre in self.map(jobs, side):
             ubs.append(ub)
             lxs.append(lx)
             n = ub.shape[0]
-            child_pre += ([None] * n if pre is None else
-                          [[None if t is None else t[q] for t in pre] for q in range(n)])
+            if pre is None:
+                child_pre += [None] * n
+            else:  # per region views (unbind: one call per layer, not per region)
+                cols = [[None] * n if t is None else t.unbind(0) for t in pre]
+                child_pre += [list(q) for q in zip(*cols)] if cols else [[] for _ in range(n)]
         ub = torch.cat(ubs)
         lx = None if any(t is None for t in lxs) else torch.cat(lxs)  # type: ignore[arg-type]
         return ub, lx, child_pre, centre_f
@@ -297,36 +320,48 @@ class _Search:
                   pres: list[Pre | None] | None = None,
                   bounded: tuple[Tensor, Tensor | None, list[Pre | None], Tensor] | None = None
                   ) -> bool:
-        """Bound (unless ``bounded`` already holds :meth:`_bound`'s result), judge and
-        attack a batch; push what stays open. True when falsified."""
+        """Bound (unless ``bounded`` already holds :meth:`_bound`'s result) and judge a
+        batch, push what stays open, and leave its counterexample search in
+        :attr:`pending`: the next bounding runs it alongside (in the calling process while
+        parallel workers bound), :meth:`run` runs the last one. True when falsified (by
+        the previous batch's search, run while this batch was bounded)."""
         P = lo.shape[0]
-        self.regions += P
         ub, lx, child_pre, centre_f = bounded if bounded is not None else \
             self._bound(lo, hi, pres)
+        if self.counterexample is not None:
+            return True
+        self.regions += P
         j = self.prop.judge(ub, centre_f)
         order = torch.argsort(j.score, descending=True)
-        if self._attack(lo[order], hi[order], centre_f[order]):
-            return True
+        self.pending = functools.partial(self._attack, lo[order], hi[order], centre_f[order])
         sens_all = None if lx is None else self._sensitivity(j, lx, hi - lo)
+        # per region, as whole-batch tensor operations (this runs in the caller while
+        # parallel workers wait for the next round)
+        width = (hi - lo) / self.scale
+        act = width[:, self.active]
+        vols = act.prod(1).tolist() if act.shape[1] else [1.0] * P
+        wide = (width.amax(1) > self.cfg.min_width).tolist()
+        sens = width if sens_all is None else \
+            torch.where(sens_all.amax(1, keepdim=True) <= 0, width, sens_all)
+        # candidates for the split: splittable dimensions, most sensitive first
+        sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
+        ks = (sens >= 0).sum(1).clamp(min=1, max=self.cfg.strong_dims).tolist()
+        top = torch.argsort(sens, dim=1, descending=True, stable=True)[
+            :, :self.cfg.strong_dims].tolist()
+        verified = j.verified.tolist()
+        scores = j.score.tolist()
+        bounds = None if j.bound is None else j.bound.tolist()
         for p in range(P):
-            vol = self._volume(lo[p], hi[p])
-            if bool(j.verified[p]):
-                self.proven_volume += vol
-                if j.bound is not None:
-                    self.bound = max(self.bound, float(j.bound[p]))
+            if verified[p]:
+                self.proven_volume += vols[p]
+                if bounds is not None:
+                    self.bound = max(self.bound, bounds[p])
                 continue
-            reg = _Region(lo[p], hi[p], float(j.score[p]), vol, depth[p], pre=child_pre[p])
-            width = (hi[p] - lo[p]) / self.scale
-            if float(width.max()) <= self.cfg.min_width:
+            reg = _Region(lo[p], hi[p], scores[p], vols[p], depth[p], pre=child_pre[p])
+            if not wide[p]:
                 self.stuck.append(reg)
                 continue
-            sens = width if sens_all is None else sens_all[p]
-            if float(sens.max()) <= 0:
-                sens = width
-            # candidates for the split: splittable dimensions, most sensitive first
-            sens = torch.where(width > self.cfg.min_width, sens, torch.full_like(sens, -1.0))
-            k = max(1, min(self.cfg.strong_dims, int((sens >= 0).sum())))
-            reg.candidates = [int(i) for i in torch.argsort(sens, descending=True)[:k]]
+            reg.candidates = top[p][:ks[p]]
             reg.split_dim = reg.candidates[0]
             self._push(reg)
         return False
@@ -403,13 +438,8 @@ class _Search:
         t0 = time.perf_counter()
         deadline = t0 + self.cfg.timeout
         lo0, hi0 = self.dom_lo[None], self.dom_hi[None]
-        status = "unknown"
-        if self._evaluate(lo0, hi0, [0]):
-            status = "falsified"
-        while status == "unknown":
-            if not self.heap:
-                status = "verified" if not self.stuck else "unknown"
-                break
+        self._evaluate(lo0, hi0, [0])
+        while self.counterexample is None and self.heap:
             if time.perf_counter() >= deadline or self.regions >= self.cfg.max_regions:
                 break
             npar = max(1, min(self.cfg.batch // 2, len(self.heap),
@@ -442,10 +472,14 @@ class _Search:
                                torch.cat([h[3] for h in hv]))
                 if self._evaluate(torch.stack(los), torch.stack(his), depth, pres,
                                   bounded):
-                    status = "falsified"
                     break
             if self.progress is not None:
                 self.progress(self.snapshot(time.perf_counter() - t0))
+        if self.counterexample is None and self.pending is not None:
+            side, self.pending = self.pending, None  # the last batch's search
+            side()
+        status = ("falsified" if self.counterexample is not None else
+                  "verified" if not self.heap and not self.stuck else "unknown")
         seconds = time.perf_counter() - t0
         out = self.snapshot(seconds)
         out["status"] = status

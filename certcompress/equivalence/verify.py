@@ -147,8 +147,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     <= epsilon`` in ``norm`` ``"inf"`` (every output) or ``"l1"``. ``property="top1"``:
     ``argmax f' = argmax f``; with ``confidence`` (in (0.5, 1)), only where the original's
     softmax confidence is at least that. ``timeout`` (seconds) and ``max_regions`` bound
-    the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (a process
-    pool of ``workers``) or ``"ray"`` bounds each round's regions in parallel, in chunks
+    the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (``workers``
+    processes: this one and ``workers - 1`` helpers) or ``"ray"`` bounds each round's regions in parallel, in chunks
     of ``chunk`` regions (the verdict does not depend on the executor). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
     ``"crown"`` (back-substitution to the input, tightest on deep networks),
@@ -273,6 +273,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
             details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
                      "executor": executor or "serial",
                      "workers": None if pool is None else pool.workers,
+                     "chunks": None if pool is None else dict(pool.chunks),
                      "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
                      "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
         result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,

@@ -21,6 +21,7 @@ from propagation_helpers import check_tier_sound, random_box
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds.numerics import round_up_sum
 from certcompress.bounds.propagation import signs as signs_module
 from certcompress.bounds.propagation.engine import (
     PairState,
@@ -38,7 +39,7 @@ from certcompress.bounds.propagation.signs import (
     resolve_sign_rows,
     sign_vector_search,
 )
-from certcompress.bounds.tiers import _round_up_sum, bounds_tier, tier_registry
+from certcompress.bounds.tiers import bounds_tier, tier_registry
 from certcompress.errors import ConfigurationError
 
 COMPRESSIONS = st.one_of(
@@ -62,7 +63,7 @@ def _per_and_sum(state: PairState) -> tuple[torch.Tensor, float]:
     ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
     per = torch.minimum(torch.maximum(ub[:m], ub[m:]).clamp(min=0.0),
                         output_bounds(state).dev()[0].clamp(min=0.0))
-    return per, _round_up_sum(per)
+    return per, round_up_sum(per)
 
 
 def _flat(state: PairState, cap: float) -> float:

@@ -1,16 +1,22 @@
 """The parallel executors give the same verdict, regions and bound as the serial
-search (only the bounding of each round's regions is distributed, in fixed chunks)."""
+search (only the bounding of each round's regions is distributed, in chunks that depend
+on the round alone; the caller bounds chunks too)."""
 
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import pytest
 import torch
 from _pairs import compress, mlp
 
 import certcompress as cc
+from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.domain import InputDomain
+from certcompress.equivalence.chain import ChainPair, chain_from_pair
+from certcompress.equivalence.parallel import Pool
+from certcompress.equivalence.search import MIN_CHUNK, SPLIT_ROUND, bound_chunk, chunk_size
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +49,120 @@ def test_ray_executor_same_verdict(pair: tuple[torch.nn.Module, torch.nn.Module]
     serial = cc.verify_equivalence(net, comp, dom, **kw)
     ray_res = cc.verify_equivalence(net, comp, dom, executor="ray", workers=2, **kw)
     _same(serial, ray_res)
+
+
+def test_chunk_size_depends_on_the_round_alone() -> None:
+    # small rounds are cut in SPLIT_ROUND chunks of at least MIN_CHUNK regions, large ones
+    # in chunks of ``chunk``; never more than ``chunk`` (a user's small chunk is kept)
+    assert chunk_size(2, 128) == MIN_CHUNK
+    assert chunk_size(64, 128) == MIN_CHUNK
+    assert chunk_size(128, 128) == 128 // SPLIT_ROUND
+    assert chunk_size(256, 128) == 256 // SPLIT_ROUND
+    assert chunk_size(1000, 128) == 128
+    assert chunk_size(8, 4) == 4
+    assert chunk_size(1, 1) == 1
+
+
+def _jobs(chain: ChainPair, lo: torch.Tensor, hi: torch.Tensor, n: int
+          ) -> list[tuple[torch.Tensor, torch.Tensor, None, torch.Tensor, int, None]]:
+    """``n`` jobs of 3 regions each, random sub-boxes, the difference rows ``+-e_o``."""
+    g = torch.Generator().manual_seed(0)
+    m = chain.n_out
+    jobs = []
+    for _ in range(n):
+        a = lo + (hi - lo) * torch.rand((3, lo.numel()), generator=g, dtype=torch.float64)
+        b = lo + (hi - lo) * torch.rand((3, lo.numel()), generator=g, dtype=torch.float64)
+        eye = torch.eye(m, dtype=torch.float64)
+        cd = torch.cat([eye, -eye]).repeat(3, 1)
+        jobs.append((torch.minimum(a, b), torch.maximum(a, b), None, cd, 2 * m, None))
+    return jobs
+
+
+def test_caller_and_started_helper_share_a_round(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """Once the helper has started, the caller bounds chunks from the end and the helper
+    from the front; every chunk's bound is the serial one, bit for bit, in job order."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+    with Pool("local", chain, workers=2) as pool:
+        deadline = time.monotonic() + 300
+        while not pool._started(0):
+            assert time.monotonic() < deadline, "the helper process did not start"
+            time.sleep(0.05)
+        got = list(pool.map(jobs))
+        assert pool.chunks["helpers"] > 0 and pool.chunks["caller"] > 0
+        assert pool.chunks["helpers"] + pool.chunks["caller"] == len(jobs)
+    assert len(got) == len(jobs)
+    for job, (ub, lx, pre) in zip(jobs, got):
+        ub0, lx0, pre0 = bound_chunk(chain, *job)
+        assert torch.equal(ub, ub0) and torch.equal(lx, lx0)
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(pre, pre0))
+
+
+def test_one_worker_bounds_in_the_caller(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """``workers=1``: no helper process; the caller bounds every chunk."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
+    serial = cc.verify_equivalence(net, comp, dom, **kw)
+    one = cc.verify_equivalence(net, comp, dom, executor="local", workers=1, **kw)
+    _same(serial, one)
+    assert one.details["chunks"]["helpers"] == 0 and one.details["chunks"]["caller"] > 0
+
+
+def test_falsified_same_counterexample_on_every_executor(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A round's counterexample search runs while the next round is bounded (in the
+    caller, beside the workers): the same counterexample, regions and worst deviation
+    found on the serial and local executors."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    x = torch.rand(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    with torch.no_grad():
+        worst = float((net(x) - comp(x)).abs().amax())
+    kw = dict(epsilon=0.9 * worst, timeout=60, batch=16, chunk=4)
+    serial = cc.verify_equivalence(net, comp, dom, **kw)
+    local = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    assert serial.status == "falsified"
+    assert (serial.counterexample, serial.regions, serial.found) == \
+        (local.counterexample, local.regions, local.found)
+    assert serial.counterexample is not None
+    cex = torch.tensor(serial.counterexample, dtype=torch.float64)[None]
+    with torch.no_grad():
+        assert float((net(cex) - comp(cex)).abs().amax()) > kw["epsilon"]
+
+
+def test_last_rounds_counterexample_search_runs(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """The budget ends the search after the root region; its counterexample search, left
+    for the next round, still runs and falsifies (not "unknown")."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    res = cc.verify_equivalence(net, comp, dom, epsilon=1e-9, max_regions=1, timeout=60)
+    assert res.status == "falsified" and res.regions == 1
+
+
+def test_a_failing_chunk_fails_the_round(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A chunk that fails (here: regions of the wrong width) raises in the caller, whoever
+    bound it; the pool stays usable."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    jobs = _jobs(chain, lo, hi, 6)
+    a, b, cz, cd, r, prior = jobs[0]
+    bad = (a[:, :2], b[:, :2], cz, cd, r, prior)  # 2 input features, the chain has 3
+    with Pool("local", chain, workers=2) as pool:
+        deadline = time.monotonic() + 300
+        while not pool._started(0):
+            assert time.monotonic() < deadline, "the helper process did not start"
+            time.sleep(0.05)
+        with pytest.raises(RuntimeError):
+            list(pool.map([bad] + jobs[1:]))
+        assert len(list(pool.map(jobs))) == len(jobs)
