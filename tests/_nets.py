@@ -297,6 +297,56 @@ def compress(model: nn.Module, kind: str, seed: int, amount: float = 0.3,
     return c
 
 
+def mlp(n_in: int, width: int, depth: int, n_out: int, seed: int,
+        scale: float = 1.0) -> nn.Sequential:
+    """A float64 ReLU MLP (``depth`` hidden layers of ``width``), torch's default
+    initialization from ``seed``, every parameter times ``scale``; eval mode."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    d = n_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, n_out))
+    net = nn.Sequential(*layers).double().eval()
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(scale)
+    return net
+
+
+def conv1d_mlp(n_in: int, channels: int, n_out: int, seed: int) -> nn.Sequential:
+    """A Conv1d over the inputs as a length-``n_in`` signal (padding keeps the length),
+    then a 6-unit ReLU layer: a chain network (its dense matrix is exact); float64."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Unflatten(1, (1, n_in)), nn.Conv1d(1, channels, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(channels * n_in, 6), nn.ReLU(),
+                         nn.Linear(6, n_out)).double().eval()
+
+
+def deterministic_copy(net: nn.Module, kind: str, amount: float = 0.3) -> nn.Module:
+    """A compressed copy with no randomness: ``prune`` zeroes each parameter tensor's
+    ``amount`` smallest magnitudes, ``round`` rounds to the grid Z/8, ``float16`` casts
+    to float16 and back, ``ulp`` moves each value one ulp up, ``same`` copies."""
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in out.parameters():
+            if kind == "prune":
+                k = max(1, int(amount * p.numel()))
+                thr = p.abs().reshape(-1).kthvalue(k).values
+                p.masked_fill_(p.abs() <= thr, 0.0)
+            elif kind == "round":
+                p.copy_(torch.round(p * 8) / 8)
+            elif kind == "float16":
+                p.copy_(p.half().double())
+            elif kind == "ulp":
+                p.copy_(torch.nextafter(p, torch.full_like(p, 10.0)))
+            elif kind != "same":
+                raise ValueError(kind)
+    return out
+
+
 def float64_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 

@@ -17,7 +17,6 @@ so every corner the engine alone was tested on is attacked here through it.
 
 from __future__ import annotations
 
-import copy
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _nets import deterministic_copy
+from _nets import mlp as _mlp
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -40,39 +41,6 @@ from certcompress.equivalence.chain import ChainState, chain_from_pair
 from certcompress.equivalence.chain_bounds import chain_per_output as _chain_per_output
 from certcompress.equivalence.chain_bounds import chain_state as _chain_state
 from certcompress.equivalence.tier import BabOptions
-
-
-def _mlp(n_in: int, width: int, depth: int, n_out: int, seed: int,
-         scale: float = 1.0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    d = n_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    layers.append(nn.Linear(d, n_out))
-    net = nn.Sequential(*layers).double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(scale)
-    return net
-
-
-def _compress(net: nn.Module, kind: str) -> nn.Module:
-    out = copy.deepcopy(net)
-    with torch.no_grad():
-        for p in out.parameters():
-            if kind == "float16":
-                p.copy_(p.half().double())
-            elif kind == "prune":
-                p.masked_fill_(p.abs() < p.abs().median(), 0.0)
-            elif kind == "round":
-                p.copy_(torch.round(p * 8) / 8)
-            elif kind == "ulp":
-                p.copy_(torch.nextafter(p, torch.full_like(p, 10.0)))
-            else:
-                assert kind == "same"
-    return out
 
 
 def _exact(net: nn.Sequential, x: torch.Tensor) -> list[Fraction]:
@@ -240,3 +208,7 @@ def test_bab_is_never_looser_than_the_bounds_tier_per_output(seed: int) -> None:
     found = sh.attack(sh.f64(net), sh.f64(comp), *sh.box(dom, dom.shape), seed,
                       per_output=True, steps=20, restarts=3)
     sh.assert_sound(found, bab.bound, bab.per_output, f"bab, float16 MLP seed {seed}")
+
+
+def _compress(net: nn.Module, kind: str) -> nn.Module:
+    return deterministic_copy(net, kind, amount=0.5)

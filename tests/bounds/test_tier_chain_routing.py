@@ -12,13 +12,15 @@ routing (no ``chain`` recorded: re-checked with the engine alone)."""
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import _soundness as sh
 import pytest
 import torch
+from _nets import conv1d_mlp as _cnn
+from _nets import deterministic_copy as _compress
+from _nets import mlp as _mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -35,39 +37,11 @@ from certcompress.equivalence.chain_bounds import chain_per_output as _chain_per
 from certcompress.equivalence.chain_bounds import chain_state as _chain_state
 from certcompress.errors import ConfigurationError, NumericalRangeError
 
-
 # ------------------------------------------------------------------ pairs
-def _mlp(n_in: int, width: int, depth: int, n_out: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    d = n_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    layers.append(nn.Linear(d, n_out))
-    return nn.Sequential(*layers).double().eval()
 
 
-def _cnn(n_in: int, channels: int, n_out: int, seed: int) -> nn.Module:
-    """A Conv1d over the inputs as a signal: a chain (its dense matrix is exact)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Unflatten(1, (1, n_in)), nn.Conv1d(1, channels, 3, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(channels * n_in, 6), nn.ReLU(),
-                         nn.Linear(6, n_out)).double().eval()
 
 
-def _compress(net: nn.Module, kind: str) -> nn.Module:
-    out = copy.deepcopy(net)
-    with torch.no_grad():
-        for p in out.parameters():
-            if kind == "prune":
-                thr = p.abs().reshape(-1).kthvalue(max(1, int(0.3 * p.numel()))).values
-                p.masked_fill_(p.abs() <= thr, 0.0)
-            elif kind == "round":
-                p.copy_(torch.round(p * 8) / 8)
-            else:
-                p.copy_(p.half().double())
-    return out
 
 
 def _box(n_in: int, half: float) -> InputDomain:
