@@ -91,10 +91,36 @@ def _method_arguments(g: Any, propagation: bool) -> None:
                             "back-substitutions of those rows; default 0: CROWN's slopes)")
         g.add_argument("--slope-lr", type=float, default=0.1, metavar="LR",
                        help="bounds tier: the step size of --slope-steps (default 0.1)")
+        g.add_argument("--sign-rows", type=_sign_rows, default="auto", metavar="N|auto|all",
+                       help="bounds tier: row budget of the sign-vector l1 bound (auto, "
+                            "default: every sign vector for small networks, a budget sized "
+                            "to the network for large ones; all: every sign vector; N: a "
+                            "best-first search of N rows, sound at any budget)")
+        g.add_argument("--crown-rows-per-node", type=int, default=None, metavar="N",
+                       help="bounds tier with --propagation crown: back-substitute at most N "
+                            "neurons per ReLU input (the widest), interval bounds for the "
+                            "rest (default: every neuron)")
+        g.add_argument("--no-chain", dest="chain", action="store_false",
+                       help="bounds tier: do not also bound MLP pairs with the differential "
+                            "single pass (the engine alone, as certificates made before it)")
         g.add_argument("--bab-time", type=float, default=None, metavar="SECONDS",
                        help="bab tier (--method bab): seconds of branch-and-bound search "
                             "(default 10)")
     add_arithmetic_argument(g)
+
+
+def _sign_rows(text: str) -> int | str | None:
+    """``--sign-rows``: ``auto``, ``all`` (None: every sign vector) or a count >= 0."""
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, all or a row count, got {text!r}"
+                                         ) from None
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"the row count must be >= 0, got {rows}")
+    return rows
 
 
 class _MethodAction(argparse.Action):
@@ -154,7 +180,11 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
     methods = tuple(args.method) if getattr(args, "method", None) else None
     propagation = PropagationOptions(intermediate=getattr(args, "propagation", "crown"),
                                      slope_steps=getattr(args, "slope_steps", 0),
-                                     slope_lr=getattr(args, "slope_lr", 0.1))
+                                     slope_lr=getattr(args, "slope_lr", 0.1),
+                                     chain=getattr(args, "chain", True),
+                                     sign_rows=getattr(args, "sign_rows", "auto"),
+                                     crown_rows_per_node=getattr(args, "crown_rows_per_node",
+                                                                 None))
     bab_time = getattr(args, "bab_time", None)
     if bab_time is not None:
         if "bab" not in (methods or ()):
@@ -162,7 +192,9 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
                                      "or drop --bab-time")
         propagation = BabOptions(intermediate=propagation.intermediate, time_budget=bab_time,
                                  slope_steps=propagation.slope_steps,
-                                 slope_lr=propagation.slope_lr)
+                                 slope_lr=propagation.slope_lr, chain=propagation.chain,
+                                 sign_rows=propagation.sign_rows,
+                                 crown_rows_per_node=propagation.crown_rows_per_node)
     return {"domain": domain, "methods": methods, "propagation": propagation,
             "arithmetic": getattr(args, "arithmetic", "exact")}
 

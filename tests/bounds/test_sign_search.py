@@ -8,6 +8,7 @@ recorded in the certificate and recertified."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from certcompress.bounds.propagation.signs import (
     sign_vector_search,
 )
 from certcompress.bounds.tiers import bounds_tier, tier_registry
+from certcompress.cli.domain_options import add_method_group, certify_kwargs
+from certcompress.equivalence.tier import BabOptions
 from certcompress.errors import ConfigurationError
 
 COMPRESSIONS = st.one_of(
@@ -325,3 +328,24 @@ def test_every_sign_vector_on_a_budgeted_pair_is_restated(monkeypatch: pytest.Mo
     assert tier.stated_options(every).sign_rows == 256
     assert tier.stated_options(auto).sign_rows == AUTO_SIGN_MIN
     assert bounds_tier(g, g2, dom, tier.stated_options(every)).bound == every.bound
+
+
+def test_cli_budget_and_routing_options_reach_the_tiers() -> None:
+    """``--sign-rows``, ``--crown-rows-per-node`` and ``--no-chain`` mirror the Python
+    options, for the bounds tier and through ``--bab-time`` for the bab tier."""
+    p = argparse.ArgumentParser()
+    add_method_group(p)
+    assert certify_kwargs(p.parse_args([]), (1, 2))["propagation"] == PropagationOptions()
+    kw = certify_kwargs(p.parse_args(["--sign-rows", "40", "--crown-rows-per-node", "8",
+                                      "--no-chain"]), (1, 2))
+    assert kw["propagation"] == PropagationOptions(sign_rows=40, crown_rows_per_node=8,
+                                                   chain=False)
+    every = certify_kwargs(p.parse_args(["--sign-rows", "all"]), (1, 2))["propagation"]
+    assert every.sign_rows is None
+    bab = certify_kwargs(p.parse_args(["--method", "bab", "--bab-time", "2", "--sign-rows",
+                                       "16", "--no-chain"]), (1, 2))["propagation"]
+    assert isinstance(bab, BabOptions)
+    assert (bab.sign_rows, bab.chain, bab.time_budget) == (16, False, 2.0)
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--sign-rows", bad])
