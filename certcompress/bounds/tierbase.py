@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..certificate import WORST_CASE, MethodBound
 from ..domain import InputDomain
@@ -157,15 +157,23 @@ class Tier(ABC):
         for :class:`PropagationOptions` tiers the ``intermediate`` mode and the
         optimized-slope settings (``slope_steps``, ``slope_lr``) and the row budgets
         (``sign_rows_budget``, absent: ``"auto"``, which gives every sign vector wherever
-        the tier records no budget; ``crown_rows_per_node``, absent: none) it records, else
+        the tier records no budget, or every sign vector for a certificate made before the
+        budget, which records no ``sign_rows_used``; ``crown_rows_per_node``, absent: none)
+        it records, else
         None (the defaults). Override when a tier records other options."""
         if self.options_type is PropagationOptions:
             d = stated.details
             sign_rows, crown_rows = d.get("sign_rows_budget"), d.get("crown_rows_per_node")
+            restated: int | Literal["auto"] | None = \
+                "auto" if sign_rows is None else int(sign_rows)
+            if sign_rows is None and d.get("sign_vectors") is True \
+                    and "sign_rows_used" not in d:
+                # made before the sign-vector budget: it maximized over every sign vector
+                restated = None
             return PropagationOptions(intermediate=d.get("intermediate", "crown"),
                                       slope_steps=int(d.get("slope_steps") or 0),
                                       slope_lr=float(d.get("slope_lr") or 0.1),
-                                      sign_rows="auto" if sign_rows is None else int(sign_rows),
+                                      sign_rows=restated,
                                       crown_rows_per_node=None if crown_rows is None
                                       else int(crown_rows))
         return None

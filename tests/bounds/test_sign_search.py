@@ -9,6 +9,7 @@ recorded in the certificate and recertified."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -349,3 +350,21 @@ def test_cli_budget_and_routing_options_reach_the_tiers() -> None:
     for bad in ("-1", "many"):
         with pytest.raises(SystemExit):
             p.parse_args(["--sign-rows", bad])
+
+
+def test_a_certificate_from_before_the_budget_is_restated_with_every_sign_vector() -> None:
+    """A bounds-tier entry that maximized over sign vectors but records no
+    ``sign_rows_used`` was made before the budget (every sign vector): recertify must
+    recompute it that way, not with ``"auto"`` (a budget, looser, on large pairs)."""
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    comp = compress(net, "round", 0, 0.05)
+    dom = cc.InputDomain.box(-1.0, 1.0, shape=(1, 3))
+    made = bounds_tier(cc.trace(net, (1, 3)), cc.trace(comp, (1, 3)), dom)
+    assert made.details["sign_vectors"] is True and "sign_rows_used" in made.details
+    tier = tier_registry().get("bounds")
+    assert tier.stated_options(made).sign_rows == "auto"
+    old = {k: v for k, v in made.details.items()
+           if k not in ("sign_rows_used", "sign_exhaustive", "sign_search", "sign_rows_budget")}
+    assert tier.stated_options(dataclasses.replace(made, details=old)).sign_rows is None
+    cut = {**old, "sign_rows_used": 10, "sign_rows_budget": 10}
+    assert tier.stated_options(dataclasses.replace(made, details=cut)).sign_rows == 10
