@@ -43,6 +43,7 @@ from ..ir.graph import ForwardInterpreter, Graph
 from .propagation.engine import PropagationOptions
 from .propagation.lowering import lower_pair
 from .propagation.primitives import PAffine, PairNet, PReLU, numel
+from .propagation.signs import resolve_sign_rows
 
 __all__ = ["TierCost", "CostEstimate", "estimate_costs", "pair_costs"]
 
@@ -164,7 +165,11 @@ def pair_costs(pair: PairNet, options: PropagationOptions | None = None
         running += w
         prefix[i] = running
     m = sum(pair.nodes[j].numel for j in pair.outputs)
-    out_rows = 2 * m + (2 ** m if 0 < m <= opts.sign_vectors_up_to else 0)
+    sign = 0
+    if 0 < m <= opts.sign_vectors_up_to:  # every sign vector, or the tier's row budget
+        budget = resolve_sign_rows(opts.sign_rows, sum(n.numel for n in pair.nodes), m)
+        sign = 2 ** m if budget is None else min(2 ** m, budget)
+    out_rows = 2 * m + sign
     rows, weighted = 0, 0.0
     for i in pair.pre_activations():
         n_rows = 6 * pair.nodes[i].numel

@@ -59,3 +59,17 @@ def test_estimate_orders_the_tiers_and_reports_wide_nodes() -> None:
         est.tier("nope")
     with pytest.raises(ConfigurationError):
         PropagationOptions(max_rows=-1)
+
+
+def test_output_rows_count_the_sign_vector_budget() -> None:
+    """The sign-vector rows are every sign vector, or the tier's row budget where it has
+    one (PropagationOptions.sign_rows)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 6)).double().eval()
+    pair = lower_pair(cc.trace(net, (1, 3)), cc.trace(compress(net, "round", 0, 0.05),
+                                                      (1, 3)))
+    every = pair_costs(pair, PropagationOptions(sign_rows=None))["output_rows"]
+    assert every == 2 * 6 + 2 ** 6
+    assert pair_costs(pair, PropagationOptions(sign_rows=10))["output_rows"] == 2 * 6 + 10
+    assert pair_costs(pair, PropagationOptions(sign_vectors_up_to=5))["output_rows"] == 12
