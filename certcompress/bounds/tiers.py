@@ -38,39 +38,22 @@ live in :mod:`certcompress.bounds.tierbase` (re-exported here).
 
 from __future__ import annotations
 
-import itertools
-import math
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from .._attribution import Attributed
 from ..capture.plugins import Plugin, plugin_manager
 from ..certificate import WORST_CASE, MethodBound, add_details_hook
 from ..domain import InputDomain
-from ..equivalence.chain_bounds import chain_bounds as _chain_bounds
+from ..equivalence.chain_bounds import box_bound
 from ..equivalence.tier import BabTier
-from ..errors import ConfigurationError, NumericalRangeError, PluginError
+from ..errors import ConfigurationError, PluginError
 from ..ir.graph import Graph
-from .numerics import round_up_sum
 from .pathmetric import PathMetric
-from .propagation.engine import (
-    ROUNDING_NOTE,
-    PairState,
-    PropagationOptions,
-    capped_row_max,
-    output_bounds,
-    output_upper_bounds,
-    propagate,
-    rows_per_chunk,
-    sign_vector_order,
-)
+from .propagation.engine import PropagationOptions
 from .propagation.lowering import lower_pair
-from .propagation.optimize import optimized_largest_row, optimized_output_upper_bounds
-from .propagation.signs import resolve_sign_rows, sign_vector_search
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -114,57 +97,9 @@ class BoundsTier(Tier):
 
     def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
         opts = options or PropagationOptions()
-        lowered = lower_pair(pair.original, pair.compressed)
-        lower = domain.lower_tensor().unsqueeze(0)
-        upper = domain.upper_tensor().unsqueeze(0)
-        state = propagate(lowered, lower, upper, opts)
-        m = lowered.output_size
-        eye = torch.eye(m, dtype=torch.float64, device=lower.device)
-        ub, slope_rows = _output_rows(state, torch.cat([eye, -eye]), opts)
-        crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
-        interval = output_bounds(state).dev()[0].clamp(min=0.0)  # widened per node already
-        engine_per = torch.minimum(crown, interval)
-        chain = _chain_bounds(lowered, domain, opts)
-        chain_per = None if chain is None else chain[1]
-        per = engine_per if chain_per is None else torch.minimum(engine_per, chain_per)
-        if not bool(torch.isfinite(per).all()):
-            raise NumericalRangeError(
-                f"the bounds tier's output bounds overflow float64 (crown "
-                f"{float(crown.max()):.3g}, interval {float(interval.max()):.3g}); certify "
-                "over a smaller domain or use the path-metric tier")
-        l1 = round_up_sum(per)
-        if not math.isfinite(l1):
-            raise NumericalRangeError(f"the bounds tier's l1 bound overflows float64 (largest "
-                                      f"per-output bound {float(per.max()):.3g}, {per.numel()} "
-                                      "outputs); certify over a smaller domain")
-        engine_l1 = round_up_sum(engine_per)
-        chain_l1 = None if chain is None else chain[2]
-        sign_rows, sign_info = 0, dict[str, Any]()
-        if 0 < m <= opts.sign_vectors_up_to:
-            best, sign_rows, rows, sign_info = _sign_vector_max(state, ub[:m], ub[m:], per,
-                                                                engine_l1, opts)
-            slope_rows += rows
-            engine_l1 = min(engine_l1, max(best, 0.0))
-        # both passes are sound: the smallest of the combined per-output sum and each
-        # pass's own l1 bound (docs/bounds.md, "Chain pairs")
-        l1 = min(l1, engine_l1, math.inf if chain_l1 is None else chain_l1)
-        return TierBound(
-            bound=l1, per_output=tuple(float(v) for v in per), exact=False,
-            float_slack_rel=float(state.eta) if chain is None else max(float(state.eta),
-                                                                       chain[0]),
-            details={"intermediate": opts.intermediate, "primitive_nodes": len(lowered.nodes),
-                     "relu_nodes": lowered.relu_count,
-                     "backsub_rows": int(state.stats.get("backsub_rows", 0)) + 2 * m
-                     + sign_rows,
-                     "skipped_nodes": int(state.stats.get("skipped_nodes", 0)),
-                     "sign_vectors": sign_rows > 0, "rounding_margin_rel": state.eta,
-                     "rounding": ROUNDING_NOTE, "domain": domain.describe(),
-                     **_slope_details(opts, slope_rows), **sign_info,
-                     **_crown_budget_details(opts, state),
-                     "chain": opts.chain, "differential_single_pass": l1 < engine_l1,
-                     **({"engine_bound": engine_l1} if math.isfinite(engine_l1) else {}),
-                     **({} if chain_l1 is None or not math.isfinite(chain_l1)
-                        else {"chain_bound": chain_l1})})
+        b = box_bound(lower_pair(pair.original, pair.compressed), domain, opts)
+        return TierBound(bound=b.bound, per_output=tuple(float(v) for v in b.per_output),
+                         exact=False, float_slack_rel=b.eta, details=b.details)
 
     def stated_options(self, stated: MethodBound) -> PropagationOptions:
         """The base class's options (``intermediate``, slopes) and whether chain pairs
@@ -174,45 +109,6 @@ class BoundsTier(Tier):
         base = super().stated_options(stated)
         assert isinstance(base, PropagationOptions)
         return replace(base, chain=stated.details.get("chain") is True)
-
-
-def _output_rows(state: PairState, rows: torch.Tensor, opts: PropagationOptions
-                 ) -> tuple[torch.Tensor, int]:
-    """Upper bounds of ``<rows[r], f - f'>`` (default relaxation, or with optimized
-    slopes when ``opts.slope_steps > 0``) and how many rows had their slopes optimized."""
-    if opts.slope_steps <= 0:
-        return output_upper_bounds(state, {"d": rows}), 0
-    res = optimized_output_upper_bounds(state, {"d": rows}, opts.slope_steps, opts.slope_lr)
-    return res.bound, rows.shape[0] if res.steps else 0
-
-
-def _largest_row(state: PairState, rows: torch.Tensor, opts: PropagationOptions
-                 ) -> tuple[float, int]:
-    """The largest upper bound over ``rows``; with ``opts.slope_steps`` the rows'
-    slopes are optimized from the largest default bound down until the rest cannot
-    exceed the largest bound reached (:func:`optimized_largest_row`)."""
-    if opts.slope_steps <= 0:
-        return float(output_upper_bounds(state, {"d": rows}).max()), 0
-    return optimized_largest_row(state, {"d": rows}, opts.slope_steps, opts.slope_lr)
-
-
-def _slope_details(opts: PropagationOptions, rows: int) -> dict[str, Any]:
-    """The optimized-slope settings a certificate records (none with the default
-    relaxation, so certificates made without them read as before)."""
-    if opts.slope_steps <= 0:
-        return {}
-    return {"slope_steps": opts.slope_steps, "slope_lr": float(opts.slope_lr),
-            "slope_rows": rows}
-
-
-def _crown_budget_details(opts: PropagationOptions, state: PairState) -> dict[str, Any]:
-    """The CROWN row budget a certificate records (none without one, so certificates
-    made without it read as before): the option and how many unstable neurons kept
-    their interval bounds because of it."""
-    if opts.crown_rows_per_node is None:
-        return {}
-    return {"crown_rows_per_node": opts.crown_rows_per_node,
-            "interval_neurons": int(state.stats.get("interval_neurons", 0))}
 
 
 # ---------------------------------------------------------------------- registry
@@ -383,63 +279,6 @@ add_details_hook(_run_plugin_tier_hooks)
 def check_methods(methods: object) -> tuple[str, ...]:
     """Validated method names from the registry (a string or a sequence of them)."""
     return tier_registry().check(methods)
-
-
-def _sign_vector_max(state: PairState, plus: torch.Tensor, minus: torch.Tensor,
-                     per: torch.Tensor, l1: float, opts: PropagationOptions
-                     ) -> tuple[float, int, int, dict[str, Any]]:
-    """A sound upper bound of ``max_s <s, f - f'>`` over the sign vectors ``s``, at most
-    ``l1`` where it reaches it; with the rows it used, the rows whose slopes were
-    optimized, and the details a certificate records (``sign_rows_budget``: the resolved
-    budget, restated by ``Tier.stated_options``, absent where ``"auto"`` gives the same;
-    ``sign_rows_used``; ``sign_exhaustive``; ``sign_search``).
-
-    The budget: ``opts.sign_rows`` resolved for this pair (``resolve_sign_rows``).
-    None or ``2^m <= budget``: every sign vector (exact; the
-    value certificates made before the budget existed state). Flat: likely largest first
-    (``sign_vector_order``), stopping once one reaches ``l1``, the bound it would
-    tighten (``capped_row_max``; ``min(l1, .)`` is the same either way); with
-    ``opts.slope_steps``, :func:`_largest_row`. Otherwise the best-first
-    branch-and-bound over partial sign vectors (:func:`sign_vector_search`) within
-    the budget, each node's row bounded with the same relaxation as the
-    output rows (optimized slopes with ``opts.slope_steps``): sound, at most the sum of
-    the per-output bounds, and usually at least the flat maximum (it can be below it,
-    still sound, where a node's bound is below the flat bound of one of its completions:
-    :mod:`.propagation.signs`)."""
-    m = int(plus.shape[0])
-    elements = sum(n.numel for n in state.pair.nodes)
-    budget = resolve_sign_rows(opts.sign_rows, elements, m)
-    info: dict[str, Any] = {} if budget is None else {"sign_rows_budget": budget}
-    if budget is None or 2 ** m <= budget:
-        # recorded only where "auto" (what a certificate without it restates) would not
-        # give every sign vector too
-        info = {} if resolve_sign_rows("auto", elements, m) is None else \
-            {"sign_rows_budget": 2 ** m}
-        signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                             dtype=torch.float64, device=plus.device)
-        info.update(sign_rows_used=2 ** m, sign_exhaustive=True, sign_search="all")
-        if opts.slope_steps > 0:
-            top, rows = _largest_row(state, signs, opts)
-            return float(top), 2 ** m, rows, info
-        order = sign_vector_order(signs, plus, minus)
-        rows_t = signs[order]
-        prob = torch.zeros(rows_t.shape[0], dtype=torch.int64, device=rows_t.device)
-        cap = torch.tensor([l1], dtype=torch.float64, device=rows_t.device)
-        best = capped_row_max(lambda idx: output_upper_bounds(state, {"d": rows_t[idx]}),
-                              prob, cap, rows_per_chunk(state.pair, state.options))
-        return float(best[0]), 2 ** m, 0, info
-    slope_rows = 0
-
-    def node_rows(rows: torch.Tensor) -> torch.Tensor:
-        nonlocal slope_rows
-        ub, n = _output_rows(state, rows, opts)
-        slope_rows += n
-        return ub
-
-    res = sign_vector_search(node_rows, per, l1, budget)
-    info.update(sign_rows_used=res.rows, sign_exhaustive=res.exhaustive,
-                sign_search="branch-and-bound")
-    return res.value, res.rows, slope_rows, info
 
 
 # ---------------------------------------------------------------------- functions

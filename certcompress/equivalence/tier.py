@@ -41,11 +41,10 @@ bounds, rounded down, before they are proven.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -56,9 +55,6 @@ from ..bounds.arithmetic import Float32Error, with_float32
 from ..bounds.numerics import round_up_sum
 from ..bounds.propagation.engine import (
     PropagationOptions,
-    output_bounds,
-    output_upper_bounds,
-    propagate,
 )
 from ..bounds.propagation.lowering import lower_pair
 from ..bounds.propagation.primitives import PairNet
@@ -66,7 +62,7 @@ from ..bounds.tierbase import GraphPair, Tier, TierBound, at_least
 from ..certificate import WORST_CASE, MethodBound, TierDetails, register_details
 from ..domain import InputDomain
 from ..errors import ConfigurationError
-from .chain_bounds import chain_bounds
+from .chain_bounds import box_bound
 from .properties import EpsilonProperty
 from .search import Bounder, SearchConfig, run_search
 
@@ -187,32 +183,12 @@ register_details(TIER_NAME, BabDetails)
 
 def _one_pass(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
               ) -> tuple[float, Tensor, float]:
-    """The ``bounds`` tier's computation over the whole box: ``(l1, per-output, eta)``,
-    with a chain pair's differential single pass too (``opts.chain``;
-    :func:`~.chain_bounds.chain_bounds`): per output and for l1 the smaller sound bound,
-    so this tier is never looser than the ``bounds`` tier."""
-    state = propagate(lowered, domain.lower_tensor().unsqueeze(0),
-                      domain.upper_tensor().unsqueeze(0), opts)
-    m = lowered.output_size
-    eye = torch.eye(m, dtype=torch.float64)
-    ub = output_upper_bounds(state, {"d": torch.cat([eye, -eye])})
-    crown = torch.maximum(ub[:m], ub[m:]).clamp(min=0.0)
-    per = torch.minimum(crown, output_bounds(state).dev()[0].clamp(min=0.0))
-    l1 = round_up_sum(per)
-    if 0 < m <= opts.sign_vectors_up_to:
-        signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)),
-                             dtype=torch.float64)
-        l1 = min(l1, max(float(output_upper_bounds(state, {"d": signs}).max()), 0.0))
-    eta = float(state.eta)
-    chain = chain_bounds(lowered, domain, opts)
-    if chain is not None:
-        chain_eta, chain_per, chain_l1 = chain
-        per = torch.minimum(per, chain_per)
-        l1 = min(l1, chain_l1)
-        if bool(torch.isfinite(per).all()):
-            l1 = min(l1, round_up_sum(per))
-        eta = max(eta, chain_eta)
-    return l1, per, eta
+    """The ``bounds`` tier's computation over the whole box (:func:`.chain_bounds.box_bound`,
+    so this tier is never looser than that one): ``(l1, per-output, eta)``. Without slope
+    optimization: ``stated_options`` restates none for it, so a re-check recomputes the
+    same bound."""
+    b = box_bound(lowered, domain, replace(opts, slope_steps=0))
+    return b.bound, b.per_output, b.eta
 
 
 def _probe(bounder: Bounder, lower: Tensor, upper: Tensor, seed: int) -> float:
