@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -269,22 +269,25 @@ def _sign_vector_l1(runs: _Runs, l1: Tensor, dl: Tensor, du: Tensor, m: int,
     sign vectors (``sign_vector_search``, sound at any stop) within ``budget`` rows, for
     the pair and then for the separate bound (each row of which costs two)."""
     P = l1.shape[0]
+
+    def pair_ub(r: Tensor, prob: Tensor) -> Tensor:
+        return _ub(runs.pair, {"d": r}, prob)
+
+    def sep_ub(r: Tensor, prob: Tensor) -> Tensor:
+        uo, uc = _ub(runs.orig, {"z": r}, prob), _ub(runs.comp, {"z": -r}, prob)
+        return _up(uo + uc, uo.abs() + uc.abs(), rel)
+
+    def at_point(ub: Callable[[Tensor, Tensor], Tensor], r: Tensor, p: int) -> Tensor:
+        return ub(r, torch.full((r.shape[0],), p))
+
     if budget is not None and 2 ** m > budget:
         per = torch.maximum(du, -dl).clamp(min=0.0)
         out = l1.clone()
         rows, exhaustive = 0, True
-        def pair_rows(r: Tensor, p: int) -> Tensor:
-            return _ub(runs.pair, {"d": r}, torch.full((r.shape[0],), p))
-
-        def sep_rows(r: Tensor, p: int) -> Tensor:
-            pr = torch.full((r.shape[0],), p)
-            uo, uc = _ub(runs.orig, {"z": r}, pr), _ub(runs.comp, {"z": -r}, pr)
-            return _up(uo + uc, uo.abs() + uc.abs(), rel)
-
         for p in range(P):
-            a = sign_vector_search(functools.partial(pair_rows, p=p), per[p], float(l1[p]),
-                                   budget)
-            b = sign_vector_search(functools.partial(sep_rows, p=p), per[p],
+            a = sign_vector_search(functools.partial(at_point, pair_ub, p=p), per[p],
+                                   float(l1[p]), budget)
+            b = sign_vector_search(functools.partial(at_point, sep_ub, p=p), per[p],
                                    min(float(l1[p]), a.value), budget)
             out[p] = min(float(l1[p]), a.value, b.value)
             rows += a.rows + 2 * b.rows
@@ -295,16 +298,9 @@ def _sign_vector_l1(runs: _Runs, l1: Tensor, dl: Tensor, du: Tensor, m: int,
     srows = torch.cat([s[sign_vector_order(s, du[p], -dl[p])] for p in range(P)])
     sprob = torch.arange(P).repeat_interleave(S)
     chunk = rows_per_chunk(runs.pair.pair, runs.pair.options)
-    l1_pair = capped_row_max(lambda i: _ub(runs.pair, {"d": srows[i]}, sprob[i]), sprob,
-                             l1, chunk)
+    l1_pair = capped_row_max(lambda i: pair_ub(srows[i], sprob[i]), sprob, l1, chunk)
     cap = torch.minimum(l1, l1_pair)
-
-    def sep(i: Tensor) -> Tensor:
-        uo = _ub(runs.orig, {"z": srows[i]}, sprob[i])
-        uc = _ub(runs.comp, {"z": -srows[i]}, sprob[i])
-        return _up(uo + uc, uo.abs() + uc.abs(), rel)
-
-    l1_sep = capped_row_max(sep, sprob, cap, chunk)
+    l1_sep = capped_row_max(lambda i: sep_ub(srows[i], sprob[i]), sprob, cap, chunk)
     return torch.minimum(cap, l1_sep), 3 * S * P, True
 
 
