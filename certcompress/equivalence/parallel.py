@@ -146,7 +146,7 @@ class Pool:
         while the started helpers take chunks."""
         results: list[tuple[Tensor, Tensor, Pre] | None] = [None] * len(jobs)
         lock = threading.Lock()
-        span = [0, len(jobs)]  # jobs[span[0]:span[1]] are not taken yet
+        nxt = [0]  # jobs[nxt[0]:] are not taken yet
         errors: list[BaseException] = []
 
         def take() -> int | None:
@@ -154,16 +154,16 @@ class Pool:
             # costliest (more unstable neurons), so the cheap ones come last and the
             # lanes finish a round close together
             with lock:
-                if span[0] >= span[1] or errors:
+                if nxt[0] >= len(jobs) or errors:
                     return None
-                span[0] += 1
-                return span[0] - 1
+                nxt[0] += 1
+                return nxt[0] - 1
 
         def helper(k: int) -> None:
             try:
                 while not self._started(k):
                     with lock:
-                        if span[0] >= span[1] or errors:
+                        if nxt[0] >= len(jobs) or errors:
                             return
                     time.sleep(_POLL)
                 while (i := take()) is not None:
@@ -186,7 +186,7 @@ class Pool:
                 self.chunks["caller"] += 1
         finally:
             with lock:  # nothing left, or a failure here: the helpers take no more
-                span[0] = span[1]
+                nxt[0] = len(jobs)
             for t in threads:
                 t.join()
         if errors:
