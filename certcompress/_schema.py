@@ -86,10 +86,19 @@ def describe_value(v: object) -> str:
     return type(v).__name__
 
 
+def _key(p: Any) -> str:
+    """A field name as an error message shows it: control characters escaped (a message
+    stays one line) and at most 40 characters."""
+    s = str(p)
+    if not s.isprintable():
+        s = s.encode("unicode_escape").decode("ascii")
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
 def _where(path: Iterable[Any]) -> str:
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        out += f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if out else _key(p))
     return out or "(top level)"
 
 

@@ -249,3 +249,11 @@ def test_a_shape_mismatch_is_an_input_shape_refusal_not_an_adapter_request() -> 
     msg = str(info.value)
     assert "input shape (1, 5) does not fit this layer" in msg
     assert "adapter" not in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize("key", ["\n", "a\tb\r", "k" * 500])
+def test_a_field_name_with_control_characters_or_a_long_one_keeps_the_error_on_one_line(
+        key: str) -> None:
+    """Hypothesis found a key of one newline: the refusal named it raw, on two lines."""
+    for value in (math.inf, 10 ** 400):
+        _read_or_refuse("quantconfig", {key: value})
