@@ -199,6 +199,10 @@ class BoundsDetails(TierDetails):
     sign_search: str | None = None
     crown_rows_per_node: int | None = None
     interval_neurons: int | None = None
+    #: where the bound was computed (``PropagationOptions.device``: ``"cpu"``,
+    #: ``"cuda:N"``; absent in certificates made before the option: the CPU). A bound
+    #: computed on a GPU is stated ``2^-31`` relative higher (docs/bounds.md, "On a GPU")
+    device: str | None = None
 
 
 _DETAILS: dict[str, type[TierDetails]] = {"path-metric": PathMetricDetails,

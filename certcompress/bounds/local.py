@@ -45,6 +45,7 @@ from .._version import provenance
 from ..domain import InputDomain
 from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
+from .propagation.device import graph_elements, graph_on, on_device, resolve_device
 from .propagation.engine import capped_row_max, rows_per_chunk, sign_vector_order
 from .propagation.signs import resolve_sign_rows, sign_vector_search
 
@@ -438,7 +439,11 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     box = (torch.maximum(lo_dom, x.double().amin(0) - eps_f).unsqueeze(0),
            torch.minimum(hi_dom, x.double().amax(0) + eps_f).unsqueeze(0))
     g, g2 = trace(model, shape, domain=box), trace(compressed, shape, domain=box)
-    pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
+    dev = resolve_device(options.device if options is not None else "auto",
+                         graph_elements(g))
+    g, g2 = graph_on(g, dev), graph_on(g2, dev)
+    with on_device(dev):
+        pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
     elements = sum(n.numel for n in pair.nodes)
     opts = options or PropagationOptions(
         crown_rows_per_node=0 if elements > LOCAL_CROWN_ELEMENTS else None)
@@ -464,13 +469,14 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
                leave=False, total=len(starts), unit="batch")
     for s in bar:
         xb = x[s:s + batch_size]
-        lo = torch.maximum(xb - eps_f, lo_dom).unsqueeze(1)  # (P, 1, *per)
-        hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1)
-        runs = _Runs(propagate(pair, lo, hi, opts), propagate(alone_o, lo, hi, opts),
-                     propagate(alone_c, lo, hi, opts))
-        for k, v in _batch(runs, top[s:s + batch_size], m, sign_vectors,
-                           sign_budget).items():
-            out.setdefault(k, []).append(v)
+        lo = torch.maximum(xb - eps_f, lo_dom).unsqueeze(1).to(dev)  # (P, 1, *per)
+        hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1).to(dev)
+        with on_device(dev):
+            runs = _Runs(propagate(pair, lo, hi, opts), propagate(alone_o, lo, hi, opts),
+                         propagate(alone_c, lo, hi, opts))
+            for k, v in _batch(runs, top[s:s + batch_size].to(dev), m, sign_vectors,
+                               sign_budget).items():
+                out.setdefault(k, []).append(v.cpu())
     res = {k: torch.cat(v) for k, v in out.items()}
     seconds = time.perf_counter() - t0
     decided = res["margin_c"] > 0
@@ -511,7 +517,7 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     method = (f"differential bound propagation ({opts.intermediate} intermediate "
               f"bounds{budget_text}), the tighter of: the pair (f, f') with the difference "
               "propagated, and each network alone" + l1_text)
-    rounding = (f"float64; engine margin eta = {eta:.3g} x magnitude on every bound, "
+    rounding = (f"float64 (computed on {dev}); engine margin eta = {eta:.3g} x magnitude on every bound, "
                 f"combinations widened by {_combine_rel(m):.3g} relative")
 
     def tup(t: Tensor) -> tuple[float, ...]:

@@ -159,7 +159,8 @@ class Tier(ABC):
         (``sign_rows_budget``, absent: ``"auto"``, which gives every sign vector wherever
         the tier records no budget, or every sign vector for a certificate made before the
         budget, which records no ``sign_rows_used``; ``crown_rows_per_node``, absent: none)
-        it records, else
+        it records, on the CPU (a bound computed on a GPU is stated higher by
+        ``DEVICE_MARGIN`` for that re-check: :mod:`.propagation.device`), else
         None (the defaults). Override when a tier records other options."""
         if self.options_type is PropagationOptions:
             d = stated.details
@@ -175,7 +176,7 @@ class Tier(ABC):
                                       slope_lr=float(d.get("slope_lr") or 0.1),
                                       sign_rows=restated,
                                       crown_rows_per_node=None if crown_rows is None
-                                      else int(crown_rows))
+                                      else int(crown_rows), device="cpu")
         return None
 
     def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,

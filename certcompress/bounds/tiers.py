@@ -52,6 +52,7 @@ from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, PluginError
 from ..ir.graph import Graph
 from .pathmetric import PathMetric
+from .propagation.device import graph_elements, graph_on, on_device, resolve_device, stated_up
 from .propagation.engine import PropagationOptions
 from .propagation.lowering import lower_pair
 from .tierbase import GraphPair, Tier, TierBound
@@ -97,9 +98,13 @@ class BoundsTier(Tier):
 
     def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
         opts = options or PropagationOptions()
-        b = box_bound(lower_pair(pair.original, pair.compressed), domain, opts)
-        return TierBound(bound=b.bound, per_output=tuple(float(v) for v in b.per_output),
-                         exact=False, float_slack_rel=b.eta, details=b.details)
+        dev = resolve_device(opts.device, graph_elements(pair.original))
+        with on_device(dev):
+            b = box_bound(lower_pair(graph_on(pair.original, dev),
+                                     graph_on(pair.compressed, dev)), domain, opts)
+        bound, *per = stated_up(dev, [b.bound, *b.per_output.tolist()])
+        return TierBound(bound=bound, per_output=tuple(per), exact=False,
+                         float_slack_rel=b.eta, details={**b.details, "device": str(dev)})
 
     def stated_options(self, stated: MethodBound) -> PropagationOptions:
         """The base class's options (``intermediate``, slopes) and whether chain pairs

@@ -100,6 +100,10 @@ def _method_arguments(g: Any, propagation: bool) -> None:
                        help="bounds tier with --propagation crown: back-substitute at most N "
                             "neurons per ReLU input (the widest), interval bounds for the "
                             "rest (default: every neuron)")
+        g.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                       help="bounds tier: where the propagation runs (auto, default: a CUDA "
+                            "GPU for large networks when one is present, else the CPU; the "
+                            "same float64 bound up to the order of summation)")
         g.add_argument("--no-chain", dest="chain", action="store_false",
                        help="bounds tier: do not also bound MLP pairs with the differential "
                             "single pass (the engine alone, as certificates made before it)")
@@ -184,7 +188,8 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
                                      chain=getattr(args, "chain", True),
                                      sign_rows=getattr(args, "sign_rows", "auto"),
                                      crown_rows_per_node=getattr(args, "crown_rows_per_node",
-                                                                 None))
+                                                                 None),
+                                     device=getattr(args, "device", "auto"))
     bab_time = getattr(args, "bab_time", None)
     if bab_time is not None:
         if "bab" not in (methods or ()):
@@ -194,7 +199,8 @@ def certify_kwargs(args: argparse.Namespace, shape: Sequence[int],
                                  slope_steps=propagation.slope_steps,
                                  slope_lr=propagation.slope_lr, chain=propagation.chain,
                                  sign_rows=propagation.sign_rows,
-                                 crown_rows_per_node=propagation.crown_rows_per_node)
+                                 crown_rows_per_node=propagation.crown_rows_per_node,
+                                 device=propagation.device)
     return {"domain": domain, "methods": methods, "propagation": propagation,
             "arithmetic": getattr(args, "arithmetic", "exact")}
 

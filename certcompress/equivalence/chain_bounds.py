@@ -60,8 +60,8 @@ def chain_state(lowered: PairNet, domain: InputDomain, opts: PropagationOptions
                  default=0)
     if 4 * widest > opts.max_rows:
         return None
-    lo = domain.lower_tensor().reshape(1, -1).to(torch.float64)
-    hi = domain.upper_tensor().reshape(1, -1).to(torch.float64)
+    lo = domain.lower_tensor().reshape(1, -1).to(torch.float64).to(lowered.device)
+    hi = domain.upper_tensor().reshape(1, -1).to(torch.float64).to(lowered.device)
     return ChainState(chain, lo, hi,
                       intermediate="both" if opts.intermediate == "crown" else "forward",
                       quantities=("z", "d"), relaxation="choose")
@@ -100,9 +100,10 @@ def chain_rows(chain: ChainState, rows: torch.Tensor, opts: PropagationOptions
                 ) -> torch.Tensor:
     """Upper bounds of ``<rows[r], f - f'>`` by the chain pass (with ``opts.slope_steps``
     gradient steps on the rows' ReLU slopes, the chain's own step size)."""
-    prob = torch.zeros(rows.shape[0], dtype=torch.long)
+    dev = chain.lower.device
+    prob = torch.zeros(rows.shape[0], dtype=torch.long, device=dev)
     with torch.no_grad():
-        return chain.upper_bounds(None, rows.cpu(), prob, optimize=opts.slope_steps)[0]
+        return chain.upper_bounds(None, rows.to(dev), prob, optimize=opts.slope_steps)[0]
 
 
 def chain_per_output(chain: ChainState, m: int, opts: PropagationOptions) -> torch.Tensor:
@@ -142,8 +143,8 @@ def box_bound(lowered: PairNet, domain: InputDomain, opts: PropagationOptions) -
     interval bounds, the sign-vector l1 bound within ``opts.sign_rows``) and, for a chain
     pair, the differential single pass (:func:`chain_bounds`): per output and for l1 the
     smallest sound bound. A :class:`NumericalRangeError` where the bounds overflow."""
-    lower = domain.lower_tensor().unsqueeze(0)
-    upper = domain.upper_tensor().unsqueeze(0)
+    lower = domain.lower_tensor().unsqueeze(0).to(lowered.device)
+    upper = domain.upper_tensor().unsqueeze(0).to(lowered.device)
     state = propagate(lowered, lower, upper, opts)
     m = lowered.output_size
     eye = torch.eye(m, dtype=torch.float64, device=lower.device)

@@ -42,6 +42,7 @@ from torch import Tensor
 from ...errors import ConfigurationError, NumericalRangeError
 from ..numerics import float_slack
 from .crown import backsubstitute
+from .device import check_device
 from .form import Form
 from .interval import Magnitude, PairBounds, input_bounds, make_consistent, widen
 from .primitives import PairNet
@@ -87,6 +88,11 @@ class PropagationOptions:
     ``crown_rows_per_node``: with ``intermediate="crown"``, at most this many neurons per ReLU input, quantity and input box get back-substitution rows
     (the widest interval bounds first); the others keep their interval bounds (sound,
     looser); None: every unstable neuron.
+    ``device``: where the ``bounds`` tier and :func:`~certcompress.certify_local` run
+    (:mod:`.device`): ``"auto"`` (default) a CUDA GPU when one is present and the pair
+    has at least ``AUTO_CUDA_ELEMENTS`` node elements, else the CPU; ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``. Same float64 error model on both; a bound computed on a
+    GPU is stated ``DEVICE_MARGIN`` relative higher and re-checked on the CPU.
     """
 
     intermediate: Literal["crown", "interval"] = "crown"
@@ -98,8 +104,10 @@ class PropagationOptions:
     chain: bool = True
     sign_rows: int | Literal["auto"] | None = "auto"
     crown_rows_per_node: int | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_device(self.device))
         if self.intermediate not in ("crown", "interval"):
             raise ConfigurationError(f"intermediate must be 'crown' or 'interval', got "
                                      f"{self.intermediate!r}")

@@ -300,6 +300,14 @@ class PairNet:
         return sum(self.nodes[i].numel for i in self.outputs)
 
     @property
+    def device(self) -> torch.device:
+        """The device of the pair's parameters (the CPU for a pair without any)."""
+        for n in self.nodes:
+            if isinstance(n, PAffine):
+                return n.w.device
+        return torch.device("cpu")
+
+    @property
     def relu_count(self) -> int:
         return sum(isinstance(n, PReLU) for n in self.nodes)
 

@@ -1,0 +1,127 @@
+"""Where the propagation runs: the CPU, or a CUDA GPU when one is present
+(``PropagationOptions.device``; docs/bounds.md, "On a GPU").
+
+The arithmetic is the same on both: float64 with round-to-nearest, every bound pushed
+outward by the engine's margins (:mod:`certcompress.bounds.numerics`). That error model
+needs every kernel to compute plain sums of products, in any order. On a GPU, cuBLAS's
+float64 GEMM does (fused multiply-adds only make a sum more accurate), but cuDNN may
+pick transform-based convolution algorithms (FFT, Winograd), whose rounding is not such
+a sum: :func:`on_device` therefore turns cuDNN off, and PyTorch's own CUDA convolution
+(unfold, then a cuBLAS GEMM) runs instead. Float64 on CUDA keeps subnormals (no
+flush-to-zero), so the underflow margins hold as well.
+
+The two devices sum in different orders, so their bounds differ in the last bits (both
+sound). A bound computed on a GPU is stated ``DEVICE_MARGIN`` (``2^-31``) relative
+higher, and a certificate is re-checked on the CPU (:meth:`Tier.stated_options`): the
+re-check then recomputes a bound no larger than the stated one, within the re-check's
+tolerance (``RECERTIFY_RTOL = 1e-9``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from ...errors import ConfigurationError
+from ...ir import AffineParams, Graph
+
+__all__ = ["DEVICE_ENV", "AUTO_CUDA_ELEMENTS", "DEVICE_MARGIN", "check_device",
+           "resolve_device", "on_device", "graph_on", "graph_elements", "stated_up"]
+
+#: the environment variable that overrides what ``device="auto"`` picks ("cpu", "cuda",
+#: "cuda:N"): e.g. to run a test suite's bound tiers on a GPU
+DEVICE_ENV = "CERTCOMPRESS_DEVICE"
+#: ``"auto"`` runs a pair on a GPU (when one is present) from this many node elements of
+#: the traced pair on (resnet18 at 32x32 has ~1.4 million; a 784-100-100-10 MLP ~1,000):
+#: below it, kernel launches and transfers cost more than the arithmetic saves
+AUTO_CUDA_ELEMENTS = 100_000
+#: the relative amount a bound computed on a GPU is stated higher (module docstring)
+DEVICE_MARGIN = 2.0 ** -31
+
+_SPEC = re.compile(r"(auto|cpu|cuda(:\d{1,3})?)")
+
+
+def check_device(spec: object, what: str = "device") -> str:
+    """``spec`` as a device string (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``; a
+    :class:`torch.device` of those types is accepted), or a ConfigurationError that says
+    what is accepted."""
+    text = str(spec) if isinstance(spec, torch.device) else spec
+    if not isinstance(text, str) or not _SPEC.fullmatch(text):
+        raise ConfigurationError(
+            f"{what} must be 'auto' (a CUDA GPU for large pairs when one is present, else "
+            f"the CPU), 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    return text
+
+
+def resolve_device(spec: str, elements: int) -> torch.device:
+    """The device a pair of ``elements`` node elements runs on: ``spec`` itself, or for
+    ``"auto"`` the environment's :data:`DEVICE_ENV` when set, else the first CUDA GPU
+    when one is present and the pair has at least :data:`AUTO_CUDA_ELEMENTS` elements,
+    else the CPU. A CUDA device asked for where none is usable is a ConfigurationError
+    (never a silent fall-back: the caller asked for it)."""
+    text = check_device(spec)
+    if text == "auto":
+        env = os.environ.get(DEVICE_ENV, "").strip()
+        if env and env != "auto":
+            text = check_device(env, f"the environment variable {DEVICE_ENV}")
+        elif torch.cuda.is_available() and elements >= AUTO_CUDA_ELEMENTS:
+            text = "cuda"
+        else:
+            text = "cpu"
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(
+                f"device {text!r} was asked for, but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}): this "
+                "machine or torch build has no usable GPU; use device='cpu' or 'auto'")
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ConfigurationError(
+                f"device {text!r} was asked for, but only {torch.cuda.device_count()} CUDA "
+                f"device(s) are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        dev = torch.device("cuda", index)
+    return dev
+
+
+@contextmanager
+def on_device(dev: torch.device) -> Iterator[None]:
+    """Run the block with ``dev`` as the default device of new tensors (the lowering's and
+    the engine's own constants follow it) and, on a GPU, with cuDNN off (module
+    docstring). Nothing changes on the CPU."""
+    if dev.type == "cpu":
+        yield
+        return
+    with torch.device(dev), torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
+def graph_on(graph: Graph, dev: torch.device) -> Graph:
+    """``graph`` with its parameters on ``dev`` (the graph itself when they are there)."""
+    params = graph.params
+    if all(p.weight.device == dev for p in params.values()):
+        return graph
+    return graph.with_params({
+        k: AffineParams(p.weight.to(dev), None if p.bias is None else p.bias.to(dev))
+        for k, p in params.items()})
+
+
+def graph_elements(graph: Graph) -> int:
+    """The node elements of a traced graph per input (what ``"auto"`` sizes a pair by)."""
+    return sum(math.prod(int(s) for s in n.shape[1:]) for n in graph.nodes)
+
+
+def stated_up(dev: torch.device, values: Sequence[float] | Tensor) -> list[float]:
+    """``values`` as stated by a bound computed on ``dev``: unchanged on the CPU, else
+    raised by :data:`DEVICE_MARGIN` relative and rounded up (module docstring)."""
+    vals = [float(v) for v in (values.tolist() if isinstance(values, Tensor) else values)]
+    if dev.type == "cpu":
+        return vals
+    return [math.nextafter(v * (1.0 + DEVICE_MARGIN), math.inf) if v > 0 else v
+            for v in vals]
