@@ -45,7 +45,7 @@ from .._version import provenance
 from ..domain import InputDomain
 from ..errors import SOUNDNESS_CAUSES, CertificateError, ConfigurationError, SoundnessError
 from .numerics import UNIT_ROUNDOFF
-from .propagation.device import graph_elements, graph_on, on_device, resolve_device
+from .propagation.device import graph_elements, graph_on, resolve_device, run_on
 from .propagation.engine import capped_row_max, rows_per_chunk, sign_vector_order
 from .propagation.signs import resolve_sign_rows, sign_vector_search
 
@@ -439,15 +439,9 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
     box = (torch.maximum(lo_dom, x.double().amin(0) - eps_f).unsqueeze(0),
            torch.minimum(hi_dom, x.double().amax(0) + eps_f).unsqueeze(0))
     g, g2 = trace(model, shape, domain=box), trace(compressed, shape, domain=box)
-    dev = resolve_device(options.device if options is not None else "auto",
-                         graph_elements(g))
-    g, g2 = graph_on(g, dev), graph_on(g2, dev)
-    with on_device(dev):
-        pair, alone_o, alone_c = lower_pair(g, g2), lower_pair(g, g), lower_pair(g2, g2)
-    elements = sum(n.numel for n in pair.nodes)
-    opts = options or PropagationOptions(
-        crown_rows_per_node=0 if elements > LOCAL_CROWN_ELEMENTS else None)
-    m = pair.output_size
+    spec = options.device if options is not None else "auto"
+    dev = resolve_device(spec, graph_elements(g))
+    m = g.output_size
     if m < 2:
         raise ConfigurationError("certify_local needs a classifier output (at least 2 "
                                  f"outputs), the model has {m}")
@@ -456,28 +450,38 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
         fx, fcx = f(x), fc(x)
     top = fx.argmax(1)
     at_point = (fx - fcx).abs().sum(1)
-    sign_vectors = m <= opts.sign_vectors_up_to
-    # "auto": three runs per sign row (the pair, and each network alone for the separate
-    # bound), at half the bounds tier's work (the per-output and decision rows take the
-    # rest of a point's time): 33 rows for resnet18 at 32x32, every row for the digits CNN
-    sign_budget = resolve_sign_rows(opts.sign_rows, elements, m, cost=LOCAL_SIGN_COST)
-    out: dict[str, list[Tensor]] = {}
     from tqdm.auto import tqdm
 
-    starts = range(0, x.shape[0], batch_size)
-    bar = tqdm(starts, desc=f"local certificates (eps={eps_f:g})", disable=not progress,
-               leave=False, total=len(starts), unit="batch")
-    for s in bar:
-        xb = x[s:s + batch_size]
-        lo = torch.maximum(xb - eps_f, lo_dom).unsqueeze(1).to(dev)  # (P, 1, *per)
-        hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1).to(dev)
-        with on_device(dev):
+    def bound_all(d: torch.device) -> tuple[dict[str, Tensor], PropagationOptions, float,
+                                            int | None]:
+        """Every point's bounds on device ``d`` (:func:`.propagation.device.run_on`)."""
+        gd, g2d = graph_on(g, d), graph_on(g2, d)
+        pair, alone_o, alone_c = lower_pair(gd, g2d), lower_pair(gd, gd), lower_pair(g2d, g2d)
+        elements = sum(n.numel for n in pair.nodes)
+        opts = options or PropagationOptions(
+            crown_rows_per_node=0 if elements > LOCAL_CROWN_ELEMENTS else None)
+        # "auto": three runs per sign row (the pair, and each network alone for the
+        # separate bound), at half the bounds tier's work (the per-output and decision
+        # rows take the rest of a point's time): 33 rows for resnet18 at 32x32, every row
+        # for the digits CNN
+        budget = resolve_sign_rows(opts.sign_rows, elements, m, cost=LOCAL_SIGN_COST)
+        out: dict[str, list[Tensor]] = {}
+        starts = range(0, x.shape[0], batch_size)
+        bar = tqdm(starts, desc=f"local certificates (eps={eps_f:g})", disable=not progress,
+                   leave=False, total=len(starts), unit="batch")
+        for s in bar:
+            xb = x[s:s + batch_size]
+            lo = torch.maximum(xb - eps_f, lo_dom).unsqueeze(1).to(d)  # (P, 1, *per)
+            hi = torch.minimum(xb + eps_f, hi_dom).unsqueeze(1).to(d)
             runs = _Runs(propagate(pair, lo, hi, opts), propagate(alone_o, lo, hi, opts),
                          propagate(alone_c, lo, hi, opts))
-            for k, v in _batch(runs, top[s:s + batch_size].to(dev), m, sign_vectors,
-                               sign_budget).items():
+            for k, v in _batch(runs, top[s:s + batch_size].to(d), m,
+                               m <= opts.sign_vectors_up_to, budget).items():
                 out.setdefault(k, []).append(v.cpu())
-    res = {k: torch.cat(v) for k, v in out.items()}
+        return {k: torch.cat(v) for k, v in out.items()}, opts, rounding_eta(pair), budget
+
+    (res, opts, eta, sign_budget), dev = run_on(spec, dev, bound_all)
+    sign_vectors = m <= opts.sign_vectors_up_to
     seconds = time.perf_counter() - t0
     decided = res["margin_c"] > 0
     # self-checks at the points themselves (inside every ball): a failure is a bug
@@ -495,7 +499,6 @@ def certify_local(model: nn.Module, compressed: nn.Module, points: Tensor | np.n
             f"local certificate contradicted at point {i} itself (deviation "
             f"{float(at_point[i]):.17g}, bound {float(res['l1'][i]):.17g}, class "
             f"{int(top[i])}, compressed class {int(fcx[i].argmax())}). {SOUNDNESS_CAUSES}")
-    eta = rounding_eta(pair)
     dom = _domain_text(lo_dom, hi_dom)
     scope = (f"for each point x_i separately: every x with ||x - x_i||_inf <= {eps_f:.6g}"
              + ("" if dom.startswith("unbounded") else f" inside the {dom}")

@@ -52,7 +52,7 @@ from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, PluginError
 from ..ir.graph import Graph
 from .pathmetric import PathMetric
-from .propagation.device import graph_elements, graph_on, on_device, resolve_device, stated_up
+from .propagation.device import graph_elements, graph_on, resolve_device, run_on, stated_up
 from .propagation.engine import PropagationOptions
 from .propagation.lowering import lower_pair
 from .tierbase import GraphPair, Tier, TierBound
@@ -99,9 +99,8 @@ class BoundsTier(Tier):
     def _bound(self, pair: GraphPair, domain: InputDomain, options: Any) -> TierBound:
         opts = options or PropagationOptions()
         dev = resolve_device(opts.device, graph_elements(pair.original))
-        with on_device(dev):
-            b = box_bound(lower_pair(graph_on(pair.original, dev),
-                                     graph_on(pair.compressed, dev)), domain, opts)
+        b, dev = run_on(opts.device, dev, lambda d: box_bound(
+            lower_pair(graph_on(pair.original, d), graph_on(pair.compressed, d)), domain, opts))
         bound, *per = stated_up(dev, [b.bound, *b.per_output.tolist()])
         return TierBound(bound=bound, per_output=tuple(per), exact=False,
                          float_slack_rel=b.eta, details={**b.details, "device": str(dev)})

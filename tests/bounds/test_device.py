@@ -114,6 +114,55 @@ def test_a_gpu_statement_is_raised_by_the_margin_and_passes_a_cpu_recheck() -> N
     assert DEVICE_MARGIN < RECERTIFY_RTOL / 2
 
 
+def _meta(spec: str, elements: int) -> torch.device:
+    """Stands in for a GPU whose run fails: nothing computes on the meta device."""
+    return torch.device("meta")
+
+
+def test_a_failed_automatic_gpu_run_falls_back_to_the_cpu_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``"auto"`` chose a GPU and the run fails there (out of memory, an op the
+    device lacks), the tier and certify_local say so and compute the CPU's bound; a
+    device named explicitly, and certcompress's own errors, propagate."""
+    cnet, shape = random_conv_net(["conv_stride", "maxpool", "residual"], 4, 6, 3, seed=1)
+    comp = compress(cnet, "prune", 2, 0.4)
+    dom = random_box(shape, 3, max_width=1.0)
+    g, g2 = cc.trace(cnet, shape), cc.trace(comp, shape)
+    cpu = bounds_tier(g, g2, dom, PropagationOptions(device="cpu"))
+    pts = dom.sample(2, torch.Generator().manual_seed(0))
+    local_cpu = cc.certify_local(cnet, comp, pts, 0.05, progress=False)
+    monkeypatch.setattr("certcompress.bounds.tiers.resolve_device", _meta)
+    monkeypatch.setattr("certcompress.bounds.local.resolve_device", _meta)
+    with pytest.warns(RuntimeWarning, match="failed .*ran on the CPU instead"):
+        auto = bounds_tier(g, g2, dom)
+    assert auto.details["device"] == "cpu"
+    assert (auto.bound, auto.per_output) == (cpu.bound, cpu.per_output)
+    with pytest.warns(RuntimeWarning, match="ran on the CPU instead"):
+        local = cc.certify_local(cnet, comp, pts, 0.05, progress=False)
+    assert local.deviation_bound == local_cpu.deviation_bound
+    assert "computed on cpu" in local.rounding
+    with pytest.raises(RuntimeError):
+        bounds_tier(g, g2, dom, PropagationOptions(device="cuda"))
+
+
+def test_run_on_passes_certcompress_errors_and_explicit_devices_through() -> None:
+    def refuse(d: torch.device) -> None:
+        raise cc.errors.NumericalRangeError("overflow")
+
+    def fail(d: torch.device) -> str:
+        if d.type != "cpu":
+            raise RuntimeError("CUDA out of memory")
+        return "cpu result"
+
+    meta = torch.device("meta")
+    with pytest.raises(cc.errors.NumericalRangeError):
+        devmod.run_on("auto", meta, refuse)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        devmod.run_on("cuda", meta, fail)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        assert devmod.run_on("auto", meta, fail) == ("cpu result", torch.device("cpu"))
+
+
 # ---------------------------------------------------------------------- on a GPU
 def _pairs() -> list[tuple[str, torch.nn.Module, torch.nn.Module, InputDomain]]:
     out = []
@@ -185,3 +234,21 @@ def test_certify_local_on_cuda_is_sound_and_matches_the_cpu() -> None:
         assert math.isfinite(bound)
         assert bound <= cpu.deviation_bound[i] * (1.0 + 1e-9) + 1e-300
         assert gpu.decision_unchanged[i] == cpu.decision_unchanged[i]
+
+
+def test_a_certificate_names_where_its_bound_was_computed_and_refuses_other_names() -> None:
+    import json
+
+    net = mlp(3, 8, 2, 2, seed=4)
+    comp = compress(net, "prune", 5, 0.3)
+    dom = InputDomain.box(-1.0, 1.0, shape=(1, 3))
+    cert = cc.certify(net, comp, domain=dom, methods=("bounds",))
+    data = json.loads(cert.to_json())
+    entry = next(e for e in data["by_method"] if e["method"] == "bounds") \
+        if isinstance(data["by_method"], list) else data["by_method"]["bounds"]
+    assert entry["details"]["device"] == "cpu"
+    assert cc.Certificate.from_json(json.dumps(data)).by_method["bounds"].details["device"] \
+        == "cpu"
+    entry["details"]["device"] = "gpu0"
+    with pytest.raises(cc.errors.CertificateError, match="device"):
+        cc.Certificate.from_json(json.dumps(data))

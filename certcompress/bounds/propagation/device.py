@@ -22,17 +22,21 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from ...errors import ConfigurationError
+from ...errors import CertcompressError, ConfigurationError
 from ...ir import AffineParams, Graph
 
+T = TypeVar("T")
+
 __all__ = ["DEVICE_ENV", "AUTO_CUDA_ELEMENTS", "DEVICE_MARGIN", "check_device",
-           "resolve_device", "on_device", "graph_on", "graph_elements", "stated_up"]
+           "resolve_device", "on_device", "run_on", "graph_on", "graph_elements", "stated_up"]
 
 #: the environment variable that overrides what ``device="auto"`` picks ("cpu", "cuda",
 #: "cuda:N"): e.g. to run a test suite's bound tiers on a GPU
@@ -100,6 +104,26 @@ def on_device(dev: torch.device) -> Iterator[None]:
         return
     with torch.device(dev), torch.backends.cudnn.flags(enabled=False):
         yield
+
+
+def run_on(spec: str, dev: torch.device, fn: Callable[[torch.device], T]
+           ) -> tuple[T, torch.device]:
+    """``(fn(dev), dev)`` with ``fn`` run under :func:`on_device`. Where ``dev`` is a GPU
+    that ``spec`` ``"auto"`` chose and the run fails there (a RuntimeError: out of GPU
+    memory, an op the device lacks), a RuntimeWarning that says why and ``(fn(cpu),
+    cpu)``: the CPU computes the same bound. A device the caller named explicitly, and
+    certcompress's own errors (a refusal, an overflow), propagate."""
+    try:
+        with on_device(dev):
+            return fn(dev), dev
+    except RuntimeError as exc:
+        if spec != "auto" or dev.type == "cpu" or isinstance(exc, CertcompressError):
+            raise
+        warnings.warn(f"the bound computation on {dev} failed ({type(exc).__name__}: "
+                      f"{str(exc)[:300]}); it ran on the CPU instead (the same bound). Pass "
+                      f"device='cpu' to skip the GPU", RuntimeWarning, stacklevel=3)
+    cpu = torch.device("cpu")
+    return fn(cpu), cpu
 
 
 def graph_on(graph: Graph, dev: torch.device) -> Graph:

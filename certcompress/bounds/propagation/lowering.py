@@ -269,7 +269,9 @@ def _lower_maxpool(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     in_shape = b.shape(ins[0])
     idx = maxpool_window_index(op, in_shape)
     # self-check against the op's own forward on random data (the lowering must be exact)
-    probe = torch.randn(in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # drawn on the CPU (its generator's device), then put where the lowering runs
+    probe = torch.randn(in_shape, dtype=torch.float64, device="cpu",
+                        generator=torch.Generator().manual_seed(0)).to(idx.device)
     if not torch.equal(_gather(idx)(probe).amax(-1), op.forward([probe], None)):
         raise RuntimeError(f"max-pooling window gather disagrees with {op.describe()}")
     g = _gather(idx)
