@@ -333,7 +333,7 @@ class ChainState:
                  quantities: tuple[str, ...] = ("z", "c", "d"),
                  prior: Sequence[Tensor | None] | None = None, ramp: bool = True,
                  relaxation: str = "choose", layout: str = "padded",
-                 empty_ok: bool = False) -> None:
+                 empty_ok: bool = False, mixed_chords: bool = False) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if intermediate not in ("forward", "crown", "both"):
@@ -373,6 +373,14 @@ class ChainState:
         # by a consistent point so the pass stays finite (they are meaningless: the
         # problem is proven vacuously by the caller)
         self.empty_ok = empty_ok
+        # ``mixed_chords``: where one ReLU is dead and the other active, :meth:`_pack` uses
+        # the difference's chords (``min(d, 0) <= Delta <= max(d, 0)``, exact up to the
+        # dead side's range) instead of the exact joint form, which writes ``Delta`` through
+        # the dead network's pre-activation (``Delta = d - z`` or ``d + c``): after a ReLU
+        # split clamps ``z <= 0`` while ``c >= 0`` (``d`` tiny), that form carries ``z``'s
+        # loose symbolic bound back to the input (4x looser bounds measured on the
+        # digits MLP; docs/equivalence.md, "ReLU splitting")
+        self.mixed_chords = mixed_chords
         self.infeasible = torch.zeros(lower.shape[0], dtype=torch.bool)
         with torch.no_grad():
             self._run()
@@ -756,6 +764,11 @@ class ChainState:
             rl = self.relax[j]
             kz, kc = ramp_slopes(rl.bounds)
             u = rl.unstable_z | rl.unstable_c
+            if self.mixed_chords:  # one dead, the other active (d has one sign)
+                bd = rl.bounds
+                z_dead, z_act = bd.zu <= 0, bd.zl >= 0
+                c_dead, c_act = bd.cu <= 0, bd.cl >= 0
+                u = u | (z_dead & c_act) | (z_act & c_dead)
 
             def pick(a: Tensor, b: Tensor) -> Tensor:
                 return torch.where(u, a, b)

@@ -54,6 +54,10 @@ __all__ = ["run_relu_search", "SPLITS", "RELU_AUTO_MIN_DIM", "resolve_split"]
 #: ``"relu"`` for chain pairs with at least :data:`RELU_AUTO_MIN_DIM` inputs
 SPLITS = ("auto", "input", "relu")
 RELU_AUTO_MIN_DIM = 16
+#: an input bisection is expected to remove this fraction of a dimension's
+#: ``|coefficient| x width`` from the rows (halving its radius removes a quarter of its
+#: range's contribution), compared with a ReLU split's intercept score
+INPUT_GAIN = 0.25
 
 # the rows of a pre_bounds() tensor (6, n): zl, zu, cl, cu, dl, du
 _ROW = {("z", 1): 0, ("z", -1): 1, ("c", 1): 2, ("c", -1): 3}
@@ -82,6 +86,15 @@ class _Dom:
     depth: int
     relu: tuple[int, int, str] | None = None  # (affine layer, neuron, "z"/"c") to split
     dim: int = -1  # input dimension to split when ``relu`` is None
+    # its rows' upper bounds (r,) and the rows (cz, cd; (r, m) or None): valid on every
+    # child, so a child bounding the same rows keeps the smaller of the two
+    ub: Tensor | None = None
+    rows: tuple[Tensor | None, Tensor | None] | None = None
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None
+                                         and a.shape == b.shape and bool(torch.equal(a, b)))
 
 
 def _stack(pres: list[Pre]) -> Pre | None:
@@ -129,12 +142,16 @@ class _ReluSearch(_Search):
                             and self.chain.layers[j - 1].kind == "affine"]
 
     # ------------------------------------------------------------------ bounding
-    def _pass(self, lo: Tensor, hi: Tensor, pres: list[Pre] | None
-              ) -> tuple[Tensor, Tensor, list[Pre], Tensor, Tensor, Tensor, Judgement]:
+    def _pass(self, lo: Tensor, hi: Tensor, pres: list[Pre] | None,
+              parents: list[_Dom] | None = None
+              ) -> tuple[Tensor, Tensor, list[Pre], Tensor, Tensor, Tensor, Judgement,
+                         Tensor | None, Tensor | None]:
         """One chain pass over a batch: upper bounds ``(P, r)``, input coefficients
         ``(P, r, n)``, layer bounds per domain, the infeasible mask, the original's
-        outputs at the centres, the ReLU-split scores ``(P, L, n_max)`` and the
-        judgement."""
+        outputs at the centres, the ReLU-split scores ``(P, L, n_max)``, the judgement
+        and the rows ``cz``, ``cd``. ``parents[p]``: the domain that child ``p`` was split
+        from; where the child's rows are the parent's, each row's bound is the smaller
+        of the two (the parent's holds on the child, a subset)."""
         P = lo.shape[0]
         self.bounded += P
         centre_f = self._centre_outputs(lo, hi)
@@ -143,17 +160,26 @@ class _ReluSearch(_Search):
         with torch.no_grad():
             state = ChainState(self.chain, lo, hi, intermediate=self.b.intermediate,
                                quantities=("z", "d"), prior=prior,
-                               relaxation=self.b.relaxation, empty_ok=True)
+                               relaxation=self.b.relaxation, empty_ok=True,
+                               mixed_chords=True)
             prob = torch.arange(P).repeat_interleave(r)
             ub, lx = state.upper_bounds(cz, cd, prob, optimize=self.b.optimize)
         ub, lx = ub.reshape(P, r), lx.reshape(P, r, -1)
+        if parents is not None:
+            for p, par in enumerate(parents):
+                if par.ub is None or par.rows is None:
+                    continue
+                rz = None if cz is None else cz[p * r:(p + 1) * r]
+                rd = None if cd is None else cd[p * r:(p + 1) * r]
+                if _same(rz, par.rows[0]) and _same(rd, par.rows[1]):
+                    ub[p] = torch.minimum(ub[p], par.ub)
         j = self.prop.judge(ub, centre_f)
         weights = self._row_weights(j, P, r)
         scores = self._relu_scores(state, cz, cd, prob, weights, P, r)
         pre = state.pre_bounds()
         cols = [[None] * P if t is None else list(t.unbind(0)) for t in pre]
         per: list[Pre] = [list(q) for q in zip(*cols)]
-        return ub, lx, per, state.infeasible.clone(), centre_f, scores, j
+        return ub, lx, per, state.infeasible.clone(), centre_f, scores, j, cz, cd
 
     @staticmethod
     def _row_weights(j: Judgement, P: int, r: int) -> Tensor:
@@ -200,8 +226,10 @@ class _ReluSearch(_Search):
 
     # -------------------------------------------------------------------- judge
     def _judge(self, lo: Tensor, hi: Tensor, weights: list[float], depth: list[int],
-               pres: list[Pre] | None) -> bool:
-        ub, lx, per, infeasible, centre_f, scores, j = self._pass(lo, hi, pres)
+               pres: list[Pre] | None, parents: list[_Dom] | None = None) -> bool:
+        ub, lx, per, infeasible, centre_f, scores, j, cz, cd = self._pass(lo, hi, pres,
+                                                                         parents)
+        r = ub.shape[1]
         P = lo.shape[0]
         self.regions += P
         order = torch.argsort(j.score, descending=True)
@@ -218,7 +246,7 @@ class _ReluSearch(_Search):
         # an input bisection halves the dimension's radius: it removes about a quarter of
         # |coefficient| x width from the rows (gain_in); a ReLU split removes the
         # neuron's intercept from both children (best): the larger expected gain wins
-        gains = (0.25 * gain_in).tolist()
+        gains = (INPUT_GAIN * gain_in).tolist()
         wide = (rel.amax(1) > self.cfg.min_width).tolist()
         flat = scores.reshape(P, -1)
         best, arg = flat.max(1) if flat.shape[1] else (torch.full((P,), -1.0),
@@ -238,7 +266,9 @@ class _ReluSearch(_Search):
                 if bounds is not None:
                     self.bound = max(self.bound, bounds[p])
                 continue
-            d = _Dom(lo[p], hi[p], per[p], js[p], weights[p], depth[p])
+            d = _Dom(lo[p], hi[p], per[p], js[p], weights[p], depth[p], ub=ub[p].clone(),
+                     rows=(None if cz is None else cz[p * r:(p + 1) * r],
+                           None if cd is None else cd[p * r:(p + 1) * r]))
             if float(best[p]) > 0 and (float(best[p]) > gains[p] or not wide[p]):
                 li, neuron = divmod(int(arg[p]), n_max)
                 layer = self.relu_layers[li] - 1
@@ -276,7 +306,7 @@ class _ReluSearch(_Search):
             parents: list[_Dom] = [heapq.heappop(self.heap)[2]  # type: ignore[misc]
                                    for _ in range(npar)]
             self.rounds += 1
-            los, his, pres, ws, depth = [], [], [], [], []
+            los, his, pres, ws, depth, owner = [], [], [], [], [], []
             for d in parents:
                 for lo, hi, pre in self._children(d):
                     los.append(lo)
@@ -284,7 +314,8 @@ class _ReluSearch(_Search):
                     pres.append(pre)
                     ws.append(d.weight * 0.5)
                     depth.append(d.depth + 1)
-            if self._judge(torch.stack(los), torch.stack(his), ws, depth, pres):
+                    owner.append(d)
+            if self._judge(torch.stack(los), torch.stack(his), ws, depth, pres, owner):
                 break
             if self.progress is not None:
                 self.progress(self.snapshot(time.perf_counter() - t0))
