@@ -58,11 +58,15 @@ RELU_AUTO_MIN_DIM = 16
 #: ``|coefficient| x width`` from the rows (halving its radius removes a quarter of its
 #: range's contribution), compared with a ReLU split's intercept score
 INPUT_GAIN = 0.25
+#: projected gradient steps on the split constraints' multipliers per pass
+#: (:func:`beta_bounds`; 0: no multipliers, the constraints only clamp bounds)
+BETA_STEPS = 10
 
 # the rows of a pre_bounds() tensor (6, n): zl, zu, cl, cu, dl, du
 _ROW = {("z", 1): 0, ("z", -1): 1, ("c", 1): 2, ("c", -1): 3}
 
 Pre = list[Tensor | None]
+Split = tuple[int, int, str, int]  # (affine layer, neuron, "z"/"c", sign: 1 for >= 0)
 
 
 def resolve_split(split: str, chain: ChainPair | None, n_in: int) -> str:
@@ -90,6 +94,105 @@ class _Dom:
     # child, so a child bounding the same rows keeps the smaller of the two
     ub: Tensor | None = None
     rows: tuple[Tensor | None, Tensor | None] | None = None
+    splits: tuple[Split, ...] = ()
+
+
+def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: Tensor,
+                splits: list[tuple[Split, ...]], steps: int, lr: float = 0.5) -> Tensor:
+    """Upper bounds ``(R,)`` of the output rows ``<cz, f> + <cd, f - f'>`` (row ``r`` over
+    problem ``prob[r]``) with the split constraints of each problem added by Lagrange
+    multipliers (beta-CROWN): on a sub-domain where ``s q_j(x) >= 0`` (``q`` = ``z`` or
+    ``c``), ``g(x) <= g(x) + beta s q_j(x)`` for every ``beta >= 0``, and the right side is
+    back-substituted to the input through the sub-domain's relaxations (those of
+    :meth:`~.chain.ChainState._choose_backward`, valid on it) and concretized over the
+    box. Every ``beta >= 0`` gives a valid bound; ``steps`` projected Adam steps from
+    ``beta = 0`` (the plain bound) lower it, each row keeps its smallest. Rounding: the
+    output rows' margin of :meth:`~.chain.ChainState.upper_bounds` plus, per multiplier,
+    ``beta`` times the margin of a row bounding ``q_j`` (``eta (|z| + |c|)`` magnitude and
+    the underflow floor)."""
+    chain = state.chain
+    k = len(chain.layers) - 1
+    R = prob.shape[0]
+    eta = chain.eta
+    floor = state.form_floor()[prob]
+    # per split layer: signs of z- and c-constraints per row (R, n), and the magnitudes
+    P = len(splits)
+    per: dict[int, tuple[Tensor, Tensor]] = {}
+    for p in range(P):
+        for layer, neuron, q, sign in splits[p]:
+            if layer not in per:
+                n = int(state.bounds[layer].zl.shape[1])
+                per[layer] = (torch.zeros((P, n), dtype=torch.float64),
+                              torch.zeros((P, n), dtype=torch.float64))
+            per[layer][0 if q == "z" else 1][p, neuron] = float(sign)
+    masks = {a: (mz_[prob], mc_[prob]) for a, (mz_, mc_) in per.items()}
+    mz, mc = state.mags[k]
+    base = torch.zeros(R, dtype=torch.float64)
+    if cz is not None:
+        base = base + (cz.abs() * mz[prob]).sum(1)
+    if cd is not None:
+        base = base + (cd.abs() * (mz[prob] + mc[prob])).sum(1)
+    base = eta * base + floor
+    if not masks or steps <= 0:
+        return torch.full((R,), math.inf, dtype=torch.float64)
+    betas = {a: torch.zeros_like(m[0], requires_grad=True) for a, m in masks.items()}
+    rmargin = {a: eta * (state.mags[a][0] + state.mags[a][1])[prob] + floor[:, None]
+               for a in masks}
+
+    def value() -> Tensor:
+        lz, ld = cz, cd
+        const = torch.zeros(R, dtype=torch.float64)
+        for j in range(k, -1, -1):
+            layer = chain.layers[j]
+            if j in betas:
+                b = betas[j]  # >= 0: projected after every step (no clamp here: its
+                # gradient at 0 is 0, so the multipliers would never leave 0)
+                sz, sc = masks[j]
+                inj = b * (sz + sc)
+                lz = inj if lz is None else lz + inj
+                if bool((sc != 0).any()):
+                    t = -(b * sc)
+                    ld = t if ld is None else ld + t
+                const = const + (b * (sz.abs() + sc.abs()) * rmargin[j]).sum(1)
+            if layer.kind == "relu":
+                if lz is None and ld is None:
+                    break
+                lz, ld, c0 = state._choose_backward(j, lz, ld, prob)
+                const = const + c0
+                continue
+            w, wc, bz, bc = layer.w, layer.wc, layer.b, layer.bc
+            assert w is not None and wc is not None and bz is not None and bc is not None
+            nz = None
+            if lz is not None:
+                const = const + lz @ bz
+                nz = lz @ w
+            if ld is not None:
+                if layer.changed:
+                    const = const + ld @ (bz - bc)
+                    t = ld @ (w - wc)
+                    nz = t if nz is None else nz + t
+                    ld = ld @ wc
+                else:
+                    ld = ld @ w
+            lz = nz
+        if lz is None:
+            return const + base
+        return const + (lz * state.mid[prob]).sum(1) + (lz.abs() * state.rad[prob]).sum(1) \
+            + base
+
+    best = torch.full((R,), math.inf, dtype=torch.float64)
+    opt = torch.optim.Adam(list(betas.values()), lr=lr)
+    for _ in range(steps + 1):
+        with torch.enable_grad():
+            v = value()
+            best = torch.minimum(best, v.detach())
+            opt.zero_grad()
+            v.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for t in betas.values():
+                t.clamp_(min=0.0)
+    return best
 
 
 def _same(a: Tensor | None, b: Tensor | None) -> bool:
@@ -129,11 +232,13 @@ class _ReluSearch(_Search):
 
     def __init__(self, bounder: Bounder, prop: Property, lower: Tensor, upper: Tensor,
                  config: SearchConfig,
-                 progress: Callable[[dict[str, Any]], None] | None) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None,
+                 beta_steps: int = BETA_STEPS) -> None:
         super().__init__(bounder, prop, lower, upper, config, None, progress)
         assert bounder.chain is not None
         self.chain: ChainPair = bounder.chain
         self.relu_splits = 0
+        self.beta_steps = beta_steps
         self.input_splits = 0
         self.infeasible = 0
         # ReLU layers j whose pre-activation is affine layer j - 1 (split candidates)
@@ -143,7 +248,8 @@ class _ReluSearch(_Search):
 
     # ------------------------------------------------------------------ bounding
     def _pass(self, lo: Tensor, hi: Tensor, pres: list[Pre] | None,
-              parents: list[_Dom] | None = None
+              parents: list[_Dom] | None = None,
+              splits: list[tuple[Split, ...]] | None = None
               ) -> tuple[Tensor, Tensor, list[Pre], Tensor, Tensor, Tensor, Judgement,
                          Tensor | None, Tensor | None]:
         """One chain pass over a batch: upper bounds ``(P, r)``, input coefficients
@@ -164,6 +270,9 @@ class _ReluSearch(_Search):
                                mixed_chords=True)
             prob = torch.arange(P).repeat_interleave(r)
             ub, lx = state.upper_bounds(cz, cd, prob, optimize=self.b.optimize)
+        if splits is not None and self.beta_steps > 0 and any(splits):
+            ub = torch.minimum(ub, beta_bounds(state, cz, cd, prob, splits,
+                                               self.beta_steps))
         ub, lx = ub.reshape(P, r), lx.reshape(P, r, -1)
         if parents is not None:
             for p, par in enumerate(parents):
@@ -226,9 +335,10 @@ class _ReluSearch(_Search):
 
     # -------------------------------------------------------------------- judge
     def _judge(self, lo: Tensor, hi: Tensor, weights: list[float], depth: list[int],
-               pres: list[Pre] | None, parents: list[_Dom] | None = None) -> bool:
-        ub, lx, per, infeasible, centre_f, scores, j, cz, cd = self._pass(lo, hi, pres,
-                                                                         parents)
+               pres: list[Pre] | None, parents: list[_Dom] | None = None,
+               splits: list[tuple[Split, ...]] | None = None) -> bool:
+        ub, lx, per, infeasible, centre_f, scores, j, cz, cd = self._pass(
+            lo, hi, pres, parents, splits)
         r = ub.shape[1]
         P = lo.shape[0]
         self.regions += P
@@ -268,7 +378,8 @@ class _ReluSearch(_Search):
                 continue
             d = _Dom(lo[p], hi[p], per[p], js[p], weights[p], depth[p], ub=ub[p].clone(),
                      rows=(None if cz is None else cz[p * r:(p + 1) * r],
-                           None if cd is None else cd[p * r:(p + 1) * r]))
+                           None if cd is None else cd[p * r:(p + 1) * r]),
+                     splits=() if splits is None else splits[p])
             if float(best[p]) > 0 and (float(best[p]) > gains[p] or not wide[p]):
                 li, neuron = divmod(int(arg[p]), n_max)
                 layer = self.relu_layers[li] - 1
@@ -281,17 +392,18 @@ class _ReluSearch(_Search):
             self._push(d)  # type: ignore[arg-type]
         return False
 
-    def _children(self, d: _Dom) -> list[tuple[Tensor, Tensor, Pre]]:
+    def _children(self, d: _Dom) -> list[tuple[Tensor, Tensor, Pre, tuple[Split, ...]]]:
         if d.relu is not None:
             layer, neuron, q = d.relu
             self.relu_splits += 1
-            return [(d.lower, d.upper, _clamp(d.pre, layer, neuron, q, s)) for s in (1, -1)]
+            return [(d.lower, d.upper, _clamp(d.pre, layer, neuron, q, s),
+                     d.splits + ((layer, neuron, q, s),)) for s in (1, -1)]
         self.input_splits += 1
         m = (d.lower[d.dim] + d.upper[d.dim]) * 0.5
         a_hi, b_lo = d.upper.clone(), d.lower.clone()
         a_hi[d.dim] = m
         b_lo[d.dim] = m
-        return [(d.lower, a_hi, d.pre), (b_lo, d.upper, d.pre)]
+        return [(d.lower, a_hi, d.pre, d.splits), (b_lo, d.upper, d.pre, d.splits)]
 
     # ---------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -307,15 +419,17 @@ class _ReluSearch(_Search):
                                    for _ in range(npar)]
             self.rounds += 1
             los, his, pres, ws, depth, owner = [], [], [], [], [], []
+            spl: list[tuple[Split, ...]] = []
             for d in parents:
-                for lo, hi, pre in self._children(d):
+                for lo, hi, pre, sp in self._children(d):
+                    spl.append(sp)
                     los.append(lo)
                     his.append(hi)
                     pres.append(pre)
                     ws.append(d.weight * 0.5)
                     depth.append(d.depth + 1)
                     owner.append(d)
-            if self._judge(torch.stack(los), torch.stack(his), ws, depth, pres, owner):
+            if self._judge(torch.stack(los), torch.stack(his), ws, depth, pres, owner, spl):
                 break
             if self.progress is not None:
                 self.progress(self.snapshot(time.perf_counter() - t0))
@@ -329,8 +443,8 @@ class _ReluSearch(_Search):
 
 def run_relu_search(bounder: Bounder, prop: Property, lower: Tensor, upper: Tensor,
                     config: SearchConfig,
-                    progress: Callable[[dict[str, Any]], None] | None = None
-                    ) -> dict[str, Any]:
+                    progress: Callable[[dict[str, Any]], None] | None = None,
+                    beta_steps: int = BETA_STEPS) -> dict[str, Any]:
     """Branch-and-bound over ReLU splits of the box ``lower``/``upper`` (flat, float64)
     for a chain pair (``bounder.chain``), in the calling process: the rounds, verdict and
     counterexample depend on ``config`` alone. ``proven_fraction`` is the proven share
@@ -341,4 +455,4 @@ def run_relu_search(bounder: Bounder, prop: Property, lower: Tensor, upper: Tens
         raise ValueError("ReLU splitting needs a chain pair (an MLP or a plain CNN)")
     if not math.isfinite(config.timeout):
         raise ValueError("timeout must be finite")
-    return _ReluSearch(bounder, prop, lower, upper, config, progress).run()
+    return _ReluSearch(bounder, prop, lower, upper, config, progress, beta_steps).run()
