@@ -6,6 +6,9 @@ multipliers and clamped sub-domain bounds hold on sampled inputs of the sub-doma
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import _soundness as sh
 import pytest
 import torch
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import certcompress as cc
+from certcompress import cli
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.capture import trace
 from certcompress.domain import InputDomain
@@ -21,6 +25,7 @@ from certcompress.equivalence.chain import ChainState, chain_from_pair
 from certcompress.equivalence.properties import EpsilonProperty
 from certcompress.equivalence.relu_split import _clamp, beta_bounds
 from certcompress.errors import ConfigurationError
+from certcompress.loading import load_module
 
 pairs = st.fixed_dictionaries({
     "n_in": st.integers(1, 3), "arch": st.sampled_from(["mlp", "mlp", "cnn"]),
@@ -222,3 +227,30 @@ def test_relu_split_verifies_where_input_splitting_runs_out() -> None:
 
 
 RADIUS = 0.07
+
+
+def test_cli_split_flag_matches_the_api(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12),
+                              torch.nn.ReLU(), torch.nn.Linear(12, 2)).eval()
+    half = compress(net, "float16").float().eval()
+    paths = []
+    for m, name in ((net, "A.onnx"), (half, "B.onnx")):
+        torch.onnx.export(m, (torch.zeros(1, 3),), str(tmp_path / name), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=17)
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "res.json"
+    rc = cli.main(["equiv", *paths, "--domain=-1:1", "--input-shape", "1", "3",
+                   "--epsilon", "1e-4", "--split", "relu", "--max-regions", "300",
+                   "--timeout", "120", "--no-progress", "--out", str(out)])
+    capsys.readouterr()
+    assert rc in (0, 3, 4)
+    data = json.loads(out.read_text())
+    assert data["details"]["split"] == "relu"
+    a, b = (load_module(p, needed_by="test") for p in paths)
+    api = cc.verify_equivalence(a, b, InputDomain.box(-1.0, 1.0, shape=(1, 3)),
+                                epsilon=1e-4, split="relu", max_regions=300, timeout=120)
+    assert (api.status, api.regions) == (data["status"], data["regions"])
+    assert cli.main(["equiv", *paths, "--domain=-1:1", "--input-shape", "1", "3",
+                     "--epsilon", "1e-4", "--split", "neurons"]) == 2
