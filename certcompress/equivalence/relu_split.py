@@ -453,6 +453,4 @@ def run_relu_search(bounder: Bounder, prop: Property, lower: Tensor, upper: Tens
     ``infeasible`` (children proven vacuously)."""
     if bounder.chain is None:
         raise ValueError("ReLU splitting needs a chain pair (an MLP or a plain CNN)")
-    if not math.isfinite(config.timeout):
-        raise ValueError("timeout must be finite")
     return _ReluSearch(bounder, prop, lower, upper, config, progress, beta_steps).run()
