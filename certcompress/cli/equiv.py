@@ -4,7 +4,7 @@
     certcompress equiv ORIGINAL COMPRESSED (--domain LO:HI | --radius R | --vnnlib SPEC)
                        [--input-shape 1 5] [--epsilon 0.05 --norm inf | --property top1
                        [--confidence 0.9]] [--timeout 60] [--max-regions N]
-                       [--optimize-steps K] [--split-candidates K] [--intermediate MODE]
+                       [--optimize-steps K] [--split-candidates K] [--split MODE] [--intermediate MODE]
                        [--batch N] [--chunk N] [--seed S]
                        [--executor serial|local|ray] [--workers N] [--out result.json]
                        [--certificate certificate.json]
@@ -33,6 +33,7 @@ from torch import nn
 
 from .._io import atomic_write_text
 from ..domain import InputDomain
+from ..equivalence.relu_split import SPLITS
 from ..equivalence.result import EquivalenceResult
 from ..equivalence.verify import NORMS, PROPERTIES, verify_equivalence
 from ..equivalence.vnnlib import read_vnnlib
@@ -110,6 +111,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="strong branching above 1: bound both halves for the K most "
                         "sensitive dimensions and split where the worse half is best "
                         "(default 1)")
+    s.add_argument("--split", choices=SPLITS, default="input",
+                   help="how a region is split: input (bisect the box, default), relu (fix "
+                        "the sign of an unstable neuron; chain networks, one process) or "
+                        "auto (relu from 16 inputs on)")
     s.add_argument("--intermediate", choices=INTERMEDIATE, default="crown",
                    help="pre-activation bounds per region: crown (back-substitution, "
                         "default), forward (cheapest) or both")
@@ -169,7 +174,7 @@ def verify_with(args: argparse.Namespace, original: nn.Module, compressed: nn.Mo
                               executor=None if args.executor == "serial" else args.executor,
                               workers=args.workers, batch=args.batch, chunk=args.chunk,
                               seed=args.seed, intermediate=args.intermediate,
-                              split_candidates=args.split_candidates,
+                              split_candidates=args.split_candidates, split=args.split,
                               optimize_steps=args.optimize_steps,
                               progress=not args.no_progress)
 

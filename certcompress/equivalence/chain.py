@@ -332,7 +332,8 @@ class ChainState:
                  intermediate: str = "forward", chunk_rows: int = 1 << 15,
                  quantities: tuple[str, ...] = ("z", "c", "d"),
                  prior: Sequence[Tensor | None] | None = None, ramp: bool = True,
-                 relaxation: str = "choose", layout: str = "padded") -> None:
+                 relaxation: str = "choose", layout: str = "padded",
+                 empty_ok: bool = False, mixed_chords: bool = False) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if intermediate not in ("forward", "crown", "both"):
@@ -366,6 +367,21 @@ class ChainState:
         self.mags: list[tuple[Tensor, Tensor]] = []
         self.bounds: list[PairBounds] = []
         self.rows = 0
+        # ``empty_ok``: a problem whose bounds become empty (its ``prior`` clamps a
+        # neuron's sign, a ReLU split: docs/equivalence.md, "ReLU splitting") has no input
+        # and is marked in ``infeasible`` instead of raising; its bounds are then replaced
+        # by a consistent point so the pass stays finite (they are meaningless: the
+        # problem is proven vacuously by the caller)
+        self.empty_ok = empty_ok
+        # ``mixed_chords``: where one ReLU is dead and the other active, :meth:`_pack` uses
+        # the difference's chords (``min(d, 0) <= Delta <= max(d, 0)``, exact up to the
+        # dead side's range) instead of the exact joint form, which writes ``Delta`` through
+        # the dead network's pre-activation (``Delta = d - z`` or ``d + c``): after a ReLU
+        # split clamps ``z <= 0`` while ``c >= 0`` (``d`` tiny), that form carries ``z``'s
+        # loose symbolic bound back to the input (4x looser bounds measured on the
+        # digits MLP; docs/equivalence.md, "ReLU splitting")
+        self.mixed_chords = mixed_chords
+        self.infeasible = torch.zeros(lower.shape[0], dtype=torch.bool)
         with torch.no_grad():
             self._run()
 
@@ -417,10 +433,78 @@ class ChainState:
                 if self.intermediate in ("crown", "both") and nxt < len(self.chain.layers) \
                         and self.chain.layers[nxt].kind == "relu" and k > 0:
                     b = self._tighten(k, b, mz, mc)
-                b = make_consistent(b, f"layer {k}")
+                b = self._consistent(b, k)
             self.bounds.append(b)
             self.mags.append((mz, mc))
         self.sym = sym
+
+    def _consistent(self, b: PairBounds, k: int) -> PairBounds:
+        """:func:`make_consistent`; with ``empty_ok``, problems with an empty interval are
+        marked :attr:`infeasible` (sound: every interval holds on the problem's inputs, so
+        an empty one means there are none) and their bounds set to the point 0."""
+        if not self.empty_ok:
+            return make_consistent(b, f"layer {k}")
+        dl = torch.maximum(b.dl, b.zl - b.cu)
+        du = torch.minimum(b.du, b.zu - b.cl)
+        zl = torch.maximum(b.zl, b.cl + dl)
+        zu = torch.minimum(b.zu, b.cu + du)
+        cl = torch.maximum(b.cl, b.zl - du)
+        cu = torch.minimum(b.cu, b.zu - dl)
+        empty = ((zl > zu) | (cl > cu) | (dl > du)).any(1)
+        self.infeasible = self.infeasible | empty
+        if not bool(self.infeasible.any()):
+            return make_consistent(b, f"layer {k}")
+        gone = self.infeasible[:, None]
+        zero = torch.zeros_like(zl)
+        fix = [torch.where(gone, zero, t) for t in (zl, zu, cl, cu, dl, du)]
+        return make_consistent(PairBounds(*fix), f"layer {k}")
+
+    def relu_intercepts(self, k: int, lz: Tensor | None, ld: Tensor | None, prob: Tensor
+                        ) -> dict[int, Tensor]:
+        """Per ReLU layer ``j <= k``: ``(R, n_j)``, the constant each neuron's relaxation adds
+        to the upper bound of the rows ``<lz, z_k> + <ld, d_k>`` (as
+        :meth:`backsubstitute`, relaxation ``"choose"``, without slopes). It is 0 where both
+        ReLUs are stable (the relaxation is exact there), so a large value marks a neuron
+        whose sign, once fixed, removes a large term from the bound: the branching score
+        of ReLU splitting (BaBSR's intercept term; docs/equivalence.md). A score only;
+        nothing is proven from it."""
+        out: dict[int, Tensor] = {}
+        with torch.no_grad():
+            for j in range(k, -1, -1):
+                layer = self.chain.layers[j]
+                if layer.kind == "relu":
+                    if lz is None and ld is None:
+                        break
+                    pz, nz, pd, nd, pk, nk, az, alz, bz = (
+                        t.index_select(0, prob) for t in self._pack(j).unbind(0))
+                    const = torch.zeros((prob.shape[0], pk.shape[1]), dtype=torch.float64)
+                    cz: Tensor | None = None
+                    cd: Tensor | None = None
+                    if ld is not None:
+                        sp, sn = ld.clamp(min=0), ld.clamp(max=0)
+                        cz, cd = sp * pz + sn * nz, sp * pd + sn * nd
+                        const = const + sp * pk + sn * nk
+                    if lz is not None:
+                        mp, mn = lz.clamp(min=0), lz.clamp(max=0)
+                        t = mp * az + mn * alz
+                        cz = t if cz is None else cz + t
+                        const = const + mp * bz
+                    out[j] = const
+                    lz, ld = cz, cd
+                    continue
+                w, wc = layer.w, layer.wc
+                assert w is not None and wc is not None
+                nzs = None if lz is None else lz @ w
+                if ld is not None:
+                    dw, _, changed = self._diff[j]
+                    if changed:
+                        t = ld @ dw
+                        nzs = t if nzs is None else nzs + t
+                        ld = ld @ wc
+                    else:
+                        ld = ld @ w
+                lz = nzs
+        return out
 
     def _tighten(self, k: int, b: PairBounds, mz: Tensor, mc: Tensor) -> PairBounds:
         """Back-substitution bounds for the pre-activations of layer ``k`` where the
@@ -680,6 +764,11 @@ class ChainState:
             rl = self.relax[j]
             kz, kc = ramp_slopes(rl.bounds)
             u = rl.unstable_z | rl.unstable_c
+            if self.mixed_chords:  # one dead, the other active (d has one sign)
+                bd = rl.bounds
+                z_dead, z_act = bd.zu <= 0, bd.zl >= 0
+                c_dead, c_act = bd.cu <= 0, bd.cl >= 0
+                u = u | (z_dead & c_act) | (z_act & c_dead)
 
             def pick(a: Tensor, b: Tensor) -> Tensor:
                 return torch.where(u, a, b)

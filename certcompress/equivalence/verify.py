@@ -29,6 +29,7 @@ from ..ir.graph import Graph
 from ..measure import adversarial_deviation, float64_function
 from .parallel import EXECUTORS, Pool
 from .properties import ConfidenceProperty, EpsilonProperty, Property, Top1Property
+from .relu_split import SPLITS, resolve_split, run_relu_search
 from .result import EquivalenceResult
 from .search import Bounder, SearchConfig, run_search
 from .tier import TIER_NAME, BabDetails
@@ -138,6 +139,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        workers: int | None = None, batch: int = 256, chunk: int = 128,
                        seed: int = 0, intermediate: str = "crown",
                        split_candidates: int = 1, optimize_steps: int = 0,
+                       split: str = "input",
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
@@ -158,7 +160,12 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     of each region's most sensitive dimensions and the region is split where the worse
     half is best (fewer regions, more bounding per region). ``optimize_steps``: gradient
     steps on the ReLU slopes of the output rows (alpha-CROWN for both networks and the
-    difference; tighter, each step costs about one back-substitution). ``out``: also
+    difference; tighter, each step costs about one back-substitution). ``split``:
+    ``"input"`` bisects the input box; ``"relu"`` fixes the sign of an unstable neuron
+    of either network (both signs are proven; a domain with no unstable neuron left is
+    bisected), for chain pairs only and in this process only (an ``executor`` is then
+    ignored, noted in ``details``); ``"auto"``: ``"relu"`` for chain pairs with at least
+    16 inputs, else ``"input"`` (docs/equivalence.md, "ReLU splitting"). ``out``: also
     write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
@@ -182,6 +189,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                  f"{split_candidates!r}")
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ConfigurationError(f"chunk must be an integer >= 1, got {chunk!r}")
+    if split not in SPLITS:
+        raise ConfigurationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     # a small pair (an MLP such as ACAS-Xu's) runs on one thread throughout: tracing,
     # lowering and the certificate's attack are small products too
     with one_thread(_parameters(model) + _parameters(compressed) <= SMALL_PAIR):
@@ -213,11 +222,25 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
         lower = dom.lower_tensor().reshape(-1)
         upper = dom.upper_tensor().reshape(-1)
+        mode = resolve_split(split, bounder.chain, int(lower.numel()))
+        if mode == "relu" and bounder.chain is None:
+            raise ConfigurationError("split='relu' needs a chain pair (an MLP or a plain CNN: "
+                                     "affine maps and ReLUs one after the other); these "
+                                     "models have branches or other nodes: use "
+                                     "split='input'")
         cfg = SearchConfig(timeout=float(timeout), max_regions=max_regions, batch=batch,
                            chunk=chunk, seed=seed, strong_dims=split_candidates)
         pool: Pool | None = None
         notes: list[str] = []
-        if executor in ("local", "ray"):
+        if mode == "relu":
+            if executor in ("local", "ray"):
+                notes.append(f"split='relu' runs in this process only; executor="
+                             f"{executor!r} was not used (ran serially)")
+            if split_candidates > 1:
+                notes.append("split_candidates applies to input splitting only; ReLU "
+                             "splitting bisects a domain on one dimension when it has "
+                             "no unstable neuron left")
+        elif executor in ("local", "ray"):
             if bounder.chain is None:
                 notes.append(f"executor={executor!r} needs a chain network; ran serially")
             else:
@@ -237,8 +260,11 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                                     refresh=True)
         try:
             with one_thread():
-                res = run_search(bounder, prop, lower, upper, cfg,
-                                 None if pool is None else pool.map, update)
+                if mode == "relu":
+                    res = run_relu_search(bounder, prop, lower, upper, cfg, update)
+                else:
+                    res = run_search(bounder, prop, lower, upper, cfg,
+                                     None if pool is None else pool.map, update)
             if bar is not None:  # the final state (a search proven in its first round too)
                 bar.n = 100.0 if res["status"] == "verified" else \
                     100.0 * float(res["proven_fraction"])
@@ -272,7 +298,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
             counterexample=None if cex is None else tuple(float(v) for v in cex.reshape(-1)),
             input_shape=shape,
             details={"method": bounder.method, "rounds": res["rounds"], "bounded": res["bounded"],
-                     "executor": executor or "serial",
+                     "executor": "serial" if mode == "relu" else executor or "serial",
+                     "split": mode, "relu_splits": res.get("relu_splits", 0),
+                     "input_splits": res.get("input_splits"),
+                     "infeasible_domains": res.get("infeasible", 0),
                      "workers": None if pool is None else pool.workers,
                      "chunks": None if pool is None else dict(pool.chunks),
                      "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
