@@ -275,6 +275,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                      "executor": executor or "serial",
                      "workers": None if pool is None else pool.workers,
                      "chunks": None if pool is None else dict(pool.chunks),
+                     # the helpers were running before this call (kept between calls)
+                     "helpers_warm": None if pool is None else pool.warm,
                      "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
                      "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
         result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,
