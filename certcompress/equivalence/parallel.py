@@ -65,9 +65,10 @@ def _ready() -> None:
     caller."""
 
 
-def _ray_work(chain: ChainPair, mode: str, optimize: int, job: Job) -> Bounded:
+def _ray_work(chain: ChainPair, mode: str, optimize: int, job: Job, packed: bool
+              ) -> Bounded:
     torch.set_num_threads(1)
-    return bound_chunk(chain, *job, intermediate=mode, optimize=optimize)
+    return bound_chunk(chain, *_unpack(job, packed), intermediate=mode, optimize=optimize)
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -79,12 +80,34 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def _pack(job: Job) -> tuple[Job, bool]:
+    """``job`` with its parents' layer bounds sent once per pair of children: the search
+    splits each parent in two, so rows ``2i`` and ``2i + 1`` of every prior tensor are
+    equal (checked here, bit for bit; otherwise the job goes whole). ``(job, packed)``."""
+    lo, hi, cz, cd, r, prior = job
+    P = lo.shape[0]
+    if prior is None or P % 2 or not any(t is not None for t in prior):
+        return job, False
+    if not all(t is None or torch.equal(t[0::2], t[1::2]) for t in prior):
+        return job, False
+    return (lo, hi, cz, cd, r, [None if t is None else t[0::2].clone() for t in prior]), True
+
+
+def _unpack(job: Job, packed: bool) -> Job:
+    if not packed:
+        return job
+    lo, hi, cz, cd, r, prior = job
+    assert prior is not None
+    return (lo, hi, cz, cd, r,
+            [None if t is None else t.repeat_interleave(2, dim=0) for t in prior])
+
+
 def _serve(conn: Connection) -> None:
     """A helper process: bound the chunks it is sent with the current call's chain pair.
 
     Messages: ``("chain", token, chain, mode, optimize)`` (the pair of the call
-    ``token``), ``("job", token, job)`` (answered ``("ok", result)`` or ``("error",
-    exception)``), ``("stop",)``. The caller's end closing ends it too."""
+    ``token``), ``("job", token, job, packed)`` (:func:`_pack`; answered ``("ok",
+    result)`` or ``("error", exception)``), ``("stop",)``. The caller's end closing ends it too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides when helpers stop
     torch.set_num_threads(1)
     conn.send(("ready", os.getpid()))
@@ -103,7 +126,7 @@ def _serve(conn: Connection) -> None:
             if current is None or current[0] != msg[1]:
                 raise RuntimeError("a chunk arrived before its call's chain pair")
             _, chain, mode, optimize = current
-            job: Job = msg[2]
+            job = _unpack(msg[2], msg[3])
             out: tuple[str, Any] = ("ok", bound_chunk(chain, *job, intermediate=mode,
                                                       optimize=optimize))
         except Exception as exc:  # noqa: BLE001 - re-raised in the caller
@@ -155,7 +178,7 @@ class _Helpers:
             if self.token[k] != token:
                 conn.send(("chain", token, chain, mode, optimize))
                 self.token[k] = token
-            conn.send(("job", token, job))
+            conn.send(("job", token) + _pack(job))
             kind, payload = conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             self.broken = True
@@ -322,7 +345,7 @@ class Pool:
             return self._local_set.call(k, self.token, self.chain, self.mode, self.optimize,
                                         job)
         return self._ray.get(self._fn.remote(self._chain_ref, self.mode, self.optimize,
-                                             job))
+                                             *_pack(job)))
 
     def _local(self, job: Job) -> Bounded:
         return bound_chunk(self.chain, *job, intermediate=self.mode, optimize=self.optimize)

@@ -17,7 +17,7 @@ import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainPair, chain_from_pair
-from certcompress.equivalence.parallel import Pool, close_pools, warm_pools
+from certcompress.equivalence.parallel import Pool, _pack, close_pools, warm_pools
 from certcompress.equivalence.search import MIN_CHUNK, SPLIT_ROUND, bound_chunk, chunk_size
 
 
@@ -337,3 +337,42 @@ def test_a_forked_child_does_not_own_the_helpers(
     assert _pids() == pids
     for pid in pids:
         os.kill(pid, 0)  # still running
+
+
+def test_children_jobs_send_their_parents_bounds_once(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A round's children come in pairs with one parent's layer bounds: a job sends them
+    once per pair (rows checked equal) and the helper's bound is the caller's, bit for
+    bit; a job whose rows differ goes whole."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    parents = _jobs(chain, lo, hi, 1)[0]
+    _, _, pre = bound_chunk(chain, *parents)
+    plo, phi = parents[0], parents[1]
+    mid = (plo[:, 0] + phi[:, 0]) / 2
+    a_hi, b_lo = phi.clone(), plo.clone()
+    a_hi[:, 0], b_lo[:, 0] = mid, mid
+    clo = torch.stack([plo, b_lo], 1).reshape(-1, 3)
+    chi = torch.stack([a_hi, phi], 1).reshape(-1, 3)
+    m = chain.n_out
+    eye = torch.eye(m, dtype=torch.float64)
+    cd = torch.cat([eye, -eye]).repeat(6, 1)
+    prior = [None if t is None else t.repeat_interleave(2, dim=0) for t in pre]
+    job = (clo, chi, None, cd, 2 * m, prior)
+    packed, ok = _pack(job)
+    assert ok and packed[5] is not None
+    assert sum(t.numel() for t in packed[5] if t is not None) * 2 == \
+        sum(t.numel() for t in prior if t is not None)
+    uneven = [None if t is None else t.clone() for t in prior]
+    first = next(i for i, t in enumerate(uneven) if t is not None)
+    uneven[first][1] += 1.0  # type: ignore[index]
+    assert not _pack((clo, chi, None, cd, 2 * m, uneven))[1]
+    with Pool("local", chain, workers=2) as pool:
+        _wait_started(pool)
+        got = pool._remote(0, job)
+    want = bound_chunk(chain, *job)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[2], want[2]))
