@@ -54,6 +54,7 @@ from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
 from certcompress.equivalence import close_pools
 from certcompress.equivalence.chain import ChainState, chain_from_pair
+from certcompress.equivalence.parallel import warm_pools
 from certcompress.equivalence.properties import EpsilonProperty
 from certcompress.equivalence.search import Bounder, SearchConfig, run_search
 
@@ -216,7 +217,8 @@ def run_family(instances: list[tuple[str, nn.Module, nn.Module, InputDomain]], e
 
 ARMS_DOC = {
     "serial": "executor=None",
-    "local_warm": "executor='local', helper processes kept from an earlier (untimed) call",
+    "local_warm": "executor='local', helper processes kept from the previous (local_cold) "
+                  "run",
     "local_cold": "executor='local' after close_pools(): the helper starts during the call",
     "ray": "executor='ray' in a Ray instance of --workers CPUs started before the runs, "
            "its workers warmed by an untimed call",
@@ -225,8 +227,9 @@ ARMS_DOC = {
 
 def _parallel_arms(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], Any]:
     """The arms (name, executor) and the Ray module (None without Ray; started here)."""
-    arms: list[tuple[str, str | None]] = [("serial", None), ("local_warm", "local"),
-                                          ("local_cold", "local")]
+    # local_cold leaves its helpers running: local_warm, next, uses them
+    arms: list[tuple[str, str | None]] = [("serial", None), ("local_cold", "local"),
+                                          ("local_warm", "local")]
     ray: Any = None
     try:
         import ray  # optional heavy dependency
@@ -238,18 +241,42 @@ def _parallel_arms(args: argparse.Namespace) -> tuple[list[tuple[str, str | None
     return arms, ray
 
 
+def _helper_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each warm local helper process (Linux /proc)."""
+    out = {}
+    for pids in warm_pools().values():
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def _timed(arm: str, executor: str | None, instances: list[tuple[str, nn.Module, nn.Module,
                                                                  InputDomain]],
            kw: dict[str, Any], workers: int) -> dict[str, Any]:
-    """Verify ``instances`` one after the other in this process on one arm."""
+    """Verify ``instances`` one after the other in this process on one arm; with the CPU
+    seconds of the caller (every thread of this process) and of the local helpers (a
+    cold helper's include its start-up), which the load of other processes does not
+    inflate as it does the wall time."""
     if arm == "local_cold":
         close_pools()
     load0 = os.getloadavg()[0]
+    h0 = _helper_cpu()
+    c0 = time.process_time()
     t = time.perf_counter()
     res = [cc.verify_equivalence(net, comp, dom, **kw) if executor is None else
            cc.verify_equivalence(net, comp, dom, executor=executor, workers=workers, **kw)
            for _, net, comp, dom in instances]
-    return {"arm": arm, "wall_s": time.perf_counter() - t,
+    wall = time.perf_counter() - t
+    caller_cpu = time.process_time() - c0
+    h1 = _helper_cpu()
+    return {"arm": arm, "wall_s": wall, "caller_cpu_s": caller_cpu,
+            "helper_cpu_s": sum(v - h0.get(pid, 0.0) for pid, v in h1.items())
+            if executor == "local" else None,
             "load_average": (load0, os.getloadavg()[0]),
             "results": [(r.status, r.regions, r.bound, r.found, r.counterexample)
                         for r in res],
@@ -261,7 +288,7 @@ def _timed(arm: str, executor: str | None, instances: list[tuple[str, nn.Module,
 def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDomain]]],
              args: argparse.Namespace) -> dict[str, Any]:
     """Serial against the parallel executors (``ARMS_DOC``), interleaved (serial,
-    local_warm, local_cold, ray, serial, ...) ``--parallel-repeat`` times with the load
+    local_cold, local_warm, ray, serial, ...) ``--parallel-repeat`` times with the load
     average around each run (the machine may be shared: the ratios are of the medians):
     ``single``, the first table instance at ``--parallel-epsilon``; ``batch``, the first
     ``--parallel-instances`` table instances one after the other in this process (as
@@ -277,18 +304,17 @@ def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDoma
                                 ("batch", table[:args.parallel_instances])):
             if part not in args.parallel_parts.split(","):
                 continue
-            # warm the local helpers and Ray's workers (untimed)
+            # warm Ray's workers (untimed)
             for arm, executor in arms:
-                if arm in ("local_warm", "ray"):
+                if arm == "ray":
                     _timed(arm, executor, instances[:1], kw, args.workers)
             runs = []
             for _ in range(args.parallel_repeat):
                 for arm, executor in arms:
-                    if arm == "local_warm":  # local_cold stopped them: start, untimed
-                        _timed(arm, executor, instances[:1], kw, args.workers)
                     runs.append(_timed(arm, executor, instances, kw, args.workers))
                     r = runs[-1]
-                    print(f"  parallel {part} {arm}: {r['wall_s']:.2f} s, load "
+                    print(f"  parallel {part} {arm}: {r['wall_s']:.2f} s (CPU caller "
+                          f"{r['caller_cpu_s']:.2f} s, helpers {r['helper_cpu_s']}), load "
                           f"{r['load_average'][0]:.2f}-{r['load_average'][1]:.2f}, "
                           f"regions {[x[1] for x in r['results']]}, chunks {r['chunks']}",
                           flush=True)
