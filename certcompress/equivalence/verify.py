@@ -148,7 +148,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     ``argmax f' = argmax f``; with ``confidence`` (in (0.5, 1)), only where the original's
     softmax confidence is at least that. ``timeout`` (seconds) and ``max_regions`` bound
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (``workers``
-    processes: this one and ``workers - 1`` helpers) or ``"ray"`` bounds each round's
+    processes: this one and ``workers - 1`` helpers, kept for later calls until
+    :func:`~certcompress.equivalence.close_pools` or exit) or ``"ray"`` bounds each round's
     regions in parallel, in chunks of ``chunk`` regions (the verdict does not depend on
     the executor). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
