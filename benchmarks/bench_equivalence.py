@@ -21,9 +21,11 @@ single pass, on instances of the class of the ACAS-Xu-vs-float16 benchmark of Ne
   +-3/255 boxes around test images (clipped to [0, 1]): single-pass l_inf bound (this
   relaxation, the two-pass one, the pre-part-1 one) against the bounds tier, and top-1
   equivalence on each box.
-* parallel: one table instance on the serial search, with ``executor="local"`` and with
-  ``executor="ray"`` (``--workers`` 2, counting the calling process; Ray started with 2
-  CPUs), interleaved and repeated, with the load average around each run.
+* parallel: the serial search against ``executor="local"`` (warm helper processes kept
+  between calls, and cold: started during the call) and ``executor="ray"`` (``--workers``
+  2, counting the calling process; Ray started with 2 CPUs), interleaved and repeated,
+  with the load average around each run: one table instance, and several table
+  instances one after the other in one process (as ``equiv-batch`` runs them).
 
 Writes benchmarks/results/equivalence.json. Run:
 ``.venv/bin/python benchmarks/bench_equivalence.py`` (``--quick`` for a smaller run).
@@ -50,7 +52,9 @@ from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tiers import bounds_tier
 from certcompress.demo.digits import load_digits
 from certcompress.domain import InputDomain
+from certcompress.equivalence import close_pools
 from certcompress.equivalence.chain import ChainState, chain_from_pair
+from certcompress.equivalence.parallel import warm_pools
 from certcompress.equivalence.properties import EpsilonProperty
 from certcompress.equivalence.search import Bounder, SearchConfig, run_search
 
@@ -211,16 +215,21 @@ def run_family(instances: list[tuple[str, nn.Module, nn.Module, InputDomain]], e
     return {"summary": summarize(rows), "instances": rows}
 
 
-def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDomain]]],
-             args: argparse.Namespace) -> dict[str, Any]:
-    """The first table instance on the serial search, ``executor="local"`` and (when Ray
-    is installed) ``executor="ray"`` in a Ray instance of ``--workers`` CPUs, interleaved
-    (serial, local, ray, serial, ...) ``--parallel-repeat`` times, with the load average
-    around each run (the machine may be shared: the ratios are of the medians)."""
-    name, net, comp, dom = (families["table"] or families["smooth"])[0]
-    kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
-                          "batch": 256, "chunk": 64}
-    arms: list[tuple[str, str | None]] = [("serial", None), ("local", "local")]
+ARMS_DOC = {
+    "serial": "executor=None",
+    "local_warm": "executor='local', helper processes kept from the previous (local_cold) "
+                  "run",
+    "local_cold": "executor='local' after close_pools(): the helper starts during the call",
+    "ray": "executor='ray' in a Ray instance of --workers CPUs started before the runs, "
+           "its workers warmed by an untimed call",
+}
+
+
+def _parallel_arms(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], Any]:
+    """The arms (name, executor) and the Ray module (None without Ray; started here)."""
+    # local_cold leaves its helpers running: local_warm, next, uses them
+    arms: list[tuple[str, str | None]] = [("serial", None), ("local_cold", "local"),
+                                          ("local_warm", "local")]
     ray: Any = None
     try:
         import ray  # optional heavy dependency
@@ -229,33 +238,98 @@ def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDoma
     if ray is not None:
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         arms.append(("ray", "ray"))
-    runs: list[dict[str, Any]] = []
+    return arms, ray
+
+
+def _helper_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each warm local helper process (Linux /proc)."""
+    out = {}
+    for pids in warm_pools().values():
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _timed(arm: str, executor: str | None, instances: list[tuple[str, nn.Module, nn.Module,
+                                                                 InputDomain]],
+           kw: dict[str, Any], workers: int) -> dict[str, Any]:
+    """Verify ``instances`` one after the other in this process on one arm; with the CPU
+    seconds of the caller (every thread of this process) and of the local helpers (a
+    cold helper's include its start-up), which the load of other processes does not
+    inflate as it does the wall time."""
+    if arm == "local_cold":
+        close_pools()
+    load0 = os.getloadavg()[0]
+    h0 = _helper_cpu()
+    c0 = time.process_time()
+    t = time.perf_counter()
+    res = [cc.verify_equivalence(net, comp, dom, **kw) if executor is None else
+           cc.verify_equivalence(net, comp, dom, executor=executor, workers=workers, **kw)
+           for _, net, comp, dom in instances]
+    wall = time.perf_counter() - t
+    caller_cpu = time.process_time() - c0
+    h1 = _helper_cpu()
+    return {"arm": arm, "wall_s": wall, "caller_cpu_s": caller_cpu,
+            "helper_cpu_s": sum(v - h0.get(pid, 0.0) for pid, v in h1.items())
+            if executor == "local" else None,
+            "load_average": (load0, os.getloadavg()[0]),
+            "results": [(r.status, r.regions, r.bound, r.found, r.counterexample)
+                        for r in res],
+            "seconds": [r.seconds for r in res],
+            "chunks": [r.details.get("chunks") for r in res],
+            "helpers_warm": [r.details.get("helpers_warm") for r in res]}
+
+
+def parallel(families: dict[str, list[tuple[str, nn.Module, nn.Module, InputDomain]]],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Serial against the parallel executors (``ARMS_DOC``), interleaved (serial,
+    local_cold, local_warm, ray, serial, ...) ``--parallel-repeat`` times with the load
+    average around each run (the machine may be shared: the ratios are of the medians):
+    ``single``, the first table instance at ``--parallel-epsilon``; ``batch``, the first
+    ``--parallel-instances`` table instances one after the other in this process (as
+    ``equiv-batch`` runs them: warm helpers pay their start-up once)."""
+    table = families["table"] or families["smooth"]
+    kw: dict[str, Any] = {"epsilon": args.parallel_epsilon, "timeout": args.timeout,
+                          "batch": 256, "chunk": 64}
+    arms, ray = _parallel_arms(args)
+    out: dict[str, Any] = {"epsilon": args.parallel_epsilon, "workers": args.workers,
+                           "arms": {a: ARMS_DOC[a] for a, _ in arms}}
     try:
-        for _ in range(args.parallel_repeat):
+        for part, instances in (("single", table[:1]),
+                                ("batch", table[:args.parallel_instances])):
+            if part not in args.parallel_parts.split(","):
+                continue
+            # warm Ray's workers (untimed)
             for arm, executor in arms:
-                load0 = os.getloadavg()[0]
-                t = time.perf_counter()
-                res = (cc.verify_equivalence(net, comp, dom, **kw) if executor is None else
-                       cc.verify_equivalence(net, comp, dom, executor=executor,
-                                             workers=args.workers, **kw))
-                runs.append({"arm": arm, "status": res.status, "regions": res.regions,
-                             "bound": res.bound, "found": res.found, "seconds": res.seconds,
-                             "wall_s": time.perf_counter() - t,
-                             "chunks": res.details.get("chunks"),
-                             "load_average": (load0, os.getloadavg()[0])})
-                print(f"  parallel {arm}: {runs[-1]}", flush=True)
+                if arm == "ray":
+                    _timed(arm, executor, instances[:1], kw, args.workers)
+            runs = []
+            for _ in range(args.parallel_repeat):
+                for arm, executor in arms:
+                    runs.append(_timed(arm, executor, instances, kw, args.workers))
+                    r = runs[-1]
+                    print(f"  parallel {part} {arm}: {r['wall_s']:.2f} s (CPU caller "
+                          f"{r['caller_cpu_s']:.2f} s, helpers {r['helper_cpu_s']}), load "
+                          f"{r['load_average'][0]:.2f}-{r['load_average'][1]:.2f}, "
+                          f"regions {[x[1] for x in r['results']]}, chunks {r['chunks']}",
+                          flush=True)
+            med = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
+                   for arm, _ in arms}
+            same = len({repr(r["results"]) for r in runs}) == 1
+            out[part] = {"instances": [n for n, *_ in instances], "runs": runs,
+                         "median_wall_s": med, "same_results_on_every_arm": same,
+                         "speedup": {a: med["serial"] / med[a] for a in med if a != "serial"}}
+            print(f"  parallel {part}: medians {med}, speed-up {out[part]['speedup']}, "
+                  f"same results {same}", flush=True)
     finally:
         if ray is not None:
             ray.shutdown()
-    med = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
-           for arm, _ in arms}
-    out = {"instance": name, "epsilon": args.parallel_epsilon, "workers": args.workers,
-           "runs": runs, "median_wall_s": med,
-           "same_verdict_and_regions": len({(r["status"], r["regions"], r["bound"])
-                                            for r in runs}) == 1,
-           "speedup": {arm: med["serial"] / med[arm] for arm in med if arm != "serial"}}
-    print(f"  parallel: medians {med}, speed-up {out['speedup']}, same verdict and regions "
-          f"{out['same_verdict_and_regions']}")
+        close_pools()
     return out
 
 
@@ -279,8 +353,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parallel-epsilon", type=float, default=0.05,
                     help="epsilon of the parallel run (on the first table instance)")
-    ap.add_argument("--parallel-repeat", type=int, default=2,
+    ap.add_argument("--parallel-repeat", type=int, default=3,
                     help="interleaved repeats of the parallel arms")
+    ap.add_argument("--parallel-instances", type=int, default=3,
+                    help="table instances of the parallel batch part (one process)")
+    ap.add_argument("--parallel-parts", default="single,batch",
+                    help="parts of the parallel run: single and/or batch")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n_nets, n_regions, steps = (1, 3, 400) if args.quick else (args.nets, args.regions, 1500)

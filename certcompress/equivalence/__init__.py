@@ -5,13 +5,15 @@ by branch-and-bound over input splitting with a differential single pass per reg
 
 See :func:`verify_equivalence` and :class:`EquivalenceResult`; input boxes can be read
 from VNN-LIB files (:func:`read_vnnlib`). The same search tightens a worst-case bound as
-the ``bab`` certification tier (:class:`BabOptions`, :mod:`.tier`).
+the ``bab`` certification tier (:class:`BabOptions`, :mod:`.tier`). ``executor="local"``
+keeps its helper processes between calls; :func:`close_pools` stops them (exit does too).
 """
 
+from .parallel import close_pools
 from .result import EquivalenceResult
 from .tier import BabDetails, BabOptions, BabTier
 from .verify import NORMS, PROPERTIES, verify_equivalence
 from .vnnlib import VnnlibSpec, parse_vnnlib, read_vnnlib
 
 __all__ = ["EquivalenceResult", "verify_equivalence", "NORMS", "PROPERTIES", "VnnlibSpec",
-           "parse_vnnlib", "read_vnnlib", "BabOptions", "BabDetails", "BabTier"]
+           "parse_vnnlib", "read_vnnlib", "BabOptions", "BabDetails", "BabTier", "close_pools"]

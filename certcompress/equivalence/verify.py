@@ -150,7 +150,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     ``argmax f' = argmax f``; with ``confidence`` (in (0.5, 1)), only where the original's
     softmax confidence is at least that. ``timeout`` (seconds) and ``max_regions`` bound
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (``workers``
-    processes: this one and ``workers - 1`` helpers) or ``"ray"`` bounds each round's
+    processes: this one and ``workers - 1`` helpers, kept for later calls until
+    :func:`~certcompress.equivalence.close_pools` or exit) or ``"ray"`` bounds each round's
     regions in parallel, in chunks of ``chunk`` regions (the verdict does not depend on
     the executor). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
@@ -304,6 +305,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                      "infeasible_domains": res.get("infeasible", 0),
                      "workers": None if pool is None else pool.workers,
                      "chunks": None if pool is None else dict(pool.chunks),
+                     # the helpers were running before this call (kept between calls)
+                     "helpers_warm": None if pool is None else pool.warm,
                      "stuck_regions": res["stuck"], "domain": dom.describe(), "notes": notes,
                      "rounding_margin_rel": None if bounder.chain is None else bounder.chain.eta})
         result = replace(result, as_certificate=_certificate(result, model, compressed, g1, g2,

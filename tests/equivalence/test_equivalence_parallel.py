@@ -5,6 +5,8 @@ on the round alone; the caller bounds chunks too)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 
 import pytest
@@ -15,7 +17,7 @@ import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainPair, chain_from_pair
-from certcompress.equivalence.parallel import Pool
+from certcompress.equivalence.parallel import Pool, _pack, close_pools, warm_pools
 from certcompress.equivalence.search import MIN_CHUNK, SPLIT_ROUND, bound_chunk, chunk_size
 
 
@@ -166,3 +168,211 @@ def test_a_failing_chunk_fails_the_round(
         with pytest.raises(RuntimeError):
             list(pool.map([bad] + jobs[1:]))
         assert len(list(pool.map(jobs))) == len(jobs)
+
+
+def _wait_started(pool: Pool) -> None:
+    deadline = time.monotonic() + 300
+    while not pool._started(0):
+        assert time.monotonic() < deadline, "the helper process did not start"
+        time.sleep(0.05)
+
+
+def _pids() -> list[int]:
+    return warm_pools().get(1, [])
+
+
+def test_warm_helpers_serve_two_calls_with_different_pairs(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """The local helpers outlive a call: a second call with another pair reuses the same
+    process and still gets its own pair's result (the serial one), and the first pair's
+    result does not change when it runs again after the second."""
+    close_pools()
+    net, comp = pair
+    net2 = mlp(3, 12, 2, 3, 7)
+    comp2 = compress(net2, "round")
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
+    serial_a = cc.verify_equivalence(net, comp, dom, **kw)
+    serial_b = cc.verify_equivalence(net2, comp2, dom, **kw)
+    assert (serial_a.regions, serial_a.bound) != (serial_b.regions, serial_b.bound)
+    first = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    assert first.details["helpers_warm"] is False
+    pids = _pids()
+    assert len(pids) == 1
+    # let the helper finish starting, so the next calls hand it chunks
+    with Pool("local", chain_from_pair(lower_pair(cc.trace(net, dom.shape),
+                                                  cc.trace(comp, dom.shape))),
+              workers=2) as probe:
+        _wait_started(probe)
+    second = cc.verify_equivalence(net2, comp2, dom, executor="local", workers=2, **kw)
+    third = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    assert _pids() == pids  # the same process served every call
+    for res in (second, third):
+        assert res.details["helpers_warm"] is True
+        assert res.details["chunks"]["helpers"] > 0
+    _same(serial_a, first)
+    _same(serial_b, second)
+    _same(serial_a, third)
+    assert (second.found, third.found) == (serial_b.found, serial_a.found)
+
+
+def test_close_pools_stops_the_helpers(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    cc.verify_equivalence(net, comp, dom, epsilon=0.3, executor="local", workers=2,
+                          batch=16, chunk=4)
+    pids = _pids()
+    assert pids
+    assert close_pools() == 1
+    assert warm_pools() == {}
+    for pid in pids:  # stopped and reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_killed_helper_is_replaced(pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A helper that died between calls (killed from outside) is replaced by the next
+    call, which gets the serial result."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
+    serial = cc.verify_equivalence(net, comp, dom, **kw)
+    cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    old = _pids()
+    os.kill(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while _pids() == old:  # warm_pools lists live sets only
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    res = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    assert res.details["helpers_warm"] is False
+    assert _pids() and _pids() != old
+    _same(serial, res)
+
+
+def test_a_helper_dying_during_a_call_fails_it_clearly(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A helper killed while it holds the call's chunks: the call raises an error naming
+    the dead helper (no hang), and the next call starts a fresh one."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+    with Pool("local", chain, workers=2) as pool:
+        _wait_started(pool)
+        os.kill(_pids()[0], signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="helper process 0 .* died"):
+            list(pool.map(jobs, side=lambda: time.sleep(0.5)))
+    with Pool("local", chain, workers=2) as pool:
+        assert not pool.warm
+        _wait_started(pool)
+        assert len(list(pool.map(jobs))) == len(jobs)
+
+
+def test_an_interrupted_call_leaves_the_helpers_usable(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """Ctrl-C in the caller (KeyboardInterrupt raised while the helper bounds): the round
+    stops, the helper finishes the chunk it holds, and the next call on the same warm
+    process gets every result, the serial ones."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+
+    def interrupt() -> None:
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    with Pool("local", chain, workers=2) as pool:
+        _wait_started(pool)
+        pids = _pids()
+        with pytest.raises(KeyboardInterrupt):
+            list(pool.map(jobs, side=interrupt))
+    with Pool("local", chain, workers=2) as pool:
+        assert pool.warm and _pids() == pids
+        got = list(pool.map(jobs))
+    for job, (ub, lx, _) in zip(jobs, got):
+        ub0, lx0, _ = bound_chunk(chain, *job)
+        assert torch.equal(ub, ub0) and torch.equal(lx, lx0)
+
+
+def test_a_concurrent_call_gets_private_helpers(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """While one call holds the warm helpers, another (a second thread) gets its own,
+    stopped when it ends; the warm set is unchanged."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    with Pool("local", chain, workers=2) as held:
+        pids = _pids()
+        with Pool("local", chain, workers=2) as other:
+            assert other._private and other._local_set is not None
+            private = [int(p.pid) for p in other._local_set.procs]
+            assert not set(private) & set(pids)
+        for pid in private:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert held._local_set is not None and not held._private
+    assert _pids() == pids
+
+
+def test_a_forked_child_does_not_own_the_helpers(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """After fork, the child sees no warm helpers (its parent's stay the parent's)."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    cc.verify_equivalence(net, comp, dom, epsilon=0.3, executor="local", workers=2,
+                          batch=16, chunk=4)
+    pids = _pids()
+    assert pids
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os._exit(0 if warm_pools() == {} and close_pools() == 0 else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _pids() == pids
+    for pid in pids:
+        os.kill(pid, 0)  # still running
+
+
+def test_children_jobs_send_their_parents_bounds_once(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A round's children come in pairs with one parent's layer bounds: a job sends them
+    once per pair (rows checked equal) and the helper's bound is the caller's, bit for
+    bit; a job whose rows differ goes whole."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    parents = _jobs(chain, lo, hi, 1)[0]
+    _, _, pre = bound_chunk(chain, *parents)
+    plo, phi = parents[0], parents[1]
+    mid = (plo[:, 0] + phi[:, 0]) / 2
+    a_hi, b_lo = phi.clone(), plo.clone()
+    a_hi[:, 0], b_lo[:, 0] = mid, mid
+    clo = torch.stack([plo, b_lo], 1).reshape(-1, 3)
+    chi = torch.stack([a_hi, phi], 1).reshape(-1, 3)
+    m = chain.n_out
+    eye = torch.eye(m, dtype=torch.float64)
+    cd = torch.cat([eye, -eye]).repeat(6, 1)
+    prior = [None if t is None else t.repeat_interleave(2, dim=0) for t in pre]
+    job = (clo, chi, None, cd, 2 * m, prior)
+    packed, ok = _pack(job)
+    assert ok and packed[5] is not None
+    assert sum(t.numel() for t in packed[5] if t is not None) * 2 == \
+        sum(t.numel() for t in prior if t is not None)
+    uneven = [None if t is None else t.clone() for t in prior]
+    first = next(i for i, t in enumerate(uneven) if t is not None)
+    uneven[first][1] += 1.0  # type: ignore[index]
+    assert not _pack((clo, chi, None, cd, 2 * m, uneven))[1]
+    with Pool("local", chain, workers=2) as pool:
+        _wait_started(pool)
+        got = pool._remote(0, job)
+    want = bound_chunk(chain, *job)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[2], want[2]))
