@@ -29,7 +29,10 @@ Reported per case: wall time of the call (tracing and lowering included: what a 
 waits for), peak RSS of the process (``ru_maxrss``; it includes ~0.7 GB for importing
 torch, torchvision and certcompress, reported as ``baseline_mb``) and the increase over
 that baseline, each against the issue's targets (a bounds-tier pass <= 20 s and <= 1 GB,
-a local certificate <= 10 s per point), the device, the torch thread count and the
+a local certificate <= 10 s per point), the resident memory after each step
+(``rss_after_mb``: ``VmRSS`` after importing torch, torchvision and certcompress, after
+building the two models, after tracing both, with ``peak_through_tracing`` the
+``VmHWM`` then, and at the end), the device, the torch thread count and the
 1-minute load average before and after (the machine may be shared: other processes
 inflate every figure). A case that does not finish within ``--timeout`` seconds is
 recorded as a timeout (its peak RSS is then unknown).
@@ -71,6 +74,19 @@ EPS = 1.0 / 255
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _status_mb(key: str) -> float | None:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak so far) of this process, in MB;
+    None where ``/proc`` is not available."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
 
 
 def _small_budgets(threads: int) -> dict[str, Any]:
@@ -137,19 +153,24 @@ def _pruned_twin(model: Any, twin: Any) -> Any:
 def _run_case(case: str, threads: int) -> dict[str, Any]:
     """One case in this process (the child): returns its figures."""
     import torch
+
+    rss: dict[str, float | None] = {"torch": _status_mb("VmRSS")}
     import torchvision  # optional benchmark dependency
 
+    rss["torchvision"] = _status_mb("VmRSS")
     torch.set_num_threads(threads)
     import certcompress as cc
     from certcompress.bounds.propagation.engine import PropagationOptions
     from certcompress.bounds.tiers import bounds_tier
     from certcompress.domain import InputDomain
 
+    rss["certcompress"] = _status_mb("VmRSS")
     if case == "local-small-budgets":
         return _small_budgets(threads)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     comp = _pruned_twin(model, torchvision.models.resnet18(num_classes=10).eval())
+    rss["models"] = _status_mb("VmRSS")
     shape = (1, 3, SIZE, SIZE)
     gen = torch.Generator().manual_seed(1)
     point = (torch.rand(shape, generator=gen) * 2 - 1).double()
@@ -167,6 +188,7 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         g, g2 = cc.trace(model, shape), cc.trace(comp, shape)
         t1 = time.perf_counter()
+        rss["traced"], rss["peak_through_tracing"] = _status_mb("VmRSS"), _status_mb("VmHWM")
         opts = PropagationOptions(intermediate=inter,  # type: ignore[arg-type]
                                   sign_vectors_up_to=signs,
                                   sign_rows=None if case.endswith("-allsigns") else "auto")
@@ -188,6 +210,8 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
         out.update(seconds=time.perf_counter() - t0, bound_l1=lc.deviation_bound[0],
                    found_at_point_l1=lc.deviation_at_point[0],
                    decision_unchanged=lc.decision_unchanged[0], method=lc.method)
+    rss["end"] = _status_mb("VmRSS")
+    out["rss_after_mb"] = rss
     out["baseline_mb"] = baseline
     out["peak_mb"] = _peak_mb()
     out["increase_mb"] = out["peak_mb"] - baseline
