@@ -371,13 +371,19 @@ def trace_captured(model: nn.Module | torch.export.ExportedProgram, input_shape:
     graph = Graph(nodes=tuple(nodes), outputs=tuple(outputs), params=params_map,
                   input_shape=shape, model_name=name or type(model).__name__, capture=how,
                   notes=notes)
+    # the graph is the only holder of the converted (float64) parameters from here on:
+    # folding then frees the unfolded ones before the trace check makes its float64
+    # copy of the module (one float64 copy of the weights fewer at the peak;
+    # docs/bounds.md "Cost at scale")
+    fx_shapes = converter.shapes
+    del converter, params_map, nodes
     graph = fold_batchnorm(graph) if fold_bn else graph
     report = None
     if check and isinstance(model, nn.Module) and device.type != "meta":
         lower, upper = as_box(domain, shape)
         report = numeric_check(model, graph, lower, upper)
         raise_if_failed(report)
-    return graph, Captured(gm, how, notes, converter.shapes, report)
+    return graph, Captured(gm, how, notes, fx_shapes, report)
 
 
 def _rebind(captured: Captured, model: nn.Module

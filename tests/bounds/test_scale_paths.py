@@ -1,7 +1,8 @@
 """The cost-saving paths of the bounds tier (docs/bounds.md, "Cost at scale"): the
-sign-vector l1 maximum that stops once it cannot tighten the bound, and the affine
-primitive that stores no absolute weights and shares its maps for equal weights. Each
-gives exactly the result of the plain computation."""
+sign-vector l1 maximum that stops once it cannot tighten the bound, the affine
+primitive that stores no absolute weights and no ``w - wc`` and shares its maps for equal
+weights, and the ReLU back-substitution that chooses its split in place. Each gives
+exactly the result of the plain computation."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from certcompress.bounds.propagation.engine import (
     propagate,
     sign_vector_order,
 )
+from certcompress.bounds.propagation.interval import PairBounds
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.propagation.primitives import PAffine
+from certcompress.bounds.propagation.relax import relax_relu, relu_backward
 
 
 def _pair(seed: int, m: int = 4) -> tuple[nn.Module, nn.Module]:
@@ -119,3 +122,48 @@ def test_affine_with_equal_weights_shares_maps_and_matches_copies() -> None:
     for x, y in zip(a.bounds, b.bounds):
         for k in ("zl", "zu", "cl", "cu", "dl", "du"):
             assert torch.equal(getattr(x, k), getattr(y, k))
+
+
+def test_affine_computes_dw_where_used() -> None:
+    """A pruned pair: the affine primitive holds no ``w - wc`` tensor (only the two
+    weights, shared with the graphs), and ``dw``, ``dw_abs`` and ``t_dw`` are exactly
+    the difference, its absolute value and its transpose (the vector-Jacobian product
+    of the map with weight ``w - wc``)."""
+    net, comp = _pair(3)
+    g, g2 = cc.trace(net, (1, 5)), cc.trace(comp, (1, 5))
+    pair = lower_pair(g, g2)
+    aff = [n for n in pair.nodes if isinstance(n, PAffine)]
+    assert any(n.changed for n in aff)
+    for n in aff:
+        assert n.w is g.params[n.source].weight and n.wc is g2.params[n.source].weight
+        held = [v for v in vars(n).values() if isinstance(v, torch.Tensor)
+                and v.shape == n.w.shape]
+        assert all(v is n.w or v is n.wc for v in held)
+        diff = g.params[n.source].weight - g2.params[n.source].weight
+        assert torch.equal(n.dw, diff) and torch.equal(n.dw_abs, diff.abs())
+        rows = torch.randn(4, *n.shape, dtype=torch.float64)
+        expect = rows.reshape(4, -1) @ diff  # Linear: y = x W^T, so the transpose is W
+        assert torch.allclose(n.t_dw(rows)[0].reshape(4, -1), expect, rtol=1e-12,
+                              atol=1e-12)
+
+
+def test_relu_backward_in_place_choice_matches_the_plain_one() -> None:
+    """The default split chosen in place (no autograd) gives bit for bit the result of
+    the out-of-place choice taken while gradients are recorded."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (1, 3, 4)
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=gen, dtype=torch.float64)
+
+    zl, dl = r(*shape), r(*shape)
+    zu, du = zl + r(*shape).abs(), dl + r(*shape).abs()
+    cl, cu = zl - du, zu - dl
+    relax = relax_relu(PairBounds(zl, zu, cl, cu, dl, du))
+    lz, ld = r(6, 3, 4), r(6, 3, 4)
+    with torch.no_grad():
+        fast = relu_backward(relax, lz, ld, None)
+    with torch.enable_grad():
+        plain = relu_backward(relax, lz, ld, None)
+    for a, b in zip(fast, plain):
+        assert a is not None and b is not None and torch.equal(a, b)

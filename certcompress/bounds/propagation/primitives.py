@@ -184,7 +184,9 @@ class PAffine(PNode):
     (float64, the op's layout); ``bias``/``bias_c`` are the biases broadcast to the
     output shape (zeros when the op has none). Derived: ``dw = w - wc`` (a zero view when
     the weights are equal), the three transposed maps ``t_w``, ``t_wc``, ``t_dw``, and
-    the absolute weights (properties, computed where used)."""
+    the absolute weights. ``dw``, its transposed map and the absolute weights are
+    computed where used, not stored (memory at scale: docs/bounds.md "Cost at scale");
+    the arithmetic is the same, so the bounds are bit-identical."""
 
     op: AffineOp
     in_shape: tuple[int, ...]
@@ -192,30 +194,39 @@ class PAffine(PNode):
     wc: Tensor
     bias: Tensor
     bias_c: Tensor
-    dw: Tensor = field(init=False, repr=False)
     dbias: Tensor = field(init=False, repr=False)
     changed: bool = field(init=False)
+    same: bool = field(init=False, repr=False)
     t_w: Transpose = field(init=False, repr=False)
     t_wc: Transpose = field(init=False, repr=False)
-    t_dw: Transpose = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         same = self.wc is self.w or (self.wc.shape == self.w.shape
                                       and bool(torch.equal(self.wc, self.w)))
-        # equal weights (a network paired with itself): dw is a zero view, no copy
-        dw = (torch.zeros((), dtype=self.w.dtype).expand(self.w.shape) if same
-              else self.w - self.wc)
         setattr_ = object.__setattr__
-        setattr_(self, "dw", dw)
+        setattr_(self, "same", same)
         setattr_(self, "dbias", self.bias - self.bias_c)
-        setattr_(self, "changed", (not same and bool(dw.any())) or bool(self.dbias.any()))
-        if same:  # one transposed map, and the zero map for dw (nothing held for it)
-            t_w = linear_transpose(self._map(self.w), [self.in_shape])
-            for name, t in (("t_w", t_w), ("t_wc", t_w), ("t_dw", self._zero_transpose)):
-                setattr_(self, name, t)
-            return
-        for name, weight in (("t_w", self.w), ("t_wc", self.wc), ("t_dw", dw)):
-            setattr_(self, name, linear_transpose(self._map(weight), [self.in_shape]))
+        setattr_(self, "changed", (not same and bool(self.dw.any())) or bool(self.dbias.any()))
+        t_w = linear_transpose(self._map(self.w), [self.in_shape])
+        setattr_(self, "t_w", t_w)
+        # equal weights (a network paired with itself): one transposed map for both
+        setattr_(self, "t_wc", t_w if same else linear_transpose(self._map(self.wc),
+                                                                 [self.in_shape]))
+
+    @property
+    def dw(self) -> Tensor:
+        """``w - wc``, computed where used (a zero view, no copy, for equal weights)."""
+        if self.same:
+            return torch.zeros((), dtype=self.w.dtype, device=self.w.device).expand(
+                self.w.shape)
+        return self.w - self.wc
+
+    def t_dw(self, rows: Tensor) -> tuple[Tensor, ...]:
+        """``dw^T rows``: the transposed map of ``dw``, built where used (zero rows for
+        equal weights); the same vector-Jacobian product as a stored map."""
+        if self.same:
+            return self._zero_transpose(rows)
+        return linear_transpose(self._map(self.dw), [self.in_shape])(rows)
 
     def _zero_transpose(self, rows: Tensor) -> tuple[Tensor, ...]:
         return (torch.zeros((rows.shape[0],) + tuple(self.in_shape), dtype=rows.dtype,

@@ -131,26 +131,50 @@ class _Part:
     const: Tensor
 
     def value(self, zl: Tensor, zu: Tensor, dl: Tensor, du: Tensor) -> Tensor:
-        """Maximum over the box, elementwise."""
-        return (self.cz.clamp(min=0) * zu + self.cz.clamp(max=0) * zl
-                + self.cd.clamp(min=0) * du + self.cd.clamp(max=0) * dl + self.const)
+        """Maximum over the box, elementwise. Summed in place, left to right (the same
+        arithmetic as ``a + b + c + d + const``, fewer row-sized temporaries: memory at
+        scale, docs/bounds.md "Cost at scale")."""
+        v = self.cz.clamp(min=0) * zu
+        v += self.cz.clamp(max=0) * zl
+        v += self.cd.clamp(min=0) * du
+        v += self.cd.clamp(max=0) * dl
+        v += self.const
+        return v
 
 
 def _split(r: Mapping[str, Tensor], lz: Tensor, ld: Tensor, theta: Tensor | float,
            alz: Tensor, alc: Tensor) -> _Part:
-    """The upper bound of ``lz r + ld (r - rc)`` for the split ``theta``."""
+    """The upper bound of ``lz r + ld (r - rc)`` for the split ``theta``. Sums are
+    accumulated in place in the order of the formulas (bit-identical to the
+    out-of-place expressions) and each row-sized temporary is dropped as soon as it is
+    used: the back-substitution rows of a large network are the peak of its memory."""
     s = ld * theta
     sp, sn = s.clamp(min=0), s.clamp(max=0)
-    cd = sp * r["su"] + sn * r["sl"]
-    const = sp * r["bu"] + sn * r["bl"]
-    m = lz + ld - s
+    cd = sp * r["su"]
+    cd += sn * r["sl"]
+    const = sp * r["bu"]
+    const += sn * r["bl"]
+    del sp, sn
+    m = lz + ld
+    m -= s
     mp, mn = m.clamp(min=0), m.clamp(max=0)
-    cz = mp * r["az"] + mn * alz
-    const = const + mp * r["bz"]
+    del m
+    cz = mp * r["az"]
+    cz += mn * alz
+    const += mp * r["bz"]
+    del mp, mn
     mc = s - ld  # coefficient of rc; rc bounded on c = z - d
+    del s
     cp, cn = mc.clamp(min=0), mc.clamp(max=0)
-    sc = cp * r["ac"] + cn * alc
-    return _Part(cz + sc, cd - sc, const + cp * r["bc"])
+    del mc
+    sc = cp * r["ac"]
+    sc += cn * alc
+    del cn
+    cz += sc
+    cd -= sc
+    del sc
+    const += cp * r["bc"]
+    return _Part(cz, cd, const)
 
 
 def relu_backward(relax: ReluRelaxation, lz: Tensor | None, ld: Tensor | None,
@@ -180,10 +204,18 @@ def relu_backward(relax: ReluRelaxation, lz: Tensor | None, ld: Tensor | None,
         b = relax.bounds
         box = [_rows(t, prob) for t in (b.zl, b.zu, b.dl, b.du)]
         p1 = _split(r, lz, ld, 1.0, alz, alc)
+        v1 = p1.value(*box)
         p0 = _split(r, lz, ld, 0.0, alz, alc)
-        pick = p1.value(*box) <= p0.value(*box)
-        part = _Part(torch.where(pick, p1.cz, p0.cz), torch.where(pick, p1.cd, p0.cd),
-                     torch.where(pick, p1.const, p0.const))
+        pick = v1 <= p0.value(*box)
+        del v1
+        if torch.is_grad_enabled():  # slopes being optimized: out= has no autograd
+            part = _Part(torch.where(pick, p1.cz, p0.cz), torch.where(pick, p1.cd, p0.cd),
+                         torch.where(pick, p1.const, p0.const))
+        else:  # the choice written into p1's tensors (no third set of row-sized ones)
+            for keep, other in ((p1.cz, p0.cz), (p1.cd, p0.cd), (p1.const, p0.const)):
+                torch.where(pick, keep, other, out=keep)
+            del p0
+            part = p1
     else:
         part = _split(r, lz, ld, theta, alz, alc)
     return part.cz, part.cd, _sum(part.const)
