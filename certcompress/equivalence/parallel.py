@@ -137,6 +137,10 @@ def _serve(conn: Connection) -> None:
             return
 
 
+class _StartFailed(RuntimeError):
+    """A helper exited before it started: the caller bounds its share (noted)."""
+
+
 class _Helpers:
     """``n`` helper processes (spawned), each with its own pipe; used by one call at a
     time (:attr:`lock`)."""
@@ -148,6 +152,7 @@ class _Helpers:
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
         self.started = [False] * n
+        self.failed = [""] * n  # why it exited before it started
         self.token: list[int | None] = [None] * n  # the call whose pair each one holds
         self.broken = False
         for _ in range(n):
@@ -164,12 +169,29 @@ class _Helpers:
             all(p.is_alive() for p in self.procs)
 
     def poll_started(self, k: int) -> bool:
-        if not self.started[k] and self.conns[k].poll(0):
-            msg = self.conns[k].recv()
-            if msg[0] != "ready":
-                raise RuntimeError(f"helper process {k} sent {msg[0]!r} before starting")
-            self.started[k] = True
-        return self.started[k]
+        """Whether helper ``k`` has started; :class:`_StartFailed` if it exited first."""
+        if self.started[k]:
+            return True
+        if self.failed[k]:
+            raise _StartFailed(self.failed[k])
+        try:
+            if self.conns[k].poll(0):
+                msg = self.conns[k].recv()
+                if msg[0] == "ready":
+                    self.started[k] = True
+                    return True
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.procs[k].is_alive():
+                return False
+        self.broken = True
+        self.failed[k] = (
+            f"helper process {k} of executor='local' exited while starting (exit code "
+            f"{self.procs[k].exitcode}); the caller bounded its chunks. Helpers are "
+            "spawned: a script that calls verify_equivalence(executor='local') needs the "
+            "`if __name__ == '__main__':` guard around its work")
+        raise _StartFailed(self.failed[k])
 
     def call(self, k: int, token: int, chain: ChainPair, mode: str, optimize: int,
              job: Job) -> Bounded:
@@ -305,6 +327,8 @@ class Pool:
         self._probes: list[Any] = []
         self._owns_ray = False
         self._threads: list[threading.Thread] = []
+        # what went wrong without failing the call (a helper that could not start)
+        self.notes: list[str] = []
         # chunks bound by the caller and by the helpers, over all rounds so far
         self.chunks = {"caller": 0, "helpers": 0}
         if kind == "local":
@@ -383,6 +407,10 @@ class Pool:
                     results[i] = self._remote(k, jobs[i])
                     with lock:
                         self.chunks["helpers"] += 1
+            except _StartFailed as e:  # the others (the caller) bound its chunks
+                with lock:
+                    if str(e) not in self.notes:
+                        self.notes.append(str(e))
             except BaseException as e:  # re-raised in the caller
                 with lock:
                     errors.append(e)

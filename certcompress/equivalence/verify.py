@@ -273,6 +273,7 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         finally:
             if pool is not None:
                 pool.close()
+                notes += pool.notes
             if bar is not None:
                 bar.close()
         bound: float | None = None

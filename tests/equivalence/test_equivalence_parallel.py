@@ -94,7 +94,15 @@ def test_caller_and_started_helper_share_a_round(
         while not pool._started(0):
             assert time.monotonic() < deadline, "the helper process did not start"
             time.sleep(0.05)
-        got = list(pool.map(jobs))
+
+        def until_the_helper_took_one() -> None:
+            # the caller's side work; on a loaded machine the helper thread may otherwise
+            # not be scheduled before the caller has taken every (tiny) chunk
+            limit = time.monotonic() + 60
+            while pool.chunks["helpers"] == 0 and time.monotonic() < limit:
+                time.sleep(0.001)
+
+        got = list(pool.map(jobs, side=until_the_helper_took_one))
         assert pool.chunks["helpers"] > 0 and pool.chunks["caller"] > 0
         assert pool.chunks["helpers"] + pool.chunks["caller"] == len(jobs)
     assert len(got) == len(jobs)
@@ -376,3 +384,34 @@ def test_children_jobs_send_their_parents_bounds_once(
     want = bound_chunk(chain, *job)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got[2], want[2]))
+
+
+def test_a_helper_that_cannot_start_leaves_the_work_to_the_caller(
+        pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """A helper that exits before it starts (killed here while importing; a script
+    without the main guard does the same): the caller bounds every chunk, the results are
+    the serial ones, the pool says why, and the next call starts a fresh helper."""
+    net, comp = pair
+    dom = InputDomain.box(-2, 2, shape=(1, 3))
+    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
+    assert chain is not None
+    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 12)
+    close_pools()
+    with Pool("local", chain, workers=2) as pool:
+        assert pool._local_set is not None
+        proc = pool._local_set.procs[0]
+        os.kill(int(proc.pid), signal.SIGKILL)  # long before torch is imported
+        proc.join(60)
+        got = list(pool.map(jobs, side=lambda: time.sleep(0.1)))
+        got2 = list(pool.map(jobs))
+        assert pool.chunks == {"caller": 2 * len(jobs), "helpers": 0}
+        assert len(pool.notes) == 1 and "exited while starting" in pool.notes[0]
+        assert "__main__" in pool.notes[0]
+    for job, (ub, lx, _), (ub2, _, _) in zip(jobs, got, got2):
+        ub0, lx0, _ = bound_chunk(chain, *job)
+        assert torch.equal(ub, ub0) and torch.equal(lx, lx0) and torch.equal(ub2, ub0)
+    assert warm_pools() == {}
+    with Pool("local", chain, workers=2) as pool:
+        assert not pool.warm
+        _wait_started(pool)
+        assert len(list(pool.map(jobs))) == len(jobs) and not pool.notes
