@@ -1,0 +1,232 @@
+"""Hostile soundness checks of ReLU splitting (``verify_equivalence(split="relu")``,
+certcompress/equivalence/relu_split.py, docs/equivalence.md "ReLU splitting"): epsilon
+at and around the dense grid's worst deviation, sign-flipped weights, tiny / subnormal /
+huge weights, zero-width input dimensions, equal networks, and the split-constraint
+multipliers driven far from 0 (every ``beta >= 0`` must give a valid bound). One-sided:
+never "verified" where the grid (tests/_soundness.py) finds a violation; every
+counterexample lies in the box and violates in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import _soundness as sh
+import torch
+from _pairs import compress, grid, mlp, outputs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import certcompress as cc
+from certcompress.bounds.propagation.lowering import lower_pair
+from certcompress.capture import trace
+from certcompress.domain import InputDomain
+from certcompress.equivalence.chain import ChainState, chain_from_pair
+from certcompress.equivalence.properties import EpsilonProperty
+from certcompress.equivalence.relu_split import _clamp, beta_bounds
+
+
+def _flip(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy with one hidden weight's sign flipped (a wrong compression)."""
+    out = copy.deepcopy(net)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = out[0].weight
+        i = int(torch.randint(w.numel(), (1,), generator=gen))
+        w.view(-1)[i] = -w.view(-1)[i]
+    return out
+
+
+def _pair(kind: str, n_in: int, seed: int, depth: int = 2
+          ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    net = mlp(n_in, 8, depth, 3, seed)
+    return net, (_flip(net, seed) if kind == "flip" else compress(net, kind))
+
+
+def _dev(net: torch.nn.Module, comp: torch.nn.Module, x: torch.Tensor, norm: str
+         ) -> torch.Tensor:
+    f, g = outputs(net, comp, x)
+    d = (f - g).abs()
+    return d.amax(1) if norm == "inf" else d.sum(1)
+
+
+def _check(net: torch.nn.Module, comp: torch.nn.Module, dom: InputDomain, n_in: int,
+           eps: float, norm: str, **kw: object) -> cc.EquivalenceResult:
+    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
+    res = cc.verify_equivalence(net, comp, dom, epsilon=eps, norm=norm, split="relu", **kw)
+    if worst > eps:
+        assert res.status != "verified", (worst, eps, res.summary())
+    if res.status == "verified":
+        assert res.bound is not None and sh.within(worst, res.bound), (worst, res.bound)
+    if res.status == "falsified":
+        assert res.counterexample is not None
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
+        assert bool(dom.contains(x).all())
+        assert float(_dev(net, comp, x, norm)) > eps, res.summary()
+    return res
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["prune", "round", "float16", "flip"]), n_in=st.integers(1, 3),
+       seed=st.integers(0, 10_000), norm=st.sampled_from(["inf", "l1"]),
+       factor=st.sampled_from([0.95, 0.999, 0.999999, 1.0]),
+       half=st.sampled_from([0.1, 1.0, 3.0]))
+def test_epsilon_at_the_grid_worst(kind: str, n_in: int, seed: int, norm: str,
+                                   factor: float, half: float) -> None:
+    net, comp = _pair(kind, n_in, seed)
+    dom = InputDomain.box(-half, half, shape=(1, n_in))
+    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
+    if worst == 0.0:
+        return
+    _check(net, comp, dom, n_in, worst * factor, norm, timeout=1)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["prune", "float16", "flip"]), seed=st.integers(0, 10_000))
+def test_top1_with_sign_flips(kind: str, seed: int) -> None:
+    net, comp = _pair(kind, 2, seed)
+    dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
+    f, g = outputs(net, comp, grid(dom, 2))
+    top = f.topk(2, dim=1).values
+    bad = (top[:, 0] > top[:, 1]) & (g.argmax(1) != f.argmax(1))
+    res = cc.verify_equivalence(net, comp, dom, property="top1", timeout=1, split="relu")
+    if bool(bad.any()):
+        assert res.status != "verified", res.summary()
+    if res.status == "falsified":
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
+        assert bool(dom.contains(x).all())
+        fx, gx = outputs(net, comp, x)
+        t2 = fx.topk(2, dim=1).values
+        assert bool(t2[0, 0] > t2[0, 1]) and int(gx.argmax()) != int(fx.argmax())
+
+
+def _scaled(net: torch.nn.Module, layer: int, s: float) -> torch.nn.Module:
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        out[layer].weight.mul_(s)
+        out[layer].bias.mul_(s)
+    return out
+
+
+def test_tiny_subnormal_and_huge_weights() -> None:
+    """Weights scaled by 1e-200, 1e-310 (subnormal products) and 1e150 in one layer:
+    epsilon at 0.999 and 1.0 of the grid's worst deviation is never verified."""
+    for s in (1e-200, 1e-310, 1e150):
+        for layer in (0, 4):
+            net = _scaled(mlp(2, 8, 2, 3, 7), layer, s)
+            for kind in ("flip", "float16"):
+                comp = _flip(net, 3) if kind == "flip" else compress(net, kind)
+                dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
+                worst = float(_dev(net, comp, grid(dom, 2), "inf").max())
+                if not (0.0 < worst < float("inf")):
+                    continue
+                for factor in (0.999, 1.0, 4.0):
+                    if worst * factor == 0.0:
+                        continue
+                    _check(net, comp, dom, 2, worst * factor, "inf", timeout=0.5)
+
+
+def test_zero_width_dimensions_and_equal_networks() -> None:
+    net = mlp(3, 8, 2, 3, 11)
+    lo = torch.tensor([[-1.0, 0.25, -0.5]], dtype=torch.float64)
+    hi = torch.tensor([[1.0, 0.25, -0.5]], dtype=torch.float64)
+    dom = InputDomain.box(lo, hi, shape=(1, 3))
+    for kind in ("flip", "prune"):
+        comp = _flip(net, 1) if kind == "flip" else compress(net, kind)
+        x = torch.cat([torch.linspace(-1, 1, 4001, dtype=torch.float64)[:, None],
+                       torch.full((4001, 1), 0.25, dtype=torch.float64),
+                       torch.full((4001, 1), -0.5, dtype=torch.float64)], 1)
+        worst = float(_dev(net, comp, x, "inf").max())
+        if worst == 0.0:
+            continue
+        for factor in (0.999, 1.0, 2.0):
+            res = cc.verify_equivalence(net, comp, dom, epsilon=worst * factor, norm="inf",
+                                        split="relu", timeout=1)
+            if factor <= 1.0:
+                assert res.status != "verified", res.summary()
+            if res.status == "falsified":
+                xc = torch.tensor(res.counterexample, dtype=torch.float64).reshape(1, 3)
+                assert bool(dom.contains(xc).all())
+                assert float(_dev(net, comp, xc, "inf")) > worst * factor
+    # equal networks: nothing may be falsified, and a tiny epsilon is provable
+    same = compress(net, "same")
+    for eps in (1e-300, 1e-12):
+        res = cc.verify_equivalence(net, same, InputDomain.box(-1.0, 1.0, shape=(1, 3)),
+                                    epsilon=eps, norm="l1", split="relu", timeout=1)
+        assert res.status != "falsified", res.summary()
+
+
+def _state(net: torch.nn.Module, comp: torch.nn.Module, lo: torch.Tensor, hi: torch.Tensor,
+           prior: list | None = None) -> ChainState:
+    shape = (1, lo.shape[1])
+    chain = chain_from_pair(lower_pair(trace(net, shape), trace(comp, shape)))
+    assert chain is not None
+    return ChainState(chain, lo, hi, intermediate="crown", quantities=("z", "d"),
+                      prior=prior, empty_ok=True, mixed_chords=True)
+
+
+def test_large_multipliers_and_nested_splits_hold_on_the_subdomain() -> None:
+    """beta_bounds with a huge learning rate (multipliers far from 0: every beta >= 0
+    must give a valid bound) and two nested split constraints, z and c, on a
+    sign-flipped pair: the bound covers the rows on sampled inputs of the sub-domain;
+    an infeasible child has no sampled input; each layer's bounds hold there."""
+    checked = 0
+    for seed in (0, 1, 2):
+        net = mlp(2, 8, 2, 3, seed)
+        comp = _flip(net, seed)
+        lo = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+        hi = -lo
+        root = _state(net, comp, lo, hi)
+        _, cd, r = EpsilonProperty(3, 1.0, "inf").rows(torch.zeros(1, 3))
+        prob = torch.zeros(r, dtype=torch.long)
+        x = sh.dense_grid(lo[0], hi[0], 201).reshape(-1, 2)
+        zs, cs = [], []
+        z = c = x
+        for layer in root.chain.layers:
+            if layer.kind == "relu":
+                z, c = z.clamp(min=0), c.clamp(min=0)
+            else:
+                z, c = z @ layer.w.T + layer.b, c @ layer.wc.T + layer.bc
+            zs.append(z)
+            cs.append(c)
+        f, g = root.chain.forward(x)
+        rows = (f - g) @ cd.T
+        pre = [None if t is None else t[0] for t in root.pre_bounds()]
+        cands = []
+        for j, layer in enumerate(root.chain.layers):
+            if layer.kind != "relu" or j == 0:
+                continue
+            t = pre[j - 1]
+            assert t is not None
+            for q, (a, b) in (("z", (0, 1)), ("c", (2, 3))):
+                cands += [(j - 1, i, q) for i in
+                          ((t[a] < 0) & (t[b] > 0)).nonzero()[:2, 0].tolist()]
+        for (a1, i1, q1), (a2, i2, q2) in zip(cands, cands[1:]):
+            for s1 in (1, -1):
+                for s2 in (1, -1):
+                    child = _clamp(_clamp(pre, a1, i1, q1, s1), a2, i2, q2, s2)
+                    st_c = _state(net, comp, lo, hi,
+                                  [None if u is None else u[None] for u in child])
+                    v1 = (zs if q1 == "z" else cs)[a1][:, i1] * s1
+                    v2 = (zs if q2 == "z" else cs)[a2][:, i2] * s2
+                    inside = (v1 >= 0) & (v2 >= 0)
+                    if bool(st_c.infeasible[0]):
+                        assert not bool(inside.any()), (a1, i1, a2, i2)
+                        continue
+                    if not bool(inside.any()):
+                        continue
+                    sp = [((a1, i1, q1, s1), (a2, i2, q2, s2))]
+                    want = rows[inside].amax(0)
+                    for lr in (0.5, 50.0, 1e4):
+                        for steps in (1, 3, 12):
+                            beta = beta_bounds(st_c, None, cd, prob, sp, steps, lr=lr)
+                            assert sh.within(want, beta), (lr, steps, want, beta)
+                    for k, b in enumerate(st_c.bounds):
+                        if root.chain.layers[k].kind == "relu":
+                            continue
+                        zk, ck = zs[k][inside], cs[k][inside]
+                        assert bool((zk >= b.zl - 1e-9).all() & (zk <= b.zu + 1e-9).all())
+                        assert bool((ck >= b.cl - 1e-9).all() & (ck <= b.cu + 1e-9).all())
+                        assert bool((zk - ck >= b.dl - 1e-9).all()
+                                    & (zk - ck <= b.du + 1e-9).all())
+                    checked += 1
+    assert checked > 0
