@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import _soundness as sh
+import pytest
 import torch
 from _pairs import compress, grid, mlp, outputs
 from hypothesis import HealthCheck, given, settings
@@ -20,9 +21,10 @@ import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.capture import trace
 from certcompress.domain import InputDomain
+from certcompress.equivalence import relu_split
 from certcompress.equivalence.chain import ChainState, chain_from_pair
 from certcompress.equivalence.properties import EpsilonProperty
-from certcompress.equivalence.relu_split import _clamp, beta_bounds
+from certcompress.equivalence.relu_split import Split, _clamp, beta_bounds
 
 
 def _flip(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -230,3 +232,73 @@ def test_large_multipliers_and_nested_splits_hold_on_the_subdomain() -> None:
                                     & (zk - ck <= b.du + 1e-9).all())
                     checked += 1
     assert checked > 0
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["prune", "round", "float16", "flip"]), n_in=st.integers(1, 3),
+       seed=st.integers(0, 10_000), norm=st.sampled_from(["inf", "l1"]),
+       factor=st.sampled_from([0.99, 1.0, 1.05, 2.0]))
+def test_relu_splits_only_until_stable(kind: str, n_in: int, seed: int, norm: str,
+                                       factor: float) -> None:
+    """With the input-bisection gain set to 0 the search splits ReLUs while any neuron
+    can switch (input bisection only once every neuron is stable): the paths through
+    clamped, infeasible and multiplier-bounded children are taken on every pair."""
+    net, comp = _pair(kind, n_in, seed, depth=3)
+    dom = InputDomain.box(-1.5, 1.5, shape=(1, n_in))
+    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
+    if worst == 0.0:
+        return
+    saved = relu_split.INPUT_GAIN
+    relu_split.INPUT_GAIN = 0.0
+    try:
+        res = _check(net, comp, dom, n_in, worst * factor, norm, timeout=1.5)
+    finally:
+        relu_split.INPUT_GAIN = saved
+    STATS.append((res.status, res.details.get("relu_splits", 0),
+                  res.details.get("infeasible_domains", 0)))
+    assert res.details["split"] == "relu"
+
+
+STATS: list[tuple[str, int, int]] = []
+
+
+@pytest.mark.parametrize("kind,seed", [("flip", 3), ("float16", 5), ("prune", 8)])
+def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every child the search declares infeasible (proven vacuously) has no dense-grid
+    point that satisfies all of its sign constraints strictly (beyond 1e-9): it is
+    never a non-empty sub-domain declared empty through rounding."""
+    net, comp = _pair(kind, 2, seed, depth=3)
+    dom = InputDomain.box(-1.5, 1.5, shape=(1, 2))
+    seen: list[tuple[Split, ...]] = []
+    orig = relu_split._ReluSearch._pass
+
+    def spy(self, lo, hi, pres, parents=None, splits=None):  # type: ignore[no-untyped-def]
+        out = orig(self, lo, hi, pres, parents, splits)
+        if splits is not None:
+            seen.extend(s for s, bad in zip(splits, out[3].tolist()) if bad)
+        return out
+
+    monkeypatch.setattr(relu_split._ReluSearch, "_pass", spy)
+    monkeypatch.setattr(relu_split, "INPUT_GAIN", 0.0)
+    worst = float(_dev(net, comp, grid(dom, 2), "inf").max())
+    _check(net, comp, dom, 2, worst * 1.01, "inf", timeout=1.5, max_regions=3000)
+    assert seen, "no infeasible child: the attack did not reach the path"
+    x = sh.dense_grid(*sh.box(dom, dom.shape), 301).reshape(-1, 2)
+    pre: dict[tuple[int, str], torch.Tensor] = {}
+    lo, hi = sh.box(dom, dom.shape)
+    chain = _state(net, comp, lo.reshape(1, -1), hi.reshape(1, -1)).chain
+    z = c = x
+    for a, layer in enumerate(chain.layers):
+        if layer.kind == "relu":
+            z, c = z.clamp(min=0), c.clamp(min=0)
+        else:
+            z, c = z @ layer.w.T + layer.b, c @ layer.wc.T + layer.bc
+        pre[(a, "z")], pre[(a, "c")] = z, c
+    for sp in seen:
+        ok = torch.ones(x.shape[0], dtype=torch.bool)
+        for layer, neuron, q, sign in sp:
+            ok &= pre[(layer, q)][:, neuron] * sign > 1e-9
+        assert not bool(ok.any()), (sp, x[ok][:3])
+    # the chain's layers are the Sequential's (the indices the splits name)
+    assert [la.kind for la in chain.layers] == ["affine", "relu"] * 3 + ["affine"]
