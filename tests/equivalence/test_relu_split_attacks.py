@@ -302,3 +302,23 @@ def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
         assert not bool(ok.any()), (sp, x[ok][:3])
     # the chain's layers are the Sequential's (the indices the splits name)
     assert [la.kind for la in chain.layers] == ["affine", "relu"] * 3 + ["affine"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["prune", "float16", "flip"]), seed=st.integers(0, 10_000),
+       conf=st.sampled_from([0.51, 0.7, 0.9]))
+def test_confident_top1_never_verified_where_grid_disagrees(kind: str, seed: int,
+                                                            conf: float) -> None:
+    net, comp = _pair(kind, 2, seed)
+    dom = InputDomain.box(-2.0, 2.0, shape=(1, 2))
+    f, g = outputs(net, comp, grid(dom, 2))
+    bad = (f.softmax(1).amax(1) >= conf) & (g.argmax(1) != f.argmax(1))
+    res = cc.verify_equivalence(net, comp, dom, property="top1", confidence=conf,
+                                timeout=1, split="relu")
+    if bool(bad.any()):
+        assert res.status != "verified", res.summary()
+    if res.status == "falsified":
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
+        assert bool(dom.contains(x).all())
+        fx, gx = outputs(net, comp, x)
+        assert float(fx.softmax(1).amax()) >= conf and int(gx.argmax()) != int(fx.argmax())
