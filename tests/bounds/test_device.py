@@ -252,3 +252,40 @@ def test_a_certificate_names_where_its_bound_was_computed_and_refuses_other_name
     entry["details"]["device"] = "gpu0"
     with pytest.raises(cc.errors.CertificateError, match="device"):
         cc.Certificate.from_json(json.dumps(data))
+
+
+def test_cudnn_stays_off_while_any_thread_computes_on_a_gpu() -> None:
+    """cuDNN's switch is process-wide: a GPU run in one thread that ends must not turn
+    cuDNN back on under another thread's GPU run (its convolutions would then be free to
+    pick FFT or Winograd algorithms, outside the error model); the last one out restores
+    the setting from before, and a user's cudnn.deterministic is left alone. The meta
+    device stands in for the GPU (on_device treats every non-CPU device alike)."""
+    import threading
+
+    meta = torch.device("meta")
+    inside, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def long_run() -> None:
+        with devmod.on_device(meta):
+            inside.set()
+            release.wait(30)
+            seen.append(torch.backends.cudnn.enabled)
+
+    before = (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic)
+    torch.backends.cudnn.deterministic = True
+    try:
+        t = threading.Thread(target=long_run)
+        t.start()
+        assert inside.wait(30)
+        with devmod.on_device(meta):  # a short run in this thread, ending first
+            assert not torch.backends.cudnn.enabled
+            assert torch.backends.cudnn.deterministic
+        release.set()
+        t.join(30)
+        assert seen == [False], "cuDNN was turned back on while another GPU run was going"
+        assert torch.backends.cudnn.enabled == before[0]
+        assert torch.backends.cudnn.deterministic
+    finally:
+        release.set()
+        torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic = before

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +50,14 @@ AUTO_CUDA_ELEMENTS = 100_000
 DEVICE_MARGIN = 2.0 ** -31
 
 _SPEC = re.compile(r"(auto|cpu|cuda(:\d{1,3})?)")
+
+# cuDNN's switch is process-wide (not per thread): blocks that overlap in several threads
+# turn it off once and the last one out restores what was set before the first came in
+# (as certcompress/_threads.py does for the thread count), so one thread leaving cannot
+# turn cuDNN back on under another's convolutions
+_cudnn_lock = threading.Lock()
+_cudnn_users = 0
+_cudnn_before = True
 
 
 def check_device(spec: object, what: str = "device") -> str:
@@ -102,8 +111,28 @@ def on_device(dev: torch.device) -> Iterator[None]:
     if dev.type == "cpu":
         yield
         return
-    with torch.device(dev), torch.backends.cudnn.flags(enabled=False):
+    with torch.device(dev), _cudnn_off():
         yield
+
+
+@contextmanager
+def _cudnn_off() -> Iterator[None]:
+    """cuDNN off for the block, in every thread at once (see ``_cudnn_lock``); only
+    ``enabled`` changes (``torch.backends.cudnn.flags`` would also reset ``deterministic``
+    and ``benchmark`` process-wide)."""
+    global _cudnn_users, _cudnn_before
+    with _cudnn_lock:
+        if _cudnn_users == 0:
+            _cudnn_before = torch.backends.cudnn.enabled
+        _cudnn_users += 1
+        torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        with _cudnn_lock:
+            _cudnn_users -= 1
+            if _cudnn_users == 0:
+                torch.backends.cudnn.enabled = _cudnn_before
 
 
 def run_on(spec: str, dev: torch.device, fn: Callable[[torch.device], T]
