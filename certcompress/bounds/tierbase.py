@@ -28,6 +28,7 @@ from ..ir.graph import Graph
 from .actquant import quantizer_nodes
 from .arithmetic import Float32Error, with_float32
 from .pathmetric import PathMetric, graph_path_metric
+from .propagation.device import recheck_device
 from .propagation.engine import PropagationOptions
 
 __all__ = ["GraphPair", "TierBound", "Tier", "RECERTIFY_RTOL", "compare_values"]
@@ -159,8 +160,8 @@ class Tier(ABC):
         (``sign_rows_budget``, absent: ``"auto"``, which gives every sign vector wherever
         the tier records no budget, or every sign vector for a certificate made before the
         budget, which records no ``sign_rows_used``; ``crown_rows_per_node``, absent: none)
-        it records, on the CPU (a bound computed on a GPU is stated higher by
-        ``DEVICE_MARGIN`` for that re-check: :mod:`.propagation.device`), else
+        it records, on the CPU, or on a GPU for an entry computed on one where a GPU is
+        present (:func:`.propagation.device.recheck_device`), else
         None (the defaults). Override when a tier records other options."""
         if self.options_type is PropagationOptions:
             d = stated.details
@@ -176,7 +177,8 @@ class Tier(ABC):
                                       slope_lr=float(d.get("slope_lr") or 0.1),
                                       sign_rows=restated,
                                       crown_rows_per_node=None if crown_rows is None
-                                      else int(crown_rows), device="cpu")
+                                      else int(crown_rows),
+                                      device=recheck_device(d.get("device")))
         return None
 
     def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,

@@ -101,9 +101,9 @@ def _method_arguments(g: Any, propagation: bool) -> None:
                             "neurons per ReLU input (the widest), interval bounds for the "
                             "rest (default: every neuron)")
         g.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
-                       help="bounds tier: where the propagation runs (auto, default: a CUDA "
-                            "GPU for large networks when one is present, else the CPU; the "
-                            "same float64 bound up to the order of summation)")
+                       help="bounds tier: where the propagation runs (auto, default: the "
+                            "CPU, or the device named by CERTCOMPRESS_DEVICE; cuda: a CUDA "
+                            "GPU, the same float64 error model, re-checked on a GPU)")
         g.add_argument("--no-chain", dest="chain", action="store_false",
                        help="bounds tier: do not also bound MLP pairs with the differential "
                             "single pass (the engine alone, as certificates made before it)")

@@ -89,10 +89,10 @@ class PropagationOptions:
     (the widest interval bounds first); the others keep their interval bounds (sound,
     looser); None: every unstable neuron.
     ``device``: where the ``bounds`` tier and :func:`~certcompress.certify_local` run
-    (:mod:`.device`): ``"auto"`` (default) a CUDA GPU when one is present and the pair
-    has at least ``AUTO_CUDA_ELEMENTS`` node elements, else the CPU; ``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``. Same float64 error model on both; a bound computed on a
-    GPU is stated ``DEVICE_MARGIN`` relative higher and re-checked on the CPU.
+    (:mod:`.device`): ``"auto"`` (default) the CPU unless the environment variable
+    ``CERTCOMPRESS_DEVICE`` names a device; ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Same
+    float64 error model on both; a bound computed on a GPU is stated ``DEVICE_MARGIN``
+    relative higher and re-checked on a GPU where one is present.
     """
 
     intermediate: Literal["crown", "interval"] = "crown"
