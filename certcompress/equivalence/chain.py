@@ -35,6 +35,7 @@ from ..bounds.propagation.engine import rounding_eta, underflow_floor
 from ..bounds.propagation.interval import (
     Magnitude,
     PairBounds,
+    intersect_difference,
     make_consistent,
     relu_interval,
     widen,
@@ -43,7 +44,7 @@ from ..bounds.propagation.primitives import PairNet
 from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
 from ..bounds.propagation.rules import ReLURule, rules_for
 
-__all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "DENSE_LIMIT",
+__all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "affine_backward", "DENSE_LIMIT",
            "RELAXATIONS", "LAYOUTS"]
 
 DENSE_LIMIT = 1 << 24  # largest dense matrix (entries) a layer may become
@@ -323,6 +324,28 @@ def ramp_slopes(b: PairBounds) -> tuple[Tensor, Tensor]:
     return (kz * down).clamp(0.0, 1.0), (kc * down).clamp(0.0, 1.0)
 
 
+def affine_backward(layer: Layer, lz: Tensor | None, ld: Tensor | None,
+                    const: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """One affine layer of back-substitution: the rows ``lz`` on ``z`` and ``ld`` on
+    ``d = z - c`` of its output as rows on its input (``z_out = W z + b``, ``d_out =
+    (W - Wc) z + Wc d + (b - bc)``), and ``const`` plus what its biases add."""
+    w, wc, b, bc = layer.w, layer.wc, layer.b, layer.bc
+    assert w is not None and wc is not None and b is not None and bc is not None
+    nz = None
+    if lz is not None:
+        const = const + lz @ b
+        nz = lz @ w
+    if ld is not None:
+        if layer.changed:
+            const = const + ld @ (b - bc)
+            t = ld @ (w - wc)
+            nz = t if nz is None else nz + t
+            ld = ld @ wc
+        else:
+            ld = ld @ w
+    return nz, ld, const
+
+
 class ChainState:
     """Bounds of every layer of a chain pair for ``P`` input boxes (``lower``/``upper``
     flat, ``(P, n_in)``), tightened by back-substitution; :meth:`upper_bounds` bounds
@@ -444,12 +467,8 @@ class ChainState:
         an empty one means there are none) and their bounds set to the point 0."""
         if not self.empty_ok:
             return make_consistent(b, f"layer {k}")
-        dl = torch.maximum(b.dl, b.zl - b.cu)
-        du = torch.minimum(b.du, b.zu - b.cl)
-        zl = torch.maximum(b.zl, b.cl + dl)
-        zu = torch.minimum(b.zu, b.cu + du)
-        cl = torch.maximum(b.cl, b.zl - du)
-        cu = torch.minimum(b.cu, b.zu - dl)
+        t = intersect_difference(b)
+        zl, zu, cl, cu, dl, du = t.zl, t.zu, t.cl, t.cu, t.dl, t.du
         empty = ((zl > zu) | (cl > cu) | (dl > du)).any(1)
         self.infeasible = self.infeasible | empty
         if not bool(self.infeasible.any()):
@@ -714,21 +733,7 @@ class ChainState:
                 lz, ld = cz, cd
                 const = const + c0
                 continue
-            w, wc, b, bc = layer.w, layer.wc, layer.b, layer.bc
-            assert w is not None and wc is not None and b is not None and bc is not None
-            nz = None
-            if lz is not None:
-                const = const + lz @ b
-                nz = lz @ w
-            if ld is not None:
-                if layer.changed:
-                    const = const + ld @ (b - bc)
-                    t = ld @ (w - wc)
-                    nz = t if nz is None else nz + t
-                    ld = ld @ wc
-                else:
-                    ld = ld @ w
-            lz = nz
+            lz, ld, const = affine_backward(layer, lz, ld, const)
         if lz is None:
             lz = torch.zeros((R, self.chain.n_in), dtype=torch.float64)
         value = const + (lz * self.mid[prob]).sum(1) + (lz.abs() * self.rad[prob]).sum(1)

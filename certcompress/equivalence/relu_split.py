@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .chain import ChainPair, ChainState
+from .chain import ChainPair, ChainState, affine_backward
 from .properties import Judgement, Property
 from .search import Bounder, SearchConfig, _Search
 
@@ -160,21 +160,7 @@ def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: T
                 lz, ld, c0 = state._choose_backward(j, lz, ld, prob)
                 const = const + c0
                 continue
-            w, wc, bz, bc = layer.w, layer.wc, layer.b, layer.bc
-            assert w is not None and wc is not None and bz is not None and bc is not None
-            nz = None
-            if lz is not None:
-                const = const + lz @ bz
-                nz = lz @ w
-            if ld is not None:
-                if layer.changed:
-                    const = const + ld @ (bz - bc)
-                    t = ld @ (w - wc)
-                    nz = t if nz is None else nz + t
-                    ld = ld @ wc
-                else:
-                    ld = ld @ w
-            lz = nz
+            lz, ld, const = affine_backward(layer, lz, ld, const)
         if lz is None:
             return const + base
         return const + (lz * state.mid[prob]).sum(1) + (lz.abs() * state.rad[prob]).sum(1) \

@@ -262,7 +262,7 @@ def test_relu_splits_only_until_stable(kind: str, n_in: int, seed: int, norm: st
 STATS: list[tuple[str, int, int]] = []
 
 
-@pytest.mark.parametrize("kind,seed", [("flip", 3), ("float16", 5), ("prune", 8)])
+@pytest.mark.parametrize("kind,seed", [("flip", 3), ("float16", 7), ("prune", 8)])
 def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Every child the search declares infeasible (proven vacuously) has no dense-grid
@@ -282,7 +282,8 @@ def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
     monkeypatch.setattr(relu_split._ReluSearch, "_pass", spy)
     monkeypatch.setattr(relu_split, "INPUT_GAIN", 0.0)
     worst = float(_dev(net, comp, grid(dom, 2), "inf").max())
-    _check(net, comp, dom, 2, worst * 1.01, "inf", timeout=1.5, max_regions=3000)
+    _check(net, comp, dom, 2, worst * 1.01, "inf", timeout=float("inf"),
+           max_regions=1500)  # a region budget, not a time: the same run at any load
     assert seen, "no infeasible child: the attack did not reach the path"
     x = sh.dense_grid(*sh.box(dom, dom.shape), 301).reshape(-1, 2)
     pre: dict[tuple[int, str], torch.Tensor] = {}

@@ -24,6 +24,7 @@ from torch import Tensor
 from ...errors import SoundnessError
 
 __all__ = ["PairBounds", "Magnitude", "input_bounds", "relu_interval", "make_consistent",
+           "intersect_difference",
            "widen"]
 
 
@@ -86,16 +87,23 @@ def widen(b: PairBounds, m: Magnitude, eta: float, floor: float = 0.0) -> PairBo
     return PairBounds(b.zl - ez, b.zu + ez, b.cl - ec, b.cu + ec, b.dl - ed, b.du + ed)
 
 
-def make_consistent(b: PairBounds, where: str) -> PairBounds:
-    """Intersect with ``d = z - c`` (each interval within what the other two allow).
-    An empty interval can only come from a bug: it raises :class:`SoundnessError`."""
+def intersect_difference(b: PairBounds) -> PairBounds:
+    """Each of the ``z``, ``c`` and ``d = z - c`` intervals within what the other two
+    allow (the intervals may come out empty: the caller decides what that means)."""
     dl = torch.maximum(b.dl, b.zl - b.cu)
     du = torch.minimum(b.du, b.zu - b.cl)
     zl = torch.maximum(b.zl, b.cl + dl)
     zu = torch.minimum(b.zu, b.cu + du)
     cl = torch.maximum(b.cl, b.zl - du)
     cu = torch.minimum(b.cu, b.zu - dl)
-    out = PairBounds(zl, zu, cl, cu, dl, du)
+    return PairBounds(zl, zu, cl, cu, dl, du)
+
+
+def make_consistent(b: PairBounds, where: str) -> PairBounds:
+    """Intersect with ``d = z - c`` (:func:`intersect_difference`). An empty interval can
+    only come from a bug: it raises :class:`SoundnessError`."""
+    out = intersect_difference(b)
+    zl, zu, cl, cu, dl, du = out.zl, out.zu, out.cl, out.cu, out.dl, out.du
     for lo, hi, name in ((zl, zu, "z"), (cl, cu, "c"), (dl, du, "d")):
         if bool((lo > hi).any()):
             i = int((lo - hi).argmax())
