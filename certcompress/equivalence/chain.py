@@ -320,6 +320,9 @@ def ramp_slopes(b: PairBounds) -> tuple[Tensor, Tensor]:
     tc = (b.du <= 0) & (b.cl < 0) & (b.cu > -b.cl)
     kz = torch.where(tz, torch.minimum(b.dl, b.zu) / torch.where(tz, b.zu, 1.0), zero)
     kc = torch.where(tc, torch.minimum(-b.du, b.cu) / torch.where(tc, b.cu, 1.0), zero)
+    # a quotient rounded to nearest may lie above the exact one, in the subnormal range
+    # too (where "* down" changes nothing): one step toward 0 makes it a lower value
+    kz, kc = torch.nextafter(kz, zero), torch.nextafter(kc, zero)
     down = 1.0 - 1e-12
     return (kz * down).clamp(0.0, 1.0), (kc * down).clamp(0.0, 1.0)
 

@@ -6,6 +6,8 @@ relaxation, and the search with either option never verifies where the grid viol
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 from _pairs import build, compress, grid, mlp, outputs
 from hypothesis import HealthCheck, given, settings
@@ -136,8 +138,9 @@ def test_ramp_slopes_bound_the_relu_difference_on_a_dense_grid(
         assert bool((delta <= -float(kc) * (zz - dd) + slack).all())
     else:
         assert float(kc) == 0.0
-    if sign > 0 and zu > -zl and dl > 0:
-        assert float(kz) > 0  # the ramp is used where it applies
+    if sign > 0 and zu > -zl and dl > 1e-300:
+        # the ramp is used where it applies (a slope that underflows to 0 is valid)
+        assert float(kz) > 0
 
 
 def test_ramp_is_tighter_than_the_value_picked_split_on_small_boxes() -> None:
@@ -163,3 +166,15 @@ def test_ramp_is_tighter_than_the_value_picked_split_on_small_boxes() -> None:
     truth = torch.cat([d.amax(0), (-d).amax(0)])
     assert bool((new >= truth - 1e-12).all()), (new, truth)
     assert float(new.max()) <= float(old.max())
+
+
+def test_ramp_slopes_are_rounded_down_in_the_subnormal_range() -> None:
+    """``kz = min(dl, zu) / zu`` rounded to nearest can lie above the exact quotient where it
+    is subnormal (3 * 2^-1074 / 2 rounds up to 2^-1072); the slope must not exceed it."""
+    tiny = 2.0 ** -1074
+    for k in (1, 3, 5, 7, 9):
+        dl = k * tiny
+        t = lambda v: torch.tensor([[v]], dtype=torch.float64)  # noqa: E731
+        b = PairBounds(t(-1.0), t(2.0), t(-1.0 - dl), t(2.0 - dl), t(dl), t(dl))
+        kz, _ = ramp_slopes(b)
+        assert Fraction(float(kz)) <= Fraction(dl) / 2
