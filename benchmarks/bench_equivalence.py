@@ -121,6 +121,26 @@ def _fit(target: Callable[[torch.Tensor], torch.Tensor], seed: int, steps: int,
     return net.double().eval()
 
 
+def digits_mlp(epochs: int) -> tuple[nn.Module, Any, float]:
+    """A 64-100-100-10 MLP trained on scikit-learn's digits (seed 0, Adam, batches of 64),
+    in float64 and eval mode, its digits data and its test accuracy."""
+    data = load_digits()
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100),
+                        nn.ReLU(), nn.Linear(100, 10))
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for i in range(0, len(data.y_train), 64):
+            loss = nn.functional.cross_entropy(mlp(data.x_train[i:i + 64]),
+                                               data.y_train[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    mlp = mlp.double().eval()
+    acc = float((mlp(data.x_test.double()).argmax(1) == data.y_test).double().mean())
+    return mlp, data, acc
+
+
 def float16_copy(net: nn.Module) -> nn.Module:
     out = copy.deepcopy(net)
     with torch.no_grad():
@@ -409,20 +429,7 @@ def main() -> None:
     payload["parallel"] = parallel(families, args)
 
     # ------------------------------------------------------------------ digits
-    data = load_digits()
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100),
-                        nn.ReLU(), nn.Linear(100, 10))
-    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
-    for _ in range(30 if args.quick else 60):
-        for i in range(0, len(data.y_train), 64):
-            loss = nn.functional.cross_entropy(mlp(data.x_train[i:i + 64]),
-                                               data.y_train[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    mlp = mlp.double().eval()
-    acc = float((mlp(data.x_test.double()).argmax(1) == data.y_test).double().mean())
+    mlp, data, acc = digits_mlp(30 if args.quick else 60)
     comp = float16_copy(mlp)
     shape = (1, 1, 8, 8)
     rows = []

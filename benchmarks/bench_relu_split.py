@@ -23,37 +23,12 @@ from typing import Any
 
 import torch
 from _common import write_results  # type: ignore[import-not-found]
+from bench_equivalence import digits_mlp, float16_copy  # type: ignore[import-not-found]
 from torch import nn
 
 import certcompress as cc
-from certcompress.demo.digits import load_digits, magnitude_prune_copy
+from certcompress.demo.digits import magnitude_prune_copy
 from certcompress.domain import InputDomain
-
-
-def train_mlp(epochs: int) -> tuple[nn.Module, Any, float]:
-    data = load_digits()
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 100),
-                        nn.ReLU(), nn.Linear(100, 10))
-    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for i in range(0, len(data.y_train), 64):
-            loss = nn.functional.cross_entropy(mlp(data.x_train[i:i + 64]),
-                                               data.y_train[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    mlp = mlp.double().eval()
-    acc = float((mlp(data.x_test.double()).argmax(1) == data.y_test).double().mean())
-    return mlp, data, acc
-
-
-def float16_copy(net: nn.Module) -> nn.Module:
-    out = copy.deepcopy(net)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.copy_(p.half().double())
-    return out
 
 
 def int8_copy(net: nn.Module) -> nn.Module:
@@ -106,7 +81,7 @@ def main() -> None:
     torch.set_num_threads(1)
     points = 5 if args.quick else args.points
     t0 = time.perf_counter()
-    net, data, acc = train_mlp(30 if args.quick else 60)
+    net, data, acc = digits_mlp(30 if args.quick else 60)
     pairs = {"float16": float16_copy(net), "int8": int8_copy(net),
              "pruned30": magnitude_prune_copy(net, 0.3)}
     payload: dict[str, Any] = {"accuracy": acc, "points": points, "timeout": args.timeout,

@@ -3,6 +3,8 @@ one to three inputs), and dense-grid references."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import _soundness as sh
 import torch
 from _nets import conv1d_mlp as cnn
@@ -26,6 +28,20 @@ def outputs(net: nn.Module, comp: nn.Module, x: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return net(x.double()), comp(x.double())
+
+
+def layer_values(chain: Any, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(z, c)`` after every layer of the chain at the points ``x`` (float64)."""
+    z = c = x
+    out = []
+    for layer in chain.layers:
+        if layer.kind == "relu":
+            z, c = z.clamp(min=0), c.clamp(min=0)
+        else:
+            z = z @ layer.w.T + layer.b
+            c = c @ layer.wc.T + layer.bc
+        out.append((z, c))
+    return out
 
 
 def build(p: dict) -> tuple[nn.Module, nn.Module, InputDomain]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _pairs import build, compress, grid, mlp, outputs
+from _pairs import build, compress, grid, layer_values, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,20 +38,6 @@ def sub_boxes(lo: torch.Tensor, hi: torch.Tensor, k: int) -> tuple[torch.Tensor,
         los.append(a)
         his.append(b)
     return torch.stack(los), torch.stack(his)
-
-
-def layer_values(chain, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(z, c)`` after every layer of the chain at the points ``x`` (float64)."""
-    z = c = x
-    out = []
-    for layer in chain.layers:
-        if layer.kind == "relu":
-            z, c = z.clamp(min=0), c.clamp(min=0)
-        else:
-            z = z @ layer.w.T + layer.b
-            c = c @ layer.wc.T + layer.bc
-        out.append((z, c))
-    return out
 
 
 def _chain_pair(p: dict) -> tuple:

@@ -12,7 +12,7 @@ from pathlib import Path
 import _soundness as sh
 import pytest
 import torch
-from _pairs import build, compress, grid, mlp, outputs
+from _pairs import build, compress, grid, layer_values, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -143,15 +143,7 @@ def test_clamped_bounds_and_multipliers_hold_on_the_subdomain(seed: int) -> None
     x = sh.points(lo[0], hi[0], torch.Generator().manual_seed(seed), n_uniform=4000)
     x = torch.cat([x.reshape(-1, 3), sh.dense_grid(lo[0], hi[0], 21).reshape(-1, 3)])
     # pre-activations of the original and compressed networks at x (layer outputs)
-    zs, cs = [], []
-    z = c = x
-    for layer in root.chain.layers:
-        if layer.kind == "relu":
-            z, c = z.clamp(min=0), c.clamp(min=0)
-        else:
-            z, c = z @ layer.w.T + layer.b, c @ layer.wc.T + layer.bc
-        zs.append(z)
-        cs.append(c)
+    zs, cs = (list(t) for t in zip(*layer_values(root.chain, x)))
     f, g = root.chain.forward(x)
     rows = (f - g) @ cd.T  # (N, r)
     pre = [None if t is None else t[0] for t in root.pre_bounds()]

@@ -13,7 +13,7 @@ import copy
 import _soundness as sh
 import pytest
 import torch
-from _pairs import compress, grid, mlp, outputs
+from _pairs import compress, grid, layer_values, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -181,15 +181,7 @@ def test_large_multipliers_and_nested_splits_hold_on_the_subdomain() -> None:
         _, cd, r = EpsilonProperty(3, 1.0, "inf").rows(torch.zeros(1, 3))
         prob = torch.zeros(r, dtype=torch.long)
         x = sh.dense_grid(lo[0], hi[0], 201).reshape(-1, 2)
-        zs, cs = [], []
-        z = c = x
-        for layer in root.chain.layers:
-            if layer.kind == "relu":
-                z, c = z.clamp(min=0), c.clamp(min=0)
-            else:
-                z, c = z @ layer.w.T + layer.b, c @ layer.wc.T + layer.bc
-            zs.append(z)
-            cs.append(c)
+        zs, cs = (list(t) for t in zip(*layer_values(root.chain, x)))
         f, g = root.chain.forward(x)
         rows = (f - g) @ cd.T
         pre = [None if t is None else t[0] for t in root.pre_bounds()]
@@ -289,12 +281,7 @@ def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
     pre: dict[tuple[int, str], torch.Tensor] = {}
     lo, hi = sh.box(dom, dom.shape)
     chain = _state(net, comp, lo.reshape(1, -1), hi.reshape(1, -1)).chain
-    z = c = x
-    for a, layer in enumerate(chain.layers):
-        if layer.kind == "relu":
-            z, c = z.clamp(min=0), c.clamp(min=0)
-        else:
-            z, c = z @ layer.w.T + layer.b, c @ layer.wc.T + layer.bc
+    for a, (z, c) in enumerate(layer_values(chain, x)):
         pre[(a, "z")], pre[(a, "c")] = z, c
     for sp in seen:
         ok = torch.ones(x.shape[0], dtype=torch.bool)
