@@ -11,6 +11,7 @@ from _nets import conv1d_mlp as cnn
 from _nets import deterministic_copy, mlp
 from torch import nn
 
+import certcompress as cc
 from certcompress.domain import InputDomain
 
 
@@ -54,3 +55,39 @@ def build(p: dict) -> tuple[nn.Module, nn.Module, InputDomain]:
     c = torch.linspace(-0.3, 0.4, n, dtype=torch.float64)[None]
     dom = InputDomain.box(c - p["half"], c + p["half"], shape=(1, n))
     return net, comp, dom
+
+
+def top1_violations(f: torch.Tensor, g: torch.Tensor, conf: float | None,
+                    ties: bool = False) -> torch.Tensor:
+    """Where the top-1 property fails: ``f``'s top class is strict (and, with ``conf``,
+    its softmax at least ``conf``) and another class scores above it in ``g`` (with
+    ``ties``, at least as high: a tie is not a violation, but it is not provable either,
+    since "verified" needs every margin below 0)."""
+    top = f.topk(2, dim=1).values
+    strict = top[:, 0] > top[:, 1]
+    i = f.argmax(1)
+    gi = g.gather(1, i[:, None])[:, 0]
+    other = g.scatter(1, i[:, None], -float("inf")).amax(1)
+    bad = strict & ((other >= gi) if ties else (other > gi))
+    if conf is not None:
+        bad &= torch.softmax(f, 1).amax(1) >= conf
+    return bad
+
+
+def check_top1(net: nn.Module, comp: nn.Module, dom: InputDomain, n_in: int,
+               conf: float | None = None, **kw: Any) -> Any:
+    """``verify_equivalence(..., property="top1")`` checked against the dense grid: never
+    "verified" where the grid finds a violation, and a counterexample lies in the box and
+    violates in float64. Returns the result."""
+    f, g = outputs(net, comp, grid(dom, n_in))
+    bad = top1_violations(f, g, conf, ties=True)
+    res = cc.verify_equivalence(net, comp, dom, property="top1", confidence=conf, **kw)
+    if bool(bad.any()):
+        assert res.status != "verified", res.summary()
+    if res.status == "falsified":
+        assert res.counterexample is not None
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
+        assert bool(dom.contains(x).all())
+        fx, gx = outputs(net, comp, x)
+        assert bool(top1_violations(fx, gx, conf).all())
+    return res

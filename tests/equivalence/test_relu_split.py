@@ -12,7 +12,7 @@ from pathlib import Path
 import _soundness as sh
 import pytest
 import torch
-from _pairs import build, compress, grid, layer_values, mlp, outputs
+from _pairs import build, check_top1, compress, grid, layer_values, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,19 +78,7 @@ def test_relu_split_never_verified_where_grid_violates(p: dict, norm: str,
 @given(p=pairs)
 def test_relu_split_top1_never_verified_where_grid_disagrees(p: dict) -> None:
     net, comp, dom = build(p)
-    f, g = outputs(net, comp, grid(dom, p["n_in"]))
-    top = f.topk(2, dim=1).values
-    bad = (top[:, 0] > top[:, 1]) & (g.argmax(1) != f.argmax(1))
-    res = cc.verify_equivalence(net, comp, dom, property="top1", timeout=1, split="relu")
-    if bool(bad.any()):
-        assert res.status != "verified", res.summary()
-    if res.status == "falsified":
-        assert res.counterexample is not None
-        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(x).all())
-        fx, gx = outputs(net, comp, x)
-        t2 = fx.topk(2, dim=1).values
-        assert bool(t2[0, 0] > t2[0, 1]) and int(gx.argmax()) != int(fx.argmax())
+    check_top1(net, comp, dom, p["n_in"], timeout=1, split="relu")
 
 
 @pytest.mark.parametrize("seed,kind,half,norm", [

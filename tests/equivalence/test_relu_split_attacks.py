@@ -13,7 +13,7 @@ import copy
 import _soundness as sh
 import pytest
 import torch
-from _pairs import compress, grid, layer_values, mlp, outputs
+from _pairs import check_top1, compress, grid, layer_values, mlp, outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,18 +87,7 @@ def test_epsilon_at_the_grid_worst(kind: str, n_in: int, seed: int, norm: str,
 def test_top1_with_sign_flips(kind: str, seed: int) -> None:
     net, comp = _pair(kind, 2, seed)
     dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
-    f, g = outputs(net, comp, grid(dom, 2))
-    top = f.topk(2, dim=1).values
-    bad = (top[:, 0] > top[:, 1]) & (g.argmax(1) != f.argmax(1))
-    res = cc.verify_equivalence(net, comp, dom, property="top1", timeout=1, split="relu")
-    if bool(bad.any()):
-        assert res.status != "verified", res.summary()
-    if res.status == "falsified":
-        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(x).all())
-        fx, gx = outputs(net, comp, x)
-        t2 = fx.topk(2, dim=1).values
-        assert bool(t2[0, 0] > t2[0, 1]) and int(gx.argmax()) != int(fx.argmax())
+    check_top1(net, comp, dom, 2, timeout=1, split="relu")
 
 
 def _scaled(net: torch.nn.Module, layer: int, s: float) -> torch.nn.Module:
@@ -299,14 +288,4 @@ def test_confident_top1_never_verified_where_grid_disagrees(kind: str, seed: int
                                                             conf: float) -> None:
     net, comp = _pair(kind, 2, seed)
     dom = InputDomain.box(-2.0, 2.0, shape=(1, 2))
-    f, g = outputs(net, comp, grid(dom, 2))
-    bad = (f.softmax(1).amax(1) >= conf) & (g.argmax(1) != f.argmax(1))
-    res = cc.verify_equivalence(net, comp, dom, property="top1", confidence=conf,
-                                timeout=1, split="relu")
-    if bool(bad.any()):
-        assert res.status != "verified", res.summary()
-    if res.status == "falsified":
-        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(x).all())
-        fx, gx = outputs(net, comp, x)
-        assert float(fx.softmax(1).amax()) >= conf and int(gx.argmax()) != int(fx.argmax())
+    check_top1(net, comp, dom, 2, conf, timeout=1, split="relu")
