@@ -51,8 +51,10 @@ from .search import Bounder, SearchConfig, _Search
 __all__ = ["run_relu_search", "SPLITS", "RELU_AUTO_MIN_DIM", "resolve_split", "path_seed"]
 
 #: how the search splits a region: ``"input"`` bisects the input box (:mod:`.search`),
-#: ``"relu"`` fixes the sign of an unstable neuron (this module), ``"auto"`` picks
-#: ``"relu"`` for chain pairs with at least :data:`RELU_AUTO_MIN_DIM` inputs
+#: ``"relu"`` fixes the sign of an unstable neuron (this module), ``"auto"`` (the default
+#: of ``verify_equivalence``) picks ``"relu"`` for chain pairs with at least
+#: :data:`RELU_AUTO_MIN_DIM` inputs without an executor or strong branching
+#: (:func:`resolve_split`)
 SPLITS = ("auto", "input", "relu")
 RELU_AUTO_MIN_DIM = 16
 #: an input bisection is expected to remove this fraction of a dimension's
@@ -84,11 +86,16 @@ def path_seed(seed: int, splits: tuple[Split, ...], lower: Tensor, upper: Tensor
     return zlib.crc32(upper.detach().to(torch.float64).contiguous().numpy().tobytes(), h)
 
 
-def resolve_split(split: str, chain: ChainPair | None, n_in: int) -> str:
+def resolve_split(split: str, chain: ChainPair | None, n_in: int,
+                  input_options: bool = False) -> str:
     """``"input"`` or ``"relu"`` for ``split`` (:data:`SPLITS`): ``"auto"`` is ``"relu"``
-    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs."""
+    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs, ``"input"``
+    otherwise or with ``input_options`` (an executor or strong branching was asked for:
+    ReLU splitting runs in the calling process only and splits one neuron at a time)."""
     if split == "auto":
-        return "relu" if chain is not None and n_in >= RELU_AUTO_MIN_DIM else "input"
+        return "relu" if chain is not None and n_in >= RELU_AUTO_MIN_DIM \
+            and not input_options \
+            else "input"
     return split
 
 
