@@ -22,7 +22,14 @@ Soundness (docs/equivalence.md, "ReLU splitting"):
   neuron's intercept score) or no unstable neuron is left: the two halves cover it, and
   the search stays complete;
 * a counterexample may be any point of the input box (it need not satisfy the
-  constraints): it is re-checked in float64 on the lowered pair, as in :mod:`.search`.
+  constraints): it is re-checked in float64 on the lowered pair, as in :mod:`.search`;
+  the attack only proposes points and never proves a region.
+
+The counterexample search of a sub-domain (:meth:`_ReluSearch._aimed_attack`) draws its
+random points from a generator seeded by the domain's path (:func:`path_seed`: siblings
+sharing a box search different points) and starts sign-gradient steps from the box
+corners that maximize the bound's linear rows, with a hinge penalty pulling toward the
+domain's sign constraints.
 
 The split neuron maximizes the constant its relaxation adds to the domain's unproven
 output rows (:meth:`~.chain.ChainState.relu_intercepts`, BaBSR's intercept score), the
