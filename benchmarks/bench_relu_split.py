@@ -2,14 +2,17 @@
 splitting"): a 64-100-100-10 MLP on scikit-learn's digits against its float16 cast, an
 8-bit (per-tensor symmetric, round to nearest) copy and a 30% magnitude-pruned copy,
 over +-r boxes (clipped to [0, 1]) around test points; ``verify_equivalence`` with
-``split="input"`` and ``split="relu"`` (one thread, serial), for eps-equivalence (l_inf)
-and top-1. Counts of verified / falsified / unknown and the seconds per instance.
+each of ``--splits`` (default ``input``, ``relu``, ``auto``; one thread, serial), for
+eps-equivalence (l_inf) and top-1. Counts of verified / falsified / unknown and the
+seconds per instance. ``--max-regions`` with a large ``--timeout`` gives a region budget
+(the same runs at any machine load; the machine is shared).
 
 epsilon per box: halfway between the worst deviation the root region's attack finds
 and the single-pass bound (a question one pass cannot answer). Top-1 over wider boxes.
 
-Usage: python benchmarks/bench_relu_split.py [--points 20] [--timeout 3] [--quick]
-Results: benchmarks/results/relu_split.json.
+Usage: python benchmarks/bench_relu_split.py [--points 20] [--timeout 3] [--max-regions N]
+    [--pairs float16 int8 pruned30] [--splits input relu auto] [--out NAME] [--quick]
+Results: benchmarks/results/NAME.json (default relu_split).
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ def boxes(data: Any, n: int, radius: float) -> list[InputDomain]:
 
 
 def run(net: nn.Module, comp: nn.Module, doms: list[InputDomain], split: str,
-        timeout: float, **prop: Any) -> dict[str, Any]:
+        timeout: float, max_regions: int = 200_000, **prop: Any) -> dict[str, Any]:
     rows = []
     for dom in doms:
-        r = cc.verify_equivalence(net, comp, dom, timeout=timeout, split=split, **prop)
+        r = cc.verify_equivalence(net, comp, dom, timeout=timeout, split=split,
+                                  max_regions=max_regions, **prop)
         rows.append({"status": r.status, "seconds": r.seconds, "regions": r.regions,
                      "bound": r.bound, "found": r.found,
                      "relu_splits": r.details.get("relu_splits"),
@@ -76,6 +80,11 @@ def main() -> None:
     ap.add_argument("--top1-radii", type=float, nargs="+", default=[8.0, 12.0],
                     help="in units of 1/255")
     ap.add_argument("--pairs", nargs="+", default=["float16", "int8", "pruned30"])
+    ap.add_argument("--splits", nargs="+", default=["input", "relu", "auto"])
+    ap.add_argument("--max-regions", type=int, default=200_000,
+                    help="region budget per instance (with a large --timeout: the same "
+                         "run at any machine load)")
+    ap.add_argument("--out", default="relu_split", help="results name")
     ap.add_argument("--quick", action="store_true", help="5 points, 30 epochs")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -85,9 +94,12 @@ def main() -> None:
     pairs = {"float16": float16_copy(net), "int8": int8_copy(net),
              "pruned30": magnitude_prune_copy(net, 0.3)}
     payload: dict[str, Any] = {"accuracy": acc, "points": points, "timeout": args.timeout,
+                               "max_regions": args.max_regions, "splits": args.splits,
                                "load_before": os.getloadavg(), "pairs": {}}
     print(f"digits 64-100-100-10, test accuracy {acc:.3f}; {points} points, timeout "
-          f"{args.timeout} s per instance; load {os.getloadavg()[0]:.2f}")
+          f"{args.timeout} s, {args.max_regions} regions per instance; load "
+          f"{os.getloadavg()[0]:.2f}")
+    budget = {"max_regions": args.max_regions}
     for name in args.pairs:
         comp = pairs[name]
         entry: dict[str, Any] = {}
@@ -99,8 +111,8 @@ def main() -> None:
             root = cc.verify_equivalence(net, comp, d, epsilon=1e9, timeout=5)
             assert root.bound is not None and root.found is not None
             eps.append(0.5 * (root.bound + root.found))
-        for split in ("input", "relu"):
-            rows = [run(net, comp, [d], split, args.timeout, epsilon=e, norm="inf")
+        for split in args.splits:
+            rows = [run(net, comp, [d], split, args.timeout, epsilon=e, norm="inf", **budget)
                     for d, e in zip(doms, eps)]
             res = _merge(rows)
             key = f"inf r{args.inf_radius:g}/255 {split}"
@@ -108,15 +120,15 @@ def main() -> None:
             _line(name, key, res)
         for radius in args.top1_radii:
             doms = boxes(data, points, radius / 255)
-            for split in ("input", "relu"):
-                res = run(net, comp, doms, split, args.timeout, property="top1")
+            for split in args.splits:
+                res = run(net, comp, doms, split, args.timeout, property="top1", **budget)
                 key = f"top1 r{radius:g}/255 {split}"
                 entry[key] = res
                 _line(name, key, res)
         payload["pairs"][name] = entry
     payload["seconds"] = time.perf_counter() - t0
     payload["load_after"] = os.getloadavg()
-    path = write_results("relu_split", payload)
+    path = write_results(args.out, payload)
     print(f"wrote {path} ({payload['seconds']:.0f} s)")
 
 

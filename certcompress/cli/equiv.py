@@ -63,7 +63,8 @@ def register(subparsers: Any) -> None:
         "equiv", parents=[common_parent()],
         help="prove or refute that COMPRESSED stays within epsilon of ORIGINAL "
              "(or keeps its decisions) on an input box",
-        description="Equivalence verification by branch-and-bound over input splitting. "
+        description="Equivalence verification by branch-and-bound over input or ReLU "
+                    "splitting (--split). "
                     "Exit 0: verified, 3: falsified (a counterexample is printed and "
                     "written), 4: unknown (timeout or region budget).")
     add_model(p, "original", "ORIGINAL", "model spec of the original model (model.py:make, "
@@ -111,10 +112,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="strong branching above 1: bound both halves for the K most "
                         "sensitive dimensions and split where the worse half is best "
                         "(default 1)")
-    s.add_argument("--split", choices=SPLITS, default="input",
-                   help="how a region is split: input (bisect the box, default), relu (fix "
-                        "the sign of an unstable neuron; chain networks, one process) or "
-                        "auto (relu from 16 inputs on)")
+    s.add_argument("--split", choices=SPLITS, default="auto",
+                   help="how a region is split: input (bisect the box), relu (fix the "
+                        "sign of an unstable neuron; chain networks, one process) or auto "
+                        "(default: relu for chain networks from 16 inputs on without "
+                        "--executor or --split-candidates, else input)")
     s.add_argument("--intermediate", choices=INTERMEDIATE, default="crown",
                    help="pre-activation bounds per region: crown (back-substitution, "
                         "default), forward (cheapest) or both")

@@ -22,7 +22,14 @@ Soundness (docs/equivalence.md, "ReLU splitting"):
   neuron's intercept score) or no unstable neuron is left: the two halves cover it, and
   the search stays complete;
 * a counterexample may be any point of the input box (it need not satisfy the
-  constraints): it is re-checked in float64 on the lowered pair, as in :mod:`.search`.
+  constraints): it is re-checked in float64 on the lowered pair, as in :mod:`.search`;
+  the attack only proposes points and never proves a region.
+
+The counterexample search of a sub-domain (:meth:`_ReluSearch._aimed_attack`) draws its
+random points from a generator seeded by the domain's path (:func:`path_seed`: siblings
+sharing a box search different points) and starts sign-gradient steps from the box
+corners that maximize the bound's linear rows, with a hinge penalty pulling toward the
+domain's sign constraints.
 
 The split neuron maximizes the constant its relaxation adds to the domain's unproven
 output rows (:meth:`~.chain.ChainState.relu_intercepts`, BaBSR's intercept score), the
@@ -36,6 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +55,13 @@ from .chain import ChainPair, ChainState, affine_backward
 from .properties import Judgement, Property
 from .search import Bounder, SearchConfig, _Search
 
-__all__ = ["run_relu_search", "SPLITS", "RELU_AUTO_MIN_DIM", "resolve_split"]
+__all__ = ["run_relu_search", "SPLITS", "RELU_AUTO_MIN_DIM", "resolve_split", "path_seed"]
 
 #: how the search splits a region: ``"input"`` bisects the input box (:mod:`.search`),
-#: ``"relu"`` fixes the sign of an unstable neuron (this module), ``"auto"`` picks
-#: ``"relu"`` for chain pairs with at least :data:`RELU_AUTO_MIN_DIM` inputs
+#: ``"relu"`` fixes the sign of an unstable neuron (this module), ``"auto"`` (the default
+#: of ``verify_equivalence``) picks ``"relu"`` for chain pairs with at least
+#: :data:`RELU_AUTO_MIN_DIM` inputs without an executor or strong branching
+#: (:func:`resolve_split`)
 SPLITS = ("auto", "input", "relu")
 RELU_AUTO_MIN_DIM = 16
 #: an input bisection is expected to remove this fraction of a dimension's
@@ -61,6 +71,11 @@ INPUT_GAIN = 0.25
 #: projected gradient steps on the split constraints' multipliers per pass
 #: (:func:`beta_bounds`; 0: no multipliers, the constraints only clamp bounds)
 BETA_STEPS = 10
+#: the sub-domain attack (:meth:`_ReluSearch._aimed_attack`): start from the box corners
+#: that maximize the bound's linear rows (False: random starts only), and the weight of
+#: the hinge penalty of the domain's sign constraints in its objective (0: none)
+CORNER_STARTS = True
+PENALTY = 1.0
 
 # the rows of a pre_bounds() tensor (6, n): zl, zu, cl, cu, dl, du
 _ROW = {("z", 1): 0, ("z", -1): 1, ("c", 1): 2, ("c", -1): 3}
@@ -69,11 +84,25 @@ Pre = list[Tensor | None]
 Split = tuple[int, int, str, int]  # (affine layer, neuron, "z"/"c", sign: 1 for >= 0)
 
 
-def resolve_split(split: str, chain: ChainPair | None, n_in: int) -> str:
+def path_seed(seed: int, splits: tuple[Split, ...], lower: Tensor, upper: Tensor) -> int:
+    """A generator seed for a sub-domain's counterexample search: a hash (CRC-32, the
+    same in every process) of the run's ``seed``, the domain's sign constraints and its
+    box, so siblings sharing a box draw different points and a run repeats itself."""
+    h = zlib.crc32(repr((seed, splits)).encode())
+    h = zlib.crc32(lower.detach().to(torch.float64).contiguous().numpy().tobytes(), h)
+    return zlib.crc32(upper.detach().to(torch.float64).contiguous().numpy().tobytes(), h)
+
+
+def resolve_split(split: str, chain: ChainPair | None, n_in: int,
+                  input_options: bool = False) -> str:
     """``"input"`` or ``"relu"`` for ``split`` (:data:`SPLITS`): ``"auto"`` is ``"relu"``
-    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs."""
+    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs, ``"input"``
+    otherwise or with ``input_options`` (an executor or strong branching was asked for:
+    ReLU splitting runs in the calling process only and splits one neuron at a time)."""
     if split == "auto":
-        return "relu" if chain is not None and n_in >= RELU_AUTO_MIN_DIM else "input"
+        return "relu" if chain is not None and n_in >= RELU_AUTO_MIN_DIM \
+            and not input_options \
+            else "input"
     return split
 
 
@@ -308,6 +337,97 @@ class _ReluSearch(_Search):
             out[:, li, :s.shape[1]] = s
         return out
 
+    # ------------------------------------------------------------------- attack
+    def _aimed_attack(self, lo: Tensor, hi: Tensor, centre_f: Tensor, lx: Tensor,
+                      j: Judgement, splits: list[tuple[Split, ...]] | None) -> bool:
+        """The counterexample search of a batch of sub-domains (any point of the box is
+        a counterexample candidate, re-checked by :meth:`~.search._Search._check_points`):
+        every domain's centre and ``samples`` random points drawn from its own generator
+        (:func:`path_seed`: siblings sharing a box search different points, and a run
+        repeats itself); then, on the ``pgd_regions`` worst, sign-gradient ascent on the
+        property's objective plus the hinge penalty ``sum min(s q_j(x), 0)`` of the
+        domain's sign constraints (toward the sub-domain), from three starts: the box
+        corner that maximizes the worst row's linear upper bound (the input where the
+        relaxation puts the violation), the corner of the rows weighted by their excess,
+        and a random point; every iterate is checked."""
+        P, n = lo.shape
+        spl: list[tuple[Split, ...]] = [()] * P if splits is None else splits
+        gens = [torch.Generator().manual_seed(path_seed(self.cfg.seed, spl[p], lo[p], hi[p]))
+                for p in range(P)]
+        width = hi - lo
+        pts = [(lo + hi) * 0.5]
+        for _ in range(self.cfg.samples):
+            u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in gens])
+            pts.append(lo + width * u)
+        if self._check_points(torch.cat(pts)):
+            return True
+        if self.cfg.pgd_steps <= 0 or self.cfg.pgd_regions <= 0:
+            return False
+        r = lx.shape[1]
+        idx = torch.argsort(j.score, descending=True)[:self.cfg.pgd_regions]
+        w = self._row_weights(j, P, r)
+        worst_c = lx[torch.arange(P), j.worst]
+        smear_c = torch.einsum("pr,prn->pn", w, lx)
+        mid = (lo + hi) * 0.5
+
+        def corner(c: Tensor) -> Tensor:
+            return torch.where(c > 0, hi, torch.where(c < 0, lo, mid))
+
+        rand = torch.stack([torch.rand(n, generator=gens[p], dtype=torch.float64)
+                            for p in idx.tolist()])
+        starts = [corner(worst_c)[idx], corner(smear_c)[idx]] if CORNER_STARTS else []
+        starts.append(lo[idx] + width[idx] * rand)
+        x = torch.cat(starts)
+        reg = idx.repeat(len(starts))
+        lo_k, hi_k = lo[reg], hi[reg]
+        cls = centre_f[reg].argmax(1)
+        masks = self._sign_masks([spl[p] for p in reg.tolist()])
+        step = width[reg] * 0.25
+        seen = [x]
+        for _ in range(self.cfg.pgd_steps):
+            x = x.detach().requires_grad_(True)
+            f, fc, pen = self._forward_penalty(x, masks)
+            obj = self._objective(f, fc, cls) + PENALTY * pen
+            g, = torch.autograd.grad(obj.sum(), x)
+            x = torch.minimum(torch.maximum(x.detach() + step * g.sign(), lo_k), hi_k)
+            seen.append(x)
+            step = step * 0.6
+        return self._check_points(torch.cat(seen))
+
+    def _sign_masks(self, splits: list[tuple[Split, ...]]) -> dict[int, tuple[Tensor, Tensor]]:
+        """Per affine layer with a constraint: the signs ``s`` of the ``z`` and the ``c``
+        constraints per point ``(N, n)`` (0: none)."""
+        out: dict[int, tuple[Tensor, Tensor]] = {}
+        for i, sp in enumerate(splits):
+            for layer, neuron, q, sign in sp:
+                if layer not in out:
+                    w = self.chain.layers[layer].w
+                    assert w is not None
+                    shape = (len(splits), int(w.shape[0]))
+                    out[layer] = (torch.zeros(shape, dtype=torch.float64),
+                                  torch.zeros(shape, dtype=torch.float64))
+                out[layer][0 if q == "z" else 1][i, neuron] = float(sign)
+        return out
+
+    def _forward_penalty(self, x: Tensor, masks: dict[int, tuple[Tensor, Tensor]]
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """Both outputs at ``x`` (differentiable) and the hinge penalty ``sum min(s q, 0)``
+        (<= 0, 0 exactly where every sign constraint of the point's domain holds)."""
+        z = c = x
+        pen = torch.zeros(x.shape[0], dtype=torch.float64)
+        for a, layer in enumerate(self.chain.layers):
+            if layer.kind == "relu":
+                z, c = z.clamp(min=0), c.clamp(min=0)
+                continue
+            assert layer.w is not None and layer.wc is not None
+            assert layer.b is not None and layer.bc is not None
+            z = z @ layer.w.T + layer.b
+            c = c @ layer.wc.T + layer.bc
+            if a in masks:
+                mz, mc = masks[a]
+                pen = pen + (mz * z).clamp(max=0.0).sum(1) + (mc * c).clamp(max=0.0).sum(1)
+        return z, c, pen
+
     def _which(self, pre: Pre, layer: int, neuron: int) -> str:
         """Split ``z`` or ``c`` of the neuron: the one that can switch, or the larger
         triangle where both can."""
@@ -328,8 +448,7 @@ class _ReluSearch(_Search):
         r = ub.shape[1]
         P = lo.shape[0]
         self.regions += P
-        order = torch.argsort(j.score, descending=True)
-        if self._attack(lo[order], hi[order], centre_f[order]):
+        if self._aimed_attack(lo, hi, centre_f, lx, j, splits):
             return True
         width = hi - lo
         sens = self._sensitivity(j, lx, width)

@@ -275,13 +275,19 @@ class _Search:
         for _ in range(self.cfg.pgd_steps):
             x = x.detach().requires_grad_(True)
             f, fc = chain.forward(x)
-            obj = (self.prop.objective(f, fc, cls)  # type: ignore[attr-defined]
-                   if isinstance(self.prop, (Top1Property, ConfidenceProperty))
-                   else self.prop.violation(f, fc))
+            obj = self._objective(f, fc, cls)
             g, = torch.autograd.grad(obj.sum(), x)
             x = torch.minimum(torch.maximum(x.detach() + step * g.sign(), lo_k), hi_k)
             step = step * 0.6
         return self._check_points(x.detach())
+
+    def _objective(self, f: Tensor, fc: Tensor, cls: Tensor) -> Tensor:
+        """The attack's smooth objective per point (positive at violations): the
+        property's own (top-1: the margin of the class ``cls`` the region's centre
+        predicts), else its violation."""
+        if isinstance(self.prop, (Top1Property, ConfidenceProperty)):
+            return self.prop.objective(f, fc, cls)
+        return self.prop.violation(f, fc)
 
     def _bound(self, lo: Tensor, hi: Tensor, pres: list[Pre | None] | None = None
                ) -> tuple[Tensor, Tensor | None, list[Pre | None], Tensor]:

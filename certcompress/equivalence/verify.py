@@ -139,11 +139,11 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
                        workers: int | None = None, batch: int = 256, chunk: int = 128,
                        seed: int = 0, intermediate: str = "crown",
                        split_candidates: int = 1, optimize_steps: int = 0,
-                       split: str = "input",
+                       split: str = "auto",
                        input_shape: Sequence[int] | None = None, progress: bool = False,
                        out: str | None = None) -> EquivalenceResult:
     """Prove or refute a property of ``model`` (f) and ``compressed`` (f') on every input
-    of ``domain`` (a box) by branch-and-bound over input splitting.
+    of ``domain`` (a box) by branch-and-bound over input or ReLU splitting.
 
     ``property="epsilon"`` (the default when ``epsilon`` is given): ``||f(x) - f'(x)||
     <= epsilon`` in ``norm`` ``"inf"`` (every output) or ``"l1"``. ``property="top1"``:
@@ -165,8 +165,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     ``"input"`` bisects the input box; ``"relu"`` fixes the sign of an unstable neuron
     of either network (both signs are proven; a domain with no unstable neuron left is
     bisected), for chain pairs only and in this process only (an ``executor`` is then
-    ignored, noted in ``details``); ``"auto"``: ``"relu"`` for chain pairs with at least
-    16 inputs, else ``"input"`` (docs/equivalence.md, "ReLU splitting"). ``out``: also
+    ignored, noted in ``details``); ``"auto"`` (default): ``"relu"`` for chain pairs with
+    at least 16 inputs, no ``executor`` (``None``/``"serial"``) and ``split_candidates``
+    1, else ``"input"``
+    (docs/equivalence.md, "ReLU splitting"; ``details["split"]`` says which ran). ``out``: also
     write the JSON result there (atomically).
 
     Returns an :class:`EquivalenceResult` (``status`` ``"verified"``, ``"falsified"``
@@ -223,7 +225,9 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
         lower = dom.lower_tensor().reshape(-1)
         upper = dom.upper_tensor().reshape(-1)
-        mode = resolve_split(split, bounder.chain, int(lower.numel()))
+        mode = resolve_split(split, bounder.chain, int(lower.numel()),
+                             input_options=executor in ("local", "ray")
+                             or split_candidates > 1)
         if mode == "relu" and bounder.chain is None:
             raise ConfigurationError("split='relu' needs a chain pair (an MLP or a plain CNN: "
                                      "affine maps and ReLUs one after the other); these "

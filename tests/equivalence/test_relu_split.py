@@ -204,6 +204,16 @@ def test_relu_split_verifies_where_input_splitting_runs_out() -> None:
     assert inp.status == "unknown", inp.summary()
     assert rel.status == "verified", rel.summary()
     assert rel.details["relu_splits"] > 0
+    # the default ("auto") is ReLU splitting here (64 inputs, serial); with an executor
+    # or strong branching it bisects the input box (options of input splitting only)
+    auto = cc.verify_equivalence(net, comp, dom, property="top1", max_regions=400,
+                                 timeout=600)
+    assert auto.details["split"] == "relu"
+    assert (auto.status, auto.regions) == (rel.status, rel.regions)
+    for kw in ({"executor": "local", "workers": 2}, {"split_candidates": 2}):
+        res = cc.verify_equivalence(net, comp, dom, property="top1", max_regions=2,
+                                    timeout=600, **kw)  # type: ignore[arg-type]
+        assert res.details["split"] == "input", kw
 
 
 RADIUS = 0.07

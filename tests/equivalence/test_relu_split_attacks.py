@@ -289,3 +289,84 @@ def test_confident_top1_never_verified_where_grid_disagrees(kind: str, seed: int
     net, comp = _pair(kind, 2, seed)
     dom = InputDomain.box(-2.0, 2.0, shape=(1, 2))
     check_top1(net, comp, dom, 2, conf, timeout=1, split="relu")
+
+
+def _needle(n: int = 16, gap: float = 2.0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A pair that differs only where ``sum x > n - gap`` on ``[0, 1]^n`` (a corner of
+    volume about ``gap^n / n!``: no random point lands there, and the deviation's
+    gradient is 0 everywhere else, so plain sign-gradient steps never move): hidden
+    neuron 0 is ``relu(sum x - (n - gap))``, the compressed copy prunes its outgoing
+    weights (deviation up to ``gap`` on output 0)."""
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(n, 6), torch.nn.ReLU(),
+                              torch.nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+        net[0].weight[0] = 1.0
+        net[0].bias[0] = -(n - gap)
+        net[2].weight[:, 0] = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+    comp = copy.deepcopy(net)
+    with torch.no_grad():
+        comp[2].weight[:, 0] = 0.0
+    return net.eval(), comp.eval()
+
+
+def _needle_run(**kw: object) -> cc.EquivalenceResult:
+    net, comp = _needle()
+    dom = InputDomain.box(0.0, 1.0, shape=(1, 16))
+    res = cc.verify_equivalence(net, comp, dom, epsilon=1.0, norm="inf",
+                                timeout=float("inf"), max_regions=300, **kw)
+    assert res.status != "verified", res.summary()  # the deviation reaches 2.0 > 1.0
+    if res.status == "falsified":
+        assert res.counterexample is not None
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(1, 16)
+        assert bool(dom.contains(x).all())
+        assert float(_dev(net, comp, x, "inf")) > 1.0
+    return res
+
+
+def test_aimed_attack_finds_a_needle_in_a_relu_child(monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """The sub-domain attack of ReLU splitting (relu_split._ReluSearch._aimed_attack):
+    the bound's corner finds the needle in the root; with corner starts off, the root's
+    attack misses it and the child ``z_0 >= 0``'s hinge penalty on its sign constraint
+    leads its sign-gradient steps there; with neither, the search (region budget 300)
+    stays unknown, as input splitting does."""
+    res = _needle_run(split="relu")
+    assert res.status == "falsified" and res.regions == 1, res.summary()
+    assert _needle_run(split="input").status == "unknown"
+    monkeypatch.setattr(relu_split, "CORNER_STARTS", False)
+    res = _needle_run(split="relu")
+    assert res.status == "falsified", res.summary()
+    assert res.details["relu_splits"] >= 1 and res.regions > 1, res.details
+    monkeypatch.setattr(relu_split, "PENALTY", 0.0)
+    res = _needle_run(split="relu")
+    assert res.status == "unknown", res.summary()
+
+
+def test_fresh_starts_are_deterministic_and_differ_between_siblings() -> None:
+    """path_seed: the same sub-domain gives the same seed (in any process: CRC-32, not
+    Python's salted hash), sibling sub-domains sharing one box and boxes that differ
+    in one bit do not; a whole ReLU-split search repeats itself to the counterexample."""
+    lo = torch.zeros(4, dtype=torch.float64)
+    hi = torch.ones(4, dtype=torch.float64)
+    a: tuple[Split, ...] = ((0, 3, "z", 1),)
+    b: tuple[Split, ...] = ((0, 3, "z", -1),)
+    assert relu_split.path_seed(0, a, lo, hi) == relu_split.path_seed(0, a, lo.clone(),
+                                                                      hi.clone())
+    seeds = {relu_split.path_seed(0, a, lo, hi), relu_split.path_seed(0, b, lo, hi),
+             relu_split.path_seed(1, a, lo, hi), relu_split.path_seed(0, (), lo, hi),
+             relu_split.path_seed(0, a, lo, torch.nextafter(hi, hi + 1)),
+             relu_split.path_seed(0, ((0, 3, "c", 1),), lo, hi)}
+    assert len(seeds) == 6
+    net = mlp(3, 8, 3, 3, 5)
+    comp = _flip(net, 5)
+    dom = InputDomain.box(-1.5, 1.5, shape=(1, 3))
+    worst = float(_dev(net, comp, grid(dom, 3), "inf").max())
+    runs = [cc.verify_equivalence(net, comp, dom, epsilon=worst * 0.9, norm="inf",
+                                  split="relu", timeout=float("inf"), max_regions=400)
+            for _ in range(2)]
+    assert runs[0].status == "falsified", runs[0].summary()
+    assert runs[0].counterexample == runs[1].counterexample
+    assert runs[0].regions == runs[1].regions and runs[0].found == runs[1].found
