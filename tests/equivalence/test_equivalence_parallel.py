@@ -27,6 +27,38 @@ def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     return net, compress(net, "round")
 
 
+#: the domain every test here searches
+DOM = InputDomain.box(-2, 2, shape=(1, 3))
+
+
+def _flat_box() -> tuple[torch.Tensor, torch.Tensor]:
+    return DOM.lower_tensor().reshape(-1), DOM.upper_tensor().reshape(-1)
+
+
+def _chain(pair: tuple[torch.nn.Module, torch.nn.Module]) -> ChainPair:
+    net, comp = pair
+    chain = chain_from_pair(lower_pair(cc.trace(net, DOM.shape), cc.trace(comp, DOM.shape)))
+    assert chain is not None
+    return chain
+
+
+def _warm_helpers(pair: tuple[torch.nn.Module, torch.nn.Module]) -> list[int]:
+    """Run one local call (it leaves its helpers warm) and return their pids."""
+    net, comp = pair
+    cc.verify_equivalence(net, comp, DOM, epsilon=0.3, executor="local", workers=2,
+                          batch=16, chunk=4)
+    pids = _pids()
+    assert pids
+    return pids
+
+
+def _assert_gone(pids: list[int]) -> None:
+    """Each process was stopped and reaped: no such process any more."""
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def _same(a: cc.EquivalenceResult, b: cc.EquivalenceResult) -> None:
     assert (a.status, a.regions, a.bound, a.proven_fraction) == \
         (b.status, b.regions, b.bound, b.proven_fraction)
@@ -34,10 +66,9 @@ def _same(a: cc.EquivalenceResult, b: cc.EquivalenceResult) -> None:
 
 def test_local_executor_same_verdict(pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
-    serial = cc.verify_equivalence(net, comp, dom, **kw)
-    local = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    serial = cc.verify_equivalence(net, comp, DOM, **kw)
+    local = cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     assert serial.regions > 16  # several rounds, several chunks
     _same(serial, local)
     assert local.details["executor"] == "local"
@@ -46,10 +77,9 @@ def test_local_executor_same_verdict(pair: tuple[torch.nn.Module, torch.nn.Modul
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_ray_executor_same_verdict(pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
-    serial = cc.verify_equivalence(net, comp, dom, **kw)
-    ray_res = cc.verify_equivalence(net, comp, dom, executor="ray", workers=2, **kw)
+    serial = cc.verify_equivalence(net, comp, DOM, **kw)
+    ray_res = cc.verify_equivalence(net, comp, DOM, executor="ray", workers=2, **kw)
     _same(serial, ray_res)
 
 
@@ -84,11 +114,8 @@ def test_caller_and_started_helper_share_a_round(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """Once the helper has started, the caller bounds chunks from the end and the helper
     from the front; every chunk's bound is the serial one, bit for bit, in job order."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+    chain = _chain(pair)
+    jobs = _jobs(chain, *_flat_box(), 40)
     with Pool("local", chain, workers=2) as pool:
         deadline = time.monotonic() + 300
         while not pool._started(0):
@@ -116,10 +143,9 @@ def test_one_worker_bounds_in_the_caller(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """``workers=1``: no helper process; the caller bounds every chunk."""
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
-    serial = cc.verify_equivalence(net, comp, dom, **kw)
-    one = cc.verify_equivalence(net, comp, dom, executor="local", workers=1, **kw)
+    serial = cc.verify_equivalence(net, comp, DOM, **kw)
+    one = cc.verify_equivalence(net, comp, DOM, executor="local", workers=1, **kw)
     _same(serial, one)
     assert one.details["chunks"]["helpers"] == 0 and one.details["chunks"]["caller"] > 0
 
@@ -130,13 +156,12 @@ def test_falsified_same_counterexample_on_every_executor(
     caller, beside the workers): the same counterexample, regions and worst deviation
     found on the serial and local executors."""
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     x = torch.rand(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 4 - 2
     with torch.no_grad():
         worst = float((net(x) - comp(x)).abs().amax())
     kw = dict(epsilon=0.9 * worst, timeout=60, batch=16, chunk=4)
-    serial = cc.verify_equivalence(net, comp, dom, **kw)
-    local = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    serial = cc.verify_equivalence(net, comp, DOM, **kw)
+    local = cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     assert serial.status == "falsified"
     assert (serial.counterexample, serial.regions, serial.found) == \
         (local.counterexample, local.regions, local.found)
@@ -151,8 +176,7 @@ def test_last_rounds_counterexample_search_runs(
     """The budget ends the search after the root region; its counterexample search, left
     for the next round, still runs and falsifies (not "unknown")."""
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    res = cc.verify_equivalence(net, comp, dom, epsilon=1e-9, max_regions=1, timeout=60)
+    res = cc.verify_equivalence(net, comp, DOM, epsilon=1e-9, max_regions=1, timeout=60)
     assert res.status == "falsified" and res.regions == 1
 
 
@@ -160,11 +184,8 @@ def test_a_failing_chunk_fails_the_round(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """A chunk that fails (here: regions of the wrong width) raises in the caller, whoever
     bound it; the pool stays usable."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    chain = _chain(pair)
+    lo, hi = _flat_box()
     jobs = _jobs(chain, lo, hi, 6)
     a, b, cz, cd, r, prior = jobs[0]
     bad = (a[:, :2], b[:, :2], cz, cd, r, prior)  # 2 input features, the chain has 3
@@ -198,22 +219,21 @@ def test_warm_helpers_serve_two_calls_with_different_pairs(
     net, comp = pair
     net2 = mlp(3, 12, 2, 3, 7)
     comp2 = compress(net2, "round")
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
-    serial_a = cc.verify_equivalence(net, comp, dom, **kw)
-    serial_b = cc.verify_equivalence(net2, comp2, dom, **kw)
+    serial_a = cc.verify_equivalence(net, comp, DOM, **kw)
+    serial_b = cc.verify_equivalence(net2, comp2, DOM, **kw)
     assert (serial_a.regions, serial_a.bound) != (serial_b.regions, serial_b.bound)
-    first = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    first = cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     assert first.details["helpers_warm"] is False
     pids = _pids()
     assert len(pids) == 1
     # let the helper finish starting, so the next calls hand it chunks
-    with Pool("local", chain_from_pair(lower_pair(cc.trace(net, dom.shape),
-                                                  cc.trace(comp, dom.shape))),
+    with Pool("local", chain_from_pair(lower_pair(cc.trace(net, DOM.shape),
+                                                  cc.trace(comp, DOM.shape))),
               workers=2) as probe:
         _wait_started(probe)
-    second = cc.verify_equivalence(net2, comp2, dom, executor="local", workers=2, **kw)
-    third = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    second = cc.verify_equivalence(net2, comp2, DOM, executor="local", workers=2, **kw)
+    third = cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     assert _pids() == pids  # the same process served every call
     for res in (second, third):
         assert res.details["helpers_warm"] is True
@@ -226,34 +246,26 @@ def test_warm_helpers_serve_two_calls_with_different_pairs(
 
 def test_close_pools_stops_the_helpers(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    cc.verify_equivalence(net, comp, dom, epsilon=0.3, executor="local", workers=2,
-                          batch=16, chunk=4)
-    pids = _pids()
-    assert pids
+    pids = _warm_helpers(pair)
     assert close_pools() == 1
     assert warm_pools() == {}
-    for pid in pids:  # stopped and reaped: no such process any more
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    _assert_gone(pids)
 
 
 def test_a_killed_helper_is_replaced(pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """A helper that died between calls (killed from outside) is replaced by the next
     call, which gets the serial result."""
     net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
     kw = dict(epsilon=0.3, timeout=60, batch=16, chunk=4)
-    serial = cc.verify_equivalence(net, comp, dom, **kw)
-    cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    serial = cc.verify_equivalence(net, comp, DOM, **kw)
+    cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     old = _pids()
     os.kill(old[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while _pids() == old:  # warm_pools lists live sets only
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    res = cc.verify_equivalence(net, comp, dom, executor="local", workers=2, **kw)
+    res = cc.verify_equivalence(net, comp, DOM, executor="local", workers=2, **kw)
     assert res.details["helpers_warm"] is False
     assert _pids() and _pids() != old
     _same(serial, res)
@@ -263,11 +275,8 @@ def test_a_helper_dying_during_a_call_fails_it_clearly(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """A helper killed while it holds the call's chunks: the call raises an error naming
     the dead helper (no hang), and the next call starts a fresh one."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+    chain = _chain(pair)
+    jobs = _jobs(chain, *_flat_box(), 40)
     with Pool("local", chain, workers=2) as pool:
         _wait_started(pool)
         os.kill(_pids()[0], signal.SIGKILL)
@@ -284,11 +293,8 @@ def test_an_interrupted_call_leaves_the_helpers_usable(
     """Ctrl-C in the caller (KeyboardInterrupt raised while the helper bounds): the round
     stops, the helper finishes the chunk it holds, and the next call on the same warm
     process gets every result, the serial ones."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 40)
+    chain = _chain(pair)
+    jobs = _jobs(chain, *_flat_box(), 40)
 
     def interrupt() -> None:
         time.sleep(0.2)
@@ -311,19 +317,14 @@ def test_a_concurrent_call_gets_private_helpers(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """While one call holds the warm helpers, another (a second thread) gets its own,
     stopped when it ends; the warm set is unchanged."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
+    chain = _chain(pair)
     with Pool("local", chain, workers=2) as held:
         pids = _pids()
         with Pool("local", chain, workers=2) as other:
             assert other._private and other._local_set is not None
             private = [int(p.pid) for p in other._local_set.procs]
             assert not set(private) & set(pids)
-        for pid in private:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+        _assert_gone(private)
         assert held._local_set is not None and not held._private
     assert _pids() == pids
 
@@ -331,12 +332,7 @@ def test_a_concurrent_call_gets_private_helpers(
 def test_a_forked_child_does_not_own_the_helpers(
         pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
     """After fork, the child sees no warm helpers (its parent's stay the parent's)."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    cc.verify_equivalence(net, comp, dom, epsilon=0.3, executor="local", workers=2,
-                          batch=16, chunk=4)
-    pids = _pids()
-    assert pids
+    pids = _warm_helpers(pair)
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         os._exit(0 if warm_pools() == {} and close_pools() == 0 else 1)
@@ -352,11 +348,8 @@ def test_children_jobs_send_their_parents_bounds_once(
     """A round's children come in pairs with one parent's layer bounds: a job sends them
     once per pair (rows checked equal) and the helper's bound is the caller's, bit for
     bit; a job whose rows differ goes whole."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    lo, hi = dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1)
+    chain = _chain(pair)
+    lo, hi = _flat_box()
     parents = _jobs(chain, lo, hi, 1)[0]
     _, _, pre = bound_chunk(chain, *parents)
     plo, phi = parents[0], parents[1]
@@ -391,11 +384,8 @@ def test_a_helper_that_cannot_start_leaves_the_work_to_the_caller(
     """A helper that exits before it starts (killed here while importing; a script
     without the main guard does the same): the caller bounds every chunk, the results are
     the serial ones, the pool says why, and the next call starts a fresh helper."""
-    net, comp = pair
-    dom = InputDomain.box(-2, 2, shape=(1, 3))
-    chain = chain_from_pair(lower_pair(cc.trace(net, dom.shape), cc.trace(comp, dom.shape)))
-    assert chain is not None
-    jobs = _jobs(chain, dom.lower_tensor().reshape(-1), dom.upper_tensor().reshape(-1), 12)
+    chain = _chain(pair)
+    jobs = _jobs(chain, *_flat_box(), 12)
     close_pools()
     with Pool("local", chain, workers=2) as pool:
         assert pool._local_set is not None
