@@ -440,7 +440,7 @@ class ChainState:
                 self.relax[k] = relax_relu(b)
                 # dead in both networks on the box (the widened bounds): both outputs are
                 # exactly 0, so its magnitude is 0 and every form passing through it is
-                # given coefficient 0 there (docs/equivalence.md, "Rounding")
+                # given coefficient 0 there (docs/equivalence.md, "Rounding", chain pass)
                 dead = (b.zu <= 0) & (b.cu <= 0)
                 self.dead[k] = dead
                 if sym is not None:
