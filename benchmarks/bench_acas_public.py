@@ -59,12 +59,19 @@ _NAME = re.compile(r"ACASXU_run2a_(\d+)_(\d+)_batch_2000$")
 def float16_truncation(f: NNetFile) -> NNetFile:
     """``f`` with every weight and bias rounded to the nearest float16 (round half to
     even, from the float64 value, as ``numpy.float16`` in ReluDiff's ``round_nnet.py``);
-    the normalization is kept."""
-    def half(t: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(t.detach().double().numpy().astype(np.float16)
-                                .astype(np.float64))
-    return dataclasses.replace(f, weights=tuple(half(w) for w in f.weights),
-                               biases=tuple(half(b) for b in f.biases))
+    the normalization is kept. A value beyond float16's range (|x| > 65504) would become
+    infinite: a ValueError names its layer."""
+    def half(t: torch.Tensor, what: str) -> torch.Tensor:
+        with np.errstate(over="ignore"):
+            out = t.detach().double().numpy().astype(np.float16).astype(np.float64)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{f.path}: {what} has a value beyond float16's range "
+                             f"(largest magnitude {float(t.abs().max()):.6g} > 65504); its "
+                             "float16 truncation would be infinite")
+        return torch.from_numpy(out)
+    return dataclasses.replace(
+        f, weights=tuple(half(w, f"layer {k + 1}'s weights") for k, w in enumerate(f.weights)),
+        biases=tuple(half(b, f"layer {k + 1}'s biases") for k, b in enumerate(f.biases)))
 
 
 def properties_of(stem: str) -> list[str]:
