@@ -29,13 +29,12 @@ sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests"),
 
 from _common import write_results  # type: ignore[import-not-found]  # noqa: E402
 from _nets import compress, mlp, random_conv_net  # type: ignore[import-not-found]  # noqa: E402
-from propagation_helpers import random_box  # type: ignore[import-not-found]  # noqa: E402
+from propagation_helpers import jitter, random_box  # type: ignore[import-not-found]  # noqa: E402
 
 import certcompress as cc  # noqa: E402
 from certcompress.bounds.propagation.device import DEVICE_MARGIN  # noqa: E402
 from certcompress.bounds.propagation.engine import PropagationOptions  # noqa: E402
 from certcompress.bounds.tiers import bounds_tier  # noqa: E402
-from certcompress.ir import AffineParams, Graph  # noqa: E402
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "crown": {"intermediate": "crown"},
@@ -45,18 +44,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "crown-rows2": {"intermediate": "crown", "crown_rows_per_node": 2},
     "sign-rows4": {"intermediate": "crown", "sign_rows": 4},
 }
-
-
-def jitter(g: Graph, seed: int) -> Graph:
-    """``g`` with every parameter moved by at most one ulp (relative ``2^-52``)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def j(t: torch.Tensor) -> torch.Tensor:
-        k = torch.randint(-1, 2, t.shape, generator=gen).to(t.dtype)
-        return t * (1 + k * 2.0 ** -52)
-
-    return g.with_params({n: AffineParams(j(p.weight), None if p.bias is None
-                                          else j(p.bias)) for n, p in g.params.items()})
 
 
 def pairs() -> list[tuple[str, torch.nn.Module, torch.nn.Module, cc.InputDomain]]:
