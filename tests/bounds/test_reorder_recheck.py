@@ -24,7 +24,12 @@ import certcompress as cc
 from certcompress.bounds.propagation.device import stated_up
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.propagation.interval import PairBounds
-from certcompress.bounds.propagation.relax import SPLIT_TIES, relax_relu, relu_backward
+from certcompress.bounds.propagation.relax import (
+    SPLIT_TIES,
+    relax_relu,
+    relu_backward,
+    single_relu,
+)
 from certcompress.bounds.tierbase import GraphPair
 from certcompress.bounds.tiers import tier_registry
 from certcompress.certificate import MethodBound
@@ -127,3 +132,21 @@ def test_split_choice_does_not_tip_on_the_last_bit() -> None:
             assert a is not None and b is not None
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), \
                 f"seed {seed}: largest change {float((a - b).abs().max()):.3g}"
+
+
+def test_tangent_slope_of_a_symmetric_interval_does_not_tip_on_the_last_bit() -> None:
+    """``u = -l`` (a zero-bias neuron over a box centred at 0): the default tangent slope
+    is the same for ``l`` and ``u`` moved by one ulp either way (the plain ``u > -l``
+    gives 1 or 0 by the last bit)."""
+    hi = torch.tensor([[0.3, 1.7, 2.0 ** -40, 5.0]], dtype=torch.float64)
+    lo = -hi
+    ref = single_relu(lo, hi)[2]
+    assert ref.tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    for dl in (-1, 0, 1):
+        for du in (-1, 0, 1):
+            lo2 = lo * (1 + dl * 2.0 ** -52)
+            hi2 = hi * (1 + du * 2.0 ** -52)
+            assert torch.equal(single_relu(lo2, hi2)[2], ref), (dl, du)
+    # away from the tie, CROWN's choice
+    assert single_relu(lo, hi * 1.001)[2].tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    assert single_relu(lo * 1.001, hi)[2].tolist() == [[0.0, 0.0, 0.0, 0.0]]

@@ -33,8 +33,10 @@ small multiple of it): far above the rounding (about ``1e-16`` of it) and far be
 genuine gaps (measured on benchmarks/bench_reorder_sensitivity.py's pairs: none between
 ``1e-14`` and ``1e-6`` of it). A tie goes to ``theta = 0`` (the joint relaxation), which
 measured tighter there than ``theta = 1`` (up to 45%). Any ``theta`` is sound, so this
-only decides how tight, never whether the bound holds. :data:`SPLIT_TIES` ``"strict"``
-restores the plain comparison (certificates made before the rule).
+only decides how tight, never whether the bound holds. The default tangent slope
+likewise: ``alpha = 1`` only where ``u + l > TIE_REL (u - l)`` (a symmetric interval,
+``u = -l``, takes 0). :data:`SPLIT_TIES` ``"strict"`` restores the plain comparisons
+(certificates made before the rule).
 """
 
 from __future__ import annotations
@@ -131,8 +133,12 @@ def single_relu(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     a = torch.where(active, torch.ones_like(lo), torch.where(unstable, hi / width,
                                                              torch.zeros_like(lo)))
     b = torch.where(unstable, -a * lo, torch.zeros_like(lo))
-    alpha = torch.where(active | (unstable & decided("alpha", hi > -lo)), torch.ones_like(lo),
-                        torch.zeros_like(lo))
+    # CROWN's tangent: 1 where u > -l; with the near-tie rule, where u + l exceeds
+    # TIE_REL (u - l): a symmetric interval (u = -l exactly, e.g. a zero-bias neuron over
+    # a box centred at 0) then takes 0 whatever the last bits of u and l
+    up = hi + lo > TIE_REL * (hi - lo) if SPLIT_TIES.get() == "tolerant" else hi > -lo
+    alpha = torch.where(active | (unstable & decided("alpha", up)),
+                        torch.ones_like(lo), torch.zeros_like(lo))
     return a, b, alpha
 
 
