@@ -23,6 +23,8 @@ ACAS-Xu-vs-float16 benchmark of ReluDiff/NeuroDiff, on networks trained here.
 
 Writes benchmarks/results/acas_props.json (atomically). Run:
 ``.venv/bin/python benchmarks/bench_acas_props.py`` (``--quick``: 1 network, fewer steps).
+The same measurement on the public ACAS-Xu ``.nnet`` files (supplied by the user, never
+downloaded): bench_acas_public.py ``--nnet-dir DIR``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ from certcompress.capture.nnet import write_nnet
 ROOT = Path(__file__).resolve().parent.parent
 # The ACAS-Xu normalization (header of ACASXU_run2a_*.nnet): raw units ft, rad, rad,
 # ft/s, ft/s; the networks compute on (x - mean) / range.
-ACAS_MINS = [0.0, -3.141593, -3.141593, 100.0, 0.0]
+# (the public run2a files have 499.0 as the first minimum; it clips nothing in the
+# property boxes, whose rho is at least 1500)
+ACAS_MINS = [499.0, -3.141593, -3.141593, 100.0, 0.0]
 ACAS_MAXES = [60760.0, 3.141593, 3.141593, 1200.0, 1200.0]
 ACAS_MEANS = [19791.091, 0.0, 0.0, 650.0, 600.0, 7.5188840201]
 ACAS_RANGES = [60261.0, 6.28318530718, 6.28318530718, 1100.0, 1200.0, 373.94992]

@@ -203,6 +203,11 @@ class BoundsDetails(TierDetails):
     #: ``"cuda:N"``; absent in certificates made before the option: the CPU). A bound
     #: computed on a GPU is stated ``2^-31`` relative higher (docs/bounds.md, "On a GPU")
     device: str | None = None
+    #: how the ReLU split treated near-ties (``"tolerant"``: by a tie width, so the last
+    #: bits of another summation order do not tip it; absent in certificates made before
+    #: the rule, re-checked with ``"strict"``, the plain comparison; docs/bounds.md,
+    #: "On a GPU")
+    split_ties: str | None = None
 
 
 _DETAILS: dict[str, type[TierDetails]] = {"path-metric": PathMetricDetails,

@@ -51,10 +51,12 @@ from ..equivalence.chain_bounds import box_bound
 from ..equivalence.tier import BabTier
 from ..errors import ConfigurationError, PluginError
 from ..ir.graph import Graph
+from .arithmetic import Float32Error
 from .pathmetric import PathMetric
 from .propagation.device import graph_elements, graph_on, resolve_device, run_on, stated_up
 from .propagation.engine import PropagationOptions
 from .propagation.lowering import lower_pair
+from .propagation.relax import SPLIT_TIES
 from .tierbase import GraphPair, Tier, TierBound
 
 __all__ = ["MethodBound", "WORST_CASE", "Tier", "TierBound", "GraphPair", "TierRegistry",
@@ -103,7 +105,8 @@ class BoundsTier(Tier):
             lower_pair(graph_on(pair.original, d), graph_on(pair.compressed, d)), domain, opts))
         bound, *per = stated_up(dev, [b.bound, *b.per_output.tolist()])
         return TierBound(bound=bound, per_output=tuple(per), exact=False,
-                         float_slack_rel=b.eta, details={**b.details, "device": str(dev)})
+                         float_slack_rel=b.eta, details={**b.details, "device": str(dev),
+                                                         "split_ties": SPLIT_TIES.get()})
 
     def stated_options(self, stated: MethodBound) -> PropagationOptions:
         """The base class's options (``intermediate``, slopes) and whether chain pairs
@@ -113,6 +116,22 @@ class BoundsTier(Tier):
         base = super().stated_options(stated)
         assert isinstance(base, PropagationOptions)
         return replace(base, chain=stated.details.get("chain") is True)
+
+    def recheck(self, pair: GraphPair, domain: InputDomain, stated: MethodBound,
+                float32: Float32Error | None = None) -> tuple[MethodBound, list[str]]:
+        """The base class's re-check, with the ReLU split's near-tie rule the entry
+        records (``split_ties``; absent: ``"strict"``, the plain comparison of
+        certificates made before the rule, :data:`.propagation.relax.SPLIT_TIES`)."""
+        rule = stated.details.get("split_ties", "strict")
+        if rule not in ("strict", "tolerant"):
+            raise ConfigurationError(f"tier '{self.name}': the certificate's split_ties is "
+                                     f"{rule!r}; this version knows 'strict' and "
+                                     "'tolerant' (a newer certcompress wrote it?)")
+        token = SPLIT_TIES.set(rule)
+        try:
+            return super().recheck(pair, domain, stated, float32)
+        finally:
+            SPLIT_TIES.reset(token)
 
 
 # ---------------------------------------------------------------------- registry

@@ -16,6 +16,22 @@ from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.tiers import bounds_tier
 from certcompress.certificate import MethodBound
 from certcompress.domain import InputDomain
+from certcompress.ir import AffineParams, Graph
+
+
+def jitter(g: Graph, seed: int) -> Graph:
+    """``g`` with every parameter moved by at most one ulp: each multiplied by
+    ``1 + k 2^-52``, ``k`` drawn from ``{-1, 0, 1}`` by ``seed`` (the same ``k`` at the same
+    position in two graphs of the same shapes, so equal weights stay equal): a stand-in
+    for another machine's order of summation (docs/bounds.md, "On a GPU")."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def j(t: torch.Tensor) -> torch.Tensor:
+        k = torch.randint(-1, 2, t.shape, generator=gen).to(t.dtype)
+        return t * (1 + k * 2.0 ** -52)
+
+    return g.with_params({n: AffineParams(j(p.weight), None if p.bias is None
+                                          else j(p.bias)) for n, p in g.params.items()})
 
 
 def random_box(shape: tuple[int, ...], seed: int, max_width: float = 2.0,

@@ -46,7 +46,7 @@ from .device import check_device
 from .form import Form
 from .interval import Magnitude, PairBounds, input_bounds, make_consistent, widen
 from .primitives import PairNet
-from .relax import Relaxation
+from .relax import Relaxation, decided
 from .rules import SplitParams, rules_for
 
 __all__ = ["PropagationOptions", "PairState", "propagate", "output_upper_bounds",
@@ -261,6 +261,7 @@ def _tighten(state: PairState, i: int, b: PairBounds) -> PairBounds:
             need = ~(zs & cs) & (highs["d"] > lows["d"])
         else:
             need = (lows[q] < 0) & (highs[q] > 0)
+        need = decided("need", need)
         if state.options.crown_rows_per_node is not None:
             need = _widest(state, need, highs[q] - lows[q], state.options.crown_rows_per_node)
         idx = need.reshape(P, -1).nonzero()

@@ -22,11 +22,27 @@ unstable and the difference is small), ``theta = 0`` relaxes the two networks jo
 gives the smaller value over the node's input bounds, and ``alpha`` is 1 where
 ``u > -l`` (CROWN's choice); :func:`relu_backward` also accepts optimized ``theta`` and
 ``alpha`` per row (alpha-CROWN).
+
+Near-ties (docs/bounds.md, "On a GPU"): the two values are often *mathematically* equal
+(with different coefficients), and then the last bits of the computed values, which
+differ with the summation order, would pick, and the bound would move by percent when
+a re-check on another machine picks the other. So ``theta = 1`` is taken only where its
+value is below the other's by more than ``TIE_REL`` times the row's scale
+``(|lz| + |ld|) * max |bound|`` at the neuron (every term of either value is at most a
+small multiple of it): far above the rounding (about ``1e-16`` of it) and far below the
+genuine gaps (measured on benchmarks/bench_reorder_sensitivity.py's pairs: none between
+``1e-14`` and ``1e-6`` of it). A tie goes to ``theta = 0`` (the joint relaxation), which
+measured tighter there than ``theta = 1`` (up to 45%). Any ``theta`` is sound, so this
+only decides how tight, never whether the bound holds. The default tangent slope
+likewise: ``alpha = 1`` only where ``u + l > TIE_REL (u - l)`` (a symmetric interval,
+``u = -l``, takes 0). :data:`SPLIT_TIES` ``"strict"`` restores the plain comparisons
+(certificates made before the rule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +51,28 @@ from torch import Tensor
 from .interval import PairBounds
 
 __all__ = ["ReluRelaxation", "PerturbRelaxation", "Relaxation", "relax_relu",
-           "perturb_deltas", "single_relu", "relu_backward"]
+           "perturb_deltas", "single_relu", "relu_backward", "TIE_REL", "SPLIT_TIES",
+           "DECISION_HOOK", "decided"]
+
+#: relative width of a near-tie between the two splits (module docstring)
+TIE_REL = 2.0 ** -30
+#: how the default split treats near-ties (module docstring): ``"tolerant"`` (default,
+#: recorded as ``split_ties`` by the ``bounds`` tier), ``"strict"`` (the plain comparison
+#: ``v1 <= v0``, which the last bits decide: how certificates made before the near-tie
+#: rule were computed, and re-checked)
+SPLIT_TIES: ContextVar[str] = ContextVar("certcompress_split_ties", default="tolerant")
+
+
+#: a function ``(kind, mask) -> mask`` that sees (and may replace) every discrete
+#: choice the relaxation makes (benchmarks/bench_reorder_sensitivity.py)
+DECISION_HOOK: ContextVar[Callable[[str, Tensor], Tensor] | None] = \
+    ContextVar("certcompress_decision_hook", default=None)
+
+
+def decided(kind: str, mask: Tensor) -> Tensor:
+    """``mask`` as the decision hook (if any) returns it."""
+    hook = DECISION_HOOK.get()
+    return mask if hook is None else hook(kind, mask)
 
 
 @dataclass(frozen=True)
@@ -96,8 +133,12 @@ def single_relu(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     a = torch.where(active, torch.ones_like(lo), torch.where(unstable, hi / width,
                                                              torch.zeros_like(lo)))
     b = torch.where(unstable, -a * lo, torch.zeros_like(lo))
-    alpha = torch.where(active | (unstable & (hi > -lo)), torch.ones_like(lo),
-                        torch.zeros_like(lo))
+    # CROWN's tangent: 1 where u > -l; with the near-tie rule, where u + l exceeds
+    # TIE_REL (u - l): a symmetric interval (u = -l exactly, e.g. a zero-bias neuron over
+    # a box centred at 0) then takes 0 whatever the last bits of u and l
+    up = hi + lo > TIE_REL * (hi - lo) if SPLIT_TIES.get() == "tolerant" else hi > -lo
+    alpha = torch.where(active | (unstable & decided("alpha", up)),
+                        torch.ones_like(lo), torch.zeros_like(lo))
     return a, b, alpha
 
 
@@ -204,9 +245,23 @@ def relu_backward(relax: ReluRelaxation, lz: Tensor | None, ld: Tensor | None,
         b = relax.bounds
         box = [_rows(t, prob) for t in (b.zl, b.zu, b.dl, b.du)]
         p1 = _split(r, lz, ld, 1.0, alz, alc)
-        v1 = p1.value(*box)
+        with torch.no_grad():  # the choice only
+            v1 = p1.value(*box)
+            if SPLIT_TIES.get() == "tolerant":
+                # theta = 1 only where it is lower by more than the near-tie width
+                big = torch.stack([t.abs() for t in (b.zl, b.zu, b.cl, b.cu, b.dl,
+                                                     b.du)]).amax(0)
+                tie = lz.abs()
+                tie += ld.abs()
+                tie *= _rows(big, prob) * TIE_REL
+                del big
+                v1 += tie
+                del tie
         p0 = _split(r, lz, ld, 0.0, alz, alc)
-        pick = v1 <= p0.value(*box)
+        with torch.no_grad():
+            v0 = p0.value(*box)
+            pick = decided("pick", v1 < v0 if SPLIT_TIES.get() == "tolerant" else v1 <= v0)
+            del v0
         del v1
         if torch.is_grad_enabled():  # slopes being optimized: out= has no autograd
             part = _Part(torch.where(pick, p1.cz, p0.cz), torch.where(pick, p1.cd, p0.cd),
