@@ -152,8 +152,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (``workers``
     processes: this one and ``workers - 1`` helpers, kept for later calls until
     :func:`~certcompress.equivalence.close_pools` or exit) or ``"ray"`` bounds each round's
-    regions in parallel, in chunks of ``chunk`` regions (the verdict does not depend on
-    the executor). ``batch``:
+    regions in parallel, in chunks of ``chunk`` regions (for a given ``split`` the verdict
+    does not depend on the executor; but ``split="auto"`` bisects the input box with
+    ``"local"``/``"ray"`` and splits ReLUs without them, so on a chain pair of 16 inputs
+    or more an executor changes the search: pass ``split`` to compare). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
     ``"crown"`` (back-substitution to the input, tightest on deep networks),
     ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``.
