@@ -96,7 +96,8 @@ def path_seed(seed: int, splits: tuple[Split, ...], lower: Tensor, upper: Tensor
 def resolve_split(split: str, chain: ChainPair | None, n_in: int,
                   input_options: bool = False) -> str:
     """``"input"`` or ``"relu"`` for ``split`` (:data:`SPLITS`): ``"auto"`` is ``"relu"``
-    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs, ``"input"``
+    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs (``n_in``:
+    ``verify_equivalence`` counts those of nonzero width in the box), ``"input"``
     otherwise or with ``input_options`` (an executor or strong branching was asked for:
     ReLU splitting runs in the calling process only and splits one neuron at a time)."""
     if split == "auto":

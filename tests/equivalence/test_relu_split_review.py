@@ -205,7 +205,8 @@ def test_the_same_call_repeats_itself_and_a_seed_only_reorders() -> None:
 # ----------------------------------------------------------------- robustness
 def test_degenerate_boxes_and_identical_twins() -> None:
     """A point box, a box with half its dimensions of zero width, and an identical twin:
-    auto (ReLU splitting) gives input splitting's verdict and bound, no crash."""
+    ReLU splitting gives input splitting's verdict and bound, no crash; auto picks input
+    splitting for the first two (0 and 8 inputs of nonzero width)."""
     net = _mlp(16, 0, width=12)
     comp = deterministic_copy(net, "float16")
     c = torch.linspace(-0.3, 0.4, 16, dtype=torch.float64)[None]
@@ -215,15 +216,38 @@ def test_degenerate_boxes_and_identical_twins() -> None:
     cases = [(comp, InputDomain.box(c, c, shape=(1, 16)), 1e-3),
              (comp, InputDomain.box(lo, hi, shape=(1, 16)), 1e-3),
              (copy.deepcopy(net), InputDomain.box(c - 0.5, c + 0.5, shape=(1, 16)), 1e-9)]
-    for twin, dom, eps in cases:
+    for (twin, dom, eps), mode in zip(cases, ("input", "input", "relu")):
         auto = cc.verify_equivalence(net, twin, dom, epsilon=eps, max_regions=50)
+        relu = cc.verify_equivalence(net, twin, dom, epsilon=eps, split="relu",
+                                     max_regions=50)
         ref = cc.verify_equivalence(net, twin, dom, epsilon=eps, split="input",
                                     max_regions=50)
-        assert auto.details["split"] == "relu"
+        assert auto.details["split"] == mode  # counts inputs of nonzero width only
         assert ref.status == "verified"
-        assert (auto.status, auto.bound) == (ref.status, ref.bound)
+        assert (auto.status, auto.bound) == (relu.status, relu.bound) == \
+            (ref.status, ref.bound)
         top = cc.verify_equivalence(net, twin, dom, property="top1", max_regions=50)
         assert top.status != "falsified" or twin is comp
+
+
+@pytest.mark.parametrize("seed,kind,free", [(3, "float16", 2), (5, "prune", 2),
+                                            (6, "round", 3)])
+def test_auto_counts_inputs_of_nonzero_width(seed: int, kind: str, free: int) -> None:
+    """16 inputs of which 2-3 vary (fixed pixels, a patch's box): auto ran ReLU splitting
+    (counting all 16) and stayed unknown after 3,000 regions where input splitting
+    verifies in 15-173 (epsilon 1.2x the attack's worst); now it bisects the box."""
+    net = _mlp(16, seed)
+    comp = deterministic_copy(net, kind)
+    c = torch.linspace(-0.3, 0.4, 16, dtype=torch.float64)[None]
+    lo, hi = c.clone(), c.clone()
+    lo[:, :free] -= 1.0
+    hi[:, :free] += 1.0
+    dom = InputDomain.box(lo, hi, shape=(1, 16))
+    x = _attack_points(net, comp, dom, seed)
+    worst = float(_dev(net, comp, x, "inf").max())
+    res = _check_eps(net, comp, dom, x, 1.2 * worst, "inf", max_regions=400)
+    assert res.details["split"] == "input"
+    assert res.status == "verified", res.summary()
 
 
 def test_image_and_flat_domains_run_the_same_search() -> None:
