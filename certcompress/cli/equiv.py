@@ -81,7 +81,8 @@ def register(subparsers: Any) -> None:
     add_executor(p, ("serial", "local", "ray"), "serial",
                  "where each round's regions are bounded: serial (this process, default), "
                  "local (--workers processes: this one and --workers - 1 helpers) or ray (a "
-                 "local Ray instance with --workers CPUs); the verdict does not depend on it", ray=False)
+                 "local Ray instance with --workers CPUs); for a given --split the verdict does "
+                 "not depend on it (with --split auto an executor selects input splitting)", ray=False)
     add_output(p, None, "write the JSON result here (atomically)")
     add_output(p, None, "verified epsilon result (one box): write it as a certificate "
                         "here (atomically; export embeds it)", flag="--certificate")
@@ -115,7 +116,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--split", choices=SPLITS, default="auto",
                    help="how a region is split: input (bisect the box), relu (fix the "
                         "sign of an unstable neuron; chain networks, one process) or auto "
-                        "(default: relu for chain networks from 16 inputs on without "
+                        "(default: relu for chain networks from 16 inputs of nonzero width on, without "
                         "--executor or --split-candidates, else input)")
     s.add_argument("--intermediate", choices=INTERMEDIATE, default="crown",
                    help="pre-activation bounds per region: crown (back-substitution, "

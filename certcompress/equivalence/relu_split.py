@@ -96,7 +96,8 @@ def path_seed(seed: int, splits: tuple[Split, ...], lower: Tensor, upper: Tensor
 def resolve_split(split: str, chain: ChainPair | None, n_in: int,
                   input_options: bool = False) -> str:
     """``"input"`` or ``"relu"`` for ``split`` (:data:`SPLITS`): ``"auto"`` is ``"relu"``
-    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs, ``"input"``
+    for a chain pair with at least :data:`RELU_AUTO_MIN_DIM` inputs (``n_in``:
+    ``verify_equivalence`` counts those of nonzero width in the box), ``"input"``
     otherwise or with ``input_options`` (an executor or strong branching was asked for:
     ReLU splitting runs in the calling process only and splits one neuron at a time)."""
     if split == "auto":
@@ -199,18 +200,31 @@ def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: T
             + base
 
     best = torch.full((R,), math.inf, dtype=torch.float64)
-    opt = torch.optim.Adam(list(betas.values()), lr=lr)
-    for _ in range(steps + 1):
+    params = list(betas.values())
+    moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in params]
+    for step in range(1, steps + 2):
         with torch.enable_grad():
             v = value()
             best = torch.minimum(best, v.detach())
-            opt.zero_grad()
-            v.sum().backward()
-        opt.step()
+            grads = torch.autograd.grad(v.sum(), params, allow_unused=True)
         with torch.no_grad():
-            for t in betas.values():
+            for t, g, m in zip(params, grads, moments):
+                if g is not None:
+                    _adam_step(t, g, m, step, lr)
                 t.clamp_(min=0.0)
     return best
+
+
+def _adam_step(t: Tensor, g: Tensor, moments: tuple[Tensor, Tensor], step: int, lr: float,
+               b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+    """One Adam step on ``t`` in place (torch.optim.Adam's defaults and single-tensor
+    arithmetic), written out: constructing ``torch.optim.Adam`` imports torch._dynamo,
+    seconds of the first ReLU-split call of a process (every ``equiv`` command)."""
+    m, v = moments
+    m.lerp_(g, 1.0 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+    denom = (v.sqrt() / math.sqrt(1.0 - b2 ** step)).add_(eps)
+    t.addcdiv_(m, denom, value=-lr / (1.0 - b1 ** step))
 
 
 def _same(a: Tensor | None, b: Tensor | None) -> bool:

@@ -152,8 +152,10 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     the search; ``executor`` ``None``/``"serial"`` (this process), ``"local"`` (``workers``
     processes: this one and ``workers - 1`` helpers, kept for later calls until
     :func:`~certcompress.equivalence.close_pools` or exit) or ``"ray"`` bounds each round's
-    regions in parallel, in chunks of ``chunk`` regions (the verdict does not depend on
-    the executor). ``batch``:
+    regions in parallel, in chunks of ``chunk`` regions (for a given ``split`` the verdict
+    does not depend on the executor; but ``split="auto"`` bisects the input box with
+    ``"local"``/``"ray"`` and splits ReLUs without them, so on a chain pair of 16 inputs
+    or more an executor changes the search: pass ``split`` to compare). ``batch``:
     regions per round. ``intermediate``: how the single pass bounds pre-activations:
     ``"crown"`` (back-substitution to the input, tightest on deep networks),
     ``"forward"`` (forward symbolic bounds, NeuroDiff-style; cheapest) or ``"both"``.
@@ -166,8 +168,8 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
     of either network (both signs are proven; a domain with no unstable neuron left is
     bisected), for chain pairs only and in this process only (an ``executor`` is then
     ignored, noted in ``details``); ``"auto"`` (default): ``"relu"`` for chain pairs with
-    at least 16 inputs, no ``executor`` (``None``/``"serial"``) and ``split_candidates``
-    1, else ``"input"``
+    at least 16 inputs of nonzero width in ``domain``, no ``executor``
+    (``None``/``"serial"``) and ``split_candidates`` 1, else ``"input"``
     (docs/equivalence.md, "ReLU splitting"; ``details["split"]`` says which ran). ``out``: also
     write the JSON result there (atomically).
 
@@ -225,7 +227,9 @@ def verify_equivalence(model: nn.Module | Graph, compressed: nn.Module | Graph,
         bounder = Bounder(pair, intermediate=intermediate, optimize=optimize_steps)
         lower = dom.lower_tensor().reshape(-1)
         upper = dom.upper_tensor().reshape(-1)
-        mode = resolve_split(split, bounder.chain, int(lower.numel()),
+        # inputs of zero width (fixed pixels, a patch attack's box) do not count: on a
+        # box that varies in a few of them input bisection wins (docs/equivalence.md)
+        mode = resolve_split(split, bounder.chain, int((upper > lower).sum()),
                              input_options=executor in ("local", "ray")
                              or split_candidates > 1)
         if mode == "relu" and bounder.chain is None:

@@ -155,8 +155,9 @@ def descend_jointly(model: nn.Module, *, budget: float, domain: InputDomain,
         tries += 1
         _, orig, comp = build(wbits, abits)
         if certifier == "equivalence":
+            # input splitting, as search_sparsity (docs/equivalence.md, "ReLU splitting")
             res = verify_equivalence(orig, comp, domain, epsilon=budget, norm="l1",
-                                     timeout=timeout, seed=seed)
+                                     timeout=timeout, seed=seed, split="input")
             return res.status == "verified", res
         cert = certify(orig, comp, domain=domain, methods=("path-metric", certifier),
                        search_steps=0, seed=seed)
