@@ -163,8 +163,11 @@ def test_the_cases_have_dead_neurons_and_large_magnitudes() -> None:
     mz, _ = state.mags[len(chain.layers) - 1]
     z, _ = chain.forward(xs)
     assert float(mz.max()) > 100 * float(z.abs().max())
-    for k, d in state.dead.items():  # the magnitude after a dead ReLU is 0
-        assert bool((state.mags[k][0][d] == 0).all()) and bool((state.mags[k][1][d] == 0).all())
+    for k, d in state.dead.items():  # the magnitude after a dead ReLU is 0, only there
+        b = state.bounds[k - 1]
+        assert bool(torch.equal(d, (b.zu <= 0) & (b.cu <= 0)))
+        for m, m0 in zip(state.mags[k], state.mags[k - 1]):
+            assert bool((m[d] == 0).all()) and bool(torch.equal(m[~d], m0[~d]))
 
 
 def test_the_cases_fail_without_the_margin() -> None:
