@@ -391,6 +391,8 @@ class ChainState:
             and layer.w is not None and layer.wc is not None and layer.b is not None
             and layer.bc is not None}
         self.mags: list[tuple[Tensor, Tensor]] = []
+        # per ReLU layer: (P, n), neurons dead in both networks on the box
+        self.dead: dict[int, Tensor] = {}
         self.bounds: list[PairBounds] = []
         self.rows = 0
         # ``empty_ok``: a problem whose bounds become empty (its ``prior`` clamps a
@@ -436,9 +438,19 @@ class ChainState:
         for k, layer in enumerate(self.chain.layers):
             if layer.kind == "relu":
                 self.relax[k] = relax_relu(b)
+                # dead in both networks on the box (the widened bounds): both outputs are
+                # exactly 0, so its magnitude is 0 and every form passing through it is
+                # given coefficient 0 there (docs/equivalence.md, "Rounding", chain pass)
+                dead = (b.zu <= 0) & (b.cu <= 0)
+                self.dead[k] = dead
                 if sym is not None:
                     sym = _sym_relu(sym, b, self.mid, self.rad)
+                    keep = (~dead)[..., None].to(torch.float64)
+                    sym = _Sym(*(t * keep for t in (sym.zl, sym.zu, sym.cl, sym.cu, sym.dl,
+                                                    sym.du)))
                 b = relu_interval(b)
+                mz = torch.where(dead, 0.0, mz)
+                mc = torch.where(dead, 0.0, mc)
             else:
                 assert layer.w is not None and layer.wc is not None
                 assert layer.b is not None and layer.bc is not None
@@ -729,10 +741,14 @@ class ChainState:
                     cz, cd, c0 = self._choose_backward(j, lz, ld, prob)
                 elif sl is None and variant == "ramp" and ld is not None:
                     cz, cd, c0 = self._ramp_backward(j, lz, ld, prob)
-                elif sl is None:
-                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
                 else:
-                    cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob, *sl)
+                    # rows 0 at neurons dead in both networks (their terms are exactly 0
+                    # on the box), so no relaxation choice carries a form through them
+                    lz, ld = self._drop_dead(j, lz, prob), self._drop_dead(j, ld, prob)
+                    if sl is None:
+                        cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob)
+                    else:
+                        cz, cd, c0 = relu_backward(self.relax[j], lz, ld, prob, *sl)
                 lz, ld = cz, cd
                 const = const + c0
                 continue
@@ -749,6 +765,9 @@ class ChainState:
         switch is mostly active, the ramp bounds of :func:`ramp_slopes` in place of the
         constant ``0``: ``Delta >= kz z`` (``d >= 0``), ``Delta <= -kc c`` (``d <= 0``)."""
         rl = self.relax[j]
+        lz, ld0 = self._drop_dead(j, lz, prob), self._drop_dead(j, ld, prob)
+        assert ld0 is not None
+        ld = ld0
         if j not in self._ramps:
             self._ramps[j] = ramp_slopes(rl.bounds)
         kz, kc = (t[prob] for t in self._ramps[j])
@@ -759,6 +778,14 @@ class ChainState:
         neg, pos = ld.clamp(max=0), ld.clamp(min=0)
         # s < 0 needs a lower bound of Delta: kz z;  s > 0 an upper one: -kc (z - d)
         return cz + neg * kz - pos * kc, cd + pos * kc, c0
+
+    def _drop_dead(self, j: int, t: Tensor | None, prob: Tensor) -> Tensor | None:
+        """The rows ``t`` with 0 at the neurons of ReLU layer ``j`` dead in both networks
+        (:attr:`dead`): both ReLUs are exactly 0 there on the box, so the form's value is
+        unchanged, and the magnitudes, 0 there, stay upper bounds of every term."""
+        if t is None:
+            return None
+        return torch.where(self.dead[j][prob], 0.0, t)
 
     def _pack(self, j: int) -> Tensor:
         """``(9, P, n)``: per neuron of ReLU layer ``j``, the coefficients of

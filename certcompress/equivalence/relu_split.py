@@ -139,7 +139,7 @@ def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: T
     ``beta = 0`` (the plain bound) lower it, each row keeps its smallest. Rounding: the
     output rows' margin of :meth:`~.chain.ChainState.upper_bounds` plus, per multiplier,
     ``beta`` times the margin of a row bounding ``q_j`` (``eta (|z| + |c|)`` magnitude and
-    the underflow floor)."""
+    the underflow floor; ``eta (2|z| + |c|)`` for ``q = c``, written ``z - d``)."""
     chain = state.chain
     k = len(chain.layers) - 1
     R = prob.shape[0]
@@ -168,6 +168,9 @@ def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: T
     betas = {a: torch.zeros_like(m[0], requires_grad=True) for a, m in masks.items()}
     rmargin = {a: eta * (state.mags[a][0] + state.mags[a][1])[prob] + floor[:, None]
                for a in masks}
+    # a c-constraint enters as +beta on z and -beta on d (c = z - d): its rows are charged
+    # |z| + |d| <= 2|z| + |c| (the margin's own (z, d) accounting), not |z| + |c|
+    cmargin = {a: rmargin[a] + eta * state.mags[a][0][prob] for a in masks}
 
     def value() -> Tensor:
         lz, ld = cz, cd
@@ -183,7 +186,7 @@ def beta_bounds(state: ChainState, cz: Tensor | None, cd: Tensor | None, prob: T
                 if bool((sc != 0).any()):
                     t = -(b * sc)
                     ld = t if ld is None else ld + t
-                const = const + (b * (sz.abs() + sc.abs()) * rmargin[j]).sum(1)
+                const = const + (b * (sz.abs() * rmargin[j] + sc.abs() * cmargin[j])).sum(1)
             if layer.kind == "relu":
                 if lz is None and ld is None:
                     break
