@@ -41,7 +41,13 @@ from ..bounds.propagation.interval import (
     widen,
 )
 from ..bounds.propagation.primitives import PairNet
-from ..bounds.propagation.relax import ReluRelaxation, relax_relu, relu_backward
+from ..bounds.propagation.relax import (
+    SPLIT_TIES,
+    TIE_REL,
+    ReluRelaxation,
+    relax_relu,
+    relu_backward,
+)
 from ..bounds.propagation.rules import ReLURule, rules_for
 
 __all__ = ["Layer", "ChainPair", "chain_from_pair", "ChainState", "affine_backward", "DENSE_LIMIT",
@@ -287,20 +293,29 @@ def _sym_relu(s: _Sym, b: PairBounds, mid: Tensor, rad: Tensor) -> _Sym:
 
 def _pick(cands_lo: list[Tensor], cands_up: list[Tensor], mid: Tensor, rad: Tensor
           ) -> tuple[Tensor, Tensor]:
-    """Per neuron, the candidate with the tightest concretization over the box."""
-    up = cands_up[0]
-    best = _conc(up, mid, rad, True)
-    for t in cands_up[1:]:
-        v = _conc(t, mid, rad, True)
-        up = torch.where((v < best)[..., None], t, up)
-        best = torch.minimum(best, v)
-    lo = cands_lo[0]
-    best = _conc(lo, mid, rad, False)
-    for t in cands_lo[1:]:
-        v = _conc(t, mid, rad, False)
-        lo = torch.where((v > best)[..., None], t, lo)
-        best = torch.maximum(best, v)
-    return lo, up
+    """Per neuron, the candidate with the tightest concretization over the box; a later
+    candidate wins ties within ``TIE_REL`` of the candidates' scale (the sum of their
+    terms' magnitudes over the box), so exact ties are not decided by the last bits of
+    the summation order (docs/bounds.md, "On a GPU"). Every candidate is valid."""
+    def scale(t: Tensor) -> Tensor:
+        return (t[..., :-1].abs() * (mid.abs() + rad)[:, None, :]).sum(-1) + t[..., -1].abs()
+
+    strict = SPLIT_TIES.get() == "strict"  # certificates made before the rule
+    out = []
+    for cands, upper in ((cands_lo, False), (cands_up, True)):
+        sign = 1.0 if upper else -1.0
+        pick = cands[0]
+        best = _conc(pick, mid, rad, upper)
+        big = scale(pick)
+        for t in cands[1:]:
+            v, s = _conc(t, mid, rad, upper), scale(t)
+            take = sign * v < sign * best if strict else \
+                sign * v <= sign * best + TIE_REL * torch.maximum(big, s)
+            pick = torch.where(take[..., None], t, pick)
+            best = torch.where(take, v, best)
+            big = torch.where(take, s, big)
+        out.append(pick)
+    return out[0], out[1]
 
 
 def ramp_slopes(b: PairBounds) -> tuple[Tensor, Tensor]:

@@ -53,7 +53,10 @@ CASES = [("mlp0", {"intermediate": "crown"}, 1),
          ("mlp0", {"intermediate": "crown", "chain": False}, 2),
          ("mlp1", {"intermediate": "crown", "sign_rows": 4}, 0),
          ("mlp2", {"intermediate": "crown", "slope_steps": 5}, 0),
-         ("cnn", {"intermediate": "interval"}, 1)]
+         ("cnn", {"intermediate": "interval"}, 1),
+         ("mlp0", {"intermediate": "interval"}, 0),  # the chain pass's candidate pick
+         ("mlp0", {"intermediate": "interval"}, 1),
+         ("mlp0", {"intermediate": "interval"}, 2)]
 
 
 def _pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, InputDomain]:
