@@ -46,13 +46,17 @@ from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
     ActQuantOp,
     AffineOp,
+    AffineParams,
     CatOp,
+    ChannelAffineOp,
     ClampOp,
+    ConvOp,
     FixedLinearOp,
     IndexOp,
     IROp,
     LeakyReLUOp,
     LinearCombinationOp,
+    LinearOp,
     MaxPoolOp,
     ReLUOp,
 )
@@ -121,18 +125,28 @@ Lowering = Callable[[IRNode, IROp, list[int], Builder], int]
 
 
 # ----------------------------------------------------------------------- per op kind
+#: ops whose output on a zero input is ``add_bias(zeros, bias)`` (a plugin's affine op is
+#: applied to zeros with a zero weight instead)
+_BIAS_BY_ADDITION = (LinearOp, ConvOp, ChannelAffineOp)
+
+
 def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, AffineOp)
     p, q = b.graph.params[node.name], b.other.params[node.name]
     in_shape = b.shape(ins[0])
-    zeros = torch.zeros(in_shape, dtype=torch.float64)
 
-    def bias_out(params_bias: Tensor | None, w: Tensor) -> Tensor:
-        return op.apply(zeros, torch.zeros_like(w), params_bias)
+    def bias_out(params_bias: Tensor | None, params: AffineParams) -> Tensor:
+        """The op applied to zeros: its bias broadcast over the output (for the built-in
+        ops without a zero weight tensor of the layer's size)."""
+        if type(op) in _BIAS_BY_ADDITION:
+            out = torch.zeros(tuple(node.shape), dtype=params.dtype, device=params.device)
+            return out if params_bias is None else op.add_bias(out, params_bias)
+        w0 = torch.zeros(params.weight_shape, dtype=params.dtype, device=params.device)
+        return op.apply(torch.zeros(in_shape, dtype=torch.float64), w0, params_bias)
 
     return b.add(PAffine(inputs=(ins[0],), shape=tuple(node.shape), source=node.name, op=op,
-                         in_shape=in_shape, w=p.weight, wc=q.weight,
-                         bias=bias_out(p.bias, p.weight), bias_c=bias_out(q.bias, q.weight)))
+                         in_shape=in_shape, params=p, params_c=q,
+                         bias=bias_out(p.bias, p), bias_c=bias_out(q.bias, q)))
 
 
 def _lower_relu(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:

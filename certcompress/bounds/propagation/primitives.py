@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from ...ir.ops import AffineOp
+from ...ir.ops import AffineOp, AffineParams
 
 __all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
            "Transpose", "linear_transpose"]
@@ -180,18 +180,22 @@ class PSelect(PNode):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class PAffine(PNode):
-    """A parametric node. ``w`` is the original's weight, ``wc`` the compressed one's
-    (float64, the op's layout); ``bias``/``bias_c`` are the biases broadcast to the
-    output shape (zeros when the op has none). Derived: ``dw = w - wc`` (a zero view when
-    the weights are equal), the three transposed maps ``t_w``, ``t_wc``, ``t_dw``, and
-    the absolute weights. ``dw``, its transposed map and the absolute weights are
-    computed where used, not stored (memory at scale: docs/bounds.md "Cost at scale");
-    the arithmetic is the same, so the bounds are bit-identical."""
+    """A parametric node. ``params``/``params_c`` are the original's and the compressed
+    network's parameters (the graphs' own :class:`~certcompress.ir.AffineParams`, not
+    copies); ``w``/``wc`` their float64 weights in the op's layout; ``bias``/``bias_c``
+    the biases broadcast to the output shape (zeros when the op has none). Derived:
+    ``dw = w - wc`` (a zero view when the weights are equal), the three transposed maps
+    ``t_w``, ``t_wc``, ``t_dw``, and the absolute weights. ``dw``, its transposed map and
+    the absolute weights are computed where used, not stored; so are ``w``, ``wc`` and
+    their transposed maps when the graph holds the weights compact (a traced float32
+    model: :meth:`~certcompress.ir.AffineParams.widened`, one layer's float64 weights at a
+    time). The arithmetic is the same, so the bounds are bit-identical (memory at scale:
+    docs/bounds.md "Cost at scale")."""
 
     op: AffineOp
     in_shape: tuple[int, ...]
-    w: Tensor
-    wc: Tensor
+    params: AffineParams
+    params_c: AffineParams
     bias: Tensor
     bias_c: Tensor
     dbias: Tensor = field(init=False, repr=False)
@@ -201,25 +205,53 @@ class PAffine(PNode):
     t_wc: Transpose = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        same = self.wc is self.w or (self.wc.shape == self.w.shape
-                                      and bool(torch.equal(self.wc, self.w)))
+        p, q = self.params, self.params_c
+        same = q is p or (q.weight_shape == p.weight_shape
+                          and bool(torch.equal(q.weight, p.weight)))
         setattr_ = object.__setattr__
         setattr_(self, "same", same)
         setattr_(self, "dbias", self.bias - self.bias_c)
         setattr_(self, "changed", (not same and bool(self.dw.any())) or bool(self.dbias.any()))
-        t_w = linear_transpose(self._map(self.w), [self.in_shape])
+        t_w = self._transpose(p)
         setattr_(self, "t_w", t_w)
         # equal weights (a network paired with itself): one transposed map for both
-        setattr_(self, "t_wc", t_w if same else linear_transpose(self._map(self.wc),
-                                                                 [self.in_shape]))
+        setattr_(self, "t_wc", t_w if same else self._transpose(q))
+
+    def _transpose(self, params: AffineParams) -> Transpose:
+        """The transposed map of ``params``' weight: built once over the stored weight,
+        or, for compact parameters, over the weight widened where the map is used."""
+        if not params.is_widened:
+            return linear_transpose(self._map(params.stored), [self.in_shape])
+        in_shape = [self.in_shape]
+
+        def transpose(rows: Tensor) -> tuple[Tensor, ...]:
+            return linear_transpose(self._map(params.weight), in_shape)(rows)
+
+        return transpose
+
+    @property
+    def w(self) -> Tensor:
+        """The original's float64 weight (a new tensor per read for compact parameters)."""
+        return self.params.weight
+
+    @property
+    def wc(self) -> Tensor:
+        """The compressed network's float64 weight (as ``w``)."""
+        return self.params_c.weight
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self.params.weight_shape
 
     @property
     def dw(self) -> Tensor:
         """``w - wc``, computed where used (a zero view, no copy, for equal weights)."""
         if self.same:
-            return torch.zeros((), dtype=self.w.dtype, device=self.w.device).expand(
-                self.w.shape)
-        return self.w - self.wc
+            p = self.params
+            return torch.zeros((), dtype=p.dtype, device=p.device).expand(p.weight_shape)
+        w = self.w
+        # a widened weight is a new tensor: subtract in place (the same values)
+        return w.sub_(self.wc) if self.params.is_widened else w - self.wc
 
     def t_dw(self, rows: Tensor) -> tuple[Tensor, ...]:
         """``dw^T rows``: the transposed map of ``dw``, built where used (zero rows for
@@ -233,18 +265,19 @@ class PAffine(PNode):
                             device=rows.device),)
 
     # the absolute weights are computed where used, not stored: three fewer float64
-    # copies of every weight tensor (memory at scale, docs/bounds.md "Cost at scale")
+    # copies of every weight tensor (memory at scale, docs/bounds.md "Cost at scale");
+    # a weight read anew (compact parameters) or ``dw`` is a new tensor: abs in place
     @property
     def w_abs(self) -> Tensor:
-        return self.w.abs()
+        return _abs(self.w, self.params.is_widened)
 
     @property
     def wc_abs(self) -> Tensor:
-        return self.w_abs if self.wc is self.w else self.wc.abs()
+        return self.w_abs if self.same else _abs(self.wc, self.params_c.is_widened)
 
     @property
     def dw_abs(self) -> Tensor:
-        return self.dw.abs()
+        return self.dw.abs() if self.same else self.dw.abs_()
 
     def _map(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
         op = self.op
@@ -257,6 +290,11 @@ class PAffine(PNode):
     def apply(self, x: Tensor, weight: Tensor) -> Tensor:
         """``A_weight x`` (no bias) for each problem or row on dimension 0."""
         return vmap(self._map(weight))(x)
+
+
+def _abs(t: Tensor, fresh: bool) -> Tensor:
+    """``|t|``, in place when ``t`` is a tensor nobody else holds (``fresh``)."""
+    return t.abs_() if fresh else t.abs()
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -315,7 +353,7 @@ class PairNet:
         """The device of the pair's parameters (the CPU for a pair without any)."""
         for n in self.nodes:
             if isinstance(n, PAffine):
-                return n.w.device
+                return n.params.device
         return torch.device("cpu")
 
     @property
