@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -141,11 +140,27 @@ class AffineParams:
         w = self.stored
         if not self.is_widened:
             return w
-        out = _transient(w.shape, self.dtype, w.device)
-        if out is None:
-            out = w.to(self.dtype)
-        else:
-            out.copy_(w)  # the same widening as ``to``
+        n = w.numel()
+        if w.device.type == "cpu" and n * _itemsize(self.dtype) >= OWN_PAGES_BYTES:
+            return self.widen_into(own_pages(n, self.dtype, w.device).view(w.shape))
+        out = w.to(self.dtype)
+        return out if self.scale is None else out.mul_(self.scale)
+
+    def weight_rows(self, start: int, stop: int) -> Tensor:
+        """``weight[start:stop]`` (rows on dimension 0), computed from those rows only."""
+        rows = self.stored[start:stop]
+        if rows.dtype != self.dtype:
+            rows = rows.to(self.dtype)
+        scale = self.scale
+        if scale is None:
+            return rows
+        if scale.dim() == rows.dim() and scale.shape[0] != 1:
+            scale = scale[start:stop]
+        return rows * scale
+
+    def widen_into(self, out: Tensor) -> Tensor:
+        """``weight`` written into ``out`` (of the weight's shape and ``dtype``)."""
+        out.copy_(self.stored)  # the same widening as ``to``
         return out if self.scale is None else out.mul_(self.scale)
 
     @property
@@ -164,22 +179,25 @@ class AffineParams:
         return self.stored.numel() + (0 if self.bias is None else self.bias.numel())
 
 
-#: widened weights of at least this many bytes get pages of their own (below)
-TRANSIENT_MMAP_BYTES = 1 << 20
+#: a widened weight of at least this many bytes is read into pages of its own (below)
+OWN_PAGES_BYTES = 1 << 20
 
 
-def _transient(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """An uninitialised CPU tensor of ``shape`` in pages of its own (an anonymous
-    ``mmap``), returned to the system as soon as the tensor is freed; None below
-    :data:`TRANSIENT_MMAP_BYTES` or off the CPU. A widened weight is read, used and freed
-    many times (one layer at a time); from the C heap, glibc would keep the freed pages
-    once its dynamic mmap threshold has grown past the weight's size, and the holes
-    fragment (docs/bounds.md, "Memory"). This changes no allocator setting."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or nbytes < TRANSIENT_MMAP_BYTES:
-        return None
-    buf = mmap.mmap(-1, nbytes)
-    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape)).view(shape)
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def own_pages(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised flat tensor of ``n`` elements; on the CPU in pages of its own (an
+    anonymous ``mmap``), returned to the system as soon as the tensor is freed. A widened
+    weight is read, used and freed many times (one layer at a time); from the C heap,
+    glibc keeps the freed pages once its dynamic mmap threshold has grown past the
+    weight's size, and the holes fragment: the peak RSS of the bounds tier on resnet18
+    varied by 250 MB between identical runs (docs/bounds.md, "Memory"). This changes no
+    allocator setting."""
+    if device.type != "cpu" or n == 0:
+        return torch.empty(n, dtype=dtype, device=device)
+    return torch.frombuffer(mmap.mmap(-1, n * _itemsize(dtype)), dtype=dtype, count=n)
 
 
 def _rebuild_params(stored: Tensor, bias: Tensor | None, scale: Tensor | None,

@@ -60,7 +60,17 @@ from ...ir.ops import (
     MaxPoolOp,
     ReLUOp,
 )
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
+from .primitives import (
+    PAffine,
+    PairNet,
+    PInput,
+    PLinear,
+    PNode,
+    PPerturb,
+    PReLU,
+    PSelect,
+    WeightScratch,
+)
 
 __all__ = ["lower_pair", "LoweringRegistry", "LoweringEntry", "Lowering", "Builder",
            "default_lowerings", "lowerings_for", "register_builtin_lowerings",
@@ -88,6 +98,8 @@ class Builder:
         self.graph = graph
         self.other = other
         self.nodes: list[PNode] = []
+        #: the pair's affine nodes widen compact weights into these shared buffers
+        self.scratch = WeightScratch()
 
     def add(self, node: PNode) -> int:
         self.nodes.append(node)
@@ -145,7 +157,7 @@ def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
         return op.apply(torch.zeros(in_shape, dtype=torch.float64), w0, params_bias)
 
     return b.add(PAffine(inputs=(ins[0],), shape=tuple(node.shape), source=node.name, op=op,
-                         in_shape=in_shape, params=p, params_c=q,
+                         in_shape=in_shape, params=p, params_c=q, scratch=b.scratch,
                          bias=bias_out(p.bias, p), bias_c=bias_out(q.bias, q)))
 
 

@@ -32,6 +32,7 @@ it was traced with, even one that hard-codes the traced batch size (``x.view(1, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,9 +40,9 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from ...ir.ops import AffineOp, AffineParams
+from ...ir.ops import AffineOp, AffineParams, own_pages
 
-__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
+__all__ = ["PNode", "PInput", "PAffine", "WeightScratch", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
            "Transpose", "linear_transpose"]
 
 Transpose = Callable[[Tensor], tuple[Tensor, ...]]
@@ -178,6 +179,42 @@ class PSelect(PNode):
         return rows.unsqueeze(1) * self._weights(weight, rows.dim() + 1)
 
 
+#: elements per block when a second weight is combined with one in the scratch
+_BLOCK_ELEMENTS = 1 << 18
+
+
+class WeightScratch:
+    """A reusable buffer, per thread, into which :class:`PAffine` widens compact weights
+    for its transposed maps (the back-substitution reads every layer's weights once per
+    chunk of rows): one flat float64 buffer as large as the largest weight read so far,
+    in pages of its own; ``w - wc`` is formed in it with ``wc`` widened a block of rows
+    at a time. One per lowered pair (``lower_pair``), freed with it. A widened weight
+    read through ``PAffine.w`` is a new tensor instead: a reader may hold it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def widen(self, params: AffineParams) -> Tensor:
+        """``params.weight`` written into the buffer: valid until the next use of the
+        scratch on this thread."""
+        shape, n = params.weight_shape, params.weight_shape.numel()
+        buf: Tensor | None = getattr(self._local, "buf", None)
+        if buf is None or buf.numel() < n or buf.dtype != params.dtype \
+                or buf.device != params.device:
+            self._local.buf = None  # free the old buffer first
+            buf = own_pages(n, params.dtype, params.device)
+            self._local.buf = buf
+        return params.widen_into(buf[:n].view(shape))
+
+    @staticmethod
+    def blocks(params: AffineParams) -> list[tuple[int, int]]:
+        """Row ranges (dimension 0) of about :data:`_BLOCK_ELEMENTS` elements."""
+        shape = params.weight_shape
+        rows = int(shape[0]) if len(shape) else 1
+        step = max(1, _BLOCK_ELEMENTS // max(1, shape.numel() // max(rows, 1)))
+        return [(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class PAffine(PNode):
     """A parametric node. ``params``/``params_c`` are the original's and the compressed
@@ -198,6 +235,9 @@ class PAffine(PNode):
     params_c: AffineParams
     bias: Tensor
     bias_c: Tensor
+    #: where compact weights are widened for the transposed maps: one per lowered pair
+    #: (``lower_pair`` shares it between the pair's affine nodes)
+    scratch: WeightScratch = field(default_factory=WeightScratch, repr=False)
     dbias: Tensor = field(init=False, repr=False)
     changed: bool = field(init=False)
     same: bool = field(init=False, repr=False)
@@ -206,26 +246,44 @@ class PAffine(PNode):
 
     def __post_init__(self) -> None:
         p, q = self.params, self.params_c
-        same = q is p or (q.weight_shape == p.weight_shape
-                          and bool(torch.equal(q.weight, p.weight)))
+        same, changed = q is p, True
+        if not same and q.weight_shape == p.weight_shape:
+            if p.is_widened and q.is_widened:
+                w = self.scratch.widen(p)
+                same = all(bool(torch.equal(w[i:j], q.weight_rows(i, j)))
+                           for i, j in WeightScratch.blocks(q))
+                changed = not same and bool(self._sub_into(w).any())
+            else:
+                w, wc = p.weight, q.weight
+                same = bool(torch.equal(w, wc))
+                changed = not same and bool((w - wc).any())
         setattr_ = object.__setattr__
         setattr_(self, "same", same)
         setattr_(self, "dbias", self.bias - self.bias_c)
-        setattr_(self, "changed", (not same and bool(self.dw.any())) or bool(self.dbias.any()))
+        setattr_(self, "changed", (not same and changed) or bool(self.dbias.any()))
         t_w = self._transpose(p)
         setattr_(self, "t_w", t_w)
         # equal weights (a network paired with itself): one transposed map for both
         setattr_(self, "t_wc", t_w if same else self._transpose(q))
 
+    def _sub_into(self, w: Tensor) -> Tensor:
+        """``w - wc`` in place into ``w`` (the scratch), ``wc`` widened by blocks."""
+        q = self.params_c
+        for i, j in WeightScratch.blocks(q):
+            w[i:j].sub_(q.weight_rows(i, j))
+        return w
+
     def _transpose(self, params: AffineParams) -> Transpose:
         """The transposed map of ``params``' weight: built once over the stored weight,
-        or, for compact parameters, over the weight widened where the map is used."""
+        or, for compact parameters, over the weight widened (into the scratch) where the
+        map is used."""
         if not params.is_widened:
             return linear_transpose(self._map(params.stored), [self.in_shape])
         in_shape = [self.in_shape]
+        scratch = self.scratch
 
         def transpose(rows: Tensor) -> tuple[Tensor, ...]:
-            return linear_transpose(self._map(params.weight), in_shape)(rows)
+            return linear_transpose(self._map(scratch.widen(params)), in_shape)(rows)
 
         return transpose
 
@@ -258,7 +316,10 @@ class PAffine(PNode):
         equal weights); the same vector-Jacobian product as a stored map."""
         if self.same:
             return self._zero_transpose(rows)
-        return linear_transpose(self._map(self.dw), [self.in_shape])(rows)
+        if not (self.params.is_widened and self.params_c.is_widened):
+            return linear_transpose(self._map(self.dw), [self.in_shape])(rows)
+        dw = self._sub_into(self.scratch.widen(self.params))  # w - wc, in the scratch
+        return linear_transpose(self._map(dw), [self.in_shape])(rows)
 
     def _zero_transpose(self, rows: Tensor) -> tuple[Tensor, ...]:
         return (torch.zeros((rows.shape[0],) + tuple(self.in_shape), dtype=rows.dtype,
