@@ -8,11 +8,13 @@ from __future__ import annotations
 import copy
 import pickle
 
+import pytest
 import torch
 from propagation_helpers import check_tier_sound, random_box
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds.propagation import lowering
 from certcompress.bounds.propagation.engine import PropagationOptions
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.bounds.propagation.primitives import PAffine
@@ -126,7 +128,12 @@ def test_folds_that_cannot_stay_compact_are_computed_eagerly() -> None:
     assert torch.allclose(g.run(x), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_compact_pair_bounds_are_bit_identical_to_float64_weights() -> None:
+@pytest.mark.parametrize("resident", [0, lowering.RESIDENT_BYTES])
+def test_compact_pair_bounds_are_bit_identical_to_float64_weights(
+        resident: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights widened where used (``RESIDENT_BYTES = 0``) or, for these small layers,
+    once at lowering: the same bits as graphs holding float64 weights."""
+    monkeypatch.setattr(lowering, "RESIDENT_BYTES", resident)
     net = _net(3)
     comp = _pruned(net, 4)
     shape = (1, 2, 6, 6)
@@ -141,7 +148,7 @@ def test_compact_pair_bounds_are_bit_identical_to_float64_weights() -> None:
     for n in (n for n in pair.nodes if isinstance(n, PAffine)):
         held = [v for v in vars(n).values() if isinstance(v, torch.Tensor)
                 and v.shape == n.weight_shape]
-        assert held == [] and n.params.is_widened
+        assert (held == [] and n.params.is_widened) == (resident == 0)
     # the network paired with itself (one transposed map, a zero dw): the same bits too
     opts = PropagationOptions(intermediate="interval")
     a, b = bounds_tier(g, g, dom, opts), bounds_tier(m, m, dom, opts)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import copy
 import itertools
 
+import pytest
 import torch
 from propagation_helpers import check_tier_sound, random_box
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds.propagation import lowering
 from certcompress.bounds.propagation.engine import (
     PropagationOptions,
     capped_row_max,
@@ -125,26 +127,30 @@ def test_affine_with_equal_weights_shares_maps_and_matches_copies() -> None:
             assert torch.equal(getattr(x, k), getattr(y, k))
 
 
-def test_affine_computes_dw_where_used() -> None:
+def test_affine_computes_dw_where_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pruned pair: the affine primitive holds no ``w - wc`` tensor (and, the models
-    being float32, no float64 weight either: only the graphs' own parameters), and
-    ``w``, ``wc``, ``dw``, ``dw_abs``, ``t_w``, ``t_wc`` and ``t_dw`` are exactly the
-    weights, their difference, its absolute value and their transposes (the
-    vector-Jacobian products), for the float32 pair and for its float64 copy."""
+    being float32 and their weights held compact, no float64 weight either: only the
+    graphs' own parameters), and ``w``, ``wc``, ``dw``, ``dw_abs``, ``t_w``, ``t_wc`` and
+    ``t_dw`` are exactly the weights, their difference, its absolute value and their
+    transposes (the vector-Jacobian products), for the float32 pair with compact and
+    with resident weights (small layers: ``RESIDENT_BYTES``) and for its float64 copy."""
     net, comp = _pair(3)
-    for a, b, compact in ((net, comp, True),
-                          (copy.deepcopy(net).double(), copy.deepcopy(comp).double(), False)):
+    cases = ((net, comp, True, 0), (net, comp, False, lowering.RESIDENT_BYTES),
+             (copy.deepcopy(net).double(), copy.deepcopy(comp).double(), False, 0))
+    for a, b, compact, resident in cases:
+        monkeypatch.setattr(lowering, "RESIDENT_BYTES", resident)
         g, g2 = cc.trace(a, (1, 5)), cc.trace(b, (1, 5))
         pair = lower_pair(g, g2)
         aff = [n for n in pair.nodes if isinstance(n, PAffine)]
         assert any(n.changed for n in aff)
         for n in aff:
             p, q = g.params[n.source], g2.params[n.source]
-            assert n.params is p and n.params_c is q
-            assert p.is_widened == compact and p.stored.dtype == next(a.parameters()).dtype
+            assert (n.params is p and n.params_c is q) == (compact or not p.is_widened)
+            assert n.params.is_widened == compact
+            assert p.stored.dtype == next(a.parameters()).dtype
             held = [v for v in vars(n).values() if isinstance(v, torch.Tensor)
                     and v.shape == n.weight_shape]
-            assert all(v is p.stored or v is q.stored for v in held)
+            assert all(v is n.params.stored or v is n.params_c.stored for v in held)
             w, wc = p.weight, q.weight
             assert w.dtype == torch.float64
             assert torch.equal(n.w, w) and torch.equal(n.wc, wc)

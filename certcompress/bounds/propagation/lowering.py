@@ -142,9 +142,24 @@ Lowering = Callable[[IRNode, IROp, list[int], Builder], int]
 _BIAS_BY_ADDITION = (LinearOp, ConvOp, ChannelAffineOp)
 
 
+#: compact weights (``AffineParams.widened``) below this many bytes once widened are
+#: widened once, at lowering, and held: a small layer's weights cost little memory, and
+#: the many propagations of branch-and-bound then read them without widening again
+RESIDENT_BYTES = 1 << 20
+
+
+def _resident(params: AffineParams) -> AffineParams:
+    if not params.is_widened:
+        return params
+    n = params.weight_shape.numel() * torch.empty((), dtype=params.dtype).element_size()
+    return AffineParams(params.weight, params.bias) if n < RESIDENT_BYTES else params
+
+
 def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, AffineOp)
     p, q = b.graph.params[node.name], b.other.params[node.name]
+    p, q = _resident(p), (None if q is p else _resident(q))
+    q = p if q is None else q  # a network paired with itself keeps one set of weights
     in_shape = b.shape(ins[0])
 
     def bias_out(params_bias: Tensor | None, params: AffineParams) -> Tensor:
