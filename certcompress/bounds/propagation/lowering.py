@@ -158,8 +158,8 @@ def _resident(params: AffineParams) -> AffineParams:
 def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, AffineOp)
     p, q = b.graph.params[node.name], b.other.params[node.name]
-    p, q = _resident(p), (None if q is p else _resident(q))
-    q = p if q is None else q  # a network paired with itself keeps one set of weights
+    # a network paired with itself keeps one set of weights
+    p, q = (_resident(p),) * 2 if q is p else (_resident(p), _resident(q))
     in_shape = b.shape(ins[0])
 
     def bias_out(params_bias: Tensor | None, params: AffineParams) -> Tensor:
