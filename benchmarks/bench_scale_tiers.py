@@ -29,7 +29,9 @@ Reported per case: wall time of the call (tracing and lowering included: what a 
 waits for), peak RSS of the process (``ru_maxrss``; it includes ~0.7 GB for importing
 torch, torchvision and certcompress, reported as ``baseline_mb``) and the increase over
 that baseline, each against the issue's targets (a bounds-tier pass <= 20 s and <= 1 GB,
-a local certificate <= 10 s per point), the resident memory after each step
+a local certificate <= 10 s per point; for the bounds cases ``peak_mb`` is taken when
+the tier returns, and ``peak_mb_process`` at the end, after the deviation check at the
+point, which converts both models to float64 in place), the resident memory after each step
 (``rss_after_mb``: ``VmRSS`` after importing torch, torchvision and certcompress, after
 building the two models, after tracing both, with ``peak_through_tracing`` the
 ``VmHWM`` then, and at the end), the device, the torch thread count and the
@@ -199,6 +201,7 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
                                   sign_rows=None if case.endswith("-allsigns") else "auto")
         mb = bounds_tier(g, g2, dom, opts)
         t2 = time.perf_counter()
+        out["peak_mb_tier"] = _peak_mb()  # before the deviation check below
         out.update(seconds=t2 - t0, trace_seconds=t1 - t0, tier_seconds=t2 - t1,
                    bound_l1=mb.bound, per_output_max=max(mb.per_output),
                    details={k: v for k, v in mb.details.items()
@@ -220,6 +223,10 @@ def _run_case(case: str, threads: int) -> dict[str, Any]:
     out["baseline_mb"] = baseline
     out["peak_mb"] = _peak_mb()
     out["increase_mb"] = out["peak_mb"] - baseline
+    if "peak_mb_tier" in out:  # the target is about the tier pass (tracing included)
+        out["peak_mb_process"] = out["peak_mb"]
+        out["peak_mb"] = out.pop("peak_mb_tier")
+        out["increase_mb"] = out["peak_mb"] - baseline
     return out
 
 
@@ -288,6 +295,8 @@ def main() -> None:
             rows.append(fig)
             sec = "timeout" if fig.get("seconds") is None else f"{fig['seconds']:.1f} s"
             mb = "?" if fig.get("peak_mb") is None else f"{fig['peak_mb']:.0f} MB"
+            if fig.get("peak_mb_process") is not None:
+                mb += f" ({fig['peak_mb_process']:.0f} MB at exit)"
             print(f"{case:24s} threads={th} {sec:>10s} {mb:>8s} time_pass={fig['time_pass']} "
                   f"memory_pass={fig.get('memory_pass', '-')} {fig['status'][:60]}", flush=True)
     new = {(r["case"], r["threads"]) for r in rows}

@@ -140,7 +140,7 @@ def _node_work(pair: PairNet) -> list[float]:
     work = []
     for node in pair.nodes:
         if isinstance(node, PAffine):
-            per_row = node.w.numel() / max(int(node.w.shape[0]), 1)
+            per_row = node.weight_shape.numel() / max(int(node.weight_shape[0]), 1)
             transposed = bool(getattr(node.op, "transposed", False))
             positions = numel(node.in_shape) if transposed else node.numel
             work.append(float(positions) * max(per_row, 1.0))

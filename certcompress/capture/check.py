@@ -318,8 +318,9 @@ def graph_macs(graph: Graph) -> int:
         if p is None or not node.shape:
             continue
         out = math.prod(node.shape)
-        rows = int(p.weight.shape[0]) if p.weight.dim() else 1
-        total += p.weight.numel() * max(1, out // max(1, rows))
+        shape = p.weight_shape
+        rows = int(shape[0]) if len(shape) else 1
+        total += shape.numel() * max(1, out // max(1, rows))
     return total
 
 

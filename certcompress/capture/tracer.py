@@ -228,17 +228,21 @@ class ConvertContext:
     def module(self, node: fx.Node) -> nn.Module:
         return self.modules[str(node.target)]
 
-    def module_tensor(self, node: fx.Node, attr: str) -> tuple[torch.Tensor | None, str]:
+    def module_tensor(self, node: fx.Node, attr: str, *, compact: bool = False
+                      ) -> tuple[torch.Tensor | None, str]:
+        """The module's ``attr`` as a float64 copy (``compact``: a copy in its own dtype
+        when that widens exactly to float64, for :meth:`AffineParams.widened`)."""
         t = getattr(self.module(node), attr, None)
         if t is None:
             return None, ""
-        return _f64(t), f"{node.target}.{attr}"
+        return _copy(t, compact), f"{node.target}.{attr}"
 
-    def param(self, arg: Any) -> tuple[torch.Tensor, str]:
+    def param(self, arg: Any, *, compact: bool = False) -> tuple[torch.Tensor, str]:
+        """A stored parameter or buffer operand, copied as :meth:`module_tensor` does."""
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             t = operator.attrgetter(str(arg.target))(self.gm)
             if isinstance(t, torch.Tensor):
-                return _f64(t), str(arg.target)
+                return _copy(t, compact), str(arg.target)
         raise Unsupported("a weight operand is computed, not a stored parameter or buffer; "
                           "only parameters can be certified")
 
@@ -686,6 +690,19 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     """A float64 copy that shares nothing with the model (the model is never mutated)."""
     t = t.detach()
     return t.clone() if t.dtype == torch.float64 else t.to(torch.float64)
+
+
+#: dtypes every value of which is a float64 value: a weight in one of them is held as is
+#: and widened where read (:meth:`AffineParams.widened`; docs/bounds.md, "Memory")
+_WIDENS_EXACTLY = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+def _copy(t: torch.Tensor, compact: bool) -> torch.Tensor:
+    """:func:`_f64`, or with ``compact`` a copy in ``t``'s own dtype when that widens
+    exactly to float64 (it shares nothing with the model either)."""
+    if compact and t.dtype in _WIDENS_EXACTLY:
+        return t.detach().clone()
+    return _f64(t)
 
 
 #: element-wise functions whose meta output is the broadcast of their arguments: torch

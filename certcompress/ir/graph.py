@@ -48,7 +48,8 @@ class Graph:
     ``nodes`` are in topological order and ``nodes[0]`` is the single input; the
     network's output is the concatenation, per batch element, of the flattened
     ``outputs``. ``params`` maps each parametric node to its float64 weight and bias
-    (BatchNorm already folded). The path set depends on ``input_shape``, so every bound
+    (BatchNorm already folded; a traced float32 model's weights are held in float32 and
+    widened where read, the same values: :class:`~.ops.AffineParams`). The path set depends on ``input_shape``, so every bound
     computed on a graph is about that shape.
     """
 
@@ -72,7 +73,7 @@ class Graph:
         unless a graph was built with others; the first parameter's, as certificates
         record it)."""
         for p in self.params.values():
-            return str(p.weight.dtype).removeprefix("torch.")
+            return str(p.dtype).removeprefix("torch.")
         return "float64"
 
     @property
@@ -129,7 +130,7 @@ class Graph:
             )
         for k, p in params.items():
             q = self.params[k]
-            if p.weight.shape != q.weight.shape or (p.bias is None) != (q.bias is None):
+            if p.weight_shape != q.weight_shape or (p.bias is None) != (q.bias is None):
                 raise GraphMismatchError(f"parameters of node '{k}' differ in shape")
         return replace(self, params=params)
 
@@ -138,7 +139,7 @@ class Graph:
         rows = []
         for n in self.nodes:
             p = self.params.get(n.name)
-            pshape = None if p is None else (tuple(p.weight.shape), p.bias is not None)
+            pshape = None if p is None else (tuple(p.weight_shape), p.bias is not None)
             rows.append((n.name, n.kind.value, None if n.op is None else n.op.describe(),
                          n.inputs, n.shape, pshape))
         return tuple(rows)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,19 +65,146 @@ class NodeKind(str, enum.Enum):
     WIRING = "wiring"  # add, cat, reshape, index maps, identity
 
 
-@dataclass(frozen=True)
 class AffineParams:
-    """Weight and bias of one parametric op, float64, in the op's own layout."""
+    """Weight and bias of one parametric op, in the op's own layout.
 
-    weight: Tensor
+    ``weight`` is the weight every pass computes with (float64 on a traced graph); it
+    is stored as given, unless made by :meth:`widened`: then a compact ``stored``
+    tensor (the model's own float32 weight, say) is kept, and ``weight`` is computed
+    on each read as ``stored.to(dtype)`` times ``scale``, the per-output-channel factor
+    of a folded BatchNorm broadcast to the weight's layout (None: no factor). Widening
+    float32 (float16, bfloat16) to float64 is exact and the product is the one the fold
+    computes (:meth:`AffineOp.fold_channel_affine`), so ``weight`` has the same bits as
+    a float64 copy folded eagerly, at half the memory or less (docs/bounds.md, "Memory").
+    Each read of ``weight`` of such parameters returns a new tensor: readers that hold
+    it hold a float64 copy; ``weight_shape``, ``dtype``, ``device`` and ``numel`` read
+    nothing. ``bias`` is stored as given (float64 on a traced graph).
+    """
+
+    __slots__ = ("stored", "bias", "scale", "dtype")
+    stored: Tensor
     bias: Tensor | None
+    scale: Tensor | None
+    dtype: torch.dtype
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "stored", weight)
+        setattr_(self, "bias", bias)
+        setattr_(self, "scale", None)
+        setattr_(self, "dtype", weight.dtype)
+
+    @classmethod
+    def widened(cls, stored: Tensor, bias: Tensor | None, dtype: torch.dtype,
+                scale: Tensor | None = None) -> AffineParams:
+        """Parameters whose ``weight`` is ``stored.to(dtype) * scale``, computed where
+        read. ``stored`` must widen exactly to ``dtype`` (a floating dtype at most as
+        wide), ``scale`` be of ``dtype`` and broadcast to ``stored``'s shape."""
+        if not (stored.dtype.is_floating_point and dtype.is_floating_point
+                and torch.finfo(stored.dtype).bits <= torch.finfo(dtype).bits
+                and torch.promote_types(stored.dtype, dtype) == dtype):
+            raise TypeError(f"AffineParams.widened: {stored.dtype} does not widen exactly "
+                            f"to {dtype}")
+        if scale is not None and (scale.dtype != dtype or torch.broadcast_shapes(
+                scale.shape, stored.shape) != stored.shape):
+            raise TypeError(f"AffineParams.widened: the scale ({scale.dtype}, shape "
+                            f"{tuple(scale.shape)}) must be {dtype} and broadcast to the "
+                            f"weight's shape {tuple(stored.shape)}")
+        out = cls(stored, bias)
+        object.__setattr__(out, "scale", scale)
+        object.__setattr__(out, "dtype", dtype)
+        return out
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"AffineParams is immutable (cannot set '{name}')")
+
+    def __reduce__(self) -> tuple[object, ...]:  # pickling, copying: the same storage form
+        return (_rebuild_params, (self.stored, self.bias, self.scale, self.dtype))
+
+    def __repr__(self) -> str:
+        how = "" if not self.is_widened else (
+            f", stored {str(self.stored.dtype).removeprefix('torch.')}"
+            + ("" if self.scale is None else ", scaled"))
+        return (f"AffineParams(weight {str(self.dtype).removeprefix('torch.')} "
+                f"{tuple(self.stored.shape)}{how}, bias "
+                f"{None if self.bias is None else tuple(self.bias.shape)})")
+
+    @property
+    def is_widened(self) -> bool:
+        """Whether ``weight`` is computed from ``stored`` on each read."""
+        return self.stored.dtype != self.dtype or self.scale is not None
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight (a new tensor on each read of widened parameters)."""
+        w = self.stored
+        if not self.is_widened:
+            return w
+        n = w.numel()
+        if w.device.type == "cpu" and n * _itemsize(self.dtype) >= OWN_PAGES_BYTES:
+            return self.widen_into(own_pages(n, self.dtype, w.device).view(w.shape))
+        out = w.to(self.dtype)
+        return out if self.scale is None else out.mul_(self.scale)
+
+    def weight_rows(self, start: int, stop: int) -> Tensor:
+        """``weight[start:stop]`` (rows on dimension 0), computed from those rows only."""
+        rows = self.stored[start:stop]
+        if rows.dtype != self.dtype:
+            rows = rows.to(self.dtype)
+        scale = self.scale
+        if scale is None:
+            return rows
+        if scale.dim() == rows.dim() and scale.shape[0] != 1:
+            scale = scale[start:stop]
+        return rows * scale
+
+    def widen_into(self, out: Tensor) -> Tensor:
+        """``weight`` written into ``out`` (of the weight's shape and ``dtype``)."""
+        out.copy_(self.stored)  # the same widening as ``to``
+        return out if self.scale is None else out.mul_(self.scale)
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self.stored.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.stored.device
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> AffineParams:
         """Apply ``fn`` to the weight and the bias (when present)."""
         return AffineParams(fn(self.weight), None if self.bias is None else fn(self.bias))
 
     def numel(self) -> int:
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
+        return self.stored.numel() + (0 if self.bias is None else self.bias.numel())
+
+
+#: a widened weight of at least this many bytes is read into pages of its own (below)
+OWN_PAGES_BYTES = 1 << 20
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def own_pages(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised flat tensor of ``n`` elements; on the CPU in pages of its own (an
+    anonymous ``mmap``), returned to the system as soon as the tensor is freed. A widened
+    weight is read, used and freed many times (one layer at a time); from the C heap,
+    glibc keeps the freed pages once its dynamic mmap threshold has grown past the
+    weight's size, and the holes fragment: the peak RSS of the bounds tier on resnet18
+    varied by 250 MB between identical runs (docs/bounds.md, "Memory"). This changes no
+    allocator setting."""
+    if device.type != "cpu" or n == 0:
+        return torch.empty(n, dtype=dtype, device=device)
+    return torch.frombuffer(mmap.mmap(-1, n * _itemsize(dtype)), dtype=dtype, count=n)
+
+
+def _rebuild_params(stored: Tensor, bias: Tensor | None, scale: Tensor | None,
+                    dtype: torch.dtype) -> AffineParams:
+    if stored.dtype == dtype and scale is None:
+        return AffineParams(stored, bias)
+    return AffineParams.widened(stored, bias, dtype, scale)
 
 
 class IROp(ABC):
@@ -127,10 +255,6 @@ class AffineOp(IROp):
     def out_channels(self, params: AffineParams) -> int:
         """Number of output channels (the axis a following BatchNorm scales)."""
 
-    @abstractmethod
-    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:
-        """Multiply the weight by ``a[o]`` for every output channel ``o``."""
-
     def forward(self, inputs: Sequence[Tensor], params: AffineParams | None) -> Tensor:
         assert params is not None
         return self.apply(inputs[0], params.weight, params.bias)
@@ -156,10 +280,26 @@ class AffineOp(IROp):
         """``y + b`` with ``b`` broadcast over the output channels (dimension 1)."""
         return y + bias.reshape((1, -1) + (1,) * (y.dim() - 2))
 
+    def out_scale_view(self, weight_shape: Sequence[int], a: Tensor) -> Tensor | None:
+        """``a`` (one factor per output channel) reshaped to broadcast over a weight of
+        ``weight_shape``, so that ``weight * view`` scales each output channel; None
+        when no such view exists (the channels are not one dimension of the layout)."""
+        return None
+
+    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:
+        """Multiply the weight by ``a[o]`` for every output channel ``o``."""
+        view = self.out_scale_view(weight.shape, a)
+        assert view is not None, f"{type(self).__name__} must override scale_weight_out"
+        return weight * view
+
     def fold_channel_affine(self, params: AffineParams, a: Tensor, c: Tensor) -> AffineParams:
-        weight = self.scale_weight_out(params.weight, a)
         bias = c.clone() if params.bias is None else params.bias * a + c
-        return AffineParams(weight, bias)
+        view = self.out_scale_view(params.weight_shape, a)
+        if params.stored.dtype != params.dtype and params.scale is None and view is not None:
+            # compact parameters stay compact: ``weight`` computes ``stored.to(dtype) *
+            # view`` where read, the product computed here otherwise (same bits)
+            return AffineParams.widened(params.stored, bias, params.dtype, view)
+        return AffineParams(self.scale_weight_out(params.weight, a), bias)
 
 
 @dataclass(frozen=True)
@@ -170,13 +310,13 @@ class LinearOp(AffineOp):
         return F.linear(x, weight, bias)
 
     def out_channels(self, params: AffineParams) -> int:
-        return int(params.weight.shape[0])
+        return int(params.weight_shape[0])
 
     def add_bias(self, y: Tensor, bias: Tensor) -> Tensor:
         return y + bias
 
-    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:
-        return weight * a.reshape(-1, 1)
+    def out_scale_view(self, weight_shape: Sequence[int], a: Tensor) -> Tensor | None:
+        return a.reshape(-1, 1)
 
     def describe(self) -> str:
         return "Linear"
@@ -218,12 +358,20 @@ class ConvOp(AffineOp):
         return x.dim() == self.dim + 2
 
     def out_channels(self, params: AffineParams) -> int:
-        w = params.weight
-        return int(w.shape[1] * self.groups) if self.transposed else int(w.shape[0])
+        w = params.weight_shape
+        return int(w[1] * self.groups) if self.transposed else int(w[0])
+
+    def out_scale_view(self, weight_shape: Sequence[int], a: Tensor) -> Tensor | None:
+        if not self.transposed:
+            return a.reshape((-1,) + (1,) * (len(weight_shape) - 1))
+        if self.groups == 1:  # (in, out, *k)
+            return a.reshape((1, -1) + (1,) * (len(weight_shape) - 2))
+        return None
 
     def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:
-        if not self.transposed:
-            return weight * a.reshape((-1,) + (1,) * (weight.dim() - 1))
+        view = self.out_scale_view(weight.shape, a)
+        if view is not None:
+            return weight * view
         g = self.groups
         in_ch, out_per_g = weight.shape[0], weight.shape[1]
         w = weight.reshape((g, in_ch // g, out_per_g) + tuple(weight.shape[2:]))
@@ -256,10 +404,10 @@ class ChannelAffineOp(AffineOp):
         return y if bias is None else y + bias.reshape(self._shape(x))
 
     def out_channels(self, params: AffineParams) -> int:
-        return int(params.weight.shape[0])
+        return int(params.weight_shape[0])
 
-    def scale_weight_out(self, weight: Tensor, a: Tensor) -> Tensor:
-        return weight * a
+    def out_scale_view(self, weight_shape: Sequence[int], a: Tensor) -> Tensor | None:
+        return a
 
     def describe(self) -> str:
         return "ChannelAffine"

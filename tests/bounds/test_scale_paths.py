@@ -6,13 +6,16 @@ exactly the result of the plain computation."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
+import pytest
 import torch
 from propagation_helpers import check_tier_sound, random_box
 from torch import nn
 
 import certcompress as cc
+from certcompress.bounds.propagation import lowering
 from certcompress.bounds.propagation.engine import (
     PropagationOptions,
     capped_row_max,
@@ -124,27 +127,42 @@ def test_affine_with_equal_weights_shares_maps_and_matches_copies() -> None:
             assert torch.equal(getattr(x, k), getattr(y, k))
 
 
-def test_affine_computes_dw_where_used() -> None:
-    """A pruned pair: the affine primitive holds no ``w - wc`` tensor (only the two
-    weights, shared with the graphs), and ``dw``, ``dw_abs`` and ``t_dw`` are exactly
-    the difference, its absolute value and its transpose (the vector-Jacobian product
-    of the map with weight ``w - wc``)."""
+def test_affine_computes_dw_where_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pruned pair: the affine primitive holds no ``w - wc`` tensor (and, the models
+    being float32 and their weights held compact, no float64 weight either: only the
+    graphs' own parameters), and ``w``, ``wc``, ``dw``, ``dw_abs``, ``t_w``, ``t_wc`` and
+    ``t_dw`` are exactly the weights, their difference, its absolute value and their
+    transposes (the vector-Jacobian products), for the float32 pair with compact and
+    with resident weights (small layers: ``RESIDENT_BYTES``) and for its float64 copy."""
     net, comp = _pair(3)
-    g, g2 = cc.trace(net, (1, 5)), cc.trace(comp, (1, 5))
-    pair = lower_pair(g, g2)
-    aff = [n for n in pair.nodes if isinstance(n, PAffine)]
-    assert any(n.changed for n in aff)
-    for n in aff:
-        assert n.w is g.params[n.source].weight and n.wc is g2.params[n.source].weight
-        held = [v for v in vars(n).values() if isinstance(v, torch.Tensor)
-                and v.shape == n.w.shape]
-        assert all(v is n.w or v is n.wc for v in held)
-        diff = g.params[n.source].weight - g2.params[n.source].weight
-        assert torch.equal(n.dw, diff) and torch.equal(n.dw_abs, diff.abs())
-        rows = torch.randn(4, *n.shape, dtype=torch.float64)
-        expect = rows.reshape(4, -1) @ diff  # Linear: y = x W^T, so the transpose is W
-        assert torch.allclose(n.t_dw(rows)[0].reshape(4, -1), expect, rtol=1e-12,
-                              atol=1e-12)
+    cases = ((net, comp, True, 0), (net, comp, False, lowering.RESIDENT_BYTES),
+             (copy.deepcopy(net).double(), copy.deepcopy(comp).double(), False, 0))
+    for a, b, compact, resident in cases:
+        monkeypatch.setattr(lowering, "RESIDENT_BYTES", resident)
+        g, g2 = cc.trace(a, (1, 5)), cc.trace(b, (1, 5))
+        pair = lower_pair(g, g2)
+        aff = [n for n in pair.nodes if isinstance(n, PAffine)]
+        assert any(n.changed for n in aff)
+        for n in aff:
+            p, q = g.params[n.source], g2.params[n.source]
+            assert (n.params is p and n.params_c is q) == (compact or not p.is_widened)
+            assert n.params.is_widened == compact
+            assert p.stored.dtype == next(a.parameters()).dtype
+            held = [v for v in vars(n).values() if isinstance(v, torch.Tensor)
+                    and v.shape == n.weight_shape]
+            assert all(v is n.params.stored or v is n.params_c.stored for v in held)
+            w, wc = p.weight, q.weight
+            assert w.dtype == torch.float64
+            assert torch.equal(n.w, w) and torch.equal(n.wc, wc)
+            diff = w - wc
+            assert torch.equal(n.dw, diff) and torch.equal(n.dw_abs, diff.abs())
+            assert torch.equal(n.w_abs, w.abs()) and torch.equal(n.wc_abs, wc.abs())
+            rows = torch.randn(4, *n.shape, dtype=torch.float64)
+            # Linear: y = x W^T, so the transpose is W
+            for t, m in ((n.t_dw, diff), (n.t_w, w), (n.t_wc, wc), (n.t_dw, diff)):
+                assert torch.allclose(t(rows)[0].reshape(4, -1), rows.reshape(4, -1) @ m,
+                                      rtol=1e-12, atol=1e-12)
+            assert torch.equal(p.weight, w) and torch.equal(q.weight, wc)  # not written
 
 
 def test_relu_backward_in_place_choice_matches_the_plain_one() -> None:

@@ -178,7 +178,7 @@ def recheck_device(recorded: object) -> str:
 def graph_on(graph: Graph, dev: torch.device) -> Graph:
     """``graph`` with its parameters on ``dev`` (the graph itself when they are there)."""
     params = graph.params
-    if all(p.weight.device == dev for p in params.values()):
+    if all(p.device == dev for p in params.values()):
         return graph
     return graph.with_params({
         k: AffineParams(p.weight.to(dev), None if p.bias is None else p.bias.to(dev))

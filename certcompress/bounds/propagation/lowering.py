@@ -46,17 +46,31 @@ from ...ir.graph import Graph, IRNode
 from ...ir.ops import (
     ActQuantOp,
     AffineOp,
+    AffineParams,
     CatOp,
+    ChannelAffineOp,
     ClampOp,
+    ConvOp,
     FixedLinearOp,
     IndexOp,
     IROp,
     LeakyReLUOp,
     LinearCombinationOp,
+    LinearOp,
     MaxPoolOp,
     ReLUOp,
 )
-from .primitives import PAffine, PairNet, PInput, PLinear, PNode, PPerturb, PReLU, PSelect
+from .primitives import (
+    PAffine,
+    PairNet,
+    PInput,
+    PLinear,
+    PNode,
+    PPerturb,
+    PReLU,
+    PSelect,
+    WeightScratch,
+)
 
 __all__ = ["lower_pair", "LoweringRegistry", "LoweringEntry", "Lowering", "Builder",
            "default_lowerings", "lowerings_for", "register_builtin_lowerings",
@@ -84,6 +98,8 @@ class Builder:
         self.graph = graph
         self.other = other
         self.nodes: list[PNode] = []
+        #: the pair's affine nodes widen compact weights into these shared buffers
+        self.scratch = WeightScratch()
 
     def add(self, node: PNode) -> int:
         self.nodes.append(node)
@@ -121,18 +137,43 @@ Lowering = Callable[[IRNode, IROp, list[int], Builder], int]
 
 
 # ----------------------------------------------------------------------- per op kind
+#: ops whose output on a zero input is ``add_bias(zeros, bias)`` (a plugin's affine op is
+#: applied to zeros with a zero weight instead)
+_BIAS_BY_ADDITION = (LinearOp, ConvOp, ChannelAffineOp)
+
+
+#: compact weights (``AffineParams.widened``) below this many bytes once widened are
+#: widened once, at lowering, and held: a small layer's weights cost little memory, and
+#: the many propagations of branch-and-bound then read them without widening again
+RESIDENT_BYTES = 1 << 20
+
+
+def _resident(params: AffineParams) -> AffineParams:
+    if not params.is_widened:
+        return params
+    n = params.weight_shape.numel() * torch.empty((), dtype=params.dtype).element_size()
+    return AffineParams(params.weight, params.bias) if n < RESIDENT_BYTES else params
+
+
 def _lower_affine(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:
     assert isinstance(op, AffineOp)
     p, q = b.graph.params[node.name], b.other.params[node.name]
+    # a network paired with itself keeps one set of weights
+    p, q = (_resident(p),) * 2 if q is p else (_resident(p), _resident(q))
     in_shape = b.shape(ins[0])
-    zeros = torch.zeros(in_shape, dtype=torch.float64)
 
-    def bias_out(params_bias: Tensor | None, w: Tensor) -> Tensor:
-        return op.apply(zeros, torch.zeros_like(w), params_bias)
+    def bias_out(params_bias: Tensor | None, params: AffineParams) -> Tensor:
+        """The op applied to zeros: its bias broadcast over the output (for the built-in
+        ops without a zero weight tensor of the layer's size)."""
+        if type(op) in _BIAS_BY_ADDITION:
+            out = torch.zeros(tuple(node.shape), dtype=params.dtype, device=params.device)
+            return out if params_bias is None else op.add_bias(out, params_bias)
+        w0 = torch.zeros(params.weight_shape, dtype=params.dtype, device=params.device)
+        return op.apply(torch.zeros(in_shape, dtype=torch.float64), w0, params_bias)
 
     return b.add(PAffine(inputs=(ins[0],), shape=tuple(node.shape), source=node.name, op=op,
-                         in_shape=in_shape, w=p.weight, wc=q.weight,
-                         bias=bias_out(p.bias, p.weight), bias_c=bias_out(q.bias, q.weight)))
+                         in_shape=in_shape, params=p, params_c=q, scratch=b.scratch,
+                         bias=bias_out(p.bias, p), bias_c=bias_out(q.bias, q)))
 
 
 def _lower_relu(node: IRNode, op: IROp, ins: list[int], b: Builder) -> int:

@@ -32,6 +32,7 @@ it was traced with, even one that hard-codes the traced batch size (``x.view(1, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,9 +40,9 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
-from ...ir.ops import AffineOp
+from ...ir.ops import AffineOp, AffineParams, own_pages
 
-__all__ = ["PNode", "PInput", "PAffine", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
+__all__ = ["PNode", "PInput", "PAffine", "WeightScratch", "PLinear", "PReLU", "PPerturb", "PSelect", "PairNet",
            "Transpose", "linear_transpose"]
 
 Transpose = Callable[[Tensor], tuple[Tensor, ...]]
@@ -178,22 +179,65 @@ class PSelect(PNode):
         return rows.unsqueeze(1) * self._weights(weight, rows.dim() + 1)
 
 
+#: elements per block when a second weight is combined with one in the scratch
+_BLOCK_ELEMENTS = 1 << 18
+
+
+class WeightScratch:
+    """A reusable buffer, per thread, into which :class:`PAffine` widens compact weights
+    for its transposed maps (the back-substitution reads every layer's weights once per
+    chunk of rows): one flat float64 buffer as large as the largest weight read so far,
+    in pages of its own; ``w - wc`` is formed in it with ``wc`` widened a block of rows
+    at a time. One per lowered pair (``lower_pair``), freed with it. A widened weight
+    read through ``PAffine.w`` is a new tensor instead: a reader may hold it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def widen(self, params: AffineParams) -> Tensor:
+        """``params.weight`` written into the buffer: valid until the next use of the
+        scratch on this thread."""
+        shape, n = params.weight_shape, params.weight_shape.numel()
+        buf: Tensor | None = getattr(self._local, "buf", None)
+        if buf is None or buf.numel() < n or buf.dtype != params.dtype \
+                or buf.device != params.device:
+            self._local.buf = None  # free the old buffer first
+            buf = own_pages(n, params.dtype, params.device)
+            self._local.buf = buf
+        return params.widen_into(buf[:n].view(shape))
+
+    @staticmethod
+    def blocks(params: AffineParams) -> list[tuple[int, int]]:
+        """Row ranges (dimension 0) of about :data:`_BLOCK_ELEMENTS` elements."""
+        shape = params.weight_shape
+        rows = int(shape[0]) if len(shape) else 1
+        step = max(1, _BLOCK_ELEMENTS // max(1, shape.numel() // max(rows, 1)))
+        return [(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class PAffine(PNode):
-    """A parametric node. ``w`` is the original's weight, ``wc`` the compressed one's
-    (float64, the op's layout); ``bias``/``bias_c`` are the biases broadcast to the
-    output shape (zeros when the op has none). Derived: ``dw = w - wc`` (a zero view when
-    the weights are equal), the three transposed maps ``t_w``, ``t_wc``, ``t_dw``, and
-    the absolute weights. ``dw``, its transposed map and the absolute weights are
-    computed where used, not stored (memory at scale: docs/bounds.md "Cost at scale");
-    the arithmetic is the same, so the bounds are bit-identical."""
+    """A parametric node. ``params``/``params_c`` are the original's and the compressed
+    network's parameters (the graphs' own :class:`~certcompress.ir.AffineParams`, not
+    copies); ``w``/``wc`` their float64 weights in the op's layout; ``bias``/``bias_c``
+    the biases broadcast to the output shape (zeros when the op has none). Derived:
+    ``dw = w - wc`` (a zero view when the weights are equal), the three transposed maps
+    ``t_w``, ``t_wc``, ``t_dw``, and the absolute weights. ``dw``, its transposed map and
+    the absolute weights are computed where used, not stored; so are ``w``, ``wc`` and
+    their transposed maps when the graph holds the weights compact (a traced float32
+    model: :meth:`~certcompress.ir.AffineParams.widened`, one layer's float64 weights at a
+    time). The arithmetic is the same, so the bounds are bit-identical (memory at scale:
+    docs/bounds.md "Cost at scale")."""
 
     op: AffineOp
     in_shape: tuple[int, ...]
-    w: Tensor
-    wc: Tensor
+    params: AffineParams
+    params_c: AffineParams
     bias: Tensor
     bias_c: Tensor
+    #: where compact weights are widened for the transposed maps: one per lowered pair
+    #: (``lower_pair`` shares it between the pair's affine nodes)
+    scratch: WeightScratch = field(default_factory=WeightScratch, repr=False)
     dbias: Tensor = field(init=False, repr=False)
     changed: bool = field(init=False)
     same: bool = field(init=False, repr=False)
@@ -201,50 +245,100 @@ class PAffine(PNode):
     t_wc: Transpose = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        same = self.wc is self.w or (self.wc.shape == self.w.shape
-                                      and bool(torch.equal(self.wc, self.w)))
+        p, q = self.params, self.params_c
+        same, changed = q is p, True
+        if not same and q.weight_shape == p.weight_shape:
+            if p.is_widened and q.is_widened:
+                w = self.scratch.widen(p)
+                same = all(bool(torch.equal(w[i:j], q.weight_rows(i, j)))
+                           for i, j in WeightScratch.blocks(q))
+                changed = not same and bool(self._sub_into(w).any())
+            else:
+                w, wc = p.weight, q.weight
+                same = bool(torch.equal(w, wc))
+                changed = not same and bool((w - wc).any())
         setattr_ = object.__setattr__
         setattr_(self, "same", same)
         setattr_(self, "dbias", self.bias - self.bias_c)
-        setattr_(self, "changed", (not same and bool(self.dw.any())) or bool(self.dbias.any()))
-        t_w = linear_transpose(self._map(self.w), [self.in_shape])
+        setattr_(self, "changed", (not same and changed) or bool(self.dbias.any()))
+        t_w = self._transpose(p)
         setattr_(self, "t_w", t_w)
         # equal weights (a network paired with itself): one transposed map for both
-        setattr_(self, "t_wc", t_w if same else linear_transpose(self._map(self.wc),
-                                                                 [self.in_shape]))
+        setattr_(self, "t_wc", t_w if same else self._transpose(q))
+
+    def _sub_into(self, w: Tensor) -> Tensor:
+        """``w - wc`` in place into ``w`` (the scratch), ``wc`` widened by blocks."""
+        q = self.params_c
+        for i, j in WeightScratch.blocks(q):
+            w[i:j].sub_(q.weight_rows(i, j))
+        return w
+
+    def _transpose(self, params: AffineParams) -> Transpose:
+        """The transposed map of ``params``' weight: built once over the stored weight,
+        or, for compact parameters, over the weight widened (into the scratch) where the
+        map is used."""
+        if not params.is_widened:
+            return linear_transpose(self._map(params.stored), [self.in_shape])
+        in_shape = [self.in_shape]
+        scratch = self.scratch
+
+        def transpose(rows: Tensor) -> tuple[Tensor, ...]:
+            return linear_transpose(self._map(scratch.widen(params)), in_shape)(rows)
+
+        return transpose
+
+    @property
+    def w(self) -> Tensor:
+        """The original's float64 weight (a new tensor per read for compact parameters)."""
+        return self.params.weight
+
+    @property
+    def wc(self) -> Tensor:
+        """The compressed network's float64 weight (as ``w``)."""
+        return self.params_c.weight
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self.params.weight_shape
 
     @property
     def dw(self) -> Tensor:
         """``w - wc``, computed where used (a zero view, no copy, for equal weights)."""
         if self.same:
-            return torch.zeros((), dtype=self.w.dtype, device=self.w.device).expand(
-                self.w.shape)
-        return self.w - self.wc
+            p = self.params
+            return torch.zeros((), dtype=p.dtype, device=p.device).expand(p.weight_shape)
+        w = self.w
+        # a widened weight is a new tensor: subtract in place (the same values)
+        return w.sub_(self.wc) if self.params.is_widened else w - self.wc
 
     def t_dw(self, rows: Tensor) -> tuple[Tensor, ...]:
         """``dw^T rows``: the transposed map of ``dw``, built where used (zero rows for
         equal weights); the same vector-Jacobian product as a stored map."""
         if self.same:
             return self._zero_transpose(rows)
-        return linear_transpose(self._map(self.dw), [self.in_shape])(rows)
+        if not (self.params.is_widened and self.params_c.is_widened):
+            return linear_transpose(self._map(self.dw), [self.in_shape])(rows)
+        dw = self._sub_into(self.scratch.widen(self.params))  # w - wc, in the scratch
+        return linear_transpose(self._map(dw), [self.in_shape])(rows)
 
     def _zero_transpose(self, rows: Tensor) -> tuple[Tensor, ...]:
         return (torch.zeros((rows.shape[0],) + tuple(self.in_shape), dtype=rows.dtype,
                             device=rows.device),)
 
     # the absolute weights are computed where used, not stored: three fewer float64
-    # copies of every weight tensor (memory at scale, docs/bounds.md "Cost at scale")
+    # copies of every weight tensor (memory at scale, docs/bounds.md "Cost at scale");
+    # a weight read anew (compact parameters) or ``dw`` is a new tensor: abs in place
     @property
     def w_abs(self) -> Tensor:
-        return self.w.abs()
+        return _abs(self.w, self.params.is_widened)
 
     @property
     def wc_abs(self) -> Tensor:
-        return self.w_abs if self.wc is self.w else self.wc.abs()
+        return self.w_abs if self.same else _abs(self.wc, self.params_c.is_widened)
 
     @property
     def dw_abs(self) -> Tensor:
-        return self.dw.abs()
+        return self.dw.abs() if self.same else self.dw.abs_()
 
     def _map(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
         op = self.op
@@ -257,6 +351,11 @@ class PAffine(PNode):
     def apply(self, x: Tensor, weight: Tensor) -> Tensor:
         """``A_weight x`` (no bias) for each problem or row on dimension 0."""
         return vmap(self._map(weight))(x)
+
+
+def _abs(t: Tensor, fresh: bool) -> Tensor:
+    """``|t|``, in place when ``t`` is a tensor nobody else holds (``fresh``)."""
+    return t.abs_() if fresh else t.abs()
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -315,7 +414,7 @@ class PairNet:
         """The device of the pair's parameters (the CPU for a pair without any)."""
         for n in self.nodes:
             if isinstance(n, PAffine):
-                return n.w.device
+                return n.params.device
         return torch.device("cpu")
 
     @property

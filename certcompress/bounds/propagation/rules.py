@@ -128,17 +128,38 @@ def _two_weight_interval(node: PAffine | PSelect, b: PairBounds,
     mz, rz = _mid_rad(b.zl, b.zu)
     mc, rc = _mid_rad(b.cl, b.cu)
     md, rd = _mid_rad(b.dl, b.du)
-    ez, ec = plus(node.apply(mz, node.w), bz), plus(node.apply(mc, node.wc), bc)
-    fz, fc = node.apply(rz, node.w_abs), node.apply(rc, node.wc_abs)
+    # each weight is read once and used for all its products (a PAffine may compute it
+    # where read: docs/bounds.md "Compact graph parameters"); the sums are as before
+    w = node.w
+    ez, wd = plus(node.apply(mz, w), bz), node.apply(md, w)
+    del w
+    w_abs = node.w_abs
+    fz, wrd = node.apply(rz, w_abs), node.apply(rd, w_abs)
+    del w_abs
     if not node.changed:
-        ed, fd = node.apply(md, node.w), node.apply(rd, node.w_abs)
-        return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc, ed - fd, ed + fd)
+        wc = node.wc
+        ec = plus(node.apply(mc, wc), bc)
+        del wc
+        fc = node.apply(rc, node.wc_abs)
+        return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc, wd - wrd, wd + wrd)
+    wc = node.wc
+    ec, wcd = plus(node.apply(mc, wc), bc), node.apply(md, wc)
+    del wc
+    wc_abs = node.wc_abs
+    fc, wcrd = node.apply(rc, wc_abs), node.apply(rd, wc_abs)
+    del wc_abs
+    dw = node.dw
+    dwz, dwc = node.apply(mz, dw), node.apply(mc, dw)
+    del dw
+    dw_abs = node.dw_abs
+    dwrz, dwrc = node.apply(rz, dw_abs), node.apply(rc, dw_abs)
+    del dw_abs
     # d' = W' d + dW z + db
-    e1 = plus(node.apply(md, node.wc) + node.apply(mz, node.dw), db)
-    f1 = node.apply(rd, node.wc_abs) + node.apply(rz, node.dw_abs)
+    e1 = plus(wcd + dwz, db)
+    f1 = wcrd + dwrz
     # d' = W d + dW c + db
-    e2 = plus(node.apply(md, node.w) + node.apply(mc, node.dw), db)
-    f2 = node.apply(rd, node.w_abs) + node.apply(rc, node.dw_abs)
+    e2 = plus(wd + dwc, db)
+    f2 = wrd + dwrc
     return PairBounds(ez - fz, ez + fz, ec - fc, ec + fc,
                       torch.maximum(e1 - f1, e2 - f2), torch.minimum(e1 + f1, e2 + f2))
 

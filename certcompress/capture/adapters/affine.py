@@ -1,7 +1,8 @@
 """Parametric affine layers: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, BatchNorm.
 
 Every one becomes an :class:`~certcompress.ir.AffineOp` with float64 copies of its
-parameters. Eval-mode BatchNorm becomes a per-channel map ``x*a + c`` with
+parameters (a float32, float16 or bfloat16 weight is copied in its own dtype and widened
+to float64 where read: :meth:`~certcompress.ir.AffineParams.widened`, the same values). Eval-mode BatchNorm becomes a per-channel map ``x*a + c`` with
 ``a = gamma/sqrt(var+eps)`` and ``c = beta - mean*a``; the graph pass
 :func:`~certcompress.ir.passes.fold_batchnorm` folds it into the op before it.
 """
@@ -19,6 +20,13 @@ from .base import Adapter, Converted, MultiOutput, Unsupported
 aten = torch.ops.aten
 
 
+def _params(w: torch.Tensor, b: torch.Tensor | None) -> AffineParams:
+    """A weight copied compact (see the module docstring) and a float64 bias."""
+    if w.dtype == torch.float64:
+        return AffineParams(w, b)
+    return AffineParams.widened(w, b, torch.float64)
+
+
 def _tuple(v: Any, n: int) -> tuple[int, ...]:
     if isinstance(v, (list, tuple)):
         vals = tuple(int(x) for x in v)
@@ -33,14 +41,14 @@ class LinearAdapter(Adapter):
 
     def _convert(self, node: fx.Node, ctx: Any) -> Converted:
         if node.op == "call_module":
-            w, wn = ctx.module_tensor(node, "weight")
+            w, wn = ctx.module_tensor(node, "weight", compact=True)
             b, bn = ctx.module_tensor(node, "bias")
-            return Converted(LinearOp(), (ctx.tensor_arg(node.args[0]),), AffineParams(w, b),
+            return Converted(LinearOp(), (ctx.tensor_arg(node.args[0]),), _params(w, b),
                              module=str(node.target), param_names=tuple(x for x in (wn, bn) if x))
         a = ctx.bind(node, ("input", "weight", "bias"), {"bias": None})
-        w, wn = ctx.param(a["weight"])
+        w, wn = ctx.param(a["weight"], compact=True)
         b, bn = ctx.param(a["bias"]) if a["bias"] is not None else (None, "")
-        return Converted(LinearOp(), (ctx.tensor_arg(a["input"]),), AffineParams(w, b),
+        return Converted(LinearOp(), (ctx.tensor_arg(a["input"]),), _params(w, b),
                          module=ctx.owner(wn), param_names=tuple(x for x in (wn, bn) if x))
 
 
@@ -65,7 +73,7 @@ class ConvAdapter(Adapter):
     def _from_module(self, node: fx.Node, ctx: Any) -> Converted:
         m = ctx.module(node)
         dim, transposed = next(v for k, v in _CONV_MODULES.items() if isinstance(m, k))
-        w, wn = ctx.module_tensor(node, "weight")
+        w, wn = ctx.module_tensor(node, "weight", compact=True)
         b, bn = ctx.module_tensor(node, "bias")
         if transposed and len(node.args) > 1:
             raise Unsupported("ConvTranspose called with an explicit output_size")
@@ -84,7 +92,7 @@ class ConvAdapter(Adapter):
                     dilation=_tuple(m.dilation, dim), groups=int(m.groups), transposed=transposed,
                     output_padding=_tuple(m.output_padding, dim) if transposed else (),
                     pre_pad=pre_pad, pad_mode=pad_mode)
-        return Converted(op, (ctx.tensor_arg(node.args[0]),), AffineParams(w, b),
+        return Converted(op, (ctx.tensor_arg(node.args[0]),), _params(w, b),
                          module=str(node.target), param_names=tuple(x for x in (wn, bn) if x))
 
     def _from_function(self, node: fx.Node, ctx: Any) -> Converted:
@@ -104,7 +112,7 @@ class ConvAdapter(Adapter):
             a = ctx.bind(node, ("input", "weight", "bias", "stride", "padding", "dilation",
                                 "groups"),
                          {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
-        w, wn = ctx.param(a["weight"])
+        w, wn = ctx.param(a["weight"], compact=True)
         b, bn = ctx.param(a["bias"]) if a["bias"] is not None else (None, "")
         dim = w.dim() - 2
         pad = ctx.value(a["padding"])
@@ -114,7 +122,7 @@ class ConvAdapter(Adapter):
                     groups=int(ctx.value(a["groups"])), transposed=transposed,
                     output_padding=_tuple(ctx.value(a["output_padding"]), dim)
                     if transposed else ())
-        return Converted(op, (ctx.tensor_arg(a["input"]),), AffineParams(w, b),
+        return Converted(op, (ctx.tensor_arg(a["input"]),), _params(w, b),
                          module=ctx.owner(wn), param_names=tuple(x for x in (wn, bn) if x))
 
 

@@ -113,7 +113,7 @@ class Adapter(ABC):
         op = result.op
         if isinstance(op, AffineOp):
             p = result.params
-            if p is None or p.weight.dtype != torch.float64:
+            if p is None or p.dtype != torch.float64:
                 raise Unsupported(f"adapter '{self.name}' returned a parametric op without "
                                   "float64 parameters")
         elif result.params is not None:
