@@ -74,12 +74,44 @@ def top1_violations(f: torch.Tensor, g: torch.Tensor, conf: float | None,
     return bad
 
 
-def check_top1(net: nn.Module, comp: nn.Module, dom: InputDomain, n_in: int,
+def deviation(net: nn.Module, comp: nn.Module, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per point, ``|f(x) - f'(x)|`` in ``norm`` ("inf" or "l1"), in float64."""
+    f, g = outputs(net, comp, x)
+    d = (f - g).abs().flatten(1)
+    return d.amax(1) if norm == "inf" else d.sum(1)
+
+
+def _points(dom: InputDomain, points: int | torch.Tensor) -> torch.Tensor:
+    """The dense grid of an ``n_in``-input box, or the given points."""
+    return grid(dom, points) if isinstance(points, int) else points
+
+
+def check_eps(net: nn.Module, comp: nn.Module, dom: InputDomain, points: int | torch.Tensor,
+              eps: float, norm: str, **kw: Any) -> Any:
+    """``verify_equivalence`` at ``eps`` checked one-sidedly against ``points`` (the dense
+    grid for an int, the number of inputs): never "verified" where a point violates, a
+    verified bound at least the worst point's deviation, and a counterexample in the box
+    that violates in float64. Returns the result."""
+    worst = float(deviation(net, comp, _points(dom, points), norm).max())
+    res = cc.verify_equivalence(net, comp, dom, epsilon=eps, norm=norm, **kw)
+    if worst > eps:
+        assert res.status != "verified", (worst, eps, res.summary())
+    if res.status == "verified":
+        assert res.bound is not None and sh.within(worst, res.bound), (worst, res.bound)
+    if res.status == "falsified":
+        assert res.counterexample is not None
+        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
+        assert bool(dom.contains(x).all())
+        assert float(deviation(net, comp, x, norm)) > eps, res.summary()
+    return res
+
+
+def check_top1(net: nn.Module, comp: nn.Module, dom: InputDomain, points: int | torch.Tensor,
                conf: float | None = None, **kw: Any) -> Any:
-    """``verify_equivalence(..., property="top1")`` checked against the dense grid: never
-    "verified" where the grid finds a violation, and a counterexample lies in the box and
-    violates in float64. Returns the result."""
-    f, g = outputs(net, comp, grid(dom, n_in))
+    """``verify_equivalence(..., property="top1")`` checked against ``points`` (the dense
+    grid for an int, the number of inputs): never "verified" where a point violates, and a
+    counterexample lies in the box and violates in float64. Returns the result."""
+    f, g = outputs(net, comp, _points(dom, points))
     bad = top1_violations(f, g, conf, ties=True)
     res = cc.verify_equivalence(net, comp, dom, property="top1", confidence=conf, **kw)
     if bool(bad.any()):

@@ -13,7 +13,7 @@ import copy
 import _soundness as sh
 import pytest
 import torch
-from _pairs import check_top1, compress, grid, layer_values, mlp, outputs
+from _pairs import check_eps, check_top1, compress, deviation, grid, layer_values, mlp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,27 +44,9 @@ def _pair(kind: str, n_in: int, seed: int, depth: int = 2
     return net, (_flip(net, seed) if kind == "flip" else compress(net, kind))
 
 
-def _dev(net: torch.nn.Module, comp: torch.nn.Module, x: torch.Tensor, norm: str
-         ) -> torch.Tensor:
-    f, g = outputs(net, comp, x)
-    d = (f - g).abs()
-    return d.amax(1) if norm == "inf" else d.sum(1)
-
-
 def _check(net: torch.nn.Module, comp: torch.nn.Module, dom: InputDomain, n_in: int,
            eps: float, norm: str, **kw: object) -> cc.EquivalenceResult:
-    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
-    res = cc.verify_equivalence(net, comp, dom, epsilon=eps, norm=norm, split="relu", **kw)
-    if worst > eps:
-        assert res.status != "verified", (worst, eps, res.summary())
-    if res.status == "verified":
-        assert res.bound is not None and sh.within(worst, res.bound), (worst, res.bound)
-    if res.status == "falsified":
-        assert res.counterexample is not None
-        x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(x).all())
-        assert float(_dev(net, comp, x, norm)) > eps, res.summary()
-    return res
+    return check_eps(net, comp, dom, n_in, eps, norm, split="relu", **kw)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -76,7 +58,7 @@ def test_epsilon_at_the_grid_worst(kind: str, n_in: int, seed: int, norm: str,
                                    factor: float, half: float) -> None:
     net, comp = _pair(kind, n_in, seed)
     dom = InputDomain.box(-half, half, shape=(1, n_in))
-    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
+    worst = float(deviation(net, comp, grid(dom, n_in), norm).max())
     if worst == 0.0:
         return
     _check(net, comp, dom, n_in, worst * factor, norm, timeout=1)
@@ -107,7 +89,7 @@ def test_tiny_subnormal_and_huge_weights() -> None:
             for kind in ("flip", "float16"):
                 comp = _flip(net, 3) if kind == "flip" else compress(net, kind)
                 dom = InputDomain.box(-1.0, 1.0, shape=(1, 2))
-                worst = float(_dev(net, comp, grid(dom, 2), "inf").max())
+                worst = float(deviation(net, comp, grid(dom, 2), "inf").max())
                 if not (0.0 < worst < float("inf")):
                     continue
                 for factor in (0.999, 1.0, 4.0):
@@ -126,7 +108,7 @@ def test_zero_width_dimensions_and_equal_networks() -> None:
         x = torch.cat([torch.linspace(-1, 1, 4001, dtype=torch.float64)[:, None],
                        torch.full((4001, 1), 0.25, dtype=torch.float64),
                        torch.full((4001, 1), -0.5, dtype=torch.float64)], 1)
-        worst = float(_dev(net, comp, x, "inf").max())
+        worst = float(deviation(net, comp, x, "inf").max())
         if worst == 0.0:
             continue
         for factor in (0.999, 1.0, 2.0):
@@ -137,7 +119,7 @@ def test_zero_width_dimensions_and_equal_networks() -> None:
             if res.status == "falsified":
                 xc = torch.tensor(res.counterexample, dtype=torch.float64).reshape(1, 3)
                 assert bool(dom.contains(xc).all())
-                assert float(_dev(net, comp, xc, "inf")) > worst * factor
+                assert float(deviation(net, comp, xc, "inf")) > worst * factor
     # equal networks: nothing may be falsified, and a tiny epsilon is provable
     same = compress(net, "same")
     for eps in (1e-300, 1e-12):
@@ -226,7 +208,7 @@ def test_relu_splits_only_until_stable(kind: str, n_in: int, seed: int, norm: st
     clamped, infeasible and multiplier-bounded children are taken on every pair."""
     net, comp = _pair(kind, n_in, seed, depth=3)
     dom = InputDomain.box(-1.5, 1.5, shape=(1, n_in))
-    worst = float(_dev(net, comp, grid(dom, n_in), norm).max())
+    worst = float(deviation(net, comp, grid(dom, n_in), norm).max())
     if worst == 0.0:
         return
     saved = relu_split.INPUT_GAIN
@@ -262,7 +244,7 @@ def test_infeasible_children_have_no_grid_point(kind: str, seed: int,
 
     monkeypatch.setattr(relu_split._ReluSearch, "_pass", spy)
     monkeypatch.setattr(relu_split, "INPUT_GAIN", 0.0)
-    worst = float(_dev(net, comp, grid(dom, 2), "inf").max())
+    worst = float(deviation(net, comp, grid(dom, 2), "inf").max())
     _check(net, comp, dom, 2, worst * 1.01, "inf", timeout=float("inf"),
            max_regions=1500)  # a region budget, not a time: the same run at any load
     assert seen, "no infeasible child: the attack did not reach the path"
@@ -322,7 +304,7 @@ def _needle_run(**kw: object) -> cc.EquivalenceResult:
         assert res.counterexample is not None
         x = torch.tensor(res.counterexample, dtype=torch.float64).reshape(1, 16)
         assert bool(dom.contains(x).all())
-        assert float(_dev(net, comp, x, "inf")) > 1.0
+        assert float(deviation(net, comp, x, "inf")) > 1.0
     return res
 
 
@@ -363,7 +345,7 @@ def test_fresh_starts_are_deterministic_and_differ_between_siblings() -> None:
     net = mlp(3, 8, 3, 3, 5)
     comp = _flip(net, 5)
     dom = InputDomain.box(-1.5, 1.5, shape=(1, 3))
-    worst = float(_dev(net, comp, grid(dom, 3), "inf").max())
+    worst = float(deviation(net, comp, grid(dom, 3), "inf").max())
     runs = [cc.verify_equivalence(net, comp, dom, epsilon=worst * 0.9, norm="inf",
                                   split="relu", timeout=float("inf"), max_regions=400)
             for _ in range(2)]

@@ -17,7 +17,7 @@ import _soundness as sh
 import pytest
 import torch
 from _nets import deterministic_copy
-from _pairs import top1_violations
+from _pairs import check_eps, check_top1, deviation
 from torch import nn
 
 import certcompress as cc
@@ -58,12 +58,6 @@ def _box(shape: tuple[int, ...], half: float) -> InputDomain:
     return InputDomain.box(c - half, c + half, shape=shape)
 
 
-def _dev(net: nn.Module, comp: nn.Module, x: torch.Tensor, norm: str) -> torch.Tensor:
-    with torch.no_grad():
-        d = (net(x.double()) - comp(x.double())).abs().flatten(1)
-    return d.amax(1) if norm == "inf" else d.sum(1)
-
-
 def _attack_points(net: nn.Module, comp: nn.Module, dom: InputDomain, seed: int
                    ) -> torch.Tensor:
     """The harness's points (centre, uniform, vertices, PGD on the l1 and on each output's
@@ -74,39 +68,6 @@ def _attack_points(net: nn.Module, comp: nn.Module, dom: InputDomain, seed: int
     gen = torch.Generator().manual_seed(seed)
     xs = [found.x] + [sh.margin_pgd(sh.f64(comp), lo, hi, c, gen) for c in range(3)]
     return torch.cat(xs)
-
-
-def _check_eps(net: nn.Module, comp: nn.Module, dom: InputDomain, x: torch.Tensor,
-               eps: float, norm: str, **kw: object) -> cc.EquivalenceResult:
-    """``verify_equivalence`` with the default split, one-sided against the points."""
-    worst = float(_dev(net, comp, x, norm).max())
-    res = cc.verify_equivalence(net, comp, dom, epsilon=eps, norm=norm, **kw)
-    if worst > eps:
-        assert res.status != "verified", (worst, eps, res.summary())
-    if res.status == "verified":
-        assert res.bound is not None and sh.within(worst, res.bound), (worst, res.bound)
-    if res.status == "falsified":
-        assert res.counterexample is not None
-        cx = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(cx).all())
-        assert float(_dev(net, comp, cx, norm)) > eps, res.summary()
-    return res
-
-
-def _check_top1(net: nn.Module, comp: nn.Module, dom: InputDomain, x: torch.Tensor,
-                conf: float | None, **kw: object) -> cc.EquivalenceResult:
-    with torch.no_grad():
-        bad = top1_violations(net(x), comp(x), conf, ties=True)
-    res = cc.verify_equivalence(net, comp, dom, property="top1", confidence=conf, **kw)
-    if bool(bad.any()):
-        assert res.status != "verified", res.summary()
-    if res.status == "falsified":
-        assert res.counterexample is not None
-        cx = torch.tensor(res.counterexample, dtype=torch.float64).reshape(dom.shape)
-        assert bool(dom.contains(cx).all())
-        with torch.no_grad():
-            assert bool(top1_violations(net(cx), comp(cx), conf).all()), res.summary()
-    return res
 
 
 # ------------------------------------------------------------------ soundness
@@ -123,14 +84,14 @@ def test_default_split_on_small_cnns_is_one_sided(kind: str, side: int, seed: in
     x = _attack_points(net, comp, dom, seed)
     statuses: list[str] = []
     for norm in ("inf", "l1"):
-        worst = float(_dev(net, comp, x, norm).max())
+        worst = float(deviation(net, comp, x, norm).max())
         assert worst > 0.0
         for factor in (0.95, 1.05):
-            res = _check_eps(net, comp, dom, x, worst * factor, norm, max_regions=60)
+            res = check_eps(net, comp, dom, x, worst * factor, norm, max_regions=60)
             assert res.details["split"] == "relu"
             statuses.append(res.status)
     for conf in (None, 0.6):
-        statuses.append(_check_top1(net, comp, dom, x, conf, max_regions=60).status)
+        statuses.append(check_top1(net, comp, dom, x, conf, max_regions=60).status)
     assert statuses.count("unknown") < len(statuses), statuses
 
 
@@ -142,13 +103,13 @@ def test_penalty_and_corner_weights_only_shape_the_search(
     comp = deterministic_copy(net, "float16")
     dom = _box((1, 1, 4, 4), 0.3)
     x = _attack_points(net, comp, dom, 5)
-    worst = float(_dev(net, comp, x, "inf").max())
+    worst = float(deviation(net, comp, x, "inf").max())
     for penalty, corners in ((1e9, True), (-1e9, True), (1.0, False)):
         monkeypatch.setattr(relu_split, "PENALTY", penalty)
         monkeypatch.setattr(relu_split, "CORNER_STARTS", corners)
         for factor in (0.95, 1.05):
-            _check_eps(net, comp, dom, x, worst * factor, "inf", max_regions=40)
-        _check_top1(net, comp, dom, x, None, max_regions=40)
+            check_eps(net, comp, dom, x, worst * factor, "inf", max_regions=40)
+        check_top1(net, comp, dom, x, None, max_regions=40)
 
 
 def test_attack_points_stay_in_their_box(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +147,7 @@ def test_the_same_call_repeats_itself_and_a_seed_only_reorders() -> None:
     comp = deterministic_copy(net, "float16")
     dom = _box((1, 16), 0.5)
     x = _attack_points(net, comp, dom, 0)
-    worst = float(_dev(net, comp, x, "inf").max())
+    worst = float(deviation(net, comp, x, "inf").max())
 
     def key(r: cc.EquivalenceResult) -> tuple[object, ...]:
         return (r.status, r.regions, r.bound, r.found, r.counterexample, r.proven_fraction,
@@ -198,7 +159,7 @@ def test_the_same_call_repeats_itself_and_a_seed_only_reorders() -> None:
         assert runs[0].details["split"] == "relu"
         assert key(runs[0]) == key(runs[1])
         for seed in (1, 2):
-            other = _check_eps(net, comp, dom, x, eps, "inf", max_regions=60, seed=seed)
+            other = check_eps(net, comp, dom, x, eps, "inf", max_regions=60, seed=seed)
             assert {other.status, runs[0].status} != {"verified", "falsified"}
 
 
@@ -244,8 +205,8 @@ def test_auto_counts_inputs_of_nonzero_width(seed: int, kind: str, free: int) ->
     hi[:, :free] += 1.0
     dom = InputDomain.box(lo, hi, shape=(1, 16))
     x = _attack_points(net, comp, dom, seed)
-    worst = float(_dev(net, comp, x, "inf").max())
-    res = _check_eps(net, comp, dom, x, 1.2 * worst, "inf", max_regions=400)
+    worst = float(deviation(net, comp, x, "inf").max())
+    res = check_eps(net, comp, dom, x, 1.2 * worst, "inf", max_regions=400)
     assert res.details["split"] == "input"
     assert res.status == "verified", res.summary()
 
