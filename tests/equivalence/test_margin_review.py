@@ -21,10 +21,12 @@ from fractions import Fraction
 
 import pytest
 import torch
+from _pairs import check_eps, deviation, grid
 from torch import nn
 
 import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
+from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainPair, ChainState, chain_from_pair
 
 PATHS = (("crown", "choose", 0), ("both", "choose", 0), ("crown", "default", 0),
@@ -232,3 +234,48 @@ def test_split_priors_point_boxes_exact(kind: str, seed: int) -> None:
                         (every, intermediate, relaxation, steps, mixed, q, float(ub[q]),
                          float(exact))
     assert dead_seen > 0
+
+
+# ------------------------------------------------------------------ end to end
+def _deep2(seed: int, n_in: int, depth: int) -> nn.Sequential:
+    """:func:`_deep`'s construction on ``n_in`` inputs (cancelling sums about 1e7 at the
+    centre 0.1, many neurons dead in both networks)."""
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    d, h = n_in, torch.full((1, n_in), 0.1, dtype=torch.float64)
+    for i in range(depth):
+        lin = nn.Linear(d, WIDTH, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn((WIDTH, d), generator=gen, dtype=torch.float64)
+                             * (1e3 if i < 2 else 1.0))
+            pre = (h @ lin.weight.T)[0]
+            k = torch.arange(WIDTH) % 3
+            off = torch.rand(WIDTH, generator=gen, dtype=torch.float64)
+            lin.bias.copy_(torch.where(k == 0, -pre + off, torch.where(
+                k == 1, -pre - 1e-3, -pre.abs() - 1.0 - off)))
+            h = (h @ lin.weight.T + lin.bias).clamp(min=0)
+        layers += [lin, nn.ReLU()]
+        d = WIDTH
+    last = nn.Linear(d, N_OUT, dtype=torch.float64)
+    with torch.no_grad():
+        last.weight.copy_(torch.randn((N_OUT, d), generator=gen, dtype=torch.float64))
+        last.bias.zero_()
+    return nn.Sequential(*layers, last).eval()
+
+
+@pytest.mark.parametrize("split", ["input", "relu"])
+@pytest.mark.parametrize("n_in,kind", [(1, "half"), (2, "pruned")])
+def test_verify_equivalence_never_verifies_below_the_grid(split: str, n_in: int,
+                                                          kind: str) -> None:
+    """``verify_equivalence`` just below the dense grid's worst deviation is never
+    "verified"; just above it, a verified bound is at least the grid's worst
+    (tests/equivalence/_pairs.py ``check_eps``)."""
+    net = _deep2(3 + n_in, n_in, 6)
+    comp = _twin(net, kind)
+    c = torch.full((1, n_in), 0.1, dtype=torch.float64)
+    dom = InputDomain.box(c - 1e-6, c + 1e-6, shape=(1, n_in))
+    worst = float(deviation(net, comp, grid(dom, n_in), "inf").max())
+    assert worst > 0
+    for eps in (worst * (1 - 1e-9), worst * (1 + 1e-3), worst * 2):
+        check_eps(net, comp, dom, n_in, eps, "inf", split=split, timeout=4.0,
+                  max_regions=400)
