@@ -28,6 +28,7 @@ import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
 from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainPair, ChainState, chain_from_pair
+from certcompress.equivalence.relu_split import Split, beta_bounds
 
 PATHS = (("crown", "choose", 0), ("both", "choose", 0), ("crown", "default", 0),
          ("crown", "ramp", 0), ("crown", "min2", 2), ("forward", "choose", 0))
@@ -279,3 +280,45 @@ def test_verify_equivalence_never_verifies_below_the_grid(split: str, n_in: int,
     for eps in (worst * (1 - 1e-9), worst * (1 + 1e-3), worst * 2):
         check_eps(net, comp, dom, n_in, eps, "inf", split=split, timeout=4.0,
                   max_regions=400)
+
+
+@pytest.mark.parametrize("kind", ["half", "pruned"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beta_bounds_with_split_constraints_exact(kind: str, seed: int) -> None:
+    """:func:`beta_bounds` with ReLU-split constraints on original and compressed neurons
+    (signs read from the exact pre-activations at the point, so the sub-domain holds the
+    point; the prior clamped as the search clamps it): at least the exact value."""
+    net = _deep(seed, 6 + 2 * seed)
+    comp = _twin(net, kind)
+    chain = _pair(net, comp, N_IN)
+    x = _x0(seed)
+    ez, ec = _exact(net, x), _exact(comp, x)
+    plain = ChainState(chain, x, x, intermediate="crown", quantities=("z", "d"))
+    pre = [None if p is None else p.clone() for p in plain.pre_bounds()]
+    splits: list[Split] = []
+    for k, t in enumerate(pre):
+        if t is None or k + 1 >= len(chain.layers):
+            continue
+        for n in range(t.shape[2]):
+            for q, vals, lo, hi in (("z", ez, 0, 1), ("c", ec, 2, 3)):
+                # every neuron with a nonzero exact value: a constraint that its bounds
+                # already imply is still a valid (redundant) split, and charges the margin
+                v = vals[k // 2][n]
+                if v == 0:
+                    continue
+                sign = 1 if v > 0 else -1
+                if float(t[0, lo, n]) < 0 < float(t[0, hi, n]):
+                    t[0, lo if sign > 0 else hi, n] = 0.0
+                splits.append((k, n, q, sign))
+    assert {(q, s) for _, _, q, s in splits} == {("z", 1), ("z", -1), ("c", 1), ("c", -1)}
+    st = ChainState(chain, x, x, intermediate="crown", quantities=("z", "d"), prior=pre,
+                    mixed_chords=True, empty_ok=True)
+    assert not bool(st.infeasible.any())
+    cz, cd = _rows()
+    r = cz.shape[0]
+    ub = beta_bounds(st, cz, cd, torch.zeros(r, dtype=torch.long), [tuple(splits)], 6)
+    for q in range(r):
+        exact = sum((Fraction(float(cz[q, o])) * ez[-1][o]
+                     + Fraction(float(cd[q, o])) * (ez[-1][o] - ec[-1][o])
+                     for o in range(N_OUT)), Fraction(0))
+        assert Fraction(float(ub[q])) >= exact, (q, float(ub[q]), float(exact))
