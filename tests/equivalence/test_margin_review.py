@@ -26,6 +26,7 @@ from torch import nn
 
 import certcompress as cc
 from certcompress.bounds.propagation.lowering import lower_pair
+from certcompress.bounds.propagation.relax import SPLIT_TIES
 from certcompress.domain import InputDomain
 from certcompress.equivalence.chain import ChainPair, ChainState, chain_from_pair
 from certcompress.equivalence.relu_split import Split, beta_bounds
@@ -202,9 +203,20 @@ def _rows() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([zero, zero, eye, -eye]), torch.cat([eye, -eye, zero, zero])
 
 
+@pytest.mark.parametrize("ties", ["tolerant", "strict"])
 @pytest.mark.parametrize("kind", ["half", "pruned"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_split_priors_point_boxes_exact(kind: str, seed: int) -> None:
+def test_split_priors_point_boxes_exact(kind: str, seed: int, ties: str) -> None:
+    """(Both near-tie rules, :data:`SPLIT_TIES`: every candidate the rules may take within
+    ``TIE_REL`` is a valid bound, so both stay above the exact value.)"""
+    token = SPLIT_TIES.set(ties)
+    try:
+        _split_priors_case(kind, seed)
+    finally:
+        SPLIT_TIES.reset(token)
+
+
+def _split_priors_case(kind: str, seed: int) -> None:
     depth = 6 + 2 * seed
     net = _deep(seed, depth)
     comp = _twin(net, kind)
