@@ -831,6 +831,13 @@ class ChainState:
             t = torch.stack([pick(-kc, diff), pick(kz, diff), pick(rl.su + kc, rl.ac),
                              pick(rl.sl, rl.ac), pick(rl.bu, zero), pick(rl.bl, zero),
                              rl.az, rl.alz, rl.bz])
+            # 0 at neurons dead in both networks (:attr:`dead`), as :meth:`_drop_dead` in
+            # the other paths: their magnitudes are 0, so no form may pass through them.
+            # Without this a zero-width input interval at 0 (``c`` in ``[0, 0]``, which
+            # ``single_relu`` reads as active, or ``mixed_chords``' chords) carried the
+            # pre-activation's form with no rounding margin (tests/equivalence/
+            # test_margin_review.py: a bound 1.0 below the exact value)
+            t = torch.where(self.dead[j][None], 0.0, t)
             self._packs[j] = t
         return t
 
