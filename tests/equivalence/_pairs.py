@@ -3,6 +3,8 @@ one to three inputs), and dense-grid references."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import _soundness as sh
@@ -123,3 +125,49 @@ def check_top1(net: nn.Module, comp: nn.Module, dom: InputDomain, points: int | 
         fx, gx = outputs(net, comp, x)
         assert bool(top1_violations(fx, gx, conf).all())
     return res
+
+
+def exact_layers(net: nn.Sequential, x: torch.Tensor) -> list[list[Fraction]]:
+    """Pre-activations of every Linear of ``net`` at ``x`` (the last is the output), in
+    exact rational arithmetic (float64 values are rationals)."""
+    v = [Fraction(float(t)) for t in x.reshape(-1)]
+    out = []
+    for m in net:
+        if isinstance(m, nn.Linear):
+            w, b = m.weight.tolist(), m.bias.tolist()
+            v = [sum((Fraction(w[o][i]) * v[i] for i in range(len(v))), Fraction(b[o]))
+                 for o in range(len(w))]
+            out.append(v)
+        else:
+            v = [max(t, Fraction(0)) for t in v]
+    return out
+
+
+def cancelling_mlp(gen: torch.Generator, x0: torch.Tensor, width: int, depth: int,
+                   n_out: int, scale: Callable[[int], float],
+                   bias: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                   last_bias: bool = True) -> nn.Sequential:
+    """A float64 ReLU MLP of ``depth`` hidden layers whose pre-activations cancel at the
+    point ``x0``: layer ``i``'s weight is ``randn * scale(i)`` and its bias
+    ``bias(pre, gen)``, ``pre`` the layer's weighted sum at ``x0`` (so ``-pre`` makes a
+    neuron's exact value there 0, up to rounding). The output layer's weight is ``randn``,
+    its bias ``randn`` (or 0 without ``last_bias``)."""
+    layers: list[nn.Module] = []
+    d, h = x0.shape[1], x0
+    for i in range(depth):
+        lin = nn.Linear(d, width, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn((width, d), generator=gen, dtype=torch.float64)
+                             * scale(i))
+            lin.bias.copy_(bias((h @ lin.weight.T)[0], gen))
+            h = (h @ lin.weight.T + lin.bias).clamp(min=0)
+        layers += [lin, nn.ReLU()]
+        d = width
+    last = nn.Linear(d, n_out, dtype=torch.float64)
+    with torch.no_grad():
+        last.weight.copy_(torch.randn((n_out, d), generator=gen, dtype=torch.float64))
+        if last_bias:
+            last.bias.copy_(torch.randn(n_out, generator=gen, dtype=torch.float64))
+        else:
+            last.bias.zero_()
+    return nn.Sequential(*layers, last).eval()

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from _pairs import cancelling_mlp, exact_layers
 from torch import nn
 
 import certcompress as cc
@@ -39,26 +40,12 @@ def _net(seed: int, depth: int) -> nn.Sequential:
     mostly negative (many dead neurons), and at every layer a third of the neurons with
     the bias that cancels their pre-activation at the point :func:`_x0` to within rounding
     (the exact value there is a tiny number of either sign)."""
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    d = N_IN
-    h = _x0(seed)
-    for _ in range(depth):
-        lin = nn.Linear(d, WIDTH, dtype=torch.float64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn((WIDTH, d), generator=gen, dtype=torch.float64) * 1.5)
-            b = torch.randn(WIDTH, generator=gen, dtype=torch.float64) - 1.0
-            pre = (h @ lin.weight.T)[0]
-            cancel = torch.arange(WIDTH) % 3 == 0
-            lin.bias.copy_(torch.where(cancel, -pre, b))
-            h = (h @ lin.weight.T + lin.bias).clamp(min=0)
-        layers += [lin, nn.ReLU()]
-        d = WIDTH
-    last = nn.Linear(d, N_OUT, dtype=torch.float64)
-    with torch.no_grad():
-        last.weight.copy_(torch.randn((N_OUT, d), generator=gen, dtype=torch.float64))
-        last.bias.copy_(torch.randn(N_OUT, generator=gen, dtype=torch.float64))
-    return nn.Sequential(*layers, last).eval()
+    def bias(pre: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b = torch.randn(WIDTH, generator=gen, dtype=torch.float64) - 1.0
+        return torch.where(torch.arange(WIDTH) % 3 == 0, -pre, b)
+
+    return cancelling_mlp(torch.Generator().manual_seed(seed), _x0(seed), WIDTH, depth, N_OUT,
+                          lambda i: 1.5, bias)
 
 
 def _half(net: nn.Sequential) -> nn.Sequential:
@@ -76,15 +63,7 @@ def _half(net: nn.Sequential) -> nn.Sequential:
 
 def _exact(net: nn.Sequential, x: torch.Tensor) -> list[Fraction]:
     """``net(x)`` in exact rational arithmetic (float64 values are rationals)."""
-    v = [Fraction(float(t)) for t in x.reshape(-1)]
-    for m in net:
-        if isinstance(m, nn.Linear):
-            w, b = m.weight.tolist(), m.bias.tolist()
-            v = [sum((Fraction(w[o][i]) * v[i] for i in range(len(v))), Fraction(b[o]))
-                 for o in range(len(w))]
-        else:
-            v = [max(t, Fraction(0)) for t in v]
-    return v
+    return exact_layers(net, x)[-1]
 
 
 def _case(seed: int, depth: int) -> tuple[ChainPair, torch.Tensor, list[list[Fraction]],

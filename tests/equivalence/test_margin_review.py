@@ -17,11 +17,12 @@ form may carry a nonzero coefficient through such a neuron, in any path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
 import torch
-from _pairs import check_eps, deviation, grid
+from _pairs import cancelling_mlp, check_eps, deviation, exact_layers, grid
 from torch import nn
 
 import certcompress as cc
@@ -33,21 +34,6 @@ from certcompress.equivalence.relu_split import Split, beta_bounds
 
 PATHS = (("crown", "choose", 0), ("both", "choose", 0), ("crown", "default", 0),
          ("crown", "ramp", 0), ("crown", "min2", 2), ("forward", "choose", 0))
-
-
-def _exact(net: nn.Sequential, x: torch.Tensor) -> list[list[Fraction]]:
-    """Pre-activations of every Linear, then the output, in exact rational arithmetic."""
-    v = [Fraction(float(t)) for t in x.reshape(-1)]
-    out = []
-    for m in net:
-        if isinstance(m, nn.Linear):
-            w, b = m.weight.tolist(), m.bias.tolist()
-            v = [sum((Fraction(w[o][i]) * v[i] for i in range(len(v))), Fraction(b[o]))
-                 for o in range(len(w))]
-            out.append(v)
-        else:
-            v = [max(t, Fraction(0)) for t in v]
-    return out
 
 
 def _pair(net: nn.Module, comp: nn.Module, n_in: int) -> ChainPair:
@@ -87,7 +73,7 @@ def test_zero_width_interval_at_zero_carries_no_form(mixed: bool, intermediate: 
     net, comp = _tiny()
     chain = _pair(net, comp, 3)
     x = torch.ones((1, 3), dtype=torch.float64)
-    assert _exact(net, x)[0] == [Fraction(0)] and _exact(comp, x)[0] == [Fraction(0)]
+    assert exact_layers(net, x)[0] == [Fraction(0)] and exact_layers(comp, x)[0] == [Fraction(0)]
     plain = ChainState(chain, x, x, intermediate="crown", quantities=("z", "d"))
     p0 = plain.pre_bounds()[0]
     assert p0 is not None
@@ -117,31 +103,23 @@ def _x0(seed: int) -> torch.Tensor:
     return torch.rand((1, N_IN), generator=gen, dtype=torch.float64) * 2 - 1
 
 
+def _thirds(shift: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Biases by thirds: ``-pre + U(0, 1)`` (alive, about 1), ``-pre - shift`` (0 or just
+    below, to within rounding) and ``-|pre| - 1 - U(0, 1)`` (dead)."""
+    def bias(pre: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        k = torch.arange(pre.shape[0]) % 3
+        off = torch.rand(pre.shape[0], generator=gen, dtype=torch.float64)
+        return torch.where(k == 0, -pre + off, torch.where(
+            k == 1, -pre - shift, -pre.abs() - 1.0 - off))
+    return bias
+
+
 def _deep(seed: int, depth: int) -> nn.Sequential:
     """Weights about 1e3-1e4 of both signs; a third of each layer's biases cancel the
     pre-activation at :func:`_x0` to about 1 (sums about 1e8), a third to within rounding,
     the rest negative (dead)."""
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    d, h = N_IN, _x0(seed)
-    for i in range(depth):
-        lin = nn.Linear(d, WIDTH, dtype=torch.float64)
-        scale = 3e3 if i < 3 else 1.0
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn((WIDTH, d), generator=gen, dtype=torch.float64) * scale)
-            pre = (h @ lin.weight.T)[0]
-            k = torch.arange(WIDTH) % 3
-            off = torch.rand(WIDTH, generator=gen, dtype=torch.float64)
-            lin.bias.copy_(torch.where(k == 0, -pre + off, torch.where(
-                k == 1, -pre, -pre.abs() - 1.0 - off)))
-            h = (h @ lin.weight.T + lin.bias).clamp(min=0)
-        layers += [lin, nn.ReLU()]
-        d = WIDTH
-    last = nn.Linear(d, N_OUT, dtype=torch.float64)
-    with torch.no_grad():
-        last.weight.copy_(torch.randn((N_OUT, d), generator=gen, dtype=torch.float64))
-        last.bias.zero_()
-    return nn.Sequential(*layers, last).eval()
+    return cancelling_mlp(torch.Generator().manual_seed(seed), _x0(seed), WIDTH, depth, N_OUT,
+                          lambda i: 3e3 if i < 3 else 1.0, _thirds(0.0), last_bias=False)
 
 
 def _twin(net: nn.Sequential, kind: str) -> nn.Sequential:
@@ -206,7 +184,7 @@ def _rows() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("ties", ["tolerant", "strict"])
 @pytest.mark.parametrize("kind", ["half", "pruned"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_split_priors_point_boxes_exact(kind: str, seed: int, ties: str) -> None:
+def test_split_priors_point_boxesexact_layers(kind: str, seed: int, ties: str) -> None:
     """(Both near-tie rules, :data:`SPLIT_TIES`: every candidate the rules may take within
     ``TIE_REL`` is a valid bound, so both stay above the exact value.)"""
     token = SPLIT_TIES.set(ties)
@@ -222,7 +200,7 @@ def _split_priors_case(kind: str, seed: int) -> None:
     comp = _twin(net, kind)
     chain = _pair(net, comp, N_IN)
     x = _x0(seed)
-    ez, ec = _exact(net, x), _exact(comp, x)
+    ez, ec = exact_layers(net, x), exact_layers(comp, x)
     cz, cd = _rows()
     r = cz.shape[0]
     dead_seen = 0
@@ -253,27 +231,9 @@ def _split_priors_case(kind: str, seed: int) -> None:
 def _deep2(seed: int, n_in: int, depth: int) -> nn.Sequential:
     """:func:`_deep`'s construction on ``n_in`` inputs (cancelling sums about 1e7 at the
     centre 0.1, many neurons dead in both networks)."""
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    d, h = n_in, torch.full((1, n_in), 0.1, dtype=torch.float64)
-    for i in range(depth):
-        lin = nn.Linear(d, WIDTH, dtype=torch.float64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn((WIDTH, d), generator=gen, dtype=torch.float64)
-                             * (1e3 if i < 2 else 1.0))
-            pre = (h @ lin.weight.T)[0]
-            k = torch.arange(WIDTH) % 3
-            off = torch.rand(WIDTH, generator=gen, dtype=torch.float64)
-            lin.bias.copy_(torch.where(k == 0, -pre + off, torch.where(
-                k == 1, -pre - 1e-3, -pre.abs() - 1.0 - off)))
-            h = (h @ lin.weight.T + lin.bias).clamp(min=0)
-        layers += [lin, nn.ReLU()]
-        d = WIDTH
-    last = nn.Linear(d, N_OUT, dtype=torch.float64)
-    with torch.no_grad():
-        last.weight.copy_(torch.randn((N_OUT, d), generator=gen, dtype=torch.float64))
-        last.bias.zero_()
-    return nn.Sequential(*layers, last).eval()
+    return cancelling_mlp(torch.Generator().manual_seed(seed),
+                          torch.full((1, n_in), 0.1, dtype=torch.float64), WIDTH, depth, N_OUT,
+                          lambda i: 1e3 if i < 2 else 1.0, _thirds(1e-3), last_bias=False)
 
 
 @pytest.mark.parametrize("split", ["input", "relu"])
@@ -296,7 +256,7 @@ def test_verify_equivalence_never_verifies_below_the_grid(split: str, n_in: int,
 
 @pytest.mark.parametrize("kind", ["half", "pruned"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_beta_bounds_with_split_constraints_exact(kind: str, seed: int) -> None:
+def test_beta_bounds_with_split_constraintsexact_layers(kind: str, seed: int) -> None:
     """:func:`beta_bounds` with ReLU-split constraints on original and compressed neurons
     (signs read from the exact pre-activations at the point, so the sub-domain holds the
     point; the prior clamped as the search clamps it): at least the exact value."""
@@ -304,7 +264,7 @@ def test_beta_bounds_with_split_constraints_exact(kind: str, seed: int) -> None:
     comp = _twin(net, kind)
     chain = _pair(net, comp, N_IN)
     x = _x0(seed)
-    ez, ec = _exact(net, x), _exact(comp, x)
+    ez, ec = exact_layers(net, x), exact_layers(comp, x)
     plain = ChainState(chain, x, x, intermediate="crown", quantities=("z", "d"))
     pre = [None if p is None else p.clone() for p in plain.pre_bounds()]
     splits: list[Split] = []
