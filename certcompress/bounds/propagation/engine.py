@@ -66,7 +66,7 @@ class PropagationOptions:
     back-substitutes only the final forms (CROWN-IBP; cheap). ``max_rows``: a ReLU input
     needing more back-substitution rows than this keeps its interval bounds.
     ``chunk_elements``: rows are processed in chunks of at most this many coefficients
-    per tensor (memory; 2^20: 8 MB per float64 tensor, docs/bounds.md "Cost at scale"). ``sign_vectors_up_to``: the l1 bound also maximizes
+    per tensor (memory; 2^19: 4 MB per float64 tensor, docs/bounds.md "Cost at scale"). ``sign_vectors_up_to``: the l1 bound also maximizes
     ``<s, f - f'>`` over all sign vectors ``s`` when the output has at most this many
     coordinates (``2^m`` rows; otherwise the sum of per-output bounds).
     ``slope_steps``: projected gradient (Adam, step ``slope_lr``) steps on the ReLU
@@ -97,7 +97,7 @@ class PropagationOptions:
 
     intermediate: Literal["crown", "interval"] = "crown"
     max_rows: int = 200_000
-    chunk_elements: int = 1 << 20
+    chunk_elements: int = 1 << 19
     sign_vectors_up_to: int = 10
     slope_steps: int = 0
     slope_lr: float = 0.1
