@@ -171,3 +171,18 @@ def cancelling_mlp(gen: torch.Generator, x0: torch.Tensor, width: int, depth: in
         else:
             last.bias.zero_()
     return nn.Sequential(*layers, last).eval()
+
+
+def assert_bounds_hold(chain: Any, bounds: list[Any], zs: list[torch.Tensor],
+                       cs: list[torch.Tensor], inside: torch.Tensor) -> None:
+    """Every affine layer's ``z``, ``c`` and ``d = z - c`` bounds (``bounds[k]``, a
+    problem's :class:`PairBounds`) hold at the inputs ``inside`` selects, whose layer
+    values are ``zs[k]``, ``cs[k]`` (:func:`layer_values`); 1e-9 covers the values' own
+    float64 evaluation."""
+    for k, b in enumerate(bounds):
+        if chain.layers[k].kind == "relu":
+            continue
+        zk, ck = zs[k][inside], cs[k][inside]
+        assert bool((zk >= b.zl - 1e-9).all() & (zk <= b.zu + 1e-9).all())
+        assert bool((ck >= b.cl - 1e-9).all() & (ck <= b.cu + 1e-9).all())
+        assert bool((zk - ck >= b.dl - 1e-9).all() & (zk - ck <= b.du + 1e-9).all())
